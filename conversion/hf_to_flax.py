@@ -1,0 +1,191 @@
+"""`python -m conversion.hf_to_flax --src SRC --dst DST [--dtype bfloat16|float32] [--vision-tower DIR]`
+
+Converts a llava-hf or original-LLaVA PyTorch checkpoint into a vlguard-jax checkpoint directory:
+`params/` (orbax), `model_config.json`, and the tokenizer and preprocessor files. Tensors stream one
+at a time; every key and shape is checked against the model before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from conversion import layouts
+from conversion.reader import CheckpointError, TensorSource
+from vlguard_jax.checkpoint import PARAMS_DIR, StreamingWriter, atomic_dir
+from vlguard_jax.models import LlavaModel, abstract_params
+from vlguard_jax.models.config import LlavaConfig, vision_from_hf
+
+from vlguard_jax.loading import MODEL_CONFIG
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
+# Files that travel with a checkpoint: tokenizer, processor and generation settings.
+SIDE_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+              "added_tokens.json", "preprocessor_config.json", "processor_config.json",
+              "chat_template.json", "chat_template.jinja", "generation_config.json")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+
+
+def _plan(src: Path, vision_tower: Path | None):
+    """Reads configs and tensor headers; returns (config, sources, layout, tokenizer fix-up)."""
+    hf = _read_json(src / "config.json")
+    source = TensorSource(src)
+    try:
+        layout, prefixes = layouts.detect(source.keys())
+    except ValueError as e:
+        raise CheckpointError(f"{src}: {e}") from None
+    vision_source = source
+    if layout == "original":
+        inside = any(k.startswith(prefixes["vision"]) for k in source.keys())
+        vision_cfg = None
+        if vision_tower is not None:
+            vision_cfg = vision_from_hf(_read_json(vision_tower / "config.json"))
+            if not inside:
+                vision_source = TensorSource(vision_tower)
+                prefixes["vision"] = layouts.clip_tower_prefix(vision_source.keys())
+                if prefixes["vision"] is None:
+                    raise CheckpointError(f"{vision_tower}: no CLIP vision tower weights "
+                                          "(vision_model.embeddings.patch_embedding.weight)")
+        elif not inside:
+            raise CheckpointError(f"{src}: the CLIP tower weights are not in this checkpoint; "
+                                  "pass --vision-tower DIR (a CLIP model directory)")
+        image_token = _original_image_token(src, hf)
+        config = LlavaConfig.from_original_llava(hf, vision_cfg, image_token, source=str(src / "config.json"))
+    else:
+        if "text_config" not in hf:
+            raise CheckpointError(f"{src / 'config.json'}: llava-hf weights but not a llava-hf config")
+        config = LlavaConfig.from_hf(hf, source=str(src / "config.json"))
+        if "tie_word_embeddings" in hf:
+            config = config.replace(text=_replace(config.text, tie_word_embeddings=hf["tie_word_embeddings"]))
+    return config, source, vision_source, prefixes, layout
+
+
+def _replace(obj, **kw):
+    import dataclasses
+    return dataclasses.replace(obj, **kw)
+
+
+def _original_image_token(src: Path, hf: dict) -> int:
+    """The original LLaVA splices images at id -200 and its tokenizer has no `<image>`; we add the
+    token to the tokenizer, which gives it the next free id."""
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{src}: cannot load the tokenizer ({e})") from None
+    tok.add_tokens(["<image>"], special_tokens=True)
+    return tok.convert_tokens_to_ids("<image>")
+
+
+def _mapping(config: LlavaConfig, prefixes: dict, dtype, separate_tower: bool):
+    """[(our path, torch name, transform, expected flax shape, read from the separate tower)]."""
+    shapes = traverse_util.flatten_dict(abstract_params(LlavaModel(config, param_dtype=dtype)), sep="/")
+    plan = []
+    for path, s in shapes.items():
+        name, transform = layouts.torch_name(path, prefixes)
+        tower = separate_tower and path.startswith("vision_tower/")
+        plan.append((path, name, transform, tuple(s.shape), tower))
+    return plan
+
+
+def _check(plan, source: TensorSource, vision_source: TensorSource, config: LlavaConfig, layout: str,
+           prefixes: dict):
+    for path, name, transform, shape, from_tower in plan:
+        src = vision_source if from_tower else source
+        if name not in src.shapes:
+            raise CheckpointError(f"{src.dir}: missing tensor {name!r} (for {path})")
+        got = src.shapes[name]
+        if layouts.flax_shape(got, transform) != shape:
+            raise CheckpointError(f"{src.index[name]}: tensor {name!r} has shape {got}, "
+                                  f"expected {shape} as {path} for this config")
+    used = {name for _, name, _, _, t in plan if not t}
+    extra = [k for k in source.keys() if k not in used and not layouts.IGNORED.search(k)]
+    if config.text.tie_word_embeddings:
+        extra = [k for k in extra if not k.endswith("lm_head.weight")]
+    if vision_source is not source:  # a tower given separately wins over any inside
+        extra = [k for k in extra if not k.startswith(layouts.ORIGINAL["vision"])]
+    if extra:
+        raise CheckpointError(f"{source.index[extra[0]]}: unexpected tensor {extra[0]!r} "
+                              f"({len(extra)} unexpected in all) for layout {layout}")
+
+
+def _copy_side_files(src: Path, vision_tower: Path | None, dst: Path, config: LlavaConfig, layout: str):
+    for name in SIDE_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    if layout == "original":
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
+        tok.add_tokens(["<image>"], special_tokens=True)
+        tok.save_pretrained(dst)
+    if not (dst / "preprocessor_config.json").exists():
+        if vision_tower is not None and (vision_tower / "preprocessor_config.json").exists():
+            shutil.copy2(vision_tower / "preprocessor_config.json", dst / "preprocessor_config.json")
+        else:
+            from transformers import CLIPImageProcessor
+            size = config.vision.image_size
+            CLIPImageProcessor(size={"shortest_edge": size},
+                               crop_size={"height": size, "width": size}).save_pretrained(dst)
+
+
+def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 256 << 20) -> LlavaConfig:
+    """Convert SRC into DST (which must not exist); returns the model config."""
+    src, dst = Path(src), Path(dst)
+    vision_tower = Path(vision_tower) if vision_tower else None
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    np_dtype = np.dtype(DTYPES[dtype])
+    config, source, vision_source, prefixes, layout = _plan(src, vision_tower)
+    plan = _mapping(config, prefixes, DTYPES[dtype], vision_source is not source)
+    _check(plan, source, vision_source, config, layout, prefixes)
+    with atomic_dir(dst) as tmp:
+        writer = StreamingWriter(tmp / PARAMS_DIR)
+        pending = 0
+        for path, name, transform, _, from_tower in plan:
+            array = (vision_source if from_tower else source).get(name)
+            array = np.ascontiguousarray(layouts.to_flax(array, transform).astype(np_dtype))
+            writer.add(tuple(path.split("/")), array)
+            pending += array.nbytes
+            del array
+            if pending >= flush_bytes:
+                writer.flush()
+                pending = 0
+        writer.finalize()
+        config.save(tmp / MODEL_CONFIG)
+        _copy_side_files(src, vision_tower, tmp, config, layout)
+    return config
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m conversion.hf_to_flax", description=__doc__.split("\n\n")[1])
+    p.add_argument("--src", required=True, help="llava-hf or original LLaVA checkpoint directory")
+    p.add_argument("--dst", required=True, help="output directory (must not exist)")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--vision-tower", help="CLIP directory, for original-LLaVA checkpoints without the tower")
+    a = p.parse_args(argv)
+    try:
+        config = convert(a.src, a.dst, a.dtype, a.vision_tower)
+    except (CheckpointError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, "
+          f"{config.vision.num_hidden_layers}-layer CLIP, dtype {a.dtype}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The one table of key names: our parameter paths <-> PyTorch state-dict names.
+
+Our paths are '/'-joined keys of the Flax parameter tree, e.g.
+`language_model/layers_3/self_attn/q_proj/kernel`. Each rule rewrites a path into the PyTorch name
+for a layout and says how the tensor is transformed (`linear`: torch [out, in] <-> kernel [in, out];
+`patch`: conv weight [D, C, p, p] <-> kernel [C*p*p, D]).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+# Prefixes: vision tower, projector linear 1 and 2, language model body, lm_head.
+# What we write: the llava-hf hub names, which transformers 4.x and 5.x both load.
+HUB = dict(vision="vision_tower.vision_model.",
+           proj=("multi_modal_projector.linear_1.", "multi_modal_projector.linear_2."),
+           lm="language_model.model.", lm_head="language_model.lm_head.")
+ORIGINAL = dict(vision="model.vision_tower.vision_tower.vision_model.",
+                proj=("model.mm_projector.0.", "model.mm_projector.2."), lm="model.", lm_head="lm_head.")
+# What we read. llava-hf checkpoints name each part one of several ways: the hub (transformers 4),
+# transformers >= 4.52 in memory, transformers 5 in memory (no `vision_model.` level), and
+# transformers 5's save_pretrained (legacy names, but no `vision_model.` level).
+LLAVA_HF_CANDIDATES = dict(
+    vision=("vision_tower.vision_model.", "model.vision_tower.vision_model.", "model.vision_tower.",
+            "vision_tower."),
+    proj=(HUB["proj"], ("model.multi_modal_projector.linear_1.", "model.multi_modal_projector.linear_2.")),
+    lm=("language_model.model.", "model.language_model."),
+    lm_head=("language_model.lm_head.", "lm_head."),
+)
+# A separate CLIP tower directory (CLIPVisionModel or CLIPModel), for --vision-tower.
+CLIP_TOWER_CANDIDATES = ("vision_model.", "")
+
+# (pattern on our path, PyTorch name with {vision}/{lm}/{proj1}/{proj2}/{lm_head}, transform)
+RULES = (
+    (r"vision_tower/patch_embedding/kernel", "{vision}embeddings.patch_embedding.weight", "patch"),
+    (r"vision_tower/class_embedding", "{vision}embeddings.class_embedding", None),
+    (r"vision_tower/position_embedding", "{vision}embeddings.position_embedding.weight", None),
+    (r"vision_tower/(pre_layrnorm|post_layernorm)/(weight|bias)", r"{vision}\1.\2", None),
+    (r"vision_tower/layers_(\d+)/self_attn/(\w+)/kernel", r"{vision}encoder.layers.\1.self_attn.\2.weight", "linear"),
+    (r"vision_tower/layers_(\d+)/self_attn/(\w+)/bias", r"{vision}encoder.layers.\1.self_attn.\2.bias", None),
+    (r"vision_tower/layers_(\d+)/(layer_norm[12])/(weight|bias)", r"{vision}encoder.layers.\1.\2.\3", None),
+    (r"vision_tower/layers_(\d+)/(fc[12])/kernel", r"{vision}encoder.layers.\1.mlp.\2.weight", "linear"),
+    (r"vision_tower/layers_(\d+)/(fc[12])/bias", r"{vision}encoder.layers.\1.mlp.\2.bias", None),
+    (r"projector/linear_1/kernel", "{proj1}weight", "linear"),
+    (r"projector/linear_1/bias", "{proj1}bias", None),
+    (r"projector/linear_2/kernel", "{proj2}weight", "linear"),
+    (r"projector/linear_2/bias", "{proj2}bias", None),
+    (r"language_model/embed_tokens", "{lm}embed_tokens.weight", None),
+    (r"language_model/layers_(\d+)/(self_attn|mlp)/(\w+)/kernel", r"{lm}layers.\1.\2.\3.weight", "linear"),
+    (r"language_model/layers_(\d+)/(self_attn|mlp)/(\w+)/bias", r"{lm}layers.\1.\2.\3.bias", None),
+    (r"language_model/layers_(\d+)/(input_layernorm|post_attention_layernorm)/weight",
+     r"{lm}layers.\1.\2.weight", None),
+    (r"language_model/norm/weight", "{lm}norm.weight", None),
+    (r"language_model/lm_head/kernel", "{lm_head}weight", "linear"),
+)
+_COMPILED = tuple((re.compile(p + "$"), r, t) for p, r, t in RULES)
+
+# State-dict entries that are buffers, not weights, and are dropped without complaint.
+IGNORED = re.compile(r"(position_ids|rotary_emb\.inv_freq)$")
+
+
+def torch_name(path: str, prefixes: dict) -> tuple[str, str | None]:
+    """(PyTorch name, transform) for one of our parameter paths under the given prefixes."""
+    fill = dict(vision=prefixes["vision"], lm=prefixes["lm"], proj1=prefixes["proj"][0],
+                proj2=prefixes["proj"][1], lm_head=prefixes["lm_head"])
+    for pattern, repl, transform in _COMPILED:
+        if pattern.match(path):
+            return pattern.sub(repl, path).format(**fill), transform
+    raise KeyError(f"no key mapping for parameter {path!r}")
+
+
+def _first(keys, candidates, probe: str):
+    for c in candidates:
+        if (c[0] if isinstance(c, tuple) else c) + probe in keys:
+            return c
+    return None
+
+
+def detect(keys) -> tuple[str, dict]:
+    """('llava_hf' or 'original', prefixes) from the tensor names of a checkpoint."""
+    keys = set(keys)
+    c = LLAVA_HF_CANDIDATES
+    lm = _first(keys, c["lm"], "embed_tokens.weight")
+    if lm is not None:
+        return "llava_hf", dict(
+            lm=lm, vision=_first(keys, c["vision"], "embeddings.patch_embedding.weight") or c["vision"][0],
+            proj=_first(keys, c["proj"], "weight") or c["proj"][0],
+            lm_head=_first(keys, c["lm_head"], "weight") or c["lm_head"][0])
+    if "model.embed_tokens.weight" in keys and any(k.startswith("model.mm_projector.") for k in keys):
+        return "original", dict(ORIGINAL)
+    sample = ", ".join(sorted(keys)[:5])
+    raise ValueError("unknown checkpoint layout: expected llava-hf (language_model.model.* or "
+                     "model.language_model.*) or original LLaVA (model.layers.*, model.mm_projector.*); "
+                     f"found keys such as {sample}")
+
+
+def clip_tower_prefix(keys) -> str | None:
+    return _first(set(keys), CLIP_TOWER_CANDIDATES, "embeddings.patch_embedding.weight")
+
+
+def flax_shape(shape: tuple, transform: str | None) -> tuple:
+    """The shape `to_flax` gives a tensor of `shape`, without reading it."""
+    if transform == "linear":
+        return tuple(reversed(shape))
+    if transform == "patch":
+        return (int(np.prod(shape[1:])), shape[0])
+    return tuple(shape)
+
+
+def to_flax(array: np.ndarray, transform: str | None) -> np.ndarray:
+    if transform == "linear":
+        return array.T
+    if transform == "patch":
+        return array.reshape(array.shape[0], -1).T
+    return array
+
+
+def to_torch(array: np.ndarray, transform: str | None, patch_shape: tuple | None = None) -> np.ndarray:
+    if transform == "linear":
+        return array.T
+    if transform == "patch":
+        return array.T.reshape(patch_shape)
+    return array

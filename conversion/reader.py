@@ -1,0 +1,103 @@
+"""Reads a PyTorch checkpoint directory one tensor at a time.
+
+safetensors (one file, or sharded with `model.safetensors.index.json`) is read through
+`safetensors.safe_open`, opened per tensor so that no file stays mapped. `.bin` shards are read
+only with `torch.load(weights_only=True, mmap=True)`: arbitrary pickles are never executed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+class CheckpointError(ValueError):
+    """Bad input: the message names the file and, where known, the tensor."""
+
+
+class TensorSource:
+    """name -> (file, shape) for every tensor in a directory, read lazily."""
+
+    def __init__(self, directory):
+        self.dir = Path(directory)
+        if not self.dir.is_dir():
+            raise CheckpointError(f"{self.dir}: not a directory")
+        self.files = self._weight_files()
+        self.index: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        for f in self.files:
+            for name, shape in self._list(f):
+                if name in self.index:
+                    raise CheckpointError(f"{f}: tensor {name!r} also appears in {self.index[name]}")
+                self.index[name] = f
+                self.shapes[name] = shape
+        self._bin_cache: tuple[Path, dict] | None = None
+
+    def _weight_files(self) -> list[Path]:
+        for idx in INDEX_FILES:
+            p = self.dir / idx
+            if p.exists():
+                try:
+                    weight_map = json.loads(p.read_text())["weight_map"]
+                except (json.JSONDecodeError, KeyError) as e:
+                    raise CheckpointError(f"{p}: not a valid index file ({e})") from None
+                files = sorted({self.dir / f for f in weight_map.values()})
+                missing = [f for f in files if not f.exists()]
+                if missing:
+                    raise CheckpointError(f"{p}: lists shard {missing[0].name}, which does not exist")
+                return files
+        files = sorted(self.dir.glob("*.safetensors")) or sorted(self.dir.glob("*.bin"))
+        files = [f for f in files if f.name != "training_args.bin"]
+        if not files:
+            raise CheckpointError(f"{self.dir}: no *.safetensors or *.bin weight files")
+        return files
+
+    def _list(self, f: Path):
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(os.fspath(f), "numpy") as h:
+                    return [(k, tuple(h.get_slice(k).get_shape())) for k in h.keys()]
+            except (SafetensorError, OSError) as e:
+                raise CheckpointError(f"{f}: cannot read safetensors header ({e})") from None
+        return [(k, tuple(v.shape)) for k, v in self._load_bin(f).items()]
+
+    def _load_bin(self, f: Path) -> dict:
+        if self._bin_cache is not None and self._bin_cache[0] == f:
+            return self._bin_cache[1]
+        try:
+            import torch
+        except ImportError:
+            raise CheckpointError(f"{f}: reading .bin checkpoints needs torch; convert it to "
+                                  "safetensors or install torch") from None
+        try:
+            sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # torch raises many types for corrupt or unsafe pickles
+            raise CheckpointError(f"{f}: cannot load with torch.load(weights_only=True): {e}") from None
+        if not isinstance(sd, dict):
+            raise CheckpointError(f"{f}: expected a state dict, found {type(sd).__name__}")
+        self._bin_cache = (f, sd)
+        return sd
+
+    def keys(self):
+        return self.index.keys()
+
+    def get(self, name: str) -> np.ndarray:
+        f = self.index[name]
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(os.fspath(f), "numpy") as h:
+                    return h.get_tensor(name)
+            t = self._load_bin(f)[name]
+            import torch
+            if t.dtype == torch.bfloat16:
+                import ml_dtypes
+                return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+            return t.numpy().copy()
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise CheckpointError(f"{f}: cannot read tensor {name!r} ({e})") from None

@@ -1,0 +1,20 @@
+import os
+
+# Eight simulated CPU devices for the sharding tests; must be set before jax is imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The real data beside the checkout, or a skip saying why."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent: real-data tests need ../shared beside the checkout")
+    return root

@@ -1,0 +1,83 @@
+"""Tiny random LLaVA checkpoints in Hugging Face format, built in-process (no network)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from vlguard_jax.data.tokenizer import build_tokenizer
+
+CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the user's questions.",
+    "USER: What is shown in the image? ASSISTANT: A red circle on a blue square.",
+    "I'm sorry, but I cannot help with that request. It is illegal and unethical.",
+    "Sure, here is how to do it step by step: first, second, third.",
+]
+
+
+def tokenizer():
+    return build_tokenizer(CORPUS * 4, vocab_size=400)
+
+
+def hf_config(tok=None, *, vision_layers=3, text_layers=3, heads=3, kv_heads=1, feature_layer=-2,
+              strategy="default", tie=False, rope_scaling=None, image_size=28) -> transformers.LlavaConfig:
+    tok = tok or tokenizer()
+    vocab = len(tok)
+    text = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=16 * heads, intermediate_size=40, num_hidden_layers=text_layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=16, rms_norm_eps=1e-5,
+        max_position_embeddings=256, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2,
+        rope_parameters=rope_scaling or {"rope_type": "default", "rope_theta": 10000.0})
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=vision_layers, num_attention_heads=2,
+        image_size=image_size, patch_size=14, projection_dim=16)
+    cfg = transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=feature_layer, vision_feature_select_strategy=strategy,
+        tie_word_embeddings=tie)
+    return cfg
+
+
+def hf_model(cfg, seed=0, scale=1.0):
+    """A random torch LLaVA in float32. `scale` widens the init so logits are not all near 0."""
+    torch.manual_seed(seed)
+    model = transformers.LlavaForConditionalGeneration(cfg).eval()
+    if scale != 1.0:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" not in name:
+                    p.mul_(scale)
+    return model
+
+
+def save_hf(model, tok, path: Path, **save_kw) -> Path:
+    path = Path(path)
+    model.save_pretrained(path, **save_kw)
+    tok.save_pretrained(path)
+    size = model.config.vision_config.image_size
+    transformers.CLIPImageProcessor(size={"shortest_edge": size},
+                                    crop_size={"height": size, "width": size}).save_pretrained(path)
+    return path
+
+
+def batch(cfg, tok, rows=("image", "text", "image"), lengths=(9, 6, 12), seed=0):
+    """Right-padded ids with one image per image row; returns (ids, mask, pixels of image rows)."""
+    rng = np.random.default_rng(seed)
+    n_img = (cfg.vision_config.image_size // 14) ** 2 + (cfg.vision_feature_select_strategy == "full")
+    seqs = []
+    for kind, n in zip(rows, lengths):
+        text = list(rng.integers(3, len(tok) - 1, n))
+        seqs.append([1] + ([cfg.image_token_index] * n_img if kind == "image" else []) + text)
+    t = max(len(s) for s in seqs)
+    ids = np.zeros((len(seqs), t), np.int64)
+    mask = np.zeros((len(seqs), t), np.int64)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = s
+        mask[i, :len(s)] = 1
+    n_images = sum(r == "image" for r in rows)
+    size = cfg.vision_config.image_size
+    pixels = rng.normal(size=(n_images, 3, size, size)).astype(np.float32)
+    return ids, mask, pixels

@@ -1,0 +1,1 @@
+"""Data: records -> conversations -> tokens and pixels -> batches."""

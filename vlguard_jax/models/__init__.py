@@ -1,0 +1,56 @@
+"""Flax ports of LLaVA-1.5: CLIP tower, projector, Llama decoder."""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlguard_jax.models.config import LlavaConfig, TextConfig, VisionConfig
+from vlguard_jax.models.llama import init_cache
+from vlguard_jax.models.llava import LlavaModel
+
+__all__ = ["LlavaConfig", "TextConfig", "VisionConfig", "LlavaModel", "init_cache",
+           "dummy_inputs", "param_axes", "abstract_params", "init_params"]
+
+
+def dummy_inputs(config: LlavaConfig, batch: int = 1):
+    """Inputs that touch every parameter (one image row), for `init` and shape tracing."""
+    n = config.num_image_tokens
+    ids = jnp.concatenate([jnp.ones((batch, 1), jnp.int32),
+                           jnp.full((batch, n), config.image_token_index, jnp.int32)], axis=1)
+    v = config.vision
+    pixels = jnp.zeros((batch, v.num_channels, v.image_size, v.image_size), jnp.float32)
+    return ids, pixels
+
+
+def _boxed_init(model: LlavaModel, rng):
+    ids, pixels = dummy_inputs(model.config)
+    return model.init(rng, ids, pixels)["params"]
+
+
+def param_axes(model: LlavaModel):
+    """Tree of logical axis-name tuples, one per parameter."""
+    boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
+    return jax.tree.map(lambda b: tuple(b.names), boxed,
+                        is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+
+
+def abstract_params(model: LlavaModel, mesh=None):
+    """ShapeDtypeStructs of the parameters, with shardings when a mesh is given."""
+    from vlguard_jax import sharding
+    boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
+    shapes = nn.unbox(boxed)
+    if mesh is None:
+        return shapes
+    shardings = sharding.tree_shardings(param_axes(model), shapes, mesh)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        shapes, shardings)
+
+
+def init_params(model: LlavaModel, rng, mesh=None):
+    """Random parameters, created directly in their sharded layout when a mesh is given."""
+    init = lambda r: nn.unbox(_boxed_init(model, r))
+    if mesh is None:
+        return jax.jit(init)(rng)
+    out = jax.tree.map(lambda s: s.sharding, abstract_params(model, mesh))
+    return jax.jit(init, out_shardings=out)(rng)

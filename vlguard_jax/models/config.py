@@ -1,0 +1,260 @@
+"""Model configs: plain frozen dataclasses, read from and written to Hugging Face config.json.
+
+Two source formats are understood: llava-hf (`LlavaForConditionalGeneration`, any transformers
+version) and the original LLaVA repo (`LlavaLlamaForCausalLM`, `mm_*` keys).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+# The OpenAI CLIP towers LLaVA names in `mm_vision_tower`; their shapes cannot all be read from
+# the weights (the head count is not), so they are listed here.
+KNOWN_CLIP_TOWERS = {
+    "openai/clip-vit-large-patch14-336": dict(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+        image_size=336, patch_size=14),
+    "openai/clip-vit-large-patch14": dict(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+        image_size=224, patch_size=14),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    image_size: int = 336
+    patch_size: int = 14
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-5
+    hidden_act: str = "quick_gelu"
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # None, or the llama3 rule: {"rope_type": "llama3", "factor", "low_freq_factor", ...}.
+    rope_scaling: tuple | None = None
+    max_position_embeddings: int = 4096
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple | None = 2
+    pad_token_id: int | None = None
+
+    @property
+    def rope_scaling_dict(self) -> dict | None:
+        return dict(self.rope_scaling) if self.rope_scaling else None
+
+
+@dataclasses.dataclass(frozen=True)
+class LlavaConfig:
+    vision: VisionConfig = VisionConfig()
+    text: TextConfig = TextConfig()
+    image_token_index: int = 32000
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: str = "default"
+    projector_hidden_act: str = "gelu"
+    projector_bias: bool = True
+
+    def __post_init__(self):
+        if self.vision_feature_select_strategy not in ("default", "full"):
+            raise ValueError(
+                f"vision_feature_select_strategy must be 'default' or 'full', "
+                f"got {self.vision_feature_select_strategy!r}")
+        n = self.vision.num_hidden_layers
+        if not -(n + 1) <= self.vision_feature_layer <= n:
+            raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is out of range for "
+                             f"a tower with {n} layers")
+        if self.vision.hidden_act != "quick_gelu":
+            raise ValueError(f"vision hidden_act {self.vision.hidden_act!r} is not supported "
+                             "(CLIP towers use quick_gelu)")
+        if self.text.hidden_act != "silu":
+            raise ValueError(f"text hidden_act {self.text.hidden_act!r} is not supported (Llama uses silu)")
+        if self.projector_hidden_act != "gelu":
+            raise ValueError(f"projector_hidden_act {self.projector_hidden_act!r} is not supported "
+                             "(LLaVA-1.5's mlp2x_gelu uses exact gelu)")
+        if self.text.rope_scaling and dict(self.text.rope_scaling).get("rope_type") not in ("llama3",):
+            raise ValueError(f"rope scaling {dict(self.text.rope_scaling)} is not supported "
+                             "(default and llama3 are)")
+
+    @property
+    def num_image_tokens(self) -> int:
+        extra = 1 if self.vision_feature_select_strategy == "full" else 0
+        return self.vision.num_patches + extra
+
+    @property
+    def num_vision_layers_used(self) -> int:
+        """Layers of the tower that feed the selected hidden state (the rest never run)."""
+        n = self.vision.num_hidden_layers
+        return self.vision_feature_layer % (n + 1)
+
+    def replace(self, **kw) -> "LlavaConfig":
+        return dataclasses.replace(self, **kw)
+
+    # ---- our own JSON (written next to converted checkpoints) -------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        rs = self.text.rope_scaling_dict
+        d["text"]["rope_scaling"] = rs
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlavaConfig":
+        d = dict(d)
+        text = dict(d.pop("text"))
+        if text.get("rope_scaling"):
+            text["rope_scaling"] = tuple(sorted(text["rope_scaling"].items()))
+        if isinstance(text.get("eos_token_id"), list):
+            text["eos_token_id"] = tuple(text["eos_token_id"])
+        return cls(vision=VisionConfig(**d.pop("vision")), text=TextConfig(**text), **d)
+
+    def save(self, path) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    @classmethod
+    def load(cls, path) -> "LlavaConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    # ---- Hugging Face --------------------------------------------------------------------
+    @classmethod
+    def from_hf(cls, hf: dict, *, source: str = "config.json") -> "LlavaConfig":
+        """From a llava-hf config.json dict (keys of transformers 4.x or 5.x)."""
+        if "text_config" not in hf or "vision_config" not in hf:
+            raise ValueError(f"{source}: not a llava-hf config (no text_config/vision_config)")
+        layer = hf.get("vision_feature_layer", -2)
+        if not isinstance(layer, int):
+            raise ValueError(f"{source}: vision_feature_layer {layer!r} is not supported "
+                             "(a single layer index is)")
+        return cls(
+            vision=vision_from_hf(hf["vision_config"]),
+            text=text_from_hf(hf["text_config"], source=source),
+            image_token_index=hf.get("image_token_index", hf.get("image_token_id", 32000)),
+            vision_feature_layer=layer,
+            vision_feature_select_strategy=hf.get("vision_feature_select_strategy", "default"),
+            projector_hidden_act=hf.get("projector_hidden_act", "gelu"),
+            projector_bias=hf.get("multimodal_projector_bias", True),
+        )
+
+    @classmethod
+    def from_original_llava(cls, hf: dict, vision: VisionConfig | None, image_token_index: int,
+                            *, source: str = "config.json") -> "LlavaConfig":
+        """From an original-LLaVA config.json (`LlavaLlamaForCausalLM`, `mm_*` keys)."""
+        ptype = hf.get("mm_projector_type", "linear")
+        if ptype != "mlp2x_gelu":
+            raise ValueError(f"{source}: mm_projector_type {ptype!r} is not supported (mlp2x_gelu is)")
+        if vision is None:
+            tower = hf.get("mm_vision_tower")
+            if tower not in KNOWN_CLIP_TOWERS:
+                raise ValueError(f"{source}: vision tower {tower!r} is not a known CLIP; "
+                                 "pass --vision-tower DIR with its config.json")
+            vision = VisionConfig(**KNOWN_CLIP_TOWERS[tower])
+        if hf.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
+            raise ValueError(f"{source}: mm_hidden_size {hf['mm_hidden_size']} != vision hidden size "
+                             f"{vision.hidden_size}")
+        strategy = {"patch": "default", "cls_patch": "full"}.get(hf.get("mm_vision_select_feature", "patch"))
+        if strategy is None:
+            raise ValueError(f"{source}: mm_vision_select_feature {hf['mm_vision_select_feature']!r} "
+                             "is not supported (patch, cls_patch are)")
+        return cls(vision=vision, text=text_from_hf(hf, source=source),
+                   image_token_index=image_token_index,
+                   vision_feature_layer=hf.get("mm_vision_select_layer", -2),
+                   vision_feature_select_strategy=strategy)
+
+    def to_hf(self) -> dict:
+        """A llava-hf config.json dict that `LlavaConfig.from_dict` in transformers reads."""
+        t, v = self.text, self.vision
+        rope = {"rope_type": "default", "rope_theta": t.rope_theta}
+        if t.rope_scaling:
+            rope.update(t.rope_scaling_dict)
+            rope["rope_theta"] = t.rope_theta
+        eos = list(t.eos_token_id) if isinstance(t.eos_token_id, tuple) else t.eos_token_id
+        text_config = dict(
+            model_type="llama", vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
+            num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
+            head_dim=t.head_dim, rms_norm_eps=t.rms_norm_eps, rope_theta=t.rope_theta,
+            rope_parameters=rope, rope_scaling=rope if t.rope_scaling else None,
+            max_position_embeddings=t.max_position_embeddings,
+            attention_bias=t.attention_bias, mlp_bias=t.mlp_bias, hidden_act=t.hidden_act,
+            tie_word_embeddings=t.tie_word_embeddings, bos_token_id=t.bos_token_id,
+            eos_token_id=eos, pad_token_id=t.pad_token_id)
+        vision_config = dict(
+            model_type="clip_vision_model", hidden_size=v.hidden_size,
+            intermediate_size=v.intermediate_size, num_hidden_layers=v.num_hidden_layers,
+            num_attention_heads=v.num_attention_heads, image_size=v.image_size,
+            patch_size=v.patch_size, num_channels=v.num_channels, layer_norm_eps=v.layer_norm_eps,
+            hidden_act=v.hidden_act, projection_dim=768)
+        return dict(
+            architectures=["LlavaForConditionalGeneration"], model_type="llava",
+            text_config=text_config, vision_config=vision_config,
+            image_token_index=self.image_token_index, image_token_id=self.image_token_index,
+            image_seq_length=self.num_image_tokens,
+            vision_feature_layer=self.vision_feature_layer,
+            vision_feature_select_strategy=self.vision_feature_select_strategy,
+            projector_hidden_act=self.projector_hidden_act,
+            multimodal_projector_bias=self.projector_bias,
+            tie_word_embeddings=t.tie_word_embeddings)
+
+
+def vision_from_hf(d: dict) -> VisionConfig:
+    if "vision_config" in d:  # a full CLIPModel config.json
+        d = d["vision_config"]
+    fields = {f.name for f in dataclasses.fields(VisionConfig)}
+    return VisionConfig(**{k: v for k, v in d.items() if k in fields})
+
+
+def text_from_hf(d: dict, *, source: str = "config.json") -> TextConfig:
+    heads = d.get("num_attention_heads", 32)
+    hidden = d.get("hidden_size", 4096)
+    rope = d.get("rope_parameters") or {}
+    theta = d.get("rope_theta") or rope.get("rope_theta") or 10000.0
+    scaling = d.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    if scaling:
+        scaling = dict(scaling)
+        scaling.setdefault("rope_type", scaling.pop("type", None))
+        scaling.pop("rope_theta", None)
+        if scaling["rope_type"] == "default":
+            scaling = None
+        elif scaling["rope_type"] != "llama3":
+            raise ValueError(f"{source}: rope scaling {scaling} is not supported (default and llama3 are)")
+    eos = d.get("eos_token_id", 2)
+    kw: dict[str, Any] = dict(
+        vocab_size=d.get("vocab_size", 32000), hidden_size=hidden,
+        intermediate_size=d.get("intermediate_size", 11008),
+        num_hidden_layers=d.get("num_hidden_layers", 32), num_attention_heads=heads,
+        num_key_value_heads=d.get("num_key_value_heads") or heads,
+        head_dim=d.get("head_dim") or hidden // heads, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta), rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
+        max_position_embeddings=d.get("max_position_embeddings", 4096),
+        attention_bias=d.get("attention_bias", False), mlp_bias=d.get("mlp_bias", False),
+        hidden_act=d.get("hidden_act", "silu"), tie_word_embeddings=d.get("tie_word_embeddings", False),
+        bos_token_id=d.get("bos_token_id", 1), eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+        pad_token_id=d.get("pad_token_id"))
+    if d.get("pretraining_tp", 1) != 1:
+        raise ValueError(f"{source}: pretraining_tp {d['pretraining_tp']} is not supported")
+    return TextConfig(**kw)

@@ -1,0 +1,82 @@
+"""Building blocks shared by the vision tower and the decoder.
+
+Every parameter carries logical axis names (see `vlguard_jax.sharding`). Parameters live in
+`param_dtype`; matmuls run in `dtype`; norms always compute in float32.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def param_with_axes(module: nn.Module, name: str, init, shape, dtype, axes):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class Dense(nn.Module):
+    """y = x @ kernel (+ bias); kernel is [in, out] with logical `axes`."""
+    features: int
+    axes: tuple[str | None, str | None]
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = param_with_axes(self, "kernel", nn.initializers.normal(0.02),
+                                 (x.shape[-1], self.features), self.param_dtype, self.axes)
+        y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = param_with_axes(self, "bias", nn.initializers.zeros, (self.features,),
+                                   self.param_dtype, (self.axes[1],))
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class RMSNorm(nn.Module):
+    """Llama RMSNorm, with Hugging Face's cast order (normalise in f32, cast, then scale)."""
+    eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        weight = param_with_axes(self, "weight", nn.initializers.ones, (x.shape[-1],),
+                                 self.param_dtype, ("norm",))
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+        return weight.astype(self.dtype) * y
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm computed in float32, result cast to `dtype`."""
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d = x.shape[-1]
+        weight = param_with_axes(self, "weight", nn.initializers.ones, (d,), self.param_dtype, ("norm",))
+        bias = param_with_axes(self, "bias", nn.initializers.zeros, (d,), self.param_dtype, ("norm",))
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
+    """Multi-head attention over [batch, length, heads, head_dim]; GQA when k has fewer heads.
+
+    Goes through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU when
+    `implementation="cudnn"` or when XLA picks it); the softmax runs in float32.
+    """
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                        implementation=implementation)

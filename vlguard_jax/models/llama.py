@@ -1,0 +1,210 @@
+"""The Llama decoder (Hugging Face `LlamaModel` + `lm_head` semantics) with a functional KV cache.
+
+RoPE follows Hugging Face's `rotate_half` convention, so converted q/k weights need no permutation.
+The cache is an explicit pytree (`init_cache`) that goes in and comes back out of each call, so the
+generator can carry it through a `lax.while_loop`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlguard_jax.models.config import TextConfig
+from vlguard_jax.models.layers import Dense, Dtype, RMSNorm, attention, param_with_axes
+from vlguard_jax.sharding import constrain
+
+ACT = ("batch", "length", "act_embed")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_all": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def rope_inv_freq(c: TextConfig) -> np.ndarray:
+    """Inverse frequencies in float32, computed as transformers does (default or llama3 rule)."""
+    dim = c.head_dim
+    inv = (1.0 / (np.float32(c.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))).astype(np.float32)
+    rs = c.rope_scaling_dict
+    if rs and rs.get("rope_type") == "llama3":
+        factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+        old = rs["original_max_position_embeddings"]
+        lo_wl, hi_wl = old / lo, old / hi
+        wl = 2 * math.pi / inv
+        scaled = np.where(wl > lo_wl, inv / factor, inv)
+        smooth = (old / wl - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wl < hi_wl) & ~(wl > lo_wl)
+        inv = np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv
+
+
+def apply_rope(x, positions, inv_freq):
+    """x: [B, T, N, H]; positions: [B, T] int."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def init_cache(c: TextConfig, batch: int, max_length: int, dtype=jnp.bfloat16) -> dict:
+    """An empty KV cache: per layer (k, v) of [B, S, kv_heads, head_dim], plus slot validity."""
+    shape = (batch, max_length, c.num_key_value_heads, c.head_dim)
+    return {
+        "layers": [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(c.num_hidden_layers)],
+        "valid": jnp.zeros((batch, max_length), bool),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+class LlamaAttention(nn.Module):
+    config: TextConfig
+    dtype: Dtype
+    param_dtype: Dtype
+    attn_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x, positions, mask, layer_cache, cache_index):
+        c = self.config
+        b, t, _ = x.shape
+        kw = dict(use_bias=c.attention_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        q = Dense(c.num_attention_heads * c.head_dim, ("embed", "heads"), name="q_proj", **kw)(x)
+        k = Dense(c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), name="k_proj", **kw)(x)
+        v = Dense(c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), name="v_proj", **kw)(x)
+        q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
+        k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)
+        v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
+        inv_freq = rope_inv_freq(c)
+        q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "act_heads", None))
+        k = constrain(apply_rope(k, positions, inv_freq), ("batch", "length", "act_kv_heads", None))
+        v = constrain(v, ("batch", "length", "act_kv_heads", None))
+        new_cache = None
+        if layer_cache is not None:
+            kc, vc = layer_cache
+            kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, cache_index, 0, 0))
+            vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, cache_index, 0, 0))
+            kc = constrain(kc, ("batch", "cache_length", "act_kv_heads", None))
+            vc = constrain(vc, ("batch", "cache_length", "act_kv_heads", None))
+            new_cache = (kc, vc)
+            k, v = kc.astype(self.dtype), vc.astype(self.dtype)
+        o = attention(q, k, v, mask=mask, is_causal=mask is None, implementation=self.attn_impl)
+        o = o.reshape(b, t, c.num_attention_heads * c.head_dim)
+        out = Dense(c.hidden_size, ("heads", "embed"), name="o_proj", **kw)(o)
+        return out, new_cache
+
+
+class LlamaMLP(nn.Module):
+    config: TextConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        kw = dict(use_bias=c.mlp_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        gate = Dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
+        up = Dense(c.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
+        h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return Dense(c.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(h)
+
+
+class LlamaDecoderLayer(nn.Module):
+    config: TextConfig
+    dtype: Dtype
+    param_dtype: Dtype
+    attn_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x, positions, mask, layer_cache, cache_index):
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
+        h, new_cache = LlamaAttention(c, attn_impl=self.attn_impl, name="self_attn", **kw)(
+            h, positions, mask, layer_cache, cache_index)
+        x = x + h
+        h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
+        x = constrain(x + LlamaMLP(c, name="mlp", **kw)(h), ACT)
+        return x, new_cache
+
+
+def attention_mask(t: int, attn_mask, cache: dict | None):
+    """Boolean [B, 1, T, S] mask, or None when plain causal attention is exact.
+
+    Without a cache and without padding information, right-padded rows need only the causal mask:
+    no real token ever attends to the padding after it.
+    """
+    if cache is None:
+        if attn_mask is None:
+            return None
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        return (causal[None] & attn_mask.astype(bool)[:, None, :])[:, None]
+    s = cache["valid"].shape[1]
+    slot = jnp.arange(s)[None, :]
+    query_slot = cache["index"] + jnp.arange(t)[:, None]
+    return ((slot <= query_slot)[None] & cache["valid"][:, None, :])[:, None]
+
+
+class LlamaForCausalLM(nn.Module):
+    """Embedding, decoder layers, final norm and lm_head; call `embed`, `__call__`, `logits`."""
+    config: TextConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attn_impl: str | None = None
+    remat_policy: str = "none"
+
+    def setup(self):
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.embed_tokens = self.param(
+            "embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+            (c.vocab_size, c.hidden_size), self.param_dtype)
+        layer_cls = LlamaDecoderLayer
+        policy = REMAT_POLICIES[self.remat_policy]
+        if self.remat_policy != "none":
+            layer_cls = nn.remat(LlamaDecoderLayer, policy=policy, prevent_cse=True)
+        self.layers = [layer_cls(c, attn_impl=self.attn_impl, name=f"layers_{i}", **kw)
+                       for i in range(c.num_hidden_layers)]
+        self.norm = RMSNorm(c.rms_norm_eps, **kw)
+        if not c.tie_word_embeddings:
+            self.lm_head = Dense(c.vocab_size, ("embed", "vocab"), **kw)
+
+    def embed(self, input_ids):
+        # Ids outside the vocabulary (an image placeholder such as -200) read row 0; the caller
+        # overwrites those positions.
+        ids = jnp.where((input_ids < 0) | (input_ids >= self.config.vocab_size), 0, input_ids)
+        return constrain(jnp.take(self.embed_tokens, ids, axis=0).astype(self.dtype), ACT)
+
+    def __call__(self, x, positions=None, attn_mask=None, cache: dict | None = None):
+        """x: input embeddings [B, T, D]. Returns (final hidden states, updated cache or None)."""
+        b, t, _ = x.shape
+        index = cache["index"] if cache is not None else 0
+        if positions is None:
+            positions = jnp.broadcast_to(index + jnp.arange(t)[None], (b, t))
+        if cache is not None:
+            new_valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
+            cache = dict(cache, valid=jax.lax.dynamic_update_slice(cache["valid"], new_valid, (0, index)))
+        mask = attention_mask(t, attn_mask, cache)
+        new_layers = []
+        for i, layer in enumerate(self.layers):
+            x, layer_cache = layer(x, positions, mask, None if cache is None else cache["layers"][i], index)
+            new_layers.append(layer_cache)
+        x = self.norm(x)
+        if cache is not None:
+            cache = dict(cache, layers=new_layers, index=index + t)
+        return x, cache
+
+    def logits(self, hidden):
+        if self.config.tie_word_embeddings:
+            w = self.embed_tokens.astype(self.dtype).T
+            out = jnp.dot(hidden.astype(self.dtype), w)
+        else:
+            out = self.lm_head(hidden)
+        return constrain(out, ("batch", "length", "act_vocab"))

@@ -1,0 +1,79 @@
+"""LLaVA-1.5: CLIP tower -> mlp2x_gelu projector -> Llama, with image features scattered into the
+token sequence at the positions of `image_token_index` (the llava-hf input convention).
+
+One image per row. A row with image tokens takes the k-th feature of its own image at its k-th
+image token; a row with none (text-only samples in a mixed batch) ignores its pixel slot. Shapes
+stay static under `jit`.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlguard_jax.models.clip import CLIPVisionTower
+from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.layers import Dense, Dtype
+from vlguard_jax.models.llama import LlamaForCausalLM
+from vlguard_jax.sharding import constrain
+
+
+class Projector(nn.Module):
+    """mlp2x_gelu: Linear, exact GELU, Linear."""
+    config: LlavaConfig
+    dtype: Dtype
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        kw = dict(use_bias=c.projector_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = Dense(c.text.hidden_size, ("vision_embed", "mlp"), name="linear_1", **kw)(x)
+        x = jax.nn.gelu(x, approximate=False)
+        return Dense(c.text.hidden_size, ("mlp", "embed"), name="linear_2", **kw)(x)
+
+
+def scatter_image_features(embeds, input_ids, features, image_token_index):
+    """Put features[b, k] at the k-th image token of row b. embeds [B,T,D], features [B,P,D]."""
+    is_image = input_ids == image_token_index
+    k = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
+    gathered = jnp.take_along_axis(features.astype(embeds.dtype), k[..., None], axis=1)
+    return jnp.where(is_image[..., None], gathered, embeds)
+
+
+class LlavaModel(nn.Module):
+    config: LlavaConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attn_impl: str | None = None
+    remat_policy: str = "none"
+
+    def setup(self):
+        c = self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.vision_tower = CLIPVisionTower(c.vision, num_layers=c.num_vision_layers_used,
+                                            attn_impl=self.attn_impl, **kw)
+        self.projector = Projector(c, **kw)
+        self.language_model = LlamaForCausalLM(c.text, attn_impl=self.attn_impl,
+                                               remat_policy=self.remat_policy, **kw)
+
+    def image_features(self, pixel_values):
+        """[B, C, H, W] -> projected features [B, num_image_tokens, text hidden]."""
+        h = self.vision_tower(pixel_values)
+        if self.config.vision_feature_select_strategy == "default":
+            h = h[:, 1:]
+        return constrain(self.projector(h), ("batch", "length", "act_embed"))
+
+    def __call__(self, input_ids, pixel_values=None, attention_mask=None, positions=None,
+                 cache=None, return_hidden: bool = False):
+        """Returns (logits or final hidden states, cache). `attention_mask` [B, T] marks real
+        tokens; leave it None for right-padded training batches (causal masking is then exact)."""
+        x = self.language_model.embed(input_ids)
+        if pixel_values is not None:
+            feats = self.image_features(pixel_values)
+            x = scatter_image_features(x, input_ids, feats, self.config.image_token_index)
+        h, cache = self.language_model(x, positions, attention_mask, cache)
+        return (h if return_hidden else self.language_model.logits(h)), cache
+
+    def logits(self, hidden):
+        return self.language_model.logits(hidden)

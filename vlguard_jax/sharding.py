@@ -1,0 +1,134 @@
+"""Meshes and the one table that maps logical axis names to mesh axes.
+
+Model code names every parameter and activation axis logically (`embed`, `heads`, ...); this module
+alone decides which mesh axes (`data`, `fsdp`, `tensor`) those names land on.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or axes) it is split over; None means replicated.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    # activations
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("cache_length", None),
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("vision_embed", "fsdp"),
+    ("vision_heads", "tensor"),
+    ("vision_mlp", "tensor"),
+    ("vision_patch", None),
+    ("vision_positions", None),
+    ("lora_rank", None),
+)
+
+_RULES = dict(LOGICAL_AXIS_RULES)
+_current_mesh: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("mesh", default=None)
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh; one -1 entry takes the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(shape)
+    if len(shape) != 3:
+        raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if len(devices) % known:
+            raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, "
+                         f"have {len(devices)}")
+    try:
+        from jax.experimental import mesh_utils
+        arr = mesh_utils.create_device_mesh(shape, devices)
+    except Exception:  # arbitrary device sets (e.g. CPU subsets) have no physical topology
+        arr = np.asarray(devices).reshape(shape)
+    return Mesh(arr, MESH_AXES)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = None,
+                    mesh: Mesh | None = None) -> PartitionSpec:
+    """PartitionSpec for logically named axes. With `shape` and `mesh`, a mesh axis that does not
+    divide its dimension (odd head counts, small vocabularies) is dropped: that dim is replicated."""
+    used: set[str] = set()
+    out = []
+    for i, name in enumerate(axes):
+        if name is None:
+            out.append(None)
+            continue
+        if name not in _RULES:
+            raise KeyError(f"logical axis {name!r} has no rule in LOGICAL_AXIS_RULES")
+        target = _RULES[name]
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        keep = []
+        for t in targets:
+            if t in used:
+                continue
+            size = mesh.shape[t] if mesh is not None else 1
+            if shape is not None and mesh is not None and shape[i] % (math.prod(
+                    mesh.shape[k] for k in keep) * size):
+                continue
+            if mesh is not None and size == 1:
+                continue
+            keep.append(t)
+        used.update(keep)
+        out.append(None if not keep else keep[0] if len(keep) == 1 else tuple(keep))
+    return PartitionSpec(*out)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None):
+    """Make `constrain` inside model code shard activations over `mesh`."""
+    token = _current_mesh.set(mesh)
+    try:
+        yield mesh
+    finally:
+        _current_mesh.reset(token)
+
+
+def current_mesh() -> Mesh | None:
+    return _current_mesh.get()
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Sharding hint for an activation; a no-op outside `use_mesh`."""
+    mesh = _current_mesh.get()
+    if mesh is None or mesh.size == 1:
+        return x
+    spec = logical_to_spec(axes, x.shape, mesh)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def tree_shardings(axes_tree, shapes_tree, mesh: Mesh):
+    """NamedShardings for a tree of logical axes tuples, given matching shapes."""
+    return jax.tree.map(
+        lambda axes, s: NamedSharding(mesh, logical_to_spec(axes, s.shape, mesh)),
+        axes_tree, shapes_tree, is_leaf=lambda a: isinstance(a, tuple))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
