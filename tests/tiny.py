@@ -81,3 +81,38 @@ def batch(cfg, tok, rows=("image", "text", "image"), lengths=(9, 6, 12), seed=0)
     size = cfg.vision_config.image_size
     pixels = rng.normal(size=(n_images, 3, size, size)).astype(np.float32)
     return ids, mask, pixels
+
+
+def build(tmp: Path, *, scale=5.0, seed=0, dtype="float32", **cfg_kw):
+    """A tiny HF LLaVA saved under tmp/hf and converted to tmp/flax. Returns a namespace."""
+    from types import SimpleNamespace
+
+    from conversion.hf_to_flax import convert
+    tok = tokenizer()
+    cfg = hf_config(tok, **cfg_kw)
+    model = hf_model(cfg, seed=seed, scale=scale)
+    hf_dir = save_hf(model, tok, Path(tmp) / "hf")
+    flax_dir = Path(tmp) / "flax"
+    convert(hf_dir, flax_dir, dtype)
+    return SimpleNamespace(tok=tok, cfg=cfg, model=model, hf_dir=hf_dir, flax_dir=flax_dir)
+
+
+def torch_logits(model, ids, mask, pixels):
+    dtype = next(model.parameters()).dtype
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    pixel_values=torch.tensor(pixels).to(dtype) if len(pixels) else None)
+    return out.logits.float().numpy()
+
+
+def row_pixels(ids, cfg, pixels):
+    """The per-row pixel layout our model takes: image rows get their image, others zeros."""
+    has_image = (np.asarray(ids) == cfg.image_token_index).any(axis=1)
+    out = np.zeros((len(ids),) + pixels.shape[1:], np.float32)
+    out[has_image] = pixels
+    return out
+
+
+def rel_err(ours, ref, mask):
+    valid = np.asarray(mask).astype(bool)
+    return float(np.abs(np.asarray(ours, np.float32) - ref)[valid].max() / np.abs(ref[valid]).max())

@@ -1,0 +1,139 @@
+"""`python -m conversion.flax_to_hf --src CKPT --dst DIR [--dtype float32|bfloat16|float16]`
+
+Writes a vlguard-jax checkpoint as a llava-hf directory: sharded safetensors with an index,
+`config.json`, `generation_config.json`, the tokenizer and the processor files, so that
+`LlavaForConditionalGeneration.from_pretrained(DIR)` and `AutoProcessor.from_pretrained(DIR)` work.
+Key names are the llava-hf hub names, which transformers 4.x and 5.x both load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from flax import traverse_util
+from safetensors.numpy import save_file
+
+from conversion import layouts
+from conversion.hf_to_flax import DTYPES, SIDE_FILES
+from conversion.reader import CheckpointError
+from vlguard_jax.checkpoint import PARAMS_DIR, atomic_dir, load_params
+from vlguard_jax.loading import MODEL_CONFIG
+from vlguard_jax.models.config import LlavaConfig
+
+MAX_SHARD_BYTES = 4 << 30
+
+
+def torch_state(config: LlavaConfig, params, dtype) -> dict[str, np.ndarray]:
+    """Our parameter tree -> {hub name: array} (PyTorch layouts, in `dtype`)."""
+    v = config.vision
+    patch_shape = (v.hidden_size, v.num_channels, v.patch_size, v.patch_size)
+    out = {}
+    for path, array in traverse_util.flatten_dict(params, sep="/").items():
+        name, transform = layouts.torch_name(path, layouts.HUB)
+        out[name] = np.ascontiguousarray(layouts.to_torch(np.asarray(array), transform, patch_shape).astype(dtype))
+    return out
+
+
+def _pad_vocab(config: LlavaConfig, state: dict) -> LlavaConfig:
+    """transformers looks the image token up in the embedding table, so the table must cover it.
+    Checkpoints converted from the original LLaVA put `<image>` one past the vocabulary: add
+    rows (zeros; the image rows of the embedding are always overwritten by image features)."""
+    t = config.text
+    if config.image_token_index < t.vocab_size:
+        return config
+    new = -(-(config.image_token_index + 1) // 64) * 64
+    for key in (layouts.HUB["lm"] + "embed_tokens.weight", layouts.HUB["lm_head"] + "weight"):
+        if key in state:
+            a = state[key]
+            state[key] = np.concatenate([a, np.zeros((new - a.shape[0], a.shape[1]), a.dtype)])
+    import dataclasses
+    return config.replace(text=dataclasses.replace(t, vocab_size=new))
+
+
+def write_safetensors(state: dict, dst: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+    shards, current, size = [], {}, 0
+    for name, a in state.items():
+        if current and size + a.nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = a
+        size += a.nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], os.fspath(dst / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.fspath(dst / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+    total = sum(a.nbytes for a in state.values())
+    (dst / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str) -> None:
+    hf = config.to_hf()
+    hf["dtype"] = dtype_name
+    (dst / "config.json").write_text(json.dumps(hf, indent=2))
+    for name in SIDE_FILES:
+        if (src / name).exists() and not (dst / name).exists():
+            shutil.copy2(src / name, dst / name)
+    if not (dst / "generation_config.json").exists():
+        t = config.text
+        eos = list(t.eos_token_id) if isinstance(t.eos_token_id, tuple) else t.eos_token_id
+        (dst / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": t.bos_token_id, "eos_token_id": eos, "pad_token_id": t.pad_token_id}, indent=2))
+    if (src / "tokenizer_config.json").exists() and (src / "preprocessor_config.json").exists():
+        from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
+        processor = LlavaProcessor(
+            image_processor=CLIPImageProcessor.from_pretrained(src, local_files_only=True),
+            tokenizer=AutoTokenizer.from_pretrained(src, local_files_only=True),
+            patch_size=config.vision.patch_size,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            num_additional_image_tokens=1)
+        processor.save_pretrained(dst)
+
+
+def export(src, dst, dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> LlavaConfig:
+    src, dst = Path(src), Path(dst)
+    if not (src / MODEL_CONFIG).exists():
+        raise CheckpointError(f"{src}: no {MODEL_CONFIG}; not a vlguard-jax checkpoint")
+    config = LlavaConfig.load(src / MODEL_CONFIG)
+    params = load_params(src / PARAMS_DIR)
+    if dtype is None:
+        np_dtype = np.asarray(next(iter(traverse_util.flatten_dict(params).values()))).dtype
+        dtype = np_dtype.name
+    elif dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    state = torch_state(config, params, np.dtype(DTYPES[dtype]))
+    del params
+    config = _pad_vocab(config, state)
+    with atomic_dir(dst) as tmp:
+        write_safetensors(state, tmp, max_shard_bytes)
+        write_side_files(src, tmp, config, dtype)
+    return config
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m conversion.flax_to_hf", description=__doc__.split("\n\n")[1])
+    p.add_argument("--src", required=True, help="vlguard-jax checkpoint directory")
+    p.add_argument("--dst", required=True, help="output directory (must not exist)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="default: the checkpoint's dtype")
+    a = p.parse_args(argv)
+    try:
+        export(a.src, a.dst, a.dtype)
+    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {a.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

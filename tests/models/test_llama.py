@@ -1,0 +1,71 @@
+"""The Llama decoder: one layer alone, left padding with positions, and the KV cache."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from tests import tiny
+from vlguard_jax import load_model
+from vlguard_jax.models.llama import LlamaDecoderLayer, init_cache
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return tiny.build(tmp_path_factory.mktemp("llama"), heads=4, kv_heads=2)
+
+
+def test_one_decoder_layer(built):
+    m = load_model(built.flax_dir, dtype=jnp.float32)
+    x = np.random.default_rng(0).normal(size=(2, 10, m.config.text.hidden_size)).astype(np.float32)
+    with torch.no_grad():
+        out = built.model.model.language_model(inputs_embeds=torch.tensor(x), output_hidden_states=True)
+    ref = out.hidden_states[1].numpy()
+    layer = LlamaDecoderLayer(m.config.text, dtype=jnp.float32, param_dtype=jnp.float32)
+    positions = jnp.broadcast_to(jnp.arange(10)[None], (2, 10))
+    ours, _ = layer.apply({"params": m.params["language_model"]["layers_0"]}, jnp.asarray(x),
+                          positions, None, None, 0)
+    assert np.abs(np.asarray(ours) - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def _left_padded(built):
+    ids, mask, pixels = tiny.batch(built.cfg, built.tok, rows=("image", "text"), lengths=(5, 14))
+    # move each row's padding to the left, as the generator lays prompts out
+    left_ids, left_mask = np.zeros_like(ids), np.zeros_like(mask)
+    for i in range(len(ids)):
+        n = mask[i].sum()
+        left_ids[i, -n:], left_mask[i, -n:] = ids[i, :n], 1
+    positions = np.clip(np.cumsum(left_mask, axis=1) - 1, 0, None)
+    return left_ids, left_mask, positions, pixels
+
+
+def test_left_padding_with_positions_matches_transformers(built):
+    ids, mask, positions, pixels = _left_padded(built)
+    with torch.no_grad():
+        ref = built.model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                          position_ids=torch.tensor(positions), pixel_values=torch.tensor(pixels)).logits.numpy()
+    m = load_model(built.flax_dir, dtype=jnp.float32)
+    ours, _ = m.model.apply({"params": m.params}, jnp.asarray(ids), jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels)),
+                            attention_mask=jnp.asarray(mask), positions=jnp.asarray(positions))
+    assert tiny.rel_err(ours, ref, mask) <= 1e-4
+
+
+def test_cache_prefill_then_decode_equals_full_forward(built):
+    ids, mask, positions, pixels = _left_padded(built)
+    m = load_model(built.flax_dir, dtype=jnp.float32)
+    apply = jax.jit(lambda *a, **k: m.model.apply({"params": m.params}, *a, **k))
+    px = jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))
+    full, none = apply(jnp.asarray(ids), px, attention_mask=jnp.asarray(mask), positions=jnp.asarray(positions))
+    assert none is None
+    split = ids.shape[1] - 4
+    cache = init_cache(m.config.text, len(ids), ids.shape[1] + 2, jnp.float32)
+    pre, cache = apply(jnp.asarray(ids[:, :split]), px, attention_mask=jnp.asarray(mask[:, :split]),
+                       positions=jnp.asarray(positions[:, :split]), cache=cache)
+    steps = [pre]
+    for t in range(split, ids.shape[1]):
+        out, cache = apply(jnp.asarray(ids[:, t:t + 1]), None, attention_mask=jnp.asarray(mask[:, t:t + 1]),
+                           positions=jnp.asarray(positions[:, t:t + 1]), cache=cache)
+        steps.append(out)
+    assert int(cache["index"]) == ids.shape[1]
+    incremental = np.concatenate([np.asarray(s) for s in steps], axis=1)
+    assert tiny.rel_err(incremental, np.asarray(full), mask) <= 1e-5
