@@ -142,7 +142,7 @@ def _copy_side_files(src: Path, vision_tower: Path | None, dst: Path, config: Ll
                                crop_size={"height": size, "width": size}).save_pretrained(dst)
 
 
-def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 256 << 20) -> LlavaConfig:
+def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20) -> LlavaConfig:
     """Convert SRC into DST (which must not exist); returns the model config."""
     src, dst = Path(src), Path(dst)
     vision_tower = Path(vision_tower) if vision_tower else None
@@ -157,7 +157,7 @@ def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: i
         pending = 0
         for path, name, transform, _, from_tower in plan:
             array = (vision_source if from_tower else source).get(name)
-            array = np.ascontiguousarray(layouts.to_flax(array, transform).astype(np_dtype))
+            array = np.ascontiguousarray(layouts.to_flax(array, transform), dtype=np_dtype)
             writer.add(tuple(path.split("/")), array)
             pending += array.nbytes
             del array

@@ -26,6 +26,7 @@ class TensorSource:
 
     def __init__(self, directory):
         self.dir = Path(directory)
+        self._bin_cache: tuple[Path, dict] | None = None
         if not self.dir.is_dir():
             raise CheckpointError(f"{self.dir}: not a directory")
         self.files = self._weight_files()
@@ -37,7 +38,6 @@ class TensorSource:
                     raise CheckpointError(f"{f}: tensor {name!r} also appears in {self.index[name]}")
                 self.index[name] = f
                 self.shapes[name] = shape
-        self._bin_cache: tuple[Path, dict] | None = None
 
     def _weight_files(self) -> list[Path]:
         for idx in INDEX_FILES:

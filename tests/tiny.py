@@ -18,8 +18,8 @@ CORPUS = [
 ]
 
 
-def tokenizer():
-    return build_tokenizer(CORPUS * 4, vocab_size=400)
+def tokenizer(image_token: bool = True):
+    return build_tokenizer(CORPUS * 4, vocab_size=400, image_token=image_token)
 
 
 def hf_config(tok=None, *, vision_layers=3, text_layers=3, heads=3, kv_heads=1, feature_layer=-2,

@@ -14,7 +14,7 @@ BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 IMAGE_TOKEN = "<image>"
 
 
-def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> LlamaTokenizer:
+def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512, image_token: bool = True) -> LlamaTokenizer:
     """Train BPE merges on `corpus` and wrap them in transformers' `LlamaTokenizer`.
 
     The ids of `<unk>`, `<s>`, `</s>` are 0, 1, 2 as in Llama; `<image>` is appended last."""
@@ -28,5 +28,6 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> LlamaTokeni
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     tok = LlamaTokenizer(vocab=model["vocab"], merges=merges, add_bos_token=True, add_eos_token=False)
-    tok.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    if image_token:
+        tok.add_tokens([IMAGE_TOKEN], special_tokens=True)
     return tok

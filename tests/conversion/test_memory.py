@@ -1,0 +1,80 @@
+"""Conversion streams: peak host memory stays near the largest tensor, not the model size."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tests import tiny
+
+MB = 1 << 20
+
+
+def _big_checkpoint(path, tok):
+    """A ~370 MB float32 llava-hf checkpoint (largest tensor 32 MB), written shard by shard."""
+    cfg = tiny.hf_config(tok, heads=8, kv_heads=8, text_layers=6)
+    t = cfg.text_config
+    t.hidden_size, t.intermediate_size, t.head_dim = 1024, 2816, 128
+    t.vocab_size = 8192
+    cfg.image_token_index = len(tok) - 1
+    path.mkdir()
+    (path / "config.json").write_text(cfg.to_json_string())
+    tok.save_pretrained(path)
+    from conversion import layouts
+    from vlguard_jax.models import LlavaModel, abstract_params
+    from vlguard_jax.models.config import LlavaConfig
+    from flax import traverse_util
+    config = LlavaConfig.from_hf(cfg.to_dict())
+    shapes = traverse_util.flatten_dict(abstract_params(LlavaModel(config)), sep="/")
+    rng = np.random.default_rng(0)
+    shard, weight_map, n, total, largest = {}, {}, 0, 0, 0
+    for i, (p, s) in enumerate(shapes.items()):
+        name, transform = layouts.torch_name(p, layouts.HUB)
+        shape = tuple(reversed(s.shape)) if transform == "linear" else s.shape
+        if transform == "patch":
+            shape = (s.shape[1], 3, 14, 14)
+        shard[name] = rng.standard_normal(shape, np.float32)
+        total, largest = total + shard[name].nbytes, max(largest, shard[name].nbytes)
+        if sum(a.nbytes for a in shard.values()) > 60 * MB or i == len(shapes) - 1:
+            n += 1
+            save_file(shard, path / f"model-{n}.safetensors")
+            weight_map.update({k: f"model-{n}.safetensors" for k in shard})
+            shard = {}
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return total, largest
+
+
+def test_peak_rss_is_bounded_by_largest_tensor(tmp_path):
+    total, largest = _big_checkpoint(tmp_path / "big", tiny.tokenizer())
+    assert total > 300 * MB and largest <= 32 * MB
+    flush = 16 * MB
+    # Peak RSS growth of the conversion alone: a small conversion first does every one-time
+    # initialisation (jax, orbax, tensorstore), then the kernel's high-water mark is reset.
+    script = textwrap.dedent(f"""
+        import json, tempfile
+        from tests import tiny
+        from conversion.hf_to_flax import convert
+        tiny.build(tempfile.mkdtemp())
+        def status(key):
+            return int(dict(l.split(":", 1) for l in open("/proc/self/status"))[key].split()[0]) * 1024
+        open("/proc/self/clear_refs", "w").write("5")
+        base = status("VmRSS")
+        convert({str(tmp_path / 'big')!r}, {str(tmp_path / 'out')!r}, "float32", flush_bytes={flush})
+        print(json.dumps({{"base": base, "peak": status("VmHWM")}}))
+    """)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    growth = r["peak"] - r["base"]
+    print(f"checkpoint {total / MB:.0f} MB, largest tensor {largest / MB:.0f} MB, "
+          f"peak RSS growth {growth / MB:.0f} MB")
+    # the tensor read, its converted copy, the queued tensors and orbax's copies of them
+    assert growth <= 4 * largest + 2 * flush + 32 * MB
+    assert growth < 0.6 * total
