@@ -75,8 +75,13 @@ class LayerNorm(nn.Module):
 def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
     """Multi-head attention over [batch, length, heads, head_dim]; GQA when k has fewer heads.
 
-    Goes through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU when
-    `implementation="cudnn"` or when XLA picks it); the softmax runs in float32.
+    Goes through `jax.nn.dot_product_attention`; the softmax runs in float32. `implementation`:
+    None or "xla" (XLA), "cudnn" (cuDNN flash attention; GPU, bf16/f16), or "auto": cuDNN where it
+    applies (GPU, half precision, head_dim a multiple of 8 up to 128, no explicit mask), else XLA.
     """
+    if implementation == "auto":
+        ok = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
+              and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128 and mask is None)
+        implementation = "cudnn" if ok else "xla"
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
                                         implementation=implementation)
