@@ -8,6 +8,7 @@ Key names are the llava-hf hub names, which transformers 4.x and 5.x both load.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -51,7 +52,6 @@ def _pad_vocab(config: LlavaConfig, state: dict) -> LlavaConfig:
         if key in state:
             a = state[key]
             state[key] = np.concatenate([a, np.zeros((new - a.shape[0], a.shape[1]), a.dtype)])
-    import dataclasses
     return config.replace(text=dataclasses.replace(t, vocab_size=new))
 
 

@@ -69,14 +69,7 @@ def _plan(src: Path, vision_tower: Path | None):
         if "text_config" not in hf:
             raise CheckpointError(f"{src / 'config.json'}: llava-hf weights but not a llava-hf config")
         config = LlavaConfig.from_hf(hf, source=str(src / "config.json"))
-        if "tie_word_embeddings" in hf:
-            config = config.replace(text=_replace(config.text, tie_word_embeddings=hf["tie_word_embeddings"]))
     return config, source, vision_source, prefixes, layout
-
-
-def _replace(obj, **kw):
-    import dataclasses
-    return dataclasses.replace(obj, **kw)
 
 
 def _original_image_token(src: Path, hf: dict) -> int:
@@ -102,8 +95,7 @@ def _mapping(config: LlavaConfig, prefixes: dict, dtype, separate_tower: bool):
     return plan
 
 
-def _check(plan, source: TensorSource, vision_source: TensorSource, config: LlavaConfig, layout: str,
-           prefixes: dict):
+def _check(plan, source: TensorSource, vision_source: TensorSource, config: LlavaConfig, layout: str):
     for path, name, transform, shape, from_tower in plan:
         src = vision_source if from_tower else source
         if name not in src.shapes:
@@ -151,7 +143,7 @@ def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: i
     np_dtype = np.dtype(DTYPES[dtype])
     config, source, vision_source, prefixes, layout = _plan(src, vision_tower)
     plan = _mapping(config, prefixes, DTYPES[dtype], vision_source is not source)
-    _check(plan, source, vision_source, config, layout, prefixes)
+    _check(plan, source, vision_source, config, layout)
     with atomic_dir(dst) as tmp:
         writer = StreamingWriter(tmp / PARAMS_DIR)
         pending = 0

@@ -150,9 +150,12 @@ class LlavaConfig:
         if not isinstance(layer, int):
             raise ValueError(f"{source}: vision_feature_layer {layer!r} is not supported "
                              "(a single layer index is)")
+        text = text_from_hf(hf["text_config"], source=source)
+        if "tie_word_embeddings" in hf:  # transformers 5 keeps it at the top level
+            text = dataclasses.replace(text, tie_word_embeddings=hf["tie_word_embeddings"])
         return cls(
             vision=vision_from_hf(hf["vision_config"]),
-            text=text_from_hf(hf["text_config"], source=source),
+            text=text,
             image_token_index=hf.get("image_token_index", hf.get("image_token_id", 32000)),
             vision_feature_layer=layer,
             vision_feature_select_strategy=hf.get("vision_feature_select_strategy", "default"),
