@@ -1,0 +1,110 @@
+"""Record schemas: VLGuard metadata (`train.json`, `test.json`) and LLaVA instruction data
+(`llava_v1_5_mix665k.json` format). Every error names the file and the record."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+VLGUARD_CATEGORIES = ("privacy", "risky behavior", "deception", "discrimination")
+
+
+class RecordError(ValueError):
+    """A malformed record or file; the message names the file and the record."""
+
+
+def load_json_list(path) -> list[dict]:
+    """A JSON file holding a list of objects; malformed JSON is reported with its position."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise RecordError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, list):
+        raise RecordError(f"{path}: expected a JSON list of records, found {type(data).__name__}")
+    return data
+
+
+def _where(source, index: int, record: Any) -> str:
+    rid = record.get("id") if isinstance(record, dict) else None
+    return f"{source}: record {rid!r} (#{index})" if rid is not None else f"{source}: record #{index}"
+
+
+def _text(value) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def validate_vlguard(record: Any, source="<records>", index: int = 0) -> dict:
+    """Check one VLGuard record; returns it unchanged or raises RecordError."""
+    where = _where(source, index, record)
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: expected an object, found {type(record).__name__}")
+    for key, kind in (("id", str), ("image", str), ("safe", bool), ("instr-resp", list)):
+        if key not in record:
+            raise RecordError(f"{where}: missing field {key!r}")
+        if not isinstance(record[key], kind):
+            raise RecordError(f"{where}: field {key!r} must be {kind.__name__}, "
+                              f"found {type(record[key]).__name__}")
+    if not record["id"] or not record["image"]:
+        raise RecordError(f"{where}: empty 'id' or 'image'")
+    pairs = record["instr-resp"]
+    expected = ("safe_instruction", "unsafe_instruction") if record["safe"] else ("instruction",)
+    if len(pairs) != len(expected):
+        kind = "safe" if record["safe"] else "unsafe"
+        raise RecordError(f"{where}: a {kind} image needs {len(expected)} instruction-response "
+                          f"pair(s), found {len(pairs)}")
+    found = []
+    for j, pair in enumerate(pairs):
+        if not isinstance(pair, dict) or len(pair) != 2 or "response" not in pair:
+            raise RecordError(f"{where}: instr-resp[{j}] must hold one instruction and a 'response'")
+        key = next(k for k in pair if k != "response")
+        # The released test.json has empty responses (evaluation needs only the instruction).
+        if not _text(pair[key]) or not isinstance(pair["response"], str):
+            raise RecordError(f"{where}: instr-resp[{j}] needs a non-empty {key!r} and a string 'response'")
+        found.append(key)
+    if sorted(found) != sorted(expected):
+        raise RecordError(f"{where}: instr-resp keys {found}, expected {list(expected)}")
+    if not record["safe"]:
+        cat = record.get("harmful_category")
+        if cat not in VLGUARD_CATEGORIES:
+            raise RecordError(f"{where}: harmful_category {cat!r} is not one of {list(VLGUARD_CATEGORIES)}")
+        if not _text(record.get("harmful_subcategory")):
+            raise RecordError(f"{where}: unsafe record without a harmful_subcategory")
+    return record
+
+
+def validate_llava(record: Any, source="<records>", index: int = 0) -> dict:
+    """Check one LLaVA conversation record (`id`, optional `image`, `conversations`)."""
+    where = _where(source, index, record)
+    if not isinstance(record, dict):
+        raise RecordError(f"{where}: expected an object, found {type(record).__name__}")
+    if "id" not in record:
+        raise RecordError(f"{where}: missing field 'id'")
+    if "image" in record and not (isinstance(record["image"], str) and record["image"]):
+        raise RecordError(f"{where}: field 'image' must be a non-empty string")
+    conv = record.get("conversations")
+    if not isinstance(conv, list) or not conv:
+        raise RecordError(f"{where}: 'conversations' must be a non-empty list")
+    for j, turn in enumerate(conv):
+        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") \
+                or not isinstance(turn.get("value"), str):
+            raise RecordError(f"{where}: conversations[{j}] must be {{'from': 'human'|'gpt', 'value': str}}")
+    tags = sum(t["value"].count("<image>") for t in conv)
+    if tags > 1 or (tags == 1) != ("image" in record):
+        raise RecordError(f"{where}: {tags} <image> tag(s) for "
+                          f"{'one image' if 'image' in record else 'no image'}")
+    return record
+
+
+def load_vlguard(path) -> list[dict]:
+    records = load_json_list(path)
+    return [validate_vlguard(r, path, i) for i, r in enumerate(records)]
+
+
+def load_llava(path) -> list[dict]:
+    records = load_json_list(path)
+    return [validate_llava(r, path, i) for i, r in enumerate(records)]
