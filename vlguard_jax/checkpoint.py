@@ -7,15 +7,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import jax
 import orbax.checkpoint.experimental.v1 as ocp
 
 PARAMS_DIR = "params"
-
-
-def save_params(path, params) -> None:
-    """Write a parameter tree to `path` (an orbax checkpoint)."""
-    ocp.save(os.fspath(path), params)
 
 
 def load_params(path, abstract=None):

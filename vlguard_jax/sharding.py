@@ -128,7 +128,3 @@ def tree_shardings(axes_tree, shapes_tree, mesh: Mesh):
     return jax.tree.map(
         lambda axes, s: NamedSharding(mesh, logical_to_spec(axes, s.shape, mesh)),
         axes_tree, shapes_tree, is_leaf=lambda a: isinstance(a, tuple))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())

@@ -69,3 +69,18 @@ def test_cache_prefill_then_decode_equals_full_forward(built):
     assert int(cache["index"]) == ids.shape[1]
     incremental = np.concatenate([np.asarray(s) for s in steps], axis=1)
     assert tiny.rel_err(incremental, np.asarray(full), mask) <= 1e-5
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_policies_keep_logits_and_gradients(built, policy):
+    ids, mask, pixels = tiny.batch(built.cfg, built.tok)
+    px = jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))
+    plain = load_model(built.flax_dir, dtype=jnp.float32)
+    remat = load_model(built.flax_dir, dtype=jnp.float32, remat_policy=policy)
+
+    def loss(model, params):
+        logits, _ = model.apply({"params": params}, jnp.asarray(ids), px)
+        return jnp.sum(jnp.where(jnp.asarray(mask)[..., None] > 0, logits, 0.0) ** 2)
+    (a, ga), (b, gb) = (jax.value_and_grad(lambda p, m=m: loss(m.model, p))(m.params) for m in (plain, remat))
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), ga, gb)

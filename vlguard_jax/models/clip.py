@@ -69,7 +69,6 @@ class CLIPVisionTower(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attn_impl: str | None = None
-    remat_policy: object = None
 
     @nn.compact
     def __call__(self, pixel_values):
@@ -92,12 +91,9 @@ class CLIPVisionTower(nn.Module):
         cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.hidden_size))
         x = jnp.concatenate([cls, patches], axis=1) + pos.astype(self.dtype)[None]
         x = constrain(LayerNorm(c.layer_norm_eps, name="pre_layrnorm", **kw)(x), ACT)
-        layer_cls = CLIPEncoderLayer
-        if self.remat_policy is not None:
-            layer_cls = nn.remat(CLIPEncoderLayer, policy=self.remat_policy)
         for i in range(c.num_hidden_layers):
             if i < self.num_layers:
-                x = layer_cls(c, attn_impl=self.attn_impl, name=f"layers_{i}", **kw)(x)
+                x = CLIPEncoderLayer(c, attn_impl=self.attn_impl, name=f"layers_{i}", **kw)(x)
             elif self.is_initializing():  # unused layers still get parameters (for conversion)
                 CLIPEncoderLayer(c, name=f"layers_{i}", **kw)(x)
         if self.is_initializing():

@@ -7,7 +7,6 @@ generator can carry it through a `lax.while_loop`.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlguard_jax.models.config import TextConfig
-from vlguard_jax.models.layers import Dense, Dtype, RMSNorm, attention, param_with_axes
+from vlguard_jax.models.layers import Dense, Dtype, RMSNorm, attention
 from vlguard_jax.sharding import constrain
 
 ACT = ("batch", "length", "act_embed")
