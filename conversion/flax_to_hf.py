@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 from conversion import layouts
-from conversion.hf_to_flax import DTYPES, SIDE_FILES
+from conversion.hf_to_flax import DTYPES, copy_side_files
 from conversion.reader import CheckpointError
 from vlguard_jax.checkpoint import PARAMS_DIR, atomic_dir, load_params
 from vlguard_jax.loading import MODEL_CONFIG
@@ -81,9 +80,7 @@ def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str)
     hf = config.to_hf()
     hf["dtype"] = dtype_name
     (dst / "config.json").write_text(json.dumps(hf, indent=2))
-    for name in SIDE_FILES:
-        if (src / name).exists() and not (dst / name).exists():
-            shutil.copy2(src / name, dst / name)
+    copy_side_files(src, dst)
     if not (dst / "generation_config.json").exists():
         t = config.text
         eos = list(t.eos_token_id) if isinstance(t.eos_token_id, tuple) else t.eos_token_id

@@ -40,14 +40,15 @@ def _read_json(path: Path) -> dict:
 
 
 def _plan(src: Path, vision_tower: Path | None):
-    """Reads configs and tensor headers; returns (config, sources, layout, tokenizer fix-up)."""
+    """Reads configs and tensor headers; returns (config, tensor sources, prefixes, layout, and for
+    the original layout its tokenizer with `<image>` added, else None)."""
     hf = _read_json(src / "config.json")
     source = TensorSource(src)
     try:
         layout, prefixes = layouts.detect(source.keys())
     except ValueError as e:
         raise CheckpointError(f"{src}: {e}") from None
-    vision_source = source
+    vision_source, tokenizer = source, None
     if layout == "original":
         inside = any(k.startswith(prefixes["vision"]) for k in source.keys())
         vision_cfg = None
@@ -62,16 +63,17 @@ def _plan(src: Path, vision_tower: Path | None):
         elif not inside:
             raise CheckpointError(f"{src}: the CLIP tower weights are not in this checkpoint; "
                                   "pass --vision-tower DIR (a CLIP model directory)")
-        image_token = _original_image_token(src, hf)
-        config = LlavaConfig.from_original_llava(hf, vision_cfg, image_token, source=str(src / "config.json"))
+        tokenizer = _original_tokenizer(src)
+        config = LlavaConfig.from_original_llava(hf, vision_cfg, tokenizer.convert_tokens_to_ids("<image>"),
+                                                 source=str(src / "config.json"))
     else:
         if "text_config" not in hf:
             raise CheckpointError(f"{src / 'config.json'}: llava-hf weights but not a llava-hf config")
         config = LlavaConfig.from_hf(hf, source=str(src / "config.json"))
-    return config, source, vision_source, prefixes, layout
+    return config, source, vision_source, prefixes, layout, tokenizer
 
 
-def _original_image_token(src: Path, hf: dict) -> int:
+def _original_tokenizer(src: Path):
     """The original LLaVA splices images at id -200 and its tokenizer has no `<image>`; we add the
     token to the tokenizer, which gives it the next free id."""
     from transformers import AutoTokenizer
@@ -80,7 +82,7 @@ def _original_image_token(src: Path, hf: dict) -> int:
     except Exception as e:
         raise CheckpointError(f"{src}: cannot load the tokenizer ({e})") from None
     tok.add_tokens(["<image>"], special_tokens=True)
-    return tok.convert_tokens_to_ids("<image>")
+    return tok
 
 
 def _mapping(config: LlavaConfig, prefixes: dict, dtype, separate_tower: bool):
@@ -114,15 +116,17 @@ def _check(plan, source: TensorSource, vision_source: TensorSource, config: Llav
                               f"({len(extra)} unexpected in all) for layout {layout}")
 
 
-def _copy_side_files(src: Path, vision_tower: Path | None, dst: Path, config: LlavaConfig, layout: str):
+def copy_side_files(src: Path, dst: Path) -> None:
+    """Copy the tokenizer, processor and generation files that SRC has and DST lacks."""
     for name in SIDE_FILES:
-        if (src / name).exists():
+        if (src / name).exists() and not (dst / name).exists():
             shutil.copy2(src / name, dst / name)
-    if layout == "original":
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
-        tok.add_tokens(["<image>"], special_tokens=True)
-        tok.save_pretrained(dst)
+
+
+def _write_side_files(src: Path, vision_tower: Path | None, dst: Path, config: LlavaConfig, tokenizer):
+    if tokenizer is not None:  # the original tokenizer, with <image> added
+        tokenizer.save_pretrained(dst)
+    copy_side_files(src, dst)
     if not (dst / "preprocessor_config.json").exists():
         if vision_tower is not None and (vision_tower / "preprocessor_config.json").exists():
             shutil.copy2(vision_tower / "preprocessor_config.json", dst / "preprocessor_config.json")
@@ -140,7 +144,7 @@ def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: i
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     np_dtype = np.dtype(DTYPES[dtype])
-    config, source, vision_source, prefixes, layout = _plan(src, vision_tower)
+    config, source, vision_source, prefixes, layout, tokenizer = _plan(src, vision_tower)
     plan = _mapping(config, prefixes, DTYPES[dtype], vision_source is not source)
     _check(plan, source, vision_source, config, layout)
     with atomic_dir(dst) as tmp:
@@ -157,7 +161,7 @@ def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: i
                 pending = 0
         writer.finalize()
         config.save(tmp / MODEL_CONFIG)
-        _copy_side_files(src, vision_tower, tmp, config, layout)
+        _write_side_files(src, vision_tower, tmp, config, tokenizer)
     return config
 
 

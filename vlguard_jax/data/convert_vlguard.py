@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     dst = Path(a.dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent if str(dst.parent) else ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
     with os.fdopen(fd, "w") as f:
         json.dump(converted, f, indent=2)
     os.replace(tmp, dst)
