@@ -1,0 +1,164 @@
+"""Labels by LLaVA's rule, checked against two independent references: character spans of the
+replies (via the fast tokenizer's offsets) and LLaVA's own round-length arithmetic."""
+import numpy as np
+import pytest
+
+from tests import tiny
+from vlguard_jax.data.conversation import get_template, render, turns
+from vlguard_jax.data.tokenize import (IGNORE, Encoder, TokenizationError, encode,
+                                       tokenize_with_images)
+
+N_IMG = 5
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny.tokenizer()
+
+
+def conv(*pairs, image=True):
+    out = []
+    for i, (q, a) in enumerate(pairs):
+        out += [{"from": "human", "value": ("<image>" if image and i == 0 else "") + q},
+                {"from": "gpt", "value": a}]
+    return out
+
+
+SAMPLES = {
+    "one turn": conv(("What is shown in the image?", "A red circle on a blue square.")),
+    "multi turn": conv(("What is it?", "A red circle."), ("Why is that?", "Sure, here is how."),
+                       ("And then?", "I'm sorry, but I cannot help with that request.")),
+    "text only": conv(("Tell me a story.", "It is illegal and unethical."),
+                      ("Second question.", "Second answer."), image=False),
+    "tag at end": [{"from": "human", "value": "Describe this. <image>"},
+                   {"from": "gpt", "value": "first, second, third."}],
+}
+
+
+def span_reference(tok, conversations, image_id):
+    """Supervised = tokens whose characters start inside ' reply</s>' of an assistant turn."""
+    text = render(get_template("vicuna_v1"), turns(conversations))
+    spans, pos = [], 0
+    for role, msg in turns(conversations):
+        if role == 1:
+            start = text.index(f"ASSISTANT: {msg}</s>", pos) + len("ASSISTANT:")
+            pos = start + len(msg) + len("</s>") + 1
+            spans.append((start, pos))
+    ids, labels, base = [], [], 0
+    for k, chunk in enumerate(text.split("<image>")):
+        if k:
+            ids += [image_id] * N_IMG
+            labels += [IGNORE] * N_IMG
+            base += len("<image>")
+        enc = tok(chunk, return_offsets_mapping=True)
+        for j, (t, (a, b)) in enumerate(zip(enc.input_ids, enc.offset_mapping)):
+            if j == 0 and t == tok.bos_token_id and (k or ids):
+                continue
+            ids.append(t)
+            c = base + a
+            sup = any(s <= c < e for s, e in spans) and not (j == 0 and t == tok.bos_token_id)
+            labels.append(t if sup else IGNORE)
+        base += len(chunk)
+    return np.array(ids), np.array(labels)
+
+
+def llava_arithmetic(tok, conversations, image_id):
+    """LLaVA's preprocess_v1: per round, length of the round minus the instruction length."""
+    text = render(get_template("vicuna_v1"), turns(conversations))
+    ids = np.array(tokenize_with_images(tok, text, image_id, N_IMG))
+    n = lambda s: len(tokenize_with_images(tok, s, image_id, N_IMG))
+    target, cur, sep = ids.copy(), 1, " ASSISTANT: "
+    target[:1] = IGNORE
+    for i, rou in enumerate(text.split("</s>")):
+        if rou == "":
+            break
+        parts = rou.split(sep)
+        if len(parts) != 2:
+            break
+        round_len, instruction_len = n(rou), n(parts[0] + sep) - 2
+        if i != 0 and not tok.legacy:
+            round_len, instruction_len = round_len - 1, instruction_len - 1
+        target[cur:cur + instruction_len] = IGNORE
+        cur += round_len
+    target[cur:] = IGNORE
+    return ids, target, cur == len(ids)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_labels_match_both_references(tok, name):
+    image_id = tok.convert_tokens_to_ids("<image>")
+    ids, labels = encode(tok, SAMPLES[name], image_token_index=image_id, num_image_tokens=N_IMG)
+    ref_ids, ref_labels = span_reference(tok, SAMPLES[name], image_id)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(labels, ref_labels)
+    l_ids, l_labels, consistent = llava_arithmetic(tok, SAMPLES[name], image_id)
+    assert consistent, "LLaVA's own rule would have masked this sample"
+    np.testing.assert_array_equal(ids, l_ids)
+    np.testing.assert_array_equal(labels, l_labels)
+    # Every reply ends in a supervised </s>; image positions and BOS are never supervised.
+    n_replies = sum(t["from"] == "gpt" for t in SAMPLES[name])
+    assert ((labels == tok.eos_token_id).sum()) == n_replies
+    assert labels[0] == IGNORE and not (labels == image_id).any()
+    assert (ids == image_id).sum() == (N_IMG if "<image>" in str(SAMPLES[name]) else 0)
+
+
+def test_supervised_text_decodes_to_the_replies(tok):
+    image_id = tok.convert_tokens_to_ids("<image>")
+    ids, labels = encode(tok, SAMPLES["multi turn"], image_token_index=image_id, num_image_tokens=N_IMG)
+    supervised = tok.decode(labels[labels != IGNORE])
+    assert supervised.replace(" ", "") == ("A red circle.</s>Sure, here is how.</s>"
+                                           "I'm sorry, but I cannot help with that request.</s>").replace(" ", "")
+
+
+def test_truncation_drops_and_counts(tok):
+    image_id = tok.convert_tokens_to_ids("<image>")
+    full = Encoder(tok, image_id, N_IMG, max_length=4096)(
+        {"id": "a", "conversations": SAMPLES["multi turn"]})
+    first_label = int(np.flatnonzero(full["labels"] != IGNORE)[0])
+    image_pos = int(np.flatnonzero(full["input_ids"] == image_id)[-1])
+    # Cut inside the first reply: kept, with only the labels that fit.
+    enc = Encoder(tok, image_id, N_IMG, max_length=first_label + 2)
+    out = enc({"id": "a", "conversations": SAMPLES["multi turn"]})
+    assert len(out["input_ids"]) == first_label + 2 and (out["labels"] != IGNORE).sum() == 2
+    np.testing.assert_array_equal(out["labels"], full["labels"][:first_label + 2])
+    # Cut before any reply: dropped and counted.
+    assert enc.__class__(tok, image_id, N_IMG, max_length=first_label)(
+        {"id": "a", "conversations": SAMPLES["multi turn"]}) is None
+    # Cut through the image tokens: dropped and counted.
+    enc2 = Encoder(tok, image_id, N_IMG, max_length=image_pos)
+    assert enc2({"id": "a", "conversations": SAMPLES["multi turn"]}) is None
+    assert enc2.drops == {"image tokens cut by max_length": 1}
+    enc3 = Encoder(tok, image_id, N_IMG, max_length=first_label)
+    enc3({"id": "a", "conversations": SAMPLES["multi turn"]})
+    assert enc3.drops == {"no supervised token within max_length": 1}
+
+
+def test_empty_reply_is_dropped_and_counted(tok):
+    enc = Encoder(tok, tok.convert_tokens_to_ids("<image>"), N_IMG)
+    assert enc({"id": "x", "conversations": conv(("Q?", ""))}) is None
+    assert enc.drops == {"empty assistant reply": 1}
+
+
+def test_turn_boundary_mismatch_names_the_sample(tok):
+    class Merging:
+        """A tokenizer that merges ':' with the following ' ' -> prefixes disagree with the whole."""
+        bos_token_id = 1
+
+        def __call__(self, text):
+            class R:
+                pass
+            r = R()
+            r.input_ids = [1] + [ord(c) + 1000 for c in text.replace(": ", "\x00")]
+            return r
+
+    with pytest.raises(TokenizationError, match="sample 'bad-7'"):
+        encode(Merging(), SAMPLES["one turn"], image_token_index=5, num_image_tokens=2, sample="sample 'bad-7'")
+
+
+def test_real_llama_style_image_expansion(tok):
+    """The image tag becomes num_image_tokens ids right after '\\n' handling of LLaVA: chunks are
+    tokenized separately with BOS stripped."""
+    image_id = tok.convert_tokens_to_ids("<image>")
+    ids = tokenize_with_images(tok, "USER: <image>\nHi", image_id, 3)
+    a, b = tok("USER: ").input_ids, tok("\nHi").input_ids
+    assert ids == a + [image_id] * 3 + b[1:]

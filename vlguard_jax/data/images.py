@@ -1,0 +1,83 @@
+"""Pixels as LLaVA-1.5 makes them.
+
+Training (`image_aspect_ratio=pad`): open, `.convert("RGB")`, pad to a centred square with the
+CLIP mean colour (122, 116, 104), then CLIP preprocessing: shortest edge to `size` (PIL bicubic),
+centre crop, x/255, normalise. Evaluation (the VLGuard scripts): the same without the pad.
+
+LLaVA drops an alpha channel (`convert("RGB")`); `alpha="white"` composites onto white instead,
+which is what `CLIPImageProcessor` does when given an RGBA image itself.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PAD_COLOR = tuple(int(m * 255) for m in CLIP_MEAN)  # (122, 116, 104), as LLaVA computes it
+
+
+class ImageError(ValueError):
+    """A missing, unreadable or out-of-root image; the message names the path."""
+
+
+def resolve(root, relative: str) -> Path:
+    """`root/relative`, refusing absolute paths and anything that escapes the root (`..`, links)."""
+    if Path(relative).is_absolute():
+        raise ImageError(f"image path {relative!r} is absolute; paths must be relative to the image root {root}")
+    root = Path(root).resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ImageError(f"image path {relative!r} resolves to {path}, outside the image root {root}")
+    return path
+
+
+def open_rgb(path, alpha: str = "drop") -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if alpha == "white" and ("A" in img.getbands() or "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                return Image.alpha_composite(Image.new("RGBA", img.size, (255,) * 4), rgba).convert("RGB")
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageError(f"{path}: cannot decode image ({e})") from None
+
+
+def expand2square(img: Image.Image, color=PAD_COLOR) -> Image.Image:
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side), color)
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def clip_preprocess(img: Image.Image, size: int) -> np.ndarray:
+    """[3, size, size] float32, as CLIPImageProcessor (shortest_edge=size, crop size x size)."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    x = np.asarray(img, np.float64)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    if top < 0 or left < 0:
+        raise ImageError(f"image of size {w}x{h} resized to {new_w}x{new_h} is smaller than the crop {size}")
+    x = x[top:top + size, left:left + size].astype(np.float32) * np.float32(1 / 255)
+    x = (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1), np.float32)
+
+
+def pixels(img: Image.Image, size: int, pad: bool) -> np.ndarray:
+    return clip_preprocess(expand2square(img) if pad else img, size)
+
+
+def load_pixels(root, relative: str, size: int, pad: bool, alpha: str = "drop") -> np.ndarray:
+    """Resolve under `root`, decode and preprocess one image."""
+    return pixels(open_rgb(resolve(root, relative), alpha), size, pad)
