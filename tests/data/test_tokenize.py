@@ -35,7 +35,7 @@ SAMPLES = {
 }
 
 
-def span_reference(tok, conversations, image_id):
+def span_reference(tok, conversations, image_id, n_img=N_IMG):
     """Supervised = tokens whose characters start inside ' reply</s>' of an assistant turn."""
     text = render(get_template("vicuna_v1"), turns(conversations))
     spans, pos = [], 0
@@ -47,8 +47,8 @@ def span_reference(tok, conversations, image_id):
     ids, labels, base = [], [], 0
     for k, chunk in enumerate(text.split("<image>")):
         if k:
-            ids += [image_id] * N_IMG
-            labels += [IGNORE] * N_IMG
+            ids += [image_id] * n_img
+            labels += [IGNORE] * n_img
             base += len("<image>")
         enc = tok(chunk, return_offsets_mapping=True)
         for j, (t, (a, b)) in enumerate(zip(enc.input_ids, enc.offset_mapping)):
@@ -162,3 +162,19 @@ def test_real_llama_style_image_expansion(tok):
     ids = tokenize_with_images(tok, "USER: <image>\nHi", image_id, 3)
     a, b = tok("USER: ").input_ids, tok("\nHi").input_ids
     assert ids == a + [image_id] * 3 + b[1:]
+
+
+def test_real_vlguard_train_tokenizes_by_the_rule(tok, shared_data):
+    """All 2,000 converted training conversations: none dropped at 2048 with 576 image tokens, and
+    labels equal the span reference on every 10th sample."""
+    from vlguard_jax.data.convert_vlguard import to_llava
+    from vlguard_jax.data.records import load_vlguard
+    records = to_llava(load_vlguard(shared_data / "vlguard" / "train.json"))
+    image_id = tok.convert_tokens_to_ids("<image>")
+    enc = Encoder(tok, image_id, 576, max_length=2048)
+    outs = [enc(r) for r in records]
+    assert enc.drops == {} and all(o is not None for o in outs)
+    for r, o in list(zip(records, outs))[::10]:
+        ref_ids, ref_labels = span_reference(tok, r["conversations"], image_id, 576)
+        np.testing.assert_array_equal(o["input_ids"], ref_ids, err_msg=r["id"])
+        np.testing.assert_array_equal(o["labels"], ref_labels, err_msg=r["id"])

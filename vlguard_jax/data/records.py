@@ -29,7 +29,7 @@ def load_json_list(path) -> list[dict]:
     return data
 
 
-def _where(source, index: int, record: Any) -> str:
+def record_label(source, index: int, record: Any) -> str:
     rid = record.get("id") if isinstance(record, dict) else None
     return f"{source}: record {rid!r} (#{index})" if rid is not None else f"{source}: record #{index}"
 
@@ -40,7 +40,7 @@ def _text(value) -> bool:
 
 def validate_vlguard(record: Any, source="<records>", index: int = 0) -> dict:
     """Check one VLGuard record; returns it unchanged or raises RecordError."""
-    where = _where(source, index, record)
+    where = record_label(source, index, record)
     if not isinstance(record, dict):
         raise RecordError(f"{where}: expected an object, found {type(record).__name__}")
     for key, kind in (("id", str), ("image", str), ("safe", bool), ("instr-resp", list)):
@@ -79,7 +79,7 @@ def validate_vlguard(record: Any, source="<records>", index: int = 0) -> dict:
 
 def validate_llava(record: Any, source="<records>", index: int = 0) -> dict:
     """Check one LLaVA conversation record (`id`, optional `image`, `conversations`)."""
-    where = _where(source, index, record)
+    where = record_label(source, index, record)
     if not isinstance(record, dict):
         raise RecordError(f"{where}: expected an object, found {type(record).__name__}")
     if "id" not in record:

@@ -1,0 +1,264 @@
+"""The sample data, mixtures, the token store and the grain pipeline: determinism, exact resume,
+per-process sharding, bucketing, modality grouping, and bad records."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import tiny
+from vlguard_jax.data import mixture
+from vlguard_jax.data.images import ImageError
+from vlguard_jax.data.pipeline import Layout, Rows, dataset, epoch_order, prepare, steps_for
+from vlguard_jax.data.records import RecordError, load_vlguard
+from vlguard_jax.data.sample import write_sample
+from vlguard_jax.data.store import TokenStore
+from vlguard_jax.data.tokenize import IGNORE
+from vlguard_jax.models.config import LlavaConfig
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    return write_sample(tmp_path_factory.mktemp("sample"))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny.tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model_cfg(tok):
+    return LlavaConfig.from_hf(tiny.hf_config(tok).to_dict())
+
+
+def data_cfg(sample, **kw):
+    c = ml_collections.ConfigDict(dict(
+        recipe="posthoc", vlguard=str(sample["train"]), vlguard_images=str(sample["images"]),
+        llava=str(sample["helpful"]), llava_images=str(sample["images"]), helpful_samples=40,
+        helpful_seed=0, max_length=160, template="vicuna_v1", pad_image=True, on_bad_record="raise"))
+    c.update(kw)
+    return c
+
+
+def collect(it, n):
+    out = []
+    for _ in range(n):
+        out.append({k: v.copy() for k, v in next(it).items()})
+    return out
+
+
+def test_sample_data_is_valid_and_disjoint(sample):
+    train, test = load_vlguard(sample["train"]), load_vlguard(sample["test"])
+    assert (len(train), len(test)) == (64, 32)
+    for split in (train, test):
+        assert {r["harmful_category"] for r in split if not r["safe"]} == set(mixture_categories())
+        assert sum(r["safe"] for r in split) == len(split) // 2
+    instr = lambda rs: {v for r in rs for p in r["instr-resp"] for k, v in p.items() if k != "response"}
+    assert not instr(train) & instr(test)
+    assert not {r["image"] for r in train} & {r["image"] for r in test}
+    for r in train + test:
+        Image.open(sample["images"] / r["image"]).verify()
+    helpful = json.loads(sample["helpful"].read_text())
+    assert any("Sure, here is how" in r["conversations"][1]["value"] for r in helpful)
+    assert any("image" not in r for r in helpful)
+
+
+def mixture_categories():
+    from vlguard_jax.data.records import VLGUARD_CATEGORIES
+    return VLGUARD_CATEGORIES
+
+
+def test_mixtures_and_composition(sample):
+    post = mixture.build(data_cfg(sample))
+    comp = post.composition()
+    assert comp["vlguard"] == {"total": 64, "safe": 32, "unsafe": 32}
+    assert comp["llava"]["total"] == 40
+    again = mixture.build(data_cfg(sample))
+    assert [r["id"] for r in again.records] == [r["id"] for r in post.records]
+    other = mixture.build(data_cfg(sample, helpful_seed=1))
+    assert [r["id"] for r in other.records] != [r["id"] for r in post.records]
+    mixed = mixture.build(data_cfg(sample, recipe="mixed"))
+    assert mixed.composition()["llava"]["total"] == 96
+    assert "vlguard: 64 (safe 32, unsafe 32)" in mixed.describe()
+    with pytest.raises(RecordError, match="asked for 500 helpfulness samples but the file has 96"):
+        mixture.build(data_cfg(sample, helpful_samples=500))
+    with pytest.raises(ValueError, match="data.recipe 'nope'"):
+        mixture.build(data_cfg(sample, recipe="nope"))
+
+
+def make_rows(sample, tok, model_cfg, tmp, layout=None, **kw):
+    layout = layout or Layout(global_batch=8, epochs=2, seed=3, max_length=160)
+    return prepare(data_cfg(sample, **kw), tok, model_cfg, tmp, layout, log=lambda *_: None)
+
+
+def test_rows_hold_the_tokenized_examples(sample, tok, model_cfg, tmp_path):
+    rows = make_rows(sample, tok, model_cfg, tmp_path, Layout(global_batch=10, epochs=2, seed=3, max_length=160))
+    store = TokenStore(tmp_path / "data_store" / "process_0")
+    assert len(store) == 104 and rows.steps == steps_for(104, rows.layout) == 21
+    row = rows[0]
+    i = rows.example_at(0)
+    x, y = store.example(i)
+    np.testing.assert_array_equal(row["input_ids"][:len(x)], x)
+    np.testing.assert_array_equal(row["labels"][:len(y)], y)
+    assert (row["labels"][len(y):] == IGNORE).all() and row["input_ids"].shape == (160,)
+    assert (x == model_cfg.image_token_index).sum() in (0, model_cfg.num_image_tokens)
+    # Every example appears exactly once per epoch; the tail of the run is padding rows.
+    seen = [rows.example_at(p) for p in range(rows.steps * 10)]
+    assert sorted(seen[:104]) == list(range(104)) and sorted(seen[104:208]) == list(range(104))
+    assert seen[:104] != seen[104:208] and seen[208:] == [-1, -1]
+    assert (rows[len(rows) - 1]["labels"] == IGNORE).all()
+
+
+def test_epochs_are_shuffled_differently_and_deterministically():
+    lengths, img = np.arange(50), np.arange(50) % 3 > 0
+    lay = Layout(global_batch=4, epochs=2, seed=0)
+    a, b = epoch_order(lengths, img, lay, 0), epoch_order(lengths, img, lay, 1)
+    assert sorted(a) == list(range(50)) and not (a == b).all()
+    np.testing.assert_array_equal(a, epoch_order(lengths, img, lay, 0))
+
+
+def test_group_by_modality_length():
+    rng = np.random.default_rng(0)
+    lengths, img = rng.integers(10, 100, 70), rng.random(70) < 0.6
+    lay = Layout(global_batch=8, epochs=1, seed=0, group_by_modality=True)
+    order = epoch_order(lengths, img, lay, 0)
+    assert sorted(order) == list(range(70))
+    leftovers = img.sum() % 8 + (~img).sum() % 8
+    for start in range(0, len(order) - leftovers, 8):
+        mega = order[start:start + 8]
+        assert len(set(img[mega])) == 1, "a full megabatch mixes image and text-only samples"
+        assert (np.diff(lengths[mega]) <= 0).all(), "a megabatch is sorted longest first"
+    assert sorted(order[len(order) - leftovers:]) == list(order[len(order) - leftovers:])
+
+
+def test_bucketed_batches_agree_across_processes(sample, tok, model_cfg, tmp_path):
+    lays = [Layout(global_batch=8, epochs=1, seed=1, max_length=512, pad_to="bucket", bucket=32, group_by_modality=True,
+                   process_index=p, process_count=2) for p in range(2)]
+    single = make_rows(sample, tok, model_cfg, tmp_path / "one", dataclasses.replace(lays[0], process_count=1),
+                       max_length=512)
+    parts = [make_rows(sample, tok, model_cfg, tmp_path / f"p{p}", lays[p], max_length=512) for p in range(2)]
+    its = [iter(dataset(r)) for r in parts]
+    for b in collect(iter(dataset(single)), 5):
+        halves = [next(it) for it in its]
+        assert b["input_ids"].shape[1] % 32 == 0 and b["input_ids"].shape[1] < 512
+        for k in b:
+            np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), b[k])
+    assert len({b["input_ids"].shape[1] for b in collect(iter(dataset(single)), single.steps)}) > 1
+
+
+def test_resume_continues_at_the_next_batch(sample, tok, model_cfg, tmp_path):
+    rows = make_rows(sample, tok, model_cfg, tmp_path)
+    it = iter(dataset(rows))
+    first = collect(it, 3)
+    state = it.get_state()
+    expected = collect(it, 4)
+    resumed = iter(dataset(make_rows(sample, tok, model_cfg, tmp_path)))
+    resumed.set_state(json.loads(json.dumps(state)))
+    for a, b in zip(expected, collect(resumed, 4)):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    again = collect(iter(dataset(rows)), 3)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+
+
+def test_worker_processes_give_the_same_batches_and_resume(sample, tok, model_cfg, tmp_path):
+    """mp_prefetch workers start by spawn: run in a subprocess with absl flags parsed."""
+    rows = make_rows(sample, tok, model_cfg, tmp_path)
+    serial = collect(iter(dataset(rows)), 6)
+    np.savez(tmp_path / "serial.npz", *[b["input_ids"] for b in serial], *[b["pixel_values"] for b in serial])
+    import pickle
+    (tmp_path / "rows.pkl").write_bytes(pickle.dumps(rows))
+    script = textwrap.dedent(f"""
+        import json, pickle, sys
+        import numpy as np
+        from absl import flags
+        from vlguard_jax.data.pipeline import dataset
+        if __name__ == "__main__":
+            flags.FLAGS(sys.argv[:1])
+            rows = pickle.loads(open({str(tmp_path / 'rows.pkl')!r}, "rb").read())
+            ref = np.load({str(tmp_path / 'serial.npz')!r})
+            ref = [ref[f"arr_{{i}}"] for i in range(12)]
+            it = iter(dataset(rows, workers=2))
+            for i in range(3):
+                b = next(it)
+                assert (b["input_ids"] == ref[i]).all() and (b["pixel_values"] == ref[6 + i]).all(), i
+            state = it.get_state()
+            it2 = iter(dataset(rows, workers=2))
+            it2.set_state(state)
+            for i in range(3, 6):
+                b = next(it2)
+                assert (b["input_ids"] == ref[i]).all() and (b["pixel_values"] == ref[6 + i]).all(), i
+            print("OK")
+    """)
+    (tmp_path / "w.py").write_text(script)
+    repo = str(Path(__file__).parents[2])
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, str(tmp_path / "w.py")], capture_output=True, text=True, timeout=300,
+                         cwd=repo, env=env)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def broken_sample(sample, tmp_path):
+    """A copy of the helpfulness file with one bad row of each kind, and a corrupt image."""
+    rows = json.loads(sample["helpful"].read_text())[:30]
+    rows[1]["conversations"] = []                                    # empty conversations
+    rows[2]["conversations"][0]["value"] = 7                          # wrong field type
+    rows[4]["image"] = "helpful/does_not_exist.png"                   # missing image
+    rows[5]["image"] = "../../etc/passwd"                             # escapes the root
+    (sample["images"] / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    rows[6]["image"] = "corrupt.png"                                 # corrupt image
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(rows))
+    return path, rows
+
+
+def test_bad_records_raise_with_file_and_record(sample, tok, model_cfg, tmp_path):
+    path, rows = broken_sample(sample, tmp_path)
+    cfg = dict(recipe="llava", llava=str(path))
+    with pytest.raises(RecordError, match=rf"broken.json: record '{rows[1]['id']}' \(#1\): 'conversations'"):
+        make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
+    rows[1]["conversations"] = rows[0]["conversations"]
+    rows[2]["conversations"] = rows[0]["conversations"][:1] + [{"from": "gpt", "value": 7}]
+    path.write_text(json.dumps(rows))
+    with pytest.raises(RecordError, match=rf"record '{rows[2]['id']}' \(#2\): conversations\[1\]"):
+        make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
+    rows[2]["conversations"] = rows[0]["conversations"]
+    path.write_text(json.dumps(rows))
+    with pytest.raises(ImageError, match=rf"record '{rows[4]['id']}'.*does_not_exist.png: image file not found"):
+        make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
+    rows[4]["image"] = rows[5]["image"] = rows[0]["image"]
+    path.write_text(json.dumps(rows))
+    r = make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
+    with pytest.raises(ImageError, match=rf"record '{rows[6]['id']}'.*corrupt.png: cannot decode"):
+        collect(iter(dataset(r)), r.steps)
+    path.write_text("[{\"id\": 1,}]")
+    with pytest.raises(RecordError, match="broken.json: invalid JSON at line 1 column 11"):
+        make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
+
+
+def test_bad_records_skipped_counted_and_reported(sample, tok, model_cfg, tmp_path):
+    path, rows = broken_sample(sample, tmp_path)
+    logs = []
+    lay = Layout(global_batch=5, epochs=1, seed=0, max_length=160)
+    r = prepare(data_cfg(sample, recipe="llava", llava=str(path), on_bad_record="skip"), tok, model_cfg,
+                tmp_path / "w", lay, log=logs.append)
+    report = tmp_path / "w" / "bad_records.jsonl"
+    names = [json.loads(line)["record"] for line in report.read_text().splitlines()]
+    assert len(names) == 4 and all(rows[i]["id"] in " ".join(names) for i in (1, 2, 4, 5))
+    assert any("bad record skipped" in line for line in logs), logs
+    assert len(TokenStore(tmp_path / "w" / "data_store" / "process_0")) == 26
+    # The corrupt image is met in the pipeline: a padding row and a report line, not a crash.
+    batches = collect(iter(dataset(r)), r.steps)
+    n_rows = sum(int((b["labels"] != IGNORE).any(axis=1).sum()) for b in batches)
+    assert n_rows == 25
+    assert any("corrupt.png: cannot decode" in json.loads(x)["reason"] for x in report.read_text().splitlines())
+    assert len(r.bad.entries()) == 5

@@ -1,0 +1,185 @@
+"""The grain input pipeline: tokenized store -> per-epoch order -> this process's rows -> pixels
+-> fixed-shape batches.
+
+- The order of epoch `e` is a pure function of (seed, e): a permutation, or LLaVA's
+  group-by-modality-length order (megabatches of one global batch, each all-image or all-text,
+  sorted by length inside, megabatch order shuffled, the leftovers last).
+- Epochs are laid end to end and cut into global batches; the last batch of the run is filled
+  with padding rows (no labels), so no sample is dropped and every batch has the same shape.
+- Process p of P reads rows [p*B/P, (p+1)*B/P) of every global batch and nothing else.
+- `pad_to="max_length"` pads every row to `max_length`; `"bucket"` pads a batch to its longest
+  row rounded up to a multiple of `bucket` (computed over the global batch, so all processes agree).
+- Images are decoded in grain worker processes; a bad image raises, or with
+  `on_bad_record="skip"` becomes a padding row and a line in the report.
+- The iterator is grain's: `get_state()`/`set_state()` resume at exactly the next batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import grain
+import numpy as np
+
+from vlguard_jax.data.images import ImageError, load_pixels
+from vlguard_jax.data.store import BadRecords, TokenStore
+from vlguard_jax.data.tokenize import IGNORE
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Everything that fixes the order and shape of the batches."""
+    global_batch: int
+    epochs: int
+    seed: int = 0
+    max_length: int = 2048
+    pad_to: str = "max_length"  # or "bucket"
+    bucket: int = 64
+    group_by_modality: bool = False
+    process_index: int = 0
+    process_count: int = 1
+
+    def __post_init__(self):
+        if self.global_batch % self.process_count:
+            raise ValueError(f"global batch {self.global_batch} does not split over {self.process_count} processes")
+        if self.pad_to not in ("max_length", "bucket"):
+            raise ValueError(f"data.pad_to must be 'max_length' or 'bucket', not {self.pad_to!r}")
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.process_count
+
+
+def steps_for(n_examples: int, layout: Layout) -> int:
+    return math.ceil(n_examples * layout.epochs / layout.global_batch)
+
+
+def epoch_order(lengths: np.ndarray, has_image: np.ndarray, layout: Layout, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng([layout.seed, epoch])
+    if not layout.group_by_modality:
+        return rng.permutation(len(lengths))
+    mega = layout.global_batch
+    batches, leftovers = [], []
+    for group in (np.flatnonzero(has_image), np.flatnonzero(~has_image)):
+        group = group[rng.permutation(len(group))]
+        chunks = [group[i:i + mega] for i in range(0, len(group), mega)]
+        if chunks and len(chunks[-1]) < mega:
+            leftovers.append(chunks.pop())
+        batches += [c[np.argsort(-lengths[c], kind="stable")] for c in chunks]
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    if leftovers:
+        batches.append(np.sort(np.concatenate(leftovers)))
+    return np.concatenate(batches) if batches else np.zeros(0, np.int64)
+
+
+class Rows:
+    """This process's rows, in order; item k is one padded row. Picklable (workers reopen the store)."""
+
+    def __init__(self, store_dir, image_roots, image_size: int, pad_image: bool, layout: Layout,
+                 bad: BadRecords):
+        self.store_dir, self.image_roots, self.image_size = str(store_dir), list(image_roots), image_size
+        self.pad_image, self.layout, self.bad = pad_image, layout, bad
+        self.steps = steps_for(len(self.store), layout)
+
+    @functools.cached_property
+    def store(self) -> TokenStore:
+        return TokenStore(self.store_dir)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("store", None)
+        state.pop("_orders", None)
+        state.pop("_length", None)
+        return state
+
+    def __len__(self) -> int:
+        return self.steps * self.layout.local_batch
+
+    def _order(self, epoch: int) -> np.ndarray:
+        orders = self.__dict__.setdefault("_orders", {})
+        if epoch not in orders:
+            orders.clear()
+            orders[epoch] = epoch_order(self.store.lengths, self.store.has_image, self.layout, epoch)
+        return orders[epoch]
+
+    def example_at(self, position: int) -> int:
+        """Example index at a global stream position, or -1 past the end of the last epoch."""
+        n = len(self.store)
+        if position >= n * self.layout.epochs:
+            return -1
+        return int(self._order(position // n)[position % n])
+
+    def batch_length(self, step: int) -> int:
+        lay = self.layout
+        if lay.pad_to == "max_length":
+            return lay.max_length
+        cached = self.__dict__.get("_length")
+        if cached and cached[0] == step:
+            return cached[1]
+        idx = [self.example_at(step * lay.global_batch + r) for r in range(lay.global_batch)]
+        longest = max([int(self.store.lengths[i]) for i in idx if i >= 0] or [1])
+        self._length = (step, min(lay.max_length, -(-longest // lay.bucket) * lay.bucket))
+        return self._length[1]
+
+    def __getitem__(self, k: int) -> dict:
+        lay = self.layout
+        step, row = divmod(k, lay.local_batch)
+        i = self.example_at(step * lay.global_batch + lay.process_index * lay.local_batch + row)
+        length = self.batch_length(step)
+        ids = np.zeros(length, np.int32)
+        labels = np.full(length, IGNORE, np.int32)
+        pixels = np.zeros((3, self.image_size, self.image_size), np.float32)
+        if i >= 0:
+            x, y = self.store.example(i)
+            if self.store.has_image[i]:
+                src = int(self.store.source[i])
+                try:
+                    pixels = load_pixels(self.image_roots[src], self.store.images[i], self.image_size, self.pad_image)
+                except ImageError as e:
+                    self.bad(f"record {self.store.names[i]!r}", str(e), ImageError)
+                    return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
+            ids[:len(x)], labels[:len(y)] = x, y
+        return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
+
+
+def dataset(rows: Rows, workers: int = 0, prefetch: int = 2) -> grain.IterDataset:
+    """Batches of this process's rows as numpy dicts; iterate it, and checkpoint the iterator."""
+    ds = grain.MapDataset.source(rows).batch(rows.layout.local_batch, drop_remainder=True)
+    it = ds.to_iter_dataset()
+    if workers > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch))
+    return it
+
+
+def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) -> Rows:
+    """Config `data` block -> mixture (composition printed) -> token store (drops printed) -> rows.
+
+    Reads data.{recipe, vlguard, vlguard_images, llava, llava_images, helpful_samples,
+    helpful_seed, max_length, template, pad_image, on_bad_record}."""
+    from pathlib import Path
+
+    from vlguard_jax.data import mixture
+    from vlguard_jax.data.store import build_store
+    from vlguard_jax.data.tokenize import Encoder
+
+    if layout.max_length != data_cfg.max_length:
+        raise ValueError(f"layout max_length {layout.max_length} != data.max_length {data_cfg.max_length}")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    bad = BadRecords(workdir / "bad_records.jsonl", data_cfg.on_bad_record)
+    mix = mixture.build(data_cfg, bad)
+    log(mix.describe())
+    roots = [s.image_root for s in mix.sources]
+    enc = Encoder(tokenizer, model_cfg.image_token_index, model_cfg.num_image_tokens,
+                  data_cfg.max_length, data_cfg.template)
+    store_dir = workdir / "data_store" / f"process_{layout.process_index}"
+    drops = build_store(mix, enc, store_dir, roots, bad)
+    kept = len(TokenStore(store_dir))
+    log(f"tokenized: {kept} examples kept" + (
+        "; dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(drops.items())) if drops else ", none dropped"))
+    if bad.mode == "skip":
+        log(f"bad records skipped so far: {len(bad.entries())} (listed in {bad.path})")
+    if kept == 0:
+        raise ValueError("no training examples left after tokenization; see the drop counts above")
+    return Rows(store_dir, roots, model_cfg.vision.image_size, data_cfg.pad_image, layout, bad)
