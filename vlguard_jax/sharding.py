@@ -59,6 +59,8 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
         if len(devices) % known:
             raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
         shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) < len(devices) and jax.process_count() == 1:
+        devices = devices[:math.prod(shape)]  # e.g. a (1, 1, 1) run on a multi-device host
     if math.prod(shape) != len(devices):
         raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, "
                          f"have {len(devices)}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,17 +16,36 @@ import jax.numpy as jnp
 Dtype = Any
 
 
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+    """LoRA on the named Dense layers of the language model (PEFT's rule): y = x W + s * drop(x) A B,
+    with s = alpha / rank, A Kaiming-uniform and B zero at init, so training starts at the base."""
+    rank: int
+    alpha: float
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def wants(self, name: str) -> "LoraSpec | None":
+        return self if name in self.targets else None
+
+
 def param_with_axes(module: nn.Module, name: str, init, shape, dtype, axes):
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
 class Dense(nn.Module):
-    """y = x @ kernel (+ bias); kernel is [in, out] with logical `axes`."""
+    """y = x @ kernel (+ bias) (+ LoRA); kernel is [in, out] with logical `axes`. LoRA dropout
+    runs only when a 'dropout' rng is given (training)."""
     features: int
     axes: tuple[str | None, str | None]
     use_bias: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    lora: LoraSpec | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -35,6 +56,18 @@ class Dense(nn.Module):
             bias = param_with_axes(self, "bias", nn.initializers.zeros, (self.features,),
                                    self.param_dtype, (self.axes[1],))
             y = y + bias.astype(self.dtype)
+        if self.lora is not None:
+            r = self.lora.rank
+            # PEFT: kaiming_uniform(a=sqrt(5)) on A, i.e. U(-1/sqrt(in), 1/sqrt(in)).
+            a = param_with_axes(self, "lora_a", nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                                (x.shape[-1], r), jnp.float32, (self.axes[0], "lora_rank"))
+            b = param_with_axes(self, "lora_b", nn.initializers.zeros, (r, self.features), jnp.float32,
+                                ("lora_rank", self.axes[1]))
+            h = x.astype(self.dtype)
+            if self.lora.dropout > 0 and self.has_rng("dropout"):
+                keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.lora.dropout, h.shape)
+                h = jnp.where(keep, h / (1 - self.lora.dropout), 0).astype(self.dtype)
+            y = y + jnp.dot(jnp.dot(h, a.astype(self.dtype)), b.astype(self.dtype)) * self.lora.scale
         return y
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlguard_jax.models.config import TextConfig
-from vlguard_jax.models.layers import Dense, Dtype, RMSNorm, attention
+from vlguard_jax.models.layers import Dense, Dtype, LoraSpec, RMSNorm, attention
 from vlguard_jax.sharding import constrain
 
 ACT = ("batch", "length", "act_embed")
@@ -24,6 +24,10 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "dots_all": jax.checkpoint_policies.dots_saveable,
 }
+
+
+def _lora(spec: LoraSpec | None, name: str) -> LoraSpec | None:
+    return spec.wants(name) if spec is not None else None
 
 
 def rope_inv_freq(c: TextConfig) -> np.ndarray:
@@ -69,15 +73,16 @@ class LlamaAttention(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     attn_impl: str | None = None
+    lora: LoraSpec | None = None
 
     @nn.compact
     def __call__(self, x, positions, mask, layer_cache, cache_index):
         c = self.config
         b, t, _ = x.shape
         kw = dict(use_bias=c.attention_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        q = Dense(c.num_attention_heads * c.head_dim, ("embed", "heads"), name="q_proj", **kw)(x)
-        k = Dense(c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), name="k_proj", **kw)(x)
-        v = Dense(c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), name="v_proj", **kw)(x)
+        q = Dense(c.num_attention_heads * c.head_dim, ("embed", "heads"), name="q_proj", lora=_lora(self.lora, "q_proj"), **kw)(x)
+        k = Dense(c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), name="k_proj", lora=_lora(self.lora, "k_proj"), **kw)(x)
+        v = Dense(c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), name="v_proj", lora=_lora(self.lora, "v_proj"), **kw)(x)
         q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
         k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)
         v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
@@ -96,7 +101,7 @@ class LlamaAttention(nn.Module):
             k, v = kc.astype(self.dtype), vc.astype(self.dtype)
         o = attention(q, k, v, mask=mask, is_causal=mask is None, implementation=self.attn_impl)
         o = o.reshape(b, t, c.num_attention_heads * c.head_dim)
-        out = Dense(c.hidden_size, ("heads", "embed"), name="o_proj", **kw)(o)
+        out = Dense(c.hidden_size, ("heads", "embed"), name="o_proj", lora=_lora(self.lora, "o_proj"), **kw)(o)
         return out, new_cache
 
 
@@ -104,15 +109,16 @@ class LlamaMLP(nn.Module):
     config: TextConfig
     dtype: Dtype
     param_dtype: Dtype
+    lora: LoraSpec | None = None
 
     @nn.compact
     def __call__(self, x):
         c = self.config
         kw = dict(use_bias=c.mlp_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        gate = Dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
-        up = Dense(c.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
+        gate = Dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", lora=_lora(self.lora, "gate_proj"), **kw)(x)
+        up = Dense(c.intermediate_size, ("embed", "mlp"), name="up_proj", lora=_lora(self.lora, "up_proj"), **kw)(x)
         h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return Dense(c.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(h)
+        return Dense(c.hidden_size, ("mlp", "embed"), name="down_proj", lora=_lora(self.lora, "down_proj"), **kw)(h)
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -120,17 +126,18 @@ class LlamaDecoderLayer(nn.Module):
     dtype: Dtype
     param_dtype: Dtype
     attn_impl: str | None = None
+    lora: LoraSpec | None = None
 
     @nn.compact
     def __call__(self, x, positions, mask, layer_cache, cache_index):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
-        h, new_cache = LlamaAttention(c, attn_impl=self.attn_impl, name="self_attn", **kw)(
+        h, new_cache = LlamaAttention(c, attn_impl=self.attn_impl, lora=self.lora, name="self_attn", **kw)(
             h, positions, mask, layer_cache, cache_index)
         x = x + h
         h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
-        x = constrain(x + LlamaMLP(c, name="mlp", **kw)(h), ACT)
+        x = constrain(x + LlamaMLP(c, lora=self.lora, name="mlp", **kw)(h), ACT)
         return x, new_cache
 
 
@@ -158,6 +165,7 @@ class LlamaForCausalLM(nn.Module):
     param_dtype: Dtype = jnp.float32
     attn_impl: str | None = None
     remat_policy: str = "none"
+    lora: LoraSpec | None = None
 
     def setup(self):
         c = self.config
@@ -169,7 +177,7 @@ class LlamaForCausalLM(nn.Module):
         policy = REMAT_POLICIES[self.remat_policy]
         if self.remat_policy != "none":
             layer_cls = nn.remat(LlamaDecoderLayer, policy=policy, prevent_cse=True)
-        self.layers = [layer_cls(c, attn_impl=self.attn_impl, name=f"layers_{i}", **kw)
+        self.layers = [layer_cls(c, attn_impl=self.attn_impl, lora=self.lora, name=f"layers_{i}", **kw)
                        for i in range(c.num_hidden_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, **kw)
         if not c.tie_word_embeddings:

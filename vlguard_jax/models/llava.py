@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from vlguard_jax.models.clip import CLIPVisionTower
 from vlguard_jax.models.config import LlavaConfig
-from vlguard_jax.models.layers import Dense, Dtype
+from vlguard_jax.models.layers import Dense, Dtype, LoraSpec
 from vlguard_jax.models.llama import LlamaForCausalLM
 from vlguard_jax.sharding import constrain
 
@@ -47,6 +47,7 @@ class LlavaModel(nn.Module):
     param_dtype: Dtype = jnp.float32
     attn_impl: str | None = None
     remat_policy: str = "none"
+    lora: LoraSpec | None = None  # on the language model only; the tower is always frozen
 
     def setup(self):
         c = self.config
@@ -55,7 +56,7 @@ class LlavaModel(nn.Module):
                                             attn_impl=self.attn_impl, **kw)
         self.projector = Projector(c, **kw)
         self.language_model = LlamaForCausalLM(c.text, attn_impl=self.attn_impl,
-                                               remat_policy=self.remat_policy, **kw)
+                                               remat_policy=self.remat_policy, lora=self.lora, **kw)
 
     def image_features(self, pixel_values):
         """[B, C, H, W] -> projected features [B, num_image_tokens, text hidden]."""

@@ -1,0 +1,1 @@
+"""Training: `python -m vlguard_jax.train --config configs/NAME.py`; `run(config)` in code."""

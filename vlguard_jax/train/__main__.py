@@ -1,0 +1,20 @@
+"""`python -m vlguard_jax.train --config configs/NAME.py [--config.KEY=VALUE ...]`
+
+Trains, or resumes when the workdir already holds checkpoints. See `configs/` and the README.
+"""
+from absl import app
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_config()", lock_config=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from vlguard_jax.train.loop import run
+    run(_CONFIG.value)
+
+
+if __name__ == "__main__":
+    config_flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -1,0 +1,50 @@
+"""Training checkpoints with orbax's CheckpointManager: the train state (trainable weights,
+optimizer state, step, rng), the data iterator's position, and run metadata (the base
+checkpoint, LoRA settings). Saves are asynchronous and atomic: orbax writes to a temporary
+directory and renames it on commit, so a killed run never leaves a checkpoint that restores.
+"""
+from __future__ import annotations
+
+import os
+
+import orbax.checkpoint as ocp
+
+CHECKPOINTS = "checkpoints"
+
+
+class Checkpoints:
+    def __init__(self, workdir, every: int, keep: int):
+        self.manager = ocp.CheckpointManager(
+            os.path.abspath(os.path.join(os.fspath(workdir), CHECKPOINTS)),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1, create=True,
+                                                 enable_async_checkpointing=True),
+            item_names=("state", "data", "meta"))
+        self.every = every
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_state: dict, meta: dict, force: bool = False) -> bool:
+        if not force and (self.every <= 0 or step % self.every):
+            return False
+        if step in self.manager.all_steps():
+            return False
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta)), force=True)
+
+    def restore(self, step: int, abstract_state):
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        return out["state"], out["data"], out["meta"]
+
+    def restore_meta(self, step: int | None = None) -> dict:
+        step = self.latest() if step is None else step
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,57 @@
+"""Run logging, on process 0 only: a tqdm bar, `workdir/metrics.jsonl`, TensorBoard events."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+from tqdm import tqdm
+
+# Dense bf16/fp16 peak FLOP/s per device, for MFU; unknown devices report no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+              "TPU v5": 459e12, "TPU v6 lite": 918e12}
+
+
+def peak_flops(device=None) -> float | None:
+    kind = (device or jax.devices()[0]).device_kind
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return flops
+    return None
+
+
+class Logger:
+    def __init__(self, workdir, total_steps: int, start_step: int):
+        self.main = jax.process_index() == 0
+        if not self.main:
+            return
+        from tensorboardX import SummaryWriter
+        self.jsonl = open(Path(workdir) / "metrics.jsonl", "a")
+        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def print(self, text: str) -> None:
+        if self.main:
+            tqdm.write(text)
+
+    def step(self, step: int, advance: int = 1) -> None:
+        if self.main:
+            self.bar.update(advance)
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.main:
+            return
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)):
+                self.tb.add_scalar(f"train/{k}", v, step)
+        self.tb.flush()
+        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                             tok_s=f"{metrics['tokens_per_s']:.0f}")
+
+    def close(self) -> None:
+        if self.main:
+            self.bar.close()
+            self.jsonl.close()
+            self.tb.close()

@@ -1,0 +1,86 @@
+"""The jitted training step: micro-batch accumulation in a `lax.scan`, a token-mean cross-entropy
+over supervised tokens computed in sequence chunks (never the whole [batch, length, vocab]
+float32 logits), gradients for trainable weights only, and a finite check.
+
+The state is a dict {"step", "params" (trainable), "opt", "rng"}; frozen weights come in separately.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vlguard_jax.data.tokenize import IGNORE
+from vlguard_jax.train.state import merge
+
+
+def token_loss_sums(model, params, batch, rng=None, chunk: int = 512):
+    """(sum of token cross-entropies, number of supervised tokens) for one micro-batch."""
+    rngs = {"dropout": rng} if rng is not None else None
+    hidden, _ = model.apply({"params": params}, batch["input_ids"], batch["pixel_values"],
+                            return_hidden=True, rngs=rngs)
+    h, y = hidden[:, :-1], batch["labels"][:, 1:]
+    b, t, d = h.shape
+    c = min(chunk, t)
+    pad = -t % c
+    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+    y = jnp.pad(y, ((0, 0), (0, pad)), constant_values=IGNORE)
+    h = h.reshape(b, -1, c, d).swapaxes(0, 1)
+    y = y.reshape(b, -1, c).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(hc, yc):
+        logits = model.apply({"params": params}, hc, method=model.logits).astype(jnp.float32)
+        valid = yc != IGNORE
+        picked = jnp.take_along_axis(logits, jnp.where(valid, yc, 0)[..., None], axis=-1)[..., 0]
+        return jnp.sum(jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)), valid.sum()
+
+    def body(carry, xs):
+        s, n = one(*xs)
+        return (carry[0] + s, carry[1] + n), None
+
+    (total, count), _ = jax.lax.scan(body, (jnp.float32(0), jnp.int32(0)), (h, y))
+    return total, count
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, accum_steps: int, loss_chunk: int = 512):
+    """step(state, frozen, batch) -> (state, metrics). `batch` holds the global batch [B, ...];
+    it is cut into `accum_steps` micro-batches of rows i, i + accum, i + 2*accum, ... so every
+    device keeps its own rows."""
+
+    def micro_batches(batch):
+        def cut(x):
+            x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:])
+            return jnp.swapaxes(x, 0, 1)
+        return jax.tree.map(cut, batch)
+
+    def step(state, frozen, batch):
+        rng = jax.random.fold_in(state["rng"], state["step"])
+
+        def loss_fn(trainable, mb, key):
+            return token_loss_sums(model, merge(trainable, frozen), mb, key, loss_chunk)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def body(carry, xs):
+            i, mb = xs
+            (s, n), g = grad_fn(state["params"], mb, jax.random.fold_in(rng, i))
+            gsum, ssum, nsum = carry
+            return (jax.tree.map(jnp.add, gsum, g), ssum + s, nsum + n), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state["params"])
+        (gsum, ssum, count), _ = jax.lax.scan(
+            body, (zeros, jnp.float32(0), jnp.int32(0)), (jnp.arange(accum_steps), micro_batches(batch)))
+        denom = jnp.maximum(count, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / denom, gsum)
+        loss = ssum / denom
+        grad_norm = optax.global_norm(grads)
+        updates, opt = optimizer.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = {"step": state["step"] + 1, "params": params, "opt": opt, "rng": state["rng"]}
+        # A non-finite step leaves the state untouched; the loop stops the run on it.
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        return new, {"loss": loss, "grad_norm": grad_norm, "tokens": count, "finite": finite}
+
+    return step
