@@ -2,7 +2,7 @@
 
 Trains, or resumes when the workdir already holds checkpoints. See `configs/` and the README.
 """
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_config()", lock_config=True)
@@ -16,5 +16,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    config_flags.mark_flags_as_required(["config"])
+    flags.mark_flags_as_required(["config"])
     app.run(main)

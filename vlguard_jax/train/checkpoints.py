@@ -17,6 +17,7 @@ class Checkpoints:
         self.manager = ocp.CheckpointManager(
             os.path.abspath(os.path.join(os.fspath(workdir), CHECKPOINTS)),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1, create=True,
+                                                 cleanup_tmp_directories=True,
                                                  enable_async_checkpointing=True),
             item_names=("state", "data", "meta"))
         self.every = every
@@ -48,3 +49,27 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def read_latest(workdir, step: int | None = None):
+    """(step, state, meta) of a training checkpoint, read onto this host's first device whatever
+    topology wrote it (for export and inspection)."""
+    import json
+    from pathlib import Path
+
+    import jax
+    root = Path(workdir) / CHECKPOINTS
+    if step is None:
+        steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+        if not steps:
+            raise FileNotFoundError(f"{workdir}: no finished training checkpoint under {root}")
+        step = steps[-1]
+    path = root / str(step)
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    ckptr = ocp.StandardCheckpointer()
+    meta_tree = ckptr.metadata(path / "state").item_metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta_tree)
+    state = ckptr.restore(path / "state", target)
+    meta_file = path / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    return step, state, meta

@@ -36,8 +36,8 @@ def maybe_initialize_distributed() -> None:
     themselves; elsewhere JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)."""
     addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
     if addr and not jax.distributed.is_initialized():
-        if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # CPU collectives across processes (affects only the CPU backend; must precede init).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(addr, int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"]))
     elif os.environ.get("TPU_WORKER_HOSTNAMES") and not jax.distributed.is_initialized():
         jax.distributed.initialize()

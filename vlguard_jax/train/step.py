@@ -74,7 +74,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, accum_steps:
         denom = jnp.maximum(count, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / denom, gsum)
         loss = ssum / denom
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
         updates, opt = optimizer.update(grads, state["opt"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

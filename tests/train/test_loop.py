@@ -1,0 +1,166 @@
+"""The whole run through `python -m vlguard_jax.train`: loss falls, logs, kill -9 and resume
+bit for bit, NaN stops the run, two processes equal one, misspelt keys fail."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from tests.train import common
+
+REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("loop")
+    return common.setup(tmp), tmp
+
+
+def config_file(ns, tmp: Path, name: str, **overrides) -> Path:
+    """A config file for the CLI that rebuilds tests.train.common.config with these values."""
+    path = tmp / f"{name}.py"
+    model = {k: str(v) for k, v in vars(ns).items() if k in ("flax_dir",)}
+    sample = {k: str(v) for k, v in ns.sample.items()}
+    path.write_text(
+        "from types import SimpleNamespace\nfrom pathlib import Path\nfrom tests.train import common\n\n"
+        "def get_config():\n"
+        f"    ns = SimpleNamespace(flax_dir={model['flax_dir']!r}, sample={{k: Path(v) for k, v in {sample!r}.items()}})\n"
+        f"    return common.config(ns, '', **{overrides!r})\n")
+    return path
+
+
+def train_cmd(cfg_path, workdir, *extra):
+    return [sys.executable, "-m", "vlguard_jax.train", f"--config={cfg_path}", f"--config.workdir={workdir}", *extra]
+
+
+def run_env(**extra):
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env.update(extra)
+    return env
+
+
+def final_params(workdir):
+    from vlguard_jax.train.checkpoints import read_latest
+    step, state, _ = read_latest(workdir)
+    return step, jax.tree.leaves(jax.tree.map(np.asarray, state["params"]))
+
+
+def metrics(workdir):
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_and_logs_are_written(env):
+    ns, tmp = env
+    cfg = config_file(ns, tmp, "falls", total_steps=24, checkpoint_every=12, **{"train.mode": "full",
+                                                                                "optim.lr": 3e-3})
+    out = subprocess.run(train_cmd(cfg, tmp / "falls"), env=run_env(), capture_output=True, text=True,
+                         timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    m = metrics(tmp / "falls")
+    assert [x["step"] for x in m] == list(range(1, 25))
+    first, last = np.mean([x["loss"] for x in m[:3]]), np.mean([x["loss"] for x in m[-3:]])
+    assert last < 0.8 * first, (first, last)
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu"} <= set(m[0])
+    assert list((tmp / "falls" / "tensorboard").glob("events.out.tfevents.*"))
+    log = out.stdout + out.stderr
+    assert "trainable" in log and "mesh" in log and "vlguard: 64 (safe 32, unsafe 32)" in log
+    ckpts = sorted(p.name for p in (tmp / "falls" / "checkpoints").iterdir() if p.name.isdigit())
+    assert ckpts == ["12", "24"]
+
+
+def test_kill_and_resume_is_bit_exact(env):
+    ns, tmp = env
+    kw = dict(total_steps=8, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1})
+    cfg = config_file(ns, tmp, "resume", **kw)
+    ref = subprocess.run(train_cmd(cfg, tmp / "ref"), env=run_env(), capture_output=True, text=True,
+                         timeout=600, cwd=REPO)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    # Kill -9 twice: once as soon as a step-4 checkpoint starts to appear (often mid-write),
+    # once right after the restart resumed.
+    work = tmp / "killed"
+    for trigger in ("4", "6"):
+        proc = subprocess.Popen(train_cmd(cfg, work), env=run_env(), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        ck = work / "checkpoints"
+        while time.time() < deadline and proc.poll() is None:
+            if ck.exists() and any(p.name.startswith(trigger) for p in ck.iterdir()):
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = subprocess.run(train_cmd(cfg, work), env=run_env(), capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stdout + done.stderr
+    step_a, a = final_params(tmp / "ref")
+    step_b, b = final_params(work)
+    assert step_a == step_b == 8
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    la = [x["loss"] for x in metrics(tmp / "ref")]
+    lb = {x["step"]: x["loss"] for x in metrics(work)}
+    assert all(lb[s] == la[s - 1] for s in lb)
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(env):
+    ns, tmp = env
+    cfg = config_file(ns, tmp, "nan", total_steps=6, checkpoint_every=1,
+                      **{"train.mode": "full", "optim.lr": 1e30, "optim.warmup_ratio": 0.0})
+    out = subprocess.run(train_cmd(cfg, tmp / "nan"), env=run_env(), capture_output=True, text=True,
+                         timeout=600, cwd=REPO)
+    assert out.returncode != 0
+    msg = out.stderr[-4000:]
+    assert "non-finite loss" in msg and "stopped" in msg, msg
+    step, params = final_params(tmp / "nan")
+    assert step >= 1 and all(np.isfinite(p).all() for p in params)
+    assert f"The last good checkpoint is {step}" in msg
+
+
+def test_misspelt_config_key_is_an_error(env):
+    ns, tmp = env
+    cfg = config_file(ns, tmp, "typo")
+    out = subprocess.run(train_cmd(cfg, tmp / "typo", "--config.optim.learning_rate=1"), env=run_env(),
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode != 0 and "learning_rate" in out.stderr
+    assert not (tmp / "typo" / "checkpoints").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(env):
+    ns, tmp = env
+    kw = dict(total_steps=4, checkpoint_every=2, **{"mesh.shape": (-1, 1, 1)})
+    cfg = config_file(ns, tmp, "multi", **kw)
+    one = subprocess.run(train_cmd(cfg, tmp / "one"), env=run_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port = free_port()
+    procs = [subprocess.Popen(train_cmd(cfg, tmp / "two"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=run_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                     JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+             for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    assert "2 process(es)" in outs[0][0] + outs[0][1]
+    l1 = [x["loss"] for x in metrics(tmp / "one")]
+    l2 = [x["loss"] for x in metrics(tmp / "two")]
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    _, a = final_params(tmp / "one")
+    _, b = final_params(tmp / "two")
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
