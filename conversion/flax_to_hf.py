@@ -1,9 +1,13 @@
-"""`python -m conversion.flax_to_hf --src CKPT --dst DIR [--dtype float32|bfloat16|float16]`
+"""`python -m conversion.flax_to_hf --src CKPT|WORKDIR --dst DIR [--dtype ...] [--lora merge|peft]`
 
-Writes a vlguard-jax checkpoint as a llava-hf directory: sharded safetensors with an index,
+Writes a vlguard-jax checkpoint, or the latest checkpoint of a training run (a `workdir`), as a
+llava-hf directory: sharded safetensors with an index,
 `config.json`, `generation_config.json`, the tokenizer and the processor files, so that
 `LlavaForConditionalGeneration.from_pretrained(DIR)` and `AutoProcessor.from_pretrained(DIR)` work.
 Key names are the llava-hf hub names, which transformers 4.x and 5.x both load.
+
+For a LoRA run, `--lora merge` folds the adapters into the weights (a full model) and `--lora
+peft` writes a PEFT adapter directory (LoRA factors and projector) for the base model instead.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from conversion import layouts
+from conversion import from_run, layouts
 from conversion.hf_to_flax import DTYPES, copy_side_files
 from conversion.reader import CheckpointError
 from vlguard_jax.checkpoint import PARAMS_DIR, atomic_dir, load_params
@@ -97,12 +101,38 @@ def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str)
         processor.save_pretrained(dst)
 
 
-def export(src, dst, dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> LlavaConfig:
+def export(src, dst, dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
+           lora: str | None = None) -> LlavaConfig:
     src, dst = Path(src), Path(dst)
+    if from_run.is_run(src):
+        return _export_run(src, dst, dtype, max_shard_bytes, lora)
+    if lora is not None:
+        raise ValueError(f"--lora applies to a training run's workdir; {src} is a plain checkpoint")
     if not (src / MODEL_CONFIG).exists():
-        raise CheckpointError(f"{src}: no {MODEL_CONFIG}; not a vlguard-jax checkpoint")
+        raise CheckpointError(f"{src}: no {MODEL_CONFIG}; not a vlguard-jax checkpoint or training workdir")
     config = LlavaConfig.load(src / MODEL_CONFIG)
-    params = load_params(src / PARAMS_DIR)
+    return _write(src, dst, config, load_params(src / PARAMS_DIR), dtype, max_shard_bytes)
+
+
+def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora) -> LlavaConfig:
+    base, config, flat, meta = from_run.load_run(src)
+    has_lora = any(k[-1] == "lora_a" for k in flat)
+    if has_lora and lora not in ("merge", "peft"):
+        raise ValueError(f"{src} is a LoRA run: pass --lora merge (a full model) or --lora peft (an adapter)")
+    if lora == "peft":
+        if not has_lora:
+            raise ValueError(f"{src} has no LoRA weights (a full fine-tuning run); use --lora merge")
+        with atomic_dir(dst) as tmp:
+            from_run.write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
+        return config
+    if has_lora:
+        flat = from_run.merge_lora(flat, from_run.lora_scale(meta))
+    dtype = dtype or flat[("language_model", "embed_tokens")].dtype.name  # the base checkpoint's
+    return _write(base, dst, config, traverse_util.unflatten_dict(flat), dtype, max_shard_bytes)
+
+
+def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_bytes) -> LlavaConfig:
+    """`params` -> a llava-hf directory; side files (tokenizer, processor) come from `src`."""
     if dtype is None:
         np_dtype = np.asarray(next(iter(traverse_util.flatten_dict(params).values()))).dtype
         dtype = np_dtype.name
@@ -122,9 +152,10 @@ def main(argv=None) -> int:
     p.add_argument("--src", required=True, help="vlguard-jax checkpoint directory")
     p.add_argument("--dst", required=True, help="output directory (must not exist)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: the checkpoint's dtype")
+    p.add_argument("--lora", choices=("merge", "peft"), help="for a LoRA training run: merged model or PEFT adapter")
     a = p.parse_args(argv)
     try:
-        export(a.src, a.dst, a.dtype)
+        export(a.src, a.dst, a.dtype, lora=a.lora)
     except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
