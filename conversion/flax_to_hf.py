@@ -26,6 +26,8 @@ from conversion import from_run, layouts
 from conversion.hf_to_flax import DTYPES, copy_side_files
 from conversion.reader import CheckpointError
 from vlguard_jax.checkpoint import PARAMS_DIR, atomic_dir, load_params
+from vlguard_jax import runs
+from vlguard_jax.runs import RunError
 from vlguard_jax.loading import MODEL_CONFIG
 from vlguard_jax.models.config import LlavaConfig
 
@@ -104,7 +106,7 @@ def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str)
 def export(src, dst, dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
            lora: str | None = None) -> LlavaConfig:
     src, dst = Path(src), Path(dst)
-    if from_run.is_run(src):
+    if runs.is_run(src):
         return _export_run(src, dst, dtype, max_shard_bytes, lora)
     if lora is not None:
         raise ValueError(f"--lora applies to a training run's workdir; {src} is a plain checkpoint")
@@ -115,7 +117,10 @@ def export(src, dst, dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_
 
 
 def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora) -> LlavaConfig:
-    base, config, flat, meta = from_run.load_run(src)
+    try:
+        base, config, flat, meta = runs.load_run(src)
+    except RunError as e:
+        raise CheckpointError(str(e)) from None
     has_lora = any(k[-1] == "lora_a" for k in flat)
     if has_lora and lora not in ("merge", "peft"):
         raise ValueError(f"{src} is a LoRA run: pass --lora merge (a full model) or --lora peft (an adapter)")
@@ -126,7 +131,7 @@ def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora) -> LlavaConf
             from_run.write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
         return config
     if has_lora:
-        flat = from_run.merge_lora(flat, from_run.lora_scale(meta))
+        flat = runs.merge_lora(flat, runs.lora_scale(meta))
     dtype = dtype or flat[("language_model", "embed_tokens")].dtype.name  # the base checkpoint's
     return _write(base, dst, config, traverse_util.unflatten_dict(flat), dtype, max_shard_bytes)
 

@@ -31,6 +31,9 @@ def load_model(path, mesh=None, dtype=jnp.bfloat16, param_dtype=None, attn_impl=
     holds the whole model.
     """
     path = Path(path)
+    from vlguard_jax import runs
+    if runs.is_run(path):
+        return _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
     if not (path / MODEL_CONFIG).exists():
         raise FileNotFoundError(f"{path}: no {MODEL_CONFIG}; is this a vlguard-jax checkpoint "
                                 "(made by python -m conversion.hf_to_flax)?")
@@ -45,8 +48,32 @@ def load_model(path, mesh=None, dtype=jnp.bfloat16, param_dtype=None, attn_impl=
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
     params = load_params(path / PARAMS_DIR, abstract)
+    return Loaded(model, params, config, _tokenizer(path) if with_tokenizer else None)
+
+
+def _tokenizer(path: Path):
     tokenizer = None
-    if with_tokenizer and any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
+    if any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
-    return Loaded(model, params, config, tokenizer)
+    return tokenizer
+
+
+def _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
+    """A training workdir: its latest checkpoint over its base, LoRA merged into the kernels."""
+    from flax import traverse_util
+
+    from vlguard_jax.runs import load_run, lora_scale, merge_lora
+    base, config, flat, meta = load_run(path)
+    if any(k[-1] == "lora_a" for k in flat):
+        flat = merge_lora(flat, lora_scale(meta))
+    param_dtype = param_dtype or flat[("language_model", "embed_tokens")].dtype
+    model = LlavaModel(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl,
+                       remat_policy=remat_policy)
+    abstract = abstract_params(model, mesh)
+    host = traverse_util.unflatten_dict({k: v.astype(param_dtype) for k, v in flat.items()})
+    if mesh is None:
+        params = jax.device_put(host, jax.devices()[0])
+    else:
+        params = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), host, abstract)
+    return Loaded(model, params, config, _tokenizer(base) if with_tokenizer else None)

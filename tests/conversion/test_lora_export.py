@@ -1,11 +1,9 @@
 """Export of a training run: LoRA merged into a full Hugging Face model, and a PEFT adapter that
 `PeftModel.from_pretrained` loads over the base model with the same logits as the merged export."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import peft
 import pytest
-import torch
 import transformers
 from flax import traverse_util
 
@@ -60,7 +58,7 @@ def test_merge_and_peft_exports_agree(lora_run):
 def test_merged_export_matches_the_flax_model_with_adapters(lora_run):
     """Our model with unmerged LoRA factors == transformers on the merged export."""
     ns, tmp = lora_run
-    from conversion.from_run import load_run
+    from vlguard_jax.runs import load_run
     from vlguard_jax.models import LlavaModel
     from vlguard_jax.models.layers import LoraSpec
     _, config, flat, meta = load_run(tmp / "run")

@@ -16,7 +16,7 @@ from PIL import Image
 from tests import tiny
 from vlguard_jax.data import mixture
 from vlguard_jax.data.images import ImageError
-from vlguard_jax.data.pipeline import Layout, Rows, dataset, epoch_order, prepare, steps_for
+from vlguard_jax.data.pipeline import Layout, dataset, epoch_order, prepare, steps_for
 from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.data.store import TokenStore

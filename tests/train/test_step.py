@@ -9,8 +9,8 @@ from flax import traverse_util
 from tests.train import common
 from vlguard_jax import sharding
 from vlguard_jax.data.pipeline import Layout, dataset, prepare
-from vlguard_jax.train.loop import build_params, global_batch, opt_shardings
-from vlguard_jax.train.state import optimizer, partition
+from vlguard_jax.train.loop import build_params, global_batch
+from vlguard_jax.train.state import optimizer
 from vlguard_jax.train.step import make_train_step, token_loss_sums
 
 

@@ -3,15 +3,12 @@ jitted steps -> checkpoints and logs. `run(config)` is what `python -m vlguard_j
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 

@@ -1,0 +1,85 @@
+"""`python -m vlguard_jax.generate --checkpoint CKPT [--image PATH] --prompt TEXT [options]`
+or `--prompts-file F.jsonl` (lines {"image": ..., "prompt": ...}) for a whole batch.
+
+With `--json` each result is one line: `prompt_ids` (image positions as image_token_index once per
+image feature, as in llava-hf), `token_ids` (generated) and `text`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
+
+
+def read_prompts(path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise ValueError(f"{path}: line {n}: expected {{\"prompt\": str, \"image\": optional str}}")
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vlguard_jax.generate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt")
+    src.add_argument("--prompts-file")
+    p.add_argument("--image")
+    p.add_argument("--template", choices=TEMPLATE_CHOICES, default="llava_v1")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--pad-image", action="store_true", help="training-style square padding (default: eval, no pad)")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        rows = read_prompts(a.prompts_file) if a.prompts_file else [{"prompt": a.prompt, "image": a.image}]
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    from vlguard_jax.data.images import ImageError, open_rgb, pixels
+    from vlguard_jax.generate import Sampling, load_generator, prompt_ids
+    gen, m = load_generator(a.checkpoint, batch_size=a.batch_size)
+    ids, pix = [], []
+    for n, row in enumerate(rows, 1):
+        image = row.get("image")
+        try:
+            pix.append(pixels(open_rgb(image), m.config.vision.image_size, a.pad_image) if image else None)
+        except ImageError as e:
+            print(f"error: {a.prompts_file or '--image'}: row {n}: {e}", file=sys.stderr)
+            return 1
+        ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), a.template))
+    s = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens)
+    t0 = time.perf_counter()
+    out = gen(ids, pix, s, a.seed)
+    dt = time.perf_counter() - t0
+    for row, pi, toks in zip(rows, ids, out):
+        text = m.tokenizer.decode(toks, skip_special_tokens=True).strip()
+        if a.json:
+            print(json.dumps({"prompt": row["prompt"], "image": row.get("image"), "prompt_ids": pi,
+                              "token_ids": toks, "text": text}))
+        else:
+            print(text)
+    n = sum(len(t) for t in out)
+    print(f"{n} tokens in {dt:.2f} s ({n / dt:.1f} tokens/s, including compilation)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Batched generation: one prefill over the left-padded prompt batch (with its images), then a
+`lax.while_loop` decode inside `jit` with per-row done flags (Gemma's sampler shape).
+
+- The KV cache is preallocated for prompt + new tokens and sharded by the model's logical rules
+  (batch over the data axes, KV heads over `tensor`).
+- Positions count real tokens only, so a row's output does not depend on how much padding its
+  batch needs; random draws use per-row keys (seed, row id, step), so sampled output does not
+  depend on which prompts share the batch either.
+- Prompt lengths are bucketed (multiples of `bucket`) and batches are filled to `batch_size`, so
+  a benchmark compiles a handful of programs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlguard_jax import sharding
+from vlguard_jax.models.llama import init_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0   # 0 = greedy
+    top_k: int = 0             # 0 = off
+    top_p: float = 1.0         # 1 = off
+    max_new_tokens: int = 256
+
+
+def choose(logits, key, s: Sampling):
+    """Next token per row from float32 logits [B, V]; `key` holds one key per row."""
+    if s.temperature <= 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / s.temperature
+    if s.top_k > 0:
+        kth = jax.lax.top_k(logits, s.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if s.top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (the first token always stays)
+        drop_sorted = jnp.cumsum(probs, axis=-1) - probs >= s.top_p
+        drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+        logits = jnp.where(drop, -jnp.inf, logits)
+    return jax.vmap(lambda k, l: jax.random.categorical(k, l))(key, logits).astype(jnp.int32)
+
+
+def _generate(model, params, ids, mask, pixels, row_ids, seed, eos, pad_id, s: Sampling, cache_dtype):
+    b, p = ids.shape
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+    cache = init_cache(model.config.text, b, p + s.max_new_tokens, cache_dtype)
+    hidden, cache = model.apply({"params": params}, ids, pixels, attention_mask=mask, positions=positions,
+                                cache=cache, return_hidden=True)
+    logits = model.apply({"params": params}, hidden[:, -1:], method=model.logits)[:, 0].astype(jnp.float32)
+    base = jax.random.key(seed)
+    keys = lambda step: jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base, r), step))(row_ids)
+    first = choose(logits, keys(0), s)
+    is_eos = lambda t: jnp.isin(t, eos)
+    out = jnp.full((b, s.max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+    done = is_eos(first)
+    next_pos = positions[:, -1] + 1
+
+    def cond(c):
+        step, _, done, *_ = c
+        return (step < s.max_new_tokens) & ~jnp.all(done)
+
+    def body(c):
+        step, out, done, cache, last, pos = c
+        h, cache = model.apply({"params": params}, last[:, None], attention_mask=jnp.ones((b, 1), jnp.int32),
+                               positions=pos[:, None], cache=cache, return_hidden=True)
+        lg = model.apply({"params": params}, h, method=model.logits)[:, 0].astype(jnp.float32)
+        tok = choose(lg, keys(step), s)
+        tok = jnp.where(done, pad_id, tok)  # finished rows stop changing
+        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
+        return step + 1, out, done | is_eos(tok), cache, tok, pos + 1
+
+    _, out, done, *_ = jax.lax.while_loop(cond, body, (jnp.int32(1), out, done, cache, first, next_pos))
+    return out
+
+
+class Generator:
+    """`Generator(model, params, ...)(prompts, pixels, sampling, seed)`; prompts are id lists (image
+    positions already expanded), pixels one [3, H, W] array or None per prompt."""
+
+    def __init__(self, model, params, *, eos_ids, pad_id: int = 0, mesh=None, batch_size: int = 8,
+                 bucket: int = 64, cache_dtype=None):
+        self.model, self.params, self.mesh = model, params, mesh
+        self.eos = jnp.asarray(sorted(set(np.atleast_1d(eos_ids).tolist())), jnp.int32)
+        self.pad_id, self.batch_size, self.bucket = pad_id, batch_size, bucket
+        self.cache_dtype = cache_dtype or model.dtype
+        self._fn = functools.lru_cache(maxsize=None)(self._compile)
+
+    def _compile(self, s: Sampling):
+        def run(params, ids, mask, pixels, row_ids, seed):
+            with sharding.use_mesh(self.mesh):
+                return _generate(self.model, params, ids, mask, pixels, row_ids, seed, self.eos, self.pad_id, s,
+                                 self.cache_dtype)
+        return jax.jit(run)
+
+    def batches(self, n: int):
+        return [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
+
+    def __call__(self, prompts: list[list[int]], pixels: list, sampling: Sampling = Sampling(), seed: int = 0,
+                 on_batch=None) -> list[list[int]]:
+        """Generated ids per prompt, cut after the first EOS (which is kept)."""
+        v = self.model.config.vision
+        results: list[list[int]] = [None] * len(prompts)
+        for idx in self.batches(len(prompts)):
+            longest = max(len(prompts[i]) for i in idx)
+            p = -(-longest // self.bucket) * self.bucket
+            b = self.batch_size
+            ids = np.full((b, p), self.pad_id, np.int32)
+            mask = np.zeros((b, p), np.int32)
+            pix = np.zeros((b, v.num_channels, v.image_size, v.image_size), np.float32)
+            rows = np.zeros(b, np.int32)
+            for r, i in enumerate(idx):
+                ids[r, p - len(prompts[i]):] = prompts[i]
+                mask[r, p - len(prompts[i]):] = 1
+                rows[r] = i
+                if pixels[i] is not None:
+                    pix[r] = pixels[i]
+            for r in range(len(idx), b):  # filler rows: one real token, discarded
+                ids[r, -1], mask[r, -1] = self.pad_id, 1
+            out = np.asarray(self._fn(sampling)(self.params, ids, mask, pix, rows, seed))
+            eos = set(np.asarray(self.eos).tolist())
+            for r, i in enumerate(idx):
+                toks = out[r].tolist()
+                cut = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))
+                results[i] = toks[:cut]
+            if on_batch is not None:
+                on_batch(idx, [results[i] for i in idx])
+        return results
