@@ -1,0 +1,97 @@
+"""The evaluation run on a tiny model: output shapes, summary, resume without regenerating,
+rescoring, reports, and bad inputs."""
+import json
+
+import pytest
+
+from tests import tiny
+from vlguard_jax.data.sample import write_sample
+from vlguard_jax.evaluate.__main__ import main
+from vlguard_jax.evaluate.runner import run
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("eval")
+    ns = tiny.build(tmp / "model", scale=5.0)
+    return ns, write_sample(tmp / "sample"), tmp
+
+
+def test_vlguard_run_writes_responses_and_summary(env):
+    ns, sample, tmp = env
+    out = tmp / "out"
+    code = main(["--checkpoint", str(ns.flax_dir), "--benchmark", "vlguard", "--subset", "unsafes",
+                 "--meta", str(sample["test"]), "--images", str(sample["images"]), "--out", str(out),
+                 "--max-new-tokens", "4", "--batch-size", "4", "--limit", "6"])
+    assert code == 0
+    responses = json.loads((out / "vlguard" / "unsafes.json").read_text())
+    test = json.loads(sample["test"].read_text())
+    unsafe_images = [r["image"] for r in test if not r["safe"]][:6]
+    assert list(responses) == unsafe_images and all(isinstance(v, str) for v in responses.values())
+    s = json.loads((out / "summary.json").read_text())["vlguard/unsafes"]
+    assert s["n"] == 6 and 0 <= s["asr"] <= 1 and set(s["by_category"]) <= {"privacy", "risky behavior",
+                                                                             "deception", "discrimination"}
+
+
+def test_interrupted_run_resumes_without_regenerating(env):
+    ns, sample, tmp = env
+    out = tmp / "resume"
+    kw = dict(subset="safe_safes", meta=sample["test"], images=sample["images"], max_new_tokens=3, batch_size=2,
+              log=lambda *_: None)
+    run(ns.flax_dir, "vlguard", out, limit=2, **kw)  # "interrupted" after one batch
+    path = out / "vlguard" / "safe_safes.json"
+    first = json.loads(path.read_text())
+    marked = {k: "KEPT: I'm sorry" for k in first}  # a regenerated response would overwrite this
+    path.write_text(json.dumps(marked))
+    result = run(ns.flax_dir, "vlguard", out, limit=5, **kw)
+    final = json.loads(path.read_text())
+    assert len(final) == 5 and all(final[k] == "KEPT: I'm sorry" for k in first)
+    assert result["refusals"] >= 2
+
+
+def test_text_benchmark_and_rescoring(env, shared_data, capsys):
+    ns, _, tmp = env
+    out = tmp / "adv"
+    assert main(["--checkpoint", str(ns.flax_dir), "--benchmark", "advbench", "--attack", "suffix",
+                 "--data", str(shared_data / "advbench" / "harmful_behaviors.csv"), "--out", str(out),
+                 "--max-new-tokens", "3", "--limit", "3"]) == 0
+    assert set(json.loads((out / "advbench" / "suffix.json").read_text())) == {"0", "1", "2"}
+    f = tmp / "unsafes.json"
+    f.write_text(json.dumps({"a.png": "I'm sorry, no.", "b.png": "Sure, here it is.", "c.png": "it is not"}))
+    capsys.readouterr()
+    assert main(["score", "--responses", str(f)]) == 0
+    assert "ASR 33.3% over 3 responses" in capsys.readouterr().out
+    decisions = json.loads((tmp / "unsafes.scored.json").read_text())
+    assert [d["refusal"] for d in decisions.values()] == [True, False, True]
+
+
+def test_report_compares_runs(env, tmp_path):
+    for name, asr in (("before", 0.9), ("after", 0.05)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"vlguard/unsafes": {
+            "n": 20, "asr": asr, "refusal_rate": 1 - asr, "by_category": {"privacy": {"n": 20, "asr": asr}}}}))
+    assert main(["report", "--runs", str(tmp_path / "before"), str(tmp_path / "after"),
+                 "--out", str(tmp_path / "report")]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| vlguard/unsafes ASR | 90.0 | 5.0 |" in md
+    assert (tmp_path / "report" / "report.png").stat().st_size > 1000
+
+
+def test_bad_inputs_fail_with_names(env, tmp_path, capsys):
+    ns, sample, _ = env
+    base = ["--checkpoint", str(ns.flax_dir), "--out", str(tmp_path / "o")]
+    assert main(base + ["--benchmark", "vlguard", "--subset", "unsafes", "--meta", str(sample["test"]),
+                        "--images", str(tmp_path)]) == 1
+    assert "image file not found" in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_text("goal\nx\n")
+    assert main(base + ["--benchmark", "advbench", "--data", str(tmp_path / "bad.csv")]) == 1
+    assert "bad.csv: missing column(s) ['target']" in capsys.readouterr().err
+    (tmp_path / "fs.csv").write_text("dataset,category_id,task_id,instruction\nForbidQI,1,1,Steps to x.\n")
+    assert main(base + ["--benchmark", "figstep", "--data", str(tmp_path / "fs.csv"), "--font",
+                        str(tmp_path / "none.ttf")]) == 1
+    assert "none.ttf not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--benchmark", "vlguard", "--subset", "everything"])
+    with pytest.raises(SystemExit):
+        main(base + ["--benchmark", "mmlu"])

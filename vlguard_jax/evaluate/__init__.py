@@ -1,0 +1,1 @@
+"""Safety evaluation: benchmarks, the refusal scorer, FigStep rendering, reports; CLI in `__main__`."""

@@ -1,0 +1,113 @@
+"""Safety evaluation.
+
+  python -m vlguard_jax.evaluate --checkpoint CKPT --benchmark vlguard --subset unsafes \\
+      --meta test.json --images DIR --out DIR
+  python -m vlguard_jax.evaluate --checkpoint CKPT --benchmark xstest|advbench|figstep --data F.csv --out DIR
+  python -m vlguard_jax.evaluate score --responses FILE.json [--meta test.json]
+  python -m vlguard_jax.evaluate report --runs DIR1 DIR2 ... --out report/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vlguard_jax.evaluate.benchmarks import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
+from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
+
+ERRORS = (ValueError, FileNotFoundError, OSError)
+
+
+def evaluate_main(argv) -> int:
+    from vlguard_jax.evaluate.runner import run
+    p = argparse.ArgumentParser(prog="python -m vlguard_jax.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
+    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument("--subset", help=f"vlguard: one of {VLGUARD_SUBSETS}")
+    p.add_argument("--meta", help="vlguard: test.json")
+    p.add_argument("--images", help="vlguard: image root")
+    p.add_argument("--data", help="xstest / advbench / figstep CSV")
+    p.add_argument("--attack", choices=ADVBENCH_ATTACKS, default="vanilla")
+    p.add_argument("--font", help="figstep: FreeMonoBold.ttf path")
+    p.add_argument("--out", required=True)
+    p.add_argument("--template", choices=TEMPLATE_CHOICES, default="llava_v1")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=int, help="only the first N items")
+    a = p.parse_args(argv)
+    if a.benchmark == "vlguard" and a.subset not in VLGUARD_SUBSETS:
+        p.error(f"--benchmark vlguard needs --subset, one of {VLGUARD_SUBSETS} (got {a.subset!r})")
+    try:
+        result = run(a.checkpoint, a.benchmark, a.out, subset=a.subset, meta=a.meta, images=a.images, data=a.data,
+                     attack=a.attack, template=a.template, max_new_tokens=a.max_new_tokens,
+                     batch_size=a.batch_size, font=a.font, limit=a.limit)
+    except ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def score_main(argv) -> int:
+    from vlguard_jax.evaluate import benchmarks
+    from vlguard_jax.evaluate.runner import read_json, score, write_json
+    from vlguard_jax.evaluate.scoring import is_refusal
+    p = argparse.ArgumentParser(prog="python -m vlguard_jax.evaluate score",
+                                description="rescore a saved responses file without a model")
+    p.add_argument("--responses", required=True)
+    p.add_argument("--meta", help="test.json, for the per-category breakdown of a VLGuard subset")
+    a = p.parse_args(argv)
+    try:
+        responses = read_json(a.responses, None)
+        if not isinstance(responses, dict) or not all(isinstance(v, str) for v in responses.values()):
+            raise ValueError(f"{a.responses}: expected a JSON object mapping keys to response strings")
+        path = Path(a.responses)
+        if a.meta:
+            items = benchmarks.vlguard(a.meta, path.stem)
+            missing = [k for k in responses if k not in {i.key for i in items}]
+            if missing:
+                raise ValueError(f"{a.responses}: {len(missing)} keys are not in subset {path.stem!r} of {a.meta}, "
+                                 f"e.g. {missing[0]!r}")
+        else:
+            items = [benchmarks.Item(k, "") for k in responses]
+    except ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    decisions = {k: {"response": v, "refusal": is_refusal(v)} for k, v in responses.items()}
+    out = path.with_name(path.stem + ".scored.json")
+    write_json(out, decisions)
+    result = score("vlguard" if a.meta else "responses", items, responses)
+    print(json.dumps(result, indent=1))
+    print(f"ASR {100 * result['asr']:.1f}% over {result['n']} responses; decisions in {out}")
+    return 0
+
+
+def report_main(argv) -> int:
+    from vlguard_jax.evaluate.report import write_report
+    p = argparse.ArgumentParser(prog="python -m vlguard_jax.evaluate report")
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--names", nargs="+")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    try:
+        md, png = write_report(a.runs, a.out, a.names)
+    except ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(md.read_text())
+    print(f"wrote {md} and {png}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "score":
+        return score_main(argv[1:])
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
+    return evaluate_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
