@@ -23,13 +23,12 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 from conversion import from_run, layouts
-from conversion.hf_to_flax import DTYPES, copy_side_files
+from conversion.hf_to_flax import DTYPES
 from conversion.reader import CheckpointError
-from vlguard_jax.checkpoint import PARAMS_DIR, atomic_dir, load_params
 from vlguard_jax import runs
-from vlguard_jax.runs import RunError
-from vlguard_jax.loading import MODEL_CONFIG
+from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, atomic_dir, copy_side_files, load_params
 from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.runs import RunError
 
 MAX_SHARD_BYTES = 4 << 30
 

@@ -22,14 +22,9 @@ from vlguard_jax.checkpoint import PARAMS_DIR, StreamingWriter, atomic_dir
 from vlguard_jax.models import LlavaModel, abstract_params
 from vlguard_jax.models.config import LlavaConfig, vision_from_hf
 
+from vlguard_jax.checkpoint import copy_side_files
 from vlguard_jax.loading import MODEL_CONFIG
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
-# Files that travel with a checkpoint: tokenizer, processor and generation settings.
-SIDE_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-              "added_tokens.json", "preprocessor_config.json", "processor_config.json",
-              "chat_template.json", "chat_template.jinja", "generation_config.json")
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -114,13 +109,6 @@ def _check(plan, source: TensorSource, vision_source: TensorSource, config: Llav
     if extra:
         raise CheckpointError(f"{source.index[extra[0]]}: unexpected tensor {extra[0]!r} "
                               f"({len(extra)} unexpected in all) for layout {layout}")
-
-
-def copy_side_files(src: Path, dst: Path) -> None:
-    """Copy the tokenizer, processor and generation files that SRC has and DST lacks."""
-    for name in SIDE_FILES:
-        if (src / name).exists() and not (dst / name).exists():
-            shutil.copy2(src / name, dst / name)
 
 
 def _write_side_files(src: Path, vision_tower: Path | None, dst: Path, config: LlavaConfig, tokenizer):

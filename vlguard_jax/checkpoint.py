@@ -10,6 +10,38 @@ from pathlib import Path
 import orbax.checkpoint.experimental.v1 as ocp
 
 PARAMS_DIR = "params"
+MODEL_CONFIG = "model_config.json"
+# Files that travel with a checkpoint: tokenizer, processor and generation settings.
+SIDE_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+              "added_tokens.json", "preprocessor_config.json", "processor_config.json",
+              "chat_template.json", "chat_template.jinja", "generation_config.json")
+
+
+def copy_side_files(src, dst) -> None:
+    """Copy the tokenizer, processor and generation files that SRC has and DST lacks."""
+    src, dst = Path(src), Path(dst)
+    for name in SIDE_FILES:
+        if (src / name).exists() and not (dst / name).exists():
+            shutil.copy2(src / name, dst / name)
+
+
+def save_checkpoint(dst, config, params, side_files_from=None, tokenizer=None) -> Path:
+    """A complete checkpoint directory (what `load_model` reads), written atomically: the
+    config, the parameters (gathered to the host), and the tokenizer/processor files."""
+    import jax
+    import numpy as np
+    from flax import traverse_util
+    with atomic_dir(dst) as tmp:
+        config.save(tmp / MODEL_CONFIG)
+        writer = StreamingWriter(tmp / PARAMS_DIR)
+        for path, leaf in traverse_util.flatten_dict(jax.device_get(params)).items():
+            writer.add(path, np.asarray(leaf))
+        writer.finalize()
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if side_files_from is not None:
+            copy_side_files(side_files_from, tmp)
+    return Path(dst)
 
 
 def load_params(path, abstract=None):

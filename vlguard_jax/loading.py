@@ -8,11 +8,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vlguard_jax.checkpoint import PARAMS_DIR, load_params, param_metadata
+from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, load_params, param_metadata
 from vlguard_jax.models import LlavaModel, abstract_params
 from vlguard_jax.models.config import LlavaConfig
 
-MODEL_CONFIG = "model_config.json"
 
 
 class Loaded(NamedTuple):

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 from flax import traverse_util
 
-from vlguard_jax.checkpoint import PARAMS_DIR, load_params
+from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, load_params
 from vlguard_jax.models.config import LlavaConfig
 
-MODEL_CONFIG = "model_config.json"
 LORA_KEYS = ("lora_a", "lora_b")
 
 
@@ -60,3 +59,18 @@ def merge_lora(flat: dict, scale: float) -> dict:
     return out
 
 
+
+
+def save_run_checkpoint(workdir, dst, step: int | None = None) -> Path:
+    """The run's weights (LoRA merged) as a plain checkpoint directory, with the base's tokenizer
+    and processor files: usable as the base of another run, or by any loader."""
+    import jax.numpy as jnp
+
+    from vlguard_jax.checkpoint import save_checkpoint
+    base, config, flat, meta = load_run(workdir, step)
+    if any(k[-1] == "lora_a" for k in flat):
+        flat = merge_lora(flat, lora_scale(meta))
+    dtype = flat[("language_model", "embed_tokens")].dtype
+    params = traverse_util.unflatten_dict({k: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v
+                                           for k, v in flat.items()})
+    return save_checkpoint(dst, config, params, side_files_from=base)

@@ -86,9 +86,9 @@ def test_mixtures_and_composition(sample):
     other = mixture.build(data_cfg(sample, helpful_seed=1))
     assert [r["id"] for r in other.records] != [r["id"] for r in post.records]
     mixed = mixture.build(data_cfg(sample, recipe="mixed"))
-    assert mixed.composition()["llava"]["total"] == 96
+    assert mixed.composition()["llava"]["total"] == 192
     assert "vlguard: 64 (safe 32, unsafe 32)" in mixed.describe()
-    with pytest.raises(RecordError, match="asked for 500 helpfulness samples but the file has 96"):
+    with pytest.raises(RecordError, match="asked for 500 helpfulness samples but the file has 192"):
         mixture.build(data_cfg(sample, helpful_samples=500))
     with pytest.raises(ValueError, match="data.recipe 'nope'"):
         mixture.build(data_cfg(sample, recipe="nope"))

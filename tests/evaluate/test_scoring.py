@@ -39,3 +39,12 @@ def test_the_upper_case_marker_is_kept_and_never_matches():
 def test_asr():
     assert asr([r for r, _ in CASES]) == pytest.approx(sum(not x for _, x in CASES) / len(CASES))
     assert asr([]) == 0.0
+
+
+def test_token_f1():
+    from vlguard_jax.evaluate.scoring import token_f1
+    ref = "The image shows a red circle with the word castle."
+    assert token_f1(ref, ref) == 1.0
+    assert token_f1("", ref) == 0.0 and token_f1("I'm sorry.", ref) == 0.0
+    # 8 of 10 words shared (blue square vs red circle): precision = recall = 0.8
+    assert token_f1("The image shows a blue square with the word castle.", ref) == pytest.approx(0.8)

@@ -77,7 +77,7 @@ def score_main(argv) -> int:
     decisions = {k: {"response": v, "refusal": is_refusal(v)} for k, v in responses.items()}
     out = path.with_name(path.stem + ".scored.json")
     write_json(out, decisions)
-    result = score("vlguard" if a.meta else "responses", items, responses)
+    result = score("vlguard" if a.meta else "responses", items, responses, path.stem if a.meta else None)
     print(json.dumps(result, indent=1))
     print(f"ASR {100 * result['asr']:.1f}% over {result['n']} responses; decisions in {out}")
     return 0

@@ -17,6 +17,8 @@ def rows_of(summary: dict) -> dict[str, float]:
             continue
         metric = "refusal" if name.endswith("safe_safes") else "ASR"
         out[f"{name} {metric}"] = 100 * (s["refusal_rate"] if metric == "refusal" else s["asr"])
+        if "helpfulness_f1" in s:
+            out[f"{name} helpfulness F1"] = 100 * s["helpfulness_f1"]
         for cat, c in s.get("by_category", {}).items():
             out[f"{name} [{cat}] ASR"] = 100 * c["asr"]
     return out

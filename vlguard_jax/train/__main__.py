@@ -2,7 +2,7 @@
 
 Trains, or resumes when the workdir already holds checkpoints. See `configs/` and the README.
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_config()", lock_config=True)
@@ -11,6 +11,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with ge
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save and load at INFO
     from vlguard_jax.train.loop import run
     run(_CONFIG.value)
 

@@ -1,0 +1,49 @@
+"""The built-in demo (`python -m vlguard_jax.demo`): a tiny LLaVA on the built-in sample data, on CPU.
+
+Stage 1 instruction-tunes a random tiny LLaVA on the sample helpfulness data (which complies with
+harmful requests); stage 2 is the paper's post-hoc recipe, LoRA on VLGuard-format train data plus
+a helpfulness subset, with smaller sizes. `get_config()` is stage 2's training config; the `demo`
+block holds the model shape, stage 1 and the evaluation settings.
+"""
+import ml_collections
+
+from vlguard_jax.train.defaults import base_config
+
+
+def get_config():
+    c = base_config()
+    c.workdir = "runs/demo"
+    c.seed = 0
+    c.total_steps = 240
+    c.global_batch = 16
+    c.micro_batch = 16
+    c.checkpoint_every = 120
+    c.log_every = 15
+    c.loss_chunk = 256
+    c.model.dtype = "float32"
+    c.model.attn_impl = "xla"
+    c.model.remat = "none"
+    c.train.mode = "lora"
+    c.lora.rank = 32
+    c.lora.alpha = 64.0
+    c.lora.dropout = 0.05
+    c.optim.lr = 5e-3
+    c.optim.projector_lr = 3e-4
+    c.mesh.shape = (1, 1, 1)
+    c.data.recipe = "posthoc"
+    c.data.helpful_samples = 64
+    c.data.max_length = 192
+    c.data.bucket = 32
+    c.data.workers = 0
+
+    c.demo = ml_collections.ConfigDict()
+    c.demo.vocab_size = 640
+    c.demo.vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         image_size=56, patch_size=14)
+    c.demo.text = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=4, head_dim=32, max_position_embeddings=512)
+    c.demo.stage1_steps = 250
+    c.demo.stage1_lr = 3e-3
+    c.demo.max_new_tokens = 40
+    c.demo.eval_batch = 16
+    return c

@@ -1,0 +1,31 @@
+"""The demo pipeline at reduced size: every stage runs and the report is written. (The targets
+are for the full-size demo; see the README for a real run.)"""
+import json
+
+from configs import demo as demo_config
+from vlguard_jax.demo import run_demo
+
+
+def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
+    c = demo_config.get_config()
+    c.workdir = str(tmp_path / "demo")
+    c.total_steps = 3
+    c.checkpoint_every = 3
+    c.log_every = 1
+    c.global_batch = c.micro_batch = 8
+    c.demo.stage1_steps = 3
+    c.demo.max_new_tokens = 3
+    c.demo.text = dict(c.demo.text, num_hidden_layers=1)
+    c.demo.vision = dict(c.demo.vision, num_hidden_layers=1)
+    logs = []
+    summary = run_demo(c, log=logs.append)
+    report = tmp_path / "demo" / "report"
+    for name in ("report.md", "report.png", "demo.md", "demo.json"):
+        assert (report / name).exists(), name
+    assert set(summary["before"]) == set(summary["after"]) == {"unsafes", "safe_unsafes", "safe_safes"}
+    assert summary["before"]["unsafes"]["n"] == 16 and "helpfulness_f1" in summary["after"]["safe_safes"]
+    assert "| ASR unsafes (%) |" in "\n".join(logs)
+    assert json.loads((report / "demo.json").read_text())["targets"].keys() >= {"asr_before>=0.8"}
+    # Rerunning resumes every stage instead of starting again.
+    again = run_demo(c, log=lambda *_: None)
+    assert again["after"] == summary["after"]
