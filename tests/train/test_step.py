@@ -138,3 +138,10 @@ def test_loss_is_the_token_mean_over_supervised_tokens(env):
     ref = -np.take_along_axis(np.asarray(logp), np.where(m, y, 0)[..., None], -1)[..., 0][m]
     assert int(count) == m.sum() > 0
     np.testing.assert_allclose(float(total), ref.sum(), rtol=1e-5)
+    # The lm_head only at supervised positions (the label budget) gives the same sums.
+    from vlguard_jax.train.loop import label_budget
+    k = label_budget(b["labels"], b["labels"].shape[1], quantum=8)
+    assert k < b["labels"].shape[1] - 1
+    total_k, count_k = token_loss_sums(model, params, b, None, chunk=7, label_budget=k)
+    assert int(count_k) == int(count)
+    np.testing.assert_allclose(float(total_k), ref.sum(), rtol=1e-5)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vlguard_jax import sharding
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
+from vlguard_jax.data.tokenize import IGNORE
 from vlguard_jax.loading import load_model
 from vlguard_jax.models import LlavaModel, abstract_params, param_axes
 from vlguard_jax.models.layers import LoraSpec
@@ -101,6 +103,50 @@ def global_batch(batch: dict, mesh) -> dict:
     return out
 
 
+def state_shardings_for(opt, trainable, mesh) -> dict:
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return {"step": replicated, "params": jax.tree.map(lambda x: x.sharding, trainable),
+            "opt": opt_shardings(opt, trainable, mesh), "rng": replicated}
+
+
+def _fresh_state(opt, seed: int):
+    return lambda t: {"step": jnp.int32(0), "params": t, "opt": opt.init(t),
+                      "rng": jax.random.key_data(jax.random.key(seed))}
+
+
+def init_state(opt, trainable, mesh, seed: int = 0):
+    """(state, its shardings): step 0, the trainable weights, optimizer state, rng."""
+    shardings = state_shardings_for(opt, trainable, mesh)
+    return jax.jit(_fresh_state(opt, seed), out_shardings=shardings)(trainable), shardings
+
+
+def abstract_state(opt, trainable, shardings):
+    shapes = jax.eval_shape(_fresh_state(opt, 0), trainable)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def jit_train_step(model, opt, accum: int, loss_chunk: int, mesh, shardings):
+    """The jitted step(state, frozen, batch, label_budget); the state is donated. `label_budget`
+    (static) bounds the supervised positions per row, so the lm_head runs only there."""
+    def wrapped(state, frozen, batch, label_budget):
+        with sharding.use_mesh(mesh):
+            step_fn = make_train_step(model, opt, accum, loss_chunk, label_budget)
+            state = dict(state, rng=jax.random.wrap_key_data(state["rng"]))
+            new, metrics = step_fn(state, frozen, batch)
+            return dict(new, rng=jax.random.key_data(new["rng"])), metrics
+    return jax.jit(wrapped, donate_argnums=(0,), static_argnums=(3,), out_shardings=(shardings, None))
+
+
+def label_budget(labels: np.ndarray, length: int, quantum: int = 64) -> int:
+    """Most supervised (shifted) positions in any row of this process's batch, rounded up to
+    `quantum`, agreed on by all processes."""
+    most = int((np.asarray(labels)[:, 1:] != IGNORE).sum(axis=1).max()) if len(labels) else 0
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        most = int(np.max(multihost_utils.process_allgather(np.int32(most))))
+    return max(quantum, min(length - 1, -(-most // quantum) * quantum))
+
+
 def run(cfg, log_fn=None) -> dict:
     """Train to `total_steps` (or `epochs`), resuming from `workdir` when it holds checkpoints.
     Returns {"step", "loss"} of the last step."""
@@ -136,40 +182,23 @@ def run(cfg, log_fn=None) -> dict:
     say(f"parameters: {n_train + n_frozen:,} total, {n_train:,} trainable ({cfg.train.mode}); "
         f"{total} steps of {cfg.global_batch} examples ({accum} micro-batches of {cfg.micro_batch})")
 
-    state_shardings = {"step": NamedSharding(mesh, PartitionSpec()),
-                       "params": jax.tree.map(lambda x: x.sharding, trainable),
-                       "opt": opt_shardings(opt, trainable, mesh),
-                       "rng": NamedSharding(mesh, PartitionSpec())}
     ckpt = Checkpoints(workdir, cfg.checkpoint_every, cfg.keep_checkpoints)
     meta = {"base_checkpoint": str(Path(cfg.model.checkpoint).resolve()), "mode": cfg.train.mode,
             "lora": cfg.lora.to_dict() if cfg.train.mode == "lora" else None, "config": cfg.to_json()}
     it = iter(dataset(rows, workers=cfg.data.workers))
     latest = ckpt.latest()
     if latest is None:
-        state = jax.jit(lambda t: {"step": jnp.int32(0), "params": t, "opt": opt.init(t),
-                                   "rng": jax.random.key_data(jax.random.key(cfg.seed))},
-                        out_shardings=state_shardings)(trainable)
+        state, state_shardings = init_state(opt, trainable, mesh, cfg.seed)
         start = 0
     else:
-        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                jax.eval_shape(lambda t: {"step": jnp.int32(0), "params": t, "opt": opt.init(t),
-                                                          "rng": jax.random.key_data(jax.random.key(0))}, trainable),
-                                state_shardings)
-        state, data_state, _ = ckpt.restore(latest, abstract)
+        state_shardings = state_shardings_for(opt, trainable, mesh)
+        state, data_state, _ = ckpt.restore(latest, abstract_state(opt, trainable, state_shardings))
         it.set_state(data_state)
         start = int(latest)
         say(f"resumed from {workdir / 'checkpoints'} at step {start}")
     del trainable
 
-    step_fn = make_train_step(model, opt, accum, cfg.loss_chunk)
-
-    def wrapped(state, frozen, batch):
-        with sharding.use_mesh(mesh):
-            state = dict(state, rng=jax.random.wrap_key_data(state["rng"]))
-            new, metrics = step_fn(state, frozen, batch)
-            return dict(new, rng=jax.random.key_data(new["rng"])), metrics
-
-    train_step = jax.jit(wrapped, donate_argnums=(0,), out_shardings=(state_shardings, None))
+    train_step = jit_train_step(model, opt, accum, cfg.loss_chunk, mesh, state_shardings)
     logger = Logger(workdir, total, start)
     lr_at = schedule(cfg.optim.lr, total, cfg.optim.warmup_ratio)
     peak = peak_flops()
@@ -178,9 +207,9 @@ def run(cfg, log_fn=None) -> dict:
     try:
         for step in range(start, total):
             local = next(it)
-            batch = global_batch(local, mesh)
-            state, m = train_step(state, frozen, batch)
             length = local["input_ids"].shape[1]
+            budget = label_budget(local["labels"], length)
+            state, m = train_step(state, frozen, global_batch(local, mesh), budget)
             window_tokens += cfg.global_batch * length
             window_flops += flops.train_step(base.config, cfg.global_batch, length, cfg.train.mode,
                                              cfg.lora.rank if cfg.train.mode == "lora" else 0)

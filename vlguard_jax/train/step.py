@@ -14,12 +14,19 @@ from vlguard_jax.data.tokenize import IGNORE
 from vlguard_jax.train.state import merge
 
 
-def token_loss_sums(model, params, batch, rng=None, chunk: int = 512):
-    """(sum of token cross-entropies, number of supervised tokens) for one micro-batch."""
+def token_loss_sums(model, params, batch, rng=None, chunk: int = 512, label_budget: int | None = None):
+    """(sum of token cross-entropies, number of supervised tokens) for one micro-batch.
+
+    With `label_budget` K, each row's supervised positions are gathered first (stable order) and
+    only K positions per row reach the lm_head; K must be at least the row's supervised count."""
     rngs = {"dropout": rng} if rng is not None else None
     hidden, _ = model.apply({"params": params}, batch["input_ids"], batch["pixel_values"],
                             return_hidden=True, rngs=rngs)
     h, y = hidden[:, :-1], batch["labels"][:, 1:]
+    if label_budget is not None and label_budget < y.shape[1]:
+        order = jnp.argsort(y == IGNORE, axis=1, stable=True)[:, :label_budget]
+        h = jnp.take_along_axis(h, order[..., None], axis=1)
+        y = jnp.take_along_axis(y, order, axis=1)
     b, t, d = h.shape
     c = min(chunk, t)
     pad = -t % c
@@ -43,7 +50,8 @@ def token_loss_sums(model, params, batch, rng=None, chunk: int = 512):
     return total, count
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, accum_steps: int, loss_chunk: int = 512):
+def make_train_step(model, optimizer: optax.GradientTransformation, accum_steps: int, loss_chunk: int = 512,
+                    label_budget: int | None = None):
     """step(state, frozen, batch) -> (state, metrics). `batch` holds the global batch [B, ...];
     it is cut into `accum_steps` micro-batches of rows i, i + accum, i + 2*accum, ... so every
     device keeps its own rows."""
@@ -58,7 +66,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, accum_steps:
         rng = jax.random.fold_in(state["rng"], state["step"])
 
         def loss_fn(trainable, mb, key):
-            return token_loss_sums(model, merge(trainable, frozen), mb, key, loss_chunk)
+            return token_loss_sums(model, merge(trainable, frozen), mb, key, loss_chunk, label_budget)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
