@@ -4,7 +4,7 @@ Matmul FLOPs are 2 per multiply-add. The forward pass of every weight counts onc
 pass counts the activation gradient (another 2 per weight) wherever gradients flow (the whole
 language model and the projector) and the weight gradient (2 more) only for trained weights: in
 LoRA runs that is the LoRA factors and the projector. The vision tower runs forward only. The
-lm_head is counted at every position (the loss computes it in chunks over all positions).
+lm_head is counted where it runs: at the supervised positions (the label budget).
 Rematerialisation is not counted: MFU uses model FLOPs, not hardware FLOPs.
 """
 from __future__ import annotations
@@ -24,24 +24,27 @@ def _lora_params(t, rank: int) -> int:
     return t.num_hidden_layers * per_layer
 
 
-def train_step(config, batch: int, length: int, mode: str, lora_rank: int = 0) -> float:
+def train_step(config, batch: int, length: int, mode: str, lora_rank: int = 0,
+               head_positions: int | None = None) -> float:
+    """`head_positions`: positions per row where the lm_head runs (the label budget); default all."""
     t, v = config.text, config.vision
     tokens = batch * length
+    head_tokens = batch * (length if head_positions is None else head_positions)
     dense = _text_linear_params(t)
     head = t.hidden_size * t.vocab_size
     proj = v.hidden_size * t.hidden_size + t.hidden_size * t.hidden_size
     # causal attention: QK^T and AV, half the square on average
     attn = t.num_hidden_layers * 2 * 2 * length * t.num_attention_heads * t.head_dim / 2
-    fwd_text = 2 * dense + 2 * head + attn
+    fwd_text = 2 * dense + attn
     patches = config.num_image_tokens + (config.vision_feature_select_strategy == "default")
     per_patch = config.num_vision_layers_used * (2 * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size)
                                                  + 4 * patches * v.hidden_size)
     vision = batch * patches * per_patch                      # forward only: the tower is frozen
     projector = batch * config.num_image_tokens * 2 * proj * 2  # forward + weight gradient
-    backward_act = tokens * (2 * dense + 2 * head + 2 * attn)  # activation gradients
+    backward_act = tokens * (2 * dense + 2 * attn) + head_tokens * 2 * head  # activation gradients
     if mode == "full":
-        backward_w = tokens * (2 * dense + 2 * head)
+        backward_w = tokens * 2 * dense + head_tokens * 2 * head
     else:
         backward_w = tokens * 2 * _lora_params(t, lora_rank) * 3  # LoRA fwd, dX and dW, all small
-    f = tokens * fwd_text + vision + projector + backward_act + backward_w
+    f = tokens * fwd_text + head_tokens * 2 * head + vision + projector + backward_act + backward_w
     return float(f)

@@ -212,7 +212,7 @@ def run(cfg, log_fn=None) -> dict:
             state, m = train_step(state, frozen, global_batch(local, mesh), budget)
             window_tokens += cfg.global_batch * length
             window_flops += flops.train_step(base.config, cfg.global_batch, length, cfg.train.mode,
-                                             cfg.lora.rank if cfg.train.mode == "lora" else 0)
+                                             cfg.lora.rank if cfg.train.mode == "lora" else 0, budget)
             done = step + 1
             if not bool(m["finite"]):
                 raise NonFiniteError(

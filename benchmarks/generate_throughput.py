@@ -1,0 +1,114 @@
+"""`python -m benchmarks.generate_throughput --preset small|7b|13b [--peer torch|none] [--json]`
+
+Times the project's batched greedy generator (`vlguard_jax.generate.Generator`: one prefill, a
+`while_loop` decode) at a fixed number of new tokens with EOS disabled. Median of >= 5 runs
+after compilation. `--peer torch` runs transformers' `generate` (KV cache, greedy) on the same
+shapes in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from benchmarks import presets
+
+NO_EOS = -1  # never produced, so every row runs the full length
+
+
+def weight_bytes(params) -> int:
+    import jax
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+
+
+def ours(p: presets.Preset, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from vlguard_jax import sharding
+    from vlguard_jax.generate import Generator, Sampling
+    from vlguard_jax.models import LlavaModel, init_params
+
+    dtype = jnp.dtype(p.dtype)
+    mesh = sharding.make_mesh((1, -1, 1))
+    model = LlavaModel(p.config, dtype=dtype, param_dtype=dtype, attn_impl="auto")
+    with sharding.use_mesh(mesh):
+        params = init_params(model, jax.random.key(0), mesh)
+    prompt_len = 1 + p.config.num_image_tokens + p.gen_text
+    gen = Generator(model, params, eos_ids=[NO_EOS], pad_id=0, mesh=mesh, batch_size=p.gen_batch, bucket=prompt_len)
+    ids, pix = presets.gen_prompts(p)
+    s = Sampling(max_new_tokens=p.gen_new)
+    t0 = time.perf_counter()
+    out = gen(ids, pix, s)
+    compile_s = time.perf_counter() - t0
+    assert all(len(r) == p.gen_new for r in out), "EOS is disabled: every row runs the full length"
+    median, times = presets.median_time(lambda: gen(ids, pix, s), warmup=0, repeats=repeats)
+    new = p.gen_batch * p.gen_new
+    return {"batch_s": median, "batch_s_all": times, "compile_s": compile_s, "tokens_per_s": new / median,
+            "weight_bytes": weight_bytes(params), "prompt_tokens": prompt_len,
+            "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}"}
+
+
+def peer(p: presets.Preset, repeats: int) -> dict:
+    import numpy as np
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[p.dtype]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.LlavaForConditionalGeneration(presets.hf_config(p)).to(device, dtype).eval()
+    ids, pix = presets.gen_prompts(p)
+    x = torch.tensor(np.asarray(ids), device=device)
+    pixels = torch.tensor(np.stack(pix), device=device, dtype=dtype)
+
+    def one():
+        with torch.no_grad():
+            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), pixel_values=pixels,
+                                 do_sample=False, max_new_tokens=p.gen_new, min_new_tokens=p.gen_new,
+                                 eos_token_id=None, pad_token_id=0, use_cache=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+    t0 = time.perf_counter()
+    out = one()
+    first = time.perf_counter() - t0
+    assert out.shape[1] == x.shape[1] + p.gen_new
+    median, times = presets.median_time(one, warmup=0, repeats=repeats)
+    return {"batch_s": median, "batch_s_all": times, "first_s": first,
+            "tokens_per_s": p.gen_batch * p.gen_new / median, "device": device, "threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> dict:
+    a = argparse.ArgumentParser(prog="python -m benchmarks.generate_throughput", description=__doc__.split("\n")[0])
+    a.add_argument("--preset", default="small", choices=sorted(presets.PRESETS))
+    a.add_argument("--peer", default="none", choices=("torch", "none"))
+    a.add_argument("--layers", type=int, help="decoder layers (shrinks 7b/13b for a CPU check)")
+    a.add_argument("--batch", type=int)
+    a.add_argument("--repeats", type=int, default=5, help="timed runs (median), at least 5")
+    a.add_argument("--json", action="store_true")
+    args = a.parse_args(argv)
+    p = presets.get(args.preset, args.layers, args.batch)
+    repeats = max(5, args.repeats)
+    out = {"benchmark": "generate_throughput", "preset": args.preset, "layers": p.config.text.num_hidden_layers,
+           "batch": p.gen_batch, "new_tokens": p.gen_new, "dtype": p.dtype, "ours": ours(p, repeats)}
+    o = out["ours"]
+    # Floor: prefill at the measured matmul rate plus decode at weight bytes / memory bandwidth
+    # (bandwidth is not measured here: see BENCHMARKS.md for the figures used on each machine).
+    if args.peer == "torch":
+        out["peer"] = peer(p, repeats)
+        out["ratio"] = o["tokens_per_s"] / out["peer"]["tokens_per_s"]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"preset {args.preset} ({out['layers']} layers, batch {p.gen_batch}, prompt {o['prompt_tokens']}, "
+              f"{p.gen_new} new tokens, {p.dtype}) on {o['device']}")
+        print(f"  ours: {o['tokens_per_s']:.0f} generated tok/s, {o['batch_s']:.3f} s per batch (median of {repeats}), "
+              f"compile {o['compile_s']:.1f} s; weights {o['weight_bytes'] / 1e6:.0f} MB")
+        if "peer" in out:
+            print(f"  peer (transformers generate): {out['peer']['tokens_per_s']:.0f} tok/s, "
+                  f"{out['peer']['batch_s']:.3f} s per batch; ratio {out['ratio']:.2f}x")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Benchmark shapes. `small` is fixed exactly (comparable across machines); `7b` and `13b` are
+LLaVA-1.5 (CLIP ViT-L/14-336 + Vicuna) in bfloat16, for GPUs and TPUs; `--layers` shrinks them."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from vlguard_jax.models.config import LlavaConfig, TextConfig, VisionConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    config: LlavaConfig
+    dtype: str
+    batch: int
+    length: int          # training tokens per row: BOS + image tokens + text
+    answer: int          # supervised (labelled) text tokens at the end of each row
+    lora_rank: int
+    lora_alpha: float
+    gen_batch: int
+    gen_text: int        # prompt text tokens after BOS + image tokens
+    gen_new: int
+
+
+def _llava(vision: dict, text: dict, vocab: int) -> LlavaConfig:
+    return LlavaConfig(vision=VisionConfig(**vision), text=TextConfig(vocab_size=vocab, **text),
+                       image_token_index=vocab - 1, vision_feature_layer=-2,
+                       vision_feature_select_strategy="default")
+
+
+CLIP_L336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                 image_size=336, patch_size=14)
+PRESETS = {
+    "small": Preset(_llava(dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                                image_size=112, patch_size=14),
+                           dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+                                num_key_value_heads=8, head_dim=64), 32000),
+                    "float32", batch=8, length=256, answer=128, lora_rank=16, lora_alpha=32.0,
+                    gen_batch=8, gen_text=32, gen_new=32),
+    # For smoke tests only.
+    "tiny": Preset(_llava(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=28, patch_size=14),
+                          dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, head_dim=16), 512),
+                   "float32", batch=8, length=32, answer=8, lora_rank=4, lora_alpha=8.0,
+                   gen_batch=8, gen_text=4, gen_new=4),
+    "7b": Preset(_llava(CLIP_L336, dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                        num_attention_heads=32, num_key_value_heads=32, head_dim=128), 32064),
+                 "bfloat16", batch=16, length=2048, answer=512, lora_rank=128, lora_alpha=256.0,
+                 gen_batch=64, gen_text=64, gen_new=128),
+    "13b": Preset(_llava(CLIP_L336, dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                                         num_attention_heads=40, num_key_value_heads=40, head_dim=128), 32064),
+                  "bfloat16", batch=8, length=2048, answer=512, lora_rank=128, lora_alpha=256.0,
+                  gen_batch=64, gen_text=64, gen_new=128),
+}
+
+
+def get(name: str, layers: int | None = None, batch: int | None = None) -> Preset:
+    if name not in PRESETS:
+        raise SystemExit(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    p = PRESETS[name]
+    if layers:
+        t = dataclasses.replace(p.config.text, num_hidden_layers=layers)
+        p = dataclasses.replace(p, config=p.config.replace(text=t))
+    if batch:
+        p = dataclasses.replace(p, batch=batch, gen_batch=batch)
+    return p
+
+
+def train_batch(p: Preset, seed: int = 0) -> dict:
+    """BOS + image tokens + random text; the last `answer` positions are labelled."""
+    c = p.config
+    rng = np.random.default_rng(seed)
+    n_img = c.num_image_tokens
+    text = p.length - 1 - n_img
+    ids = np.concatenate([np.ones((p.batch, 1), np.int32), np.full((p.batch, n_img), c.image_token_index, np.int32),
+                          rng.integers(3, c.text.vocab_size - 1, (p.batch, text)).astype(np.int32)], axis=1)
+    labels = np.full_like(ids, -100)
+    labels[:, -p.answer:] = ids[:, -p.answer:]
+    size = c.vision.image_size
+    pixels = rng.normal(size=(p.batch, 3, size, size)).astype(np.float32)
+    return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
+
+
+def gen_prompts(p: Preset, seed: int = 0):
+    c = p.config
+    rng = np.random.default_rng(seed)
+    ids = [[1] + [c.image_token_index] * c.num_image_tokens + rng.integers(3, c.text.vocab_size - 1, p.gen_text).tolist()
+           for _ in range(p.gen_batch)]
+    size = c.vision.image_size
+    return ids, [rng.normal(size=(3, size, size)).astype(np.float32) for _ in range(p.gen_batch)]
+
+
+def median_time(fn, warmup: int = 1, repeats: int = 5) -> tuple[float, list[float]]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), times
+
+
+def matmul_flops_per_s(dtype: str = "float32", n: int = 2048) -> float:
+    """Measured dense matmul throughput of the default device (the floor's denominator)."""
+    import jax
+    import jax.numpy as jnp
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t, _ = median_time(lambda: f(a).block_until_ready(), warmup=1, repeats=7)
+    return 2 * n ** 3 / t
+
+
+def hf_config(p: Preset):
+    """The same shapes as a transformers LlavaConfig, for the PyTorch peer."""
+    import transformers
+    c = p.config
+    t, v = c.text, c.vision
+    return transformers.LlavaConfig(
+        vision_config=transformers.CLIPVisionConfig(
+            hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_hidden_layers,
+            num_attention_heads=v.num_attention_heads, image_size=v.image_size, patch_size=v.patch_size),
+        text_config=transformers.LlamaConfig(
+            vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+            num_key_value_heads=t.num_key_value_heads, head_dim=t.head_dim, max_position_embeddings=4096,
+            bos_token_id=1, eos_token_id=2),
+        image_token_index=c.image_token_index, vision_feature_layer=c.vision_feature_layer,
+        vision_feature_select_strategy=c.vision_feature_select_strategy)

@@ -1,0 +1,141 @@
+"""`python -m benchmarks.train_throughput --preset small|7b|13b [--peer torch|none] [--json]`
+
+Times the trainer's own jitted LoRA step (`vlguard_jax.train.loop.jit_train_step`) on its real
+sharded state: random base weights in the compute dtype, float32 LoRA and projector, AdamW
+moments for those only. Median of >= 5 steps after compilation; compilation timed separately.
+With `--peer torch`, transformers' LlavaForConditionalGeneration + PEFT LoRA (same targets, rank,
+data) runs in the same process, and the ratio is printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+from benchmarks import presets
+
+
+def ours(p: presets.Preset, steps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+
+    from vlguard_jax import sharding
+    from vlguard_jax.models import LlavaModel, init_params
+    from vlguard_jax.models.layers import LoraSpec
+    from vlguard_jax.train import flops
+    from vlguard_jax.train.loop import global_batch, init_state, jit_train_step, label_budget
+    from vlguard_jax.train.metrics import peak_flops
+    from vlguard_jax.train.state import cast_tree, optimizer, partition
+
+    dtype = jnp.dtype(p.dtype)
+    mesh = sharding.make_mesh((1, -1, 1))
+    model = LlavaModel(p.config, dtype=dtype, param_dtype=dtype, attn_impl="auto",
+                       remat_policy="none" if jax.default_backend() == "cpu" else "dots",
+                       lora=LoraSpec(p.lora_rank, p.lora_alpha))
+    with sharding.use_mesh(mesh):
+        params = init_params(model, jax.random.key(0), mesh)
+    trainable, frozen = partition(params, "lora")
+    trainable = jax.jit(lambda t: cast_tree(t, jnp.float32))(trainable)
+    ocfg = ml_collections.ConfigDict(dict(lr=2e-4, projector_lr=2e-5, weight_decay=0.0, warmup_ratio=0.03,
+                                          grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8))
+    opt = optimizer(ocfg, 1000, trainable)
+    state, shardings = init_state(opt, trainable, mesh)
+    del trainable, params
+    step = jit_train_step(model, opt, 1, 512, mesh, shardings)
+    local = presets.train_batch(p)
+    budget = label_budget(local["labels"], p.length)
+    batch = global_batch(local, mesh)
+    t0 = time.perf_counter()
+    state, m = step(state, frozen, batch, budget)
+    jax.block_until_ready(m["loss"])
+    compile_s = time.perf_counter() - t0
+    box = {"state": state}
+
+    def one():
+        box["state"], metrics = step(box["state"], frozen, batch, budget)
+        jax.block_until_ready(metrics["loss"])
+    median, times = presets.median_time(one, warmup=1, repeats=steps)
+    tokens = p.batch * p.length
+    f = flops.train_step(p.config, p.batch, p.length, "lora", p.lora_rank, head_positions=budget)
+    peak = peak_flops()
+    measured = presets.matmul_flops_per_s(p.dtype)
+    return {"step_s": median, "step_s_all": times, "compile_s": compile_s, "tokens_per_s": tokens / median,
+            "model_flops_per_step": f, "achieved_flops_per_s": f / median,
+            "mfu": f / median / (peak * jax.device_count()) if peak else None,
+            "measured_matmul_flops_per_s": measured,
+            "floor_step_s": f / (measured * jax.device_count()),
+            "floor_tokens_per_s": tokens / (f / (measured * jax.device_count())),
+            "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}", "loss": float(m["loss"])}
+
+
+def peer(p: presets.Preset, steps: int) -> dict:
+    import peft
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[p.dtype]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.LlavaForConditionalGeneration(presets.hf_config(p)).to(device, dtype)
+    targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+    model = peft.get_peft_model(model, peft.LoraConfig(r=p.lora_rank, lora_alpha=p.lora_alpha, lora_dropout=0.0,
+                                                       target_modules=targets, modules_to_save=["multi_modal_projector"]))
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
+    b = {k: torch.tensor(v).to(device) for k, v in presets.train_batch(p).items()}
+    b["pixel_values"] = b["pixel_values"].to(dtype)
+    b["input_ids"], b["labels"] = b["input_ids"].long(), b["labels"].long()
+    model.train()
+
+    def one():
+        loss = model(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    one()
+    first = time.perf_counter() - t0
+    median, times = presets.median_time(one, warmup=0, repeats=steps)
+    return {"step_s": median, "step_s_all": times, "first_step_s": first,
+            "tokens_per_s": p.batch * p.length / median, "device": device, "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
+
+
+def main(argv=None) -> dict:
+    a = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n")[0])
+    a.add_argument("--preset", default="small", choices=sorted(presets.PRESETS))
+    a.add_argument("--peer", default="none", choices=("torch", "none"))
+    a.add_argument("--layers", type=int, help="decoder layers (shrinks 7b/13b for a CPU check)")
+    a.add_argument("--batch", type=int)
+    a.add_argument("--steps", type=int, default=5, help="timed steps (median), at least 5")
+    a.add_argument("--json", action="store_true")
+    args = a.parse_args(argv)
+    p = presets.get(args.preset, args.layers, args.batch)
+    steps = max(5, args.steps)
+    out = {"benchmark": "train_throughput", "preset": args.preset, "layers": p.config.text.num_hidden_layers,
+           "batch": p.batch, "length": p.length, "lora_rank": p.lora_rank, "dtype": p.dtype,
+           "ours": ours(p, steps)}
+    if args.peer == "torch":
+        out["peer"] = peer(p, steps)
+        out["ratio"] = out["ours"]["tokens_per_s"] / out["peer"]["tokens_per_s"]
+    if args.json:
+        print(json.dumps(out))
+    else:
+        o = out["ours"]
+        print(f"preset {args.preset} ({out['layers']} layers, batch {p.batch} x {p.length}, {p.dtype}) on {o['device']}")
+        print(f"  ours: {o['tokens_per_s']:.0f} tok/s, step {o['step_s']:.3f} s (median of {steps}), "
+              f"compile {o['compile_s']:.1f} s, MFU {o['mfu'] if o['mfu'] is None else round(100 * o['mfu'], 1)}%")
+        print(f"  floor: {o['floor_tokens_per_s']:.0f} tok/s ({o['model_flops_per_step'] / 1e9:.0f} GFLOP/step at a "
+              f"measured {o['measured_matmul_flops_per_s'] / 1e9:.0f} GFLOP/s matmul)")
+        if "peer" in out:
+            print(f"  peer (transformers + PEFT): {out['peer']['tokens_per_s']:.0f} tok/s, step "
+                  f"{out['peer']['step_s']:.3f} s; ratio {out['ratio']:.2f}x")
+    return out
+
+
+if __name__ == "__main__":
+    main()
