@@ -2,6 +2,8 @@
 
 Trains, or resumes when the workdir already holds checkpoints. See `configs/` and the README.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -12,8 +14,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save and load at INFO
-    from vlguard_jax.train.loop import run
-    run(_CONFIG.value)
+    from vlguard_jax.data.records import RecordError
+    from vlguard_jax.train.loop import NonFiniteError, run
+    try:
+        run(_CONFIG.value)
+    except (FileNotFoundError, RecordError, NonFiniteError, ValueError) as e:
+        # Bad input or a diverged run: the message says what and where; no traceback needed.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
