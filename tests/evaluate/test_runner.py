@@ -95,3 +95,18 @@ def test_bad_inputs_fail_with_names(env, tmp_path, capsys):
         main(base + ["--benchmark", "vlguard", "--subset", "everything"])
     with pytest.raises(SystemExit):
         main(base + ["--benchmark", "mmlu"])
+
+
+def test_openai_judge_is_off_unless_configured(env, tmp_path, capsys, monkeypatch):
+    """Never calls out: without the endpoint variables it stops before generating anything."""
+    ns, sample, _ = env
+    monkeypatch.delenv("VLGUARD_JUDGE_URL", raising=False)
+    monkeypatch.delenv("VLGUARD_JUDGE_MODEL", raising=False)
+    args = ["--checkpoint", str(ns.flax_dir), "--benchmark", "vlguard", "--subset", "safe_safes", "--meta",
+            str(sample["test"]), "--images", str(sample["images"]), "--out", str(tmp_path / "j"),
+            "--judge", "openai-compatible", "--references", str(sample["test"])]
+    assert main(args) == 1
+    assert "VLGUARD_JUDGE_URL" in capsys.readouterr().err
+    assert not (tmp_path / "j").exists()
+    with pytest.raises(SystemExit):
+        main(args[:5] + ["--subset", "unsafes"] + args[7:])
