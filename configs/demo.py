@@ -30,6 +30,12 @@ def get_config():
     c.optim.lr = 5e-3
     c.optim.projector_lr = 3e-4
     c.mesh.shape = (1, 1, 1)
+    # Where `python -m vlguard_jax.demo` (workdir runs/demo) puts stage 1's model and the sample data:
+    # `python -m vlguard_jax.train --config configs/demo.py --config.workdir=runs/demo/stage2`
+    # then runs (or resumes) stage 2 alone.
+    c.model.checkpoint = "runs/demo/stage1_model"
+    c.data.vlguard, c.data.vlguard_images = "runs/demo/data/train.json", "runs/demo/data/images"
+    c.data.llava, c.data.llava_images = "runs/demo/data/helpful.json", "runs/demo/data/images"
     c.data.recipe = "posthoc"
     c.data.helpful_samples = 64
     c.data.max_length = 192
