@@ -120,7 +120,7 @@ def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora) -> LlavaConf
         base, config, flat, meta = runs.load_run(src)
     except RunError as e:
         raise CheckpointError(str(e)) from None
-    has_lora = any(k[-1] == "lora_a" for k in flat)
+    has_lora = runs.has_lora(flat)
     if has_lora and lora not in ("merge", "peft"):
         raise ValueError(f"{src} is a LoRA run: pass --lora merge (a full model) or --lora peft (an adapter)")
     if lora == "peft":

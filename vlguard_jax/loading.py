@@ -62,10 +62,8 @@ def _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_toke
     """A training workdir: its latest checkpoint over its base, LoRA merged into the kernels."""
     from flax import traverse_util
 
-    from vlguard_jax.runs import load_run, lora_scale, merge_lora
-    base, config, flat, meta = load_run(path)
-    if any(k[-1] == "lora_a" for k in flat):
-        flat = merge_lora(flat, lora_scale(meta))
+    from vlguard_jax.runs import load_merged
+    base, config, flat, _ = load_merged(path)
     param_dtype = param_dtype or flat[("language_model", "embed_tokens")].dtype
     model = LlavaModel(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl,
                        remat_policy=remat_policy)

@@ -9,8 +9,7 @@ from flax import traverse_util
 
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, load_params
 from vlguard_jax.models.config import LlavaConfig
-
-LORA_KEYS = ("lora_a", "lora_b")
+from vlguard_jax.models.layers import LORA_PARAMS
 
 
 class RunError(ValueError):
@@ -33,11 +32,15 @@ def load_run(workdir, step: int | None = None):
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(load_params(base / PARAMS_DIR)).items()}
     trained = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(state["params"]).items()}
     for k, v in trained.items():
-        if k[-1] not in LORA_KEYS and k not in flat:
+        if k[-1] not in LORA_PARAMS and k not in flat:
             raise RunError(f"{workdir}: step {step} holds {'/'.join(k)}, which the base checkpoint lacks")
     flat.update(trained)
     meta["step"] = step
     return base, config, flat, meta
+
+
+def has_lora(flat: dict) -> bool:
+    return any(k[-1] == "lora_a" for k in flat)
 
 
 def lora_scale(meta) -> float:
@@ -47,7 +50,7 @@ def lora_scale(meta) -> float:
 
 def merge_lora(flat: dict, scale: float) -> dict:
     """kernel + scale * A @ B for every LoRA'd layer, in float32 then back to the kernel's dtype."""
-    out = {k: v for k, v in flat.items() if k[-1] not in LORA_KEYS}
+    out = {k: v for k, v in flat.items() if k[-1] not in LORA_PARAMS}
     for k, a in flat.items():
         if k[-1] != "lora_a":
             continue
@@ -59,6 +62,14 @@ def merge_lora(flat: dict, scale: float) -> dict:
     return out
 
 
+def load_merged(workdir, step: int | None = None):
+    """`load_run` with any LoRA factors folded into their kernels."""
+    base, config, flat, meta = load_run(workdir, step)
+    if has_lora(flat):
+        flat = merge_lora(flat, lora_scale(meta))
+    return base, config, flat, meta
+
+
 
 
 def save_run_checkpoint(workdir, dst, step: int | None = None) -> Path:
@@ -67,9 +78,7 @@ def save_run_checkpoint(workdir, dst, step: int | None = None) -> Path:
     import jax.numpy as jnp
 
     from vlguard_jax.checkpoint import save_checkpoint
-    base, config, flat, meta = load_run(workdir, step)
-    if any(k[-1] == "lora_a" for k in flat):
-        flat = merge_lora(flat, lora_scale(meta))
+    base, config, flat, _ = load_merged(workdir, step)
     dtype = flat[("language_model", "embed_tokens")].dtype
     params = traverse_util.unflatten_dict({k: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v
                                            for k, v in flat.items()})

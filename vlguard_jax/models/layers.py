@@ -16,6 +16,9 @@ import jax.numpy as jnp
 Dtype = Any
 
 
+LORA_PARAMS = ("lora_a", "lora_b")  # the names of a Dense layer's LoRA factors
+
+
 @dataclasses.dataclass(frozen=True)
 class LoraSpec:
     """LoRA on the named Dense layers of the language model (PEFT's rule): y = x W + s * drop(x) A B,

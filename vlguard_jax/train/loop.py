@@ -18,7 +18,7 @@ from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.data.tokenize import IGNORE
 from vlguard_jax.loading import load_model
 from vlguard_jax.models import LlavaModel, abstract_params, param_axes
-from vlguard_jax.models.layers import LoraSpec
+from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.train import flops
 from vlguard_jax.train.checkpoints import Checkpoints
 from vlguard_jax.train.metrics import Logger, peak_flops
@@ -60,7 +60,7 @@ def build_params(cfg, mesh):
     axes = param_axes(model)
     if model.lora is not None:
         shapes = abstract_params(model, mesh)
-        lora_keys = [k for k in traverse_util.flatten_dict(shapes) if k[-1] in ("lora_a", "lora_b")]
+        lora_keys = [k for k in traverse_util.flatten_dict(shapes) if k[-1] in LORA_PARAMS]
 
         def init_lora(rng):
             from vlguard_jax.models import dummy_inputs

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from vlguard_jax.models.layers import LORA_PARAMS
+
 
 def is_trainable(path: tuple[str, ...], mode: str) -> bool:
     if path[0] == "vision_tower":
@@ -21,7 +23,7 @@ def is_trainable(path: tuple[str, ...], mode: str) -> bool:
     if mode == "full":
         return True
     if mode == "lora":
-        return path[0] == "projector" or path[-1] in ("lora_a", "lora_b")
+        return path[0] == "projector" or path[-1] in LORA_PARAMS
     raise ValueError(f"train.mode must be 'lora' or 'full', not {mode!r}")
 
 
