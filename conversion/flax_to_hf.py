@@ -26,7 +26,8 @@ from conversion import from_run, layouts
 from conversion.hf_to_flax import DTYPES
 from conversion.reader import CheckpointError
 from vlguard_jax import runs
-from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, atomic_dir, copy_side_files, load_params
+from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
+from vlguard_jax.files import atomic_dir
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.runs import RunError
 

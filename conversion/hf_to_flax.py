@@ -18,7 +18,8 @@ from flax import traverse_util
 
 from conversion import layouts
 from conversion.reader import CheckpointError, TensorSource
-from vlguard_jax.checkpoint import PARAMS_DIR, StreamingWriter, atomic_dir
+from vlguard_jax.checkpoint import PARAMS_DIR, StreamingWriter
+from vlguard_jax.files import atomic_dir
 from vlguard_jax.models import LlavaModel, abstract_params
 from vlguard_jax.models.config import LlavaConfig, vision_from_hf
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import orbax.checkpoint.experimental.v1 as ocp
+
+from vlguard_jax.files import atomic_dir
 
 PARAMS_DIR = "params"
 MODEL_CONFIG = "model_config.json"
@@ -80,28 +81,3 @@ class StreamingWriter:
     def finalize(self) -> None:
         self.flush()
         ocp.partial.finalize(self.path)
-
-
-def atomic_dir(dst) -> "_AtomicDir":
-    """Context manager: yields a temporary directory beside `dst`, renamed to `dst` only when the
-    block finishes without error. A failure leaves nothing at `dst`."""
-    return _AtomicDir(Path(dst))
-
-
-class _AtomicDir:
-    def __init__(self, dst: Path):
-        self.dst = dst
-
-    def __enter__(self) -> Path:
-        if self.dst.exists():
-            raise FileExistsError(f"{self.dst} already exists; choose a new destination")
-        self.dst.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dst.name}.tmp-", dir=self.dst.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            os.replace(self.tmp, self.dst)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        return False

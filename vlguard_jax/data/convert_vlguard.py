@@ -9,13 +9,11 @@ is kept.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
+from vlguard_jax.files import atomic_write_json
 from vlguard_jax.data.records import RecordError, load_vlguard
 
 
@@ -55,10 +53,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     dst = Path(a.dst)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(converted, f, indent=2)
-    os.replace(tmp, dst)
+    atomic_write_json(dst, converted, indent=2)
     two = sum(len(r["conversations"]) == 4 for r in converted)
     print(f"wrote {dst}: {len(converted)} conversations ({two} two-turn, {len(converted) - two} one-turn)")
     return 0

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
+from vlguard_jax.files import atomic_write_json
 from vlguard_jax.evaluate import benchmarks
 from vlguard_jax.evaluate.scoring import is_refusal
 
@@ -20,12 +19,8 @@ SUMMARY = "summary.json"
 
 
 def write_json(path: Path, data) -> None:
-    """Atomic: a temporary file beside `path`, renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
+    """Responses and summaries: atomic, readable UTF-8."""
+    atomic_write_json(path, data, indent=1, ensure_ascii=False)
 
 
 def read_json(path: Path, default):
