@@ -262,3 +262,11 @@ def test_bad_records_skipped_counted_and_reported(sample, tok, model_cfg, tmp_pa
     assert n_rows == 25
     assert any("corrupt.png: cannot decode" in json.loads(x)["reason"] for x in report.read_text().splitlines())
     assert len(r.bad.entries()) == 5
+
+
+def test_more_epochs_share_the_store_and_keep_the_order(sample, tok, model_cfg, tmp_path):
+    rows = make_rows(sample, tok, model_cfg, tmp_path)
+    longer = rows.with_epochs(5)
+    assert longer.store is rows.store and rows.layout.epochs == 2
+    assert longer.steps == steps_for(len(rows.store), longer.layout) > rows.steps
+    assert [longer.example_at(p) for p in range(300)] == [rows.example_at(p) for p in range(300)]

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -80,11 +81,22 @@ class Rows:
                  bad: BadRecords):
         self.store_dir, self.image_roots, self.image_size = str(store_dir), list(image_roots), image_size
         self.pad_image, self.layout, self.bad = pad_image, layout, bad
-        self.steps = steps_for(len(self.store), layout)
 
     @functools.cached_property
     def store(self) -> TokenStore:
         return TokenStore(self.store_dir)
+
+    @property
+    def steps(self) -> int:
+        return steps_for(len(self.store), self.layout)
+
+    def with_epochs(self, epochs: int) -> "Rows":
+        """The same rows over another number of epochs, sharing the loaded store."""
+        new = copy.copy(self)
+        new.layout = dataclasses.replace(self.layout, epochs=epochs)
+        new.__dict__.pop("_orders", None)
+        new.__dict__.pop("_length", None)
+        return new
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -175,11 +187,12 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
                   data_cfg.max_length, data_cfg.template)
     store_dir = workdir / "data_store" / f"process_{layout.process_index}"
     drops = build_store(mix, enc, store_dir, roots, bad)
-    kept = len(TokenStore(store_dir))
+    rows = Rows(store_dir, roots, model_cfg.vision.image_size, data_cfg.pad_image, layout, bad)
+    kept = len(rows.store)
     log(f"tokenized: {kept} examples kept" + (
         "; dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(drops.items())) if drops else ", none dropped"))
     if bad.mode == "skip":
         log(f"bad records skipped so far: {len(bad.entries())} (listed in {bad.path})")
     if kept == 0:
         raise ValueError("no training examples left after tokenization; see the drop counts above")
-    return Rows(store_dir, roots, model_cfg.vision.image_size, data_cfg.pad_image, layout, bad)
+    return rows

@@ -171,8 +171,7 @@ def run(cfg, log_fn=None) -> dict:
     rows = prepare(cfg.data, base.tokenizer, base.config, workdir, layout, log=say)
     total = cfg.total_steps if cfg.total_steps > 0 else steps_for(len(rows.store), layout)
     if total > rows.steps:
-        layout = Layout(**{**layout.__dict__, "epochs": -(-total * cfg.global_batch // len(rows.store))})
-        rows = type(rows)(rows.store_dir, rows.image_roots, rows.image_size, rows.pad_image, layout, rows.bad)
+        rows = rows.with_epochs(-(-total * cfg.global_batch // len(rows.store)))
 
     opt = optimizer(cfg.optim, total, trainable)
     n_train = sum(x.size for x in jax.tree.leaves(trainable))
