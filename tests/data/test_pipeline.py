@@ -269,4 +269,6 @@ def test_more_epochs_share_the_store_and_keep_the_order(sample, tok, model_cfg, 
     longer = rows.with_epochs(5)
     assert longer.store is rows.store and rows.layout.epochs == 2
     assert longer.steps == steps_for(len(rows.store), longer.layout) > rows.steps
-    assert [longer.example_at(p) for p in range(300)] == [rows.example_at(p) for p in range(300)]
+    n = len(rows.store)
+    assert [longer.example_at(p) for p in range(2 * n)] == [rows.example_at(p) for p in range(2 * n)]
+    assert rows.example_at(2 * n) == -1 and sorted(longer.example_at(p) for p in range(2 * n, 3 * n)) == list(range(n))

@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import math
@@ -92,7 +91,8 @@ class Rows:
 
     def with_epochs(self, epochs: int) -> "Rows":
         """The same rows over another number of epochs, sharing the loaded store."""
-        new = copy.copy(self)
+        new = object.__new__(Rows)  # not copy.copy: __getstate__ drops the store for pickling
+        new.__dict__.update(self.__dict__)
         new.layout = dataclasses.replace(self.layout, epochs=epochs)
         new.__dict__.pop("_orders", None)
         new.__dict__.pop("_length", None)
