@@ -43,30 +43,14 @@ def evaluate_main(argv) -> int:
         p.error(f"--benchmark vlguard needs --subset, one of {VLGUARD_SUBSETS} (got {a.subset!r})")
     if a.judge and (a.benchmark, a.subset) != ("vlguard", "safe_safes") or (a.judge and not a.references):
         p.error("--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with --references")
-    if a.judge:
-        from vlguard_jax.evaluate import judges
-        try:
-            judges._settings()  # fail before any generation
-        except judges.JudgeNotConfigured as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
     try:
         result = run(a.checkpoint, a.benchmark, a.out, subset=a.subset, meta=a.meta, images=a.images, data=a.data,
                      attack=a.attack, template=a.template, max_new_tokens=a.max_new_tokens,
-                     batch_size=a.batch_size, font=a.font, limit=a.limit)
+                     batch_size=a.batch_size, font=a.font, limit=a.limit,
+                     judge_references=a.references if a.judge else None)
     except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if a.judge:
-        from vlguard_jax.evaluate import benchmarks, judges
-        from vlguard_jax.evaluate.runner import SUMMARY, read_json, write_json
-        out = Path(a.out)
-        responses = read_json(out / "vlguard" / "safe_safes.json", {})
-        result["judge"] = judges.win_rate(benchmarks.vlguard(a.meta, "safe_safes"), responses,
-                                          judges.references_from(a.references))
-        summary = read_json(out / SUMMARY, {})
-        summary["vlguard/safe_safes"] = result
-        write_json(out / SUMMARY, summary)
     print(json.dumps(result, indent=1))
     return 0
 

@@ -68,9 +68,14 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
 
 def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None, data=None,
         attack="vanilla", template="llava_v1", max_new_tokens=256, batch_size=8, font=None,
-        limit: int | None = None, seed: int = 0, log=print) -> dict:
-    """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it."""
+        limit: int | None = None, seed: int = 0, judge_references=None, log=print) -> dict:
+    """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it. With
+    `judge_references` (gpt4_safe_safes.json) the openai-compatible judge adds a win rate."""
     from tqdm import tqdm
+
+    from vlguard_jax.evaluate import judges
+    if judge_references:
+        judges.settings()  # a missing configuration fails before any generation
 
     subset, items = benchmarks.load(benchmark, subset=subset, meta=meta, data=data, attack=attack)
     if limit:
@@ -85,6 +90,8 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
         _generate(checkpoint, benchmark, todo, responses, path, images=images, template=template,
                   max_new_tokens=max_new_tokens, batch_size=batch_size, font=font, seed=seed, tqdm=tqdm)
     result = score(benchmark, items, responses, subset)
+    if judge_references:
+        result["judge"] = judges.win_rate(items, responses, judges.references_from(judge_references))
     summary = read_json(out / SUMMARY, {})
     summary[f"{benchmark}/{subset}"] = dict(result, checkpoint=str(checkpoint))
     write_json(out / SUMMARY, summary)
