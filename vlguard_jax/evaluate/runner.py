@@ -102,7 +102,7 @@ def _generate(checkpoint, benchmark, todo, responses, path, *, images, template,
               font, seed, tqdm):
     from vlguard_jax.data.images import ImageError, load_pixels, pixels
     from vlguard_jax.evaluate.figstep import find_font, render
-    from vlguard_jax.generate import Sampling, load_generator, prompt_ids
+    from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
 
     if benchmark == "vlguard" and not images:
         raise ValueError("--benchmark vlguard needs --images DIR (the VLGuard test images)")
@@ -131,7 +131,7 @@ def _generate(checkpoint, benchmark, todo, responses, path, *, images, template,
                for i in chunk]
         out = gen(ids, [pix(i) for i in chunk], Sampling(max_new_tokens=max_new_tokens), seed)
         for item, toks in zip(chunk, out):
-            responses[item.key] = m.tokenizer.decode(toks, skip_special_tokens=True).strip()
+            responses[item.key] = response_text(m.tokenizer, toks)
         write_json(path, responses)
         n_tokens += sum(map(len, out))
         bar.update(len(chunk))

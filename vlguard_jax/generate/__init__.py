@@ -1,8 +1,8 @@
 """Batched generation: `Generator`, `Sampling`, and prompt building; CLI in `__main__`."""
-from vlguard_jax.generate.prompts import prompt_ids, prompt_text
+from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
 from vlguard_jax.generate.sampler import Generator, Sampling
 
-__all__ = ["Generator", "Sampling", "prompt_ids", "prompt_text", "load_generator"]
+__all__ = ["Generator", "Sampling", "prompt_ids", "prompt_text", "response_text", "load_generator"]
 
 
 def load_generator(checkpoint, *, dtype=None, mesh=None, batch_size: int = 8, bucket: int = 64):

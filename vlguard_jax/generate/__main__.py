@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         return 1
 
     from vlguard_jax.data.images import ImageError, open_rgb, pixels
-    from vlguard_jax.generate import Sampling, load_generator, prompt_ids
+    from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
     gen, m = load_generator(a.checkpoint, batch_size=a.batch_size)
     ids, pix = [], []
     for n, row in enumerate(rows, 1):
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     out = gen(ids, pix, s, a.seed)
     dt = time.perf_counter() - t0
     for row, pi, toks in zip(rows, ids, out):
-        text = m.tokenizer.decode(toks, skip_special_tokens=True).strip()
+        text = response_text(m.tokenizer, toks)
         if a.json:
             print(json.dumps({"prompt": row["prompt"], "image": row.get("image"), "prompt_ids": pi,
                               "token_ids": toks, "text": text}))

@@ -17,6 +17,11 @@ def prompt_text(question: str, image: bool, template: str = "llava_v1") -> str:
     return generation_prompt(get_template(template), question, image)
 
 
+def response_text(tokenizer, token_ids) -> str:
+    """Generated ids -> the response text the CLI prints and the benchmarks score."""
+    return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
+
+
 def prompt_ids(tokenizer, config, question: str, image: bool, template: str = "llava_v1") -> list[int]:
     return tokenize_with_images(tokenizer, prompt_text(question, image, template), config.image_token_index,
                                 config.num_image_tokens)

@@ -89,7 +89,8 @@ class Generator:
     def __init__(self, model, params, *, eos_ids, pad_id: int = 0, mesh=None, batch_size: int = 8,
                  bucket: int = 64, cache_dtype=None):
         self.model, self.params, self.mesh = model, params, mesh
-        self.eos = jnp.asarray(sorted(set(np.atleast_1d(eos_ids).tolist())), jnp.int32)
+        self._eos_set = set(np.atleast_1d(eos_ids).tolist())
+        self.eos = jnp.asarray(sorted(self._eos_set), jnp.int32)
         self.pad_id, self.batch_size, self.bucket = pad_id, batch_size, bucket
         self.cache_dtype = cache_dtype or model.dtype
         self._fn = functools.lru_cache(maxsize=None)(self._compile)
@@ -126,10 +127,9 @@ class Generator:
             for r in range(len(idx), b):  # filler rows: one real token, discarded
                 ids[r, -1], mask[r, -1] = self.pad_id, 1
             out = np.asarray(self._fn(sampling)(self.params, ids, mask, pix, rows, seed))
-            eos = set(np.asarray(self.eos).tolist())
             for r, i in enumerate(idx):
                 toks = out[r].tolist()
-                cut = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))
+                cut = next((k + 1 for k, t in enumerate(toks) if t in self._eos_set), len(toks))
                 results[i] = toks[:cut]
             if on_batch is not None:
                 on_batch(idx, [results[i] for i in idx])
