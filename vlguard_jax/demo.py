@@ -99,7 +99,7 @@ def table(before: dict, after: dict) -> tuple[str, dict]:
 
 
 def run_demo(cfg, log=print) -> dict:
-    from vlguard_jax.data.sample import write_sample
+    from vlguard_jax.data.sample import sample_paths, write_sample
     from vlguard_jax.evaluate.report import write_report
     from vlguard_jax.runs import save_run_checkpoint
     from vlguard_jax.train.loop import run as train
@@ -107,9 +107,9 @@ def run_demo(cfg, log=print) -> dict:
     t0 = time.perf_counter()
     root = Path(cfg.workdir)
     root.mkdir(parents=True, exist_ok=True)
-    paths = write_sample(root / "data", seed=cfg.seed) if not (root / "data" / "test.json").exists() else {
-        k: root / "data" / f for k, f in (("train", "train.json"), ("test", "test.json"),
-                                          ("helpful", "helpful.json"), ("images", "images"))}
+    paths = sample_paths(root / "data")
+    if not all(paths[k].exists() for k in ("train", "test", "helpful")):
+        write_sample(root / "data", seed=cfg.seed)
     base = random_checkpoint(root / "stage0_random", cfg, paths)
     s1, s2 = stage_configs(cfg, root, paths, base)
     log("== stage 1: instruction tuning on data that complies with harmful requests")

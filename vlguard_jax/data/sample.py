@@ -138,6 +138,13 @@ def _helpful(n: int, rng: random.Random, dst: Path, harmful_share: float = 0.15)
     return rows
 
 
+def sample_paths(dst) -> dict:
+    """Where `write_sample` puts each part under `dst`."""
+    dst = Path(dst)
+    return {"train": dst / "train.json", "test": dst / "test.json", "helpful": dst / "helpful.json",
+            "images": dst / "images"}
+
+
 def write_sample(dst, seed: int = 0, n_train: int = 64, n_test: int = 32, n_helpful: int = 192) -> dict:
     """Writes the sample dataset under `dst`; returns the paths of its files."""
     dst = Path(dst)
@@ -147,8 +154,7 @@ def write_sample(dst, seed: int = 0, n_train: int = 64, n_test: int = 32, n_help
     train = _vlguard("train", n_train // 2, n_train - n_train // 2, rng, dst, SAFE_WORDS)
     test = _vlguard("test", n_test // 2, n_test - n_test // 2, rng, dst, SAFE_WORDS[::-1])
     helpful = _helpful(n_helpful, rng, dst)
-    paths = {"train": dst / "train.json", "test": dst / "test.json", "helpful": dst / "helpful.json",
-             "images": dst / "images"}
+    paths = sample_paths(dst)
     for name, data in (("train", train), ("test", test), ("helpful", helpful)):
         paths[name].write_text(json.dumps(data, indent=1))
     return paths

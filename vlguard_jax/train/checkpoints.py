@@ -40,10 +40,6 @@ class Checkpoints:
             meta=ocp.args.JsonRestore()))
         return out["state"], out["data"], out["meta"]
 
-    def restore_meta(self, step: int | None = None) -> dict:
-        step = self.latest() if step is None else step
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

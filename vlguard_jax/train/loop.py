@@ -218,7 +218,7 @@ def run(cfg, log_fn=None) -> dict:
                     f"step {done}: non-finite loss {float(m['loss'])} or gradient norm "
                     f"{float(m['grad_norm'])}; stopped. The last good checkpoint is "
                     f"{ckpt.latest()} in {workdir / 'checkpoints'}")
-            logger.step(done)
+            logger.advance()
             if done % cfg.log_every == 0 or done == total:
                 elapsed = time.perf_counter() - window_t
                 metrics = {"loss": float(m["loss"]), "lr": float(lr_at(done - 1)), "grad_norm": float(m["grad_norm"]),

@@ -30,13 +30,9 @@ class Logger:
         self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
-    def print(self, text: str) -> None:
+    def advance(self, steps: int = 1) -> None:
         if self.main:
-            tqdm.write(text)
-
-    def step(self, step: int, advance: int = 1) -> None:
-        if self.main:
-            self.bar.update(advance)
+            self.bar.update(steps)
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.main:
