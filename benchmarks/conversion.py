@@ -19,28 +19,18 @@ import numpy as np
 MB = 1 << 20
 
 
-def make_checkpoint(path: Path, size_gb: float) -> tuple[int, int]:
-    """Writes the checkpoint; returns (total bytes, largest tensor bytes)."""
-    import transformers
+def write_checkpoint(path: Path, cfg, tokenizer, shard_bytes: int = 400 * MB) -> tuple[int, int]:
+    """A random float32 llava-hf checkpoint for `cfg` (a transformers LlavaConfig), written shard
+    by shard under the hub key names. Returns (total bytes, largest tensor bytes)."""
     from flax import traverse_util
     from safetensors.numpy import save_file
 
     from conversion import layouts
-    from vlguard_jax.data.tokenizer import build_tokenizer
     from vlguard_jax.models import LlavaModel, abstract_params
     from vlguard_jax.models.config import LlavaConfig
-    tok = build_tokenizer(["a chat between a user and an assistant"] * 4, vocab_size=300)
-    layers = max(1, int(size_gb * 1024 / 112))  # ~112 MB per decoder layer at these widths
-    cfg = transformers.LlavaConfig(
-        vision_config=transformers.CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
-                                                    num_attention_heads=4, image_size=56, patch_size=14),
-        text_config=transformers.LlamaConfig(vocab_size=16384, hidden_size=2048, intermediate_size=2816,
-                                             num_hidden_layers=layers, num_attention_heads=16,
-                                             num_key_value_heads=16, head_dim=128),
-        image_token_index=len(tok) - 1)
     path.mkdir(parents=True)
     (path / "config.json").write_text(cfg.to_json_string())
-    tok.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     config = LlavaConfig.from_hf(cfg.to_dict())
     shapes = traverse_util.flatten_dict(abstract_params(LlavaModel(config)), sep="/")
     rng = np.random.default_rng(0)
@@ -52,13 +42,30 @@ def make_checkpoint(path: Path, size_gb: float) -> tuple[int, int]:
             shape = (s.shape[1], 3, 14, 14)
         shard[name] = rng.standard_normal(shape, np.float32)
         total, largest = total + shard[name].nbytes, max(largest, shard[name].nbytes)
-        if sum(a.nbytes for a in shard.values()) > 400 * MB or i == len(shapes) - 1:
+        if sum(a.nbytes for a in shard.values()) > shard_bytes or i == len(shapes) - 1:
             n += 1
             save_file(shard, path / f"model-{n}.safetensors")
             weight_map.update({k: f"model-{n}.safetensors" for k in shard})
             shard = {}
     (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     return total, largest
+
+
+def make_checkpoint(path: Path, size_gb: float) -> tuple[int, int]:
+    """About `size_gb` of decoder layers at 2048 wide; returns (total bytes, largest tensor bytes)."""
+    import transformers
+
+    from vlguard_jax.data.tokenizer import build_tokenizer
+    tok = build_tokenizer(["a chat between a user and an assistant"] * 4, vocab_size=300)
+    layers = max(1, int(size_gb * 1024 / 112))  # ~112 MB per decoder layer at these widths
+    cfg = transformers.LlavaConfig(
+        vision_config=transformers.CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
+                                                    num_attention_heads=4, image_size=56, patch_size=14),
+        text_config=transformers.LlamaConfig(vocab_size=16384, hidden_size=2048, intermediate_size=2816,
+                                             num_hidden_layers=layers, num_attention_heads=16,
+                                             num_key_value_heads=16, head_dim=128),
+        image_token_index=len(tok) - 1)
+    return write_checkpoint(path, cfg, tok)
 
 
 def main(argv=None) -> dict:

@@ -19,12 +19,12 @@ from benchmarks import presets
 def ours(p: presets.Preset, steps: int) -> dict:
     import jax
     import jax.numpy as jnp
-    import ml_collections
 
     from vlguard_jax import sharding
     from vlguard_jax.models import LlavaModel, init_params
     from vlguard_jax.models.layers import LoraSpec
     from vlguard_jax.train import flops
+    from vlguard_jax.train.defaults import base_config
     from vlguard_jax.train.loop import global_batch, init_state, jit_train_step, label_budget
     from vlguard_jax.train.metrics import peak_flops
     from vlguard_jax.train.state import cast_tree, optimizer, partition
@@ -38,9 +38,7 @@ def ours(p: presets.Preset, steps: int) -> dict:
         params = init_params(model, jax.random.key(0), mesh)
     trainable, frozen = partition(params, "lora")
     trainable = jax.jit(lambda t: cast_tree(t, jnp.float32))(trainable)
-    ocfg = ml_collections.ConfigDict(dict(lr=2e-4, projector_lr=2e-5, weight_decay=0.0, warmup_ratio=0.03,
-                                          grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8))
-    opt = optimizer(ocfg, 1000, trainable)
+    opt = optimizer(base_config().optim, 1000, trainable)  # the paper's LoRA optimizer settings
     state, shardings = init_state(opt, trainable, mesh)
     del trainable, params
     step = jit_train_step(model, opt, 1, 512, mesh, shardings)

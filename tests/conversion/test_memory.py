@@ -6,46 +6,20 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
-from safetensors.numpy import save_file
-
+from benchmarks.conversion import write_checkpoint
 from tests import tiny
 
 MB = 1 << 20
 
 
 def _big_checkpoint(path, tok):
-    """A ~370 MB float32 llava-hf checkpoint (largest tensor 32 MB), written shard by shard."""
+    """A ~370 MB float32 llava-hf checkpoint (largest tensor 32 MB), written in 60 MB shards."""
     cfg = tiny.hf_config(tok, heads=8, kv_heads=8, text_layers=6)
     t = cfg.text_config
     t.hidden_size, t.intermediate_size, t.head_dim = 1024, 2816, 128
     t.vocab_size = 8192
     cfg.image_token_index = len(tok) - 1
-    path.mkdir()
-    (path / "config.json").write_text(cfg.to_json_string())
-    tok.save_pretrained(path)
-    from conversion import layouts
-    from vlguard_jax.models import LlavaModel, abstract_params
-    from vlguard_jax.models.config import LlavaConfig
-    from flax import traverse_util
-    config = LlavaConfig.from_hf(cfg.to_dict())
-    shapes = traverse_util.flatten_dict(abstract_params(LlavaModel(config)), sep="/")
-    rng = np.random.default_rng(0)
-    shard, weight_map, n, total, largest = {}, {}, 0, 0, 0
-    for i, (p, s) in enumerate(shapes.items()):
-        name, transform = layouts.torch_name(p, layouts.HUB)
-        shape = tuple(reversed(s.shape)) if transform == "linear" else s.shape
-        if transform == "patch":
-            shape = (s.shape[1], 3, 14, 14)
-        shard[name] = rng.standard_normal(shape, np.float32)
-        total, largest = total + shard[name].nbytes, max(largest, shard[name].nbytes)
-        if sum(a.nbytes for a in shard.values()) > 60 * MB or i == len(shapes) - 1:
-            n += 1
-            save_file(shard, path / f"model-{n}.safetensors")
-            weight_map.update({k: f"model-{n}.safetensors" for k in shard})
-            shard = {}
-    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    return total, largest
+    return write_checkpoint(path, cfg, tok, shard_bytes=60 * MB)
 
 
 def test_peak_rss_is_bounded_by_largest_tensor(tmp_path):
