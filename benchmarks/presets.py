@@ -22,6 +22,8 @@ class Preset:
     gen_batch: int
     gen_text: int        # prompt text tokens after BOS + image tokens
     gen_new: int
+    remat: str = "none"      # decoder-layer remat policy and rows per micro-batch (on accelerators)
+    micro_batch: int = 0     # 0 = the whole batch at once
 
 
 def _llava(vision: dict, text: dict, vocab: int) -> LlavaConfig:
@@ -49,11 +51,11 @@ PRESETS = {
     "7b": Preset(_llava(CLIP_L336, dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                                         num_attention_heads=32, num_key_value_heads=32, head_dim=128), 32064),
                  "bfloat16", batch=16, length=2048, answer=512, lora_rank=128, lora_alpha=256.0,
-                 gen_batch=64, gen_text=64, gen_new=128),
+                 gen_batch=64, gen_text=64, gen_new=128, remat="dots", micro_batch=4),
     "13b": Preset(_llava(CLIP_L336, dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
                                          num_attention_heads=40, num_key_value_heads=40, head_dim=128), 32064),
                   "bfloat16", batch=8, length=2048, answer=512, lora_rank=128, lora_alpha=256.0,
-                  gen_batch=64, gen_text=64, gen_new=128),
+                  gen_batch=64, gen_text=64, gen_new=128, remat="dots", micro_batch=2),
 }
 
 
@@ -67,6 +69,15 @@ def get(name: str, layers: int | None = None, batch: int | None = None) -> Prese
     if batch:
         p = dataclasses.replace(p, batch=batch, gen_batch=batch)
     return p
+
+
+def accum_steps(p: Preset) -> int:
+    """Micro-batches per step (the trainer's gradient accumulation)."""
+    if not p.micro_batch or p.batch <= p.micro_batch:
+        return 1
+    if p.batch % p.micro_batch:
+        raise SystemExit(f"--batch {p.batch} is not a multiple of the preset's micro-batch {p.micro_batch}")
+    return p.batch // p.micro_batch
 
 
 def train_batch(p: Preset, seed: int = 0) -> dict:
@@ -93,6 +104,25 @@ def gen_prompts(p: Preset, seed: int = 0):
     return ids, [rng.normal(size=(3, size, size)).astype(np.float32) for _ in range(p.gen_batch)]
 
 
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress on stderr (stdout carries the --json line)."""
+    import sys
+    print(f"[{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def free_torch_memory() -> None:
+    """Give the peer's GPU memory back (its caching allocator keeps it) before JAX allocates."""
+    import gc
+
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def median_time(fn, warmup: int = 1, repeats: int = 5) -> tuple[float, list[float]]:
     for _ in range(warmup):
         fn()
@@ -104,15 +134,29 @@ def median_time(fn, warmup: int = 1, repeats: int = 5) -> tuple[float, list[floa
     return float(np.median(times)), times
 
 
-def matmul_flops_per_s(dtype: str = "float32", n: int = 2048) -> float:
-    """Measured dense matmul throughput of the default device (the floor's denominator)."""
+def matmul_flops_per_s(dtype: str = "float32", n: int | None = None) -> float:
+    """Measured dense matmul throughput of the default device (the compute floor's denominator),
+    on random data: zeros can run faster than real data."""
     import jax
-    import jax.numpy as jnp
-    a = jnp.ones((n, n), dtype)
+    n = n or (2048 if jax.default_backend() == "cpu" else 8192)
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     t, _ = median_time(lambda: f(a).block_until_ready(), warmup=1, repeats=7)
     return 2 * n ** 3 / t
+
+
+def memory_bytes_per_s(nbytes: int | None = None) -> float:
+    """Measured device memory bandwidth: an elementwise pass over a large array, counting the
+    bytes read plus the bytes written (the memory floor's denominator)."""
+    import jax
+    import jax.numpy as jnp
+    nbytes = nbytes or (256 << 20 if jax.default_backend() == "cpu" else 4 << 30)
+    a = jax.random.normal(jax.random.key(0), (nbytes // 4,), jnp.float32)
+    f = jax.jit(lambda x: x * 1.5 + 1.0)
+    f(a).block_until_ready()
+    t, _ = median_time(lambda: f(a).block_until_ready(), warmup=1, repeats=7)
+    return 2 * a.nbytes / t
 
 
 def hf_config(p: Preset):

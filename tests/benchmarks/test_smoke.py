@@ -19,6 +19,10 @@ def test_benchmark_reports_its_fields(module, capsys):
     if module is train_throughput:
         assert ours["model_flops_per_step"] > 0 and ours["floor_tokens_per_s"] > 0 and "mfu" in ours
         assert out["length"] == 32 and out["lora_rank"] == 4
+    else:
+        assert ours["prefill_s"] > 0 and ours["decode_step_s"] == (ours["batch_s"] - ours["prefill_s"]) / 3
+        assert ours["measured_bytes_per_s"] > 0 and ours["decode_memory_floor_s"] > ours["decode_weights_floor_s"]
+        assert 0 < ours["lm_weight_bytes"] < ours["weight_bytes"] and printed["peer"]["prefill_s"] > 0
 
 
 def test_train_flops_count_lora_honestly():
