@@ -1,8 +1,10 @@
 """`python -m conversion.hf_to_flax --src SRC --dst DST [--dtype bfloat16|float32] [--vision-tower DIR]`
 
 Converts a llava-hf or original-LLaVA PyTorch checkpoint into a vlguard-jax checkpoint directory:
-`params/` (orbax), `model_config.json`, and the tokenizer and preprocessor files. Tensors stream one
-at a time; every key and shape is checked against the model before anything is written.
+`params/` (orbax), `model_config.json`, and the tokenizer and preprocessor files. A text-only
+`LlamaForCausalLM` (such as Llama Guard, for `--judge llamaguard`) converts the same way, without a
+tower. Tensors stream one at a time; every key and shape is checked against the model before
+anything is written.
 """
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ from conversion import layouts
 from conversion.reader import CheckpointError, TensorSource
 from vlguard_jax.checkpoint import PARAMS_DIR, StreamingWriter
 from vlguard_jax.files import atomic_dir
-from vlguard_jax.models import LlavaModel, abstract_params
-from vlguard_jax.models.config import LlavaConfig, vision_from_hf
+from vlguard_jax.models import abstract_params, build_model
+from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
 
 from vlguard_jax.checkpoint import copy_side_files
 from vlguard_jax.loading import MODEL_CONFIG
@@ -45,6 +47,12 @@ def _plan(src: Path, vision_tower: Path | None):
     except ValueError as e:
         raise CheckpointError(f"{src}: {e}") from None
     vision_source, tokenizer = source, None
+    if layout == "llama":
+        try:
+            config = TextOnlyConfig.from_hf(hf, source=str(src / "config.json"))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        return config, source, vision_source, prefixes, layout, tokenizer
     if layout == "original":
         inside = any(k.startswith(prefixes["vision"]) for k in source.keys())
         vision_cfg = None
@@ -81,9 +89,9 @@ def _original_tokenizer(src: Path):
     return tok
 
 
-def _mapping(config: LlavaConfig, prefixes: dict, dtype, separate_tower: bool):
+def _mapping(config, prefixes: dict, dtype, separate_tower: bool):
     """[(our path, torch name, transform, expected flax shape, read from the separate tower)]."""
-    shapes = traverse_util.flatten_dict(abstract_params(LlavaModel(config, param_dtype=dtype)), sep="/")
+    shapes = traverse_util.flatten_dict(abstract_params(build_model(config, param_dtype=dtype)), sep="/")
     plan = []
     for path, s in shapes.items():
         name, transform = layouts.torch_name(path, prefixes)
@@ -116,7 +124,7 @@ def _write_side_files(src: Path, vision_tower: Path | None, dst: Path, config: L
     if tokenizer is not None:  # the original tokenizer, with <image> added
         tokenizer.save_pretrained(dst)
     copy_side_files(src, dst)
-    if not (dst / "preprocessor_config.json").exists():
+    if config.vision is not None and not (dst / "preprocessor_config.json").exists():
         if vision_tower is not None and (vision_tower / "preprocessor_config.json").exists():
             shutil.copy2(vision_tower / "preprocessor_config.json", dst / "preprocessor_config.json")
         else:
@@ -126,7 +134,7 @@ def _write_side_files(src: Path, vision_tower: Path | None, dst: Path, config: L
                                crop_size={"height": size, "width": size}).save_pretrained(dst)
 
 
-def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20) -> LlavaConfig:
+def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20):
     """Convert SRC into DST (which must not exist); returns the model config."""
     src, dst = Path(src), Path(dst)
     vision_tower = Path(vision_tower) if vision_tower else None
@@ -166,8 +174,8 @@ def main(argv=None) -> int:
     except (CheckpointError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, "
-          f"{config.vision.num_hidden_layers}-layer CLIP, dtype {a.dtype}")
+    tower = f"{config.vision.num_hidden_layers}-layer CLIP" if config.vision else "text only"
+    print(f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, {tower}, dtype {a.dtype}")
     return 0
 
 

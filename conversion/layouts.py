@@ -18,6 +18,8 @@ HUB = dict(vision="vision_tower.vision_model.",
            lm="language_model.model.", lm_head="language_model.lm_head.")
 ORIGINAL = dict(vision="model.vision_tower.vision_tower.vision_model.",
                 proj=("model.mm_projector.0.", "model.mm_projector.2."), lm="model.", lm_head="lm_head.")
+# A text-only LlamaForCausalLM (Llama Guard): the language-model rules alone.
+LLAMA = dict(vision="", proj=("", ""), lm="model.", lm_head="lm_head.")
 # What we read. llava-hf checkpoints name each part one of several ways: the hub (transformers 4),
 # transformers >= 4.52 in memory, transformers 5 in memory (no `vision_model.` level), and
 # transformers 5's save_pretrained (legacy names, but no `vision_model.` level).
@@ -78,7 +80,7 @@ def _first(keys, candidates, probe: str):
 
 
 def detect(keys) -> tuple[str, dict]:
-    """('llava_hf' or 'original', prefixes) from the tensor names of a checkpoint."""
+    """('llava_hf', 'original' or 'llama', prefixes) from the tensor names of a checkpoint."""
     keys = set(keys)
     c = LLAVA_HF_CANDIDATES
     lm = _first(keys, c["lm"], "embed_tokens.weight")
@@ -89,9 +91,12 @@ def detect(keys) -> tuple[str, dict]:
             lm_head=_first(keys, c["lm_head"], "weight") or c["lm_head"][0])
     if "model.embed_tokens.weight" in keys and any(k.startswith("model.mm_projector.") for k in keys):
         return "original", dict(ORIGINAL)
+    if "model.embed_tokens.weight" in keys and not any("vision" in k or "projector" in k for k in keys):
+        return "llama", dict(LLAMA)
     sample = ", ".join(sorted(keys)[:5])
     raise ValueError("unknown checkpoint layout: expected llava-hf (language_model.model.* or "
-                     "model.language_model.*) or original LLaVA (model.layers.*, model.mm_projector.*); "
+                     "model.language_model.*), original LLaVA (model.layers.*, model.mm_projector.*) or a "
+                     "text-only Llama (model.layers.*, no vision tower); "
                      f"found keys such as {sample}")
 
 

@@ -116,3 +116,61 @@ def row_pixels(ids, cfg, pixels):
 def rel_err(ours, ref, mask):
     valid = np.asarray(mask).astype(bool)
     return float(np.abs(np.asarray(ours, np.float32) - ref)[valid].max() / np.abs(ref[valid]).max())
+
+
+# ---- text-only Llama (a Llama Guard stand-in) ------------------------------------------------
+GUARD_TEMPLATE = (
+    "{{ bos_token }}[INST] Task: Check if there is unsafe content in 'Agent' messages in conversations "
+    "according to our safety policy.\n\n<BEGIN CONVERSATION>\n\n"
+    "{% for m in messages %}{% if m['role'] == 'user' %}User: {% else %}Agent: {% endif %}"
+    "{{ m['content'] }}\n\n{% endfor %}<END CONVERSATION>\n\n"
+    "Provide your safety assessment for Agent in the above conversation:\n"
+    "- First line must read 'safe' or 'unsafe'. [/INST]")
+
+
+def guard_tokenizer():
+    """The tiny tokenizer with `safe` and `unsafe` as whole tokens and a Llama Guard-style chat template."""
+    tok = build_tokenizer(CORPUS * 4 + ["safe unsafe"] * 40, vocab_size=420, image_token=False)
+    tok.chat_template = GUARD_TEMPLATE
+    return tok
+
+
+def llama_model(tok, *, layers=2, heads=4, kv_heads=2, seed=0, scale=5.0, always: str | None = None):
+    """A random float32 LlamaForCausalLM. `always` rigs it to emit that one token at every step:
+    zero attention and MLP outputs leave each position's own embedding, all embeddings are equal,
+    and only the lm_head row of that token is non-zero."""
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=16 * heads, intermediate_size=40, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=16, rms_norm_eps=1e-5,
+        max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(scale)
+        if always is not None:
+            target = tok.convert_tokens_to_ids(always)
+            assert target != tok.unk_token_id, always
+            for layer in model.model.layers:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+            model.model.embed_tokens.weight.fill_(1.0)
+            model.lm_head.weight.zero_()
+            model.lm_head.weight[target] = 1.0
+    return model
+
+
+def build_llama(tmp: Path, tok=None, dtype="float32", **kw):
+    """A tiny text-only Llama saved under tmp/hf and converted to tmp/flax."""
+    from types import SimpleNamespace
+
+    from conversion.hf_to_flax import convert
+    tok = tok or guard_tokenizer()
+    model = llama_model(tok, **kw)
+    hf_dir = Path(tmp) / "hf"
+    model.save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    flax_dir = Path(tmp) / "flax"
+    convert(hf_dir, flax_dir, dtype)
+    return SimpleNamespace(tok=tok, model=model, hf_dir=hf_dir, flax_dir=flax_dir)

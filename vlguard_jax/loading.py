@@ -9,15 +9,15 @@ import jax
 import jax.numpy as jnp
 
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, load_params, param_metadata
-from vlguard_jax.models import LlavaModel, abstract_params
-from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models import LlavaModel, abstract_params, build_model, load_config
+from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
 
 
 
 class Loaded(NamedTuple):
-    model: LlavaModel
+    model: Any        # LlavaModel, or TextOnlyModel for a text-only Llama (a judge)
     params: Any
-    config: LlavaConfig
+    config: LlavaConfig | TextOnlyConfig
     tokenizer: Any
 
 
@@ -36,21 +36,21 @@ def load_model(path, mesh=None, dtype=jnp.bfloat16, param_dtype=None, attn_impl=
     if not (path / MODEL_CONFIG).exists():
         raise FileNotFoundError(f"{path}: no {MODEL_CONFIG}; is this a vlguard-jax checkpoint "
                                 "(made by python -m conversion.hf_to_flax)?")
-    config = LlavaConfig.load(path / MODEL_CONFIG)
+    config = load_config(path / MODEL_CONFIG)
     if param_dtype is None:
         saved = jax.tree.leaves(param_metadata(path / PARAMS_DIR))
         param_dtype = saved[0].dtype
-    model = LlavaModel(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl,
-                       remat_policy=remat_policy)
+    model = build_model(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl,
+                        remat_policy=remat_policy)
     abstract = abstract_params(model, mesh)
     if mesh is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
     params = load_params(path / PARAMS_DIR, abstract)
-    return Loaded(model, params, config, _tokenizer(path) if with_tokenizer else None)
+    return Loaded(model, params, config, load_tokenizer(path) if with_tokenizer else None)
 
 
-def _tokenizer(path: Path):
+def load_tokenizer(path: Path):
     tokenizer = None
     if any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
         from transformers import AutoTokenizer
@@ -73,4 +73,4 @@ def _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_toke
         params = jax.device_put(host, jax.devices()[0])
     else:
         params = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), host, abstract)
-    return Loaded(model, params, config, _tokenizer(base) if with_tokenizer else None)
+    return Loaded(model, params, config, load_tokenizer(base) if with_tokenizer else None)

@@ -20,7 +20,7 @@ ERRORS = (ValueError, FileNotFoundError, OSError)
 
 
 def evaluate_main(argv) -> int:
-    from vlguard_jax.evaluate.runner import run
+    from vlguard_jax.evaluate.runner import JUDGES, run
     p = argparse.ArgumentParser(prog="python -m vlguard_jax.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
@@ -35,19 +35,24 @@ def evaluate_main(argv) -> int:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="only the first N items")
-    p.add_argument("--judge", choices=("openai-compatible",),
-                   help="vlguard safe_safes: win rate against --references, judged by an endpoint set by env vars")
+    p.add_argument("--judge", choices=JUDGES,
+                   help="llamaguard: Llama Guard's safe/unsafe verdict per response (--judge-checkpoint); "
+                        "openai-compatible: vlguard safe_safes win rate against --references, judged by an "
+                        "endpoint set by env vars")
+    p.add_argument("--judge-checkpoint", help="converted Llama Guard checkpoint, for --judge llamaguard")
     p.add_argument("--references", help="gpt4_safe_safes.json, for --judge openai-compatible")
     a = p.parse_args(argv)
     if a.benchmark == "vlguard" and a.subset not in VLGUARD_SUBSETS:
         p.error(f"--benchmark vlguard needs --subset, one of {VLGUARD_SUBSETS} (got {a.subset!r})")
-    if a.judge and (a.benchmark, a.subset) != ("vlguard", "safe_safes") or (a.judge and not a.references):
+    if a.judge == "openai-compatible" and ((a.benchmark, a.subset) != ("vlguard", "safe_safes") or not a.references):
         p.error("--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with --references")
+    if a.judge == "llamaguard" and not a.judge_checkpoint:
+        p.error("--judge llamaguard needs --judge-checkpoint DIR (a Llama Guard converted by conversion.hf_to_flax)")
     try:
         result = run(a.checkpoint, a.benchmark, a.out, subset=a.subset, meta=a.meta, images=a.images, data=a.data,
                      attack=a.attack, template=a.template, max_new_tokens=a.max_new_tokens,
                      batch_size=a.batch_size, font=a.font, limit=a.limit,
-                     judge_references=a.references if a.judge else None)
+                     judge=a.judge, judge_checkpoint=a.judge_checkpoint, references=a.references)
     except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

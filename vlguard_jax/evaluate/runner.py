@@ -16,6 +16,7 @@ from vlguard_jax.evaluate import benchmarks
 from vlguard_jax.evaluate.scoring import is_refusal
 
 SUMMARY = "summary.json"
+JUDGES = ("openai-compatible", "llamaguard")
 
 
 def write_json(path: Path, data) -> None:
@@ -68,14 +69,25 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
 
 def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None, data=None,
         attack="vanilla", template="llava_v1", max_new_tokens=256, batch_size=8, font=None,
-        limit: int | None = None, seed: int = 0, judge_references=None, log=print) -> dict:
-    """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it. With
-    `judge_references` (gpt4_safe_safes.json) the openai-compatible judge adds a win rate."""
+        limit: int | None = None, seed: int = 0, judge: str | None = None, judge_checkpoint=None,
+        references=None, log=print) -> dict:
+    """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it. Judges:
+    `openai-compatible` adds the win rate against `references` (gpt4_safe_safes.json);
+    `llamaguard` adds Llama Guard's verdicts (`judge_checkpoint`, OUT/<benchmark>/<subset>.llamaguard.json)."""
     from tqdm import tqdm
 
-    from vlguard_jax.evaluate import judges
-    if judge_references:
-        judges.settings()  # a missing configuration fails before any generation
+    from vlguard_jax.evaluate import judges, llamaguard
+    # a judge that cannot run fails before any generation
+    if judge == "openai-compatible":
+        if not references:
+            raise ValueError("--judge openai-compatible needs --references gpt4_safe_safes.json")
+        judges.settings()
+    elif judge == "llamaguard":
+        if not judge_checkpoint:
+            raise ValueError("--judge llamaguard needs --judge-checkpoint DIR (a converted Llama Guard)")
+        llamaguard.check(judge_checkpoint)
+    elif judge is not None:
+        raise ValueError(f"unknown judge {judge!r}; choose from {JUDGES}")
 
     subset, items = benchmarks.load(benchmark, subset=subset, meta=meta, data=data, attack=attack)
     if limit:
@@ -90,8 +102,11 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
         _generate(checkpoint, benchmark, todo, responses, path, images=images, template=template,
                   max_new_tokens=max_new_tokens, batch_size=batch_size, font=font, seed=seed, tqdm=tqdm)
     result = score(benchmark, items, responses, subset)
-    if judge_references:
-        result["judge"] = judges.win_rate(items, responses, judges.references_from(judge_references))
+    if judge == "openai-compatible":
+        result["judge"] = judges.win_rate(items, responses, judges.references_from(references))
+    elif judge == "llamaguard":
+        result["judge"] = llamaguard.judge(judge_checkpoint, items, responses,
+                                           out / benchmark / f"{subset}.llamaguard.json", batch_size=batch_size)
     summary = read_json(out / SUMMARY, {})
     summary[f"{benchmark}/{subset}"] = dict(result, checkpoint=str(checkpoint))
     write_json(out / SUMMARY, summary)
@@ -114,6 +129,9 @@ def _generate(checkpoint, benchmark, todo, responses, path, *, images, template,
             if not resolve(images, i.image).is_file():
                 raise ImageError(f"{resolve(images, i.image)}: image file not found (record {i.meta['id']!r})")
     gen, m = load_generator(checkpoint, batch_size=batch_size)
+    if m.config.vision is None:
+        raise ValueError(f"{checkpoint}: a text-only model; evaluate a LLaVA checkpoint (text-only ones "
+                         "serve as --judge-checkpoint)")
     size = m.config.vision.image_size
 
     def pix(item):

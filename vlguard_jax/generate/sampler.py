@@ -108,7 +108,7 @@ class Generator:
     def __call__(self, prompts: list[list[int]], pixels: list, sampling: Sampling = Sampling(), seed: int = 0,
                  on_batch=None) -> list[list[int]]:
         """Generated ids per prompt, cut after the first EOS (which is kept)."""
-        v = self.model.config.vision
+        v = self.model.config.vision  # None for a text-only model
         results: list[list[int]] = [None] * len(prompts)
         for idx in self.batches(len(prompts)):
             longest = max(len(prompts[i]) for i in idx)
@@ -116,13 +116,15 @@ class Generator:
             b = self.batch_size
             ids = np.full((b, p), self.pad_id, np.int32)
             mask = np.zeros((b, p), np.int32)
-            pix = np.zeros((b, v.num_channels, v.image_size, v.image_size), np.float32)
+            pix = None if v is None else np.zeros((b, v.num_channels, v.image_size, v.image_size), np.float32)
             rows = np.zeros(b, np.int32)
             for r, i in enumerate(idx):
                 ids[r, p - len(prompts[i]):] = prompts[i]
                 mask[r, p - len(prompts[i]):] = 1
                 rows[r] = i
                 if pixels[i] is not None:
+                    if pix is None:
+                        raise ValueError(f"prompt {i}: this model is text-only and takes no image")
                     pix[r] = pixels[i]
             for r in range(len(idx), b):  # filler rows: one real token, discarded
                 ids[r, -1], mask[r, -1] = self.pad_id, 1

@@ -5,16 +5,29 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlguard_jax.models.config import LlavaConfig, TextConfig, VisionConfig
+from vlguard_jax.models.config import LlavaConfig, TextConfig, TextOnlyConfig, VisionConfig, load_config
 from vlguard_jax.models.llama import init_cache
 from vlguard_jax.models.llava import LlavaModel
+from vlguard_jax.models.text_only import TextOnlyModel
 
-__all__ = ["LlavaConfig", "TextConfig", "VisionConfig", "LlavaModel", "init_cache",
-           "dummy_inputs", "param_axes", "abstract_params", "init_params"]
+__all__ = ["LlavaConfig", "TextConfig", "TextOnlyConfig", "VisionConfig", "LlavaModel", "TextOnlyModel",
+           "build_model", "load_config", "init_cache", "dummy_inputs", "param_axes", "abstract_params",
+           "init_params"]
 
 
-def dummy_inputs(config: LlavaConfig, batch: int = 1):
+def build_model(config, **kw):
+    """`LlavaModel` for a LLaVA config, `TextOnlyModel` for a text-only Llama."""
+    if isinstance(config, TextOnlyConfig):
+        if kw.pop("lora", None) is not None:
+            raise ValueError("LoRA applies to LLaVA models; a text-only Llama is used for judging only")
+        return TextOnlyModel(config, **kw)
+    return LlavaModel(config, **kw)
+
+
+def dummy_inputs(config, batch: int = 1):
     """Inputs that touch every parameter (one image row), for `init` and shape tracing."""
+    if config.vision is None:
+        return jnp.ones((batch, 2), jnp.int32), None
     n = config.num_image_tokens
     ids = jnp.concatenate([jnp.ones((batch, 1), jnp.int32),
                            jnp.full((batch, n), config.image_token_index, jnp.int32)], axis=1)
@@ -23,19 +36,19 @@ def dummy_inputs(config: LlavaConfig, batch: int = 1):
     return ids, pixels
 
 
-def _boxed_init(model: LlavaModel, rng):
+def _boxed_init(model, rng):
     ids, pixels = dummy_inputs(model.config)
     return model.init(rng, ids, pixels)["params"]
 
 
-def param_axes(model: LlavaModel):
+def param_axes(model):
     """Tree of logical axis-name tuples, one per parameter."""
     boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
     return jax.tree.map(lambda b: tuple(b.names), boxed,
                         is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
 
 
-def abstract_params(model: LlavaModel, mesh=None):
+def abstract_params(model, mesh=None):
     """ShapeDtypeStructs of the parameters, with shardings when a mesh is given."""
     from vlguard_jax import sharding
     boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
@@ -47,7 +60,7 @@ def abstract_params(model: LlavaModel, mesh=None):
                         shapes, shardings)
 
 
-def init_params(model: LlavaModel, rng, mesh=None):
+def init_params(model, rng, mesh=None):
     """Random parameters, created directly in their sharded layout when a mesh is given."""
     init = lambda r: nn.unbox(_boxed_init(model, r))
     if mesh is None:

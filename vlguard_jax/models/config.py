@@ -1,7 +1,8 @@
 """Model configs: plain frozen dataclasses, read from and written to Hugging Face config.json.
 
-Two source formats are understood: llava-hf (`LlavaForConditionalGeneration`, any transformers
-version) and the original LLaVA repo (`LlavaLlamaForCausalLM`, `mm_*` keys).
+Three source formats are understood: llava-hf (`LlavaForConditionalGeneration`, any transformers
+version), the original LLaVA repo (`LlavaLlamaForCausalLM`, `mm_*` keys), and a plain text-only
+`LlamaForCausalLM` (such as Llama Guard, the safety judge), which becomes a `TextOnlyConfig`.
 """
 from __future__ import annotations
 
@@ -124,12 +125,8 @@ class LlavaConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "LlavaConfig":
         d = dict(d)
-        text = dict(d.pop("text"))
-        if text.get("rope_scaling"):
-            text["rope_scaling"] = tuple(sorted(text["rope_scaling"].items()))
-        if isinstance(text.get("eos_token_id"), list):
-            text["eos_token_id"] = tuple(text["eos_token_id"])
-        return cls(vision=VisionConfig(**d.pop("vision")), text=TextConfig(**text), **d)
+        text = _text_from_dict(d.pop("text"))
+        return cls(vision=VisionConfig(**d.pop("vision")), text=text, **d)
 
     def save(self, path) -> None:
         with open(path, "w") as f:
@@ -138,7 +135,11 @@ class LlavaConfig:
     @classmethod
     def load(cls, path) -> "LlavaConfig":
         with open(path) as f:
-            return cls.from_dict(json.load(f))
+            d = json.load(f)
+        if d.get("architecture") == TextOnlyConfig.architecture:
+            raise ValueError(f"{path}: a text-only Llama checkpoint, not a LLaVA one (such checkpoints "
+                             "serve as --judge-checkpoint)")
+        return cls.from_dict(d)
 
     # ---- Hugging Face --------------------------------------------------------------------
     @classmethod
@@ -222,6 +223,54 @@ class LlavaConfig:
             projector_hidden_act=self.projector_hidden_act,
             multimodal_projector_bias=self.projector_bias,
             tie_word_embeddings=t.tie_word_embeddings)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextOnlyConfig:
+    """A Llama without a vision tower, behind the same interface (`vision` is None)."""
+    text: TextConfig = TextConfig()
+    vision = None
+    architecture = "llama"
+
+    def to_dict(self) -> dict:
+        d = {"architecture": self.architecture, "text": dataclasses.asdict(self.text)}
+        d["text"]["rope_scaling"] = self.text.rope_scaling_dict
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TextOnlyConfig":
+        return cls(text=_text_from_dict(d["text"]))
+
+    def save(self, path) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    @classmethod
+    def from_hf(cls, hf: dict, *, source: str = "config.json") -> "TextOnlyConfig":
+        if hf.get("model_type") != "llama":
+            raise ValueError(f"{source}: model_type {hf.get('model_type')!r} is not a text-only Llama")
+        text = text_from_hf(hf, source=source)
+        if text.hidden_act != "silu":
+            raise ValueError(f"{source}: hidden_act {text.hidden_act!r} is not supported (Llama uses silu)")
+        return cls(text=text)
+
+
+def _text_from_dict(text: dict) -> TextConfig:
+    text = dict(text)
+    if text.get("rope_scaling"):
+        text["rope_scaling"] = tuple(sorted(text["rope_scaling"].items()))
+    if isinstance(text.get("eos_token_id"), list):
+        text["eos_token_id"] = tuple(text["eos_token_id"])
+    return TextConfig(**text)
+
+
+def load_config(path) -> "LlavaConfig | TextOnlyConfig":
+    """Our model_config.json: a LLaVA or, marked `"architecture": "llama"`, a text-only Llama."""
+    with open(path) as f:
+        d = json.load(f)
+    if d.get("architecture") == TextOnlyConfig.architecture:
+        return TextOnlyConfig.from_dict(d)
+    return LlavaConfig.from_dict(d)
 
 
 def vision_from_hf(d: dict) -> VisionConfig:

@@ -1,0 +1,37 @@
+"""A text-only Llama (such as Llama Guard) behind `LlavaModel`'s interface, so the generator,
+loader and converters serve it unchanged. Its parameters are `language_model/...`, as in LLaVA."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vlguard_jax.models.config import TextOnlyConfig
+from vlguard_jax.models.llama import LlamaForCausalLM
+
+Dtype = Any
+
+
+class TextOnlyModel(nn.Module):
+    config: TextOnlyConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attn_impl: str | None = None
+    remat_policy: str = "none"
+
+    def setup(self):
+        self.language_model = LlamaForCausalLM(self.config.text, attn_impl=self.attn_impl,
+                                               remat_policy=self.remat_policy, dtype=self.dtype,
+                                               param_dtype=self.param_dtype)
+
+    def __call__(self, input_ids, pixel_values=None, attention_mask=None, positions=None,
+                 cache=None, return_hidden: bool = False):
+        if pixel_values is not None:
+            raise ValueError("a text-only model takes no images")
+        x = self.language_model.embed(input_ids)
+        h, cache = self.language_model(x, positions, attention_mask, cache)
+        return (h if return_hidden else self.language_model.logits(h)), cache
+
+    def logits(self, hidden):
+        return self.language_model.logits(hidden)
