@@ -120,10 +120,13 @@ def main(argv=None) -> dict:
     repeats = max(5, args.repeats)
     out = {"benchmark": "generate_throughput", "preset": args.preset, "layers": p.config.text.num_hidden_layers,
            "batch": p.gen_batch, "new_tokens": p.gen_new, "dtype": p.dtype}
-    if args.peer == "torch":  # first, so that its GPU memory is free again before JAX takes its share
+    first = args.peer == "torch" and presets.peer_first()
+    if first:
         out["peer"] = peer(p, repeats)
         presets.free_torch_memory()
     out["ours"] = o = ours(p, repeats)
+    if args.peer == "torch" and not first:
+        out["peer"] = peer(p, repeats)
     if args.peer == "torch":
         out["ratio"] = o["tokens_per_s"] / out["peer"]["tokens_per_s"]
     if args.json:

@@ -113,6 +113,13 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
+def peer_first() -> bool:
+    """On a GPU the peer runs first and gives its memory back before JAX allocates. On the CPU it
+    runs second: its OpenMP threads keep spinning after it returns and would slow our run."""
+    import torch
+    return torch.cuda.is_available()
+
+
 def free_torch_memory() -> None:
     """Give the peer's GPU memory back (its caching allocator keeps it) before JAX allocates."""
     import gc

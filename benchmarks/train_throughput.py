@@ -124,10 +124,13 @@ def main(argv=None) -> dict:
     out = {"benchmark": "train_throughput", "preset": args.preset, "layers": p.config.text.num_hidden_layers,
            "batch": p.batch, "length": p.length, "lora_rank": p.lora_rank, "dtype": p.dtype,
            "remat": p.remat, "accum": presets.accum_steps(p)}
-    if args.peer == "torch":  # first, so that its GPU memory is free again before JAX takes its share
+    first = args.peer == "torch" and presets.peer_first()
+    if first:
         out["peer"] = peer(p, steps)
         presets.free_torch_memory()
     out["ours"] = ours(p, steps)
+    if args.peer == "torch" and not first:
+        out["peer"] = peer(p, steps)
     if args.peer == "torch":
         out["ratio"] = out["ours"]["tokens_per_s"] / out["peer"]["tokens_per_s"]
     if args.json:
