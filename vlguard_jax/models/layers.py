@@ -136,14 +136,41 @@ class LayerNorm(nn.Module):
 
 def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
     """Multi-head attention over [batch, length, heads, head_dim]; GQA when k has fewer heads.
+    `mask`: boolean, broadcastable to [batch, 1, q_len, kv_len]. The softmax runs in float32.
 
-    Goes through `jax.nn.dot_product_attention`; the softmax runs in float32. `implementation`:
-    None or "xla" (XLA), "cudnn" (cuDNN flash attention; GPU, bf16/f16), or "auto": cuDNN where it
-    applies (GPU, half precision, head_dim a multiple of 8 up to 128, no explicit mask), else XLA.
+    `implementation`: None or "xla" (ours, below), "cudnn" (cuDNN flash attention through
+    `jax.nn.dot_product_attention`; GPU, bf16/f16), or "auto": cuDNN where it applies (GPU, half
+    precision, head_dim a multiple of 8 up to 128, no explicit mask), else ours.
     """
     if implementation == "auto":
         ok = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
               and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128 and mask is None)
         implementation = "cudnn" if ok else "xla"
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                        implementation=implementation)
+    if implementation == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="cudnn")
+    if implementation not in (None, "xla"):
+        raise ValueError(f"unknown attention implementation {implementation!r}")
+    return _attention_heads_major(q, k, v, mask, is_causal)
+
+
+def _attention_heads_major(q, k, v, mask, is_causal):
+    """The arithmetic of `jax.nn.dot_product_attention`'s XLA path (float32 logits and softmax, a
+    large negative for masked slots), with heads moved in front of the lengths first: XLA's CPU
+    backend runs these batched matmuls about three times faster than the [B, T, H, D] form."""
+    b, t, h, d = q.shape
+    s, kv = k.shape[1], k.shape[2]
+    qh = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)   # [B, KV, G, T, D]
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)         # [B, KV, S, D]
+    logits = jnp.einsum("bkgtd,bksd->bkgts", qh, kh, preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(d ** -0.5)
+    allowed = None
+    if is_causal:
+        allowed = jnp.tril(jnp.ones((t, s), bool))
+    if mask is not None:
+        m = jnp.broadcast_to(mask, (b, 1, t, s))[:, :, None]           # [B, 1, 1, T, S]
+        allowed = m if allowed is None else allowed & m
+    if allowed is not None:
+        logits = jnp.where(allowed, logits, jnp.float32(-0.7 * jnp.finfo(jnp.float32).max))
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, vh)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
