@@ -3,7 +3,7 @@
 Times the project's batched greedy generator (`vlguard_jax.generate.Generator`: one prefill, a
 `while_loop` decode) at a fixed number of new tokens with EOS disabled. Median of >= 5 runs
 after compilation. `--peer torch` runs transformers' `generate` (KV cache, greedy) on the same
-shapes in the same process.
+shapes in a child process of the same run (see `presets.in_child`).
 """
 from __future__ import annotations
 
@@ -120,13 +120,9 @@ def main(argv=None) -> dict:
     repeats = max(5, args.repeats)
     out = {"benchmark": "generate_throughput", "preset": args.preset, "layers": p.config.text.num_hidden_layers,
            "batch": p.gen_batch, "new_tokens": p.gen_new, "dtype": p.dtype}
-    first = args.peer == "torch" and presets.peer_first()
-    if first:
-        out["peer"] = peer(p, repeats)
-        presets.free_torch_memory()
+    if args.peer == "torch":  # first, in its own process (see presets.in_child)
+        out["peer"] = presets.in_child(peer, p, repeats)
     out["ours"] = o = ours(p, repeats)
-    if args.peer == "torch" and not first:
-        out["peer"] = peer(p, repeats)
     if args.peer == "torch":
         out["ratio"] = o["tokens_per_s"] / out["peer"]["tokens_per_s"]
     if args.json:

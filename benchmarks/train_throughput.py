@@ -4,7 +4,7 @@ Times the trainer's own jitted LoRA step (`vlguard_jax.train.loop.jit_train_step
 sharded state: random base weights in the compute dtype, float32 LoRA and projector, AdamW
 moments for those only. Median of >= 5 steps after compilation; compilation timed separately.
 With `--peer torch`, transformers' LlavaForConditionalGeneration + PEFT LoRA (same targets, rank,
-data) runs in the same process, and the ratio is printed.
+data) runs in a child process of the same run (see `presets.in_child`), and the ratio is printed.
 """
 from __future__ import annotations
 
@@ -124,13 +124,9 @@ def main(argv=None) -> dict:
     out = {"benchmark": "train_throughput", "preset": args.preset, "layers": p.config.text.num_hidden_layers,
            "batch": p.batch, "length": p.length, "lora_rank": p.lora_rank, "dtype": p.dtype,
            "remat": p.remat, "accum": presets.accum_steps(p)}
-    first = args.peer == "torch" and presets.peer_first()
-    if first:
-        out["peer"] = peer(p, steps)
-        presets.free_torch_memory()
+    if args.peer == "torch":  # first, in its own process (see presets.in_child)
+        out["peer"] = presets.in_child(peer, p, steps)
     out["ours"] = ours(p, steps)
-    if args.peer == "torch" and not first:
-        out["peer"] = peer(p, steps)
     if args.peer == "torch":
         out["ratio"] = out["ours"]["tokens_per_s"] / out["peer"]["tokens_per_s"]
     if args.json:
