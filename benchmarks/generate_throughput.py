@@ -7,7 +7,6 @@ shapes in a child process of the same run (see `presets.in_child`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -77,12 +76,8 @@ def ours(p: presets.Preset, repeats: int) -> dict:
 def peer(p: presets.Preset, repeats: int) -> dict:
     import numpy as np
     import torch
-    import transformers
-    torch.manual_seed(0)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[p.dtype]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):  # random init on the device: a 7B model on the host takes minutes
-        model = transformers.LlavaForConditionalGeneration(presets.hf_config(p)).to(dtype).eval()
+    model, device, dtype = presets.hf_model(p)
+    model.eval()
     ids, pix = presets.gen_prompts(p)
     x = torch.tensor(np.asarray(ids), device=device)
     pixels = torch.tensor(np.stack(pix), device=device, dtype=dtype)
@@ -108,23 +103,14 @@ def peer(p: presets.Preset, repeats: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    a = argparse.ArgumentParser(prog="python -m benchmarks.generate_throughput", description=__doc__.split("\n")[0])
-    a.add_argument("--preset", default="small", choices=sorted(presets.PRESETS))
-    a.add_argument("--peer", default="none", choices=("torch", "none"))
-    a.add_argument("--layers", type=int, help="decoder layers (shrinks 7b/13b for a CPU check)")
-    a.add_argument("--batch", type=int)
-    a.add_argument("--repeats", type=int, default=5, help="timed runs (median), at least 5")
-    a.add_argument("--json", action="store_true")
+    a = presets.arg_parser("python -m benchmarks.generate_throughput", __doc__, "repeats",
+                           "timed runs (median), at least 5")
     args = a.parse_args(argv)
     p = presets.get(args.preset, args.layers, args.batch)
     repeats = max(5, args.repeats)
     out = {"benchmark": "generate_throughput", "preset": args.preset, "layers": p.config.text.num_hidden_layers,
            "batch": p.gen_batch, "new_tokens": p.gen_new, "dtype": p.dtype}
-    if args.peer == "torch":  # first, in its own process (see presets.in_child)
-        out["peer"] = presets.in_child(peer, p, repeats)
-    out["ours"] = o = ours(p, repeats)
-    if args.peer == "torch":
-        out["ratio"] = o["tokens_per_s"] / out["peer"]["tokens_per_s"]
+    o = presets.measure(out, ours, peer, p, repeats, args.peer == "torch")["ours"]
     if args.json:
         print(json.dumps(out))
     else:

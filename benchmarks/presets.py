@@ -2,6 +2,7 @@
 LLaVA-1.5 (CLIP ViT-L/14-336 + Vicuna) in bfloat16, for GPUs and TPUs; `--layers` shrinks them."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 
@@ -113,6 +114,28 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
+def arg_parser(prog: str, doc: str, count: str, count_help: str) -> argparse.ArgumentParser:
+    """The flags both throughput benchmarks take; `count` names the timed repetitions (at least 5)."""
+    a = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    a.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    a.add_argument("--peer", default="none", choices=("torch", "none"))
+    a.add_argument("--layers", type=int, help="decoder layers (shrinks 7b/13b for a CPU check)")
+    a.add_argument("--batch", type=int)
+    a.add_argument(f"--{count}", type=int, default=5, help=count_help)
+    a.add_argument("--json", action="store_true")
+    return a
+
+
+def measure(out: dict, ours, peer, p: Preset, n: int, with_peer: bool) -> dict:
+    """Fill `out` with ours, and with the peer (first, in its own process) and the tokens/s ratio."""
+    if with_peer:
+        out["peer"] = in_child(peer, p, n)
+    out["ours"] = ours(p, n)
+    if with_peer:
+        out["ratio"] = out["ours"]["tokens_per_s"] / out["peer"]["tokens_per_s"]
+    return out
+
+
 def in_child(fn, *args):
     """fn(*args) in a fresh spawned process, for the PyTorch peer. Each side then runs alone: in
     one process, whichever ran first left its thread pool spinning (torch's OpenMP slowed our CPU
@@ -157,6 +180,19 @@ def memory_bytes_per_s(nbytes: int | None = None) -> float:
     f(a).block_until_ready()
     t, _ = median_time(lambda: f(a).block_until_ready(), warmup=1, repeats=7)
     return 2 * a.nbytes / t
+
+
+def hf_model(p: Preset):
+    """(random transformers LlavaForConditionalGeneration of the preset's shapes, device, dtype),
+    built on the device: a 7B model initialised on the host takes minutes."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[p.dtype]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = transformers.LlavaForConditionalGeneration(hf_config(p)).to(dtype)
+    return model, device, dtype
 
 
 def hf_config(p: Preset):

@@ -8,7 +8,6 @@ data) runs in a child process of the same run (see `presets.in_child`), and the 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -73,12 +72,7 @@ def ours(p: presets.Preset, steps: int) -> dict:
 def peer(p: presets.Preset, steps: int) -> dict:
     import peft
     import torch
-    import transformers
-    torch.manual_seed(0)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[p.dtype]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):  # random init on the device: a 7B model on the host takes minutes
-        model = transformers.LlavaForConditionalGeneration(presets.hf_config(p)).to(dtype)
+    model, device, dtype = presets.hf_model(p)
     if p.remat != "none":  # what LLaVA's own LoRA scripts do; without it a 7B batch does not fit
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -111,24 +105,15 @@ def peer(p: presets.Preset, steps: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    a = argparse.ArgumentParser(prog="python -m benchmarks.train_throughput", description=__doc__.split("\n")[0])
-    a.add_argument("--preset", default="small", choices=sorted(presets.PRESETS))
-    a.add_argument("--peer", default="none", choices=("torch", "none"))
-    a.add_argument("--layers", type=int, help="decoder layers (shrinks 7b/13b for a CPU check)")
-    a.add_argument("--batch", type=int)
-    a.add_argument("--steps", type=int, default=5, help="timed steps (median), at least 5")
-    a.add_argument("--json", action="store_true")
+    a = presets.arg_parser("python -m benchmarks.train_throughput", __doc__, "steps",
+                           "timed steps (median), at least 5")
     args = a.parse_args(argv)
     p = presets.get(args.preset, args.layers, args.batch)
     steps = max(5, args.steps)
     out = {"benchmark": "train_throughput", "preset": args.preset, "layers": p.config.text.num_hidden_layers,
            "batch": p.batch, "length": p.length, "lora_rank": p.lora_rank, "dtype": p.dtype,
            "remat": p.remat, "accum": presets.accum_steps(p)}
-    if args.peer == "torch":  # first, in its own process (see presets.in_child)
-        out["peer"] = presets.in_child(peer, p, steps)
-    out["ours"] = ours(p, steps)
-    if args.peer == "torch":
-        out["ratio"] = out["ours"]["tokens_per_s"] / out["peer"]["tokens_per_s"]
+    presets.measure(out, ours, peer, p, steps, args.peer == "torch")
     if args.json:
         print(json.dumps(out))
     else:
