@@ -1,14 +1,9 @@
-"""Post-hoc VLGuard full fine-tuning of LLaVA-1.5-13B at 1e-5, 3 epochs."""
-from vlguard_jax.train.defaults import base_config
+"""Post-hoc VLGuard full fine-tuning of LLaVA-1.5-13B: the 7B recipe (posthoc_full_7b) on the 13B
+checkpoint."""
+from configs import posthoc_full_7b
 
 
 def get_config():
-    c = base_config()
+    c = posthoc_full_7b.get_config()
     c.model.checkpoint = "checkpoints/llava-1.5-13b-flax"
-    c.data.recipe = "posthoc"
-    c.epochs = 3
-    c.train.mode = "full"
-    c.optim.lr = 1e-5
-    c.optim.projector_lr = 1e-5
-    c.micro_batch = 8
     return c

@@ -11,5 +11,4 @@ def get_config():
     c.optim.lr = 1e-5
     c.optim.projector_lr = 1e-5
     c.micro_batch = 8
-    c.mesh.shape = (1, -1, 1)
     return c

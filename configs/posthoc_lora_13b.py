@@ -1,13 +1,8 @@
-"""Post-hoc VLGuard LoRA on LLaVA-1.5-13B: VLGuard train + 5,000 LLaVA samples, 3 epochs."""
-from vlguard_jax.train.defaults import base_config
+"""Post-hoc VLGuard LoRA on LLaVA-1.5-13B: the 7B recipe (posthoc_lora_7b) on the 13B checkpoint."""
+from configs import posthoc_lora_7b
 
 
 def get_config():
-    c = base_config()
+    c = posthoc_lora_7b.get_config()
     c.model.checkpoint = "checkpoints/llava-1.5-13b-flax"
-    c.data.recipe = "posthoc"
-    c.epochs = 3
-    c.train.mode = "lora"
-    c.optim.lr = 2e-4
-    c.optim.projector_lr = 2e-5
     return c

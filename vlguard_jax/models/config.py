@@ -134,12 +134,11 @@ class LlavaConfig:
 
     @classmethod
     def load(cls, path) -> "LlavaConfig":
-        with open(path) as f:
-            d = json.load(f)
-        if d.get("architecture") == TextOnlyConfig.architecture:
+        config = load_config(path)
+        if not isinstance(config, cls):
             raise ValueError(f"{path}: a text-only Llama checkpoint, not a LLaVA one (such checkpoints "
                              "serve as --judge-checkpoint)")
-        return cls.from_dict(d)
+        return config
 
     # ---- Hugging Face --------------------------------------------------------------------
     @classmethod
