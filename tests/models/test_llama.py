@@ -7,7 +7,7 @@ import torch
 
 from tests import tiny
 from vlguard_jax import load_model
-from vlguard_jax.models.llama import LlamaDecoderLayer, init_cache
+from vlguard_jax.models.llama import LlamaDecoderLayer, init_cache, rope_inv_freq, rope_tables
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,9 @@ def test_one_decoder_layer(built):
     ref = out.hidden_states[1].numpy()
     layer = LlamaDecoderLayer(m.config.text, dtype=jnp.float32, param_dtype=jnp.float32)
     positions = jnp.broadcast_to(jnp.arange(10)[None], (2, 10))
+    rope = rope_tables(positions, rope_inv_freq(m.config.text), jnp.float32)
     ours, _ = layer.apply({"params": m.params["language_model"]["layers_0"]}, jnp.asarray(x),
-                          positions, None, None, 0)
+                          rope, None, None, 0)
     assert np.abs(np.asarray(ours) - ref).max() <= 1e-4 * np.abs(ref).max()
 
 

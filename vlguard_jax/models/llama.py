@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlguard_jax.models.config import TextConfig
-from vlguard_jax.models.layers import Dense, Dtype, LoraSpec, RMSNorm, attention
+from vlguard_jax.models.attention import attention
+from vlguard_jax.models.layers import Dense, Dtype, LoraSpec, RMSNorm
 from vlguard_jax.sharding import constrain
 
 ACT = ("batch", "length", "act_embed")
@@ -48,11 +49,18 @@ def rope_inv_freq(c: TextConfig) -> np.ndarray:
     return inv
 
 
-def apply_rope(x, positions, inv_freq):
-    """x: [B, T, N, H]; positions: [B, T] int."""
+def rope_tables(positions, inv_freq, dtype):
+    """(cos, sin) of [B, T, head_dim] for `apply_rope`, computed once per forward for every layer.
+    The barrier keeps them materialised: otherwise XLA fuses the sin and cos into each q and k
+    product and evaluates them again for every layer and head."""
     freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jax.lax.optimization_barrier((jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)))
+
+
+def apply_rope(x, rope):
+    """x: [B, T, N, H]; rope: `rope_tables` for its positions."""
+    cos, sin = (t[:, :, None, :] for t in rope)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
@@ -76,7 +84,7 @@ class LlamaAttention(nn.Module):
     lora: LoraSpec | None = None
 
     @nn.compact
-    def __call__(self, x, positions, mask, layer_cache, cache_index):
+    def __call__(self, x, rope, mask, layer_cache, cache_index):
         c = self.config
         b, t, _ = x.shape
         kw = dict(use_bias=c.attention_bias, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -86,9 +94,8 @@ class LlamaAttention(nn.Module):
         q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
         k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)
         v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
-        inv_freq = rope_inv_freq(c)
-        q = constrain(apply_rope(q, positions, inv_freq), ("batch", "length", "act_heads", None))
-        k = constrain(apply_rope(k, positions, inv_freq), ("batch", "length", "act_kv_heads", None))
+        q = constrain(apply_rope(q, rope), ("batch", "length", "act_heads", None))
+        k = constrain(apply_rope(k, rope), ("batch", "length", "act_kv_heads", None))
         v = constrain(v, ("batch", "length", "act_kv_heads", None))
         new_cache = None
         if layer_cache is not None:
@@ -129,12 +136,12 @@ class LlamaDecoderLayer(nn.Module):
     lora: LoraSpec | None = None
 
     @nn.compact
-    def __call__(self, x, positions, mask, layer_cache, cache_index):
+    def __call__(self, x, rope, mask, layer_cache, cache_index):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
         h, new_cache = LlamaAttention(c, attn_impl=self.attn_impl, lora=self.lora, name="self_attn", **kw)(
-            h, positions, mask, layer_cache, cache_index)
+            h, rope, mask, layer_cache, cache_index)
         x = x + h
         h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
         x = constrain(x + LlamaMLP(c, lora=self.lora, name="mlp", **kw)(h), ACT)
@@ -199,9 +206,10 @@ class LlamaForCausalLM(nn.Module):
             new_valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
             cache = dict(cache, valid=jax.lax.dynamic_update_slice(cache["valid"], new_valid, (0, index)))
         mask = attention_mask(t, attn_mask, cache)
+        rope = rope_tables(positions, rope_inv_freq(self.config), self.dtype)
         new_layers = []
         for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(x, positions, mask, None if cache is None else cache["layers"][i], index)
+            x, layer_cache = layer(x, rope, mask, None if cache is None else cache["layers"][i], index)
             new_layers.append(layer_cache)
         x = self.norm(x)
         if cache is not None:
