@@ -96,6 +96,8 @@ def _per_head_bwd(res, do):
     q, k, v, allowed, o = res
     h, kv = q.shape[2], k.shape[2]
     scale = jnp.float32(q.shape[-1] ** -0.5)
+    if allowed is not None:  # a fully masked query row had constant logits: no gradient from it
+        scale = scale * jnp.any(allowed, axis=-1, keepdims=True)
     dq, dk, dv = [], [None] * kv, [None] * kv
     for i in range(h):
         j = _group(i, h, kv)
@@ -104,10 +106,7 @@ def _per_head_bwd(res, do):
         dvh = jnp.einsum("bts,btd->bsd", p.astype(v.dtype), doh)
         dp = jnp.einsum("btd,bsd->bts", doh, v[:, :, j], preferred_element_type=jnp.float32)
         delta = jnp.sum(doh.astype(jnp.float32) * o[:, :, i].astype(jnp.float32), -1, keepdims=True)
-        ds = p * (dp - delta) * scale
-        if allowed is not None:  # masked logits were constants: no gradient reaches them
-            ds = jnp.where(allowed, ds, 0.0)
-        ds = ds.astype(q.dtype)
+        ds = (p * (dp - delta) * scale).astype(q.dtype)  # p is 0 in masked slots of other rows
         dq.append(jnp.einsum("bts,bsd->btd", ds, k[:, :, j]))
         dkh = jnp.einsum("bts,btd->bsd", ds, q[:, :, i])
         dk[j] = dkh if dk[j] is None else dk[j] + dkh
