@@ -48,7 +48,7 @@ def save_checkpoint(dst, config, params, side_files_from=None, tokenizer=None) -
 def load_params(path, abstract=None):
     """Restore a parameter tree. `abstract` (ShapeDtypeStructs, with shardings) sets the layout
     and dtypes; without it the tree comes back as saved, on the host."""
-    path = os.fspath(path)
+    path = os.path.abspath(path)  # orbax takes absolute paths only
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no parameter checkpoint here")
     return ocp.load(path, abstract)
@@ -56,7 +56,7 @@ def load_params(path, abstract=None):
 
 def param_metadata(path):
     """The saved tree's shapes and dtypes, without reading any tensor."""
-    return ocp.metadata(os.fspath(path)).metadata
+    return ocp.metadata(os.path.abspath(path)).metadata
 
 
 class StreamingWriter:
@@ -64,7 +64,7 @@ class StreamingWriter:
     ever in memory. Nothing is visible at `path` until `finalize`."""
 
     def __init__(self, path):
-        self.path = os.fspath(path)
+        self.path = os.path.abspath(path)  # orbax takes absolute paths only
         self._pending: dict = {}
 
     def add(self, key_path: tuple[str, ...], array) -> None:

@@ -60,13 +60,17 @@ def metrics(workdir):
     return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_loss_falls_and_logs_are_written(env):
+def test_loss_falls_and_logs_are_written(env, monkeypatch):
     ns, tmp = env
     cfg = config_file(ns, tmp, "falls", total_steps=24, checkpoint_every=12, **{"train.mode": "full",
                                                                                 "optim.lr": 3e-3})
-    out = subprocess.run(train_cmd(cfg, tmp / "falls"), env=run_env(), capture_output=True, text=True,
-                         timeout=600, cwd=REPO)
+    # A workdir relative to the current directory, as in the README's commands (orbax itself
+    # takes absolute paths only).
+    out = subprocess.run(train_cmd(cfg, "falls"), env=run_env(), capture_output=True, text=True,
+                         timeout=600, cwd=tmp)
     assert out.returncode == 0, out.stderr[-3000:]
+    monkeypatch.chdir(tmp)
+    assert final_params("falls")[0] == 24
     m = metrics(tmp / "falls")
     assert [x["step"] for x in m] == list(range(1, 25))
     first, last = np.mean([x["loss"] for x in m[:3]]), np.mean([x["loss"] for x in m[-3:]])

@@ -60,7 +60,7 @@ def read_latest(workdir, step: int | None = None):
         if not steps:
             raise FileNotFoundError(f"{workdir}: no finished training checkpoint under {root}")
         step = steps[-1]
-    path = root / str(step)
+    path = (root / str(step)).absolute()  # orbax takes absolute paths only
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     ckptr = ocp.StandardCheckpointer()
     meta_tree = ckptr.metadata(path / "state").item_metadata
