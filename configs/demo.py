@@ -14,10 +14,10 @@ def get_config():
     c = base_config()
     c.workdir = "runs/demo"
     c.seed = 0
-    c.total_steps = 320
+    c.total_steps = 400
     c.global_batch = 16
     c.micro_batch = 16
-    c.checkpoint_every = 160
+    c.checkpoint_every = 200
     c.log_every = 15
     c.loss_chunk = 256
     c.model.dtype = "float32"
