@@ -5,7 +5,8 @@ as `jax.nn.dot_product_attention`'s XLA path):
 - "cudnn": cuDNN flash attention through `jax.nn.dot_product_attention` (GPU, bf16/f16, no mask);
 - "xla": heads moved in front of the lengths, one batched matmul for all heads (accelerators);
 - "per_head": one head at a time on [B, T, D] slices, with its own backward pass (XLA's CPU
-  backend, where this form is several times faster forward and backward).
+  backend: on the small benchmark's shapes, alone, about 3x faster forward and 1.5-2.5x forward
+  plus backward than "xla").
 
 "auto" (the default) picks cuDNN where it applies, else "per_head" on the CPU and "xla" elsewhere.
 """
