@@ -36,6 +36,25 @@ def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
     raise ValueError(f"unknown attention implementation {implementation!r}")
 
 
+def attention_cached(q, kt, v, mask):
+    """Attention over a KV cache kept in the layouts a decode step multiplies without copying:
+    q [B, T, H, D], keys transposed kt [B, KV, D, S], values v [B, KV, S, D], boolean `mask`
+    broadcastable to [B, 1, T, S]. The same arithmetic as `attention`. (A [B, S, KV, D] cache
+    costs a copy of every layer's cache per step on XLA's CPU backend: per head, or to move heads
+    in front, or to transpose the keys.)"""
+    b, t, h, d = q.shape
+    kv = kt.shape[1]
+    qh = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)   # [B, KV, G, T, D]
+    logits = jnp.einsum("bkgtd,bkds->bkgts", qh, kt, preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(d ** -0.5)
+    allowed = _allowed(b, t, kt.shape[-1], mask, False)
+    if allowed is not None:
+        logits = jnp.where(allowed[:, None, None], logits, jnp.float32(NEG))
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
 def _allowed(b, t, s, mask, is_causal):
     """Boolean [B or 1, T, S] of the slots each query may read, or None for all."""
     allowed = None

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlguard_jax.models.config import TextConfig
-from vlguard_jax.models.attention import attention
+from vlguard_jax.models.attention import attention, attention_cached
 from vlguard_jax.models.layers import Dense, Dtype, LoraSpec, RMSNorm
 from vlguard_jax.sharding import constrain
 
@@ -67,10 +67,13 @@ def apply_rope(x, rope):
 
 
 def init_cache(c: TextConfig, batch: int, max_length: int, dtype=jnp.bfloat16) -> dict:
-    """An empty KV cache: per layer (k, v) of [B, S, kv_heads, head_dim], plus slot validity."""
-    shape = (batch, max_length, c.num_key_value_heads, c.head_dim)
+    """An empty KV cache: per layer keys transposed [B, kv_heads, head_dim, S] and values
+    [B, kv_heads, S, head_dim] (the layouts `attention_cached` multiplies without copying), plus
+    slot validity."""
+    kv, d = c.num_key_value_heads, c.head_dim
     return {
-        "layers": [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(c.num_hidden_layers)],
+        "layers": [(jnp.zeros((batch, kv, d, max_length), dtype), jnp.zeros((batch, kv, max_length, d), dtype))
+                   for _ in range(c.num_hidden_layers)],
         "valid": jnp.zeros((batch, max_length), bool),
         "index": jnp.zeros((), jnp.int32),
     }
@@ -100,13 +103,14 @@ class LlamaAttention(nn.Module):
         new_cache = None
         if layer_cache is not None:
             kc, vc = layer_cache
-            kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, cache_index, 0, 0))
-            vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, cache_index, 0, 0))
-            kc = constrain(kc, ("batch", "cache_length", "act_kv_heads", None))
-            vc = constrain(vc, ("batch", "cache_length", "act_kv_heads", None))
+            kc = jax.lax.dynamic_update_slice(kc, k.transpose(0, 2, 3, 1).astype(kc.dtype), (0, 0, 0, cache_index))
+            vc = jax.lax.dynamic_update_slice(vc, v.transpose(0, 2, 1, 3).astype(vc.dtype), (0, 0, cache_index, 0))
+            kc = constrain(kc, ("batch", "act_kv_heads", None, "cache_length"))
+            vc = constrain(vc, ("batch", "act_kv_heads", "cache_length", None))
             new_cache = (kc, vc)
-            k, v = kc.astype(self.dtype), vc.astype(self.dtype)
-        o = attention(q, k, v, mask=mask, is_causal=mask is None, implementation=self.attn_impl)
+            o = attention_cached(q, kc.astype(self.dtype), vc.astype(self.dtype), mask)
+        else:
+            o = attention(q, k, v, mask=mask, is_causal=mask is None, implementation=self.attn_impl)
         o = o.reshape(b, t, c.num_attention_heads * c.head_dim)
         out = Dense(c.hidden_size, ("heads", "embed"), name="o_proj", lora=_lora(self.lora, "o_proj"), **kw)(o)
         return out, new_cache
