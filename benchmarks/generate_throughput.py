@@ -39,13 +39,12 @@ def ours(p: presets.Preset, repeats: int) -> dict:
 
     from vlguard_jax import sharding
     from vlguard_jax.generate import Generator, Sampling
-    from vlguard_jax.models import LlavaModel, init_params
+    from vlguard_jax.models import LlavaModel
 
     dtype = jnp.dtype(p.dtype)
     mesh = sharding.make_mesh((1, -1, 1))
     model = LlavaModel(p.config, dtype=dtype, param_dtype=dtype, attn_impl="auto")
-    with sharding.use_mesh(mesh):
-        params = init_params(model, jax.random.key(0), mesh)
+    params = presets.random_params(model, mesh)
     prompt_len = 1 + p.config.num_image_tokens + p.gen_text
     presets.log("ours: parameters initialised")
     gen = Generator(model, params, eos_ids=[NO_EOS], pad_id=0, mesh=mesh, batch_size=p.gen_batch, bucket=prompt_len)

@@ -20,7 +20,7 @@ def ours(p: presets.Preset, steps: int) -> dict:
     import jax.numpy as jnp
 
     from vlguard_jax import sharding
-    from vlguard_jax.models import LlavaModel, init_params
+    from vlguard_jax.models import LlavaModel
     from vlguard_jax.models.layers import LoraSpec
     from vlguard_jax.train import flops
     from vlguard_jax.train.defaults import base_config
@@ -32,8 +32,7 @@ def ours(p: presets.Preset, steps: int) -> dict:
     mesh = sharding.make_mesh((1, -1, 1))
     model = LlavaModel(p.config, dtype=dtype, param_dtype=dtype, attn_impl="auto", remat_policy=p.remat,
                        lora=LoraSpec(p.lora_rank, p.lora_alpha))
-    with sharding.use_mesh(mesh):
-        params = init_params(model, jax.random.key(0), mesh)
+    params = presets.random_params(model, mesh)
     trainable, frozen = partition(params, "lora")
     presets.log("ours: parameters initialised")
     trainable = jax.jit(lambda t: cast_tree(t, jnp.float32))(trainable)
