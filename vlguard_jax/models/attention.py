@@ -42,17 +42,7 @@ def attention_cached(q, kt, v, mask):
     broadcastable to [B, 1, T, S]. The same arithmetic as `attention`. (A [B, S, KV, D] cache
     costs a copy of every layer's cache per step on XLA's CPU backend: per head, or to move heads
     in front, or to transpose the keys.)"""
-    b, t, h, d = q.shape
-    kv = kt.shape[1]
-    qh = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)   # [B, KV, G, T, D]
-    logits = jnp.einsum("bkgtd,bkds->bkgts", qh, kt, preferred_element_type=jnp.float32)
-    logits = logits * jnp.float32(d ** -0.5)
-    allowed = _allowed(b, t, kt.shape[-1], mask, False)
-    if allowed is not None:
-        logits = jnp.where(allowed[:, None, None], logits, jnp.float32(NEG))
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+    return _grouped(q, kt, v, _allowed(q.shape[0], q.shape[1], kt.shape[-1], mask, False))
 
 
 def _allowed(b, t, s, mask, is_causal):
@@ -67,16 +57,21 @@ def _allowed(b, t, s, mask, is_causal):
 
 
 def _heads_major(q, k, v, allowed):
+    return _grouped(q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), allowed)
+
+
+def _grouped(q, kt, v, allowed):
+    """All heads in one batched matmul, heads in front: q [B, T, H, D], kt [B, KV, D, S],
+    v [B, KV, S, D], `allowed` from `_allowed`."""
     b, t, h, d = q.shape
-    kv = k.shape[2]
+    kv = kt.shape[1]
     qh = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)   # [B, KV, G, T, D]
-    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)         # [B, KV, S, D]
-    logits = jnp.einsum("bkgtd,bksd->bkgts", qh, kh, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("bkgtd,bkds->bkgts", qh, kt, preferred_element_type=jnp.float32)
     logits = logits * jnp.float32(d ** -0.5)
     if allowed is not None:
         logits = jnp.where(allowed[:, None, None], logits, jnp.float32(NEG))
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bksd->bkgtd", probs, vh)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
