@@ -10,6 +10,8 @@ import dataclasses
 import json
 from typing import Any
 
+from vlguard_jax.files import atomic_write_json
+
 # The OpenAI CLIP towers LLaVA names in `mm_vision_tower`; their shapes cannot all be read from
 # the weights (the head count is not), so they are listed here.
 KNOWN_CLIP_TOWERS = {
@@ -117,10 +119,7 @@ class LlavaConfig:
 
     # ---- our own JSON (written next to converted checkpoints) -------------------------------
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        rs = self.text.rope_scaling_dict
-        d["text"]["rope_scaling"] = rs
-        return d
+        return dict(dataclasses.asdict(self), text=_text_to_dict(self.text))
 
     @classmethod
     def from_dict(cls, d: dict) -> "LlavaConfig":
@@ -129,8 +128,7 @@ class LlavaConfig:
         return cls(vision=VisionConfig(**d.pop("vision")), text=text, **d)
 
     def save(self, path) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        atomic_write_json(path, self.to_dict(), indent=2)
 
     @classmethod
     def load(cls, path) -> "LlavaConfig":
@@ -232,17 +230,14 @@ class TextOnlyConfig:
     architecture = "llama"
 
     def to_dict(self) -> dict:
-        d = {"architecture": self.architecture, "text": dataclasses.asdict(self.text)}
-        d["text"]["rope_scaling"] = self.text.rope_scaling_dict
-        return d
+        return {"architecture": self.architecture, "text": _text_to_dict(self.text)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TextOnlyConfig":
         return cls(text=_text_from_dict(d["text"]))
 
     def save(self, path) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        atomic_write_json(path, self.to_dict(), indent=2)
 
     @classmethod
     def from_hf(cls, hf: dict, *, source: str = "config.json") -> "TextOnlyConfig":
@@ -252,6 +247,10 @@ class TextOnlyConfig:
         if text.hidden_act != "silu":
             raise ValueError(f"{source}: hidden_act {text.hidden_act!r} is not supported (Llama uses silu)")
         return cls(text=text)
+
+
+def _text_to_dict(text: TextConfig) -> dict:
+    return dict(dataclasses.asdict(text), rope_scaling=text.rope_scaling_dict)
 
 
 def _text_from_dict(text: dict) -> TextConfig:

@@ -2,15 +2,12 @@
 loader and converters serve it unchanged. Its parameters are `language_model/...`, as in LLaVA."""
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax.numpy as jnp
 
 from vlguard_jax.models.config import TextOnlyConfig
+from vlguard_jax.models.layers import Dtype
 from vlguard_jax.models.llama import LlamaForCausalLM
-
-Dtype = Any
 
 
 class TextOnlyModel(nn.Module):
