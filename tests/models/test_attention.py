@@ -48,12 +48,12 @@ def test_unknown_implementation():
 
 
 def test_cached_layout_matches_jax_reference():
-    """`attention_cached` (keys [B, KV, D, S], values [B, KV, S, D]) against the reference on the
+    """`attention_cached` (keys and values [B, KV, S, D]) against the reference on the
     same keys and values in [B, S, KV, D]."""
     from vlguard_jax.models.attention import attention_cached
     q, k, v, mask, _ = _inputs()
     for m in (mask, None, mask[:1, :, 3:4]):  # batch mask, none, one query row broadcast
         qq = q if m is None or m.shape[2] == q.shape[1] else q[:, 3:4]
         ref = jax.nn.dot_product_attention(qq, k, v, mask=m, implementation="xla")
-        got = jax.jit(attention_cached)(qq, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3), m)
+        got = jax.jit(attention_cached)(qq, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), m)
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)

