@@ -14,7 +14,7 @@ def _instructions(records):
 
 def test_test_split_shares_no_image_and_no_instruction_with_training(tmp_path):
     d = _load(write_sample(tmp_path))
-    assert len(d["train"]) == 64 and len(d["test"]) == 32 and len(d["helpful"]) == 192
+    assert len(d["train"]) == 64 and len(d["test"]) == 64 and len(d["helpful"]) == 192
     train_images = {r["image"] for r in d["train"]} | {r["image"] for r in d["helpful"] if "image" in r}
     assert not train_images & {r["image"] for r in d["test"]}
     helpful_questions = {t["value"].removeprefix("<image>\n") for r in d["helpful"]

@@ -4,7 +4,7 @@ drawn by code (shapes, colours, rendered words). No external images, no download
 `python -m vlguard_jax.data.sample --dst DIR` writes
 
     DIR/train.json     64 VLGuard records (32 safe with a safe and an unsafe instruction, 32 unsafe)
-    DIR/test.json      32 VLGuard records, sharing no image and no instruction text with train
+    DIR/test.json      64 VLGuard records (32 safe, 32 unsafe), sharing no image and no instruction text with train
     DIR/helpful.json   192 LLaVA-format helpfulness rows. About 15% comply with harmful requests,
                        standing in for the harmful samples the paper found in LLaVA's own data.
     DIR/images/...     the PNGs the records name
@@ -145,7 +145,7 @@ def sample_paths(dst) -> dict:
             "images": dst / "images"}
 
 
-def write_sample(dst, seed: int = 0, n_train: int = 64, n_test: int = 32, n_helpful: int = 192) -> dict:
+def write_sample(dst, seed: int = 0, n_train: int = 64, n_test: int = 64, n_helpful: int = 192) -> dict:
     """Writes the sample dataset under `dst`; returns the paths of its files."""
     dst = Path(dst)
     rng = random.Random(seed)
