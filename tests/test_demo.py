@@ -23,7 +23,7 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
     for name in ("report.md", "report.png", "demo.md", "demo.json"):
         assert (report / name).exists(), name
     assert set(summary["before"]) == set(summary["after"]) == {"unsafes", "safe_unsafes", "safe_safes"}
-    assert summary["before"]["unsafes"]["n"] == 16 and "helpfulness_f1" in summary["after"]["safe_safes"]
+    assert summary["before"]["unsafes"]["n"] == 32 and "helpfulness_f1" in summary["after"]["safe_safes"]
     assert "| ASR unsafes (%) |" in "\n".join(logs)
     assert json.loads((report / "demo.json").read_text())["targets"].keys() >= {"asr_before>=0.8"}
     # Rerunning resumes every stage instead of starting again.

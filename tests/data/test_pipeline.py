@@ -57,7 +57,7 @@ def collect(it, n):
 
 def test_sample_data_is_valid_and_disjoint(sample):
     train, test = load_vlguard(sample["train"]), load_vlguard(sample["test"])
-    assert (len(train), len(test)) == (64, 32)
+    assert (len(train), len(test)) == (64, 64)
     for split in (train, test):
         assert {r["harmful_category"] for r in split if not r["safe"]} == set(mixture_categories())
         assert sum(r["safe"] for r in split) == len(split) // 2
@@ -209,7 +209,8 @@ def test_worker_processes_give_the_same_batches_and_resume(sample, tok, model_cf
 
 def broken_sample(sample, tmp_path):
     """A copy of the helpfulness file with one bad row of each kind, and a corrupt image."""
-    rows = json.loads(sample["helpful"].read_text())[:30]
+    # rows with an image: the test repairs a broken row by giving it row 0's image conversation
+    rows = [r for r in json.loads(sample["helpful"].read_text()) if "image" in r][:30]
     rows[1]["conversations"] = []                                    # empty conversations
     rows[2]["conversations"][0]["value"] = 7                          # wrong field type
     rows[4]["image"] = "helpful/does_not_exist.png"                   # missing image
