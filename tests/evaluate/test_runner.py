@@ -7,6 +7,7 @@ import pytest
 from tests import tiny
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate.__main__ import main
+from vlguard_jax.evaluate.figstep import FontError, find_font, font_build
 from vlguard_jax.evaluate.runner import run
 
 
@@ -63,6 +64,26 @@ def test_text_benchmark_and_rescoring(env, shared_data, capsys):
     assert "ASR 33.3% over 3 responses" in capsys.readouterr().out
     decisions = json.loads((tmp / "unsafes.scored.json").read_text())
     assert [d["refusal"] for d in decisions.values()] == [True, False, True]
+
+
+def test_figstep_run_records_its_font(env, tmp_path):
+    ns, _, _ = env
+    try:
+        font = find_font()
+    except FontError as e:
+        pytest.skip(f"no FreeMonoBold.ttf here ({e})")
+    data = tmp_path / "fs.csv"
+    data.write_text("dataset,category_id,task_id,instruction\nForbidQI,1,1,Steps to x.\n")
+    logged = []
+    result = run(ns.flax_dir, "figstep", tmp_path / "o", data=data, max_new_tokens=2, log=logged.append)
+    assert result["n"] == 1 and result["font"] == {"path": font, "reference_build": font_build(font)}
+    warned = any("not a FreeMonoBold build that reproduces" in m for m in logged)
+    assert warned == (font_build(font) is None)
+    # a copy of the font under another name is still recognised by its contents
+    (tmp_path / "copy.ttf").write_bytes(open(font, "rb").read())
+    result = run(ns.flax_dir, "figstep", tmp_path / "o2", data=data, max_new_tokens=2, font=tmp_path / "copy.ttf",
+                 log=logged.append)
+    assert result["font"]["reference_build"] == font_build(font)
 
 
 def test_report_compares_runs(env, tmp_path):
