@@ -2,7 +2,6 @@
 bad-input errors."""
 import csv
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,8 @@ from PIL import Image
 
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.evaluate import benchmarks
-from vlguard_jax.evaluate.figstep import (FONT_DIRS, FONT_NAME, REFERENCE_DEB, FontError, figstep_text, find_font,
-                                          font_build, render)
+from vlguard_jax.evaluate.figstep import (REFERENCE_DEB, FontError, figstep_text, find_font, font_build,
+                                          installed_fonts, render)
 
 
 def test_vlguard_subsets_on_the_real_test_json(shared_data):
@@ -92,7 +91,7 @@ def test_figstep_renderings_match_the_official_images(shared_data):
 def test_figstep_layout_matches_with_any_freemonobold_build(shared_data):
     """Other builds (Debian 12's: 98.5-98.9% of pixels exactly equal) still put every glyph in the same
     place: ink versus paper agrees on 99.9% of pixels, first and last ink rows equal."""
-    fonts = [str(Path(d) / FONT_NAME) for d in FONT_DIRS if (Path(d) / FONT_NAME).is_file()]
+    fonts = installed_fonts()
     if not fonts:
         find_font()  # a missing font is a clear error, not a skip: CI installs it
     for font in fonts:

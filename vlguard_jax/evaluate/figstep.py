@@ -35,13 +35,18 @@ def font_build(path) -> str | None:
     return REFERENCE_BUILDS.get(hashlib.sha256(Path(path).read_bytes()).hexdigest())
 
 
+def installed_fonts() -> list[str]:
+    """Every FreeMonoBold.ttf in FONT_DIRS, in their order."""
+    return [str(Path(d) / FONT_NAME) for d in FONT_DIRS if (Path(d) / FONT_NAME).is_file()]
+
+
 def find_font(font: str | None = None) -> str:
     """`font` if given, else FreeMonoBold.ttf from FONT_DIRS, a reference build first."""
     if font:
         if not Path(font).is_file():
             raise FontError(f"font file {font} not found")
         return str(font)
-    found = [str(Path(d) / FONT_NAME) for d in FONT_DIRS if (Path(d) / FONT_NAME).is_file()]
+    found = installed_fonts()
     if not found:
         raise FontError(f"{FONT_NAME} not found in {', '.join(FONT_DIRS)}: install the Debian package "
                         "fonts-freefont-ttf, or pass --font PATH")
