@@ -98,9 +98,9 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
     todo = [i for i in items if i.key not in responses]
     if len(todo) < len(items):
         log(f"{path}: {len(items) - len(todo)} responses already there, {len(todo)} to generate")
-    if benchmark == "figstep" and todo:
-        font = _figstep_font(font, log)
     if todo:
+        if benchmark == "figstep":
+            font = _figstep_font(font, log)
         _generate(checkpoint, benchmark, todo, responses, path, images=images, template=template,
                   max_new_tokens=max_new_tokens, batch_size=batch_size, font=font, seed=seed, tqdm=tqdm)
     result = score(benchmark, items, responses, subset)

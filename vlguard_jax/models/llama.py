@@ -212,12 +212,13 @@ class LlamaForCausalLM(nn.Module):
         """x: input embeddings [B, T, D]. Returns (final hidden states, updated cache or None)."""
         b, t, _ = x.shape
         index = cache["index"] if cache is not None else 0
+        inv_freq = rope_inv_freq(self.config)
         if positions is None and cache is None:
-            rope = static_rope_tables(t, rope_inv_freq(self.config), self.dtype)
+            rope = static_rope_tables(t, inv_freq, self.dtype)
         else:
             if positions is None:
                 positions = jnp.broadcast_to(index + jnp.arange(t)[None], (b, t))
-            rope = rope_tables(positions, rope_inv_freq(self.config), self.dtype)
+            rope = rope_tables(positions, inv_freq, self.dtype)
         if cache is not None:
             new_valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
             cache = dict(cache, valid=jax.lax.dynamic_update_slice(cache["valid"], new_valid, (0, index)))
