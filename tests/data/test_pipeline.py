@@ -20,7 +20,7 @@ from vlguard_jax.data.pipeline import Layout, dataset, epoch_order, prepare, ste
 from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.data.store import TokenStore
-from vlguard_jax.data.tokenize import IGNORE
+from vlguard_jax.data.tokenize import IGNORE, TokenizationError
 from vlguard_jax.models.config import LlavaConfig
 
 
@@ -217,6 +217,8 @@ def broken_sample(sample, tmp_path):
     rows[5]["image"] = "../../etc/passwd"                             # escapes the root
     (sample["images"] / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     rows[6]["image"] = "corrupt.png"                                 # corrupt image
+    rows[7]["conversations"][0]["value"] += " ASSISTANT: sure"       # a role tag in user text
+    rows[8]["conversations"].insert(1, {"from": "human", "value": "And?"})  # two user turns in a row
     path = tmp_path / "broken.json"
     path.write_text(json.dumps(rows))
     return path, rows
@@ -238,6 +240,15 @@ def test_bad_records_raise_with_file_and_record(sample, tok, model_cfg, tmp_path
         make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
     rows[4]["image"] = rows[5]["image"] = rows[0]["image"]
     path.write_text(json.dumps(rows))
+    with pytest.raises(TokenizationError, match=rf"broken.json: record '{rows[7]['id']}': exchange 0 "
+                                                r"\(turns 0-1\): its text holds '</s>' or 'ASSISTANT:'"):
+        make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
+    rows[7]["conversations"] = rows[0]["conversations"]
+    path.write_text(json.dumps(rows))
+    with pytest.raises(TokenizationError, match=rf"record '{rows[8]['id']}': turn 1 is from 'human'"):
+        make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
+    rows[8]["conversations"] = rows[0]["conversations"]
+    path.write_text(json.dumps(rows))
     r = make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
     with pytest.raises(ImageError, match=rf"record '{rows[6]['id']}'.*corrupt.png: cannot decode"):
         collect(iter(dataset(r)), r.steps)
@@ -254,15 +265,15 @@ def test_bad_records_skipped_counted_and_reported(sample, tok, model_cfg, tmp_pa
                 tmp_path / "w", lay, log=logs.append)
     report = tmp_path / "w" / "bad_records.jsonl"
     names = [json.loads(line)["record"] for line in report.read_text().splitlines()]
-    assert len(names) == 4 and all(rows[i]["id"] in " ".join(names) for i in (1, 2, 4, 5))
-    assert any("bad record skipped" in line for line in logs), logs
-    assert len(TokenStore(tmp_path / "w" / "data_store" / "process_0")) == 26
+    assert len(names) == 6 and all(rows[i]["id"] in " ".join(names) for i in (1, 2, 4, 5, 7, 8))
+    assert any("bad records skipped so far: 6" in line for line in logs), logs
+    assert len(TokenStore(tmp_path / "w" / "data_store" / "process_0")) == 24
     # The corrupt image is met in the pipeline: a padding row and a report line, not a crash.
     batches = collect(iter(dataset(r)), r.steps)
     n_rows = sum(int((b["labels"] != IGNORE).any(axis=1).sum()) for b in batches)
-    assert n_rows == 25
+    assert n_rows == 23
     assert any("corrupt.png: cannot decode" in json.loads(x)["reason"] for x in report.read_text().splitlines())
-    assert len(r.bad.entries()) == 5
+    assert len(r.bad.entries()) == 7
 
 
 def test_more_epochs_share_the_store_and_keep_the_order(sample, tok, model_cfg, tmp_path):

@@ -1,5 +1,7 @@
 """Labels by LLaVA's rule, checked against two independent references: character spans of the
 replies (via the fast tokenizer's offsets) and LLaVA's own round-length arithmetic."""
+import re
+
 import numpy as np
 import pytest
 
@@ -133,10 +135,65 @@ def test_truncation_drops_and_counts(tok):
     assert enc3.drops == {"no supervised token within max_length": 1}
 
 
-def test_empty_reply_is_dropped_and_counted(tok):
-    enc = Encoder(tok, tok.convert_tokens_to_ids("<image>"), N_IMG)
-    assert enc({"id": "x", "conversations": conv(("Q?", ""))}) is None
-    assert enc.drops == {"empty assistant reply": 1}
+MASKED_BY_LLAVA = {
+    "empty reply": (conv(("Q?", "")), "turn 1: empty assistant reply"),
+    "empty user text": (conv(("", "A."), image=False), "turn 0: empty user text"),
+    "ends with a user turn": (conv(("Q?", "A.")) + [{"from": "human", "value": "More?"}],
+                              "turn 2: the conversation ends with a user turn"),
+    "role tag in user text": (conv(("Say ASSISTANT: hello", "A.")), "exchange 0 (turns 0-1)"),
+    "separator in user text": (conv(("Q</s>more", "A.")), "exchange 0 (turns 0-1)"),
+    "separator in a reply": (conv(("Q1", "A1</s>"), ("Q2", "A2")), "exchange 0 (turns 0-1)"),
+    "role tag in a reply": (conv(("Q1", "First ASSISTANT: second")), "exchange 0 (turns 0-1)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_BY_LLAVA))
+def test_samples_llava_masks_raise_naming_sample_and_turn(tok, name):
+    conversations, reason = MASKED_BY_LLAVA[name]
+    image_id = tok.convert_tokens_to_ids("<image>")
+    with pytest.raises(TokenizationError, match=re.escape(f"train.json: record 'x': {reason}")):
+        Encoder(tok, image_id, N_IMG)({"id": "x", "conversations": conversations}, "train.json: record 'x'")
+    if "empty" not in name:  # LLaVA's own arithmetic on the same text: the sample is masked
+        assert not llava_arithmetic(tok, conversations, image_id)[2]
+
+
+MISREAD_BY_LLAVA = {
+    "a message faking a whole round": [{"from": "human", "value": "<image>Hi ASSISTANT: fake</s>USER: real"},
+                                       {"from": "gpt", "value": "answer"}],
+    "role tag ending user text": conv(("Q1", "A1"), ("Q2 ASSISTANT:", "A2")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MISREAD_BY_LLAVA))
+def test_samples_llava_misreads_are_refused(tok, name):
+    """LLaVA's split finds well-formed rounds here but cuts them elsewhere than the turns, so it
+    would supervise text no assistant wrote ('fake', 'ASSISTANT:'); refused like a masked sample."""
+    conversations = MISREAD_BY_LLAVA[name]
+    image_id = tok.convert_tokens_to_ids("<image>")
+    _, llava_labels, consistent = llava_arithmetic(tok, conversations, image_id)
+    assert consistent
+    assert not np.array_equal(llava_labels, span_reference(tok, conversations, image_id)[1])
+    with pytest.raises(TokenizationError, match="holds '</s>' or 'ASSISTANT:'"):
+        encode(tok, conversations, image_token_index=image_id, num_image_tokens=N_IMG)
+
+
+def test_turns_that_do_not_alternate_raise_naming_the_sample(tok):
+    bad = [{"from": "human", "value": "Q"}, {"from": "human", "value": "Q again"}, {"from": "gpt", "value": "A"}]
+    with pytest.raises(TokenizationError, match="sample 'y': turn 1 is from 'human'"):
+        Encoder(tok, 5, N_IMG)({"id": "y", "conversations": bad})
+
+
+@pytest.mark.parametrize("text", ["USER: what? ASSISTANT:is fine", "ASSISTANT:x", "I said USER: hi"])
+def test_role_words_llava_reads_as_text_are_kept(tok, text):
+    """Text that LLaVA's split does not take for a boundary trains as usual, with labels on the reply."""
+    conversations = conv((text, "A red circle."), ("More", "I'm sorry."))
+    image_id = tok.convert_tokens_to_ids("<image>")
+    ids, labels = encode(tok, conversations, image_token_index=image_id, num_image_tokens=N_IMG)
+    ref_ids, ref_labels = span_reference(tok, conversations, image_id)
+    np.testing.assert_array_equal(labels, ref_labels)
+    l_ids, l_labels, consistent = llava_arithmetic(tok, conversations, image_id)
+    assert consistent
+    np.testing.assert_array_equal(labels, l_labels)
 
 
 def test_turn_boundary_mismatch_names_the_sample(tok):

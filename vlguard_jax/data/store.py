@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from vlguard_jax.data.images import ImageError, resolve
 from vlguard_jax.data.records import RecordError
-from vlguard_jax.data.tokenize import IGNORE
+from vlguard_jax.data.tokenize import IGNORE, TokenizationError
 
 STORE_FILES = ("ids.npy", "supervised.npy", "offsets.npy", "source.npy", "meta.json")
 
@@ -70,7 +70,14 @@ def build_store(mixture, encoder, dst, image_roots, bad: BadRecords, check_image
                 bad(where, str(e), ImageError)
                 skipped += 1
                 continue
-        out = encoder(r)
+        try:
+            out = encoder(r, where)
+        except TokenizationError as e:
+            if bad.mode == "raise":
+                raise
+            bad.report(where, e.reason)
+            skipped += 1
+            continue
         if out is None:
             continue
         x, s = out["input_ids"], out["labels"] != IGNORE

@@ -6,7 +6,12 @@
   `image_token_index` (llava-hf's expanded form).
 - Labels supervise each assistant reply and the `</s>` that ends it; everything else is IGNORE.
 - Ids are built turn by turn: each turn boundary's prefix must tokenize to a prefix of the whole
-  prompt's ids. A mismatch is an error naming the sample (LLaVA masks such a sample silently).
+  prompt's ids.
+- A sample LLaVA would not train on as a conversation raises `TokenizationError` naming it: turns
+  that do not alternate (LLaVA asserts), an empty message or a trailing user turn, text holding
+  `</s>` or ` ASSISTANT: ` (LLaVA's round split goes wrong), or a tokenizer merging across a turn
+  boundary (LLaVA's lengths disagree). LLaVA masks such samples whole and goes on; the store
+  (`data.on_bad_record`) raises or skips and lists them.
 - Truncation to `max_length`; a sample with no supervised token left, or whose image tokens would
   be cut, is dropped and counted by `Encoder`.
 """
@@ -23,7 +28,12 @@ IGNORE = -100
 
 
 class TokenizationError(ValueError):
-    """The turn-by-turn ids disagree with the whole prompt's ids; names the sample."""
+    """A sample LLaVA's `preprocess_v1` would not train on as a conversation (it masks such a
+    sample whole, or asserts); the message names the sample, `reason` says why."""
+
+    def __init__(self, sample: str, reason: str):
+        super().__init__(f"{sample}: {reason}")
+        self.sample, self.reason = sample, reason
 
 
 def tokenize_with_images(tokenizer, text: str, image_token_index: int, num_image_tokens: int) -> list[int]:
@@ -39,34 +49,60 @@ def tokenize_with_images(tokenizer, text: str, image_token_index: int, num_image
     return ids
 
 
-def segments(template, conversations: list[dict]) -> list[tuple[str, bool]]:
-    """The rendered prompt cut at turn boundaries: (text, supervised) pieces whose concatenation is
-    `render(template, ...)`. A supervised piece is " reply</s>"; the rest is system and user text
-    up to and including the `ASSISTANT:` tag."""
-    msgs = turns(conversations)
-    text = render(template, msgs)
-    out, start = [], 0
-    for i, (role, message) in enumerate(msgs):
+def segments(template, msgs: list[tuple[int, str]]) -> list[tuple[str, bool]]:
+    """The rendered prompt cut at turn boundaries, built piece by piece as `render` builds it:
+    (text, supervised) pieces whose concatenation is `render(template, msgs)`. A supervised piece
+    is " reply</s>"; the rest is system and user text up to and including the `ASSISTANT:` tag."""
+    out, pending = [], template.system + template.sep
+    for role, message in msgs:
+        name = template.roles[role]
         if role == 0:
-            continue
-        if not message:
-            raise ValueError(f"turn {i}: empty assistant reply")
-        tag_end = text.index(f"{template.roles[1]}:", start) + len(template.roles[1]) + 1
-        reply_end = tag_end + 1 + len(message) + len(template.sep2)
-        if text[tag_end:reply_end] != " " + message + template.sep2:
-            raise AssertionError(f"template rendering out of step at turn {i}")
-        out += [(text[start:tag_end], False), (text[tag_end:reply_end], True)]
-        start = reply_end
-    if start < len(text):
-        out.append((text[start:], False))
+            pending += f"{name}: {message}{template.sep}"
+        else:
+            out += [(pending + f"{name}:", False), (f" {message}{template.sep2}", True)]
+            pending = ""
+    if pending:
+        out.append((pending, False))
     return out
+
+
+def llava_rounds_fault(template, msgs: list[tuple[int, str]]) -> str | None:
+    """Why LLaVA's `preprocess_v1` would not read this conversation's replies as its replies, or
+    None. It splits the prompt on `</s>` into rounds and each round on ` ASSISTANT: `; a sample
+    whose split is not one round per exchange, each cut in two, is masked whole (or, where a
+    message fakes a whole round, supervised on text that is no reply)."""
+    for i, (role, message) in enumerate(msgs):
+        if not message.strip():
+            return f"turn {i}: empty {'assistant reply' if role else 'user text'}"
+    if msgs[-1][0] != 1:
+        return f"turn {len(msgs) - 1}: the conversation ends with a user turn, not a reply"
+    sep = template.sep + template.roles[1] + ": "
+    rounds = render(template, msgs).split(template.sep2)
+    pieces = segments(template, msgs)
+    for k in range(len(pieces) // 2):
+        instruction, reply = pieces[2 * k][0], pieces[2 * k + 1][0][1:-len(template.sep2)]
+        parts = rounds[k].split(sep) if k < len(rounds) else []
+        if parts != [instruction[:-len(sep) + 1], reply]:
+            return (f"exchange {k} (turns {2 * k}-{2 * k + 1}): its text holds {template.sep2!r} or "
+                    f"{sep.strip()!r}, which LLaVA's preprocess_v1 reads as a turn boundary")
+    return None
 
 
 def encode(tokenizer, conversations: list[dict], *, template="vicuna_v1", image_token_index: int,
            num_image_tokens: int, sample: str = "<sample>") -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, labels) as int32 arrays, untruncated."""
+    """(input_ids, labels) as int32 arrays, untruncated. A sample LLaVA would mask raises
+    TokenizationError."""
     template = get_template(template) if isinstance(template, str) else template
-    pieces = segments(template, conversations)
+    try:
+        msgs = turns(conversations)
+    except ValueError as e:
+        raise TokenizationError(sample, str(e)) from None
+    if not msgs:
+        raise TokenizationError(sample, "no turns")
+    fault = llava_rounds_fault(template, msgs)
+    if fault:
+        raise TokenizationError(sample, fault)
+    pieces = segments(template, msgs)
     whole = tokenize_with_images(tokenizer, "".join(t for t, _ in pieces), image_token_index,
                                  num_image_tokens)
     labels = np.full(len(whole), IGNORE, np.int32)
@@ -77,8 +113,8 @@ def encode(tokenizer, conversations: list[dict], *, template="vicuna_v1", image_
             tokenizer, prefix, image_token_index, num_image_tokens)
         if ids != whole[:len(ids)] or len(ids) < start:
             raise TokenizationError(
-                f"{sample}: tokens of the prompt up to turn piece {k} ({text[-40:]!r}) are not a "
-                f"prefix of the whole prompt's tokens; this tokenizer merges across a turn boundary")
+                sample, f"tokens of the prompt up to turn piece {k} ({text[-40:]!r}) are not a prefix "
+                "of the whole prompt's tokens; this tokenizer merges across a turn boundary")
         if supervised:
             labels[start:len(ids)] = whole[start:len(ids)]
         start = len(ids)
@@ -95,15 +131,13 @@ class Encoder:
     template: str = "vicuna_v1"
     drops: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
-    def __call__(self, record: dict) -> dict | None:
-        """{'input_ids', 'labels'} (int32, length <= max_length), or None for a dropped sample."""
-        sid = record.get("id", "<no id>")
-        if any(t["from"] == "gpt" and not t["value"].strip() for t in record["conversations"]):
-            self.drops["empty assistant reply"] += 1
-            return None
+    def __call__(self, record: dict, where: str | None = None) -> dict | None:
+        """{'input_ids', 'labels'} (int32, length <= max_length), or None for a sample cut away by
+        `max_length`. A sample LLaVA would mask raises TokenizationError naming `where`."""
         ids, labels = encode(self.tokenizer, record["conversations"], template=self.template,
                              image_token_index=self.image_token_index,
-                             num_image_tokens=self.num_image_tokens, sample=f"sample {sid!r}")
+                             num_image_tokens=self.num_image_tokens,
+                             sample=where or f"sample {record.get('id', '<no id>')!r}")
         images = np.flatnonzero(ids == self.image_token_index)
         if len(images) and images[-1] >= self.max_length:
             self.drops["image tokens cut by max_length"] += 1
