@@ -35,7 +35,7 @@ def prompts(built, lengths=(9, 4, 14, 6), images=(True, False, True, True), seed
     return ids, pix
 
 
-def hf_generate(built, ids, pix, new):
+def hf_generate(built, ids, pix, new, eos=2, min_new=0):
     t = max(map(len, ids))
     x = np.zeros((len(ids), t), np.int64)
     mask = np.zeros_like(x)
@@ -44,10 +44,11 @@ def hf_generate(built, ids, pix, new):
     pixels = torch.tensor(np.stack([p for p in pix if p is not None]))
     with torch.no_grad():
         out = built.model.generate(input_ids=torch.tensor(x), attention_mask=torch.tensor(mask), pixel_values=pixels,
-                                   do_sample=False, max_new_tokens=new, eos_token_id=2, pad_token_id=0)
+                                   do_sample=False, max_new_tokens=new, eos_token_id=eos, pad_token_id=0,
+                                   min_new_tokens=min_new)
     rows = []
     for r in out[:, t:].tolist():
-        cut = next((k + 1 for k, tok in enumerate(r) if tok == 2), len(r))
+        cut = next((k + 1 for k, tok in enumerate(r) if tok == eos), len(r))
         rows.append(r[:cut])
     return rows
 
@@ -58,6 +59,23 @@ def test_greedy_matches_transformers_generate(built, gen):
     ours = g(ids, pix, Sampling(max_new_tokens=12))
     assert ours == hf_generate(built, ids, pix, 12)
     assert all(len(r) >= 1 for r in ours)
+
+
+def test_min_new_tokens_bans_eos_as_transformers_does(built, gen):
+    """The authors generate with min_new_tokens=1: a reply can never be empty. Rows whose greedy
+    first or second token is made the EOS must take the next best token instead, as in generate."""
+    g, m = gen
+    ids, pix = prompts(built)
+    free = g(ids, pix, Sampling(max_new_tokens=6))
+    eos = free[0][0]
+    g2 = Generator(m.model, m.params, eos_ids=[eos], pad_id=0, batch_size=4, bucket=16)
+    assert g2(ids, pix, Sampling(max_new_tokens=6))[0] == [eos]
+    for min_new in (1, 3):
+        ours = g2(ids, pix, Sampling(max_new_tokens=6, min_new_tokens=min_new))
+        assert ours == hf_generate(built, ids, pix, 6, eos=eos, min_new=min_new)
+        assert all(eos not in r[:min_new] for r in ours) and ours[0][0] != eos
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1, got 0"):
+        Sampling(max_new_tokens=0)
 
 
 def test_output_does_not_depend_on_the_batch(built, gen):

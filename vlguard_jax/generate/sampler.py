@@ -28,6 +28,13 @@ class Sampling:
     top_k: int = 0             # 0 = off
     top_p: float = 1.0         # 1 = off
     max_new_tokens: int = 256
+    min_new_tokens: int = 0    # EOS is masked until this many tokens are out (transformers' rule)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be at least 0, got {self.min_new_tokens}")
 
 
 def choose(logits, key, s: Sampling):
@@ -49,6 +56,14 @@ def choose(logits, key, s: Sampling):
     return jax.vmap(lambda k, l: jax.random.categorical(k, l))(key, logits).astype(jnp.int32)
 
 
+def ban_eos(logits, eos, step, s: Sampling):
+    """EOS at -inf while fewer than `min_new_tokens` tokens have been generated (`step` of them)."""
+    if s.min_new_tokens <= 0:
+        return logits
+    is_eos = jnp.isin(jnp.arange(logits.shape[-1]), eos)
+    return jnp.where(is_eos[None] & (step < s.min_new_tokens), -jnp.inf, logits)
+
+
 def _generate(model, params, ids, mask, pixels, row_ids, seed, eos, pad_id, s: Sampling, cache_dtype):
     b, p = ids.shape
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
@@ -58,7 +73,7 @@ def _generate(model, params, ids, mask, pixels, row_ids, seed, eos, pad_id, s: S
     logits = model.apply({"params": params}, hidden[:, -1:], method=model.logits)[:, 0].astype(jnp.float32)
     base = jax.random.key(seed)
     keys = lambda step: jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base, r), step))(row_ids)
-    first = choose(logits, keys(0), s)
+    first = choose(ban_eos(logits, eos, 0, s), keys(0), s)
     is_eos = lambda t: jnp.isin(t, eos)
     out = jnp.full((b, s.max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     done = is_eos(first)
@@ -73,7 +88,7 @@ def _generate(model, params, ids, mask, pixels, row_ids, seed, eos, pad_id, s: S
         h, cache = model.apply({"params": params}, last[:, None], attention_mask=jnp.ones((b, 1), jnp.int32),
                                positions=pos[:, None], cache=cache, return_hidden=True)
         lg = model.apply({"params": params}, h, method=model.logits)[:, 0].astype(jnp.float32)
-        tok = choose(lg, keys(step), s)
+        tok = choose(ban_eos(lg, eos, step, s), keys(step), s)
         tok = jnp.where(done, pad_id, tok)  # finished rows stop changing
         out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
         return step + 1, out, done | is_eos(tok), cache, tok, pos + 1
