@@ -9,6 +9,7 @@ anything is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -20,15 +21,16 @@ from flax import traverse_util
 
 from conversion import layouts
 from conversion.reader import CheckpointError, TensorSource
-from vlguard_jax.checkpoint import PARAMS_DIR, StreamingWriter
+from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
 from vlguard_jax.files import atomic_dir
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
 
-from vlguard_jax.checkpoint import copy_side_files
-from vlguard_jax.loading import MODEL_CONFIG
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
-def _read_json(path: Path) -> dict:
+
+
+def read_json(path: Path) -> dict:
+    """A config file; a missing or malformed one is a CheckpointError naming it."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -40,7 +42,7 @@ def _read_json(path: Path) -> dict:
 def _plan(src: Path, vision_tower: Path | None):
     """Reads configs and tensor headers; returns (config, tensor sources, prefixes, layout, and for
     the original layout its tokenizer with `<image>` added, else None)."""
-    hf = _read_json(src / "config.json")
+    hf = read_json(src / "config.json")
     source = TensorSource(src)
     try:
         layout, prefixes = layouts.detect(source.keys())
@@ -57,7 +59,7 @@ def _plan(src: Path, vision_tower: Path | None):
         inside = any(k.startswith(prefixes["vision"]) for k in source.keys())
         vision_cfg = None
         if vision_tower is not None:
-            vision_cfg = vision_from_hf(_read_json(vision_tower / "config.json"))
+            vision_cfg = vision_from_hf(read_json(vision_tower / "config.json"))
             if not inside:
                 vision_source = TensorSource(vision_tower)
                 prefixes["vision"] = layouts.clip_tower_prefix(vision_source.keys())
@@ -67,7 +69,7 @@ def _plan(src: Path, vision_tower: Path | None):
         elif not inside:
             raise CheckpointError(f"{src}: the CLIP tower weights are not in this checkpoint; "
                                   "pass --vision-tower DIR (a CLIP model directory)")
-        tokenizer = _original_tokenizer(src)
+        tokenizer = tokenizer_with_image_token(src)
         config = LlavaConfig.from_original_llava(hf, vision_cfg, tokenizer.convert_tokens_to_ids("<image>"),
                                                  source=str(src / "config.json"))
     else:
@@ -77,7 +79,7 @@ def _plan(src: Path, vision_tower: Path | None):
     return config, source, vision_source, prefixes, layout, tokenizer
 
 
-def _original_tokenizer(src: Path):
+def tokenizer_with_image_token(src: Path):
     """The original LLaVA splices images at id -200 and its tokenizer has no `<image>`; we add the
     token to the tokenizer, which gives it the next free id."""
     from transformers import AutoTokenizer
@@ -89,39 +91,62 @@ def _original_tokenizer(src: Path):
     return tok
 
 
-def _mapping(config, prefixes: dict, dtype, separate_tower: bool):
-    """[(our path, torch name, transform, expected flax shape, read from the separate tower)]."""
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One parameter of ours and the PyTorch tensor it is read from."""
+    path: str                  # ours, '/'-joined
+    source: TensorSource
+    name: str                  # the PyTorch name in `source`
+    transform: str | None
+    shape: tuple               # ours (flax layout)
+
+
+def tensor_plan(config, prefixes: dict, dtype, source_for) -> list[Entry]:
+    """Every parameter of the model for `config`, with its tensor; `source_for(path)` names the
+    TensorSource that holds it."""
     shapes = traverse_util.flatten_dict(abstract_params(build_model(config, param_dtype=dtype)), sep="/")
     plan = []
     for path, s in shapes.items():
         name, transform = layouts.torch_name(path, prefixes)
-        tower = separate_tower and path.startswith("vision_tower/")
-        plan.append((path, name, transform, tuple(s.shape), tower))
+        plan.append(Entry(path, source_for(path), name, transform, tuple(s.shape)))
     return plan
 
 
-def _check(plan, source: TensorSource, vision_source: TensorSource, config: LlavaConfig, layout: str):
-    for path, name, transform, shape, from_tower in plan:
-        src = vision_source if from_tower else source
-        if name not in src.shapes:
-            raise CheckpointError(f"{src.dir}: missing tensor {name!r} (for {path})")
-        got = src.shapes[name]
-        if layouts.flax_shape(got, transform) != shape:
-            raise CheckpointError(f"{src.index[name]}: tensor {name!r} has shape {got}, "
-                                  f"expected {shape} as {path} for this config")
-    used = {name for _, name, _, _, t in plan if not t}
-    extra = [k for k in source.keys() if k not in used and not layouts.IGNORED.search(k)]
-    if config.text.tie_word_embeddings:
-        extra = [k for k in extra if not k.endswith("lm_head.weight")]
-    if vision_source is not source:  # a tower given separately wins over any inside
-        extra = [k for k in extra if not k.startswith(layouts.ORIGINAL["vision"])]
+def check_plan(plan: list[Entry], hint=lambda entry: "") -> None:
+    """Every tensor is there with the shape its parameter needs; errors name file and tensor."""
+    for e in plan:
+        if e.name not in e.source.shapes:
+            raise CheckpointError(f"{e.source.dir}: missing tensor {e.name!r} (for {e.path})")
+        got = e.source.shapes[e.name]
+        if layouts.flax_shape(got, e.transform) != e.shape:
+            raise CheckpointError(f"{e.source.index[e.name]}: tensor {e.name!r} has shape {got}, "
+                                  f"expected {e.shape} as {e.path} for this config{hint(e)}")
+
+
+def check_unused(source: TensorSource, plan: list[Entry], what: str, ignore=lambda name: False) -> None:
+    """No tensor of `source` is left over, but buffers and what `ignore` says."""
+    used = {e.name for e in plan if e.source is source}
+    extra = [k for k in source.keys() if k not in used and not layouts.IGNORED.search(k) and not ignore(k)]
     if extra:
         raise CheckpointError(f"{source.index[extra[0]]}: unexpected tensor {extra[0]!r} "
-                              f"({len(extra)} unexpected in all) for layout {layout}")
+                              f"({len(extra)} unexpected in all) for {what}")
 
 
-def _write_side_files(src: Path, vision_tower: Path | None, dst: Path, config: LlavaConfig, tokenizer):
-    if tokenizer is not None:  # the original tokenizer, with <image> added
+def _check(plan, source: TensorSource, vision_source: TensorSource, config: LlavaConfig, layout: str):
+    check_plan(plan)
+
+    def ignore(name):
+        if config.text.tie_word_embeddings and name.endswith("lm_head.weight"):
+            return True
+        # a tower given separately wins over any inside
+        return vision_source is not source and name.startswith(layouts.ORIGINAL["vision"])
+    check_unused(source, [e for e in plan if e.source is source], f"layout {layout}", ignore)
+
+
+def write_side_files(src: Path, vision_tower: Path | None, dst: Path, config, tokenizer) -> None:
+    """Tokenizer (`tokenizer` if given, else SRC's), SRC's generation and processor files, and a
+    CLIP image processor (the tower's, or one for its image size)."""
+    if tokenizer is not None:
         tokenizer.save_pretrained(dst)
     copy_side_files(src, dst)
     if config.vision is not None and not (dst / "preprocessor_config.json").exists():
@@ -134,23 +159,15 @@ def _write_side_files(src: Path, vision_tower: Path | None, dst: Path, config: L
                                crop_size={"height": size, "width": size}).save_pretrained(dst)
 
 
-def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20):
-    """Convert SRC into DST (which must not exist); returns the model config."""
-    src, dst = Path(src), Path(dst)
-    vision_tower = Path(vision_tower) if vision_tower else None
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+def write_checkpoint(plan: list[Entry], dst: Path, config, dtype: str, side_files, flush_bytes: int = 64 << 20):
+    """Stream the plan's tensors into DST (atomic), then the config and `side_files(tmp_dir)`."""
     np_dtype = np.dtype(DTYPES[dtype])
-    config, source, vision_source, prefixes, layout, tokenizer = _plan(src, vision_tower)
-    plan = _mapping(config, prefixes, DTYPES[dtype], vision_source is not source)
-    _check(plan, source, vision_source, config, layout)
     with atomic_dir(dst) as tmp:
         writer = StreamingWriter(tmp / PARAMS_DIR)
         pending = 0
-        for path, name, transform, _, from_tower in plan:
-            array = (vision_source if from_tower else source).get(name)
-            array = np.ascontiguousarray(layouts.to_flax(array, transform), dtype=np_dtype)
-            writer.add(tuple(path.split("/")), array)
+        for e in plan:
+            array = np.ascontiguousarray(layouts.to_flax(e.source.get(e.name), e.transform), dtype=np_dtype)
+            writer.add(tuple(e.path.split("/")), array)
             pending += array.nbytes
             del array
             if pending >= flush_bytes:
@@ -158,7 +175,26 @@ def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: i
                 pending = 0
         writer.finalize()
         config.save(tmp / MODEL_CONFIG)
-        _write_side_files(src, vision_tower, tmp, config, tokenizer)
+        side_files(tmp)
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+
+
+def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20):
+    """Convert SRC into DST (which must not exist); returns the model config."""
+    src, dst = Path(src), Path(dst)
+    vision_tower = Path(vision_tower) if vision_tower else None
+    check_dtype(dtype)
+    config, source, vision_source, prefixes, layout, tokenizer = _plan(src, vision_tower)
+    separate = vision_source is not source
+    plan = tensor_plan(config, prefixes, DTYPES[dtype],
+                       lambda path: vision_source if separate and path.startswith("vision_tower/") else source)
+    _check(plan, source, vision_source, config, layout)
+    write_checkpoint(plan, dst, config, dtype, lambda tmp: write_side_files(src, vision_tower, tmp, config, tokenizer),
+                     flush_bytes)
     return config
 
 

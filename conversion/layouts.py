@@ -32,6 +32,10 @@ LLAVA_HF_CANDIDATES = dict(
 )
 # A separate CLIP tower directory (CLIPVisionModel or CLIPModel), for --vision-tower.
 CLIP_TOWER_CANDIDATES = ("vision_model.", "")
+# LLaVA's stage-1 projector file (`mm_projector.bin`): an nn.Sequential(Linear, GELU, Linear) saved
+# under the model's names, or with the prefix stripped.
+PROJECTOR_CANDIDATES = (("model.mm_projector.0.", "model.mm_projector.2."), ("mm_projector.0.", "mm_projector.2."),
+                        ("0.", "2."))
 
 # (pattern on our path, PyTorch name with {vision}/{lm}/{proj1}/{proj2}/{lm_head}, transform)
 RULES = (
@@ -102,6 +106,12 @@ def detect(keys) -> tuple[str, dict]:
 
 def clip_tower_prefix(keys) -> str | None:
     return _first(set(keys), CLIP_TOWER_CANDIDATES, "embeddings.patch_embedding.weight")
+
+
+def projector_prefixes(keys) -> tuple[str, str] | None:
+    keys = set(keys)
+    found = _first(keys, PROJECTOR_CANDIDATES, "weight")
+    return found if found and found[1] + "weight" in keys else None
 
 
 def flax_shape(shape: tuple, transform: str | None) -> tuple:

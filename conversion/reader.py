@@ -1,15 +1,18 @@
-"""Reads a PyTorch checkpoint directory one tensor at a time.
+"""Reads a PyTorch checkpoint directory, or one weight file, one tensor at a time.
 
 safetensors (one file, or sharded with `model.safetensors.index.json`) is read through
-`safetensors.safe_open`, opened per tensor so that no file stays mapped. `.bin` shards are read
-only with `torch.load(weights_only=True, mmap=True)`: arbitrary pickles are never executed.
+`safetensors.safe_open`, opened per tensor so that no file stays mapped; bfloat16 tensors, which
+numpy cannot name, are read from their byte range in the file. `.bin` shards are read only with
+`torch.load(weights_only=True, mmap=True)`: arbitrary pickles are never executed.
 """
 from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
@@ -22,14 +25,20 @@ class CheckpointError(ValueError):
 
 
 class TensorSource:
-    """name -> (file, shape) for every tensor in a directory, read lazily."""
+    """name -> (file, shape) for every tensor in a directory or one weight file, read lazily."""
 
-    def __init__(self, directory):
-        self.dir = Path(directory)
+    def __init__(self, path):
+        path = Path(path)
         self._bin_cache: tuple[Path, dict] | None = None
-        if not self.dir.is_dir():
-            raise CheckpointError(f"{self.dir}: not a directory")
-        self.files = self._weight_files()
+        if path.is_file():
+            if path.suffix not in WEIGHT_SUFFIXES:
+                raise CheckpointError(f"{path}: not a weight file (*.safetensors or *.bin)")
+            self.dir, self.files = path.parent, [path]
+        elif path.is_dir():
+            self.dir = path
+            self.files = self._weight_files()
+        else:
+            raise CheckpointError(f"{path}: no such directory or file")
         self.index: dict[str, Path] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         for f in self.files:
@@ -92,6 +101,8 @@ class TensorSource:
         try:
             if f.suffix == ".safetensors":
                 with safe_open(os.fspath(f), "numpy") as h:
+                    if h.get_slice(name).get_dtype() == "BF16":
+                        return _read_bf16(f, name)
                     return h.get_tensor(name)
             t = self._load_bin(f)[name]
             import torch
@@ -101,3 +112,14 @@ class TensorSource:
             return t.numpy().copy()
         except (SafetensorError, OSError, RuntimeError) as e:
             raise CheckpointError(f"{f}: cannot read tensor {name!r} ({e})") from None
+
+
+def _read_bf16(f: Path, name: str) -> np.ndarray:
+    """A bfloat16 tensor of a safetensors file, from the byte range its header gives."""
+    with open(f, "rb") as h:
+        (n,) = struct.unpack("<Q", h.read(8))
+        entry = json.loads(h.read(n))[name]
+        start, end = entry["data_offsets"]
+        h.seek(8 + n + start)
+        data = h.read(end - start)
+    return np.frombuffer(data, np.uint16).view(ml_dtypes.bfloat16).reshape(entry["shape"]).copy()
