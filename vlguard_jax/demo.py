@@ -78,9 +78,10 @@ def stage_configs(cfg, root: Path, paths: dict, base: Path):
 
 
 def evaluate(checkpoint, out: Path, cfg, paths: dict) -> dict:
-    from vlguard_jax.evaluate.runner import run
+    from vlguard_jax.evaluate.runner import Protocol, run
+    protocol = Protocol(max_new_tokens=cfg.demo.max_new_tokens, batch_size=cfg.demo.eval_batch)
     return {s: run(checkpoint, "vlguard", out, subset=s, meta=paths["test"], images=paths["images"],
-                   max_new_tokens=cfg.demo.max_new_tokens, batch_size=cfg.demo.eval_batch, log=lambda *_: None)
+                   protocol=protocol, log=lambda *_: None)
             for s in SUBSETS}
 
 

@@ -44,10 +44,23 @@ def load_model(path, mesh=None, dtype=jnp.bfloat16, param_dtype=None, attn_impl=
                         remat_policy=remat_policy)
     abstract = abstract_params(model, mesh)
     if mesh is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
     params = load_params(path / PARAMS_DIR, abstract)
     return Loaded(model, params, config, load_tokenizer(path) if with_tokenizer else None)
+
+
+def peek(path) -> tuple[LlavaConfig | TextOnlyConfig, Any]:
+    """(config, tokenizer or None) of a checkpoint or training workdir, without reading weights."""
+    from vlguard_jax import runs
+    path = Path(path)
+    if runs.is_run(path):
+        base = runs.run_base(path)
+        return load_config(base / MODEL_CONFIG), load_tokenizer(base)
+    if not (path / MODEL_CONFIG).exists():
+        raise FileNotFoundError(f"{path}: no {MODEL_CONFIG}; is this a vlguard-jax checkpoint "
+                                "(made by python -m conversion.hf_to_flax) or a training workdir?")
+    return load_config(path / MODEL_CONFIG), load_tokenizer(path)
 
 
 def load_tokenizer(path: Path):
@@ -70,7 +83,7 @@ def _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_toke
     abstract = abstract_params(model, mesh)
     host = traverse_util.unflatten_dict({k: v.astype(param_dtype) for k, v in flat.items()})
     if mesh is None:
-        params = jax.device_put(host, jax.devices()[0])
+        params = jax.device_put(host, jax.local_devices()[0])
     else:
         params = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), host, abstract)
     return Loaded(model, params, config, load_tokenizer(base) if with_tokenizer else None)

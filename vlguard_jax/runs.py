@@ -20,6 +20,21 @@ def is_run(path) -> bool:
     return (Path(path) / "checkpoints").is_dir() and not (Path(path) / MODEL_CONFIG).exists()
 
 
+def run_base(workdir) -> Path:
+    """The base checkpoint a run names, from its latest checkpoint's metadata (no tensor read)."""
+    import json
+    root = Path(workdir) / "checkpoints"
+    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+    if not steps:
+        raise RunError(f"{workdir}: no finished training checkpoint under {root}")
+    meta = root / str(steps[-1]) / "meta" / "metadata"
+    base = Path(json.loads(meta.read_text()).get("base_checkpoint", "")) if meta.is_file() else Path("")
+    if not (base / MODEL_CONFIG).exists():
+        raise RunError(f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and "
+                       "projector weights need it")
+    return base
+
+
 def load_run(workdir, step: int | None = None):
     """(base checkpoint dir, config, flat params {path tuple: np.ndarray} incl. LoRA factors, meta)."""
     from vlguard_jax.train.checkpoints import read_latest

@@ -8,7 +8,7 @@ from tests import tiny
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate.__main__ import main
 from vlguard_jax.evaluate.figstep import FontError, find_font, font_build
-from vlguard_jax.evaluate.runner import run
+from vlguard_jax.evaluate.runner import Protocol, run
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def test_vlguard_run_writes_responses_and_summary(env):
 def test_interrupted_run_resumes_without_regenerating(env):
     ns, sample, tmp = env
     out = tmp / "resume"
-    kw = dict(subset="safe_safes", meta=sample["test"], images=sample["images"], max_new_tokens=3, batch_size=2,
-              log=lambda *_: None)
+    kw = dict(subset="safe_safes", meta=sample["test"], images=sample["images"],
+              protocol=Protocol(max_new_tokens=3, batch_size=2), log=lambda *_: None)
     run(ns.flax_dir, "vlguard", out, limit=2, **kw)  # "interrupted" after one batch
     path = out / "vlguard" / "safe_safes.json"
     first = json.loads(path.read_text())
@@ -75,13 +75,13 @@ def test_figstep_run_records_its_font(env, tmp_path):
     data = tmp_path / "fs.csv"
     data.write_text("dataset,category_id,task_id,instruction\nForbidQI,1,1,Steps to x.\n")
     logged = []
-    result = run(ns.flax_dir, "figstep", tmp_path / "o", data=data, max_new_tokens=2, log=logged.append)
+    result = run(ns.flax_dir, "figstep", tmp_path / "o", data=data, protocol=Protocol(max_new_tokens=2), log=logged.append)
     assert result["n"] == 1 and result["font"] == {"path": font, "reference_build": font_build(font)}
     warned = any("not a FreeMonoBold build that reproduces" in m for m in logged)
     assert warned == (font_build(font) is None)
     # a copy of the font under another name is still recognised by its contents
     (tmp_path / "copy.ttf").write_bytes(open(font, "rb").read())
-    result = run(ns.flax_dir, "figstep", tmp_path / "o2", data=data, max_new_tokens=2, font=tmp_path / "copy.ttf",
+    result = run(ns.flax_dir, "figstep", tmp_path / "o2", data=data, protocol=Protocol(max_new_tokens=2), font=tmp_path / "copy.ttf",
                  log=logged.append)
     assert result["font"]["reference_build"] == font_build(font)
 

@@ -20,7 +20,8 @@ ERRORS = (ValueError, FileNotFoundError, OSError)
 
 
 def evaluate_main(argv) -> int:
-    from vlguard_jax.evaluate.runner import JUDGES, run
+    from vlguard_jax.evaluate.judges import ORDERS, JudgeError
+    from vlguard_jax.evaluate.runner import DTYPES, JUDGES, TEXT_IMAGES, Protocol, run
     p = argparse.ArgumentParser(prog="python -m vlguard_jax.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
@@ -31,8 +32,16 @@ def evaluate_main(argv) -> int:
     p.add_argument("--attack", choices=ADVBENCH_ATTACKS, default="vanilla")
     p.add_argument("--font", help="figstep: FreeMonoBold.ttf path")
     p.add_argument("--out", required=True)
-    p.add_argument("--template", choices=TEMPLATE_CHOICES, default="llava_v1")
+    p.add_argument("--template", choices=("auto",) + TEMPLATE_CHOICES, default="auto",
+                   help="auto: llava_v1 for a LLaVA (the authors'); for a text-only LLM its tokenizer's chat "
+                        "template, else vicuna_v1")
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--min-new-tokens", type=int, default=1, help="EOS is banned before this many tokens "
+                   "(the authors': 1, so no reply is empty)")
+    p.add_argument("--dtype", choices=DTYPES, help="compute dtype (the authors': float16); default float32 on "
+                   "a CPU, bfloat16 on an accelerator")
+    p.add_argument("--text-image", choices=TEXT_IMAGES, default="none",
+                   help="text-only attacks on a VLLM: no image (the authors') or a blank white image")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit", type=int, help="only the first N items")
     p.add_argument("--judge", choices=JUDGES,
@@ -41,19 +50,24 @@ def evaluate_main(argv) -> int:
                         "endpoint set by env vars")
     p.add_argument("--judge-checkpoint", help="converted Llama Guard checkpoint, for --judge llamaguard")
     p.add_argument("--references", help="gpt4_safe_safes.json, for --judge openai-compatible")
+    p.add_argument("--judge-orders", type=int, choices=ORDERS, default=1,
+                   help="openai-compatible: 1 = gpt4_evaluator.py's single order; 2 = also the swapped order")
     a = p.parse_args(argv)
     if a.benchmark == "vlguard" and a.subset not in VLGUARD_SUBSETS:
         p.error(f"--benchmark vlguard needs --subset, one of {VLGUARD_SUBSETS} (got {a.subset!r})")
     if a.judge == "openai-compatible" and ((a.benchmark, a.subset) != ("vlguard", "safe_safes") or not a.references):
         p.error("--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with --references")
+    if a.limit is not None and a.limit < 1:
+        p.error(f"--limit must be at least 1, got {a.limit}")
     if a.judge == "llamaguard" and not a.judge_checkpoint:
         p.error("--judge llamaguard needs --judge-checkpoint DIR (a Llama Guard converted by conversion.hf_to_flax)")
     try:
+        protocol = Protocol(template=a.template, max_new_tokens=a.max_new_tokens, min_new_tokens=a.min_new_tokens,
+                            dtype=a.dtype, text_image=a.text_image, batch_size=a.batch_size)
         result = run(a.checkpoint, a.benchmark, a.out, subset=a.subset, meta=a.meta, images=a.images, data=a.data,
-                     attack=a.attack, template=a.template, max_new_tokens=a.max_new_tokens,
-                     batch_size=a.batch_size, font=a.font, limit=a.limit,
-                     judge=a.judge, judge_checkpoint=a.judge_checkpoint, references=a.references)
-    except ERRORS as e:
+                     attack=a.attack, font=a.font, limit=a.limit, protocol=protocol, judge=a.judge,
+                     judge_checkpoint=a.judge_checkpoint, references=a.references, judge_orders=a.judge_orders)
+    except ERRORS + (JudgeError,) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1))

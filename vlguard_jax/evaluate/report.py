@@ -1,5 +1,6 @@
 """Compare runs: a Markdown table and a matplotlib bar chart of ASR (and refusal rates) per
-benchmark and per category, across checkpoints (e.g. before and after safety tuning)."""
+benchmark and per category, across checkpoints (e.g. before and after safety tuning, or a base LLM
+beside the VLLMs built on it: the paper's first table)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,6 +25,12 @@ def rows_of(summary: dict) -> dict[str, float]:
     return out
 
 
+def model_kind(summary: dict) -> str:
+    """'LLM' (a text-only model), 'VLLM', or '-' when the summary does not say."""
+    kinds = {s.get("model") for s in summary.values()}
+    return {frozenset({"llm"}): "LLM", frozenset({"vllm"}): "VLLM"}.get(frozenset(kinds), "-")
+
+
 def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -31,14 +38,16 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
 
     runs = [Path(r) for r in runs]
     names = names or [r.name for r in runs]
-    tables = []
+    tables, kinds = [], []
     for r in runs:
         summary = read_json(r / SUMMARY, None)
         if summary is None:
             raise FileNotFoundError(f"{r}: no {SUMMARY}; run python -m vlguard_jax.evaluate with --out {r} first")
         tables.append(rows_of(summary))
+        kinds.append(model_kind(summary))
     columns = sorted({c for t in tables for c in t}, key=lambda c: ("[" in c, c))
-    lines = ["| metric (%) | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    lines = ["| metric (%) | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names),
+             "| model | " + " | ".join(kinds) + " |"]
     for c in columns:
         lines.append(f"| {c} | " + " | ".join(f"{t[c]:.1f}" if c in t else "-" for t in tables) + " |")
     out = Path(out)

@@ -1,22 +1,69 @@
-"""Run a benchmark on a checkpoint: batched greedy generation with the authors' defaults, responses
+"""Run a benchmark on a checkpoint: batched greedy generation by the authors' protocol, responses
 written after every batch (an interrupted run resumes where it stopped), then scores.
 
 Outputs: OUT/<benchmark>/<subset>.json ({key: response}, the shape of the authors'
-results/<subset>/<engine>.json) and OUT/summary.json ({"<benchmark>/<subset>": scores}).
+results/<subset>/<engine>.json) and OUT/summary.json ({"<benchmark>/<subset>": scores, with the
+model kind and the generation protocol}).
+
+A text-only LLM (a converted `LlamaForCausalLM` such as Vicuna) runs the text benchmarks (AdvBench,
+XSTest) with its own chat template, for the paper's LLM-versus-VLLM comparison.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import time
 from pathlib import Path
 
-from vlguard_jax.files import atomic_write_json
+import jax
+import jax.numpy as jnp
+from PIL import Image
+
+from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
 from vlguard_jax.evaluate import benchmarks, figstep
-from vlguard_jax.evaluate.scoring import is_refusal
+from vlguard_jax.evaluate.scoring import is_refusal, token_f1
+from vlguard_jax.files import atomic_write_json
+from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
 
 SUMMARY = "summary.json"
 JUDGES = ("openai-compatible", "llamaguard")
+DTYPES = ("float16", "bfloat16", "float32")
+TEXT_IMAGES = ("none", "blank")
+BLANK_COLOR = (255, 255, 255)
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """How responses are generated; recorded in summary.json. The defaults are VLGuard_eval.py's
+    (greedy, 256 new tokens, at least 1, `llava_v1` for a LLaVA), except the compute dtype: the
+    authors run in float16; `dtype=None` takes float32 on a CPU and bfloat16 on an accelerator.
+    `text_image` is what a VLLM sees with a text-only attack: no image (the authors'), or a blank
+    white one, which published follow-ups report changes ASR."""
+    template: str = "auto"
+    max_new_tokens: int = 256
+    min_new_tokens: int = 1
+    dtype: str | None = None
+    text_image: str = "none"
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.template not in ("auto",) + TEMPLATE_CHOICES:
+            raise ValueError(f"template {self.template!r} is not one of {('auto',) + TEMPLATE_CHOICES}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.text_image not in TEXT_IMAGES:
+            raise ValueError(f"text image {self.text_image!r} is not one of {TEXT_IMAGES}")
+        for name in ("max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens must be at least 0, got {self.min_new_tokens}")
+
+    def resolved(self, config, tokenizer) -> "Protocol":
+        template = default_template(config, tokenizer) if self.template == "auto" else self.template
+        dtype = self.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+        return dataclasses.replace(self, template=template, dtype=dtype)
 
 
 def write_json(path: Path, data) -> None:
@@ -54,7 +101,6 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
     out.update(rates(its))
     refs = [i for i in its if i.meta.get("reference")]
     if subset == "safe_safes" and refs:
-        from vlguard_jax.evaluate.scoring import token_f1
         out["helpfulness_f1"] = sum(token_f1(responses[i.key], i.meta["reference"]) for i in refs) / len(refs)
         out["with_reference"] = len(refs)
     groups = collections.defaultdict(list)
@@ -68,20 +114,31 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
 
 
 def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None, data=None,
-        attack="vanilla", template="llava_v1", max_new_tokens=256, batch_size=8, font=None,
-        limit: int | None = None, seed: int = 0, judge: str | None = None, judge_checkpoint=None,
-        references=None, log=print) -> dict:
+        attack="vanilla", font=None, limit: int | None = None, seed: int = 0, protocol: Protocol = Protocol(),
+        judge: str | None = None, judge_checkpoint=None, references=None, judge_orders: int = 1,
+        log=print) -> dict:
     """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it. Judges:
     `openai-compatible` adds the win rate against `references` (gpt4_safe_safes.json);
     `llamaguard` adds Llama Guard's verdicts (`judge_checkpoint`, OUT/<benchmark>/<subset>.llamaguard.json)."""
     from tqdm import tqdm
 
     from vlguard_jax.evaluate import judges, llamaguard
-    # a judge that cannot run fails before any generation
+    from vlguard_jax.loading import peek
+    # everything that can fail does so before any generation
+    config, tokenizer = peek(checkpoint)
+    llm = config.vision is None
+    if llm and benchmark in ("vlguard", "figstep"):
+        raise ValueError(f"{checkpoint}: a text-only LLM; --benchmark {benchmark} asks about images, so it runs "
+                         "on a LLaVA checkpoint (an LLM runs advbench and xstest)")
+    if llm and protocol.text_image != "none":
+        raise ValueError(f"{checkpoint}: a text-only LLM takes no image (--text-image {protocol.text_image})")
+    protocol = protocol.resolved(config, tokenizer)
     if judge == "openai-compatible":
-        if not references:
-            raise ValueError("--judge openai-compatible needs --references gpt4_safe_safes.json")
+        if (benchmark, subset) != ("vlguard", "safe_safes") or not references or not images:
+            raise ValueError("--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with "
+                             "--references gpt4_safe_safes.json and --images (the judge sees the image)")
         judges.settings()
+        references = judges.references_from(references)
     elif judge == "llamaguard":
         if not judge_checkpoint:
             raise ValueError("--judge llamaguard needs --judge-checkpoint DIR (a converted Llama Guard)")
@@ -101,18 +158,22 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
     if todo:
         if benchmark == "figstep":
             font = _figstep_font(font, log)
-        _generate(checkpoint, benchmark, todo, responses, path, images=images, template=template,
-                  max_new_tokens=max_new_tokens, batch_size=batch_size, font=font, seed=seed, tqdm=tqdm)
+        _generate(checkpoint, benchmark, todo, responses, path, images=images, protocol=protocol, font=font,
+                  seed=seed, tqdm=tqdm)
     result = score(benchmark, items, responses, subset)
     if benchmark == "figstep" and todo:
         result["font"] = {"path": font, "reference_build": figstep.font_build(font)}
     if judge == "openai-compatible":
-        result["judge"] = judges.win_rate(items, responses, judges.references_from(references))
+        result["judge"] = judges.win_rate(items, responses, references, images,
+                                          out / benchmark / f"{subset}.judge.json", judge_orders)
     elif judge == "llamaguard":
         result["judge"] = llamaguard.judge(judge_checkpoint, items, responses,
-                                           out / benchmark / f"{subset}.llamaguard.json", batch_size=batch_size)
+                                           out / benchmark / f"{subset}.llamaguard.json",
+                                           batch_size=protocol.batch_size)
     summary = read_json(out / SUMMARY, {})
-    summary[f"{benchmark}/{subset}"] = dict(result, checkpoint=str(checkpoint))
+    settings = {k: v for k, v in dataclasses.asdict(protocol).items() if k != "batch_size"}
+    summary[f"{benchmark}/{subset}"] = dict(result, checkpoint=str(checkpoint), model="llm" if llm else "vllm",
+                                            protocol=settings)
     write_json(out / SUMMARY, summary)
     return result
 
@@ -126,39 +187,35 @@ def _figstep_font(font, log) -> str:
     return font
 
 
-def _generate(checkpoint, benchmark, todo, responses, path, *, images, template, max_new_tokens, batch_size,
-              font, seed, tqdm):
-    from vlguard_jax.data.images import ImageError, load_pixels, pixels
-    from vlguard_jax.evaluate.figstep import render
+def _generate(checkpoint, benchmark, todo, responses, path, *, images, protocol: Protocol, font, seed, tqdm):
     from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
 
     if benchmark == "vlguard" and not images:
         raise ValueError("--benchmark vlguard needs --images DIR (the VLGuard test images)")
     if benchmark == "vlguard":  # every image must be there before any compute
-        from vlguard_jax.data.images import resolve
         for i in todo:
             if not resolve(images, i.image).is_file():
                 raise ImageError(f"{resolve(images, i.image)}: image file not found (record {i.meta['id']!r})")
-    gen, m = load_generator(checkpoint, batch_size=batch_size)
-    if m.config.vision is None:
-        raise ValueError(f"{checkpoint}: a text-only model; evaluate a LLaVA checkpoint (text-only ones "
-                         "serve as --judge-checkpoint)")
-    size = m.config.vision.image_size
+    gen, m = load_generator(checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype))
+    size = m.config.vision.image_size if m.config.vision is not None else None
+    blank = pixels(Image.new("RGB", (size, size), BLANK_COLOR), size, pad=False) if size else None
 
     def pix(item):
         if item.image:
             return load_pixels(images, item.image, size, pad=False)
         if item.render is not None:
-            return pixels(render(item.render, font), size, pad=False)
-        return None
+            return pixels(figstep.render(item.render, font), size, pad=False)
+        return blank if protocol.text_image == "blank" else None
 
+    sampling = Sampling(max_new_tokens=protocol.max_new_tokens, min_new_tokens=protocol.min_new_tokens)
     bar = tqdm(total=len(todo), desc=f"{benchmark}", unit="prompt", dynamic_ncols=True)
     t0, n_tokens = time.perf_counter(), 0
     for batch in gen.batches(len(todo)):
         chunk = [todo[k] for k in batch]
-        ids = [prompt_ids(m.tokenizer, m.config, i.prompt, bool(i.image or i.render is not None), template)
-               for i in chunk]
-        out = gen(ids, [pix(i) for i in chunk], Sampling(max_new_tokens=max_new_tokens), seed)
+        pixel_rows = [pix(i) for i in chunk]
+        ids = [prompt_ids(m.tokenizer, m.config, i.prompt, p is not None, protocol.template)
+               for i, p in zip(chunk, pixel_rows)]
+        out = gen(ids, pixel_rows, sampling, seed)
         for item, toks in zip(chunk, out):
             responses[item.key] = response_text(m.tokenizer, toks)
         write_json(path, responses)

@@ -1,19 +1,37 @@
 """Prompt text -> model input ids, as the VLGuard evaluation builds them: the template's
 generation prompt (`... USER: <image>\\nQ ASSISTANT:`), tokenized by LLaVA's
-`tokenizer_image_token` rule with each image tag expanded to `num_image_tokens` ids."""
+`tokenizer_image_token` rule with each image tag expanded to `num_image_tokens` ids.
+
+`chat_template` renders one user turn with the tokenizer's own chat template (a text-only LLM
+that ships one); `none` uses the text verbatim."""
 from __future__ import annotations
 
 from vlguard_jax.data.conversation import IMAGE_TAG, generation_prompt, get_template
 from vlguard_jax.data.tokenize import tokenize_with_images
 
-TEMPLATE_CHOICES = ("llava_v1", "vicuna_v1", "none")
+TEMPLATE_CHOICES = ("llava_v1", "vicuna_v1", "chat_template", "none")
 
 
-def prompt_text(question: str, image: bool, template: str = "llava_v1") -> str:
+def default_template(config, tokenizer) -> str:
+    """The authors' `llava_v1` for a LLaVA; for a text-only LLM its own chat template where its
+    tokenizer has one, else `vicuna_v1` (Vicuna's: FastChat's vicuna_v1.1, which LLaVA trains on)."""
+    if config.vision is not None:
+        return "llava_v1"
+    return "chat_template" if getattr(tokenizer, "chat_template", None) else "vicuna_v1"
+
+
+def prompt_text(question: str, image: bool, template: str = "llava_v1", tokenizer=None) -> str:
     """`none` uses the text verbatim (an image tag is put first when there is an image)."""
     question = question.replace(IMAGE_TAG, "").strip() if template != "none" else question
     if template == "none":
         return IMAGE_TAG + "\n" + question if image and IMAGE_TAG not in question else question
+    if template == "chat_template":
+        if image:
+            raise ValueError("template chat_template is for text-only models; an image needs llava_v1")
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("template chat_template: this tokenizer has no chat template")
+        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
     return generation_prompt(get_template(template), question, image)
 
 
@@ -23,5 +41,11 @@ def response_text(tokenizer, token_ids) -> str:
 
 
 def prompt_ids(tokenizer, config, question: str, image: bool, template: str = "llava_v1") -> list[int]:
-    return tokenize_with_images(tokenizer, prompt_text(question, image, template), config.image_token_index,
-                                config.num_image_tokens)
+    text = prompt_text(question, image, template, tokenizer)
+    if template == "chat_template":  # the template writes its own BOS
+        return tokenizer(text, add_special_tokens=False).input_ids
+    if config.vision is None:
+        if image:
+            raise ValueError("a text-only model takes no image")
+        return tokenize_with_images(tokenizer, text, -1, 0)
+    return tokenize_with_images(tokenizer, text, config.image_token_index, config.num_image_tokens)
