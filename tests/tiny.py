@@ -128,17 +128,21 @@ GUARD_TEMPLATE = (
     "- First line must read 'safe' or 'unsafe'. [/INST]")
 
 
-def guard_tokenizer():
-    """The tiny tokenizer with `safe` and `unsafe` as whole tokens and a Llama Guard-style chat template."""
-    tok = build_tokenizer(CORPUS * 4 + ["safe unsafe"] * 40, vocab_size=420, image_token=False)
+def guard_tokenizer(words=()):
+    """The tiny tokenizer with `safe`, `unsafe` (and `words`) as whole tokens and a Llama Guard-style
+    chat template."""
+    tok = build_tokenizer(CORPUS * 4 + ["safe unsafe"] * 40 + [" ".join(words)] * 40, vocab_size=420 + len(words),
+                          image_token=False)
     tok.chat_template = GUARD_TEMPLATE
     return tok
 
 
-def llama_model(tok, *, layers=2, heads=4, kv_heads=2, seed=0, scale=5.0, always: str | None = None):
+def llama_model(tok, *, layers=2, heads=4, kv_heads=2, seed=0, scale=5.0, always: str | None = None,
+                trigger: str | None = None):
     """A random float32 LlamaForCausalLM. `always` rigs it to emit that one token at every step:
     zero attention and MLP outputs leave each position's own embedding, all embeddings are equal,
-    and only the lm_head row of that token is non-zero."""
+    and only the lm_head row of that token is non-zero. `trigger` rigs a judge that says `unsafe`
+    when that token is anywhere in the prompt and `safe` otherwise (see `_rig_trigger`)."""
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(
         vocab_size=len(tok), hidden_size=16 * heads, intermediate_size=40, num_hidden_layers=layers,
@@ -158,7 +162,32 @@ def llama_model(tok, *, layers=2, heads=4, kv_heads=2, seed=0, scale=5.0, always
             model.model.embed_tokens.weight.fill_(1.0)
             model.lm_head.weight.zero_()
             model.lm_head.weight[target] = 1.0
+        if trigger is not None:
+            _rig_trigger(model, tok, trigger)
     return model
+
+
+def _rig_trigger(model, tok, trigger: str) -> None:
+    """Every token embeds to e0, the trigger to e0 + e1. Queries and keys are zero, so attention
+    averages the prefix; head 0 reads coordinate 1 (the trigger flag) and writes it, times 1000,
+    into coordinate 2. The lm_head scores `unsafe` on coordinate 2 and `safe` on coordinate 0: any
+    trigger among a few hundred tokens outweighs the constant."""
+    target = tok.convert_tokens_to_ids(trigger)
+    assert target != tok.unk_token_id, trigger
+    ids = {w: tok.convert_tokens_to_ids("▁" + w) for w in ("unsafe", "safe")}
+    for w in model.parameters():
+        w.zero_()
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.fill_(1.0)
+    emb = model.model.embed_tokens.weight
+    emb[:, 0] = 1.0
+    emb[target, 1] = 1.0
+    for layer in model.model.layers:
+        layer.self_attn.v_proj.weight[0, 1] = 1.0
+        layer.self_attn.o_proj.weight[2, 0] = 1000.0
+    model.lm_head.weight[ids["unsafe"], 2] = 1.0
+    model.lm_head.weight[ids["safe"], 0] = 1.0
 
 
 def build_llama(tmp: Path, tok=None, dtype="float32", **kw):

@@ -49,9 +49,14 @@ def check(checkpoint) -> None:
                          "its classification prompt as one")
 
 
-def prompt_ids(tokenizer, item, response: str) -> list[int]:
-    text = tokenizer.apply_chat_template(conversation(item, response), tokenize=False)
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Llama Guard's classification prompt for a conversation, as ids."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template writes its own BOS
+
+
+def prompt_ids(tokenizer, item, response: str) -> list[int]:
+    return chat_ids(tokenizer, conversation(item, response))
 
 
 def judge(checkpoint, items, responses: dict, path, *, batch_size: int = 8) -> dict:

@@ -1,0 +1,208 @@
+"""The Llama Guard screen of a LLaVA-format instruction mix (the paper's analysis of the harmful
+samples in LLaVA's training data, and the authors' "Clean" LLaVA-v1.5 data).
+
+The unit judged is the whole conversation of a record: its user and assistant turns in order (the
+`<image>` tag dropped: Llama Guard reads text only), classified by Llama Guard's own chat template,
+which assesses the assistant ('Agent') side in the context of the user turns. A record is LLaVA's
+training unit and is kept or removed whole, as in the authors' clean mix; judging each exchange
+apart would hide a reply's request from the judge when it came turns earlier.
+
+Outputs for `--dst clean.json`:
+- `clean.json`: the records judged safe, unchanged and in order, and those the judge could not
+  classify (listed below, never dropped silently);
+- `clean.flagged.jsonl`: one line per record not kept as judged safe: index, id, verdict
+  (`unsafe`, or null with a reason), violated categories;
+- `clean.verdicts.<p>-of-<P>.jsonl`: every verdict of process p, appended per batch, so that an
+  interrupted run resumes without judging anything again.
+
+Under several processes (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, as training)
+each judges a contiguous slice of the records; process 0 merges once all are done.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+from pathlib import Path
+
+import jax
+from tqdm import tqdm
+
+from vlguard_jax.data.conversation import IMAGE_TAG, turns
+from vlguard_jax.data.records import RecordError, load_json_list, record_label, validate_llava
+from vlguard_jax.evaluate import llamaguard
+from vlguard_jax.files import atomic_write_json
+
+# Llama Guard 1 (the paper's judge) names its categories O1-O6; later versions use S-codes.
+LLAMA_GUARD_1 = {"O1": "Violence and Hate", "O2": "Sexual Content", "O3": "Criminal Planning",
+                 "O4": "Guns and Illegal Weapons", "O5": "Regulated or Controlled Substances", "O6": "Self-Harm"}
+TOO_LONG = "too long for the judge's positions"
+UNPARSED = "the judge's output is neither safe nor unsafe"
+
+
+def outputs(dst) -> dict[str, Path]:
+    dst = Path(dst)
+    stem = dst.name[:-len(".json")] if dst.name.endswith(".json") else dst.name
+    return {"clean": dst, "flagged": dst.with_name(stem + ".flagged.jsonl"),
+            "verdicts": dst.with_name(stem + ".verdicts.{p}-of-{n}.jsonl"), "stem": stem}
+
+
+def saved_verdicts(dst, judge: str) -> dict[int, dict]:
+    """index -> verdict, from every process's file (any process count), this judge's first."""
+    paths = outputs(dst)
+    out: dict[int, dict] = {}
+    for path in sorted(Path(dst).parent.glob(paths["stem"] + ".verdicts.*-of-*.jsonl")):
+        for i, v in _read_verdicts(path).items():
+            if i not in out or v["judge"] == judge:
+                out[i] = v
+    return out
+
+
+def messages(record: dict) -> list[dict]:
+    """A LLaVA record's turns as chat messages (as LLaVA reads them: a leading assistant turn
+    dropped, turns alternating)."""
+    roles = ("user", "assistant")
+    return [{"role": roles[r], "content": text.replace(IMAGE_TAG, "").strip()}
+            for r, text in turns(record["conversations"])]
+
+
+def categories(text: str) -> list[str]:
+    """The violated categories Llama Guard lists on the line after `unsafe`."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return [c.strip() for c in lines[1].split(",") if c.strip()] if len(lines) > 1 else []
+
+
+def _read_verdicts(path: Path) -> dict[int, dict]:
+    """index -> latest verdict line; a line torn by an interruption is cut off the file."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    out = {}
+    for n, line in enumerate(data[:end].decode().splitlines(), 1):
+        try:
+            v = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}: line {n} is not JSON; delete the file to judge its records again") from None
+        out[v["index"]] = v
+    return out
+
+
+def _append(path: Path, lines: list[dict]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(v, ensure_ascii=False) + "\n" for v in lines))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _load(src) -> list[dict]:
+    records = load_json_list(src)
+    for i, r in enumerate(records):
+        validate_llava(r, src, i)
+        try:
+            messages(r)
+        except ValueError as e:
+            raise RecordError(f"{record_label(src, i, r)}: {e}") from None
+    return records
+
+
+def judge_slice(judge_checkpoint, records: list[dict], indices: range, dst, path: Path, batch_size: int,
+                log=print) -> None:
+    """Judge every record of `indices` that no verdict file beside DST holds from this judge;
+    append the verdicts to `path`."""
+    from vlguard_jax.generate import Sampling, load_generator, response_text
+    from vlguard_jax.loading import peek
+
+    name = str(Path(judge_checkpoint).resolve())
+    done = saved_verdicts(dst, name)
+    for i, v in done.items():
+        if i < len(records) and v["id"] != records[i].get("id"):
+            raise ValueError(f"{path}: record #{i} is {v['id']!r} there but {records[i].get('id')!r} in the source; "
+                             "these verdicts belong to another file")
+    todo = [i for i in indices if done.get(i, {}).get("judge") != name]
+    if len(todo) < len(indices):
+        log(f"{path}: {len(indices) - len(todo)} records already judged, {len(todo)} to go")
+    if not todo:
+        return
+    config, tokenizer = peek(judge_checkpoint)
+    limit = config.text.max_position_embeddings - llamaguard.MAX_NEW_TOKENS
+    prompts = {i: llamaguard.chat_ids(tokenizer, messages(records[i])) for i in todo}
+    long = {i for i in todo if len(prompts[i]) > limit}
+    _append(path, [{"index": i, "id": records[i].get("id"), "verdict": None, "categories": [], "output": "",
+                    "reason": TOO_LONG, "judge": name} for i in sorted(long)])
+    todo = sorted((i for i in todo if i not in long), key=lambda i: len(prompts[i]))  # less padding
+    if not todo:
+        return
+    gen, m = load_generator(judge_checkpoint, batch_size=batch_size)
+    bar = tqdm(total=len(todo), desc="screening", unit="record", dynamic_ncols=True)
+    for batch in gen.batches(len(todo)):
+        chunk = [todo[k] for k in batch]
+        out = gen([prompts[i] for i in chunk], [None] * len(chunk), Sampling(max_new_tokens=llamaguard.MAX_NEW_TOKENS))
+        lines = []
+        for i, toks in zip(chunk, out):
+            text = response_text(m.tokenizer, toks)
+            verdict = llamaguard.verdict(text)
+            lines.append({"index": i, "id": records[i].get("id"), "verdict": verdict,
+                          "categories": categories(text) if verdict == "unsafe" else [], "output": text,
+                          **({"reason": UNPARSED} if verdict is None else {}), "judge": name})
+        _append(path, lines)
+        bar.update(len(chunk))
+    bar.close()
+
+
+def merge(records: list[dict], dst, judge_name: str) -> dict:
+    """Write the clean file and the flagged list from every process's verdicts; returns counts."""
+    paths = outputs(dst)
+    verdicts = saved_verdicts(dst, judge_name)
+    missing = [i for i in range(len(records)) if verdicts.get(i, {}).get("judge") != judge_name]
+    if missing:
+        raise RuntimeError(f"{len(missing)} records have no verdict (e.g. #{missing[0]}); run the screen again")
+    flagged = [verdicts[i] for i in range(len(records)) if verdicts[i]["verdict"] != "safe"]
+    keep = [r for i, r in enumerate(records) if verdicts[i]["verdict"] != "unsafe"]
+    flagged_path = paths["flagged"]
+    tmp = flagged_path.with_name(f".{flagged_path.name}.tmp")
+    tmp.write_text("".join(json.dumps({k: v[k] for k in ("index", "id", "verdict", "categories")}
+                                      | ({"reason": v["reason"]} if "reason" in v else {}), ensure_ascii=False) + "\n"
+                           for v in flagged), encoding="utf-8")
+    os.replace(tmp, flagged_path)
+    atomic_write_json(paths["clean"], keep, ensure_ascii=False)
+    by_category = collections.Counter(c for v in flagged for c in v["categories"])
+    reasons = collections.Counter(v.get("reason") for v in flagged if v["verdict"] is None)
+    return {"records": len(records), "kept": len(keep), "unsafe": len(records) - len(keep),
+            "unjudged_kept": dict(reasons), "by_category": dict(sorted(by_category.items())),
+            "clean": str(paths["clean"]), "flagged": str(flagged_path)}
+
+
+def describe(counts: dict) -> str:
+    lines = [f"screened {counts['records']} records: {counts['unsafe']} unsafe (removed), {counts['kept']} kept"]
+    for c, n in counts["by_category"].items():
+        lines.append(f"  {c}" + (f" ({LLAMA_GUARD_1[c]})" if c in LLAMA_GUARD_1 else "") + f": {n}")
+    for reason, n in counts["unjudged_kept"].items():
+        lines.append(f"  kept unjudged, {reason}: {n}")
+    lines.append(f"wrote {counts['clean']} and {counts['flagged']}")
+    return "\n".join(lines)
+
+
+def screen(judge_checkpoint, src, dst, batch_size: int = 8, log=print) -> dict | None:
+    """Screen SRC into DST; under several processes, the counts come back on process 0 only."""
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise ValueError(f"--dst {dst} is --src; choose another file")
+    if dst.exists():
+        raise FileExistsError(f"{dst} already exists; choose a new destination")
+    llamaguard.check(judge_checkpoint)
+    records = _load(src)
+    p, n = jax.process_index(), jax.process_count()
+    mine = range(p * len(records) // n, (p + 1) * len(records) // n)
+    path = Path(str(outputs(dst)["verdicts"]).format(p=p, n=n))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    judge_slice(judge_checkpoint, records, mine, dst, path, batch_size, log)
+    if n > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("vlguard_jax screen: every slice judged")
+    if p != 0:
+        return None
+    return merge(records, dst, str(Path(judge_checkpoint).resolve()))
