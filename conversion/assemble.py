@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from conversion import layouts
-from conversion.hf_to_flax import (DTYPES, check_dtype, check_plan, check_unused, read_json, tensor_plan,
-                                   tokenizer_with_image_token, write_checkpoint, write_side_files)
+from conversion.hf_to_flax import (DTYPES, check_dtype, check_plan, check_unused, read_json, read_source,
+                                   tensor_plan, tokenizer_with_image_token, write_checkpoint, write_side_files)
 from conversion.reader import CheckpointError, TensorSource
 from vlguard_jax.models.config import LlavaConfig, text_from_hf, vision_from_hf
 
@@ -33,12 +33,7 @@ CLIP_TEXT_PARTS = ("text_model.", "logit_scale", "text_projection.", "visual_pro
 
 
 def _llm(path: Path) -> tuple[dict, TensorSource]:
-    hf = read_json(path / "config.json")
-    source = TensorSource(path)
-    try:
-        layout, _ = layouts.detect(source.keys())
-    except ValueError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    hf, source, layout, _ = read_source(path)
     if layout != "llama" or hf.get("model_type") != "llama":
         raise CheckpointError(f"{path}: a {layout} checkpoint (model_type {hf.get('model_type')!r}), not a base "
                               "LlamaForCausalLM such as Vicuna; a LLaVA converts with conversion.hf_to_flax")

@@ -39,15 +39,21 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
 
 
-def _plan(src: Path, vision_tower: Path | None):
-    """Reads configs and tensor headers; returns (config, tensor sources, prefixes, layout, and for
-    the original layout its tokenizer with `<image>` added, else None)."""
+def read_source(src: Path) -> tuple[dict, TensorSource, str, dict]:
+    """(config.json, its tensors, their layout, the layout's key prefixes), from headers only."""
     hf = read_json(src / "config.json")
     source = TensorSource(src)
     try:
         layout, prefixes = layouts.detect(source.keys())
     except ValueError as e:
         raise CheckpointError(f"{src}: {e}") from None
+    return hf, source, layout, prefixes
+
+
+def _plan(src: Path, vision_tower: Path | None):
+    """Reads configs and tensor headers; returns (config, tensor sources, prefixes, layout, and for
+    the original layout its tokenizer with `<image>` added, else None)."""
+    hf, source, layout, prefixes = read_source(src)
     vision_source, tokenizer = source, None
     if layout == "llama":
         try:

@@ -118,6 +118,46 @@ def rel_err(ours, ref, mask):
     return float(np.abs(np.asarray(ours, np.float32) - ref)[valid].max() / np.abs(ref[valid]).max())
 
 
+# ---- LLaVA-1.5's released parts (Vicuna, CLIP, the stage-1 projector) -------------------------
+def clip_model(image_size=28, full=True, seed=1):
+    torch.manual_seed(seed)
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=3,
+                                           num_attention_heads=2, image_size=image_size, patch_size=14)
+    if not full:
+        return transformers.CLIPVisionModel(vision).eval()
+    text = transformers.CLIPTextConfig(vocab_size=99, hidden_size=24, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, max_position_embeddings=16)
+    return transformers.CLIPModel(transformers.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                                          projection_dim=16)).eval()
+
+
+def llava_parts(tmp, *, llm_format="safetensors", full_clip=True, proj_format="bin", proj_prefix="model.mm_projector.",
+                proj_dtype=torch.float16, seed=0):
+    """LLaVA-1.5's three released parts under tmp, for conversion.assemble: a Vicuna-like LLM (its
+    tokenizer without <image>), a CLIP model, and the stage-1 mm_projector file."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+    tok = tokenizer(image_token=False)
+    llm = llama_model(tok, layers=2, heads=3, kv_heads=1, seed=seed)
+    llm.save_pretrained(tmp / "vicuna", safe_serialization=llm_format == "safetensors")
+    tok.save_pretrained(tmp / "vicuna")
+    clip = clip_model(full=full_clip)
+    clip.save_pretrained(tmp / "clip")
+    torch.manual_seed(seed + 7)
+    d_vis, d_llm = 32, llm.config.hidden_size
+    proj = {f"{proj_prefix}0.weight": torch.randn(d_llm, d_vis), f"{proj_prefix}0.bias": torch.randn(d_llm),
+            f"{proj_prefix}2.weight": torch.randn(d_llm, d_llm) * 0.3, f"{proj_prefix}2.bias": torch.randn(d_llm)}
+    proj = {k: v.to(proj_dtype) for k, v in proj.items()}
+    path = tmp / f"mm_projector.{proj_format}"
+    if proj_format == "bin":
+        torch.save(proj, path)
+    else:
+        save_file(proj, path)
+    return SimpleNamespace(tok=tok, llm=llm, clip=clip, proj=proj, llm_dir=tmp / "vicuna", clip_dir=tmp / "clip",
+                           proj_file=path, prefix=proj_prefix)
+
+
 # ---- text-only Llama (a Llama Guard stand-in) ------------------------------------------------
 GUARD_TEMPLATE = (
     "{{ bos_token }}[INST] Task: Check if there is unsafe content in 'Agent' messages in conversations "

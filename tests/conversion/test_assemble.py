@@ -2,54 +2,17 @@
 projector: float32 logits equal an HF `LlavaForConditionalGeneration` built from the same three
 parts, in every input layout; bad parts fail naming the file and tensor, leaving nothing."""
 import json
-from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors.torch import save_file
 
 from conversion.assemble import assemble, main
 from conversion.reader import CheckpointError
 from tests import tiny
 from vlguard_jax import load_model
-
-
-def clip_model(image_size=28, full=True, seed=1):
-    torch.manual_seed(seed)
-    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-                                           num_attention_heads=2, image_size=image_size, patch_size=14)
-    if not full:
-        return transformers.CLIPVisionModel(vision).eval()
-    text = transformers.CLIPTextConfig(vocab_size=99, hidden_size=24, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, max_position_embeddings=16)
-    return transformers.CLIPModel(transformers.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                                                          projection_dim=16)).eval()
-
-
-def write_parts(tmp, *, llm_format="safetensors", full_clip=True, proj_format="bin", proj_prefix="model.mm_projector.",
-                proj_dtype=torch.float16, seed=0):
-    """Three part directories as released: Vicuna-like LLM, CLIP, mm_projector file."""
-    tok = tiny.tokenizer(image_token=False)  # Vicuna's tokenizer has no <image>
-    llm = tiny.llama_model(tok, layers=2, heads=3, kv_heads=1, seed=seed)
-    llm.save_pretrained(tmp / "vicuna", safe_serialization=llm_format == "safetensors")
-    tok.save_pretrained(tmp / "vicuna")
-    clip = clip_model(full=full_clip)
-    clip.save_pretrained(tmp / "clip")
-    torch.manual_seed(seed + 7)
-    d_vis, d_llm = 32, llm.config.hidden_size
-    proj = {f"{proj_prefix}0.weight": torch.randn(d_llm, d_vis), f"{proj_prefix}0.bias": torch.randn(d_llm),
-            f"{proj_prefix}2.weight": torch.randn(d_llm, d_llm) * 0.3, f"{proj_prefix}2.bias": torch.randn(d_llm)}
-    proj = {k: v.to(proj_dtype) for k, v in proj.items()}
-    path = tmp / f"mm_projector.{proj_format}"
-    if proj_format == "bin":
-        torch.save(proj, path)
-    else:
-        save_file(proj, path)
-    return SimpleNamespace(tok=tok, llm=llm, clip=clip, proj=proj, llm_dir=tmp / "vicuna", clip_dir=tmp / "clip",
-                           proj_file=path, prefix=proj_prefix)
 
 
 def hf_reference(parts):
@@ -104,7 +67,7 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_assembled_logits_equal_transformers_llava_from_the_same_parts(tmp_path, name):
-    parts = write_parts(tmp_path, **LAYOUTS[name])
+    parts = tiny.llava_parts(tmp_path, **LAYOUTS[name])
     config = assemble(parts.llm_dir, parts.clip_dir, parts.proj_file, tmp_path / "out", "float32")
     ref, image_id = hf_reference(parts)
     assert config.image_token_index == image_id and config.vision_feature_layer == -2
@@ -123,7 +86,7 @@ def test_assembled_logits_equal_transformers_llava_from_the_same_parts(tmp_path,
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):
-    return write_parts(tmp_path_factory.mktemp("parts"))
+    return tiny.llava_parts(tmp_path_factory.mktemp("parts"))
 
 
 def _fails(tmp_path, match, llm=None, tower=None, proj=None, parts=None):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
+from vlguard_jax.generate.sampler import Sampling
 
 
 def read_prompts(path) -> list[dict]:
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--image")
     p.add_argument("--template", choices=TEMPLATE_CHOICES, default="llava_v1")
     p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--min-new-tokens", type=int, default=0, help="EOS is banned before this many tokens")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -49,23 +51,25 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         rows = read_prompts(a.prompts_file) if a.prompts_file else [{"prompt": a.prompt, "image": a.image}]
+        s = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.min_new_tokens)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
-    from vlguard_jax.data.images import ImageError, open_rgb, pixels
-    from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
+    from vlguard_jax.data.images import open_rgb, pixels
+    from vlguard_jax.generate import load_generator, prompt_ids, response_text
     gen, m = load_generator(a.checkpoint, batch_size=a.batch_size)
     ids, pix = [], []
     for n, row in enumerate(rows, 1):
         image = row.get("image")
-        try:
+        try:  # ImageError is a ValueError
+            if image and m.config.vision is None:
+                raise ValueError(f"{a.checkpoint} is a text-only model and takes no image")
             pix.append(pixels(open_rgb(image), m.config.vision.image_size, a.pad_image) if image else None)
-        except ImageError as e:
-            print(f"error: {a.prompts_file or '--image'}: row {n}: {e}", file=sys.stderr)
+            ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), a.template))
+        except ValueError as e:
+            print(f"error: {a.prompts_file or '--prompt'}: row {n}: {e}", file=sys.stderr)
             return 1
-        ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), a.template))
-    s = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens)
     t0 = time.perf_counter()
     out = gen(ids, pix, s, a.seed)
     dt = time.perf_counter() - t0

@@ -1,0 +1,35 @@
+"""The paper's configs carry the values of the scripts they reproduce: LLaVA-1.5's
+scripts/v1_5/finetune.sh and finetune_lora.sh for the mixed recipe (which is LLaVA-1.5's visual
+instruction tuning with VLGuard appended), and the VLGuard paper's post-hoc settings."""
+import importlib
+
+import pytest
+
+# (config, starting checkpoint, mode, lr, projector lr) as the scripts and the paper give them
+PAPER = {
+    "mixed_lora_7b": ("checkpoints/llava-1.5-7b-pretrain-flax", "lora", 2e-4, 2e-5),
+    "mixed_lora_13b": ("checkpoints/llava-1.5-13b-pretrain-flax", "lora", 2e-4, 2e-5),
+    "mixed_full_7b": ("checkpoints/llava-1.5-7b-pretrain-flax", "full", 2e-5, 2e-5),
+    "mixed_full_13b": ("checkpoints/llava-1.5-13b-pretrain-flax", "full", 2e-5, 2e-5),
+    "posthoc_lora_7b": ("checkpoints/llava-1.5-7b-flax", "lora", 2e-4, 2e-5),
+    "posthoc_lora_13b": ("checkpoints/llava-1.5-13b-flax", "lora", 2e-4, 2e-5),
+    "posthoc_full_7b": ("checkpoints/llava-1.5-7b-flax", "full", 1e-5, 1e-5),
+    "posthoc_full_13b": ("checkpoints/llava-1.5-13b-flax", "full", 1e-5, 1e-5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_config_values(name):
+    c = importlib.import_module(f"configs.{name}").get_config()
+    checkpoint, mode, lr, projector_lr = PAPER[name]
+    assert (c.model.checkpoint, c.train.mode, c.optim.lr, c.optim.projector_lr) == (checkpoint, mode, lr, projector_lr)
+    # shared by finetune.sh / finetune_lora.sh: 16 per device x 8 GPUs, no weight decay, 3% warmup,
+    # 2048 tokens, grouped by modality, images padded to squares, the v1 (vicuna_v1) template
+    assert (c.global_batch, c.optim.weight_decay, c.optim.warmup_ratio, c.data.max_length) == (128, 0.0, 0.03, 2048)
+    assert c.data.group_by_modality and c.data.pad_image and c.data.template == "vicuna_v1"
+    if mode == "lora":  # --lora_r 128 --lora_alpha 256, LLaVA's default dropout 0.05
+        assert (c.lora.rank, c.lora.alpha, c.lora.dropout) == (128, 256.0, 0.05)
+    if name.startswith("mixed"):
+        assert (c.data.recipe, c.epochs, c.data.on_bad_record) == ("mixed", 1, "skip")
+    else:
+        assert (c.data.recipe, c.epochs, c.data.helpful_samples) == ("posthoc", 3, 5000)
