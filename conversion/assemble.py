@@ -24,6 +24,8 @@ from conversion import layouts
 from conversion.hf_to_flax import (DTYPES, check_dtype, check_plan, check_unused, read_json, read_source,
                                    tensor_plan, tokenizer_with_image_token, write_checkpoint, write_side_files)
 from conversion.reader import CheckpointError, TensorSource
+from vlguard_jax.errors import cli
+from vlguard_jax.files import check_output
 from vlguard_jax.models.config import LlavaConfig, text_from_hf, vision_from_hf
 
 # LLaVA-1.5's fine-tuning settings (scripts/v1_5/finetune*.sh).
@@ -102,28 +104,28 @@ def plan(llm, vision_tower, projector, dtype: str = "bfloat16"):
     return config, entries, tokenizer
 
 
-def assemble(llm, vision_tower, projector, dst, dtype: str = "bfloat16") -> LlavaConfig:
-    """Write DST (which must not exist) from the three parts; returns the model config."""
+def assemble(llm, vision_tower, projector, dst, dtype: str = "bfloat16", overwrite: bool = False) -> LlavaConfig:
+    """Write DST (which must not exist unless `overwrite`) from the three parts; returns the config."""
     check_dtype(dtype)
+    check_output(dst, llm, vision_tower, projector, overwrite=overwrite)
     config, entries, tokenizer = plan(llm, vision_tower, projector, dtype)
     write_checkpoint(entries, Path(dst), config, dtype,
-                     lambda tmp: write_side_files(Path(llm), Path(vision_tower), tmp, config, tokenizer))
+                     lambda tmp: write_side_files(Path(llm), Path(vision_tower), tmp, config, tokenizer),
+                     overwrite=overwrite)
     return config
 
 
-def main(argv=None) -> int:
+@cli
+def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m conversion.assemble", description=__doc__.split("\n\n")[1])
     p.add_argument("--llm", required=True, help="base LLM directory (LlamaForCausalLM, e.g. vicuna-7b-v1.5)")
     p.add_argument("--vision-tower", required=True, help="CLIP directory (e.g. clip-vit-large-patch14-336)")
     p.add_argument("--projector", required=True, help="stage-1 mm_projector.bin or .safetensors")
-    p.add_argument("--dst", required=True, help="output directory (must not exist)")
+    p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
     a = p.parse_args(argv)
-    try:
-        config = assemble(a.llm, a.vision_tower, a.projector, a.dst, a.dtype)
-    except (CheckpointError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    config = assemble(a.llm, a.vision_tower, a.projector, a.dst, a.dtype, a.overwrite)
     print(f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, {config.vision.num_hidden_layers}-layer "
           f"CLIP, <image> = id {config.image_token_index}, dtype {a.dtype}")
     return 0

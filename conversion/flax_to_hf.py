@@ -27,7 +27,10 @@ from conversion.hf_to_flax import DTYPES
 from conversion.reader import CheckpointError
 from vlguard_jax import runs
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
-from vlguard_jax.files import atomic_dir
+from vlguard_jax.errors import cli
+from vlguard_jax.files import atomic_dir, check_output
+from vlguard_jax.models import abstract_params, build_model
+from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.runs import RunError
 
@@ -103,40 +106,65 @@ def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str)
         processor.save_pretrained(dst)
 
 
+def check_shapes(src: Path, config: LlavaConfig, flat: dict) -> None:
+    """Every tensor has the shape the config gives it (LoRA factors: their kernel's in and out),
+    and none is missing or extra: a checkpoint whose config disagrees with its weights is refused."""
+    want = traverse_util.flatten_dict(abstract_params(build_model(config)))
+    for key, spec in want.items():
+        if key not in flat:
+            raise CheckpointError(f"{src}: tensor {'/'.join(key)} is missing; {MODEL_CONFIG} describes it")
+        if tuple(flat[key].shape) != tuple(spec.shape):
+            raise CheckpointError(f"{src}: tensor {'/'.join(key)} has shape {tuple(flat[key].shape)}, but "
+                                  f"{MODEL_CONFIG} gives {tuple(spec.shape)}")
+    for key, a in flat.items():
+        if key[-1] in LORA_PARAMS:
+            kernel = want.get(key[:-1] + ("kernel",))
+            dim = 0 if key[-1] == "lora_a" else 1
+            if kernel is None or a.shape[dim] != kernel.shape[dim]:
+                raise CheckpointError(f"{src}: LoRA factor {'/'.join(key)} of shape {tuple(a.shape)} does not fit "
+                                      f"its kernel {None if kernel is None else tuple(kernel.shape)}")
+        elif key not in want:
+            raise CheckpointError(f"{src}: tensor {'/'.join(key)} is not in the model {MODEL_CONFIG} describes")
+
+
 def export(src, dst, dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
-           lora: str | None = None) -> LlavaConfig:
+           lora: str | None = None, overwrite: bool = False) -> LlavaConfig:
     src, dst = Path(src), Path(dst)
+    check_output(dst, src, overwrite=overwrite)
     if runs.is_run(src):
-        return _export_run(src, dst, dtype, max_shard_bytes, lora)
+        return _export_run(src, dst, dtype, max_shard_bytes, lora, overwrite)
     if lora is not None:
         raise ValueError(f"--lora applies to a training run's workdir; {src} is a plain checkpoint")
     if not (src / MODEL_CONFIG).exists():
         raise CheckpointError(f"{src}: no {MODEL_CONFIG}; not a vlguard-jax checkpoint or training workdir")
     config = LlavaConfig.load(src / MODEL_CONFIG)
-    return _write(src, dst, config, load_params(src / PARAMS_DIR), dtype, max_shard_bytes)
+    params = load_params(src / PARAMS_DIR)
+    check_shapes(src, config, traverse_util.flatten_dict(params))
+    return _write(src, dst, config, params, dtype, max_shard_bytes, overwrite)
 
 
-def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora) -> LlavaConfig:
+def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora, overwrite) -> LlavaConfig:
     try:
         base, config, flat, meta = runs.load_run(src)
     except RunError as e:
         raise CheckpointError(str(e)) from None
+    check_shapes(src, config, flat)
     has_lora = runs.has_lora(flat)
     if has_lora and lora not in ("merge", "peft"):
         raise ValueError(f"{src} is a LoRA run: pass --lora merge (a full model) or --lora peft (an adapter)")
     if lora == "peft":
         if not has_lora:
             raise ValueError(f"{src} has no LoRA weights (a full fine-tuning run); use --lora merge")
-        with atomic_dir(dst) as tmp:
+        with atomic_dir(dst, overwrite) as tmp:
             from_run.write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
         return config
     if has_lora:
         flat = runs.merge_lora(flat, runs.lora_scale(meta))
     dtype = dtype or flat[("language_model", "embed_tokens")].dtype.name  # the base checkpoint's
-    return _write(base, dst, config, traverse_util.unflatten_dict(flat), dtype, max_shard_bytes)
+    return _write(base, dst, config, traverse_util.unflatten_dict(flat), dtype, max_shard_bytes, overwrite)
 
 
-def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_bytes) -> LlavaConfig:
+def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_bytes, overwrite) -> LlavaConfig:
     """`params` -> a llava-hf directory; side files (tokenizer, processor) come from `src`."""
     if dtype is None:
         np_dtype = np.asarray(next(iter(traverse_util.flatten_dict(params).values()))).dtype
@@ -146,24 +174,22 @@ def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_b
     state = torch_state(config, params, np.dtype(DTYPES[dtype]))
     del params
     config = _pad_vocab(config, state)
-    with atomic_dir(dst) as tmp:
+    with atomic_dir(dst, overwrite) as tmp:
         write_safetensors(state, tmp, max_shard_bytes)
         write_side_files(src, tmp, config, dtype)
     return config
 
 
-def main(argv=None) -> int:
+@cli
+def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m conversion.flax_to_hf", description=__doc__.split("\n\n")[1])
     p.add_argument("--src", required=True, help="vlguard-jax checkpoint directory")
-    p.add_argument("--dst", required=True, help="output directory (must not exist)")
+    p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: the checkpoint's dtype")
     p.add_argument("--lora", choices=("merge", "peft"), help="for a LoRA training run: merged model or PEFT adapter")
     a = p.parse_args(argv)
-    try:
-        export(a.src, a.dst, a.dtype, lora=a.lora)
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    export(a.src, a.dst, a.dtype, lora=a.lora, overwrite=a.overwrite)
     print(f"wrote {a.dst}")
     return 0
 

@@ -22,7 +22,8 @@ from flax import traverse_util
 from conversion import layouts
 from conversion.reader import CheckpointError, TensorSource
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
-from vlguard_jax.files import atomic_dir
+from vlguard_jax.errors import cli
+from vlguard_jax.files import atomic_dir, check_output
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
 
@@ -165,10 +166,11 @@ def write_side_files(src: Path, vision_tower: Path | None, dst: Path, config, to
                                crop_size={"height": size, "width": size}).save_pretrained(dst)
 
 
-def write_checkpoint(plan: list[Entry], dst: Path, config, dtype: str, side_files, flush_bytes: int = 64 << 20):
+def write_checkpoint(plan: list[Entry], dst: Path, config, dtype: str, side_files, flush_bytes: int = 64 << 20,
+                     overwrite: bool = False):
     """Stream the plan's tensors into DST (atomic), then the config and `side_files(tmp_dir)`."""
     np_dtype = np.dtype(DTYPES[dtype])
-    with atomic_dir(dst) as tmp:
+    with atomic_dir(dst, overwrite) as tmp:
         writer = StreamingWriter(tmp / PARAMS_DIR)
         pending = 0
         for e in plan:
@@ -189,33 +191,33 @@ def check_dtype(dtype: str) -> None:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
 
 
-def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20):
-    """Convert SRC into DST (which must not exist); returns the model config."""
+def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20,
+            overwrite: bool = False):
+    """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config."""
     src, dst = Path(src), Path(dst)
     vision_tower = Path(vision_tower) if vision_tower else None
     check_dtype(dtype)
+    check_output(dst, src, *([vision_tower] if vision_tower else []), overwrite=overwrite)
     config, source, vision_source, prefixes, layout, tokenizer = _plan(src, vision_tower)
     separate = vision_source is not source
     plan = tensor_plan(config, prefixes, DTYPES[dtype],
                        lambda path: vision_source if separate and path.startswith("vision_tower/") else source)
     _check(plan, source, vision_source, config, layout)
     write_checkpoint(plan, dst, config, dtype, lambda tmp: write_side_files(src, vision_tower, tmp, config, tokenizer),
-                     flush_bytes)
+                     flush_bytes, overwrite)
     return config
 
 
-def main(argv=None) -> int:
+@cli
+def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m conversion.hf_to_flax", description=__doc__.split("\n\n")[1])
     p.add_argument("--src", required=True, help="llava-hf or original LLaVA checkpoint directory")
-    p.add_argument("--dst", required=True, help="output directory (must not exist)")
+    p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     p.add_argument("--vision-tower", help="CLIP directory, for original-LLaVA checkpoints without the tower")
     a = p.parse_args(argv)
-    try:
-        config = convert(a.src, a.dst, a.dtype, a.vision_tower)
-    except (CheckpointError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    config = convert(a.src, a.dst, a.dtype, a.vision_tower, overwrite=a.overwrite)
     tower = f"{config.vision.num_hidden_layers}-layer CLIP" if config.vision else "text only"
     print(f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, {tower}, dtype {a.dtype}")
     return 0

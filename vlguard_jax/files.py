@@ -2,6 +2,7 @@
 never leaves a half-written output that a later run would trust."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,31 +16,80 @@ def atomic_write_json(path, data, **dump_kw) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, **dump_kw)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, **dump_kw)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
-def atomic_dir(dst) -> "_AtomicDir":
+def atomic_dir(dst, overwrite: bool = False) -> "_AtomicDir":
     """Context manager: yields a temporary directory beside `dst`, renamed to `dst` only when the
-    block finishes without error. A failure leaves nothing at `dst`."""
-    return _AtomicDir(Path(dst))
+    block finishes without error. A failure leaves nothing at `dst`. With `overwrite`, an existing
+    `dst` is replaced only then, and its old contents deleted."""
+    return _AtomicDir(Path(dst), overwrite)
 
 
 class _AtomicDir:
-    def __init__(self, dst: Path):
-        self.dst = dst
+    def __init__(self, dst: Path, overwrite: bool):
+        self.dst, self.overwrite = dst, overwrite
 
     def __enter__(self) -> Path:
-        if self.dst.exists():
-            raise FileExistsError(f"{self.dst} already exists; choose a new destination")
+        if self.dst.exists() and not self.overwrite:
+            raise FileExistsError(f"{self.dst} already exists; choose a new destination (or pass --overwrite)")
         self.dst.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dst.name}.tmp-", dir=self.dst.parent))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            os.replace(self.tmp, self.dst)
-        else:
+        if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.dst.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{self.dst.name}.old-", dir=self.dst.parent))
+            os.replace(self.dst, old / "x")
+        os.replace(self.tmp, self.dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         return False
+
+
+def sha256_file(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def fingerprint(path, sample: int = 1 << 20) -> str:
+    """A content fingerprint of a file or directory, cheap on large checkpoints: every file's
+    relative name and size, all of its bytes up to 3 * `sample`, else its first, middle and last
+    `sample` bytes. Another checkpoint, a retrained one or a truncated copy gets another value."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for p in files:
+        size = p.stat().st_size
+        h.update(f"{p.relative_to(path) if path.is_dir() else p.name}\0{size}\0".encode())
+        with open(p, "rb") as f:
+            if size <= 3 * sample:
+                h.update(f.read())
+                continue
+            for offset in (0, size // 2, size - sample):
+                f.seek(offset)
+                h.update(f.read(sample))
+    return h.hexdigest()[:16]
+
+
+def check_output(dst, *inputs, overwrite: bool = False) -> Path:
+    """`dst` may be written: it is none of the inputs (nor inside one, nor holding one), and it
+    does not exist unless `overwrite`."""
+    out = Path(dst).resolve()
+    for src in inputs:
+        src = Path(src).resolve()
+        if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+            raise ValueError(f"{dst}: the output would overwrite or sit inside the input {src}; write elsewhere")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; choose a new destination (or pass --overwrite)")
+    return Path(dst)

@@ -84,5 +84,5 @@ def test_unusable_judges_stop_the_run_before_it_generates(env, tmp_path, capsys)
     assert main(args(env, out, plain.flax_dir)) == 1
     assert "chat template" in capsys.readouterr().err
     assert not out.exists()
-    with pytest.raises(SystemExit):
-        main(args(env, out, judges["safe"].flax_dir)[:-2])  # --judge llamaguard without a checkpoint
+    assert main(args(env, out, judges["safe"].flax_dir)[:-2]) == 2  # --judge llamaguard without a checkpoint
+    assert "--judge llamaguard needs --judge-checkpoint DIR" in capsys.readouterr().err

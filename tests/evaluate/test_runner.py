@@ -112,10 +112,10 @@ def test_bad_inputs_fail_with_names(env, tmp_path, capsys):
     assert main(base + ["--benchmark", "figstep", "--data", str(tmp_path / "fs.csv"), "--font",
                         str(tmp_path / "none.ttf")]) == 1
     assert "none.ttf not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(base + ["--benchmark", "vlguard", "--subset", "everything"])
-    with pytest.raises(SystemExit):
-        main(base + ["--benchmark", "mmlu"])
+    assert main(base + ["--benchmark", "vlguard", "--subset", "everything"]) == 2
+    assert "--benchmark vlguard needs --subset" in capsys.readouterr().err
+    assert main(base + ["--benchmark", "mmlu"]) == 2
+    assert "argument --benchmark: invalid choice: 'mmlu'" in capsys.readouterr().err
 
 
 def test_openai_judge_is_off_unless_configured(env, tmp_path, capsys, monkeypatch):
@@ -129,5 +129,6 @@ def test_openai_judge_is_off_unless_configured(env, tmp_path, capsys, monkeypatc
     assert main(args) == 1
     assert "VLGUARD_JUDGE_URL" in capsys.readouterr().err
     assert not (tmp_path / "j").exists()
-    with pytest.raises(SystemExit):
-        main(args[:5] + ["--subset", "unsafes"] + args[7:])
+    assert args[4:6] == ["--subset", "safe_safes"]
+    assert main(args[:5] + ["unsafes"] + args[6:]) == 2
+    assert "--judge openai-compatible applies to --benchmark vlguard --subset safe_safes" in capsys.readouterr().err

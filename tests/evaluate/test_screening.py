@@ -119,7 +119,7 @@ def test_an_interrupted_screen_resumes_without_judging_again(env, capsys, judged
 def test_bad_inputs_are_refused_naming_them(env, tmp_path, capsys):
     judge, src, _ = env
     assert main(args(env, src)) == 1
-    assert "is --src; choose another file" in capsys.readouterr().err
+    assert "the output would overwrite or sit inside the input" in capsys.readouterr().err
     (tmp_path / "exists.json").write_text("[]")
     assert main(args(env, tmp_path / "exists.json")) == 1
     assert "exists.json already exists" in capsys.readouterr().err

@@ -8,13 +8,13 @@ is kept.
 """
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
 
-from vlguard_jax.files import atomic_write_json
-from vlguard_jax.data.records import RecordError, load_vlguard
+from vlguard_jax.data.records import load_vlguard
+from vlguard_jax.errors import ArgumentParser, cli
+from vlguard_jax.files import atomic_write_json, check_output
 
 
 def _turns(pair: dict, key: str, with_image: bool) -> list[dict]:
@@ -40,19 +40,17 @@ def to_llava(records: list[dict], seed: int = 0) -> list[dict]:
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vlguard_jax.data.convert_vlguard",
-                                description="VLGuard metadata -> LLaVA conversation format")
+@cli
+def main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m vlguard_jax.data.convert_vlguard",
+                       description="VLGuard metadata -> LLaVA conversation format")
     p.add_argument("--src", required=True)
     p.add_argument("--dst", required=True)
     p.add_argument("--seed", type=int, default=0, help="the authors use 0")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     a = p.parse_args(argv)
-    try:
-        converted = to_llava(load_vlguard(a.src), a.seed)
-    except RecordError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    dst = Path(a.dst)
+    dst = check_output(a.dst, a.src, overwrite=a.overwrite)
+    converted = to_llava(load_vlguard(a.src), a.seed)
     atomic_write_json(dst, converted, indent=2)
     two = sum(len(r["conversations"]) == 4 for r in converted)
     print(f"wrote {dst}: {len(converted)} conversations ({two} two-turn, {len(converted) - two} one-turn)")

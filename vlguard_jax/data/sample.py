@@ -13,12 +13,14 @@ Everything is a pure function of `seed`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from vlguard_jax.errors import ArgumentParser, cli
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
            "purple": (140, 50, 170), "orange": (240, 130, 20)}
@@ -160,14 +162,20 @@ def write_sample(dst, seed: int = 0, n_train: int = 64, n_test: int = 64, n_help
     return paths
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m vlguard_jax.data.sample", description=__doc__.split("\n")[0])
+@cli
+def main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m vlguard_jax.data.sample", description=__doc__.split("\n")[0])
     p.add_argument("--dst", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="write over a sample dataset already in DST")
     a = p.parse_args(argv)
+    existing = [path for path in sample_paths(a.dst).values() if path.exists()]
+    if existing and not a.overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; choose a new --dst (or pass --overwrite)")
     for name, path in write_sample(a.dst, a.seed).items():
         print(f"{name}: {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,29 +8,23 @@ is `vlguard_jax.evaluate.screening`, which runs on the generator.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-from vlguard_jax.data.records import RecordError
+from vlguard_jax.errors import ArgumentParser, at_least, cli
 from vlguard_jax.evaluate import screening
 from vlguard_jax.train.loop import maybe_initialize_distributed
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vlguard_jax.data.screen", description=__doc__.split("\n\n")[1])
+@cli
+def main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m vlguard_jax.data.screen", description=__doc__.split("\n\n")[1])
     p.add_argument("--judge-checkpoint", required=True, help="Llama Guard converted by conversion.hf_to_flax")
     p.add_argument("--src", required=True, help="LLaVA-format JSON (e.g. llava_v1_5_mix665k.json)")
     p.add_argument("--dst", required=True, help="the clean file to write (must not exist)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=at_least(1), default=8)
     a = p.parse_args(argv)
-    if a.batch_size < 1:
-        p.error(f"--batch-size must be at least 1, got {a.batch_size}")
     maybe_initialize_distributed()
-    try:
-        counts = screening.screen(a.judge_checkpoint, a.src, a.dst, a.batch_size)
-    except (RecordError, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    counts = screening.screen(a.judge_checkpoint, a.src, a.dst, a.batch_size)
     if counts is not None:
         print(screening.describe(counts))
     return 0

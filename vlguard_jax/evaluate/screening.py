@@ -31,7 +31,7 @@ from tqdm import tqdm
 from vlguard_jax.data.conversation import IMAGE_TAG, turns
 from vlguard_jax.data.records import RecordError, load_json_list, record_label, validate_llava
 from vlguard_jax.evaluate import llamaguard
-from vlguard_jax.files import atomic_write_json
+from vlguard_jax.files import atomic_write_json, check_output
 
 # Llama Guard 1 (the paper's judge) names its categories O1-O6; later versions use S-codes.
 LLAMA_GUARD_1 = {"O1": "Violence and Hate", "O2": "Sexual Content", "O3": "Criminal Planning",
@@ -188,11 +188,7 @@ def describe(counts: dict) -> str:
 
 def screen(judge_checkpoint, src, dst, batch_size: int = 8, log=print) -> dict | None:
     """Screen SRC into DST; under several processes, the counts come back on process 0 only."""
-    src, dst = Path(src), Path(dst)
-    if src.resolve() == dst.resolve():
-        raise ValueError(f"--dst {dst} is --src; choose another file")
-    if dst.exists():
-        raise FileExistsError(f"{dst} already exists; choose a new destination")
+    src, dst = Path(src), check_output(dst, src)
     llamaguard.check(judge_checkpoint)
     records = _load(src)
     p, n = jax.process_index(), jax.process_count()

@@ -6,12 +6,14 @@ image feature, as in llava-hf), `token_ids` (generated) and `text`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
+from vlguard_jax.data.images import open_rgb, pixels
+from vlguard_jax.errors import ArgumentParser, at_least, cli
+from vlguard_jax.generate import load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
 from vlguard_jax.generate.sampler import Sampling
 
@@ -31,33 +33,27 @@ def read_prompts(path) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m vlguard_jax.generate", description=__doc__.split("\n")[0])
+@cli
+def main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m vlguard_jax.generate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt")
     src.add_argument("--prompts-file")
     p.add_argument("--image")
     p.add_argument("--template", choices=TEMPLATE_CHOICES, default="llava_v1")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--min-new-tokens", type=int, default=0, help="EOS is banned before this many tokens")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=256)
+    p.add_argument("--min-new-tokens", type=at_least(0), default=0, help="EOS is banned before this many tokens")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=at_least(1), default=8)
     p.add_argument("--pad-image", action="store_true", help="training-style square padding (default: eval, no pad)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    try:
-        rows = read_prompts(a.prompts_file) if a.prompts_file else [{"prompt": a.prompt, "image": a.image}]
-        s = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.min_new_tokens)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-    from vlguard_jax.data.images import open_rgb, pixels
-    from vlguard_jax.generate import load_generator, prompt_ids, response_text
+    rows = read_prompts(a.prompts_file) if a.prompts_file else [{"prompt": a.prompt, "image": a.image}]
+    s = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.min_new_tokens)
     gen, m = load_generator(a.checkpoint, batch_size=a.batch_size)
     ids, pix = [], []
     for n, row in enumerate(rows, 1):
@@ -68,8 +64,7 @@ def main(argv=None) -> int:
             pix.append(pixels(open_rgb(image), m.config.vision.image_size, a.pad_image) if image else None)
             ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), a.template))
         except ValueError as e:
-            print(f"error: {a.prompts_file or '--prompt'}: row {n}: {e}", file=sys.stderr)
-            return 1
+            raise ValueError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None
     t0 = time.perf_counter()
     out = gen(ids, pix, s, a.seed)
     dt = time.perf_counter() - t0
