@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.global_batch = 128
     c.micro_batch = 16          # rows per accumulation step (global); global_batch / micro_batch steps
     c.loss_chunk = 512          # sequence positions per lm_head chunk in the loss
+    c.allow_resume_changes = False  # resume a workdir whose run had another base, data or settings
 
     c.model = ml_collections.ConfigDict()
     c.model.checkpoint = ""     # a directory made by conversion.hf_to_flax
@@ -66,4 +67,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.group_by_modality = True
     c.data.workers = 4
     c.data.on_bad_record = "raise"  # raise | skip (skipped records go to WORKDIR/bad_records.jsonl)
+    c.data.max_image_pixels = 89_478_485  # larger images are bad records, refused before decoding (PIL's limit)
     return c

@@ -3,9 +3,14 @@ jitted steps -> checkpoints and logs. `run(config)` is what `python -m vlguard_j
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +21,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from vlguard_jax import sharding
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.data.tokenize import IGNORE
-from vlguard_jax.loading import load_model
+from vlguard_jax.errors import ConfigError, ResourceError, UserError, is_out_of_memory
+from vlguard_jax.loading import load_model, peek
 from vlguard_jax.models import LlavaModel, abstract_params, param_axes
 from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.train import flops
@@ -24,10 +30,33 @@ from vlguard_jax.train.checkpoints import Checkpoints
 from vlguard_jax.train.metrics import Logger, peak_flops
 from vlguard_jax.train.state import cast_tree, optimizer, partition, schedule
 from vlguard_jax.train.step import make_train_step
+from vlguard_jax.train.validate import check as check_config
+from vlguard_jax.train.workdir import Lock, check_resume, identity
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     pass
+
+
+class Terminated(UserError):
+    """SIGTERM: the run stops, its data workers and checkpoint writes shut down first."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM raises Terminated in the main thread, so every `finally` runs (Ctrl-C already
+    raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated("stopped by SIGTERM")
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def maybe_initialize_distributed() -> None:
@@ -149,19 +178,53 @@ def label_budget(labels: np.ndarray, length: int, quantum: int = 64) -> int:
 
 def run(cfg, log_fn=None) -> dict:
     """Train to `total_steps` (or `epochs`), resuming from `workdir` when it holds checkpoints.
-    Returns {"step", "loss"} of the last step."""
+    Returns {"step", "loss"} of the last step. The config is checked before anything loads, and
+    the workdir is locked while the run is live (see train.workdir)."""
     maybe_initialize_distributed()
-    workdir = Path(cfg.workdir or "")
-    if not cfg.workdir:
-        raise ValueError("config.workdir is empty; pass --config.workdir=DIR")
+    check_config(cfg)
+    workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
-    if cfg.global_batch % cfg.micro_batch:
-        raise ValueError(f"global_batch {cfg.global_batch} is not a multiple of micro_batch {cfg.micro_batch}")
-    accum = cfg.global_batch // cfg.micro_batch
+    try:
+        mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
+    except ValueError as e:
+        raise ConfigError(f"config.mesh.shape: {e}") from None
     main = jax.process_index() == 0
     say = log_fn or (lambda s: print(s, flush=True) if main else None)
+    with Lock(workdir, say) if main else contextlib.nullcontext(), stop_on_sigterm():
+        return _run(cfg, workdir, mesh, say)
 
+
+@dataclasses.dataclass
+class Setup:
+    """What the step loop runs on, built once per start."""
+    cfg: Any
+    workdir: Path
+    mesh: Any
+    model: Any          # LlavaModel, with LoRA when training LoRA
+    base: Any           # the loaded base checkpoint (config, tokenizer)
+    frozen: Any         # frozen weights, in the compute dtype
+    opt: Any            # optax transformation
+    total: int          # steps of the whole run
+    accum: int          # micro-batches per step
+    meta: dict          # saved with every checkpoint
+
+
+def _run(cfg, workdir: Path, mesh, say) -> dict:
+    ckpt = Checkpoints(workdir, cfg.checkpoint_every, cfg.keep_checkpoints)
+    try:
+        return _train(cfg, workdir, mesh, say, ckpt)
+    finally:
+        ckpt.close()
+
+
+def _train(cfg, workdir: Path, mesh, say, ckpt) -> dict:
+    latest = ckpt.latest()
+    if latest is not None and 0 < cfg.total_steps < latest:
+        raise ConfigError(f"config.total_steps: {cfg.total_steps} is below the {latest} steps this workdir's run "
+                          f"has done ({workdir / 'checkpoints'}); raise it, or use a new workdir")
+    if jax.process_index() == 0:  # a new run records its identity; a resume must match it
+        check_resume(workdir, identity(cfg, peek(cfg.model.checkpoint)[0]),
+                     latest is None or cfg.allow_resume_changes, say if latest is not None else (lambda _: None))
     with sharding.use_mesh(mesh):
         model, base, trainable, frozen, _ = build_params(cfg, mesh)
     layout = Layout(global_batch=cfg.global_batch, epochs=cfg.epochs, seed=cfg.seed,
@@ -170,9 +233,13 @@ def run(cfg, log_fn=None) -> dict:
                     process_count=jax.process_count())
     rows = prepare(cfg.data, base.tokenizer, base.config, workdir, layout, log=say)
     total = cfg.total_steps if cfg.total_steps > 0 else steps_for(len(rows.store), layout)
+    if latest is not None and latest > total:
+        raise ConfigError(f"config.epochs: {cfg.epochs} epochs are {total} steps, below the {latest} steps this "
+                          f"workdir's run has done ({workdir / 'checkpoints'}); raise it, or use a new workdir")
     if total > rows.steps:
         rows = rows.with_epochs(-(-total * cfg.global_batch // len(rows.store)))
 
+    accum = cfg.global_batch // cfg.micro_batch
     opt = optimizer(cfg.optim, total, trainable)
     n_train = sum(x.size for x in jax.tree.leaves(trainable))
     n_frozen = sum(x.size for x in jax.tree.leaves(frozen))
@@ -180,56 +247,74 @@ def run(cfg, log_fn=None) -> dict:
         f"{jax.process_count()} process(es)")
     say(f"parameters: {n_train + n_frozen:,} total, {n_train:,} trainable ({cfg.train.mode}); "
         f"{total} steps of {cfg.global_batch} examples ({accum} micro-batches of {cfg.micro_batch})")
-
-    ckpt = Checkpoints(workdir, cfg.checkpoint_every, cfg.keep_checkpoints)
     meta = {"base_checkpoint": str(Path(cfg.model.checkpoint).resolve()), "mode": cfg.train.mode,
             "lora": cfg.lora.to_dict() if cfg.train.mode == "lora" else None, "config": cfg.to_json()}
+    setup = Setup(cfg, workdir, mesh, model, base, frozen, opt, total, accum, meta)
     it = iter(dataset(rows, workers=cfg.data.workers))
-    latest = ckpt.latest()
-    if latest is None:
-        state, state_shardings = init_state(opt, trainable, mesh, cfg.seed)
-        start = 0
-    else:
-        state_shardings = state_shardings_for(opt, trainable, mesh)
-        state, data_state, _ = ckpt.restore(latest, abstract_state(opt, trainable, state_shardings))
-        it.set_state(data_state)
-        start = int(latest)
-        say(f"resumed from {workdir / 'checkpoints'} at step {start}")
-    del trainable
+    try:
+        state, shardings, start = _resume(setup, ckpt, latest, it, trainable, say)
+        del trainable
+        return _steps(setup, ckpt, it, state, shardings, start)
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()  # grain's worker processes
 
-    train_step = jit_train_step(model, opt, accum, cfg.loss_chunk, mesh, state_shardings)
-    logger = Logger(workdir, total, start)
-    lr_at = schedule(cfg.optim.lr, total, cfg.optim.warmup_ratio)
+
+def _resume(s: Setup, ckpt, latest, it, trainable, say):
+    """(state, its shardings, first step): fresh at step 0, or the latest checkpoint restored and
+    the data iterator moved to its position."""
+    if latest is None:
+        state, shardings = init_state(s.opt, trainable, s.mesh, s.cfg.seed)
+        return state, shardings, 0
+    shardings = state_shardings_for(s.opt, trainable, s.mesh)
+    state, data_state, _ = ckpt.restore(latest, abstract_state(s.opt, trainable, shardings))
+    it.set_state(data_state)
+    say(f"resumed from {s.workdir / 'checkpoints'} at step {latest}")
+    return state, shardings, int(latest)
+
+
+def _steps(s: Setup, ckpt, it, state, shardings, start: int) -> dict:
+    cfg = s.cfg
+    train_step = jit_train_step(s.model, s.opt, s.accum, cfg.loss_chunk, s.mesh, shardings)
+    logger = Logger(s.workdir, s.total, start)
+    lr_at = schedule(cfg.optim.lr, s.total, cfg.optim.warmup_ratio)
     peak = peak_flops()
     last = {"step": start, "loss": None}
     window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
     try:
-        for step in range(start, total):
+        for step in range(start, s.total):
             local = next(it)
             length = local["input_ids"].shape[1]
             budget = label_budget(local["labels"], length)
-            state, m = train_step(state, frozen, global_batch(local, mesh), budget)
+            try:
+                state, m = train_step(state, s.frozen, global_batch(local, s.mesh), budget)
+            except jax.errors.JaxRuntimeError as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise ResourceError(
+                    f"step {step + 1}: out of device memory for micro-batches of {cfg.micro_batch} rows of "
+                    f"{length} tokens; lower config.micro_batch (config.global_batch stays: more accumulation)") from None
             window_tokens += cfg.global_batch * length
-            window_flops += flops.train_step(base.config, cfg.global_batch, length, cfg.train.mode,
+            window_flops += flops.train_step(s.base.config, cfg.global_batch, length, cfg.train.mode,
                                              cfg.lora.rank if cfg.train.mode == "lora" else 0, budget)
             done = step + 1
             if not bool(m["finite"]):
                 raise NonFiniteError(
                     f"step {done}: non-finite loss {float(m['loss'])} or gradient norm "
                     f"{float(m['grad_norm'])}; stopped. The last good checkpoint is "
-                    f"{ckpt.latest()} in {workdir / 'checkpoints'}")
+                    f"{ckpt.latest()} in {s.workdir / 'checkpoints'}")
             logger.advance()
-            if done % cfg.log_every == 0 or done == total:
+            if done % cfg.log_every == 0 or done == s.total:
                 elapsed = time.perf_counter() - window_t
                 metrics = {"loss": float(m["loss"]), "lr": float(lr_at(done - 1)), "grad_norm": float(m["grad_norm"]),
                            "supervised_tokens": int(m["tokens"]), "tokens_per_s": window_tokens / elapsed,
                            "mfu": (window_flops / elapsed / (peak * jax.device_count())) if peak else None}
                 logger.write(done, metrics)
                 window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
-            ckpt.save(done, state, it.get_state(), meta, force=done == total)
+            ckpt.save(done, state, it.get_state(), s.meta, force=done == s.total)
             last = {"step": done, "loss": float(m["loss"])}
     finally:
         ckpt.wait()
-        ckpt.close()
         logger.close()
     return last

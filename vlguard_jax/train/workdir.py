@@ -1,0 +1,139 @@
+"""A workdir belongs to one run: a lock while a run is live, and the run's identity, which a
+resume must match.
+
+- `WORKDIR/.lock` names the process holding the workdir (pid, host, start). A second run fails at
+  once, naming it. The holder touches the file every `HEARTBEAT_S`; a lock whose process is gone
+  (same host) or whose heartbeat stopped `STALE_S` ago (any host) is taken over, with a message.
+- `WORKDIR/run.json` holds what the run's checkpoints are a function of: the base checkpoint (by
+  content, `files.fingerprint`), the model's shapes, the mode and LoRA settings, the data recipe,
+  and the data files (sha256). A resume under another identity is an error naming what changed,
+  unless `config.allow_resume_changes` is set.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from vlguard_jax.errors import ConfigError, UserError
+from vlguard_jax.files import atomic_write_json, fingerprint, sha256_file
+from vlguard_jax.train.validate import SOURCES
+
+LOCK = ".lock"
+RUN = "run.json"
+HEARTBEAT_S = 30.0
+STALE_S = 300.0
+
+
+class WorkdirBusy(UserError):
+    pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lock:
+    """`with Lock(workdir, log):` holds the workdir for this process."""
+
+    def __init__(self, workdir, log=print):
+        self.path, self.log = Path(workdir) / LOCK, log
+        self._stop = threading.Event()
+
+    def _stale(self, holder: dict) -> bool:
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            return not _alive(holder["pid"])
+        return age > STALE_S
+
+    def __enter__(self) -> "Lock":
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text() or "{}")
+                except (OSError, json.JSONDecodeError):
+                    holder = {}
+                if not self._stale(holder):
+                    raise WorkdirBusy(
+                        f"{self.path.parent}: in use by process {holder.get('pid')} on {holder.get('host')} since "
+                        f"{holder.get('started')} ({self.path}); wait for that run, or delete the lock file if it "
+                        "is gone") from None
+                self.log(f"{self.path}: taking over the stale lock of process {holder.get('pid')} on "
+                         f"{holder.get('host')}")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self._me = me
+            threading.Thread(target=self._beat, daemon=True).start()
+            return self
+        raise WorkdirBusy(f"{self.path}: could not take the lock")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                return
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        try:
+            if json.loads(self.path.read_text()) == self._me:
+                self.path.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass
+        return False
+
+
+def identity(cfg, model_config) -> dict:
+    """What the run's checkpoints are a function of (see the module doc)."""
+    d = cfg.data
+    return {
+        "base_checkpoint": fingerprint(cfg.model.checkpoint),
+        "model": model_config.to_dict(),
+        "mode": cfg.train.mode,
+        "lora": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.lora.to_dict().items()}
+        if cfg.train.mode == "lora" else None,
+        "recipe": {"recipe": d.recipe, "helpful_samples": d.helpful_samples, "helpful_seed": d.helpful_seed,
+                   "convert_seed": d.convert_seed, "max_length": d.max_length, "template": d.template,
+                   "pad_image": d.pad_image},
+        "data": {source: sha256_file(d[source]) for source in SOURCES[d.recipe]},
+    }
+
+
+NAMES = {"base_checkpoint": "base checkpoint (config.model.checkpoint, by content)",
+         "model": "model shapes", "mode": "training mode (config.train.mode)", "lora": "LoRA settings (config.lora)",
+         "recipe": "data recipe (config.data)", "data": "data files' contents (config.data.vlguard / llava)"}
+
+
+def check_resume(workdir, now: dict, allow: bool, log=print) -> None:
+    """Compare with the identity saved by the run's first start (saved now if there is none)."""
+    path = Path(workdir) / RUN
+    if not path.exists():
+        atomic_write_json(path, now, indent=1)
+        return
+    saved = json.loads(path.read_text())
+    changed = [NAMES[k] for k in NAMES if saved.get(k) != now.get(k)]
+    if not changed:
+        return
+    if not allow:
+        raise ConfigError(f"{workdir}: its run was started with another {', '.join(changed)}; resume with the "
+                          "same settings, use a new workdir, or set config.allow_resume_changes=True")
+    log(f"warning: resuming {workdir} with another {', '.join(changed)} (config.allow_resume_changes)")
+    atomic_write_json(path, now, indent=1)
