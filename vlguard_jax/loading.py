@@ -63,6 +63,20 @@ def peek(path) -> tuple[LlavaConfig | TextOnlyConfig, Any]:
     return load_config(path / MODEL_CONFIG), load_tokenizer(path)
 
 
+def fingerprint(path) -> str:
+    """A checkpoint's content fingerprint (files.fingerprint); for a training workdir, that of its
+    latest checkpoint step together with its base's."""
+    from vlguard_jax import files, runs
+    path = Path(path)
+    if runs.is_run(path):
+        root = path / "checkpoints"
+        step = max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=None)
+        if step is None:
+            raise runs.RunError(f"{path}: no finished training checkpoint under {root}")
+        return f"{files.fingerprint(runs.run_base(path))}+{step}:{files.fingerprint(root / str(step))}"
+    return files.fingerprint(path)
+
+
 def load_tokenizer(path: Path):
     tokenizer = None
     if any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):

@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_COLOR = tuple(int(m * 255) for m in CLIP_MEAN)  # (122, 116, 104), as LLaVA computes it
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # 89,478,485: PIL's own decompression-bomb threshold
 
 
 class ImageError(ValueError):
@@ -34,9 +35,14 @@ def resolve(root, relative: str) -> Path:
     return path
 
 
-def open_rgb(path, alpha: str = "drop") -> Image.Image:
+def open_rgb(path, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An RGB image; one over `max_pixels` is refused from its header, before it is decoded."""
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageError(f"{path}: {w}x{h} pixels, over the limit of {max_pixels:,} "
+                                 "(data.max_image_pixels); refused before decoding")
             img.load()
             if alpha == "white" and ("A" in img.getbands() or "transparency" in img.info):
                 rgba = img.convert("RGBA")
@@ -44,6 +50,8 @@ def open_rgb(path, alpha: str = "drop") -> Image.Image:
             return img.convert("RGB")
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: over the pixel limit, refused before decoding ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ImageError(f"{path}: cannot decode image ({e})") from None
 
@@ -78,6 +86,7 @@ def pixels(img: Image.Image, size: int, pad: bool) -> np.ndarray:
     return clip_preprocess(expand2square(img) if pad else img, size)
 
 
-def load_pixels(root, relative: str, size: int, pad: bool, alpha: str = "drop") -> np.ndarray:
+def load_pixels(root, relative: str, size: int, pad: bool, alpha: str = "drop",
+                max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Resolve under `root`, decode and preprocess one image."""
-    return pixels(open_rgb(resolve(root, relative), alpha), size, pad)
+    return pixels(open_rgb(resolve(root, relative), alpha, max_pixels), size, pad)

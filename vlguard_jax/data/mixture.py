@@ -101,5 +101,10 @@ def build(data_cfg, bad=None) -> Mixture:
             rows = draw_helpful(rows, data_cfg.helpful_samples, data_cfg.helpful_seed, data_cfg.llava)
         sources.append(Source("llava", data_cfg.llava, data_cfg.llava_images))
         parts.append(rows)
+    for source, part in zip(sources, parts):
+        if not part:  # e.g. an empty VLGuard file would train the post-hoc recipe on helpfulness alone
+            raise RecordError(f"{source.path}: no records to train on (data.{source.name}, which the {recipe} "
+                              "recipe needs)" + (" after skipping bad ones" if bad is not None and bad.mode == "skip"
+                                                 else ""))
     records = [dict(r, source=s) for s, part in enumerate(parts) for r in part]
     return Mixture(sources, records)

@@ -22,7 +22,7 @@ import math
 import grain
 import numpy as np
 
-from vlguard_jax.data.images import ImageError, load_pixels
+from vlguard_jax.data.images import MAX_PIXELS, ImageError, load_pixels
 from vlguard_jax.data.store import BadRecords, TokenStore
 from vlguard_jax.data.tokenize import IGNORE
 
@@ -77,9 +77,9 @@ class Rows:
     """This process's rows, in order; item k is one padded row. Picklable (workers reopen the store)."""
 
     def __init__(self, store_dir, image_roots, image_size: int, pad_image: bool, layout: Layout,
-                 bad: BadRecords):
+                 bad: BadRecords, max_pixels: int = MAX_PIXELS):
         self.store_dir, self.image_roots, self.image_size = str(store_dir), list(image_roots), image_size
-        self.pad_image, self.layout, self.bad = pad_image, layout, bad
+        self.pad_image, self.layout, self.bad, self.max_pixels = pad_image, layout, bad, max_pixels
 
     @functools.cached_property
     def store(self) -> TokenStore:
@@ -147,7 +147,8 @@ class Rows:
             if self.store.has_image[i]:
                 src = int(self.store.source[i])
                 try:
-                    pixels = load_pixels(self.image_roots[src], self.store.images[i], self.image_size, self.pad_image)
+                    pixels = load_pixels(self.image_roots[src], self.store.images[i], self.image_size,
+                                         self.pad_image, max_pixels=self.max_pixels)
                 except ImageError as e:
                     self.bad(f"record {self.store.names[i]!r}", str(e), ImageError)
                     return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
@@ -187,7 +188,8 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
                   data_cfg.max_length, data_cfg.template)
     store_dir = workdir / "data_store" / f"process_{layout.process_index}"
     drops = build_store(mix, enc, store_dir, roots, bad)
-    rows = Rows(store_dir, roots, model_cfg.vision.image_size, data_cfg.pad_image, layout, bad)
+    rows = Rows(store_dir, roots, model_cfg.vision.image_size, data_cfg.pad_image, layout, bad,
+                data_cfg.get("max_image_pixels", MAX_PIXELS))
     kept = len(rows.store)
     log(f"tokenized: {kept} examples kept" + (
         "; dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(drops.items())) if drops else ", none dropped"))

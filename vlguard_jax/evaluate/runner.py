@@ -123,7 +123,7 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
     from tqdm import tqdm
 
     from vlguard_jax.evaluate import judges, llamaguard
-    from vlguard_jax.loading import peek
+    from vlguard_jax.loading import fingerprint, peek
     # everything that can fail does so before any generation
     config, tokenizer = peek(checkpoint)
     llm = config.vision is None
@@ -151,6 +151,9 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
         items = items[:limit]
     out = Path(out)
     path = out / benchmark / f"{subset}.json"
+    settings = {k: v for k, v in dataclasses.asdict(protocol).items() if k != "batch_size"}
+    claim_output(out, path, {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint),
+                             "protocol": settings, "seed": seed}, log)
     responses = read_json(path, {})
     todo = [i for i in items if i.key not in responses]
     if len(todo) < len(items):
@@ -171,11 +174,36 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
                                            out / benchmark / f"{subset}.llamaguard.json",
                                            batch_size=protocol.batch_size)
     summary = read_json(out / SUMMARY, {})
-    settings = {k: v for k, v in dataclasses.asdict(protocol).items() if k != "batch_size"}
     summary[f"{benchmark}/{subset}"] = dict(result, checkpoint=str(checkpoint), model="llm" if llm else "vllm",
                                             protocol=settings)
     write_json(out / SUMMARY, summary)
     return result
+
+
+def claim_output(out: Path, path: Path, record: dict, log) -> None:
+    """An --out holds one checkpoint's answers, and each responses file one protocol's: each file
+    has a `.run.json` beside it recording both. Resuming with another checkpoint or other settings
+    is refused, naming both."""
+    side = path.with_name(path.stem + ".run.json")
+    for other in sorted(out.glob("*/*.run.json")):
+        saved = json.loads(other.read_text())
+        if saved["fingerprint"] != record["fingerprint"]:
+            raise ValueError(f"{out}: holds answers of {saved['checkpoint']} ({other}); this run evaluates "
+                             f"{record['checkpoint']}, another checkpoint. Use another --out")
+    if side.exists():
+        saved = json.loads(side.read_text())
+        changed = {k: (saved.get(k), record[k]) for k in ("protocol", "seed") if saved.get(k) != record[k]}
+        if "protocol" in changed:
+            a, b = changed["protocol"]
+            changed = {k: (a.get(k), b.get(k)) for k in b if a.get(k) != b.get(k)} | (
+                {"seed": changed["seed"]} if "seed" in changed else {})
+        if changed:
+            diff = ", ".join(f"{k} {x!r} there, {y!r} now" for k, (x, y) in changed.items())
+            raise ValueError(f"{path}: its responses were generated with other settings ({diff}); use another "
+                             "--out, or the same settings to resume")
+    elif path.exists():
+        log(f"warning: {path} has no record of the checkpoint and settings that wrote it; resuming it as this run's")
+    write_json(side, record)
 
 
 def _figstep_font(font, log) -> str:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlguard_jax import sharding
+from vlguard_jax.errors import ResourceError, is_out_of_memory
 from vlguard_jax.models.llama import init_cache
 
 
@@ -122,8 +123,14 @@ class Generator:
 
     def __call__(self, prompts: list[list[int]], pixels: list, sampling: Sampling = Sampling(), seed: int = 0,
                  on_batch=None) -> list[list[int]]:
-        """Generated ids per prompt, cut after the first EOS (which is kept)."""
+        """Generated ids per prompt, cut after the first EOS (which is kept). A prompt that, with
+        `max_new_tokens`, does not fit the model's positions is refused before anything runs."""
         v = self.model.config.vision  # None for a text-only model
+        positions = self.model.config.text.max_position_embeddings
+        for i, p in enumerate(prompts):
+            if len(p) + sampling.max_new_tokens > positions:
+                raise ValueError(f"prompt {i}: {len(p)} tokens plus {sampling.max_new_tokens} new ones exceed the "
+                                 f"model's {positions} positions; shorten it or lower max_new_tokens")
         results: list[list[int]] = [None] * len(prompts)
         for idx in self.batches(len(prompts)):
             longest = max(len(prompts[i]) for i in idx)
@@ -143,7 +150,14 @@ class Generator:
                     pix[r] = pixels[i]
             for r in range(len(idx), b):  # filler rows: one real token, discarded
                 ids[r, -1], mask[r, -1] = self.pad_id, 1
-            out = np.asarray(self._fn(sampling)(self.params, ids, mask, pix, rows, seed))
+            try:
+                out = np.asarray(self._fn(sampling)(self.params, ids, mask, pix, rows, seed))
+            except jax.errors.JaxRuntimeError as e:
+                if not is_out_of_memory(e):
+                    raise
+                raise ResourceError(f"out of device memory generating a batch of {b} prompts of up to {p} tokens "
+                                    f"plus {sampling.max_new_tokens} new ones; lower the batch size (--batch-size "
+                                    f"{max(1, b // 2)})") from None
             for r, i in enumerate(idx):
                 toks = out[r].tolist()
                 cut = next((k + 1 for k, t in enumerate(toks) if t in self._eos_set), len(toks))
