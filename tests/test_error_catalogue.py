@@ -344,7 +344,9 @@ def test_sigterm_stops_training_and_its_data_workers(env):
         assert children, "the data workers are child processes"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 1 and err.strip().splitlines()[-1] == "error: stopped by SIGTERM", err[-3000:]
+        # (at exit, multiprocessing's resource tracker may still report and free grain's shared memory)
+        errors = [x for x in err.splitlines() if x.startswith("error: ")]
+        assert proc.returncode == 1 and errors == ["error: stopped by SIGTERM"] and "Traceback" not in err, err[-3000:]
         time.sleep(1)
         assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
         assert not (workdir / ".lock").exists()

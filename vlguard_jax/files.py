@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -45,7 +46,7 @@ class _AtomicDir:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            _remove(self.tmp)
             return False
         old = None
         if self.dst.exists():
@@ -55,6 +56,17 @@ class _AtomicDir:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return False
+
+
+def _remove(path: Path, settle_s: float = 0.25, tries: int = 20) -> None:
+    """Remove a failed write's temporary directory. Writer threads of a failed save (orbax,
+    tensorstore) may still be finishing their part and recreate files in it: remove until it stays
+    gone."""
+    for _ in range(tries):
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(settle_s)
+        if not path.exists():
+            return
 
 
 def sha256_file(path) -> str:
@@ -87,9 +99,48 @@ def check_output(dst, *inputs, overwrite: bool = False) -> Path:
     does not exist unless `overwrite`."""
     out = Path(dst).resolve()
     for src in inputs:
-        src = Path(src).resolve()
-        if out == src or out.is_relative_to(src) or src.is_relative_to(out):
+        where = Path(src).resolve()
+        if out == where or out.is_relative_to(where) or where.is_relative_to(out):
             raise ValueError(f"{dst}: the output would overwrite or sit inside the input {src}; write elsewhere")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists; choose a new destination (or pass --overwrite)")
     return Path(dst)
+
+
+def read_jsonl(path) -> list:
+    """A JSON-lines input file (blank lines skipped); a bad line is an error naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
+    return rows
+
+
+def resume_jsonl(path) -> list[dict]:
+    """The complete lines of a JSON-lines file a run appends to (as `append_jsonl` writes it); a
+    last line torn by an interruption is cut off the file, so appending resumes after it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return read_jsonl(path)
+
+
+def append_jsonl(path, rows) -> None:
+    """Append rows as JSON lines, on disk before returning."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())

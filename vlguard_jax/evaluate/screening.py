@@ -31,7 +31,7 @@ from tqdm import tqdm
 from vlguard_jax.data.conversation import IMAGE_TAG, turns
 from vlguard_jax.data.records import RecordError, load_json_list, record_label, validate_llava
 from vlguard_jax.evaluate import llamaguard
-from vlguard_jax.files import atomic_write_json, check_output
+from vlguard_jax.files import append_jsonl, atomic_write_json, check_output, resume_jsonl
 
 # Llama Guard 1 (the paper's judge) names its categories O1-O6; later versions use S-codes.
 LLAMA_GUARD_1 = {"O1": "Violence and Hate", "O2": "Sexual Content", "O3": "Criminal Planning",
@@ -73,29 +73,8 @@ def categories(text: str) -> list[str]:
 
 
 def _read_verdicts(path: Path) -> dict[int, dict]:
-    """index -> latest verdict line; a line torn by an interruption is cut off the file."""
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(end)
-    out = {}
-    for n, line in enumerate(data[:end].decode().splitlines(), 1):
-        try:
-            v = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}: line {n} is not JSON; delete the file to judge its records again") from None
-        out[v["index"]] = v
-    return out
-
-
-def _append(path: Path, lines: list[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(v, ensure_ascii=False) + "\n" for v in lines))
-        f.flush()
-        os.fsync(f.fileno())
+    """index -> latest verdict line of one process's file."""
+    return {v["index"]: v for v in resume_jsonl(path)}
 
 
 def _load(src) -> list[dict]:
@@ -131,7 +110,7 @@ def judge_slice(judge_checkpoint, records: list[dict], indices: range, dst, path
     limit = config.text.max_position_embeddings - llamaguard.MAX_NEW_TOKENS
     prompts = {i: llamaguard.chat_ids(tokenizer, messages(records[i])) for i in todo}
     long = {i for i in todo if len(prompts[i]) > limit}
-    _append(path, [{"index": i, "id": records[i].get("id"), "verdict": None, "categories": [], "output": "",
+    append_jsonl(path, [{"index": i, "id": records[i].get("id"), "verdict": None, "categories": [], "output": "",
                     "reason": TOO_LONG, "judge": name} for i in sorted(long)])
     todo = sorted((i for i in todo if i not in long), key=lambda i: len(prompts[i]))  # less padding
     if not todo:
@@ -148,7 +127,7 @@ def judge_slice(judge_checkpoint, records: list[dict], indices: range, dst, path
             lines.append({"index": i, "id": records[i].get("id"), "verdict": verdict,
                           "categories": categories(text) if verdict == "unsafe" else [], "output": text,
                           **({"reason": UNPARSED} if verdict is None else {}), "judge": name})
-        _append(path, lines)
+        append_jsonl(path, lines)
         bar.update(len(chunk))
     bar.close()
 

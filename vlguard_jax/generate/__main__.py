@@ -13,23 +13,17 @@ from pathlib import Path
 
 from vlguard_jax.data.images import open_rgb, pixels
 from vlguard_jax.errors import ArgumentParser, at_least, cli
+from vlguard_jax.files import read_jsonl
 from vlguard_jax.generate import load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
 from vlguard_jax.generate.sampler import Sampling
 
 
 def read_prompts(path) -> list[dict]:
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
+    rows = read_jsonl(path)
+    for n, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ValueError(f"{path}: line {n}: expected {{\"prompt\": str, \"image\": optional str}}")
-        rows.append(row)
+            raise ValueError(f"{path}: prompt {n}: expected {{\"prompt\": str, \"image\": optional str}}")
     return rows
 
 

@@ -44,8 +44,13 @@ def prompt_ids(tokenizer, config, question: str, image: bool, template: str = "l
     text = prompt_text(question, image, template, tokenizer)
     if template == "chat_template":  # the template writes its own BOS
         return tokenizer(text, add_special_tokens=False).input_ids
+    if config.vision is None and image:
+        raise ValueError("a text-only model takes no image")
+    return prompt_ids_of_text(tokenizer, config, text)
+
+
+def prompt_ids_of_text(tokenizer, config, text: str) -> list[int]:
+    """A rendered prompt's ids by LLaVA's `tokenizer_image_token`, each image tag expanded."""
     if config.vision is None:
-        if image:
-            raise ValueError("a text-only model takes no image")
         return tokenize_with_images(tokenizer, text, -1, 0)
     return tokenize_with_images(tokenizer, text, config.image_token_index, config.num_image_tokens)
