@@ -3,14 +3,13 @@ server started here on 127.0.0.1: real requests and responses, no mocked client.
 the first output when it holds WIN, refuses POLICY instructions by content policy, and answers
 BUSY instructions with a rate limit once."""
 import base64
-import http.server
 import json
 import re
-import threading
 
 import pytest
 
 from tests import tiny
+from tests.judge_stub import reply, serve
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate import judges
 from vlguard_jax.evaluate.__main__ import main
@@ -19,50 +18,25 @@ from vlguard_jax.evaluate.benchmarks import Item
 OUTPUT = re.compile(r'"model_identifier": "(m|M)",\n        "output": "(.*?)"\n', re.S)
 
 
-class Stub(http.server.BaseHTTPRequestHandler):
-    requests: list = []
-    busy_seen: set = set()
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        Stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+def judge_like_the_stub(busy_seen: set):
+    """Prefers the first output when it holds WIN; refuses POLICY instructions by content policy;
+    answers BUSY instructions with a rate limit once."""
+    def answer(body):
         text = body["messages"][0]["content"][0]["text"]
         instruction = re.search(r'"instruction": "(.*)",', text).group(1)
         if "POLICY" in instruction:
-            return self._send(400, {"error": {"code": "content_policy_violation", "message": "no"}})
-        if "BUSY" in instruction and instruction not in Stub.busy_seen:
-            Stub.busy_seen.add(instruction)
-            return self._send(429, {"error": {"code": "rate_limit_exceeded"}}, {"Retry-After": "0"})
-        first = dict(OUTPUT.findall(text))["m"]
-        self._send(200, {"choices": [{"message": {"role": "assistant", "content": "m" if "WIN" in first else "M"}}]})
-
-    def _send(self, code, obj, headers=None):
-        data = json.dumps(obj).encode()
-        self.send_response(code)
-        for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+            return 400, {"error": {"code": "content_policy_violation", "message": "no"}}, {}
+        if "BUSY" in instruction and instruction not in busy_seen:
+            busy_seen.add(instruction)
+            return 429, {"error": {"code": "rate_limit_exceeded"}}, {"Retry-After": "0"}
+        return reply("m" if "WIN" in dict(OUTPUT.findall(text))["m"] else "M")
+    return answer
 
 
 @pytest.fixture()
 def endpoint(monkeypatch):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    Stub.requests.clear()
-    Stub.busy_seen.clear()
-    monkeypatch.setenv("VLGUARD_JUDGE_URL", f"http://127.0.0.1:{server.server_port}/v1/")
-    monkeypatch.setenv("VLGUARD_JUDGE_MODEL", "gpt-4-vision-preview")
-    monkeypatch.setenv("VLGUARD_JUDGE_API_KEY", "test-key")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serve(judge_like_the_stub(set()), monkeypatch) as requests:
+        yield requests
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +62,8 @@ def test_one_order_by_the_authors_protocol(endpoint, sample, tmp_path):
     # wins: items 0 and 3; the POLICY item is a content-policy refusal, no win; the denominator is all 4
     assert out["n"] == 4 and out["wins"] == 2 and out["win_rate"] == 0.5 and out["policy_refusals"] == 1
     assert out["judge"] == "openai-compatible:gpt-4-vision-preview" and "ties" not in out
-    assert len(Stub.requests) == 5  # one each, and the rate-limited one asked again
-    for r in Stub.requests:
+    assert len(endpoint) == 5  # one each, and the rate-limited one asked again
+    for r in endpoint:
         assert r["path"] == "/v1/chat/completions" and r["auth"] == "Bearer test-key"
         body = r["body"]
         assert set(body) == {"model", "messages", "max_tokens"} and body["max_tokens"] == 2
@@ -97,7 +71,7 @@ def test_one_order_by_the_authors_protocol(endpoint, sample, tmp_path):
         text, image = body["messages"][0]["content"]
         assert text["type"] == "text" and image["type"] == "image_url" and image["image_url"]["detail"] == "low"
         assert "select the model that generated the best output" in text["text"]
-    first = Stub.requests[0]["body"]["messages"][0]["content"]
+    first = endpoint[0]["body"]["messages"][0]["content"]
     outputs = OUTPUT.findall(first[0]["text"])
     assert outputs == [("m", "WIN: a red circle."), ("M", "Reference answer 0.")]  # ours is m, one order
     url = first[1]["image_url"]["url"]
@@ -106,9 +80,9 @@ def test_one_order_by_the_authors_protocol(endpoint, sample, tmp_path):
     saved = json.loads((tmp_path / "choices.json").read_text())
     assert [saved[i.key]["choices"] for i in items] == [["m"], ["M"], ["content_policy_violation"], ["m"]]
     # resumed: nothing is asked again
-    n = len(Stub.requests)
+    n = len(endpoint)
     assert judges.win_rate(items, responses, refs, sample["images"], tmp_path / "choices.json") == out
-    assert len(Stub.requests) == n
+    assert len(endpoint) == n
 
 
 def test_both_orders_need_both_for_a_win(endpoint, sample, tmp_path):
@@ -117,17 +91,16 @@ def test_both_orders_need_both_for_a_win(endpoint, sample, tmp_path):
     # item 0: m then M (ours both times): a win; item 1: M then M: a split, half; item 2: refused
     # both times; item 3: a win
     assert (out["wins"], out["ties"], out["n"]) == (2, 1, 4) and out["win_rate"] == 2.5 / 4
-    swapped = [r for r in Stub.requests if OUTPUT.findall(r["body"]["messages"][0]["content"][0]["text"])[0][1]
+    swapped = [r for r in endpoint if OUTPUT.findall(r["body"]["messages"][0]["content"][0]["text"])[0][1]
                .startswith("Reference")]
     assert len(swapped) == 4
 
 
-def test_a_hard_error_names_the_endpoint(endpoint, sample, tmp_path, monkeypatch):
+def test_a_hard_error_names_the_endpoint(sample, tmp_path, monkeypatch):
     items, refs, responses = case(sample)
-    monkeypatch.setenv("VLGUARD_JUDGE_URL", f"http://127.0.0.1:{endpoint.server_port}/wrong")
-    monkeypatch.setattr(Stub, "do_POST", lambda self: self._send(401, {"error": {"code": "invalid_api_key"}}))
-    with pytest.raises(judges.JudgeError, match=r"/wrong/chat/completions: HTTP 401: .*invalid_api_key"):
-        judges.win_rate(items, responses, refs, sample["images"], tmp_path / "c.json")
+    with serve(lambda body: (401, {"error": {"code": "invalid_api_key"}}, {}), monkeypatch):
+        with pytest.raises(judges.JudgeError, match=r"/v1/chat/completions: HTTP 401: .*invalid_api_key"):
+            judges.win_rate(items, responses, refs, sample["images"], tmp_path / "c.json")
     with pytest.raises(ValueError, match="1 reference items have no response"):
         judges.win_rate(items, {k: v for k, v in list(responses.items())[1:]}, refs, sample["images"],
                         tmp_path / "c.json")
@@ -147,6 +120,6 @@ def test_evaluate_cli_judges_safe_safes(endpoint, sample, tmp_path):
     assert main(args) == 0
     judge = json.loads((tmp_path / "o" / "summary.json").read_text())["vlguard/safe_safes"]["judge"]
     assert judge["n"] == 3 and judge["wins"] == 0 and judge["protocol"] == "gpt4_evaluator"
-    assert len(Stub.requests) == 3
+    assert len(endpoint) == 3
     assert set(json.loads((tmp_path / "o" / "vlguard" / "safe_safes.judge.json").read_text())) == \
         {r["image"] for r in refs[:3]}

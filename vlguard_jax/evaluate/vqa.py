@@ -1,0 +1,193 @@
+"""LLaVA-1.5's helpfulness benchmarks, the answering side: LLaVA's question files in, LLaVA's answers
+format out, line for line, so that LLaVA's scorers run on our answers and ours on theirs.
+
+Question files, and the LLaVA script whose prompt each reproduces:
+- `.jsonl` ({question_id, image, text}): `model_vqa_loader.py` (GQA, POPE, MME, TextVQA, VizWiz;
+  128 new tokens) and `model_vqa.py` (MM-Vet, LLaVA-Bench; 1024): the prompt is `<image>\\n` + text.
+- `.json` (ScienceQA's `llava_test_CQM-A.json`): `model_vqa_science.py` (1024): the first turn
+  without its tag, the tag put first when the question has an image (text-only questions have none).
+- `.tsv` (MMBench, base64 images): `model_vqa_mmbench.py` (1024): the hint, the question and the
+  options as `A. ...`; with `all_rounds`, asked once per rotation of the options, as LLaVA's
+  `--all-rounds` (MMBench's own TSVs also hold the rotations as rows: the scorer takes both).
+`single_pred_prompt` appends "Answer with the option's letter from the given choices directly."
+Decoding is greedy; pixels are padded to a square as LLaVA-1.5's `process_images` does for its
+`image_aspect_ratio=pad` (the VLGuard safety evaluation does not pad: see runner.py).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import io
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from vlguard_jax.data.conversation import IMAGE_TAG, get_template, render
+from vlguard_jax.data.images import ImageError, load_pixels, pixels
+from vlguard_jax.data.records import RecordError
+from vlguard_jax.files import append_jsonl, read_jsonl, resume_jsonl
+
+SINGLE_PRED = "Answer with the option's letter from the given choices directly."
+OPTIONS = ("A", "B", "C", "D")
+MAX_NEW_TOKENS = {".jsonl": 128, ".json": 1024, ".tsv": 1024}  # the scripts' settings, per question file
+
+
+@dataclasses.dataclass(frozen=True)
+class Question:
+    qid: object                 # question_id as the file gives it (int or str)
+    text: str                   # the user turn, the image tag included where the script puts one
+    prompt: str                 # what the answers file records as `prompt` (the script's cur_prompt)
+    image: str | None = None    # path under the image folder
+    image_b64: str | None = None
+    extra: tuple = ()           # (key, value) pairs the answer line carries (MMBench's round and options)
+
+    @property
+    def key(self) -> tuple:
+        return (self.qid, dict(self.extra).get("round_id"))
+
+
+def _jsonl(path: Path) -> list[Question]:
+    out = []
+    for n, q in enumerate(read_jsonl(path), 1):
+        if not isinstance(q, dict) or not {"question_id", "image", "text"} <= set(q):
+            raise RecordError(f"{path}: question {n}: expected question_id, image and text")
+        out.append(Question(q["question_id"], IMAGE_TAG + "\n" + q["text"], q["text"], image=q["image"]))
+    return out
+
+
+def _science(path: Path, single_pred: bool) -> list[Question]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}") from None
+    out = []
+    for i, r in enumerate(rows):
+        try:
+            qs = r["conversations"][0]["value"].replace(IMAGE_TAG, "").strip()
+            qid = r["id"]
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise RecordError(f"{path}: record #{i}: expected id and conversations[0].value") from None
+        text, prompt = qs, qs
+        if r.get("image"):
+            text, prompt = IMAGE_TAG + "\n" + qs, IMAGE_TAG + "\n" + qs
+        if single_pred:
+            text, prompt = text + "\n" + SINGLE_PRED, prompt + "\n" + SINGLE_PRED
+        out.append(Question(qid, text, prompt, image=r.get("image") or None))
+    return out
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "nan", "none"))
+
+
+def _mmbench(path: Path, single_pred: bool, all_rounds: bool) -> list[Question]:
+    csv.field_size_limit(sys.maxsize)  # base64 images
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    out = []
+    for n, row in enumerate(rows, 2):
+        missing = [c for c in ("index", "question", "image") if c not in row]
+        if missing:
+            raise RecordError(f"{path}: row {n}: missing column(s) {missing}")
+        options = []
+        for letter in OPTIONS:
+            if _missing(row.get(letter)):
+                break
+            options.append(row[letter])
+        chars = list(OPTIONS[:len(options)])
+        index = int(row["index"])
+        for round_id in range(len(options) if all_rounds else 1):
+            question = row["question"]
+            if not _missing(row.get("hint")):
+                question = row["hint"] + "\n" + question
+            for char, option in zip(OPTIONS, options):
+                question += "\n" + char + ". " + option
+            text = IMAGE_TAG + "\n" + question + ("\n" + SINGLE_PRED if single_pred else "")
+            out.append(Question(index, text, question, image_b64=row["image"],
+                                extra=(("round_id", round_id), ("options", list(options)),
+                                       ("option_char", list(chars)))))
+            options, chars = options[1:] + options[:1], chars[1:] + chars[:1]
+    return out
+
+
+def read_questions(path, single_pred: bool = False, all_rounds: bool = False) -> list[Question]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such question file")
+    if path.suffix == ".jsonl":
+        return _jsonl(path)
+    if path.suffix == ".json":
+        return _science(path, single_pred)
+    if path.suffix == ".tsv":
+        return _mmbench(path, single_pred, all_rounds)
+    raise ValueError(f"{path}: a question file is .jsonl (LLaVA's), .json (ScienceQA) or .tsv (MMBench)")
+
+
+def question_pixels(q: Question, image_folder, size: int):
+    """LLaVA-1.5's padded pixels of a question's image, or None."""
+    if q.image_b64 is not None:
+        try:
+            img = Image.open(io.BytesIO(base64.b64decode(q.image_b64))).convert("RGB")
+        except (ValueError, UnidentifiedImageError, OSError) as e:
+            raise ImageError(f"question {q.qid}: cannot decode its base64 image ({e})") from None
+        return pixels(img, size, pad=True)
+    if q.image is None:
+        return None
+    if image_folder is None:
+        raise ValueError("--image-folder is needed: the questions name image files")
+    return load_pixels(image_folder, q.image, size, pad=True)
+
+
+def answer_line(q: Question, text: str, model_id: str) -> dict:
+    extra = dict(q.extra)
+    head = {"question_id": q.qid}
+    if "round_id" in extra:
+        head["round_id"] = extra.pop("round_id")
+    return {**head, "prompt": q.prompt, "text": text, **extra, "answer_id": uuid.uuid4().hex[:22],
+            "model_id": model_id, "metadata": {}}
+
+
+def answer(gen, loaded, questions: list[Question], answers_file, *, image_folder=None, conv_mode: str = "vicuna_v1",
+           max_new_tokens: int = 128, model_id: str = "model", log=print) -> list[dict]:
+    """Answer every question the answers file lacks, a batch at a time (appended as it goes), then
+    leave the file in question order. Returns its lines."""
+    from tqdm import tqdm
+
+    from vlguard_jax.generate import Sampling, response_text
+    from vlguard_jax.generate.prompts import prompt_ids_of_text
+
+    path = Path(answers_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {(a["question_id"], a.get("round_id")): a for a in resume_jsonl(path)}
+    todo = [q for q in questions if q.key not in done]
+    if done:
+        log(f"{path}: {len(questions) - len(todo)} answers already there, {len(todo)} to go")
+    template = get_template(conv_mode)
+    size = loaded.config.vision.image_size
+    sampling = Sampling(max_new_tokens=max_new_tokens)
+    bar = tqdm(total=len(todo), desc="answering", unit="question", dynamic_ncols=True)
+    t0, n_tokens = time.perf_counter(), 0
+    for batch in gen.batches(len(todo)):
+        chunk = [todo[k] for k in batch]
+        pix = [question_pixels(q, image_folder, size) for q in chunk]
+        ids = [prompt_ids_of_text(loaded.tokenizer, loaded.config, render(template, [(0, q.text), (1, None)]))
+               for q in chunk]
+        out = gen(ids, pix, sampling)
+        lines = [answer_line(q, response_text(loaded.tokenizer, toks), model_id) for q, toks in zip(chunk, out)]
+        append_jsonl(path, lines)
+        done.update({q.key: line for q, line in zip(chunk, lines)})
+        n_tokens += sum(map(len, out))
+        bar.update(len(chunk))
+        bar.set_postfix(tok_s=f"{n_tokens / max(time.perf_counter() - t0, 1e-9):.1f}")
+    bar.close()
+    ordered = [done[q.key] for q in questions]
+    if [(a["question_id"], a.get("round_id")) for a in read_jsonl(path)] != [q.key for q in questions]:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in ordered), encoding="utf-8")
+        tmp.replace(path)
+    return ordered
