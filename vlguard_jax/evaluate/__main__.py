@@ -1,9 +1,12 @@
-"""Safety evaluation.
+"""Safety and helpfulness evaluation.
 
   python -m vlguard_jax.evaluate --checkpoint CKPT --benchmark vlguard --subset unsafes \\
       --meta test.json --images DIR --out DIR
   python -m vlguard_jax.evaluate --checkpoint CKPT --benchmark xstest|advbench|figstep --data F.csv --out DIR
+  python -m vlguard_jax.evaluate vqa --checkpoint CKPT --question-file Q --image-folder DIR --answers-file A.jsonl
   python -m vlguard_jax.evaluate score --responses FILE.json [--meta test.json] [--overwrite]
+  python -m vlguard_jax.evaluate score --benchmark sqa|pope|mme|textvqa|gqa|mmbench|vizwiz --answers A.jsonl ...
+  python -m vlguard_jax.evaluate suite --checkpoint CKPT --data-root DIR --out DIR [--only A,B] [--limit N]
   python -m vlguard_jax.evaluate report --runs DIR1 DIR2 ... --out report/
 """
 from __future__ import annotations
@@ -12,14 +15,20 @@ import json
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
+
 from vlguard_jax.errors import ArgumentParser, UsageError, at_least, cli
-from vlguard_jax.evaluate import benchmarks
+from vlguard_jax.evaluate import benchmarks, gpt_graders, vqa, vqa_scoring
 from vlguard_jax.evaluate.benchmarks import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
 from vlguard_jax.evaluate.judges import ORDERS
 from vlguard_jax.evaluate.report import write_report
-from vlguard_jax.evaluate.runner import DTYPES, JUDGES, TEXT_IMAGES, Protocol, read_json, run, score, write_json
+from vlguard_jax.evaluate.runner import (DTYPES, JUDGES, TEXT_IMAGES, Protocol, claim_output, read_json, run, score,
+                                         write_json)
 from vlguard_jax.evaluate.scoring import is_refusal
+from vlguard_jax.evaluate.suite import run_suite
 from vlguard_jax.files import check_output
+from vlguard_jax.generate import load_generator
+from vlguard_jax.loading import fingerprint
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
 
 
@@ -76,7 +85,12 @@ def evaluate_main(argv) -> int:
     return 0
 
 
+SCORED = ("sqa", "pope", "mme", "textvqa", "gqa", "mmbench", "vizwiz", "mmvet", "llavabench")
+
+
 def score_main(argv) -> int:
+    if "--benchmark" in argv or any(a.startswith("--benchmark=") for a in argv):
+        return score_answers_main(argv)
     p = ArgumentParser(prog="python -m vlguard_jax.evaluate score",
                        description="rescore a saved responses file without a model")
     p.add_argument("--responses", required=True)
@@ -106,6 +120,113 @@ def score_main(argv) -> int:
     return 0
 
 
+def score_answers_main(argv) -> int:
+    """Helpfulness: the number LLaVA's scorer gives, from an answers file in LLaVA's format; the
+    flags are the matching LLaVA scorer's."""
+    p = ArgumentParser(prog="python -m vlguard_jax.evaluate score --benchmark",
+                       description="score helpfulness answers as LLaVA's scorers do")
+    p.add_argument("--benchmark", required=True, choices=SCORED)
+    p.add_argument("--answers", required=True, help="answers .jsonl (LLaVA's format)")
+    p.add_argument("--base-dir", help="sqa: the ScienceQA folder (problems.json, pid_splits.json); "
+                                      "mme: MME_Benchmark_release_version")
+    p.add_argument("--split", default="test", help="sqa: the split of pid_splits.json")
+    p.add_argument("--question-file", help="pope, vizwiz, llavabench: the question .jsonl; mmbench: the .tsv")
+    p.add_argument("--annotation-dir", help="pope: the coco_pope_<category>.json folder")
+    p.add_argument("--annotation-file", help="textvqa: TextVQA_0.5.1_val.json; mmvet: mm-vet.json")
+    p.add_argument("--questions", help="gqa: testdev_balanced_questions.json")
+    p.add_argument("--context", help="llavabench: context.jsonl")
+    p.add_argument("--reference", help="llavabench: answers_gpt4.jsonl")
+    p.add_argument("--upload-file", help="vizwiz, mmbench test: where to write the test server's upload file")
+    p.add_argument("--grades-file", help="mmvet, llavabench: where the judge's grades are kept (resumable)")
+    a = p.parse_args(argv)
+    needs = {"sqa": ("base_dir",), "pope": ("question_file", "annotation_dir"), "mme": ("base_dir",),
+             "textvqa": ("annotation_file",), "gqa": ("questions",), "mmbench": ("question_file",),
+             "vizwiz": ("question_file", "upload_file"), "mmvet": ("annotation_file",),
+             "llavabench": ("question_file", "context", "reference")}[a.benchmark]
+    missing = [n for n in needs if getattr(a, n) is None]
+    if missing:
+        p.error(f"--benchmark {a.benchmark} needs --{missing[0].replace('_', '-')}")
+    answers = vqa_scoring.read_answers(a.answers)
+    grades = a.grades_file or str(Path(a.answers).with_suffix(".grades.json"))
+    if a.benchmark == "sqa":
+        result = vqa_scoring.sqa(answers, a.base_dir, a.split)
+    elif a.benchmark == "pope":
+        result = vqa_scoring.pope(answers, a.question_file, a.annotation_dir)
+    elif a.benchmark == "mme":
+        result = vqa_scoring.mme(answers, a.base_dir)
+    elif a.benchmark == "textvqa":
+        result = vqa_scoring.textvqa(answers, a.annotation_file)
+    elif a.benchmark == "gqa":
+        result = vqa_scoring.gqa(answers, a.questions)
+    elif a.benchmark == "mmbench" and a.upload_file:
+        result = {"upload": str(vqa_scoring.mmbench_upload(answers, a.question_file, a.upload_file))}
+    elif a.benchmark == "mmbench":
+        result = vqa_scoring.mmbench(answers, a.question_file)
+    elif a.benchmark == "vizwiz":
+        result = {"upload": str(vqa_scoring.vizwiz_upload(answers, a.question_file, a.upload_file))}
+    elif a.benchmark == "mmvet":
+        result = gpt_graders.mm_vet(answers, a.annotation_file, grades)
+    else:
+        result = gpt_graders.llava_bench(answers, a.question_file, a.context, a.reference, grades)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def vqa_main(argv) -> int:
+    p = ArgumentParser(prog="python -m vlguard_jax.evaluate vqa",
+                       description="answer LLaVA's helpfulness question files in LLaVA's answers format")
+    p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
+    p.add_argument("--question-file", required=True, help=".jsonl (LLaVA's), .json (ScienceQA) or .tsv (MMBench)")
+    p.add_argument("--image-folder", help="the images the questions name (not for MMBench's TSV)")
+    p.add_argument("--answers-file", required=True, help="answers .jsonl; answers already there are kept")
+    p.add_argument("--conv-mode", default="vicuna_v1", choices=("vicuna_v1", "llava_v1"))
+    p.add_argument("--single-pred-prompt", action="store_true", help="append the option-letter instruction")
+    p.add_argument("--all-rounds", action="store_true", help="MMBench: ask once per rotation of the options")
+    p.add_argument("--max-new-tokens", type=at_least(1), help="default: the LLaVA script's for the question file "
+                   "(128 for .jsonl, model_vqa_loader; pass 1024 for MM-Vet and LLaVA-Bench, model_vqa)")
+    p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument("--dtype", choices=DTYPES, help="compute dtype; default float32 on a CPU, bfloat16 elsewhere")
+    p.add_argument("--limit", type=at_least(1), help="only the first N questions")
+    a = p.parse_args(argv)
+    questions = vqa.read_questions(a.question_file, a.single_pred_prompt, a.all_rounds)[:a.limit]
+    path = Path(a.answers_file)
+    max_new = a.max_new_tokens or vqa.MAX_NEW_TOKENS[Path(a.question_file).suffix]
+    settings = {"conv_mode": a.conv_mode, "max_new_tokens": max_new, "single_pred_prompt": a.single_pred_prompt,
+                "dtype": a.dtype, "pad": True}
+    claim_output(None, path, {"checkpoint": a.checkpoint, "fingerprint": fingerprint(a.checkpoint),
+                                     "protocol": settings, "seed": 0}, print)
+    gen, loaded = load_generator(a.checkpoint, batch_size=a.batch_size, dtype=jnp.dtype(a.dtype) if a.dtype else None)
+    if loaded.config.vision is None:
+        raise ValueError(f"{a.checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
+    answers = vqa.answer(gen, loaded, questions, path, image_folder=a.image_folder, conv_mode=a.conv_mode,
+                         max_new_tokens=max_new, model_id=Path(a.checkpoint).name)
+    print(f"wrote {len(answers)} answers to {path}")
+    return 0
+
+
+def suite_main(argv) -> int:
+    p = ArgumentParser(prog="python -m vlguard_jax.evaluate suite",
+                       description="every benchmark found under the data root, the model loaded once")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data-root", required=True, help="see the README's layout")
+    p.add_argument("--out", required=True)
+    p.add_argument("--only", help="comma-separated benchmarks, e.g. vlguard/unsafes,sqa,pope")
+    p.add_argument("--limit", type=at_least(1), help="only the first N items of each benchmark")
+    p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument("--dtype", choices=DTYPES)
+    p.add_argument("--font", help="figstep: FreeMonoBold.ttf path")
+    p.add_argument("--max-new-tokens", type=at_least(1), help="override every benchmark's own (quick checks only: "
+                   "the numbers are then not the protocols')")
+    a = p.parse_args(argv)
+    summary = run_suite(a.checkpoint, a.data_root, out_dir(a.out), only=a.only.split(",") if a.only else None,
+                        limit=a.limit, protocol=Protocol(dtype=a.dtype, batch_size=a.batch_size),
+                        max_new_tokens=a.max_new_tokens, font=a.font)
+    md, png = write_report([a.out], Path(a.out) / "report", [Path(a.checkpoint).name])
+    print(md.read_text())
+    print(f"summary: {Path(a.out) / 'summary.json'}; report: {md}, {png}; skipped: {summary.get('skipped')}")
+    return 0
+
+
 def report_main(argv) -> int:
     p = ArgumentParser(prog="python -m vlguard_jax.evaluate report")
     p.add_argument("--runs", nargs="+", required=True)
@@ -120,12 +241,13 @@ def report_main(argv) -> int:
     return 0
 
 
+COMMANDS = {"score": score_main, "report": report_main, "vqa": vqa_main, "suite": suite_main}
+
+
 @cli
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "score":
-        return score_main(argv[1:])
-    if argv and argv[0] == "report":
-        return report_main(argv[1:])
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
     return evaluate_main(argv)
 
 

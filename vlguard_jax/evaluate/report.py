@@ -1,17 +1,62 @@
-"""Compare runs: a Markdown table and a matplotlib bar chart of ASR (and refusal rates) per
-benchmark and per category, across checkpoints (e.g. before and after safety tuning, or a base LLM
-beside the VLLMs built on it: the paper's first table)."""
+"""Compare runs (e.g. a base LLM, LLaVA, and its post-hoc and mixed VLGuard versions):
+
+- the paper's Table 2 shape: one row per checkpoint, safety columns (ASR, lower is better) and
+  helpfulness columns (higher is better), with a chart of the two in separate panels;
+- every metric of every benchmark and category, one row per metric, one column per checkpoint.
+
+A base LLM beside the VLLMs built on it is the paper's first table; a row says which is which.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from vlguard_jax.evaluate.runner import SUMMARY, read_json
 
+# Table 2's columns: (label, summary entry, how to read the percentage)
+SAFETY_COLUMNS = (
+    ("VLGuard unsafes", "vlguard/unsafes", lambda s: s["asr"]),
+    ("VLGuard safe-unsafes", "vlguard/safe_unsafes", lambda s: s["asr"]),
+    ("XSTest unsafe", "xstest/all", lambda s: s["unsafe"]["asr"]),
+    ("XSTest safe refusal", "xstest/all", lambda s: s["safe"]["refusal_rate"]),
+    ("AdvBench", "advbench/vanilla", lambda s: s["asr"]),
+    ("AdvBench suffix", "advbench/suffix", lambda s: s["asr"]),
+    ("FigStep", "figstep/all", lambda s: s["asr"]),
+)
+HELPFULNESS_COLUMNS = (
+    ("VLGuard safe-safes win rate", "vlguard/safe_safes", lambda s: 100 * s["judge"]["win_rate"]),
+    ("VLGuard safe-safes F1", "vlguard/safe_safes", lambda s: 100 * s["helpfulness_f1"]),
+    ("ScienceQA-IMG", "helpfulness/sqa", lambda s: s["headline"]),
+    ("POPE F1", "helpfulness/pope", lambda s: s["headline"]),
+    ("MME perception", "helpfulness/mme", lambda s: s["headline"]),
+    ("TextVQA", "helpfulness/textvqa", lambda s: s["headline"]),
+    ("GQA", "helpfulness/gqa", lambda s: s["headline"]),
+    ("MMBench", "helpfulness/mmbench", lambda s: s["headline"]),
+    ("MM-Vet", "helpfulness/mmvet", lambda s: s["headline"]),
+    ("LLaVA-Bench", "helpfulness/llavabench", lambda s: s["headline"]),
+)
+
+
+def _value(summary: dict, key: str, read, scale: float = 1.0):
+    try:
+        v = read(summary[key])
+    except (KeyError, TypeError):
+        return None
+    return None if v is None else scale * v
+
+
+def table2_of(summary: dict) -> tuple[dict, dict]:
+    """({safety label: %}, {helpfulness label: value}) for one run."""
+    safety = {label: _value(summary, key, read, 100) for label, key, read in SAFETY_COLUMNS}
+    helpful = {label: _value(summary, key, read) for label, key, read in HELPFULNESS_COLUMNS}
+    return ({k: v for k, v in safety.items() if v is not None}, {k: v for k, v in helpful.items() if v is not None})
+
 
 def rows_of(summary: dict) -> dict[str, float]:
-    """{column label: percentage} for one run's summary.json."""
+    """{row label: value} of every safety metric (percentages) in one run's summary.json."""
     out = {}
     for name, s in sorted(summary.items()):
+        if not isinstance(s, dict) or name.startswith("helpfulness/") or name == "skipped":
+            continue
         if "safe" in s and "unsafe" in s:  # xstest
             out[f"{name} unsafe ASR"] = 100 * s["unsafe"]["asr"]
             out[f"{name} safe refusal"] = 100 * s["safe"]["refusal_rate"]
@@ -27,8 +72,17 @@ def rows_of(summary: dict) -> dict[str, float]:
 
 def model_kind(summary: dict) -> str:
     """'LLM' (a text-only model), 'VLLM', or '-' when the summary does not say."""
-    kinds = {s.get("model") for s in summary.values()}
+    kinds = {s.get("model") for s in summary.values() if isinstance(s, dict) and "model" in s}
     return {frozenset({"llm"}): "LLM", frozenset({"vllm"}): "VLLM"}.get(frozenset(kinds), "-")
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+            + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
 
 
 def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path]:
@@ -38,31 +92,43 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
 
     runs = [Path(r) for r in runs]
     names = names or [r.name for r in runs]
-    tables, kinds = [], []
+    summaries = []
     for r in runs:
         summary = read_json(r / SUMMARY, None)
         if summary is None:
             raise FileNotFoundError(f"{r}: no {SUMMARY}; run python -m vlguard_jax.evaluate with --out {r} first")
-        tables.append(rows_of(summary))
-        kinds.append(model_kind(summary))
+        summaries.append(summary)
+    kinds = [model_kind(s) for s in summaries]
+    t2 = [table2_of(s) for s in summaries]
+    safety_cols = [c for c, _, _ in SAFETY_COLUMNS if any(c in s for s, _ in t2)]
+    help_cols = [c for c, _, _ in HELPFULNESS_COLUMNS if any(c in h for _, h in t2)]
+    table2 = _markdown(["checkpoint", "model"] + [f"{c} (ASR %, lower is better)" if c != "XSTest safe refusal"
+                                                   else f"{c} (%, lower is better)" for c in safety_cols]
+                       + [f"{c} (higher is better)" for c in help_cols],
+                       [[n, k] + [_fmt(s.get(c)) for c in safety_cols] + [_fmt(h.get(c)) for c in help_cols]
+                        for n, k, (s, h) in zip(names, kinds, t2)])
+    tables = [rows_of(s) for s in summaries]
     columns = sorted({c for t in tables for c in t}, key=lambda c: ("[" in c, c))
-    lines = ["| metric (%) | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names),
-             "| model | " + " | ".join(kinds) + " |"]
-    for c in columns:
-        lines.append(f"| {c} | " + " | ".join(f"{t[c]:.1f}" if c in t else "-" for t in tables) + " |")
+    detail = _markdown(["metric (%)"] + names, [["model"] + kinds] + [[c] + [_fmt(t.get(c)) for t in tables]
+                                                                      for c in columns])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
-    md.write_text("# Safety evaluation\n\nASR: attack success rate (lower is safer). Refusal on benign "
-                  "prompts: lower is more helpful.\n\n" + "\n".join(lines) + "\n\n![ASR per benchmark](report.png)\n")
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(columns) * len(names)), 4.5))
-    width = 0.8 / len(names)
-    for k, (name, t) in enumerate(zip(names, tables)):
-        ax.bar([i + k * width for i in range(len(columns))], [t.get(c, 0) for c in columns], width, label=name)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(columns))], columns, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 100)
-    ax.legend()
+    md.write_text("# Evaluation\n\nThe paper's Table 2: safety (attack success, lower is safer; refusal of safe "
+                  "prompts, lower is more helpful) and helpfulness (higher is better).\n\n" + "\n".join(table2)
+                  + "\n\n![safety and helpfulness](report.png)\n\n## Every safety metric\n\n" + "\n".join(detail)
+                  + "\n")
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, 0.9 * (len(safety_cols) + len(help_cols)) * len(names)), 4.8))
+    for ax, cols, part, title in ((axes[0], safety_cols, 0, "Safety: ASR % (lower is better)"),
+                                  (axes[1], help_cols, 1, "Helpfulness (higher is better)")):
+        width = 0.8 / len(names)
+        for k, (name, row) in enumerate(zip(names, t2)):
+            ax.bar([i + k * width for i in range(len(cols))], [row[part].get(c, 0) for c in cols], width, label=name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cols))], cols, rotation=45, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        if part == 0:
+            ax.set_ylim(0, 100)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     png = out / "report.png"
     fig.savefig(png, dpi=120)

@@ -116,8 +116,10 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
 def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None, data=None,
         attack="vanilla", font=None, limit: int | None = None, seed: int = 0, protocol: Protocol = Protocol(),
         judge: str | None = None, judge_checkpoint=None, references=None, judge_orders: int = 1,
-        log=print) -> dict:
-    """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it. Judges:
+        generator=None, log=print) -> dict:
+    """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it. `generator`:
+    a (Generator, Loaded) pair already loaded for this checkpoint (the suite's), else one is
+    loaded when there is anything to generate. Judges:
     `openai-compatible` adds the win rate against `references` (gpt4_safe_safes.json);
     `llamaguard` adds Llama Guard's verdicts (`judge_checkpoint`, OUT/<benchmark>/<subset>.llamaguard.json)."""
     from tqdm import tqdm
@@ -162,7 +164,7 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
         if benchmark == "figstep":
             font = _figstep_font(font, log)
         _generate(checkpoint, benchmark, todo, responses, path, images=images, protocol=protocol, font=font,
-                  seed=seed, tqdm=tqdm)
+                  seed=seed, tqdm=tqdm, generator=generator)
     result = score(benchmark, items, responses, subset)
     if benchmark == "figstep" and todo:
         result["font"] = {"path": font, "reference_build": figstep.font_build(font)}
@@ -180,12 +182,12 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
     return result
 
 
-def claim_output(out: Path, path: Path, record: dict, log) -> None:
+def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
     """An --out holds one checkpoint's answers, and each responses file one protocol's: each file
     has a `.run.json` beside it recording both. Resuming with another checkpoint or other settings
-    is refused, naming both."""
+    is refused, naming both. `out` None checks the one file alone."""
     side = path.with_name(path.stem + ".run.json")
-    for other in sorted(out.glob("*/*.run.json")):
+    for other in sorted(out.glob("*/*.run.json")) if out is not None else []:
         saved = json.loads(other.read_text())
         if saved["fingerprint"] != record["fingerprint"]:
             raise ValueError(f"{out}: holds answers of {saved['checkpoint']} ({other}); this run evaluates "
@@ -215,7 +217,8 @@ def _figstep_font(font, log) -> str:
     return font
 
 
-def _generate(checkpoint, benchmark, todo, responses, path, *, images, protocol: Protocol, font, seed, tqdm):
+def _generate(checkpoint, benchmark, todo, responses, path, *, images, protocol: Protocol, font, seed, tqdm,
+              generator=None):
     from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
 
     if benchmark == "vlguard" and not images:
@@ -224,7 +227,7 @@ def _generate(checkpoint, benchmark, todo, responses, path, *, images, protocol:
         for i in todo:
             if not resolve(images, i.image).is_file():
                 raise ImageError(f"{resolve(images, i.image)}: image file not found (record {i.meta['id']!r})")
-    gen, m = load_generator(checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype))
+    gen, m = generator or load_generator(checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype))
     size = m.config.vision.image_size if m.config.vision is not None else None
     blank = pixels(Image.new("RGB", (size, size), BLANK_COLOR), size, pad=False) if size else None
 

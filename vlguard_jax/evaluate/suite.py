@@ -1,0 +1,190 @@
+"""The paper's table in one command: every safety and helpfulness benchmark found under a data
+root, with the model loaded and compiled once, each resumable, into one summary.json and a report.
+
+The data root follows LLaVA's `playground/data/eval` layout and the safety releases' names; each
+benchmark runs when all of its files are there (`LAYOUT`, also in the README). Outputs in OUT:
+safety as `evaluate` writes them (OUT/<benchmark>/<subset>.json), helpfulness answers in LLaVA's
+format (OUT/answers/<name>.jsonl), uploads for the test servers (OUT/upload/), summary.json with
+an entry per benchmark, and the report (OUT/report/).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax.numpy as jnp
+
+from vlguard_jax.evaluate import gpt_graders, vqa, vqa_scoring
+from vlguard_jax.evaluate.judges import JudgeNotConfigured
+from vlguard_jax.evaluate.judges import settings as judge_settings
+from vlguard_jax.evaluate.runner import SUMMARY, Protocol, claim_output, read_json, run, write_json
+from vlguard_jax.loading import fingerprint
+
+
+@dataclasses.dataclass(frozen=True)
+class Safety:
+    benchmark: str
+    files: tuple                # relative to the data root
+    kw: tuple = ()              # runner.run's subset / attack
+
+
+@dataclasses.dataclass(frozen=True)
+class Helpfulness:
+    questions: str              # the question file
+    images: str | None          # the image folder
+    needs: tuple                # the scorer's files
+    single_pred: bool = False
+    max_new_tokens: int | None = None  # the script's, else vqa.MAX_NEW_TOKENS by file kind
+    judged: bool = False        # GPT-4 graded: only with a judge endpoint
+
+
+SAFETY = {
+    "vlguard/unsafes": Safety("vlguard", ("vlguard/test.json", "vlguard/test"), (("subset", "unsafes"),)),
+    "vlguard/safe_unsafes": Safety("vlguard", ("vlguard/test.json", "vlguard/test"), (("subset", "safe_unsafes"),)),
+    "vlguard/safe_safes": Safety("vlguard", ("vlguard/test.json", "vlguard/test"), (("subset", "safe_safes"),)),
+    "xstest": Safety("xstest", ("xstest/xstest_prompts.csv",)),
+    "advbench/vanilla": Safety("advbench", ("advbench/harmful_behaviors.csv",), (("attack", "vanilla"),)),
+    "advbench/suffix": Safety("advbench", ("advbench/harmful_behaviors.csv",), (("attack", "suffix"),)),
+    "figstep": Safety("figstep", ("figstep/safebench.csv",)),
+}
+HELPFULNESS = {
+    "sqa": Helpfulness("scienceqa/llava_test_CQM-A.json", "scienceqa/images/test",
+                       ("scienceqa/problems.json", "scienceqa/pid_splits.json"), single_pred=True),
+    "pope": Helpfulness("pope/llava_pope_test.jsonl", "pope/val2014", ("pope/coco",)),
+    "mme": Helpfulness("MME/llava_mme.jsonl", "MME/MME_Benchmark_release_version", ("MME/MME_Benchmark_release_version",)),
+    "textvqa": Helpfulness("textvqa/llava_textvqa_val_v051_ocr.jsonl", "textvqa/train_images",
+                           ("textvqa/TextVQA_0.5.1_val.json",)),
+    "gqa": Helpfulness("gqa/llava_gqa_testdev_balanced.jsonl", "gqa/data/images", ("gqa/data/testdev_balanced_questions.json",)),
+    "mmbench": Helpfulness("mmbench/mmbench_dev_20230712.tsv", None, (), single_pred=True),
+    "vizwiz": Helpfulness("vizwiz/llava_test.jsonl", "vizwiz/test", ()),
+    "mmvet": Helpfulness("mm-vet/llava-mm-vet.jsonl", "mm-vet/images", ("mm-vet/mm-vet.json",), max_new_tokens=1024,
+                         judged=True),
+    "llavabench": Helpfulness("llava-bench-in-the-wild/questions.jsonl", "llava-bench-in-the-wild/images",
+                              ("llava-bench-in-the-wild/context.jsonl", "llava-bench-in-the-wild/answers_gpt4.jsonl"),
+                              max_new_tokens=1024, judged=True),
+}
+# The number each benchmark contributes to the paper's table (a path into its metrics).
+HEADLINE = {"sqa": ("img_accuracy",), "pope": ("f1",), "mme": ("perception",), "textvqa": ("accuracy",),
+            "gqa": ("accuracy",), "mmbench": ("circular_accuracy",), "mmvet": ("total",),
+            "llavabench": ("all", "relative")}
+LAYOUT = {**{k: v.files for k, v in SAFETY.items()},
+          **{k: (v.questions,) + ((v.images,) if v.images else ()) + v.needs for k, v in HELPFULNESS.items()}}
+
+
+def score(name: str, answers: list[dict], root: Path, upload_dir: Path, grades: Path) -> dict:
+    """A helpfulness benchmark's metrics (or upload file) from its answers."""
+    if name == "sqa":
+        return vqa_scoring.sqa(answers, root / "scienceqa")
+    if name == "pope":
+        m = vqa_scoring.pope(answers, root / "pope/llava_pope_test.jsonl", root / "pope/coco")
+        f1s = [c["f1"] for c in m.values() if c["f1"] is not None]
+        return {"by_category": m, "f1": 100 * sum(f1s) / len(f1s) if f1s else None}
+    if name == "mme":
+        return vqa_scoring.mme(answers, root / "MME/MME_Benchmark_release_version")
+    if name == "textvqa":
+        return vqa_scoring.textvqa(answers, root / "textvqa/TextVQA_0.5.1_val.json")
+    if name == "gqa":
+        return vqa_scoring.gqa(answers, root / "gqa/data/testdev_balanced_questions.json")
+    if name == "mmbench":
+        return vqa_scoring.mmbench(answers, root / HELPFULNESS["mmbench"].questions)
+    if name == "vizwiz":
+        dst = vqa_scoring.vizwiz_upload(answers, root / HELPFULNESS["vizwiz"].questions, upload_dir / "vizwiz.json")
+        return {"upload": str(dst), "n": len(answers)}
+    if name == "mmvet":
+        return gpt_graders.mm_vet(answers, root / "mm-vet/mm-vet.json", grades / "mmvet.json")
+    if name == "llavabench":
+        base = root / "llava-bench-in-the-wild"
+        return gpt_graders.llava_bench(answers, base / "questions.jsonl", base / "context.jsonl",
+                                       base / "answers_gpt4.jsonl", grades / "llavabench.json")
+    raise ValueError(f"unknown helpfulness benchmark {name!r}")
+
+
+def plan(root: Path, only: list[str] | None) -> tuple[list[str], dict[str, str]]:
+    """(benchmarks to run, {benchmark: why it is skipped})."""
+    names = list(SAFETY) + list(HELPFULNESS)
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise ValueError(f"--only {unknown[0]!r}: not a suite benchmark; choose from {names}")
+    todo, skipped = [], {}
+    try:
+        judge_settings()
+        judge = True
+    except JudgeNotConfigured:
+        judge = False
+    for name in names:
+        if only and name not in only:
+            continue
+        missing = [f for f in LAYOUT[name] if not (root / f).exists()]
+        if missing:
+            skipped[name] = f"missing {root / missing[0]}"
+        elif name in HELPFULNESS and HELPFULNESS[name].judged and not judge:
+            skipped[name] = "GPT-4 graded: set VLGUARD_JUDGE_URL and VLGUARD_JUDGE_MODEL"
+        else:
+            todo.append(name)
+    return todo, skipped
+
+
+def run_suite(checkpoint, data_root, out, *, only=None, limit: int | None = None, protocol: Protocol = Protocol(),
+              max_new_tokens: int | None = None, font=None, log=print) -> dict:
+    """Run every benchmark found under DATA_ROOT (or `only` those); returns summary.json's content.
+    `max_new_tokens` overrides every benchmark's own (quick checks only: not the protocols')."""
+    from vlguard_jax.generate import load_generator
+    from vlguard_jax.loading import peek
+
+    root, out = Path(data_root), Path(out)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data-root {root}: no such directory")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: a file, not a directory")
+    todo, skipped = plan(root, only)
+    for name, why in skipped.items():
+        log(f"skipping {name}: {why}")
+    if not todo:
+        raise FileNotFoundError(f"{root}: none of the suite's files are there (see the README's layout)")
+    config, tokenizer = peek(checkpoint)
+    protocol = protocol.resolved(config, tokenizer)
+    generator = load_generator(checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype))
+    for name in todo:
+        log(f"== {name}")
+        if name in SAFETY:
+            s = SAFETY[name]
+            files = (dict(meta=root / s.files[0], images=root / s.files[1]) if s.benchmark == "vlguard"
+                     else dict(data=root / s.files[0]))
+            safety = dataclasses.replace(protocol, max_new_tokens=max_new_tokens or protocol.max_new_tokens)
+            run(checkpoint, s.benchmark, out, font=font, limit=limit, protocol=safety, generator=generator,
+                log=log, **files, **dict(s.kw))
+            continue
+        _helpfulness(name, checkpoint, root, out, generator, protocol, limit, max_new_tokens, log)
+    summary = read_json(out / SUMMARY, {})
+    summary["skipped"] = skipped
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def _helpfulness(name, checkpoint, root: Path, out: Path, generator, protocol: Protocol, limit, max_new_tokens,
+                 log) -> None:
+    h = HELPFULNESS[name]
+    questions = vqa.read_questions(root / h.questions, single_pred=h.single_pred)[:limit]
+    path = out / "answers" / f"{name}.jsonl"
+    max_new = max_new_tokens or h.max_new_tokens or vqa.MAX_NEW_TOKENS[Path(h.questions).suffix]
+    settings = {"conv_mode": "vicuna_v1", "max_new_tokens": max_new, "single_pred_prompt": h.single_pred,
+                "dtype": protocol.dtype, "pad": True}
+    claim_output(out, path, {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint),
+                             "protocol": settings, "seed": 0}, log)
+    gen, loaded = generator
+    answers = vqa.answer(gen, loaded, questions, path, image_folder=root / h.images if h.images else None,
+                         max_new_tokens=max_new, model_id=Path(checkpoint).name, log=log)
+    (out / "upload").mkdir(parents=True, exist_ok=True)
+    (out / "grades").mkdir(parents=True, exist_ok=True)
+    metrics = score(name, answers, root, out / "upload", out / "grades")
+    summary = read_json(out / SUMMARY, {})
+    summary[f"helpfulness/{name}"] = dict(metrics, answered=len(answers), checkpoint=str(checkpoint),
+                                          headline=headline(name, metrics), model="vllm", protocol=settings)
+    write_json(out / SUMMARY, summary)
+
+
+def headline(name: str, metrics: dict) -> float | None:
+    value = metrics
+    for k in HEADLINE.get(name, ()):
+        value = value.get(k) if isinstance(value, dict) else None
+    return value if isinstance(value, (int, float)) else None
