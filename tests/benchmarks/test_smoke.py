@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import generate_throughput, train_throughput
+from benchmarks import eval_suite, generate_throughput, train_throughput
 
 
 @pytest.mark.parametrize("module", [train_throughput, generate_throughput])
@@ -23,6 +23,16 @@ def test_benchmark_reports_its_fields(module, capsys):
         assert ours["prefill_s"] > 0 and ours["decode_step_s"] == (ours["batch_s"] - ours["prefill_s"]) / 3
         assert ours["measured_bytes_per_s"] > 0 and ours["decode_memory_floor_s"] > ours["decode_weights_floor_s"]
         assert 0 < ours["lm_weight_bytes"] < ours["weight_bytes"] and printed["peer"]["prefill_s"] > 0
+
+
+def test_eval_suite_benchmark_reports_both_sides(capsys):
+    out = eval_suite.main(["--preset", "tiny", "--peer", "torch", "--items", "3", "--batch", "2", "--json"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == out and out["items"] == 3 and out["new_tokens"] == 256
+    for side in ("ours", "peer"):
+        assert out[side]["total_s"] > out[side]["load_s"] > 0
+        assert out[side]["tokens_per_s"] == 3 * 256 / out[side]["total_s"]
+    assert out["ratio"] == out["peer"]["total_s"] / out["ours"]["total_s"]
 
 
 def test_train_flops_count_lora_honestly():
