@@ -83,13 +83,32 @@ def test_loss_falls_and_logs_are_written(env, monkeypatch):
     assert ckpts == ["12", "24"]
 
 
-def test_kill_and_resume_is_bit_exact(env):
+@pytest.fixture(scope="module")
+def reference(env):
+    """An uninterrupted 8-step run (LoRA dropout on, so the rng state matters) and its config."""
     ns, tmp = env
     kw = dict(total_steps=8, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1})
     cfg = config_file(ns, tmp, "resume", **kw)
     ref = subprocess.run(train_cmd(cfg, tmp / "ref"), env=run_env(), capture_output=True, text=True,
                          timeout=600, cwd=REPO)
     assert ref.returncode == 0, ref.stderr[-3000:]
+    return cfg, tmp / "ref"
+
+
+def assert_same_run(ref, work):
+    step_a, a = final_params(ref)
+    step_b, b = final_params(work)
+    assert step_a == step_b == 8
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    la = [x["loss"] for x in metrics(ref)]
+    lb = {x["step"]: x["loss"] for x in metrics(work)}
+    assert all(lb[s] == la[s - 1] for s in lb)
+
+
+def test_kill_and_resume_is_bit_exact(env, reference):
+    ns, tmp = env
+    cfg, ref = reference
     # Kill -9 as soon as anything of the step-4 checkpoint appears (usually mid-write), then restart.
     work = tmp / "killed"
     for trigger in ("4",):
@@ -107,14 +126,32 @@ def test_kill_and_resume_is_bit_exact(env):
                           cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout + done.stderr
-    step_a, a = final_params(tmp / "ref")
-    step_b, b = final_params(work)
-    assert step_a == step_b == 8
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
-    la = [x["loss"] for x in metrics(tmp / "ref")]
-    lb = {x["step"]: x["loss"] for x in metrics(work)}
-    assert all(lb[s] == la[s - 1] for s in lb)
+    assert_same_run(ref, work)
+
+
+def test_sigterm_checkpoints_the_step_and_a_restart_is_bit_exact(env, reference):
+    """A preemption notice: the run finishes its step, checkpoints it (between the every-2-steps
+    ones, often), exits 0; the same command then ends where an uninterrupted run ends."""
+    ns, tmp = env
+    cfg, ref = reference
+    work = tmp / "preempted"
+    proc = subprocess.Popen(train_cmd(cfg, work), env=run_env(), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (work / "metrics.jsonl").exists() and len((work / "metrics.jsonl").read_text().splitlines()) >= 1:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    step = int(out.split("preempted at step ")[1].split(":")[0])
+    assert 1 <= step < 8 and (work / "checkpoints" / str(step)).is_dir()
+    done = subprocess.run(train_cmd(cfg, work), env=run_env(), capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {work / 'checkpoints'} at step {step}" in done.stdout
+    assert_same_run(ref, work)
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(env):
@@ -169,3 +206,43 @@ def test_two_processes_match_one(env):
     _, b = final_params(tmp / "two")
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def start_two(cfg, workdir):
+    port = free_port()
+    return [subprocess.Popen(train_cmd(cfg, workdir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=run_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                    JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+            for i in range(2)]
+
+
+def finish(procs) -> list[tuple[str, str]]:
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    return outs
+
+
+def test_two_processes_preempted_on_one_host_resume_bit_exact(env):
+    """A notice on process 1 alone: both processes checkpoint the same step (JAX's preemption sync
+    point) and exit 0; the restart ends where an uninterrupted two-process run ends."""
+    ns, tmp = env
+    cfg = config_file(ns, tmp, "multi_pre", total_steps=10, checkpoint_every=100, **{"mesh.shape": (-1, 1, 1)})
+    finish(start_two(cfg, tmp / "two_ref"))
+    work = tmp / "two_pre"
+    procs = start_two(cfg, work)
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if (work / "metrics.jsonl").exists() and (work / "metrics.jsonl").read_text().strip():
+            break
+        time.sleep(0.005)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = finish(procs)
+    step = int(outs[0][0].split("preempted at step ")[1].split(":")[0])
+    assert 1 <= step < 10 and (work / "checkpoints" / str(step)).is_dir()
+    finish(start_two(cfg, work))
+    _, a = final_params(tmp / "two_ref")
+    _, b = final_params(work)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert [x["loss"] for x in metrics(tmp / "two_ref")][step:] == [x["loss"] for x in metrics(work)][step:]

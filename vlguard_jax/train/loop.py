@@ -38,25 +38,37 @@ class NonFiniteError(UserError, RuntimeError):
     pass
 
 
-class Terminated(UserError):
-    """SIGTERM: the run stops, its data workers and checkpoint writes shut down first."""
+class Preemption:
+    """SIGTERM is a preemption notice: the run finishes its step, checkpoints it and stops.
 
+    In one process our handler notes the signal. Across processes JAX's preemption service (on
+    with `jax.distributed`) catches it on any host and `reached_preemption_sync_point` names the
+    same step on all of them, so every process checkpoints that step."""
 
-@contextlib.contextmanager
-def stop_on_sigterm():
-    """SIGTERM raises Terminated in the main thread, so every `finally` runs (Ctrl-C already
-    raises KeyboardInterrupt)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    def __init__(self):
+        self.noticed = False
+        self.multi = jax.process_count() > 1
+        self._old = None
 
-    def handler(signum, frame):
-        raise Terminated("stopped by SIGTERM")
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    def __enter__(self) -> "Preemption":
+        if not self.multi and threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._notice)
+        return self
+
+    def _notice(self, signum, frame) -> None:
+        self.noticed = True
+
+    def __exit__(self, *exc) -> bool:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+    def at(self, step: int) -> bool:
+        """Whether to checkpoint `step` and stop (called after every step by every process)."""
+        if self.multi:
+            from jax.experimental import multihost_utils
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.noticed
 
 
 def maybe_initialize_distributed() -> None:
@@ -190,8 +202,8 @@ def run(cfg, log_fn=None) -> dict:
         raise ConfigError(f"config.mesh.shape: {e}") from None
     main = jax.process_index() == 0
     say = log_fn or (lambda s: print(s, flush=True) if main else None)
-    with Lock(workdir, say) if main else contextlib.nullcontext(), stop_on_sigterm():
-        return _run(cfg, workdir, mesh, say)
+    with Lock(workdir, say) if main else contextlib.nullcontext(), Preemption() as preemption:
+        return _run(cfg, workdir, mesh, say, preemption)
 
 
 @dataclasses.dataclass
@@ -209,15 +221,15 @@ class Setup:
     meta: dict          # saved with every checkpoint
 
 
-def _run(cfg, workdir: Path, mesh, say) -> dict:
+def _run(cfg, workdir: Path, mesh, say, preemption: Preemption) -> dict:
     ckpt = Checkpoints(workdir, cfg.checkpoint_every, cfg.keep_checkpoints)
     try:
-        return _train(cfg, workdir, mesh, say, ckpt)
+        return _train(cfg, workdir, mesh, say, ckpt, preemption)
     finally:
         ckpt.close()
 
 
-def _train(cfg, workdir: Path, mesh, say, ckpt) -> dict:
+def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
     latest = ckpt.latest()
     if latest is not None and 0 < cfg.total_steps < latest:
         raise ConfigError(f"config.total_steps: {cfg.total_steps} is below the {latest} steps this workdir's run "
@@ -254,7 +266,7 @@ def _train(cfg, workdir: Path, mesh, say, ckpt) -> dict:
     try:
         state, shardings, start = _resume(setup, ckpt, latest, it, trainable, say)
         del trainable
-        return _steps(setup, ckpt, it, state, shardings, start)
+        return _steps(setup, ckpt, it, state, shardings, start, preemption, say)
     finally:
         close = getattr(it, "close", None)
         if close is not None:
@@ -274,7 +286,7 @@ def _resume(s: Setup, ckpt, latest, it, trainable, say):
     return state, shardings, int(latest)
 
 
-def _steps(s: Setup, ckpt, it, state, shardings, start: int) -> dict:
+def _steps(s: Setup, ckpt, it, state, shardings, start: int, preemption: Preemption, say) -> dict:
     cfg = s.cfg
     train_step = jit_train_step(s.model, s.opt, s.accum, cfg.loss_chunk, s.mesh, shardings)
     logger = Logger(s.workdir, s.total, start)
@@ -312,8 +324,14 @@ def _steps(s: Setup, ckpt, it, state, shardings, start: int) -> dict:
                            "mfu": (window_flops / elapsed / (peak * jax.device_count())) if peak else None}
                 logger.write(done, metrics)
                 window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
-            ckpt.save(done, state, it.get_state(), s.meta, force=done == s.total)
+            preempted = done < s.total and preemption.at(done)
+            ckpt.save(done, state, it.get_state(), s.meta, force=done == s.total or preempted)
             last = {"step": done, "loss": float(m["loss"])}
+            if preempted:
+                ckpt.wait()
+                say(f"preempted at step {done}: checkpoint {done} saved in {s.workdir / 'checkpoints'}; rerun the "
+                    "same command to resume")
+                return dict(last, preempted=True)
     finally:
         ckpt.wait()
         logger.close()
