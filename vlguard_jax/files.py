@@ -69,9 +69,17 @@ def _remove(path: Path, settle_s: float = 0.25, tries: int = 20) -> None:
             return
 
 
+_DIGESTS: dict = {}
+
+
 def sha256_file(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """A file's sha256, computed once per process while its size and modification time stay."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        with open(path, "rb") as f:
+            _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _DIGESTS[key]
 
 
 def fingerprint(path, sample: int = 1 << 20) -> str:

@@ -19,7 +19,6 @@ from vlguard_jax.data.images import ImageError
 from vlguard_jax.data.pipeline import Layout, dataset, epoch_order, prepare, steps_for
 from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.data.sample import write_sample
-from vlguard_jax.data.store import TokenStore
 from vlguard_jax.data.tokenize import IGNORE, TokenizationError
 from vlguard_jax.models.config import LlavaConfig
 
@@ -101,7 +100,7 @@ def make_rows(sample, tok, model_cfg, tmp, layout=None, **kw):
 
 def test_rows_hold_the_tokenized_examples(sample, tok, model_cfg, tmp_path):
     rows = make_rows(sample, tok, model_cfg, tmp_path, Layout(global_batch=10, epochs=2, seed=3, max_length=160))
-    store = TokenStore(tmp_path / "data_store" / "process_0")
+    store = rows.store
     assert len(store) == 104 and rows.steps == steps_for(104, rows.layout) == 21
     row = rows[0]
     i = rows.example_at(0)
@@ -144,7 +143,7 @@ def test_bucketed_batches_agree_across_processes(sample, tok, model_cfg, tmp_pat
                    process_index=p, process_count=2) for p in range(2)]
     single = make_rows(sample, tok, model_cfg, tmp_path / "one", dataclasses.replace(lays[0], process_count=1),
                        max_length=512)
-    parts = [make_rows(sample, tok, model_cfg, tmp_path / f"p{p}", lays[p], max_length=512) for p in range(2)]
+    parts = [make_rows(sample, tok, model_cfg, tmp_path / "pod", lays[p], max_length=512) for p in range(2)]
     its = [iter(dataset(r)) for r in parts]
     for b in collect(iter(dataset(single)), 5):
         halves = [next(it) for it in its]
@@ -267,7 +266,7 @@ def test_bad_records_skipped_counted_and_reported(sample, tok, model_cfg, tmp_pa
     names = [json.loads(line)["record"] for line in report.read_text().splitlines()]
     assert len(names) == 6 and all(rows[i]["id"] in " ".join(names) for i in (1, 2, 4, 5, 7, 8))
     assert any("bad records skipped so far: 6" in line for line in logs), logs
-    assert len(TokenStore(tmp_path / "w" / "data_store" / "process_0")) == 24
+    assert len(r.store) == 24
     # The corrupt image is met in the pipeline: a padding row and a report line, not a crash.
     batches = collect(iter(dataset(r)), r.steps)
     n_rows = sum(int((b["labels"] != IGNORE).any(axis=1).sum()) for b in batches)
@@ -284,3 +283,48 @@ def test_more_epochs_share_the_store_and_keep_the_order(sample, tok, model_cfg, 
     n = len(rows.store)
     assert [longer.example_at(p) for p in range(2 * n)] == [rows.example_at(p) for p in range(2 * n)]
     assert rows.example_at(2 * n) == -1 and sorted(longer.example_at(p) for p in range(2 * n, 3 * n)) == list(range(n))
+
+
+def test_the_store_is_built_once_named_by_its_inputs_and_found_by_every_start(sample, tok, model_cfg, tmp_path,
+                                                                              monkeypatch):
+    import shutil
+
+    from vlguard_jax.data.tokenize import Encoder
+    data = tmp_path / "train.json"
+    shutil.copy(sample["train"], data)
+    first, again = [], []
+    lay = Layout(global_batch=8, epochs=1, seed=0, max_length=160)
+    rows = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w", lay, log=first.append)
+    monkeypatch.setattr(Encoder, "encode_many", lambda *a: pytest.fail("tokenized again"))
+    found = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w", lay, log=again.append)
+    assert found.store.path == rows.store.path and len(found.store) == len(rows.store) == 104
+    assert any("found: not tokenizing again" in line for line in again)
+    assert [x for x in again if "found" not in x] == first  # the same composition and drop lines
+    # Another process of the pod, and a restart as another process index, find it too.
+    other = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w",
+                    dataclasses.replace(lay, process_index=1, process_count=2), log=lambda *_: None)
+    assert other.store.path == rows.store.path
+    monkeypatch.undo()
+    # Any change in the inputs or the settings names another store.
+    stores = lambda: sorted(p.name for p in (tmp_path / "w" / "data_store").iterdir())
+    prepare(data_cfg(sample, vlguard=str(data), helpful_seed=1), tok, model_cfg, tmp_path / "w", lay,
+            log=lambda *_: None)
+    data.write_text(json.dumps(json.loads(data.read_text())[:-1]))
+    changed = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w", lay, log=lambda *_: None)
+    assert len(stores()) == 3 and len(changed.store) < 104
+    # A store left half-written (no meta.json) is rebuilt, never read.
+    (changed.store.path / "meta.json").unlink()
+    (changed.store.path / "ids.bin").write_bytes(b"\0")
+    rebuilt = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w", lay, log=lambda *_: None)
+    assert len(rebuilt.store) == len(changed.store) and len(stores()) == 3
+
+
+def test_other_processes_wait_for_process_0s_store(sample, tok, model_cfg, tmp_path, monkeypatch):
+    from vlguard_jax.data import pipeline
+    monkeypatch.setattr(pipeline, "STORE_WAIT_S", 0)
+    lay = Layout(global_batch=8, epochs=1, seed=0, max_length=160, process_index=1, process_count=2)
+    logs = []
+    with pytest.raises(TimeoutError, match=r"data_store/[0-9a-f]{16}: process 0 built no token store in 0 s; is the "
+                                           "workdir on storage every process sees"):
+        prepare(data_cfg(sample), tok, model_cfg, tmp_path / "w", lay, log=logs.append)
+    assert "waiting for process 0 to build the token store" in logs[0]

@@ -8,7 +8,7 @@ import pytest
 from tests import tiny
 from vlguard_jax.data.conversation import get_template, render, turns
 from vlguard_jax.data.tokenize import (IGNORE, Encoder, TokenizationError, encode,
-                                       tokenize_with_images)
+                                       encode_batch, tokenize_with_images)
 
 N_IMG = 5
 
@@ -196,20 +196,79 @@ def test_role_words_llava_reads_as_text_are_kept(tok, text):
     np.testing.assert_array_equal(labels, l_labels)
 
 
+class Merging:
+    """A fast-looking tokenizer that merges ':' with the following ' ', so that a token crosses the
+    turn boundary after 'ASSISTANT:' and the prefixes disagree with the whole."""
+    bos_token_id, is_fast = 1, True
+
+    def __call__(self, text):
+        return type("R", (), {"input_ids": [i for i, _ in self.tokens(text)]})
+
+    @staticmethod
+    def tokens(text):
+        out, i = [(1, (0, 0))], 0
+        while i < len(text):
+            n = 2 if text.startswith(": ", i) else 1
+            out.append((ord(text[i]) + 1000 * n, (i, i + n)))
+            i += n
+        return out
+
+    class Encoding:
+        """The part of tokenizers.Encoding that the one-pass tokenization reads."""
+
+        def __init__(self, text):
+            self.ids, self.offsets = zip(*Merging.tokens(text))
+            self.ids = list(self.ids)
+
+        def char_to_token(self, c):
+            return next((t for t, (a, b) in enumerate(self.offsets) if t and a <= c < b), None)
+
+        def token_to_chars(self, t):
+            return self.offsets[t]
+
+    @property
+    def backend_tokenizer(self):
+        return type("Backend", (), {"encode_batch": lambda _, chunks: [Merging.Encoding(c) for c in chunks]})()
+
+
 def test_turn_boundary_mismatch_names_the_sample(tok):
-    class Merging:
-        """A tokenizer that merges ':' with the following ' ' -> prefixes disagree with the whole."""
-        bos_token_id = 1
-
-        def __call__(self, text):
-            class R:
-                pass
-            r = R()
-            r.input_ids = [1] + [ord(c) + 1000 for c in text.replace(": ", "\x00")]
-            return r
-
     with pytest.raises(TokenizationError, match="sample 'bad-7'"):
         encode(Merging(), SAMPLES["one turn"], image_token_index=5, num_image_tokens=2, sample="sample 'bad-7'")
+
+
+def test_one_pass_finds_a_token_across_a_turn_boundary_and_the_rule_decides():
+    pieces = [("USER: hi ASSISTANT:", False), (" yes</s>", True)]
+    assert encode_batch(Merging(), [pieces], 5, 2) == [0]
+    enc = Encoder(Merging(), 5, 2, template="vicuna_v1")
+    [got] = enc.encode_many([{"conversations": SAMPLES["one turn"]}], ["sample 'bad-7'"])
+    with pytest.raises(TokenizationError) as want:
+        encode(Merging(), SAMPLES["one turn"], image_token_index=5, num_image_tokens=2, sample="sample 'bad-7'")
+    assert isinstance(got, TokenizationError) and str(got) == str(want.value)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_one_pass_equals_the_turn_by_turn_rule(tok, name):
+    image_id = tok.convert_tokens_to_ids("<image>")
+    exact = Encoder(tok, image_id, N_IMG, max_length=40)
+    fast = Encoder(tok, image_id, N_IMG, max_length=40, exact_every=10**9)
+    records = [{"id": name, "conversations": SAMPLES[name]}] * 2
+    for want, got in zip([exact(r) for r in records], fast.encode_many(records, [name, name])):
+        assert (want is None) == (got is None)
+        for k in want or {}:
+            np.testing.assert_array_equal(got[k], want[k])
+    assert fast.drops == exact.drops
+
+
+def test_a_one_pass_disagreement_is_an_error_whatever_the_mode(tok, monkeypatch):
+    """The spot check: the first sample and every exact_every-th after it are also tokenized turn
+    by turn, and a difference raises (build_store does not catch it)."""
+    import vlguard_jax.data.tokenize as t
+    image_id = tok.convert_tokens_to_ids("<image>")
+    one_pass = t.encode_batch
+    monkeypatch.setattr(t, "encode_batch", lambda *a: [(i, np.roll(lab, 1)) for i, lab in one_pass(*a)])
+    records = [{"id": str(i), "conversations": SAMPLES["multi turn"]} for i in range(3)]
+    with pytest.raises(TokenizationError, match="'a'.*disagrees with the turn-by-turn rule"):
+        Encoder(tok, image_id, N_IMG, exact_every=10).encode_many(records, ["sample 'a'", "b", "c"])
 
 
 def test_real_llama_style_image_expansion(tok):
@@ -222,8 +281,9 @@ def test_real_llama_style_image_expansion(tok):
 
 
 def test_real_vlguard_train_tokenizes_by_the_rule(tok, shared_data):
-    """All 2,000 converted training conversations: none dropped at 2048 with 576 image tokens, and
-    labels equal the span reference on every 10th sample."""
+    """All 2,000 converted training conversations: none dropped at 2048 with 576 image tokens,
+    the one-pass tokenization equal to the turn-by-turn rule on every one, and labels equal to the
+    span reference on every 10th sample."""
     from vlguard_jax.data.convert_vlguard import to_llava
     from vlguard_jax.data.records import load_vlguard
     records = to_llava(load_vlguard(shared_data / "vlguard" / "train.json"))
@@ -231,6 +291,10 @@ def test_real_vlguard_train_tokenizes_by_the_rule(tok, shared_data):
     enc = Encoder(tok, image_id, 576, max_length=2048)
     outs = [enc(r) for r in records]
     assert enc.drops == {} and all(o is not None for o in outs)
+    fast = Encoder(tok, image_id, 576, max_length=2048, exact_every=10**9)
+    for o, f in zip(outs, fast.encode_many(records, [r["id"] for r in records])):
+        np.testing.assert_array_equal(f["input_ids"], o["input_ids"])
+        np.testing.assert_array_equal(f["labels"], o["labels"])
     for r, o in list(zip(records, outs))[::10]:
         ref_ids, ref_labels = span_reference(tok, r["conversations"], image_id, 576)
         np.testing.assert_array_equal(o["input_ids"], ref_ids, err_msg=r["id"])

@@ -9,6 +9,7 @@ which is what `CLIPImageProcessor` does when given an RGBA image itself.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,13 @@ class ImageError(ValueError):
 
 def resolve(root, relative: str) -> Path:
     """`root/relative`, refusing absolute paths and anything that escapes the root (`..`, links)."""
-    if Path(relative).is_absolute():
+    if os.path.isabs(relative):
         raise ImageError(f"image path {relative!r} is absolute; paths must be relative to the image root {root}")
-    root = Path(root).resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise ImageError(f"image path {relative!r} resolves to {path}, outside the image root {root}")
-    return path
+    real_root = os.path.realpath(root)
+    path = os.path.realpath(os.path.join(real_root, relative))
+    if not (path + os.sep).startswith(real_root.rstrip(os.sep) + os.sep):
+        raise ImageError(f"image path {relative!r} resolves to {path}, outside the image root {real_root}")
+    return Path(path)
 
 
 def open_rgb(path, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> Image.Image:

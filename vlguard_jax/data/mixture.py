@@ -6,7 +6,9 @@
 - `vlguard`: VLGuard train alone; `llava`: the LLaVA file alone (e.g. the demo's stage 1).
 
 Each example is a LLaVA-format record plus `source` (an index into `Mixture.sources`), which
-says which image root its `image` path is relative to.
+says which image root its `image` path is relative to. The LLaVA file of `mixed` and `llava` is
+streamed (`Streamed`): a 665k mix is read record by record, on each pass, never held whole; the
+post-hoc draw reads it twice (the valid rows, then the drawn ones).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import dataclasses
 import numpy as np
 
 from vlguard_jax.data.convert_vlguard import to_llava
-from vlguard_jax.data.records import (RecordError, load_json_list, record_label, validate_llava,
+from vlguard_jax.data.records import (RecordError, iter_json_list, load_json_list, record_label, validate_llava,
                                       validate_vlguard)
 
 RECIPES = ("posthoc", "mixed", "vlguard", "llava")
@@ -29,29 +31,79 @@ class Source:
     image_root: str
 
 
+class Streamed:
+    """A LLaVA-format file's valid records, read anew on each pass. Bad records raise, or are
+    reported through `bad` and left out (on the first pass only)."""
+
+    def __init__(self, path, bad=None):
+        self.path, self.bad, self._reported = path, bad, False
+
+    def __iter__(self):
+        report, self._reported = not self._reported, True
+        for i, r in enumerate(iter_json_list(self.path)):
+            try:
+                yield validate_llava(r, self.path, i)
+            except RecordError as e:
+                if self.bad is None or self.bad.mode == "raise":
+                    raise
+                if report:
+                    self.bad.report(record_label(self.path, i, r), str(e))
+
+
+class Records:
+    """The mixture's examples, source by source, each a record plus its `source` index; iterable
+    as often as needed."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+
+    def __iter__(self):
+        for s, part in enumerate(self.parts):
+            for r in part:
+                yield dict(r, source=s)
+
+
+def composition(records, sources: list[Source]) -> dict:
+    """{source: {"total", "safe", "unsafe", "text_only"}}; `safe` counts VLGuard's flag only."""
+    out = {s.name: collections.Counter() for s in sources}
+    for r in records:
+        c = out[sources[r["source"]].name]
+        c["total"] += 1
+        if "safe" in r:
+            c["safe" if r["safe"] else "unsafe"] += 1
+        if "image" not in r:
+            c["text_only"] += 1
+    return {k: dict(v) for k, v in out.items()}
+
+
+def describe(counts: dict) -> str:
+    lines = [f"data mixture: {sum(c.get('total', 0) for c in counts.values())} examples"]
+    for name, c in counts.items():
+        extra = ", ".join(f"{k} {v}" for k, v in c.items() if k != "total")
+        lines.append(f"  {name}: {c.get('total', 0)}" + (f" ({extra})" if extra else ""))
+    return "\n".join(lines)
+
+
+def check_nonempty(counts: dict, sources: list[Source], recipe: str, skipping: bool) -> None:
+    """A source with no records (left) is an error: an empty VLGuard file would train the
+    post-hoc recipe on helpfulness rows alone."""
+    for source in sources:
+        if not counts.get(source.name, {}).get("total"):
+            raise RecordError(f"{source.path}: no records to train on (data.{source.name}, which the {recipe} "
+                              "recipe needs)" + (" after skipping bad ones" if skipping else ""))
+
+
 @dataclasses.dataclass
 class Mixture:
     sources: list[Source]
-    records: list[dict]
+    records: Records
+    recipe: str = "posthoc"
 
     def composition(self) -> dict:
-        """{source: {"total", "safe", "unsafe", "text_only"}}; `safe` counts VLGuard's flag only."""
-        out = collections.defaultdict(collections.Counter)
-        for r in self.records:
-            c = out[self.sources[r["source"]].name]
-            c["total"] += 1
-            if "safe" in r:
-                c["safe" if r["safe"] else "unsafe"] += 1
-            if "image" not in r:
-                c["text_only"] += 1
-        return {k: dict(v) for k, v in out.items()}
+        return composition(self.records, self.sources)
 
     def describe(self) -> str:
-        lines = [f"data mixture: {len(self.records)} examples"]
-        for name, c in self.composition().items():
-            extra = ", ".join(f"{k} {v}" for k, v in c.items() if k != "total")
-            lines.append(f"  {name}: {c['total']}" + (f" ({extra})" if extra else ""))
-        return "\n".join(lines)
+        return describe(self.composition())
 
 
 def _valid(records, validate, path, bad) -> list[dict]:
@@ -76,35 +128,47 @@ def load_vlguard_as_llava(path, seed: int = 0, bad=None) -> list[dict]:
     return _valid(records, validate_llava, path, bad)
 
 
-def draw_helpful(records: list[dict], n: int, seed: int, path="<llava>") -> list[dict]:
-    """`n` rows without replacement, by a seeded permutation, in drawn order."""
-    if n > len(records):
-        raise RecordError(f"{path}: asked for {n} helpfulness samples but the file has {len(records)}")
-    idx = np.random.default_rng(seed).permutation(len(records))[:n]
-    return [records[i] for i in idx]
+def draw_helpful(records, n: int, seed: int, path="<llava>") -> list[dict]:
+    """`n` rows without replacement, by a seeded permutation of the valid rows, in drawn order.
+    Two passes over `records` (a list or `Streamed`), holding only the drawn rows."""
+    count = sum(1 for _ in records)
+    if n > count:
+        raise RecordError(f"{path}: asked for {n} helpfulness samples but the file has {count}")
+    idx = np.random.default_rng(seed).permutation(count)[:n]
+    rank = {int(i): k for k, i in enumerate(idx)}
+    drawn = [None] * n
+    for i, r in enumerate(records):
+        if i in rank:
+            drawn[rank[i]] = r
+    return drawn
+
+
+def sources_of(data_cfg) -> list[Source]:
+    """The files the recipe reads, in the mixture's order."""
+    if data_cfg.recipe not in RECIPES:
+        raise ValueError(f"data.recipe {data_cfg.recipe!r} is not one of {RECIPES}")
+    out = []
+    if data_cfg.recipe != "llava":
+        out.append(Source("vlguard", data_cfg.vlguard, data_cfg.vlguard_images))
+    if data_cfg.recipe != "vlguard":
+        out.append(Source("llava", data_cfg.llava, data_cfg.llava_images))
+    return out
 
 
 def build(data_cfg, bad=None) -> Mixture:
     """From the config's `data` block: recipe, vlguard/vlguard_images, llava/llava_images,
     helpful_samples, helpful_seed, convert_seed. `bad`: None raises on a bad record."""
     recipe = data_cfg.recipe
-    if recipe not in RECIPES:
-        raise ValueError(f"data.recipe {recipe!r} is not one of {RECIPES}")
-    sources, parts = [], []
-    if recipe != "llava":
-        sources.append(Source("vlguard", data_cfg.vlguard, data_cfg.vlguard_images))
-        parts.append(load_vlguard_as_llava(data_cfg.vlguard, data_cfg.get("convert_seed", 0), bad))
-    if recipe != "vlguard":
-        rows = load_json_list(data_cfg.llava)
-        rows = _valid(rows, validate_llava, data_cfg.llava, bad)
+    sources, parts = sources_of(data_cfg), []
+    for source in sources:
+        if source.name == "vlguard":
+            parts.append(load_vlguard_as_llava(data_cfg.vlguard, data_cfg.get("convert_seed", 0), bad))
+            continue
+        rows = Streamed(data_cfg.llava, bad)
         if recipe == "posthoc":
             rows = draw_helpful(rows, data_cfg.helpful_samples, data_cfg.helpful_seed, data_cfg.llava)
-        sources.append(Source("llava", data_cfg.llava, data_cfg.llava_images))
         parts.append(rows)
-    for source, part in zip(sources, parts):
-        if not part:  # e.g. an empty VLGuard file would train the post-hoc recipe on helpfulness alone
-            raise RecordError(f"{source.path}: no records to train on (data.{source.name}, which the {recipe} "
-                              "recipe needs)" + (" after skipping bad ones" if bad is not None and bad.mode == "skip"
-                                                 else ""))
-    records = [dict(r, source=s) for s, part in enumerate(parts) for r in part]
-    return Mixture(sources, records)
+    skipping = bad is not None and bad.mode == "skip"
+    check_nonempty({s.name: {"total": len(p)} for s, p in zip(sources, parts) if isinstance(p, list)},
+                   [s for s, p in zip(sources, parts) if isinstance(p, list)], recipe, skipping)
+    return Mixture(sources, Records(parts), recipe)

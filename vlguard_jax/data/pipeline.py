@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
+import time
+from pathlib import Path
 
 import grain
 import numpy as np
 
 from vlguard_jax.data.images import MAX_PIXELS, ImageError, load_pixels
+from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.store import BadRecords, TokenStore
 from vlguard_jax.data.tokenize import IGNORE
+from vlguard_jax.files import sha256_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,13 +171,35 @@ def dataset(rows: Rows, workers: int = 0, prefetch: int = 2) -> grain.IterDatase
     return it
 
 
+STORE_VERSION = 2  # raise when the store's format or the tokenization rule changes
+STORE_WAIT_S = 4 * 3600
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """What a tokenizer does, as a hash: the whole Rust tokenizer for a fast one, else its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    extra = json.dumps([type(tokenizer).__name__, tokenizer.bos_token_id, getattr(tokenizer, "eos_token_id", None)])
+    return hashlib.sha256((text + extra).encode()).hexdigest()
+
+
+def store_key(data_cfg, tokenizer, model_cfg, sources) -> str:
+    """The store's name: a hash of the data files' contents, the tokenizer and every setting the
+    tokens depend on. An unchanged run finds its store; any change builds another."""
+    settings = {k: data_cfg.get(k) for k in ("recipe", "helpful_samples", "helpful_seed", "convert_seed", "max_length",
+                                             "template", "on_bad_record")}
+    settings.update(version=STORE_VERSION, image_token_index=model_cfg.image_token_index,
+                    num_image_tokens=model_cfg.num_image_tokens, roots=[s.image_root for s in sources],
+                    data=[sha256_file(s.path) for s in sources], tokenizer=tokenizer_digest(tokenizer))
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) -> Rows:
-    """Config `data` block -> mixture (composition printed) -> token store (drops printed) -> rows.
+    """Config `data` block -> the token store (built once, by process 0, or found) -> rows.
 
     Reads data.{recipe, vlguard, vlguard_images, llava, llava_images, helpful_samples,
-    helpful_seed, max_length, template, pad_image, on_bad_record}."""
-    from pathlib import Path
-
+    helpful_seed, max_length, template, pad_image, on_bad_record}. The composition and the drops
+    are printed from the store, so a start that finds it says the same."""
     from vlguard_jax.data import mixture
     from vlguard_jax.data.store import build_store
     from vlguard_jax.data.tokenize import Encoder
@@ -181,20 +209,40 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     bad = BadRecords(workdir / "bad_records.jsonl", data_cfg.on_bad_record)
-    mix = mixture.build(data_cfg, bad)
-    log(mix.describe())
-    roots = [s.image_root for s in mix.sources]
-    enc = Encoder(tokenizer, model_cfg.image_token_index, model_cfg.num_image_tokens,
-                  data_cfg.max_length, data_cfg.template)
-    store_dir = workdir / "data_store" / f"process_{layout.process_index}"
-    drops = build_store(mix, enc, store_dir, roots, bad)
+    sources = mixture.sources_of(data_cfg)
+    for s in sources:
+        if not Path(s.path).is_file():
+            raise RecordError(f"{s.path}: cannot read (no such file; data.{s.name})")
+    roots = [s.image_root for s in sources]
+    store_dir = workdir / "data_store" / store_key(data_cfg, tokenizer, model_cfg, sources)
+    if (store_dir / "meta.json").exists():
+        log(f"token store {store_dir} found: not tokenizing again")
+    elif layout.process_index == 0:
+        enc = Encoder(tokenizer, model_cfg.image_token_index, model_cfg.num_image_tokens,
+                      data_cfg.max_length, data_cfg.template)
+        build_store(mixture.build(data_cfg, bad), enc, store_dir, roots, bad)
+    else:
+        _wait_for(store_dir, log)
     rows = Rows(store_dir, roots, model_cfg.vision.image_size, data_cfg.pad_image, layout, bad,
                 data_cfg.get("max_image_pixels", MAX_PIXELS))
-    kept = len(rows.store)
-    log(f"tokenized: {kept} examples kept" + (
+    store = rows.store
+    log(mixture.describe(store.composition))
+    drops = store.drops
+    log(f"tokenized: {len(store)} examples kept" + (
         "; dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(drops.items())) if drops else ", none dropped"))
     if bad.mode == "skip":
         log(f"bad records skipped so far: {len(bad.entries())} (listed in {bad.path})")
-    if kept == 0:
+    if len(store) == 0:
         raise ValueError("no training examples left after tokenization; see the drop counts above")
     return rows
+
+
+def _wait_for(store_dir: Path, log) -> None:
+    """The other processes wait for process 0's store (shared storage, as the checkpoints)."""
+    log(f"waiting for process 0 to build the token store {store_dir}")
+    deadline = time.monotonic() + STORE_WAIT_S
+    while not (store_dir / "meta.json").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{store_dir}: process 0 built no token store in {STORE_WAIT_S} s; is the "
+                               "workdir on storage every process sees?")
+        time.sleep(2)

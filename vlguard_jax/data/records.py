@@ -29,6 +29,87 @@ def load_json_list(path) -> list[dict]:
     return data
 
 
+def iter_json_list(path, chunk_chars: int = 1 << 24):
+    """The elements of a JSON file holding a list, one at a time, read in chunks: a 1 GB mix never
+    sits in memory whole (as text or as objects). Malformed JSON is reported with its line, as
+    `load_json_list` does."""
+    path = Path(path)
+    decoder = json.JSONDecoder()
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise RecordError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        buf, pos, eof = "", 0, False
+        lines, column0 = 0, 0  # newlines in the text already dropped; characters since the last one
+
+        def fill():
+            nonlocal buf, pos, eof, lines, column0
+            more = f.read(chunk_chars)
+            eof = not more
+            dropped = buf[:pos]
+            lines += dropped.count("\n")
+            column0 = len(dropped) - dropped.rfind("\n") - 1 if "\n" in dropped else column0 + len(dropped)
+            buf, pos = buf[pos:] + more, 0
+
+        def skip_space():
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    pos += 1
+                if pos < len(buf) or eof:
+                    return
+                fill()
+
+        def fail(msg, at):
+            line = lines + buf.count("\n", 0, at) + 1
+            newline = buf.rfind("\n", 0, at)
+            column = at - newline if newline >= 0 else column0 + at + 1
+            raise RecordError(f"{path}: invalid JSON at line {line} column {column}: {msg}")
+
+        fill()
+        skip_space()
+        if pos >= len(buf):
+            fail("the file is empty", pos)
+        if buf[pos] != "[":
+            try:
+                found = type(json.loads(buf[pos:] + f.read())).__name__
+            except json.JSONDecodeError as e:
+                fail(e.msg, pos)
+            raise RecordError(f"{path}: expected a JSON list of records, found {found}")
+        pos += 1
+        first = True
+        while True:
+            skip_space()
+            if pos >= len(buf):
+                fail("the list is not closed", pos)
+            if buf[pos] == "]":
+                pos += 1
+                skip_space()
+                if pos < len(buf):
+                    fail("extra data after the list", pos)
+                return
+            if not first:
+                if buf[pos] != ",":
+                    fail("expected ',' between records", pos)
+                pos += 1
+                skip_space()
+            while True:
+                try:
+                    value, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError as e:
+                    if eof:
+                        fail(e.msg, e.pos)
+                    fill()
+                    continue
+                if end == len(buf) and not eof:  # a number or literal may go on in the next chunk
+                    fill()
+                    continue
+                break
+            yield value
+            pos, first = end, False
+
+
 def record_label(source, index: int, record: Any) -> str:
     rid = record.get("id") if isinstance(record, dict) else None
     return f"{source}: record {rid!r} (#{index})" if rid is not None else f"{source}: record #{index}"

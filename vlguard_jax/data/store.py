@@ -1,11 +1,15 @@
 """Tokenized examples on disk, memory-mapped by every data worker.
 
-The whole mixture is tokenized once, in the main process, before training: drops are counted
-there (never silently) and exact lengths are known for bucketing. Image runs are stored as one
-`image_token_index` and expanded when a row is loaded, so 665k samples stay small.
+The whole mixture is tokenized once, before training, by one process: drops are counted there
+(never silently) and exact lengths are known for bucketing. Records stream through in batches
+and their tokens go straight to disk. Image runs are stored as one `image_token_index` and
+expanded when a row is loaded, so 665k samples stay small. `pipeline.prepare` names each store
+by a hash of what it is made of and reuses it on every start that has the same inputs.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import os
 from pathlib import Path
@@ -16,8 +20,9 @@ from tqdm import tqdm
 from vlguard_jax.data.images import ImageError, resolve
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.tokenize import IGNORE, TokenizationError
+from vlguard_jax.files import atomic_dir
 
-STORE_FILES = ("ids.npy", "supervised.npy", "offsets.npy", "source.npy", "meta.json")
+STORE_FILES = ("ids.bin", "supervised.bin", "offsets.npy", "source.npy", "meta.json")
 
 
 class BadRecords:
@@ -53,58 +58,111 @@ class BadRecords:
         return list(seen.values())
 
 
-def build_store(mixture, encoder, dst, image_roots, bad: BadRecords, check_images: bool = True) -> dict:
-    """Tokenize every record into `dst`; returns the drop counts. With `check_images`, each image
-    path is resolved under its root and must exist (decoding happens later, in the workers)."""
+class _Writer:
+    """Appends examples' ids and supervision flags to raw files as they come, so that a 665k mix
+    never sits in memory whole."""
+
+    def __init__(self, dst: Path):
+        self.ids, self.sup = open(dst / "ids.bin", "wb"), open(dst / "supervised.bin", "wb")
+        self.offsets, self.source, self.images, self.names = [0], [], [], []
+
+    def add(self, x: np.ndarray, s: np.ndarray, record: dict) -> None:
+        self.ids.write(np.ascontiguousarray(x, np.int32).tobytes())
+        self.sup.write(np.ascontiguousarray(s, np.bool_).tobytes())
+        self.offsets.append(self.offsets[-1] + len(x))
+        self.source.append(record["source"])
+        self.images.append(record.get("image", ""))
+        self.names.append(str(record.get("id")))
+
+    def close(self, dst: Path) -> None:
+        self.ids.close()
+        self.sup.close()
+        np.save(dst / "offsets.npy", np.asarray(self.offsets, np.int64))
+        np.save(dst / "source.npy", np.asarray(self.source, np.int16))
+
+
+def build_store(mixture, encoder, dst, image_roots, bad: BadRecords, check_images: bool = True,
+                batch: int = 512) -> dict:
+    """Tokenize every record into `dst` (written beside it, renamed when complete); returns the
+    drop counts. With `check_images`, each image path is resolved under its root and must exist
+    (decoding happens later, in the workers). The mixture's composition is counted on the way and
+    saved, and a source left without records is an error."""
+    from vlguard_jax.data.mixture import check_nonempty
     n_img, img_id = encoder.num_image_tokens, encoder.image_token_index
-    ids, sup, offsets, source, images, names = [], [], [0], [], [], []
-    skipped = 0
-    for r in tqdm(mixture.records, desc="tokenizing", unit="sample", mininterval=2, leave=False):
-        where = f"{mixture.sources[r['source']].path}: record {r.get('id')!r}"
-        if "image" in r and check_images:
-            try:
-                path = resolve(image_roots[r["source"]], r["image"])
-                if not path.is_file():
-                    raise ImageError(f"{path}: image file not found")
-            except ImageError as e:
-                bad(where, str(e), ImageError)
-                skipped += 1
-                continue
-        try:
-            out = encoder(r, where)
-        except TokenizationError as e:
-            if bad.mode == "raise":
-                raise
-            bad.report(where, e.reason)
-            skipped += 1
-            continue
-        if out is None:
-            continue
-        x, s = out["input_ids"], out["labels"] != IGNORE
-        keep = np.ones(len(x), bool)
-        pos = np.flatnonzero(x == img_id)
-        if len(pos):
-            keep[pos[1:]] = False  # one marker per image run
-            if len(pos) != n_img:
-                raise RecordError(f"{where}: {len(pos)} image tokens, expected {n_img}")
-        ids.append(x[keep])
-        sup.append(s[keep])
-        offsets.append(offsets[-1] + int(keep.sum()))
-        source.append(r["source"])
-        images.append(r.get("image", ""))
-        names.append(str(r.get("id")))
     dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))
-    np.save(dst / "ids.npy", cat(ids, np.int32))
-    np.save(dst / "supervised.npy", cat(sup, bool))
-    np.save(dst / "offsets.npy", np.asarray(offsets, np.int64))
-    np.save(dst / "source.npy", np.asarray(source, np.int16))
-    drops = dict(encoder.drops)
-    if skipped:
-        drops["bad record skipped"] = skipped
-    (dst / "meta.json").write_text(json.dumps({"images": images, "ids": names, "drops": drops,
-                                               "num_image_tokens": n_img, "image_token_index": img_id}))
+    counts = {src.name: collections.Counter() for src in mixture.sources}
+    skipped = 0
+    with atomic_dir(dst, overwrite=True) as tmp:
+        out = _Writer(tmp)
+
+        def write(pending, encoded):
+            nonlocal skipped
+            for (r, where), result in zip(pending, encoded.result()):
+                if isinstance(result, TokenizationError):
+                    if bad.mode == "raise":
+                        raise result
+                    bad.report(where, result.reason)
+                    skipped += 1
+                    continue
+                if result is None:
+                    continue
+                x, s = result["input_ids"], result["labels"] != IGNORE
+                keep = np.ones(len(x), bool)
+                pos = np.flatnonzero(x == img_id)
+                if len(pos):
+                    keep[pos[1:]] = False  # one marker per image run
+                    if len(pos) != n_img:
+                        raise RecordError(f"{where}: {len(pos)} image tokens, expected {n_img}")
+                out.add(x[keep], s[keep], r)
+                c = counts[mixture.sources[r["source"]].name]
+                c["total"] += 1
+                if "safe" in r:
+                    c["safe" if r["safe"] else "unsafe"] += 1
+                if "image" not in r:
+                    c["text_only"] += 1
+
+        def batches():
+            nonlocal skipped
+            pending = []
+            for r in tqdm(mixture.records, desc="tokenizing", unit="sample", mininterval=2, leave=False):
+                where = f"{mixture.sources[r['source']].path}: record {r.get('id')!r}"
+                if "image" in r and check_images:
+                    try:
+                        path = resolve(image_roots[r["source"]], r["image"])
+                        if not os.path.isfile(path):
+                            raise ImageError(f"{path}: image file not found")
+                    except ImageError as e:
+                        bad(where, str(e), ImageError)
+                        skipped += 1
+                        continue
+                pending.append((r, where))
+                if len(pending) == batch:
+                    yield pending
+                    pending = []
+            if pending:
+                yield pending
+
+        # One batch is tokenized in a thread (the tokenizer's native code lets go of the GIL)
+        # while this one reads and checks the next batch's records and writes the last one's.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            previous = None
+            for pending in batches():
+                current = pending, pool.submit(encoder.encode_many, [r for r, _ in pending],
+                                               [w for _, w in pending])
+                if previous:
+                    write(*previous)
+                previous = current
+            if previous:
+                write(*previous)
+        out.close(tmp)
+        composition = {k: dict(v) for k, v in counts.items()}
+        check_nonempty(composition, mixture.sources, getattr(mixture, "recipe", "this"), bad.mode == "skip")
+        drops = dict(encoder.drops)
+        if skipped:
+            drops["bad record skipped"] = skipped
+        (tmp / "meta.json").write_text(json.dumps({
+            "images": out.images, "ids": out.names, "drops": drops, "composition": composition,
+            "tokens": out.offsets[-1], "num_image_tokens": n_img, "image_token_index": img_id}))
     return drops
 
 
@@ -113,12 +171,14 @@ class TokenStore:
 
     def __init__(self, path):
         self.path = Path(path)
-        self.ids = np.load(self.path / "ids.npy", mmap_mode="r")
-        self.supervised = np.load(self.path / "supervised.npy", mmap_mode="r")
+        meta = json.loads((self.path / "meta.json").read_text())
+        n = meta["tokens"]
+        self.ids = np.memmap(self.path / "ids.bin", np.int32, "r", shape=(n,)) if n else np.zeros(0, np.int32)
+        self.supervised = np.memmap(self.path / "supervised.bin", np.bool_, "r", shape=(n,)) if n else np.zeros(0, bool)
         self.offsets = np.load(self.path / "offsets.npy")
         self.source = np.load(self.path / "source.npy")
-        meta = json.loads((self.path / "meta.json").read_text())
         self.images, self.names, self.drops = meta["images"], meta["ids"], meta["drops"]
+        self.composition = meta["composition"]
         self.num_image_tokens, self.image_token_index = meta["num_image_tokens"], meta["image_token_index"]
         has_image = np.array([bool(i) for i in self.images], bool)
         self.lengths = np.diff(self.offsets) + has_image * (self.num_image_tokens - 1)
