@@ -205,8 +205,12 @@ class LlamaForCausalLM(nn.Module):
     def embed(self, input_ids):
         # Ids outside the vocabulary (an image placeholder such as -200) read row 0; the caller
         # overwrites those positions.
-        ids = jnp.where((input_ids < 0) | (input_ids >= self.config.vocab_size), 0, input_ids)
-        return constrain(jnp.take(self.embed_tokens, ids, axis=0).astype(self.dtype), ACT)
+        ids = constrain(jnp.where((input_ids < 0) | (input_ids >= self.config.vocab_size), 0, input_ids),
+                        ("batch", "length"))
+        # The table is gathered whole along `embed` first: a lookup from its fsdp shards would give
+        # rows split along `embed`, which XLA can only turn into batch shards by replicating them.
+        table = constrain(self.embed_tokens, ("vocab", None))
+        return constrain(jnp.take(table, ids, axis=0).astype(self.dtype), ACT)
 
     def __call__(self, x, positions=None, attn_mask=None, cache: dict | None = None):
         """x: input embeddings [B, T, D]. Returns (final hidden states, updated cache or None)."""
