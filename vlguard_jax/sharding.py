@@ -40,6 +40,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vision_patch", None),
     ("vision_positions", None),
     ("lora_rank", None),
+    ("layers", None),  # the stacked axis of scanned decoder layers
 )
 
 _RULES = dict(LOGICAL_AXIS_RULES)

@@ -7,7 +7,8 @@ import torch
 
 from tests import tiny
 from vlguard_jax import load_model
-from vlguard_jax.models.llama import LlamaDecoderLayer, init_cache, rope_inv_freq, rope_tables
+from vlguard_jax.models.llama import (LlamaDecoderLayer, init_cache, rope_inv_freq, rope_tables, stack_layers,
+                                      unstack_layers)
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,78 @@ def test_remat_policies_keep_logits_and_gradients(built, policy):
     (a, ga), (b, gb) = (jax.value_and_grad(lambda p, m=m: loss(m.model, p))(m.params) for m in (plain, remat))
     np.testing.assert_allclose(a, b, rtol=1e-6)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), ga, gb)
+
+
+def _scanned(m):
+    """The same model with `scan_layers`, and its parameters stacked."""
+    params = dict(m.params, language_model=stack_layers(m.params["language_model"], m.config.text.num_hidden_layers))
+    return m.model.clone(scan_layers=True), params
+
+
+def test_scanned_layers_keep_logits_and_gradients(built):
+    """Scanned under the training default, dots remat, against the unrolled model without remat."""
+    ids, mask, pixels = tiny.batch(built.cfg, built.tok)
+    px = jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))
+    m = load_model(built.flax_dir, dtype=jnp.float32)
+    scanned, stacked = _scanned(m)
+    scanned = scanned.clone(remat_policy="dots")
+    assert stacked["language_model"]["layers"]["mlp"]["up_proj"]["kernel"].shape[0] == 3
+    assert unstack_layers(stacked["language_model"]).keys() == m.params["language_model"].keys()
+
+    def loss(model, params):
+        logits, _ = model.apply({"params": params}, jnp.asarray(ids), px)
+        return jnp.sum(jnp.where(jnp.asarray(mask)[..., None] > 0, logits, 0.0) ** 2), logits
+    grad = lambda model, p: jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))(p)
+    ((a, la), ga), ((b, lb), gb) = grad(m.model, m.params), grad(scanned, stacked)
+    assert tiny.rel_err(lb, la, mask) <= 1e-5
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    gb = dict(gb, language_model=unstack_layers(gb["language_model"]))
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5 * np.abs(x).max()), ga, gb)
+
+
+def test_scanned_layers_decode_from_a_stacked_cache(built):
+    ids, mask, positions, pixels = _left_padded(built)
+    m = load_model(built.flax_dir, dtype=jnp.float32)
+    scanned, stacked = _scanned(m)
+    px = jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))
+    full, _ = m.model.apply({"params": m.params}, jnp.asarray(ids), px, attention_mask=jnp.asarray(mask),
+                            positions=jnp.asarray(positions))
+    apply = jax.jit(lambda *a, **k: scanned.apply({"params": stacked}, *a, **k))
+    split = ids.shape[1] - 3
+    cache = init_cache(m.config.text, len(ids), ids.shape[1], jnp.float32, stacked=True)
+    out, cache = apply(jnp.asarray(ids[:, :split]), px, attention_mask=jnp.asarray(mask[:, :split]),
+                       positions=jnp.asarray(positions[:, :split]), cache=cache)
+    steps = [out]
+    for t in range(split, ids.shape[1]):
+        out, cache = apply(jnp.asarray(ids[:, t:t + 1]), None, attention_mask=jnp.asarray(mask[:, t:t + 1]),
+                           positions=jnp.asarray(positions[:, t:t + 1]), cache=cache)
+        steps.append(out)
+    assert cache["layers"][0].shape[0] == m.config.text.num_hidden_layers
+    assert tiny.rel_err(np.concatenate([np.asarray(s) for s in steps], axis=1), np.asarray(full), mask) <= 1e-5
+
+
+def test_scanned_layers_carry_lora_factors(built):
+    """LoRA factors are stacked with their layers; nonzero B so that they count."""
+    from flax import traverse_util
+
+    from vlguard_jax.models import init_params
+    from vlguard_jax.models.layers import LoraSpec
+    ids, mask, pixels = tiny.batch(built.cfg, built.tok)
+    px = jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))
+    m = load_model(built.flax_dir, dtype=jnp.float32)
+    model = m.model.clone(lora=LoraSpec(4, 8.0))
+    flat = traverse_util.flatten_dict(init_params(model, jax.random.key(1)))
+    rng = np.random.default_rng(0)
+    flat = {k: (jnp.asarray(rng.normal(size=v.shape) * 0.1, v.dtype) if k[-1] == "lora_b" else v)
+            for k, v in flat.items()}
+    params = traverse_util.unflatten_dict(flat)
+    scanned = model.clone(scan_layers=True)
+    stacked = dict(params, language_model=stack_layers(params["language_model"], 3))
+    loss = lambda mod, p: jnp.sum(jnp.where(jnp.asarray(mask)[..., None] > 0,
+                                            mod.apply({"params": p}, jnp.asarray(ids), px)[0], 0.0) ** 2)
+    a, ga = jax.value_and_grad(lambda p: loss(model, p))(params)
+    b, gb = jax.value_and_grad(lambda p: loss(scanned, p))(stacked)
+    np.testing.assert_allclose(b, a, rtol=1e-5)
+    ga, gb = ga["language_model"]["layers_1"]["mlp"]["down_proj"], unstack_layers(gb["language_model"])["layers_1"]["mlp"]["down_proj"]
+    for k in ("lora_a", "lora_b"):
+        np.testing.assert_allclose(gb[k], ga[k], rtol=1e-5, atol=1e-5 * np.abs(ga[k]).max())

@@ -61,6 +61,16 @@ def test_sharded_init_from_abstract_shapes(built):
     assert len({d for d in up.sharding.device_set}) == 8 and up.sharding.spec == P("fsdp", "tensor")
 
 
+def test_scanned_layers_shard_as_the_unrolled_ones_with_the_layer_axis_whole(built):
+    m = load_model(built.flax_dir, dtype=jnp.float32, with_tokenizer=False)
+    mesh = make_mesh((1, 2, 4))
+    scanned = abstract_params(m.model.clone(scan_layers=True), mesh)["language_model"]["layers"]
+    unrolled = abstract_params(m.model, mesh)["language_model"]["layers_0"]
+    q = scanned["self_attn"]["q_proj"]["kernel"]
+    assert q.shape == (3, *unrolled["self_attn"]["q_proj"]["kernel"].shape)
+    jax.tree.map(lambda s, u: s.sharding.spec == P(None, *u.sharding.spec) or pytest.fail(str(s)), scanned, unrolled)
+
+
 def test_mesh_shape_errors():
     with pytest.raises(ValueError, match="needs 16 devices"):
         make_mesh((4, 2, 2))

@@ -75,16 +75,31 @@ def apply_rope(x, rope):
     return x * cos + rotated * sin
 
 
-def init_cache(c: TextConfig, batch: int, max_length: int, dtype=jnp.bfloat16) -> dict:
+def init_cache(c: TextConfig, batch: int, max_length: int, dtype=jnp.bfloat16, stacked: bool = False) -> dict:
     """An empty KV cache: per layer keys and values [B, kv_heads, S, head_dim] (heads-major, the
-    layout `attention_cached` reads without copying), plus slot validity."""
-    kv, d = c.num_key_value_heads, c.head_dim
-    return {
-        "layers": [(jnp.zeros((batch, kv, max_length, d), dtype), jnp.zeros((batch, kv, max_length, d), dtype))
-                   for _ in range(c.num_hidden_layers)],
-        "valid": jnp.zeros((batch, max_length), bool),
-        "index": jnp.zeros((), jnp.int32),
-    }
+    layout `attention_cached` reads without copying), plus slot validity. `stacked` (for a model
+    with `scan_layers`): one (keys, values) pair of [L, B, kv_heads, S, head_dim]."""
+    kv, d, n = c.num_key_value_heads, c.head_dim, c.num_hidden_layers
+    layers = ((jnp.zeros((n, batch, kv, max_length, d), dtype),) * 2 if stacked else
+              [(jnp.zeros((batch, kv, max_length, d), dtype), jnp.zeros((batch, kv, max_length, d), dtype))
+               for _ in range(n)])
+    return {"layers": layers, "valid": jnp.zeros((batch, max_length), bool), "index": jnp.zeros((), jnp.int32)}
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+    """Per-layer parameters (`layers_0` ... `layers_{L-1}`, the format on disk) -> one `layers`
+    tree whose leaves have a leading axis L, as a model with `scan_layers` holds them."""
+    per_layer = [params[f"layers_{i}"] for i in range(num_layers)]
+    rest = {k: v for k, v in params.items() if not k.startswith("layers_")}
+    return {**rest, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)}
+
+
+def unstack_layers(params: dict) -> dict:
+    """The inverse of `stack_layers`."""
+    layers = params["layers"]
+    n = jax.tree.leaves(layers)[0].shape[0]
+    rest = {k: v for k, v in params.items() if k != "layers"}
+    return {**rest, **{f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], layers) for i in range(n)}}
 
 
 class LlamaAttention(nn.Module):
@@ -185,6 +200,7 @@ class LlamaForCausalLM(nn.Module):
     attn_impl: str | None = None
     remat_policy: str = "none"
     lora: LoraSpec | None = None
+    scan_layers: bool = False  # one scanned layer over stacked weights: compile time flat in depth
 
     def setup(self):
         c = self.config
@@ -195,9 +211,16 @@ class LlamaForCausalLM(nn.Module):
         layer_cls = LlamaDecoderLayer
         policy = REMAT_POLICIES[self.remat_policy]
         if self.remat_policy != "none":
-            layer_cls = nn.remat(LlamaDecoderLayer, policy=policy, prevent_cse=True)
-        self.layers = [layer_cls(c, attn_impl=self.attn_impl, lora=self.lora, name=f"layers_{i}", **kw)
-                       for i in range(c.num_hidden_layers)]
+            # Inside a scan the loop itself keeps XLA from merging recomputation away.
+            layer_cls = nn.remat(LlamaDecoderLayer, policy=policy, prevent_cse=not self.scan_layers)
+        if self.scan_layers:
+            self.layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                                  in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=c.num_hidden_layers,
+                                  metadata_params={nn.PARTITION_NAME: "layers"})(
+                c, attn_impl=self.attn_impl, lora=self.lora, name="layers", **kw)
+        else:
+            self.layers = [layer_cls(c, attn_impl=self.attn_impl, lora=self.lora, name=f"layers_{i}", **kw)
+                           for i in range(c.num_hidden_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, **kw)
         if not c.tie_word_embeddings:
             self.lm_head = Dense(c.vocab_size, ("embed", "vocab"), **kw)
@@ -227,10 +250,13 @@ class LlamaForCausalLM(nn.Module):
             new_valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
             cache = dict(cache, valid=jax.lax.dynamic_update_slice(cache["valid"], new_valid, (0, index)))
         mask = attention_mask(t, attn_mask, cache)
-        new_layers = []
-        for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(x, rope, mask, None if cache is None else cache["layers"][i], index)
-            new_layers.append(layer_cache)
+        if self.scan_layers:
+            x, new_layers = self.layers(x, rope, mask, None if cache is None else cache["layers"], index)
+        else:
+            new_layers = []
+            for i, layer in enumerate(self.layers):
+                x, layer_cache = layer(x, rope, mask, None if cache is None else cache["layers"][i], index)
+                new_layers.append(layer_cache)
         x = self.norm(x)
         if cache is not None:
             cache = dict(cache, layers=new_layers, index=index + t)

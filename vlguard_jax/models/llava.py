@@ -48,6 +48,7 @@ class LlavaModel(nn.Module):
     attn_impl: str | None = None
     remat_policy: str = "none"
     lora: LoraSpec | None = None  # on the language model only; the tower is always frozen
+    scan_layers: bool = False
 
     def setup(self):
         c = self.config
@@ -56,7 +57,8 @@ class LlavaModel(nn.Module):
                                             attn_impl=self.attn_impl, **kw)
         self.projector = Projector(c, **kw)
         self.language_model = LlamaForCausalLM(c.text, attn_impl=self.attn_impl,
-                                               remat_policy=self.remat_policy, lora=self.lora, **kw)
+                                               remat_policy=self.remat_policy, lora=self.lora,
+                                               scan_layers=self.scan_layers, **kw)
 
     def image_features(self, pixel_values):
         """[B, C, H, W] -> projected features [B, num_image_tokens, text hidden]."""
