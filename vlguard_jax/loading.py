@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, load_params, param_metadata
 from vlguard_jax.models import LlavaModel, abstract_params, build_model, load_config
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
+from vlguard_jax.models.llama import stack_layers
 
 
 
@@ -22,14 +23,30 @@ class Loaded(NamedTuple):
 
 
 def load_model(path, mesh=None, dtype=jnp.bfloat16, param_dtype=None, attn_impl=None,
-               remat_policy: str = "none", with_tokenizer: bool = True) -> Loaded:
+               remat_policy: str = "none", with_tokenizer: bool = True, scan_layers: bool = False) -> Loaded:
     """Load a checkpoint written by `conversion.hf_to_flax`.
 
     `dtype` is the compute dtype; `param_dtype` defaults to the dtype the checkpoint was saved in.
     With a `mesh`, every parameter is restored directly into its sharded layout: no host ever
-    holds the whole model.
+    holds the whole model. `scan_layers` gives a LLaVA model with scanned decoder layers, its
+    per-layer weights stacked once after they are read (the format on disk stays per layer).
     """
-    path = Path(path)
+    loaded = _load(Path(path), mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
+    return _scanned(loaded, mesh) if scan_layers else loaded
+
+
+def _scanned(loaded: Loaded, mesh) -> Loaded:
+    if not isinstance(loaded.model, LlavaModel):
+        raise ValueError("scan_layers applies to LLaVA models; this checkpoint is a text-only Llama")
+    model = loaded.model.clone(scan_layers=True)
+    n = loaded.config.text.num_hidden_layers
+    stack = jax.jit(lambda p: dict(p, language_model=stack_layers(p["language_model"], n)),
+                    out_shardings=None if mesh is None else jax.tree.map(lambda s: s.sharding,
+                                                                         abstract_params(model, mesh)))
+    return Loaded(model, stack(loaded.params), loaded.config, loaded.tokenizer)
+
+
+def _load(path: Path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
     from vlguard_jax import runs
     if runs.is_run(path):
         return _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)

@@ -61,6 +61,14 @@ def test_greedy_matches_transformers_generate(built, gen):
     assert all(len(r) >= 1 for r in ours)
 
 
+def test_scanned_layers_generate_the_same_tokens(built, gen):
+    g, _ = gen
+    scanned, loaded = load_generator(built.flax_dir, dtype=jnp.float32, batch_size=4, bucket=16, scan_layers=True)
+    assert "layers" in loaded.params["language_model"] and loaded.model.scan_layers
+    ids, pix = prompts(built, seed=1)
+    assert scanned(ids, pix, Sampling(max_new_tokens=12)) == g(ids, pix, Sampling(max_new_tokens=12))
+
+
 def test_min_new_tokens_bans_eos_as_transformers_does(built, gen):
     """The authors generate with min_new_tokens=1: a reply can never be empty. Rows whose greedy
     first or second token is made the EOS must take the next best token instead, as in generate."""

@@ -5,16 +5,17 @@ from vlguard_jax.generate.sampler import Generator, Sampling
 __all__ = ["Generator", "Sampling", "prompt_ids", "prompt_text", "response_text", "load_generator"]
 
 
-def load_generator(checkpoint, *, dtype=None, mesh=None, batch_size: int = 8, bucket: int = 64):
+def load_generator(checkpoint, *, dtype=None, mesh=None, batch_size: int = 8, bucket: int = 64,
+                   scan_layers: bool = False):
     """(Generator, Loaded) for a converted checkpoint or a training workdir. `dtype` defaults to
-    float32 on CPU and bfloat16 elsewhere."""
+    float32 on CPU and bfloat16 elsewhere; `scan_layers` runs the decoder layers scanned."""
     import jax
     import jax.numpy as jnp
 
     from vlguard_jax.loading import load_model
     if dtype is None:
         dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    loaded = load_model(checkpoint, mesh=mesh, dtype=dtype, param_dtype=dtype)
+    loaded = load_model(checkpoint, mesh=mesh, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
     if loaded.tokenizer is None:
         raise FileNotFoundError(f"{checkpoint}: no tokenizer files next to the weights")
     t = loaded.config.text

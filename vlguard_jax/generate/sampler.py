@@ -68,7 +68,8 @@ def ban_eos(logits, eos, step, s: Sampling):
 def _generate(model, params, ids, mask, pixels, row_ids, seed, eos, pad_id, s: Sampling, cache_dtype):
     b, p = ids.shape
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
-    cache = init_cache(model.config.text, b, p + s.max_new_tokens, cache_dtype)
+    cache = init_cache(model.config.text, b, p + s.max_new_tokens, cache_dtype,
+                       stacked=getattr(model, "scan_layers", False))
     hidden, cache = model.apply({"params": params}, ids, pixels, attention_mask=mask, positions=positions,
                                 cache=cache, return_hidden=True)
     logits = model.apply({"params": params}, hidden[:, -1:], method=model.logits)[:, 0].astype(jnp.float32)
