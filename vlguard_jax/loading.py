@@ -7,11 +7,12 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, load_params, param_metadata
 from vlguard_jax.models import LlavaModel, abstract_params, build_model, load_config
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
-from vlguard_jax.models.llama import stack_layers
+from vlguard_jax.models.stacking import wants_scan
 
 
 
@@ -23,27 +24,39 @@ class Loaded(NamedTuple):
 
 
 def load_model(path, mesh=None, dtype=jnp.bfloat16, param_dtype=None, attn_impl=None,
-               remat_policy: str = "none", with_tokenizer: bool = True, scan_layers: bool = False) -> Loaded:
+               remat_policy: str = "none", with_tokenizer: bool = True, scan_layers: bool | str = False) -> Loaded:
     """Load a checkpoint written by `conversion.hf_to_flax`.
 
     `dtype` is the compute dtype; `param_dtype` defaults to the dtype the checkpoint was saved in.
     With a `mesh`, every parameter is restored directly into its sharded layout: no host ever
-    holds the whole model. `scan_layers` gives a LLaVA model with scanned decoder layers, its
-    per-layer weights stacked once after they are read (the format on disk stays per layer).
+    holds the whole model. `scan_layers` (True/"on", False/"off", or "auto": on for deep LLaVA
+    models, see models.stacking) gives a model with scanned decoder layers, its per-layer weights
+    stacked once after they are read (the format on disk stays per layer).
     """
     loaded = _load(Path(path), mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
-    return _scanned(loaded, mesh) if scan_layers else loaded
+    return _scanned(loaded, mesh) if wants_scan(scan_layers, loaded.config) else loaded
 
 
 def _scanned(loaded: Loaded, mesh) -> Loaded:
+    """The loaded model with scanned layers. The weights are stacked one tensor name at a time and
+    the per-layer arrays freed as they go, so the extra memory is one stacked tensor, not a
+    second copy of the decoder."""
     if not isinstance(loaded.model, LlavaModel):
         raise ValueError("scan_layers applies to LLaVA models; this checkpoint is a text-only Llama")
     model = loaded.model.clone(scan_layers=True)
+    lm = dict(loaded.params["language_model"])
     n = loaded.config.text.num_hidden_layers
-    stack = jax.jit(lambda p: dict(p, language_model=stack_layers(p["language_model"], n)),
-                    out_shardings=None if mesh is None else jax.tree.map(lambda s: s.sharding,
-                                                                         abstract_params(model, mesh)))
-    return Loaded(model, stack(loaded.params), loaded.config, loaded.tokenizer)
+    per_layer = [traverse_util.flatten_dict(lm.pop(f"layers_{i}")) for i in range(n)]
+    target = traverse_util.flatten_dict(abstract_params(model, mesh)["language_model"]["layers"])
+    stacked = {}
+    for key in list(per_layer[0]):
+        parts = [layer.pop(key) for layer in per_layer]
+        out = None if mesh is None else target[key].sharding
+        stacked[key] = jax.jit(lambda *xs: jnp.stack(xs), out_shardings=out)(*parts)
+        for x in parts:
+            x.delete()
+    lm["layers"] = traverse_util.unflatten_dict(stacked)
+    return Loaded(model, dict(loaded.params, language_model=lm), loaded.config, loaded.tokenizer)
 
 
 def _load(path: Path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
@@ -104,8 +117,6 @@ def load_tokenizer(path: Path):
 
 def _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
     """A training workdir: its latest checkpoint over its base, LoRA merged into the kernels."""
-    from flax import traverse_util
-
     from vlguard_jax.runs import load_merged
     base, config, flat, _ = load_merged(path)
     param_dtype = param_dtype or flat[("language_model", "embed_tokens")].dtype

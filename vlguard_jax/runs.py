@@ -10,6 +10,7 @@ from flax import traverse_util
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, load_params
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.layers import LORA_PARAMS
+from vlguard_jax.models.stacking import to_per_layer
 
 
 class RunError(ValueError):
@@ -45,7 +46,8 @@ def load_run(workdir, step: int | None = None):
                        "projector weights need it")
     config = LlavaConfig.load(base / MODEL_CONFIG)
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(load_params(base / PARAMS_DIR)).items()}
-    trained = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(state["params"]).items()}
+    # A run with scanned layers saves them stacked; everything downstream reads them per layer.
+    trained = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(to_per_layer(state["params"])).items()}
     for k, v in trained.items():
         if k[-1] not in LORA_PARAMS and k not in flat:
             raise RunError(f"{workdir}: step {step} holds {'/'.join(k)}, which the base checkpoint lacks")

@@ -2,6 +2,7 @@
 bit for bit, NaN stops the run, two processes equal one, misspelt keys fail."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,9 +86,10 @@ def test_loss_falls_and_logs_are_written(env, monkeypatch):
 
 @pytest.fixture(scope="module")
 def reference(env):
-    """An uninterrupted 8-step run (LoRA dropout on, so the rng state matters) and its config."""
+    """An uninterrupted 8-step run (LoRA dropout on, so the rng state matters; layers scanned, as
+    for the paper's models) and its config."""
     ns, tmp = env
-    kw = dict(total_steps=8, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1})
+    kw = dict(total_steps=8, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1, "model.scan_layers": "on"})
     cfg = config_file(ns, tmp, "resume", **kw)
     ref = subprocess.run(train_cmd(cfg, tmp / "ref"), env=run_env(), capture_output=True, text=True,
                          timeout=600, cwd=REPO)
@@ -152,6 +154,40 @@ def test_sigterm_checkpoints_the_step_and_a_restart_is_bit_exact(env, reference)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resumed from {work / 'checkpoints'} at step {step}" in done.stdout
     assert_same_run(ref, work)
+
+
+def test_a_checkpoint_resumes_in_the_other_layer_form(env):
+    """Checkpoints hold the layers in the form the run used. A run resumed with the other
+    `model.scan_layers` converts the state at restore (both ways) and goes on as a run that
+    never changed form would."""
+    from vlguard_jax.models.stacking import is_stacked
+    from vlguard_jax.runs import load_run
+    from vlguard_jax.train.checkpoints import read_latest
+    from vlguard_jax.train.loop import run
+    ns, tmp = env
+    kw = dict(total_steps=4, checkpoint_every=1, keep_checkpoints=4)
+    cfg = lambda work, form: common.config(ns, work, **kw, **{"model.scan_layers": form})
+    run(cfg(tmp / "form_ref", "off"), log_fn=lambda _: None)
+    work = tmp / "form_mixed"
+    run(cfg(work, "off"), log_fn=lambda _: None)
+    for form, drop, resumed_at in (("on", ("3", "4"), 2), ("off", ("4",), 3)):
+        for step in drop:
+            shutil.rmtree(work / "checkpoints" / step)
+        said = []
+        run(cfg(work, form), log_fn=said.append)
+        assert f"checkpoint {resumed_at} holds the decoder layers {'per layer' if form == 'on' else 'stacked'}; " \
+               f"converted for config.model.scan_layers='{form}'" in said
+        assert is_stacked(read_latest(work)[1]["params"]) == (form == "on")
+    # Step 3 ran scanned, step 4 unrolled again: a misplaced layer or moment would show.
+    plain, mixed = ({x["step"]: x["loss"] for x in metrics(path)} for path in (tmp / "form_ref", work))
+    assert sorted(mixed) == [1, 2, 3, 4]
+    np.testing.assert_allclose([mixed[k] for k in range(1, 5)], [plain[k] for k in range(1, 5)], rtol=1e-5)
+    # Exports read every run per layer (runs.load_run, under flax_to_hf and the PEFT export).
+    a, b = load_run(tmp / "form_ref")[2], load_run(work, step=3)[2]
+    assert a.keys() == b.keys() and ("language_model", "layers_1", "self_attn", "q_proj", "lora_a") in b
+    a, b = load_run(tmp / "form_ref")[2], load_run(work)[2]
+    for path, x in a.items():
+        np.testing.assert_allclose(b[path], x, rtol=1e-4, atol=1e-6, err_msg="/".join(path))
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(env):

@@ -9,6 +9,7 @@ from flax import traverse_util
 from tests.train import common
 from vlguard_jax import sharding
 from vlguard_jax.data.pipeline import Layout, dataset, prepare
+from vlguard_jax.models.stacking import to_per_layer
 from vlguard_jax.train.loop import build_params, global_batch
 from vlguard_jax.train.state import optimizer
 from vlguard_jax.train.step import make_train_step, token_loss_sums
@@ -119,6 +120,26 @@ def test_sharded_steps_match_one_device(env, mode):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
     leaf = jax.tree.leaves(sharded["params"])[0]
     assert leaf.sharding.mesh.size == 8
+
+
+@pytest.mark.parametrize("mode,mesh_shape", [("lora", (1, 1, 1)), ("full", (2, 2, 2))])
+def test_scanned_layers_train_as_unrolled_ones(env, mode, mesh_shape):
+    """`model.scan_layers`: the same losses and updates as the unrolled layers, to 1e-5, with LoRA
+    and full training, sharded too."""
+    if jax.device_count() < int(np.prod(mesh_shape)):
+        pytest.skip("needs 8 (simulated) devices")
+    ns, tmp = env
+    cfg = common.config(ns, tmp / "w", **{"train.mode": mode, "optim.lr": 1e-3, "model.remat": "dots"})
+    data = batches(ns, tmp, cfg, 2)
+    unrolled, _, l1, _ = run_steps(cfg, data, mesh_shape, opt=optax.sgd(0.5))
+    cfg.model.scan_layers = "on"
+    scanned, _, l2, (model, _) = run_steps(cfg, data, mesh_shape, opt=optax.sgd(0.5))
+    assert model.scan_layers
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    a, b = flat(unrolled["params"]), flat(to_per_layer(jax.device_get(scanned["params"])))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 def test_loss_is_the_token_mean_over_supervised_tokens(env):

@@ -6,9 +6,10 @@ __all__ = ["Generator", "Sampling", "prompt_ids", "prompt_text", "response_text"
 
 
 def load_generator(checkpoint, *, dtype=None, mesh=None, batch_size: int = 8, bucket: int = 64,
-                   scan_layers: bool = False):
+                   scan_layers: bool | str = "auto"):
     """(Generator, Loaded) for a converted checkpoint or a training workdir. `dtype` defaults to
-    float32 on CPU and bfloat16 elsewhere; `scan_layers` runs the decoder layers scanned."""
+    float32 on CPU and bfloat16 elsewhere; `scan_layers` runs the decoder layers scanned ("auto":
+    for deep LLaVA models, where it cuts compile time; see models.stacking)."""
     import jax
     import jax.numpy as jnp
 

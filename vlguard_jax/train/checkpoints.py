@@ -40,6 +40,12 @@ class Checkpoints:
             meta=ocp.args.JsonRestore()))
         return out["state"], out["data"], out["meta"]
 
+    def saved_stacked(self, step: int) -> bool:
+        """Whether checkpoint `step` holds its decoder layers stacked (a run with scanned layers;
+        its meta says so, and checkpoints from before scanning have them per layer)."""
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return bool(meta.get("scan_layers", False))
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

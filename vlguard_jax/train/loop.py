@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
@@ -23,8 +24,9 @@ from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.data.tokenize import IGNORE
 from vlguard_jax.errors import ConfigError, ResourceError, UserError, is_out_of_memory
 from vlguard_jax.loading import load_model, peek
-from vlguard_jax.models import LlavaModel, abstract_params, param_axes
+from vlguard_jax.models import LlavaConfig, abstract_params, dummy_inputs, param_axes
 from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
+from vlguard_jax.models.stacking import to_per_layer, to_stacked
 from vlguard_jax.train import flops
 from vlguard_jax.train.checkpoints import Checkpoints
 from vlguard_jax.train.metrics import Logger, peak_flops
@@ -94,9 +96,9 @@ def build_params(cfg, mesh):
     dtype), LoRA factors freshly initialised, trainable weights in float32."""
     dtype = jnp.dtype(cfg.model.dtype)
     base = load_model(cfg.model.checkpoint, mesh=mesh, dtype=dtype, param_dtype=dtype,
-                      attn_impl=cfg.model.attn_impl, remat_policy=cfg.model.remat)
-    model = LlavaModel(base.config, dtype=dtype, param_dtype=dtype, attn_impl=cfg.model.attn_impl,
-                       remat_policy=cfg.model.remat, lora=lora_spec(cfg))
+                      attn_impl=cfg.model.attn_impl, remat_policy=cfg.model.remat,
+                      scan_layers=cfg.model.get("scan_layers", "off"))
+    model = base.model.clone(lora=lora_spec(cfg))
     params = base.params
     axes = param_axes(model)
     if model.lora is not None:
@@ -104,10 +106,10 @@ def build_params(cfg, mesh):
         lora_keys = [k for k in traverse_util.flatten_dict(shapes) if k[-1] in LORA_PARAMS]
 
         def init_lora(rng):
-            from vlguard_jax.models import dummy_inputs
-            full = model.init(rng, *dummy_inputs(base.config))["params"]
-            flat = traverse_util.flatten_dict(full)
-            return {k: jax.tree.leaves(flat[k])[0] for k in lora_keys}
+            # Drawn per layer whatever the form, so scanning does not change a run's start.
+            full = nn.unbox(model.clone(scan_layers=False).init(rng, *dummy_inputs(base.config))["params"])
+            flat = traverse_util.flatten_dict(to_stacked(full) if model.scan_layers else full)
+            return {k: flat[k] for k in lora_keys}
 
         flat_shapes = traverse_util.flatten_dict(shapes)
         out = {k: flat_shapes[k].sharding for k in lora_keys}
@@ -234,8 +236,12 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
     if latest is not None and 0 < cfg.total_steps < latest:
         raise ConfigError(f"config.total_steps: {cfg.total_steps} is below the {latest} steps this workdir's run "
                           f"has done ({workdir / 'checkpoints'}); raise it, or use a new workdir")
+    base_config = peek(cfg.model.checkpoint)[0]
+    if not isinstance(base_config, LlavaConfig):
+        raise ConfigError(f"config.model.checkpoint: {cfg.model.checkpoint} is a text-only Llama; training "
+                          "starts from a LLaVA checkpoint (conversion.assemble builds one from an LLM)")
     if jax.process_index() == 0:  # a new run records its identity; a resume must match it
-        check_resume(workdir, identity(cfg, peek(cfg.model.checkpoint)[0]),
+        check_resume(workdir, identity(cfg, base_config),
                      latest is None or cfg.allow_resume_changes, say if latest is not None else (lambda _: None))
     with sharding.use_mesh(mesh):
         model, base, trainable, frozen, _ = build_params(cfg, mesh)
@@ -260,6 +266,7 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
     say(f"parameters: {n_train + n_frozen:,} total, {n_train:,} trainable ({cfg.train.mode}); "
         f"{total} steps of {cfg.global_batch} examples ({accum} micro-batches of {cfg.micro_batch})")
     meta = {"base_checkpoint": str(Path(cfg.model.checkpoint).resolve()), "mode": cfg.train.mode,
+            "scan_layers": model.scan_layers,
             "lora": cfg.lora.to_dict() if cfg.train.mode == "lora" else None, "config": cfg.to_json()}
     setup = Setup(cfg, workdir, mesh, model, base, frozen, opt, total, accum, meta)
     it = iter(dataset(rows, workers=cfg.data.workers))
@@ -280,10 +287,31 @@ def _resume(s: Setup, ckpt, latest, it, trainable, say):
         state, shardings = init_state(s.opt, trainable, s.mesh, s.cfg.seed)
         return state, shardings, 0
     shardings = state_shardings_for(s.opt, trainable, s.mesh)
-    state, data_state, _ = ckpt.restore(latest, abstract_state(s.opt, trainable, shardings))
+    stacked = ckpt.saved_stacked(latest)
+    if stacked == s.model.scan_layers:
+        state, data_state, _ = ckpt.restore(latest, abstract_state(s.opt, trainable, shardings))
+    else:  # saved by a run with the other layer form: restored as saved, then converted
+        state, data_state = _restore_other_form(s, ckpt, latest, stacked)
+        n = s.base.config.text.num_hidden_layers
+        convert = (lambda t: to_per_layer(t, n)) if stacked else to_stacked
+        state = jax.jit(convert, out_shardings=shardings)(state)
+        say(f"checkpoint {latest} holds the decoder layers {'stacked' if stacked else 'per layer'}; converted "
+            f"for config.model.scan_layers={s.cfg.model.scan_layers!r}")
     it.set_state(data_state)
     say(f"resumed from {s.workdir / 'checkpoints'} at step {latest}")
     return state, shardings, int(latest)
+
+
+def _restore_other_form(s: Setup, ckpt, step: int, stacked: bool):
+    """(state, data state) of a checkpoint whose layers are in the form `stacked`, which this run's
+    model does not use, restored sharded as that form's model would hold it."""
+    other = s.model.clone(scan_layers=stacked)
+    trainable, _ = partition(abstract_params(other, s.mesh), s.cfg.train.mode)
+    trainable = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=x.sharding), trainable)
+    opt = optimizer(s.cfg.optim, s.total, trainable)
+    state, data_state, _ = ckpt.restore(step, abstract_state(opt, trainable, state_shardings_for(opt, trainable, s.mesh)))
+    return state, data_state
 
 
 def _steps(s: Setup, ckpt, it, state, shardings, start: int, preemption: Preemption, say) -> dict:

@@ -9,6 +9,7 @@ from vlguard_jax.data.conversation import TEMPLATES
 from vlguard_jax.data.mixture import RECIPES
 from vlguard_jax.errors import ConfigError
 from vlguard_jax.models.llama import REMAT_POLICIES
+from vlguard_jax.models.stacking import SETTINGS as STACKING
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("auto", "xla", "per_head", "cudnn")
@@ -69,7 +70,8 @@ RULES = {
     "checkpoint_every": _int(0), "keep_checkpoints": _int(1), "log_every": _int(1),
     "global_batch": _int(1), "micro_batch": _int(1), "loss_chunk": _int(1),
     "model.checkpoint": _text, "model.dtype": _one_of(DTYPES), "model.attn_impl": _one_of(ATTENTION),
-    "model.remat": _one_of(tuple(REMAT_POLICIES)), "train.mode": _one_of(("lora", "full")),
+    "model.remat": _one_of(tuple(REMAT_POLICIES)), "model.scan_layers": _one_of(STACKING),
+    "train.mode": _one_of(("lora", "full")),
     "lora.rank": _int(1), "lora.alpha": _number(0, low_open=True), "lora.dropout": _number(0, 1, high_open=True),
     "lora.targets": _targets,
     "optim.lr": _number(0, low_open=True), "optim.projector_lr": _number(0), "optim.weight_decay": _number(0),

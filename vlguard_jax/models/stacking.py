@@ -1,0 +1,85 @@
+"""The two forms of the decoder's weights, and when to use which.
+
+On disk and in every converter the decoder is per layer (`layers_0` ... `layers_{L-1}` under
+`language_model`). A model with `scan_layers` holds one `layers` tree whose leaves have a leading
+axis L. These functions move any tree that mirrors the parameters (trainable weights, Adam
+moments inside optax's states, shape trees) between the two forms.
+"""
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+
+# From this depth on the scanned form compiles markedly faster (benchmarks/compile_time.py), and
+# a model this deep is a real LLaVA rather than a test or demo model.
+SCAN_MIN_LAYERS = 8
+SETTINGS = ("auto", "on", "off")
+_LAYER = re.compile(r"layers_(\d+)$")
+
+
+def wants_scan(setting, config) -> bool:
+    """Whether to scan the decoder layers of `config` (a LlavaConfig) for `setting`: "on",
+    "off", or "auto" (on from SCAN_MIN_LAYERS layers). Booleans are taken as on and off."""
+    if isinstance(setting, bool):
+        return setting
+    if setting not in SETTINGS:
+        raise ValueError(f"scan_layers must be one of {list(SETTINGS)}, not {setting!r}")
+    if setting == "auto":
+        return getattr(config, "vision", None) is not None and config.text.num_hidden_layers >= SCAN_MIN_LAYERS
+    return setting == "on"
+
+
+def _map_language_model(tree, fn):
+    """`tree` with `fn` applied to every dict found under a `language_model` key; dicts, tuples,
+    lists and NamedTuples (optax states) are walked."""
+    if isinstance(tree, dict):
+        return {k: fn(v) if k == "language_model" and isinstance(v, dict) else _map_language_model(v, fn)
+                for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_map_language_model(v, fn) for v in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_map_language_model(v, fn) for v in tree)
+    return tree
+
+
+def _stack(lm: dict) -> dict:
+    idx = sorted(int(m.group(1)) for k in lm if (m := _LAYER.match(k)))
+    if not idx:
+        return lm
+    if idx != list(range(len(idx))):
+        raise ValueError(f"decoder layers {idx} are not 0..{len(idx) - 1}")
+    rest = {k: v for k, v in lm.items() if not _LAYER.match(k)}
+    per_layer = [lm[f"layers_{i}"] for i in idx]
+    return {**rest, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)}
+
+
+def _unstack(lm: dict, num_layers: int | None) -> dict:
+    if "layers" not in lm:
+        return lm
+    layers = lm["layers"]
+    leaves = jax.tree.leaves(layers)
+    n = leaves[0].shape[0] if leaves else num_layers
+    if n is None:  # e.g. an optimizer state's masked-out copy: structure only, no arrays
+        raise ValueError("stacked layers without arrays: pass num_layers")
+    rest = {k: v for k, v in lm.items() if k != "layers"}
+    return {**rest, **{f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], layers) for i in range(n)}}
+
+
+def to_stacked(tree):
+    """Per-layer form -> stacked form (trees already stacked pass through)."""
+    return _map_language_model(tree, _stack)
+
+
+def to_per_layer(tree, num_layers: int | None = None):
+    """Stacked form -> per-layer form (trees already per layer pass through). `num_layers` is
+    needed only where a stacked subtree holds no arrays (optax's masked-out moments)."""
+    return _map_language_model(tree, lambda lm: _unstack(lm, num_layers))
+
+
+def is_stacked(tree) -> bool:
+    """Whether a parameter-like tree holds its decoder layers stacked."""
+    found = []
+    _map_language_model(tree, lambda lm: found.append("layers" in lm) or lm)
+    return any(found)
