@@ -1,21 +1,25 @@
-"""`python -m benchmarks.train_throughput --preset small|7b|13b [--peer torch|none] [--json]`
+"""`python -m benchmarks.train_throughput --preset small|7b|13b [--peer torch|none] [--scan_layers auto|on|off|ab] [--json]`
 
 Times the trainer's own jitted LoRA step (`vlguard_jax.train.loop.jit_train_step`) on its real
 sharded state: random base weights in the compute dtype, float32 LoRA and projector, AdamW
 moments for those only. Median of >= 5 steps after compilation; compilation timed separately.
 With `--peer torch`, transformers' LlavaForConditionalGeneration + PEFT LoRA (same targets, rank,
 data) runs in a child process of the same run (see `presets.in_child`), and the ratio is printed.
+`--scan_layers ab` times scanned against unrolled decoder layers, their steps interleaved.
 """
 from __future__ import annotations
 
 import json
 import time
 
+import numpy as np
 
 from benchmarks import presets
+from vlguard_jax.models.stacking import wants_scan
 
 
-def ours(p: presets.Preset, steps: int) -> dict:
+def _built(p: presets.Preset, scanned: bool):
+    """(one timed step as a closure, its compile time, the model's FLOPs per step, the budget)."""
     import jax
     import jax.numpy as jnp
 
@@ -25,16 +29,15 @@ def ours(p: presets.Preset, steps: int) -> dict:
     from vlguard_jax.train import flops
     from vlguard_jax.train.defaults import base_config
     from vlguard_jax.train.loop import global_batch, init_state, jit_train_step, label_budget
-    from vlguard_jax.train.metrics import peak_flops
     from vlguard_jax.train.state import cast_tree, optimizer, partition
 
     dtype = jnp.dtype(p.dtype)
     mesh = sharding.make_mesh((1, -1, 1))
     model = LlavaModel(p.config, dtype=dtype, param_dtype=dtype, attn_impl="auto", remat_policy=p.remat,
-                       lora=LoraSpec(p.lora_rank, p.lora_alpha))
+                       lora=LoraSpec(p.lora_rank, p.lora_alpha), scan_layers=scanned)
     params = presets.random_params(model, mesh)
     trainable, frozen = partition(params, "lora")
-    presets.log("ours: parameters initialised")
+    presets.log(f"ours ({'scanned' if scanned else 'unrolled'}): parameters initialised")
     trainable = jax.jit(lambda t: cast_tree(t, jnp.float32))(trainable)
     opt = optimizer(base_config().optim, 1000, trainable)  # the paper's LoRA optimizer settings
     state, shardings = init_state(opt, trainable, mesh)
@@ -43,29 +46,55 @@ def ours(p: presets.Preset, steps: int) -> dict:
     local = presets.train_batch(p)
     budget = label_budget(local["labels"], p.length)
     batch = global_batch(local, mesh)
-    t0 = time.perf_counter()
-    state, m = step(state, frozen, batch, budget)
-    jax.block_until_ready(m["loss"])
-    compile_s = time.perf_counter() - t0
-    presets.log(f"ours: first step (with compilation) {compile_s:.1f} s")
     box = {"state": state}
 
     def one():
         box["state"], metrics = step(box["state"], frozen, batch, budget)
         jax.block_until_ready(metrics["loss"])
+        box["loss"] = metrics["loss"]
+    t0 = time.perf_counter()
+    one()
+    compile_s = time.perf_counter() - t0
+    presets.log(f"ours: first step (with compilation) {compile_s:.1f} s")
+    f = flops.train_step(p.config, p.batch, p.length, "lora", p.lora_rank, head_positions=budget)
+    return one, compile_s, f, box
+
+
+def ours(p: presets.Preset, steps: int, scanned: bool) -> dict:
+    import jax
+
+    from vlguard_jax.train.metrics import peak_flops
+    one, compile_s, f, box = _built(p, scanned)
     median, times = presets.median_time(one, warmup=1, repeats=steps)
     tokens = p.batch * p.length
-    f = flops.train_step(p.config, p.batch, p.length, "lora", p.lora_rank, head_positions=budget)
     peak = peak_flops()
     measured = presets.matmul_flops_per_s(p.dtype)
     return {"step_s": median, "step_s_all": times, "compile_s": compile_s, "tokens_per_s": tokens / median,
-            "model_flops_per_step": f, "achieved_flops_per_s": f / median,
+            "scan_layers": scanned, "model_flops_per_step": f, "achieved_flops_per_s": f / median,
             "mfu": f / median / (peak * jax.device_count()) if peak else None,
             "measured_matmul_flops_per_s": measured,
             "utilisation_of_measured_matmul": f / median / (measured * jax.device_count()),
             "floor_step_s": f / (measured * jax.device_count()),
             "floor_tokens_per_s": tokens / (f / (measured * jax.device_count())),
-            "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}", "loss": float(m["loss"])}
+            "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}", "loss": float(box["loss"])}
+
+
+def scan_ab(p: presets.Preset, rounds: int) -> dict:
+    """Scanned against unrolled layers, interleaved: each round times one step of each, in
+    alternating order, so drift in the machine's speed falls on both alike."""
+    arms = {"scanned": _built(p, True), "unrolled": _built(p, False)}
+    times = {k: [] for k in arms}
+    for arm in arms.values():
+        arm[0]()  # warm-up
+    for r in range(rounds):
+        for k in (("scanned", "unrolled") if r % 2 == 0 else ("unrolled", "scanned")):
+            t0 = time.perf_counter()
+            arms[k][0]()
+            times[k].append(time.perf_counter() - t0)
+    out = {k: {"step_s": float(np.median(t)), "step_s_all": t, "compile_s": arms[k][1],
+               "tokens_per_s": p.batch * p.length / float(np.median(t))} for k, t in times.items()}
+    out["scanned_over_unrolled_step_s"] = out["scanned"]["step_s"] / out["unrolled"]["step_s"]
+    return out
 
 
 def peer(p: presets.Preset, steps: int) -> dict:
@@ -106,13 +135,24 @@ def peer(p: presets.Preset, steps: int) -> dict:
 def main(argv=None) -> dict:
     a = presets.arg_parser("python -m benchmarks.train_throughput", __doc__, "steps",
                            "timed steps (median), at least 5")
+    a.add_argument("--scan_layers", default="auto", choices=("auto", "on", "off", "ab"),
+                   help="the decoder layers' form (auto as in training), or ab: both, interleaved")
     args = a.parse_args(argv)
     p = presets.get(args.preset, args.layers, args.batch)
     steps = max(5, args.steps)
     out = {"benchmark": "train_throughput", "preset": args.preset, "layers": p.config.text.num_hidden_layers,
            "batch": p.batch, "length": p.length, "lora_rank": p.lora_rank, "dtype": p.dtype,
            "remat": p.remat, "accum": presets.accum_steps(p)}
-    presets.measure(out, ours, peer, p, steps, args.peer == "torch")
+    if args.scan_layers == "ab":
+        out["scan_ab"] = scan_ab(p, steps)
+        ab = out["scan_ab"]
+        print(json.dumps(out) if args.json else
+              f"preset {args.preset}, {steps} interleaved rounds: scanned {ab['scanned']['step_s']:.3f} s/step, "
+              f"unrolled {ab['unrolled']['step_s']:.3f} s/step (medians); scanned/unrolled "
+              f"{ab['scanned_over_unrolled_step_s']:.3f}")
+        return out
+    scanned = wants_scan(args.scan_layers, p.config)
+    presets.measure(out, lambda p, n: ours(p, n, scanned), peer, p, steps, args.peer == "torch")
     if args.json:
         print(json.dumps(out))
     else:

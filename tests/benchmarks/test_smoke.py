@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import eval_suite, generate_throughput, train_throughput
+from benchmarks import compile_time, eval_suite, generate_throughput, train_throughput
 
 
 @pytest.mark.parametrize("module", [train_throughput, generate_throughput])
@@ -23,6 +23,14 @@ def test_benchmark_reports_its_fields(module, capsys):
         assert ours["prefill_s"] > 0 and ours["decode_step_s"] == (ours["batch_s"] - ours["prefill_s"]) / 3
         assert ours["measured_bytes_per_s"] > 0 and ours["decode_memory_floor_s"] > ours["decode_weights_floor_s"]
         assert 0 < ours["lm_weight_bytes"] < ours["weight_bytes"] and printed["peer"]["prefill_s"] > 0
+
+
+def test_compile_time_benchmark_compiles_abstract_programs(capsys):
+    out = compile_time.main(["--preset", "tiny", "--layers", "1", "--forms", "scanned", "--json"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    assert [(r["program"], r["layers"]) for r in out["results"]] == [("train_step", 1), ("generator", 1)]
+    assert all(r["total_s"] == r["lower_s"] + r["compile_s"] and r["compile_s"] > 0 for r in out["results"])
+    assert set(out["deepest_over_shallowest"]) == {"train_step/scanned", "generator/scanned"}
 
 
 def test_eval_suite_benchmark_reports_both_sides(capsys):
