@@ -25,13 +25,13 @@ from safetensors.numpy import save_file
 from conversion import from_run, layouts
 from conversion.hf_to_flax import DTYPES
 from conversion.reader import CheckpointError
-from vlguard_jax import runs
+from vlguard_jax import runs, storage
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
 from vlguard_jax.errors import cli
 from vlguard_jax.files import atomic_dir, check_output
 from vlguard_jax.models import abstract_params, build_model
-from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.runs import RunError
 
 MAX_SHARD_BYTES = 4 << 30
@@ -95,11 +95,12 @@ def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str)
         eos = list(t.eos_token_id) if isinstance(t.eos_token_id, tuple) else t.eos_token_id
         (dst / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": t.bos_token_id, "eos_token_id": eos, "pad_token_id": t.pad_token_id}, indent=2))
-    if (src / "tokenizer_config.json").exists() and (src / "preprocessor_config.json").exists():
+    # Read from the copies in DST: the source may be in a bucket.
+    if (dst / "tokenizer_config.json").exists() and (dst / "preprocessor_config.json").exists():
         from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
         processor = LlavaProcessor(
-            image_processor=CLIPImageProcessor.from_pretrained(src, local_files_only=True),
-            tokenizer=AutoTokenizer.from_pretrained(src, local_files_only=True),
+            image_processor=CLIPImageProcessor.from_pretrained(dst, local_files_only=True),
+            tokenizer=AutoTokenizer.from_pretrained(dst, local_files_only=True),
             patch_size=config.vision.patch_size,
             vision_feature_select_strategy=config.vision_feature_select_strategy,
             num_additional_image_tokens=1)
@@ -129,7 +130,7 @@ def check_shapes(src: Path, config: LlavaConfig, flat: dict) -> None:
 
 def export(src, dst, dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
            lora: str | None = None, overwrite: bool = False) -> LlavaConfig:
-    src, dst = Path(src), Path(dst)
+    src, dst = storage.as_path(src), storage.as_path(dst)
     check_output(dst, src, overwrite=overwrite)
     if runs.is_run(src):
         return _export_run(src, dst, dtype, max_shard_bytes, lora, overwrite)

@@ -21,6 +21,7 @@ from flax import traverse_util
 
 from conversion import layouts
 from conversion.reader import CheckpointError, TensorSource
+from vlguard_jax import storage
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
 from vlguard_jax.errors import cli
 from vlguard_jax.files import atomic_dir, check_output
@@ -194,7 +195,7 @@ def check_dtype(dtype: str) -> None:
 def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20,
             overwrite: bool = False):
     """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config."""
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(src), storage.as_path(dst)
     vision_tower = Path(vision_tower) if vision_tower else None
     check_dtype(dtype)
     check_output(dst, src, *([vision_tower] if vision_tower else []), overwrite=overwrite)

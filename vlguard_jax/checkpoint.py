@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orbax.checkpoint.experimental.v1 as ocp
 
+from vlguard_jax import storage
 from vlguard_jax.files import atomic_dir
 
 PARAMS_DIR = "params"
@@ -19,11 +20,13 @@ SIDE_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "spe
 
 
 def copy_side_files(src, dst) -> None:
-    """Copy the tokenizer, processor and generation files that SRC has and DST lacks."""
-    src, dst = Path(src), Path(dst)
+    """Copy the tokenizer, processor and generation files that SRC (local or remote) has and the
+    local DST lacks."""
+    src, dst = storage.as_path(src), Path(dst)
     for name in SIDE_FILES:
         if (src / name).exists() and not (dst / name).exists():
-            shutil.copy2(src / name, dst / name)
+            with (src / name).open("rb") as r, open(dst / name, "wb") as w:
+                shutil.copyfileobj(r, w)
 
 
 def save_checkpoint(dst, config, params, side_files_from=None, tokenizer=None) -> Path:
@@ -48,15 +51,15 @@ def save_checkpoint(dst, config, params, side_files_from=None, tokenizer=None) -
 def load_params(path, abstract=None):
     """Restore a parameter tree. `abstract` (ShapeDtypeStructs, with shardings) sets the layout
     and dtypes; without it the tree comes back as saved, on the host."""
-    path = os.path.abspath(path)  # orbax takes absolute paths only
-    if not os.path.isdir(path):
+    path = storage.absolute(path)  # orbax takes absolute paths only
+    if not storage.as_path(path).is_dir():
         raise FileNotFoundError(f"{path}: no parameter checkpoint here")
     return ocp.load(path, abstract)
 
 
 def param_metadata(path):
     """The saved tree's shapes and dtypes, without reading any tensor."""
-    return ocp.metadata(os.path.abspath(path)).metadata
+    return ocp.metadata(storage.absolute(path)).metadata
 
 
 class StreamingWriter:

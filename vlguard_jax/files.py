@@ -10,10 +10,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from vlguard_jax import storage
+
 
 def atomic_write_json(path, data, **dump_kw) -> None:
     """A JSON file written to a temporary file beside `path` and renamed over it: readers see the
-    old file or the new one, never half of one."""
+    old file or the new one, never half of one. In object storage one object write is that."""
+    if storage.is_remote(path):
+        out = storage.as_path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, **dump_kw))
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -29,8 +36,31 @@ def atomic_write_json(path, data, **dump_kw) -> None:
 def atomic_dir(dst, overwrite: bool = False) -> "_AtomicDir":
     """Context manager: yields a temporary directory beside `dst`, renamed to `dst` only when the
     block finishes without error. A failure leaves nothing at `dst`. With `overwrite`, an existing
-    `dst` is replaced only then, and its old contents deleted."""
+    `dst` is replaced only then, and its old contents deleted. A remote `dst` is written from a
+    local temporary directory, its completion marker last (see `storage`)."""
+    if storage.is_remote(dst):
+        return _RemoteDir(dst, overwrite)
     return _AtomicDir(Path(dst), overwrite)
+
+
+class _RemoteDir:
+    def __init__(self, dst, overwrite: bool):
+        self.dst, self.overwrite = str(dst), overwrite
+
+    def __enter__(self) -> Path:
+        # A directory without its marker is a half-written leftover, not an output: replaced.
+        if storage.is_complete(self.dst) and not self.overwrite:
+            raise FileExistsError(f"{self.dst} already exists; choose a new destination (or pass --overwrite)")
+        self.tmp = storage.temp_dir(".vlguard-upload-")
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                storage.upload_dir(self.tmp, self.dst)
+        finally:
+            _remove(self.tmp, settle_s=0.0 if exc_type is None else 0.25)
+        return False
 
 
 class _AtomicDir:
@@ -74,6 +104,9 @@ _DIGESTS: dict = {}
 
 def sha256_file(path) -> str:
     """A file's sha256, computed once per process while its size and modification time stay."""
+    if storage.is_remote(path):
+        with storage.as_path(path).open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
@@ -86,13 +119,15 @@ def fingerprint(path, sample: int = 1 << 20) -> str:
     """A content fingerprint of a file or directory, cheap on large checkpoints: every file's
     relative name and size, all of its bytes up to 3 * `sample`, else its first, middle and last
     `sample` bytes. Another checkpoint, a retrained one or a truncated copy gets another value."""
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    remote = storage.is_remote(path)
+    path = storage.as_path(path)
+    files = [(rel, p) for rel, p in storage.walk_files(path) if rel != storage.COMPLETE] if path.is_dir() \
+        else [(path.name, path)]
     h = hashlib.sha256()
-    for p in files:
-        size = p.stat().st_size
-        h.update(f"{p.relative_to(path) if path.is_dir() else p.name}\0{size}\0".encode())
-        with open(p, "rb") as f:
+    for rel, p in files:
+        size = p.stat().length if remote else p.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        with p.open("rb") as f:
             if size <= 3 * sample:
                 h.update(f.read())
                 continue
@@ -105,14 +140,19 @@ def fingerprint(path, sample: int = 1 << 20) -> str:
 def check_output(dst, *inputs, overwrite: bool = False) -> Path:
     """`dst` may be written: it is none of the inputs (nor inside one, nor holding one), and it
     does not exist unless `overwrite`."""
-    out = Path(dst).resolve()
+    out = _canonical(dst)
     for src in inputs:
-        where = Path(src).resolve()
-        if out == where or out.is_relative_to(where) or where.is_relative_to(out):
+        where = _canonical(src)
+        if out == where or out.startswith(where + "/") or where.startswith(out + "/"):
             raise ValueError(f"{dst}: the output would overwrite or sit inside the input {src}; write elsewhere")
-    if out.exists() and not overwrite:
+    exists = storage.is_complete(dst) if storage.is_remote(dst) else Path(dst).exists()
+    if exists and not overwrite:
         raise FileExistsError(f"{dst} already exists; choose a new destination (or pass --overwrite)")
-    return Path(dst)
+    return storage.as_path(dst)
+
+
+def _canonical(path) -> str:
+    return str(path).rstrip("/") if storage.is_remote(path) else str(Path(path).resolve())
 
 
 def read_jsonl(path) -> list:

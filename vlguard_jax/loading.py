@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, load_params, param_metadata
+from vlguard_jax import storage
+from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params, param_metadata
 from vlguard_jax.models import LlavaModel, abstract_params, build_model, load_config
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
 from vlguard_jax.models.stacking import wants_scan
-
 
 
 class Loaded(NamedTuple):
@@ -33,8 +33,16 @@ def load_model(path, mesh=None, dtype=jnp.bfloat16, param_dtype=None, attn_impl=
     models, see models.stacking) gives a model with scanned decoder layers, its per-layer weights
     stacked once after they are read (the format on disk stays per layer).
     """
-    loaded = _load(Path(path), mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
+    loaded = _load(_readable(path), mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
     return _scanned(loaded, mesh) if wants_scan(scan_layers, loaded.config) else loaded
+
+
+def _readable(path):
+    """Where orbax can read the checkpoint: gs:// and local paths as they are; an s3:// one (which
+    this orbax cannot read) copied to this host's cache first, complete only with its marker."""
+    if str(path).startswith("s3://"):
+        return storage.download_dir(path, storage.local_cache(path, "checkpoint") / "copy")
+    return storage.as_path(path)
 
 
 def _scanned(loaded: Loaded, mesh) -> Loaded:
@@ -83,7 +91,7 @@ def _load(path: Path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_to
 def peek(path) -> tuple[LlavaConfig | TextOnlyConfig, Any]:
     """(config, tokenizer or None) of a checkpoint or training workdir, without reading weights."""
     from vlguard_jax import runs
-    path = Path(path)
+    path = storage.as_path(path)
     if runs.is_run(path):
         base = runs.run_base(path)
         return load_config(base / MODEL_CONFIG), load_tokenizer(base)
@@ -97,20 +105,27 @@ def fingerprint(path) -> str:
     """A checkpoint's content fingerprint (files.fingerprint); for a training workdir, that of its
     latest checkpoint step together with its base's."""
     from vlguard_jax import files, runs
-    path = Path(path)
+    from vlguard_jax.train.checkpoints import finished_steps
+    path = storage.as_path(path)
     if runs.is_run(path):
         root = path / "checkpoints"
-        step = max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=None)
+        step = max(finished_steps(path), default=None)
         if step is None:
             raise runs.RunError(f"{path}: no finished training checkpoint under {root}")
         return f"{files.fingerprint(runs.run_base(path))}+{step}:{files.fingerprint(root / str(step))}"
     return files.fingerprint(path)
 
 
-def load_tokenizer(path: Path):
+def load_tokenizer(path):
+    """The tokenizer saved beside a checkpoint (copied to a local cache first when remote)."""
+    path = storage.as_path(path)
     tokenizer = None
     if any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
         from transformers import AutoTokenizer
+        if storage.is_remote(path):
+            local = storage.temp_dir("vlguard-tokenizer-")
+            copy_side_files(path, local)
+            path = local
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(path), local_files_only=True)
     return tokenizer
 

@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 from flax import traverse_util
 
+from vlguard_jax import storage
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, load_params
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import to_per_layer
+from vlguard_jax.train.checkpoints import CHECKPOINTS, finished_steps, read_latest, read_meta
 
 
 class RunError(ValueError):
@@ -18,18 +20,16 @@ class RunError(ValueError):
 
 
 def is_run(path) -> bool:
-    return (Path(path) / "checkpoints").is_dir() and not (Path(path) / MODEL_CONFIG).exists()
+    path = storage.as_path(path)
+    return (path / CHECKPOINTS).is_dir() and not (path / MODEL_CONFIG).exists()
 
 
-def run_base(workdir) -> Path:
+def run_base(workdir):
     """The base checkpoint a run names, from its latest checkpoint's metadata (no tensor read)."""
-    import json
-    root = Path(workdir) / "checkpoints"
-    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+    steps = finished_steps(workdir)
     if not steps:
-        raise RunError(f"{workdir}: no finished training checkpoint under {root}")
-    meta = root / str(steps[-1]) / "meta" / "metadata"
-    base = Path(json.loads(meta.read_text()).get("base_checkpoint", "")) if meta.is_file() else Path("")
+        raise RunError(f"{workdir}: no finished training checkpoint under {storage.as_path(workdir) / CHECKPOINTS}")
+    base = storage.as_path(read_meta(workdir, steps[-1]).get("base_checkpoint") or ".")
     if not (base / MODEL_CONFIG).exists():
         raise RunError(f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and "
                        "projector weights need it")
@@ -38,9 +38,8 @@ def run_base(workdir) -> Path:
 
 def load_run(workdir, step: int | None = None):
     """(base checkpoint dir, config, flat params {path tuple: np.ndarray} incl. LoRA factors, meta)."""
-    from vlguard_jax.train.checkpoints import read_latest
     step, state, meta = read_latest(workdir, step)
-    base = Path(meta.get("base_checkpoint", ""))
+    base = storage.as_path(meta.get("base_checkpoint") or ".")
     if not (base / MODEL_CONFIG).exists():
         raise RunError(f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and "
                        "projector weights need it")

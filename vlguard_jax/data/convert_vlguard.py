@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import sys
-from pathlib import Path
 
 from vlguard_jax.data.records import load_vlguard
 from vlguard_jax.errors import ArgumentParser, cli

@@ -10,10 +10,13 @@ which is what `CLIPImageProcessor` does when given an RGBA image itself.
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from vlguard_jax import storage
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -25,10 +28,17 @@ class ImageError(ValueError):
     """A missing, unreadable or out-of-root image; the message names the path."""
 
 
-def resolve(root, relative: str) -> Path:
-    """`root/relative`, refusing absolute paths and anything that escapes the root (`..`, links)."""
-    if os.path.isabs(relative):
+def resolve(root, relative: str):
+    """`root/relative`, refusing absolute paths and anything that escapes the root (`..`, links;
+    in a bucket, which has no links, `..` after normalisation)."""
+    if os.path.isabs(relative) or storage.is_remote(relative):
         raise ImageError(f"image path {relative!r} is absolute; paths must be relative to the image root {root}")
+    if storage.is_remote(root):
+        base = str(root).rstrip("/")
+        joined = posixpath.normpath(posixpath.join("/root", relative))
+        if not joined.startswith("/root/"):
+            raise ImageError(f"image path {relative!r} resolves outside the image root {base}")
+        return storage.as_path(base + joined[len("/root"):])
     real_root = os.path.realpath(root)
     path = os.path.realpath(os.path.join(real_root, relative))
     if not (path + os.sep).startswith(real_root.rstrip(os.sep) + os.sep):
@@ -39,7 +49,8 @@ def resolve(root, relative: str) -> Path:
 def open_rgb(path, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An RGB image; one over `max_pixels` is refused from its header, before it is decoded."""
     try:
-        with Image.open(path) as img:
+        with (storage.as_path(path).open("rb") if storage.is_remote(path) else open(path, "rb")) as f, \
+                Image.open(f) as img:
             w, h = img.size
             if w * h > max_pixels:
                 raise ImageError(f"{path}: {w}x{h} pixels, over the limit of {max_pixels:,} "

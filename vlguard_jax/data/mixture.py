@@ -18,8 +18,14 @@ import dataclasses
 import numpy as np
 
 from vlguard_jax.data.convert_vlguard import to_llava
-from vlguard_jax.data.records import (RecordError, iter_json_list, load_json_list, record_label, validate_llava,
-                                      validate_vlguard)
+from vlguard_jax.data.records import (
+    RecordError,
+    iter_json_list,
+    load_json_list,
+    record_label,
+    validate_llava,
+    validate_vlguard,
+)
 
 RECIPES = ("posthoc", "mixed", "vlguard", "llava")
 

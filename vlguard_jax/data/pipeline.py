@@ -21,11 +21,11 @@ import hashlib
 import json
 import math
 import time
-from pathlib import Path
 
 import grain
 import numpy as np
 
+from vlguard_jax import storage
 from vlguard_jax.data.images import MAX_PIXELS, ImageError, load_pixels
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.store import BadRecords, TokenStore
@@ -206,23 +206,44 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
 
     if layout.max_length != data_cfg.max_length:
         raise ValueError(f"layout max_length {layout.max_length} != data.max_length {data_cfg.max_length}")
-    workdir = Path(workdir)
+    remote = storage.is_remote(workdir)
+    workdir = storage.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    bad = BadRecords(workdir / "bad_records.jsonl", data_cfg.on_bad_record)
+    # In a bucket, workers append bad records to a local mirror (one file per process).
+    bad_name = "bad_records.jsonl" if not remote or layout.process_index == 0 else \
+        f"bad_records.{layout.process_index}.jsonl"
+    if remote:
+        mirror = storage.mirror_for(workdir)
+        mirror.pull([bad_name])
+    bad = BadRecords((mirror.local if remote else workdir) / bad_name, data_cfg.on_bad_record)
     sources = mixture.sources_of(data_cfg)
     for s in sources:
-        if not Path(s.path).is_file():
+        if not storage.as_path(s.path).is_file():
             raise RecordError(f"{s.path}: cannot read (no such file; data.{s.name})")
     roots = [s.image_root for s in sources]
-    store_dir = workdir / "data_store" / store_key(data_cfg, tokenizer, model_cfg, sources)
-    if (store_dir / "meta.json").exists():
-        log(f"token store {store_dir} found: not tokenizing again")
+    key = store_key(data_cfg, tokenizer, model_cfg, sources)
+    store_dir = workdir / "data_store" / key
+    # Workers memory-map the store: with a bucket workdir, each host keeps a local copy of it.
+    local_dir = storage.local_cache(workdir, "data_store") / key if remote else store_dir
+    if (local_dir / "meta.json").exists():
+        log(f"token store {local_dir} found: not tokenizing again")
+    elif remote and storage.is_complete(store_dir):
+        storage.download_dir(store_dir, local_dir)
+        log(f"token store {store_dir} found: copied to {local_dir}, not tokenizing again")
     elif layout.process_index == 0:
         enc = Encoder(tokenizer, model_cfg.image_token_index, model_cfg.num_image_tokens,
                       data_cfg.max_length, data_cfg.template)
-        build_store(mixture.build(data_cfg, bad), enc, store_dir, roots, bad)
+        build_store(mixture.build(data_cfg, bad), enc, local_dir, roots, bad)
+        if remote:
+            storage.upload_dir(local_dir, store_dir)
     else:
-        _wait_for(store_dir, log)
+        ready = (lambda: storage.is_complete(store_dir)) if remote else (lambda: (store_dir / "meta.json").exists())
+        _wait_for(store_dir, log, ready)
+        if remote:
+            storage.download_dir(store_dir, local_dir)
+    if remote:
+        mirror.sync()
+    store_dir = local_dir
     rows = Rows(store_dir, roots, model_cfg.vision.image_size, data_cfg.pad_image, layout, bad,
                 data_cfg.get("max_image_pixels", MAX_PIXELS))
     store = rows.store
@@ -237,11 +258,11 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
     return rows
 
 
-def _wait_for(store_dir: Path, log) -> None:
+def _wait_for(store_dir, log, ready) -> None:
     """The other processes wait for process 0's store (shared storage, as the checkpoints)."""
     log(f"waiting for process 0 to build the token store {store_dir}")
     deadline = time.monotonic() + STORE_WAIT_S
-    while not (store_dir / "meta.json").exists():
+    while not ready():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{store_dir}: process 0 built no token store in {STORE_WAIT_S} s; is the "
                                "workdir on storage every process sees?")

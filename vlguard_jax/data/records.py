@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
+
+from vlguard_jax import storage
 
 VLGUARD_CATEGORIES = ("privacy", "risky behavior", "deception", "discrimination")
 
@@ -15,7 +16,7 @@ class RecordError(ValueError):
 
 def load_json_list(path) -> list[dict]:
     """A JSON file holding a list of objects; malformed JSON is reported with its position."""
-    path = Path(path)
+    path = storage.as_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -33,10 +34,10 @@ def iter_json_list(path, chunk_chars: int = 1 << 24):
     """The elements of a JSON file holding a list, one at a time, read in chunks: a 1 GB mix never
     sits in memory whole (as text or as objects). Malformed JSON is reported with its line, as
     `load_json_list` does."""
-    path = Path(path)
+    path = storage.as_path(path)
     decoder = json.JSONDecoder()
     try:
-        f = open(path, encoding="utf-8")
+        f = path.open(encoding="utf-8")
     except OSError as e:
         raise RecordError(f"{path}: cannot read ({e.strerror})") from None
     with f:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vlguard_jax import storage
 from vlguard_jax.data.images import ImageError, resolve
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.tokenize import IGNORE, TokenizationError
@@ -124,12 +125,21 @@ def build_store(mixture, encoder, dst, image_roots, bad: BadRecords, check_image
         def batches():
             nonlocal skipped
             pending = []
+            listings: dict = {}
+
+            def exists(root, path) -> bool:
+                if not storage.is_remote(root):
+                    return os.path.isfile(path)
+                if root not in listings:  # one listing per bucket root, not one request per image
+                    listings[root] = {str(p) for _, p in storage.walk_files(root)}
+                return str(path) in listings[root]
+
             for r in tqdm(mixture.records, desc="tokenizing", unit="sample", mininterval=2, leave=False):
                 where = f"{mixture.sources[r['source']].path}: record {r.get('id')!r}"
                 if "image" in r and check_images:
                     try:
                         path = resolve(image_roots[r["source"]], r["image"])
-                        if not os.path.isfile(path):
+                        if not exists(image_roots[r["source"]], path):
                             raise ImageError(f"{path}: image file not found")
                     except ImageError as e:
                         bad(where, str(e), ImageError)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from typing import Any
 
+from vlguard_jax import storage
 from vlguard_jax.files import atomic_write_json
 
 # The OpenAI CLIP towers LLaVA names in `mm_vision_tower`; their shapes cannot all be read from
@@ -264,7 +265,7 @@ def _text_from_dict(text: dict) -> TextConfig:
 
 def load_config(path) -> "LlavaConfig | TextOnlyConfig":
     """Our model_config.json: a LLaVA or, marked `"architecture": "llama"`, a text-only Llama."""
-    with open(path) as f:
+    with storage.as_path(path).open() as f:
         d = json.load(f)
     if d.get("architecture") == TextOnlyConfig.architecture:
         return TextOnlyConfig.from_dict(d)

@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import numpy as np
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vlguard_jax import sharding
+from vlguard_jax import sharding, storage
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.data.tokenize import IGNORE
 from vlguard_jax.errors import ConfigError, ResourceError, UserError, is_out_of_memory
@@ -71,6 +71,11 @@ class Preemption:
             from jax.experimental import multihost_utils
             return multihost_utils.reached_preemption_sync_point(step)
         return self.noticed
+
+
+def ocp_version() -> str:
+    import orbax.checkpoint
+    return getattr(orbax.checkpoint, "__version__", "")
 
 
 def maybe_initialize_distributed() -> None:
@@ -196,7 +201,10 @@ def run(cfg, log_fn=None) -> dict:
     the workdir is locked while the run is live (see train.workdir)."""
     maybe_initialize_distributed()
     check_config(cfg)
-    workdir = Path(cfg.workdir)
+    if str(cfg.workdir).startswith("s3://"):
+        raise ConfigError(f"config.workdir: {cfg.workdir}: orbax {ocp_version()} writes checkpoint arrays to "
+                          "gs:// and to filesystems only, not to s3://; use gs://, or a filesystem every host mounts")
+    workdir = storage.as_path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
@@ -265,7 +273,7 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
         f"{jax.process_count()} process(es)")
     say(f"parameters: {n_train + n_frozen:,} total, {n_train:,} trainable ({cfg.train.mode}); "
         f"{total} steps of {cfg.global_batch} examples ({accum} micro-batches of {cfg.micro_batch})")
-    meta = {"base_checkpoint": str(Path(cfg.model.checkpoint).resolve()), "mode": cfg.train.mode,
+    meta = {"base_checkpoint": storage.absolute(cfg.model.checkpoint), "mode": cfg.train.mode,
             "scan_layers": model.scan_layers,
             "lora": cfg.lora.to_dict() if cfg.train.mode == "lora" else None, "config": cfg.to_json()}
     setup = Setup(cfg, workdir, mesh, model, base, frozen, opt, total, accum, meta)

@@ -7,6 +7,8 @@ from pathlib import Path
 import jax
 from tqdm import tqdm
 
+from vlguard_jax import storage
+
 # Dense bf16/fp16 peak FLOP/s per device, for MFU; unknown devices report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
               "TPU v5": 459e12, "TPU v6 lite": 918e12}
@@ -26,8 +28,13 @@ class Logger:
         if not self.main:
             return
         from tensorboardX import SummaryWriter
-        self.jsonl = open(Path(workdir) / "metrics.jsonl", "a")
-        self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        # In a bucket the appended files live in a local mirror, copied up after every write.
+        self.mirror = storage.mirror_for(workdir) if storage.is_remote(workdir) else None
+        if self.mirror is not None:
+            self.mirror.pull(["metrics.jsonl", "tensorboard"])
+        local = self.mirror.local if self.mirror is not None else Path(workdir)
+        self.jsonl = open(local / "metrics.jsonl", "a")
+        self.tb = SummaryWriter(str(local / "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
     def advance(self, steps: int = 1) -> None:
@@ -43,6 +50,8 @@ class Logger:
             if isinstance(v, (int, float)):
                 self.tb.add_scalar(f"train/{k}", v, step)
         self.tb.flush()
+        if self.mirror is not None:
+            self.mirror.sync()
         self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
                              tok_s=f"{metrics['tokens_per_s']:.0f}")
 
@@ -51,3 +60,5 @@ class Logger:
             self.bar.close()
             self.jsonl.close()
             self.tb.close()
+            if self.mirror is not None:
+                self.mirror.sync()

@@ -16,8 +16,8 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
+from vlguard_jax import storage
 from vlguard_jax.errors import ConfigError, UserError
 from vlguard_jax.files import atomic_write_json, fingerprint, sha256_file
 from vlguard_jax.train.validate import SOURCES
@@ -26,6 +26,7 @@ LOCK = ".lock"
 RUN = "run.json"
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
+SETTLE_S = 2.0
 
 
 class WorkdirBusy(UserError):
@@ -43,31 +44,54 @@ def _alive(pid: int) -> bool:
 
 
 class Lock:
-    """`with Lock(workdir, log):` holds the workdir for this process."""
+    """`with Lock(workdir, log):` holds the workdir for this process. In object storage, which has
+    no exclusive create, the lock is written, then read back after `SETTLE_S`: of two runs
+    starting at once, only the last writer finds its own lock."""
 
     def __init__(self, workdir, log=print):
-        self.path, self.log = Path(workdir) / LOCK, log
+        self.remote = storage.is_remote(workdir)
+        self.path, self.log = storage.as_path(workdir) / LOCK, log
         self._stop = threading.Event()
 
     def _stale(self, holder: dict) -> bool:
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            return not _alive(holder["pid"])
+        if self.remote:
+            return time.time() - float(holder.get("beat", 0)) > STALE_S
         try:
             age = time.time() - self.path.stat().st_mtime
         except FileNotFoundError:
             return True
-        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
-            return not _alive(holder["pid"])
         return age > STALE_S
 
+    def _create(self, me: dict) -> bool:
+        """Write the lock if there is none; False if there is one."""
+        if self.remote:
+            if self.path.exists():
+                return False
+            self.path.write_text(json.dumps(me))
+            time.sleep(SETTLE_S)
+            return self._holder() == me
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, json.JSONDecodeError):
+            return {}
+
     def __enter__(self) -> "Lock":
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "beat": time.time()}
         for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    holder = json.loads(self.path.read_text() or "{}")
-                except (OSError, json.JSONDecodeError):
-                    holder = {}
+            if not self._create(me):
+                holder = self._holder()
                 if not self._stale(holder):
                     raise WorkdirBusy(
                         f"{self.path.parent}: in use by process {holder.get('pid')} on {holder.get('host')} since "
@@ -77,8 +101,6 @@ class Lock:
                          f"{holder.get('host')}")
                 self.path.unlink(missing_ok=True)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self._me = me
             threading.Thread(target=self._beat, daemon=True).start()
             return self
@@ -87,16 +109,20 @@ class Lock:
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                os.utime(self.path)
+                if self.remote:
+                    self._me = dict(self._me, beat=time.time())
+                    self.path.write_text(json.dumps(self._me))
+                else:
+                    os.utime(self.path)
             except FileNotFoundError:
                 return
 
     def __exit__(self, *exc) -> bool:
         self._stop.set()
         try:
-            if json.loads(self.path.read_text()) == self._me:
+            if self._holder() == self._me:
                 self.path.unlink()
-        except (OSError, json.JSONDecodeError):
+        except OSError:
             pass
         return False
 
@@ -124,7 +150,7 @@ NAMES = {"base_checkpoint": "base checkpoint (config.model.checkpoint, by conten
 
 def check_resume(workdir, now: dict, allow: bool, log=print) -> None:
     """Compare with the identity saved by the run's first start (saved now if there is none)."""
-    path = Path(workdir) / RUN
+    path = storage.as_path(workdir) / RUN
     if not path.exists():
         atomic_write_json(path, now, indent=1)
         return

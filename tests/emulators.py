@@ -1,0 +1,143 @@
+"""Local object-storage emulators for the storage tests, and the environment that points every
+client at them and away from any cloud.
+
+- GCS: `gcp-storage-emulator` (the JSON API, with the read headers tensorstore needs: see
+  gcs_emulator.py); S3: `moto` in server mode. Both on 127.0.0.1, on
+  free ports, ended by their pid.
+- Credentials are fake and discovery is off before any client starts: google-auth and gcsfs never
+  probe a metadata server (NO_GCE_CHECK, anonymous token, metadata host set to a closed loopback
+  port), tensorstore takes a test token, AWS clients have fake keys and no EC2 metadata.
+- `GUARD` (a sitecustomize put on PYTHONPATH) refuses, in the test process and in every Python
+  process it starts, any connection outside 127.0.0.0/8 and records it in `$NET_GUARD_LOG`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+GUARD = '''
+import os, socket
+_connect = socket.socket.connect
+def _guarded(self, address):
+    host = address[0] if isinstance(address, tuple) else None
+    if self.family in (socket.AF_INET, socket.AF_INET6) and host not in ("127.0.0.1", "::1", "localhost") \\
+            and not str(host).startswith("127."):
+        with open(os.environ["NET_GUARD_LOG"], "a") as f:
+            f.write(f"{host}\\n")
+        raise ConnectionRefusedError(f"test network guard: {host} is outside 127.0.0.0/8")
+    return _connect(self, address)
+if os.environ.get("NET_GUARD_LOG"):
+    socket.socket.connect = _guarded
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(port: int, proc, name: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+class Listener:
+    """A loopback port that counts the connections made to it (the metadata server's stand-in)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port, self.connections = self.sock.getsockname()[1], 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+
+def environment(tmp: Path, gcs_port: int, s3_port: int, metadata_port: int) -> dict:
+    guard_dir = tmp / "guard"
+    guard_dir.mkdir(exist_ok=True)
+    (guard_dir / "sitecustomize.py").write_text(GUARD)
+    closed = f"127.0.0.1:{metadata_port}"  # a metadata server's address: any probe is counted
+    return {
+        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{gcs_port}",
+        "TENSORSTORE_GCS_HTTP_URL": f"http://127.0.0.1:{gcs_port}",
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake-token",
+        "FSSPEC_GS_TOKEN": "anon",
+        "FSSPEC_GS_PROJECT": "test",
+        "GOOGLE_CLOUD_PROJECT": "test",
+        "NO_GCE_CHECK": "true",
+        "GCE_METADATA_HOST": closed, "GCE_METADATA_IP": closed, "GCE_METADATA_ROOT": closed,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+        "AWS_ACCESS_KEY_ID": "fake-key", "AWS_SECRET_ACCESS_KEY": "fake-secret",
+        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "NET_GUARD_LOG": str(tmp / "guard" / "refused.log"),
+        "GUARD_PATH": str(guard_dir),
+    }
+
+
+class Emulators:
+    """Both emulators, started on free loopback ports; `env` is what clients need."""
+
+    def __init__(self, tmp: Path):
+        self.gcs_port, self.s3_port = free_port(), free_port()
+        self.metadata = Listener()
+        self.env = environment(tmp, self.gcs_port, self.s3_port, self.metadata.port)
+        quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs = [
+            subprocess.Popen([sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), "start", "--host", "127.0.0.1",
+                              "--port", str(self.gcs_port), "--in-memory", "--default-bucket", "bkt"], **quiet),
+            subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)], **quiet),
+        ]
+        try:
+            _wait(self.gcs_port, self.procs[0], "gcp-storage-emulator")
+            _wait(self.s3_port, self.procs[1], "moto server")
+        except BaseException:
+            self.close()
+            raise
+
+    def make_s3_bucket(self, name: str) -> None:
+        import boto3
+        boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
+
+    def refused(self) -> list[str]:
+        """Connections refused for leaving 127.0.0.0/8, and probes of the metadata address."""
+        log = Path(self.env["NET_GUARD_LOG"])
+        refused = log.read_text().split() if log.exists() else []
+        return refused + ["metadata server"] * self.metadata.connections
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        self.metadata.sock.close()
+
+
+def subprocess_env(emu: Emulators, base: dict) -> dict:
+    """`base` (a test's subprocess environment) with the emulators' variables and the guard."""
+    env = dict(base, **{k: v for k, v in emu.env.items() if k != "GUARD_PATH"})
+    env["PYTHONPATH"] = os.pathsep.join([emu.env["GUARD_PATH"], env.get("PYTHONPATH", "")])
+    return env

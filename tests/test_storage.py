@@ -1,0 +1,168 @@
+"""gs:// and s3:// paths, against local emulators (tests/emulators.py): directories complete only
+with their marker, converted checkpoints and data in buckets, and a training run whose workdir is
+in a bucket, killed with SIGKILL and resumed, ending bit-identical to a local run."""
+import json
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import emulators
+from tests.train import common
+from tests.train.test_loop import REPO, config_file, final_params, run_env, train_cmd
+from vlguard_jax import storage
+
+pytest.importorskip("gcp_storage_emulator")
+pytest.importorskip("moto")
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("emulators")
+    e = emulators.Emulators(tmp)
+    mp = pytest.MonkeyPatch()
+    for k, v in e.env.items():
+        mp.setenv(k, v)
+    exec(emulators.GUARD, {})  # this process too: no connection leaves 127.0.0.0/8
+    e.make_s3_bucket("bkt")
+    yield e
+    mp.undo()
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, emu):
+    tmp = tmp_path_factory.mktemp("storage")
+    return common.setup(tmp), tmp
+
+
+def test_the_network_guard_refuses_addresses_outside_loopback(emu):
+    before = len(emu.refused())
+    with pytest.raises(ConnectionRefusedError, match="outside 127.0.0.0/8"):
+        socket.create_connection(("10.255.255.1", 80), timeout=1)
+    assert emu.refused()[before:] == ["10.255.255.1"]
+    emulators_log = emu.env["NET_GUARD_LOG"]
+    open(emulators_log, "w").close()  # later tests assert that nothing else was refused
+
+
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_a_remote_directory_is_complete_only_with_its_marker(emu, scheme):
+    from vlguard_jax.files import atomic_dir
+    dst = f"{scheme}://bkt/dirs/out"
+    with pytest.raises(RuntimeError):
+        with atomic_dir(dst) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert not storage.as_path(dst).exists()
+    # A directory without the marker (a writer killed mid-upload) is not an output: replaced.
+    (storage.as_path(dst) / "a.txt").write_text("half")
+    assert not storage.is_complete(dst)
+    with atomic_dir(dst) as tmp:
+        (tmp / "b.txt").write_text("whole")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "c.txt").write_text("nested")
+    assert storage.is_complete(dst)
+    assert sorted(p.name for p in storage.as_path(dst).iterdir()) == ["COMPLETE", "b.txt", "sub"]
+    with pytest.raises(FileExistsError, match="already exists"):
+        with atomic_dir(dst):
+            pass
+    local = storage.download_dir(dst, emu_tmp(emu) / f"down_{scheme}")
+    assert (local / "sub" / "c.txt").read_text() == "nested" and not (local / "COMPLETE").exists()
+    assert emu.refused() == []
+
+
+def emu_tmp(emu):
+    from pathlib import Path
+    return Path(emu.env["GUARD_PATH"]).parent
+
+
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_a_converted_checkpoint_in_a_bucket_loads_as_the_local_one(env, emu, scheme):
+    from conversion.hf_to_flax import convert
+    from vlguard_jax.loading import load_model
+    ns, _ = env
+    dst = f"{scheme}://bkt/ckpt/tiny"
+    convert(ns.hf_dir, dst, "float32")
+    assert storage.is_complete(dst)
+    a, b = load_model(ns.flax_dir, dtype=jnp.float32), load_model(dst, dtype=jnp.float32)
+    assert b.tokenizer("a cat").input_ids == a.tokenizer("a cat").input_ids
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert emu.refused() == []
+
+
+def test_image_paths_stay_inside_a_remote_root():
+    from vlguard_jax.data.images import ImageError, resolve
+    assert str(resolve("gs://bkt/images", "a/../cat.png")) == "gs://bkt/images/cat.png"
+    for bad in ("../x.png", "a/../../x.png", "/etc/passwd", "gs://other/x.png"):
+        with pytest.raises(ImageError):
+            resolve("gs://bkt/images/", bad)
+
+
+def test_an_s3_workdir_is_refused_before_anything_loads(env):
+    from vlguard_jax.errors import ConfigError
+    from vlguard_jax.train.loop import run
+    ns, tmp = env
+    with pytest.raises(ConfigError, match=r"config.workdir: s3://bkt/run: orbax .* not to s3://"):
+        run(common.config(ns, "s3://bkt/run"))
+
+
+def _bucket_has(path: str) -> bool:
+    return storage.as_path(path).exists()
+
+
+def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu):
+    """Data, images and base checkpoint in the bucket; SIGKILL as soon as step 4's checkpoint
+    starts to appear; the restart ends where an uninterrupted local run ends, and flax_to_hf
+    exports from the bucket what it exports from the local run."""
+    from conversion.flax_to_hf import export
+    ns, tmp = env
+    for name in ("train", "helpful"):
+        (storage.as_path("gs://bkt/data") / f"{name}.json").write_text(ns.sample[name].read_text())
+    storage.upload_dir(ns.sample["images"], "gs://bkt/data/images")
+    storage.upload_dir(ns.flax_dir, "gs://bkt/base")
+    kw = dict(total_steps=6, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1})
+    local = config_file(ns, tmp, "local", **kw)
+    ref = subprocess.run(train_cmd(local, tmp / "ref"), env=run_env(), capture_output=True, text=True,
+                         timeout=600, cwd=REPO)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    remote = config_file(ns, tmp, "remote", **kw, **{
+        "model.checkpoint": "gs://bkt/base", "data.vlguard": "gs://bkt/data/train.json",
+        "data.llava": "gs://bkt/data/helpful.json", "data.vlguard_images": "gs://bkt/data/images",
+        "data.llava_images": "gs://bkt/data/images"})
+    work = "gs://bkt/runs/a"
+    env_vars = emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(tmp / "cache")))
+    proc = subprocess.Popen(train_cmd(remote, work), env=env_vars, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = storage.as_path(f"{work}/checkpoints")
+        if ckpts.exists() and any(p.name.startswith("4") for p in ckpts.iterdir()):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(train_cmd(remote, work), env=env_vars, capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from gs://bkt/runs/a/checkpoints" in done.stdout
+    assert "not tokenizing again" in done.stdout
+    step_a, a = final_params(tmp / "ref")
+    step_b, b = final_params(work)
+    assert step_a == step_b == 6
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    metrics = [json.loads(line) for line in storage.as_path(f"{work}/metrics.jsonl").read_text().splitlines()]
+    assert sorted({m["step"] for m in metrics}) == list(range(1, 7))
+    assert storage.as_path(f"{work}/tensorboard").is_dir()
+    export(tmp / "ref", tmp / "hf_local", lora="merge")
+    export(work, tmp / "hf_bucket", lora="merge")
+    from safetensors.numpy import load_file
+    x, y = load_file(tmp / "hf_local" / "model.safetensors"), load_file(tmp / "hf_bucket" / "model.safetensors")
+    assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+    assert emu.refused() == []

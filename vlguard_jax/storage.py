@@ -1,0 +1,178 @@
+"""Paths that may be local or in object storage (`gs://bucket/...`, `s3://bucket/...`).
+
+Remote paths are etils `epath` paths (fsspec's gcsfs and s3fs underneath); orbax and tensorstore
+read and write arrays there themselves. Object stores have no atomic rename, so a directory
+written there is complete only once its marker `COMPLETE` exists: writers put it last, readers
+require it (`is_complete`). A single object appears whole or not at all, so a one-file write
+needs no marker.
+
+Clients are pointed at an emulator or any compatible store by the standard variables:
+`STORAGE_EMULATOR_HOST` (GCS; passed on to tensorstore as `TENSORSTORE_GCS_HTTP_URL`), and
+`AWS_ENDPOINT_URL` with `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (S3).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+REMOTE = ("gs://", "s3://")
+COMPLETE = "COMPLETE"
+
+
+def configure() -> None:
+    """Pass the standard endpoint variables on to every client (before any is created), and keep
+    fsspec from caching listings: processes poll the bucket for what others write."""
+    import fsspec.config
+    for protocol in ("gs", "s3"):
+        fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if host:
+        # An emulator takes no credentials: gcsfs must not look for any (google-auth would ask
+        # the metadata server).
+        fsspec.config.conf["gs"].setdefault("token", "anon")
+        url = host if "://" in host else f"http://{host}"
+        os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
+        # gcsfs asks the control API for the bucket's layout over gRPC, which emulators lack.
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+configure()
+
+
+def is_remote(path) -> bool:
+    return str(path).startswith(REMOTE)
+
+
+def as_path(path):
+    """An `epath.Path` for a remote path, a `pathlib.Path` for a local one."""
+    if is_remote(path):
+        configure()
+        from etils import epath
+        return epath.Path(str(path))
+    return Path(path)
+
+
+def absolute(path) -> str:
+    """The path as a string orbax accepts: remote paths as they are, local ones absolute."""
+    return str(path) if is_remote(path) else str(Path(path).resolve())
+
+
+def is_complete(path) -> bool:
+    """A directory is complete: locally, it exists (writers rename into place); remotely, its
+    marker exists."""
+    p = as_path(path)
+    return (p / COMPLETE).exists() if is_remote(path) else p.is_dir()
+
+
+def walk_files(root) -> list[tuple[str, object]]:
+    """(relative posix name, path) of every file under `root`, sorted by name parts."""
+    remote = is_remote(root)
+    root = as_path(root)
+    if remote:
+        import fsspec
+        fs, base = fsspec.core.url_to_fs(str(root))
+        base = base.rstrip("/")
+        rels = [f[len(base):].strip("/") for f in fs.find(base)]  # names without the scheme
+    else:
+        rels = [os.path.relpath(os.path.join(here, n), root).replace(os.sep, "/")
+                for here, _, names in os.walk(root) for n in names]
+    out = [(rel, root / rel) for rel in rels if rel]
+    return sorted(out, key=lambda x: x[0].split("/"))
+
+
+def upload_dir(src: Path, dst) -> None:
+    """Copy a local directory to remote `dst`, the marker last. Whatever `dst` held is removed first,
+    so a reader never sees old and new files mixed under a marker."""
+    out = as_path(dst)
+    if out.exists():
+        out.rmtree()
+    for f in sorted(p for p in Path(src).rglob("*") if p.is_file()):
+        target = out / f.relative_to(src).as_posix()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(f, "rb") as r, target.open("wb") as w:
+            shutil.copyfileobj(r, w, 8 << 20)
+    (out / COMPLETE).write_text("")
+
+
+def download_dir(src, dst: Path) -> Path:
+    """Copy a complete remote directory into local `dst` (renamed into place when whole)."""
+    from vlguard_jax.files import atomic_dir
+    root = as_path(src)
+    if not (root / COMPLETE).exists():
+        raise FileNotFoundError(f"{src}: not a complete directory (no {COMPLETE} marker: absent, or half-written)")
+    with atomic_dir(dst, overwrite=True) as tmp:
+        for rel, f in walk_files(root):
+            if rel == COMPLETE:
+                continue
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with f.open("rb") as r, open(target, "wb") as w:
+                shutil.copyfileobj(r, w, 8 << 20)
+    return dst
+
+
+def local_cache(path, kind: str) -> Path:
+    """This host's local directory standing in for remote `path` (memory-mapped data, logs that
+    are appended to): `$VLGUARD_CACHE` or ~/.cache/vlguard-jax, by a hash of the path."""
+    root = Path(os.environ.get("VLGUARD_CACHE") or Path.home() / ".cache" / "vlguard-jax")
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    out = root / kind / key
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class Mirror:
+    """A local directory whose files are copied to remote `dst` by `sync()` (those changed since
+    the last sync): for files a run appends to, which objects do not allow. `pull()` first brings
+    back what an earlier run left there."""
+
+    def __init__(self, dst, kind: str = "mirror"):
+        self.dst = dst
+        self.local = local_cache(dst, kind)
+        shutil.rmtree(self.local)  # what an earlier run on this host left: `pull` brings the truth
+        self.local.mkdir(parents=True)
+        self._sent: dict = {}
+
+    def pull(self, names) -> None:
+        for name in names:
+            src = as_path(self.dst) / name
+            if src.exists():
+                if src.is_dir():
+                    for rel, f in walk_files(src):
+                        self._fetch(f, self.local / name / rel)
+                else:
+                    self._fetch(src, self.local / name)
+        self._sent = self._state()
+
+    @staticmethod
+    def _fetch(src, dst: Path) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with src.open("rb") as r, open(dst, "wb") as w:
+            shutil.copyfileobj(r, w)
+
+    def _state(self) -> dict:
+        return {f: (f.stat().st_size, f.stat().st_mtime_ns) for f in self.local.rglob("*") if f.is_file()}
+
+    def sync(self) -> None:
+        now = self._state()
+        for f, sig in now.items():
+            if self._sent.get(f) != sig:
+                target = as_path(self.dst) / f.relative_to(self.local).as_posix()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with open(f, "rb") as r, target.open("wb") as w:
+                    shutil.copyfileobj(r, w)
+        self._sent = now
+
+
+@functools.cache
+def mirror_for(workdir) -> Mirror:
+    """The one Mirror of a remote workdir in this process (logs, bad-record lists)."""
+    return Mirror(str(workdir), "workdir")
+
+
+def temp_dir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
