@@ -96,6 +96,26 @@ def test_a_converted_checkpoint_in_a_bucket_loads_as_the_local_one(env, emu, sch
     assert emu.refused() == []
 
 
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_an_evaluation_writes_to_a_bucket_and_resumes_there(env, emu, scheme):
+    from vlguard_jax.evaluate.runner import Protocol, run
+    ns, _ = env
+    out, said = f"{scheme}://bkt/eval", []
+    kw = dict(subset="safe_safes", meta=ns.sample["test"], images=ns.sample["images"],
+              protocol=Protocol(max_new_tokens=3, batch_size=2), log=said.append)
+    run(ns.flax_dir, "vlguard", out, limit=2, **kw)  # "interrupted" after one batch
+    path = storage.as_path(out) / "vlguard" / "safe_safes.json"
+    first = json.loads(path.read_text())
+    path.write_text(json.dumps({k: "KEPT: I'm sorry" for k in first}))  # regenerating would overwrite it
+    result = run(ns.flax_dir, "vlguard", out, limit=4, **kw)
+    final = json.loads(path.read_text())
+    assert len(final) == 4 and all(final[k] == "KEPT: I'm sorry" for k in first) and result["n"] == 4
+    assert f"{path}: 2 responses already there, 2 to generate" in said
+    assert json.loads((storage.as_path(out) / "summary.json").read_text())["vlguard/safe_safes"]["n"] == 4
+    assert (storage.as_path(out) / "vlguard" / "safe_safes.run.json").exists()
+    assert emu.refused() == []
+
+
 def test_image_paths_stay_inside_a_remote_root():
     from vlguard_jax.data.images import ImageError, resolve
     assert str(resolve("gs://bkt/images", "a/../cat.png")) == "gs://bkt/images/cat.png"
@@ -112,27 +132,23 @@ def test_an_s3_workdir_is_refused_before_anything_loads(env):
         run(common.config(ns, "s3://bkt/run"))
 
 
-def _bucket_has(path: str) -> bool:
-    return storage.as_path(path).exists()
-
-
 def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu):
-    """Data, images and base checkpoint in the bucket; SIGKILL as soon as step 4's checkpoint
-    starts to appear; the restart ends where an uninterrupted local run ends, and flax_to_hf
-    exports from the bucket what it exports from the local run."""
+    """Data and images in the bucket (the base checkpoint's bucket reads are tested above); SIGKILL
+    as soon as step 4's checkpoint starts to appear; the restart ends where an uninterrupted local
+    run ends, and flax_to_hf exports from the bucket what it exports from the local run."""
     from conversion.flax_to_hf import export
     ns, tmp = env
     for name in ("train", "helpful"):
         (storage.as_path("gs://bkt/data") / f"{name}.json").write_text(ns.sample[name].read_text())
     storage.upload_dir(ns.sample["images"], "gs://bkt/data/images")
-    storage.upload_dir(ns.flax_dir, "gs://bkt/base")
-    kw = dict(total_steps=6, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1})
+    kw = dict(total_steps=4, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1})
+    # The reference runs as the bucket run does: its own process, one device.
     local = config_file(ns, tmp, "local", **kw)
     ref = subprocess.run(train_cmd(local, tmp / "ref"), env=run_env(), capture_output=True, text=True,
                          timeout=600, cwd=REPO)
     assert ref.returncode == 0, ref.stderr[-3000:]
     remote = config_file(ns, tmp, "remote", **kw, **{
-        "model.checkpoint": "gs://bkt/base", "data.vlguard": "gs://bkt/data/train.json",
+        "data.vlguard": "gs://bkt/data/train.json",
         "data.llava": "gs://bkt/data/helpful.json", "data.vlguard_images": "gs://bkt/data/images",
         "data.llava_images": "gs://bkt/data/images"})
     work = "gs://bkt/runs/a"
@@ -154,11 +170,11 @@ def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu):
     assert "not tokenizing again" in done.stdout
     step_a, a = final_params(tmp / "ref")
     step_b, b = final_params(work)
-    assert step_a == step_b == 6
+    assert step_a == step_b == 4
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     metrics = [json.loads(line) for line in storage.as_path(f"{work}/metrics.jsonl").read_text().splitlines()]
-    assert sorted({m["step"] for m in metrics}) == list(range(1, 7))
+    assert sorted({m["step"] for m in metrics}) == list(range(1, 5))
     assert storage.as_path(f"{work}/tensorboard").is_dir()
     export(tmp / "ref", tmp / "hf_local", lora="merge")
     export(work, tmp / "hf_bucket", lora="merge")

@@ -169,7 +169,7 @@ def test_a_checkpoint_resumes_in_the_other_layer_form(env):
     cfg = lambda work, form: common.config(ns, work, **kw, **{"model.scan_layers": form})
     run(cfg(tmp / "form_ref", "off"), log_fn=lambda _: None)
     work = tmp / "form_mixed"
-    run(cfg(work, "off"), log_fn=lambda _: None)
+    shutil.copytree(tmp / "form_ref", work)  # its checkpoints 1-4, written unrolled
     for form, drop, resumed_at in (("on", ("3", "4"), 2), ("off", ("4",), 3)):
         for step in drop:
             shutil.rmtree(work / "checkpoints" / step)
@@ -219,31 +219,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one(env):
-    ns, tmp = env
-    kw = dict(total_steps=3, checkpoint_every=3, **{"mesh.shape": (-1, 1, 1)})
-    cfg = config_file(ns, tmp, "multi", **kw)
-    one = subprocess.run(train_cmd(cfg, tmp / "one"), env=run_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
-                         capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert one.returncode == 0, one.stderr[-3000:]
-    port = free_port()
-    procs = [subprocess.Popen(train_cmd(cfg, tmp / "two"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=run_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                                     JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
-             for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e[-3000:]
-    assert "2 process(es)" in outs[0][0] + outs[0][1]
-    l1 = [x["loss"] for x in metrics(tmp / "one")]
-    l2 = [x["loss"] for x in metrics(tmp / "two")]
-    np.testing.assert_allclose(l1, l2, rtol=1e-5)
-    _, a = final_params(tmp / "one")
-    _, b = final_params(tmp / "two")
-    for x, y in zip(a, b):
-        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
-
-
 def start_two(cfg, workdir):
     port = free_port()
     return [subprocess.Popen(train_cmd(cfg, workdir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -259,12 +234,37 @@ def finish(procs) -> list[tuple[str, str]]:
     return outs
 
 
-def test_two_processes_preempted_on_one_host_resume_bit_exact(env):
+@pytest.fixture(scope="module")
+def two_processes(env):
+    """An uninterrupted run of two processes on localhost (one device each): its config, workdir
+    and output; the reference of both tests below."""
+    ns, tmp = env
+    cfg = config_file(ns, tmp, "multi", total_steps=10, checkpoint_every=100, **{"mesh.shape": (-1, 1, 1)})
+    outs = finish(start_two(cfg, tmp / "two_ref"))
+    return cfg, tmp / "two_ref", outs
+
+
+def test_two_processes_match_one(env, two_processes):
+    ns, tmp = env
+    cfg, two, outs = two_processes
+    one = subprocess.run(train_cmd(cfg, tmp / "one"), env=run_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "2 process(es)" in outs[0][0] + outs[0][1]
+    l1 = [x["loss"] for x in metrics(tmp / "one")]
+    l2 = [x["loss"] for x in metrics(two)]
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    _, a = final_params(tmp / "one")
+    _, b = final_params(two)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_two_processes_preempted_on_one_host_resume_bit_exact(env, two_processes):
     """A notice on process 1 alone: both processes checkpoint the same step (JAX's preemption sync
     point) and exit 0; the restart ends where an uninterrupted two-process run ends."""
     ns, tmp = env
-    cfg = config_file(ns, tmp, "multi_pre", total_steps=10, checkpoint_every=100, **{"mesh.shape": (-1, 1, 1)})
-    finish(start_two(cfg, tmp / "two_ref"))
+    cfg, two_ref, _ = two_processes
     work = tmp / "two_pre"
     procs = start_two(cfg, work)
     deadline = time.time() + 300
@@ -277,8 +277,8 @@ def test_two_processes_preempted_on_one_host_resume_bit_exact(env):
     step = int(outs[0][0].split("preempted at step ")[1].split(":")[0])
     assert 1 <= step < 10 and (work / "checkpoints" / str(step)).is_dir()
     finish(start_two(cfg, work))
-    _, a = final_params(tmp / "two_ref")
+    _, a = final_params(two_ref)
     _, b = final_params(work)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
-    assert [x["loss"] for x in metrics(tmp / "two_ref")][step:] == [x["loss"] for x in metrics(work)][step:]
+    assert [x["loss"] for x in metrics(two_ref)][step:] == [x["loss"] for x in metrics(work)][step:]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from vlguard_jax import storage
 from vlguard_jax.errors import ArgumentParser, UsageError, at_least, cli
 from vlguard_jax.evaluate import benchmarks, gpt_graders, vqa, vqa_scoring
 from vlguard_jax.evaluate.benchmarks import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
@@ -33,7 +34,8 @@ from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
 
 
 def out_dir(text: str) -> str:
-    if Path(text).exists() and not Path(text).is_dir():
+    out = storage.as_path(text)
+    if out.exists() and not out.is_dir():
         raise UsageError(f"--out {text}: a file, not a directory")
     return text
 

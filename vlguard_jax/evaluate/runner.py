@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from PIL import Image
 
+from vlguard_jax import storage
 from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
 from vlguard_jax.evaluate import benchmarks, figstep
 from vlguard_jax.evaluate.scoring import is_refusal, token_f1
@@ -72,7 +73,7 @@ def write_json(path: Path, data) -> None:
 
 
 def read_json(path: Path, default):
-    path = Path(path)
+    path = storage.as_path(path)
     if not path.exists():
         return default
     try:
@@ -151,7 +152,7 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
     subset, items = benchmarks.load(benchmark, subset=subset, meta=meta, data=data, attack=attack)
     if limit:
         items = items[:limit]
-    out = Path(out)
+    out = storage.as_path(out)  # local, gs:// or s3://: every write is one whole JSON file
     path = out / benchmark / f"{subset}.json"
     settings = {k: v for k, v in dataclasses.asdict(protocol).items() if k != "batch_size"}
     claim_output(out, path, {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint),
