@@ -27,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype, and the dtype frozen weights are kept in
     c.model.attn_impl = "auto"
     c.model.remat = "full"      # per decoder layer: none | full | dots | dots_all
-    c.model.scan_layers = "auto"  # auto | on | off: one scanned layer (auto: from 8 layers; models.stacking)
+    c.model.scan_layers = "auto"  # auto | on | off: one scanned layer (auto: from 16 layers; models.stacking)
 
     c.train = ml_collections.ConfigDict()
     c.train.mode = "lora"       # lora | full (the vision tower is always frozen)
