@@ -29,6 +29,7 @@ from vlguard_jax import runs, storage
 from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
 from vlguard_jax.errors import cli
 from vlguard_jax.files import atomic_dir, check_output
+from vlguard_jax.loading import readable
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.layers import LORA_PARAMS
@@ -134,6 +135,7 @@ def export(src, dst, dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_
     check_output(dst, src, overwrite=overwrite)
     if runs.is_run(src):
         return _export_run(src, dst, dtype, max_shard_bytes, lora, overwrite)
+    src = readable(src)  # a bucket checkpoint: complete (its marker), and s3:// copied locally
     if lora is not None:
         raise ValueError(f"--lora applies to a training run's workdir; {src} is a plain checkpoint")
     if not (src / MODEL_CONFIG).exists():

@@ -90,6 +90,12 @@ def test_a_converted_checkpoint_in_a_bucket_loads_as_the_local_one(env, emu, sch
     convert(ns.hf_dir, dst, "float32")
     assert storage.is_complete(dst)
     a, b = load_model(ns.flax_dir, dtype=jnp.float32), load_model(dst, dtype=jnp.float32)
+    half = f"{scheme}://bkt/ckpt/half"  # a copy whose writer died before the marker
+    for rel, f in storage.walk_files(dst):
+        if rel != storage.COMPLETE:
+            (storage.as_path(half) / rel).write_bytes(f.read_bytes())
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint: no COMPLETE marker"):
+        load_model(half)
     assert b.tokenizer("a cat").input_ids == a.tokenizer("a cat").input_ids
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

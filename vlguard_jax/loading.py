@@ -33,13 +33,18 @@ def load_model(path, mesh=None, dtype=jnp.bfloat16, param_dtype=None, attn_impl=
     models, see models.stacking) gives a model with scanned decoder layers, its per-layer weights
     stacked once after they are read (the format on disk stays per layer).
     """
-    loaded = _load(_readable(path), mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
+    loaded = _load(readable(path), mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
     return _scanned(loaded, mesh) if wants_scan(scan_layers, loaded.config) else loaded
 
 
-def _readable(path):
+def readable(path):
     """Where orbax can read the checkpoint: gs:// and local paths as they are; an s3:// one (which
     this orbax cannot read) copied to this host's cache first, complete only with its marker."""
+    from vlguard_jax import runs
+    if storage.is_remote(path) and not runs.is_run(path) and not storage.is_complete(path):
+        raise FileNotFoundError(
+            f"{path}: not a complete checkpoint: no {storage.COMPLETE} marker (absent, still being written, or its "
+            f"writer was killed). A copy made with other tools needs an empty {storage.COMPLETE} file, written last")
     if str(path).startswith("s3://"):
         return storage.download_dir(path, storage.local_cache(path, "checkpoint") / "copy")
     return storage.as_path(path)

@@ -170,8 +170,10 @@ class Mirror:
 
 @functools.cache
 def mirror_for(workdir) -> Mirror:
-    """The one Mirror of a remote workdir in this process (logs, bad-record lists)."""
-    return Mirror(str(workdir), "workdir")
+    """The one Mirror of a remote workdir in this process (logs, bad-record lists); processes that
+    share a host each have their own."""
+    import jax
+    return Mirror(str(workdir), f"workdir/process_{jax.process_index()}")
 
 
 def temp_dir(prefix: str) -> Path:
