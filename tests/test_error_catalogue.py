@@ -2,6 +2,8 @@
 exact message it gets. A command prints one `error:` line and exits non-zero; a bad record raises
 naming file and record, or is counted and listed under `skip`; nothing half-written looks done.
 Later work adds its cases here."""
+import asyncio
+import gc
 import json
 import os
 import shutil
@@ -27,7 +29,7 @@ from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.sample import main as sample_main
 from vlguard_jax.data.convert_vlguard import main as convert_vlguard_main
 from vlguard_jax.data.tokenize import TokenizationError, encode
-from vlguard_jax.errors import ConfigError, ResourceError
+from vlguard_jax.errors import ConfigError, ResourceError, cli
 from vlguard_jax.evaluate.__main__ import main as evaluate_main
 from vlguard_jax.generate import Sampling, load_generator
 from vlguard_jax.train.defaults import base_config
@@ -295,6 +297,27 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(env, tmp_path):
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert "File too large" in lines[0] or "too large" in lines[0].lower(), lines[0]
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_sibling_writes_that_fail_with_the_first_are_not_echoed(capsys, caplog):
+    """orbax writes arrays in concurrent tasks; when the disk fills, the ones never awaited fail too
+    and asyncio would log each with a traceback when collected, after the command's one line."""
+    async def _open_and_write():  # the name orbax's array writes carry
+        raise OSError("File too large")
+
+    async def save():
+        first, sibling = asyncio.ensure_future(_open_and_write()), asyncio.ensure_future(_open_and_write())
+        await asyncio.sleep(0)
+        del sibling
+        await first
+
+    def main(argv):
+        asyncio.run(save())
+
+    assert cli(main)([]) == 1
+    gc.collect()
+    assert capsys.readouterr().err.splitlines() == ["error: File too large"]
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 
 # ---- generation limits ------------------------------------------------------------------------

@@ -51,6 +51,15 @@ class _FailedWriteEchoes(logging.Filter):
         return "_SignalingThread.run() raised an exception" not in record.getMessage()
 
 
+class _AbandonedWrites(logging.Filter):
+    """When one of orbax's concurrent array writes fails, the sibling writes fail the same way and
+    asyncio logs each, traceback and all, once its task is collected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Task exception was never retrieved" in message and "_open_and_write" in message)
+
+
 def _quiet_abandoned_callbacks(hook):
     """After a failed save, tensorstore's callbacks for the abandoned writes find orbax's event loop
     closed; Python would print each as an ignored exception."""
@@ -65,6 +74,7 @@ def _quiet_echoes() -> None:
     absl = logging.getLogger("absl")
     if not any(isinstance(f, _FailedWriteEchoes) for f in absl.filters):
         absl.addFilter(_FailedWriteEchoes())
+        logging.getLogger("asyncio").addFilter(_AbandonedWrites())
         sys.unraisablehook = _quiet_abandoned_callbacks(sys.unraisablehook)
 
 
