@@ -122,6 +122,42 @@ def test_an_evaluation_writes_to_a_bucket_and_resumes_there(env, emu, scheme):
     assert emu.refused() == []
 
 
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_the_suite_and_its_report_write_to_a_bucket_and_resume_there(env, emu, scheme, monkeypatch):
+    """The suite works in a local mirror of OUT and copies it up after each benchmark and however it
+    stops; a restart brings it back and runs only what is missing. Reports read and write buckets."""
+    from tests.evaluate.test_suite import data_root
+    from vlguard_jax.evaluate import suite
+    from vlguard_jax.evaluate.__main__ import main
+    from vlguard_jax.evaluate.runner import Protocol
+    ns, tmp = env
+    root = tmp / "suite_data" if (tmp / "suite_data").exists() else data_root(tmp / "suite_data")
+    out = storage.as_path(f"{scheme}://bkt/suite")
+    kw = dict(only=["vlguard/unsafes", "sqa"], limit=2, protocol=Protocol(batch_size=2), max_new_tokens=3,
+              log=lambda *_: None)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(suite, "_helpfulness", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            suite.run_suite(ns.flax_dir, root, str(out), **kw)
+    responses = out / "vlguard" / "unsafes.json"
+    assert set(json.loads((out / "summary.json").read_text())) == {"vlguard/unsafes"}
+    kept = {k: "KEPT: I'm sorry" for k in json.loads(responses.read_text())}
+    responses.write_text(json.dumps(kept))  # regenerating would overwrite it
+    summary = suite.run_suite(ns.flax_dir, root, str(out), **kw)
+    assert json.loads(responses.read_text()) == kept and summary["vlguard/unsafes"]["asr"] == 0.0
+    assert json.loads((out / "summary.json").read_text()) == summary and "helpfulness/sqa" in summary
+    assert len((out / "answers" / "sqa.jsonl").read_text().splitlines()) == 2
+    assert main(["report", "--runs", str(out), str(out), "--names", "before", "after", "--out",
+                 f"{scheme}://bkt/report"]) == 0
+    md = storage.as_path(f"{scheme}://bkt/report/report.md").read_text()
+    assert md.count("| before | VLLM | 0.0 |") == 1 and md.count("| after | VLLM | 0.0 |") == 1
+    assert storage.as_path(f"{scheme}://bkt/report/report.png").read_bytes()[:4] == b"\x89PNG"
+    assert emu.refused() == []
+
+
 def test_image_paths_stay_inside_a_remote_root():
     from vlguard_jax.data.images import ImageError, resolve
     assert str(resolve("gs://bkt/images", "a/../cat.png")) == "gs://bkt/images/cat.png"
@@ -130,35 +166,47 @@ def test_image_paths_stay_inside_a_remote_root():
             resolve("gs://bkt/images/", bad)
 
 
-def test_an_s3_workdir_is_refused_before_anything_loads(env):
+def test_an_s3_workdir_takes_one_process(env, monkeypatch):
+    """Its checkpoints are staged on local disk, which the processes of other hosts cannot see."""
     from vlguard_jax.errors import ConfigError
     from vlguard_jax.train.loop import run
     ns, tmp = env
-    with pytest.raises(ConfigError, match=r"config.workdir: s3://bkt/run: orbax .* not to s3://"):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"config.workdir: s3://bkt/run: orbax .* takes one process"):
         run(common.config(ns, "s3://bkt/run"))
+    assert not storage.as_path("s3://bkt/run").exists()
 
 
-def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu):
+KW = dict(total_steps=4, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1})
+
+
+@pytest.fixture(scope="module")
+def reference(env):
+    """An uninterrupted local run, in its own process on one device as the bucket runs are."""
+    ns, tmp = env
+    ref = subprocess.run(train_cmd(config_file(ns, tmp, "local", **KW), tmp / "ref"), env=run_env(),
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    return tmp / "ref"
+
+
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu, reference, scheme):
     """Data and images in the bucket (the base checkpoint's bucket reads are tested above); SIGKILL
     as soon as step 4's checkpoint starts to appear; the restart ends where an uninterrupted local
-    run ends, and flax_to_hf exports from the bucket what it exports from the local run."""
+    run ends, and flax_to_hf exports from the bucket what it exports from the local run. In s3://
+    the checkpoints are staged locally and uploaded (train.checkpoints)."""
     from conversion.flax_to_hf import export
     ns, tmp = env
+    data = f"{scheme}://bkt/data"
     for name in ("train", "helpful"):
-        (storage.as_path("gs://bkt/data") / f"{name}.json").write_text(ns.sample[name].read_text())
-    storage.upload_dir(ns.sample["images"], "gs://bkt/data/images")
-    kw = dict(total_steps=4, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1})
-    # The reference runs as the bucket run does: its own process, one device.
-    local = config_file(ns, tmp, "local", **kw)
-    ref = subprocess.run(train_cmd(local, tmp / "ref"), env=run_env(), capture_output=True, text=True,
-                         timeout=600, cwd=REPO)
-    assert ref.returncode == 0, ref.stderr[-3000:]
-    remote = config_file(ns, tmp, "remote", **kw, **{
-        "data.vlguard": "gs://bkt/data/train.json",
-        "data.llava": "gs://bkt/data/helpful.json", "data.vlguard_images": "gs://bkt/data/images",
-        "data.llava_images": "gs://bkt/data/images"})
-    work = "gs://bkt/runs/a"
-    env_vars = emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(tmp / "cache")))
+        (storage.as_path(data) / f"{name}.json").write_text(ns.sample[name].read_text())
+    storage.upload_dir(ns.sample["images"], f"{data}/images")
+    remote = config_file(ns, tmp, f"remote_{scheme}", **KW, **{
+        "data.vlguard": f"{data}/train.json", "data.llava": f"{data}/helpful.json",
+        "data.vlguard_images": f"{data}/images", "data.llava_images": f"{data}/images"})
+    work = f"{scheme}://bkt/runs/a"
+    env_vars = emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(tmp / f"cache_{scheme}")))
     proc = subprocess.Popen(train_cmd(remote, work), env=env_vars, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -172,9 +220,9 @@ def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu):
     done = subprocess.run(train_cmd(remote, work), env=env_vars, capture_output=True, text=True, timeout=600,
                           cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resumed from gs://bkt/runs/a/checkpoints" in done.stdout
+    assert f"resumed from {work}/checkpoints at step 2" in done.stdout  # step 4 was cut short
     assert "not tokenizing again" in done.stdout
-    step_a, a = final_params(tmp / "ref")
+    step_a, a = final_params(reference)
     step_b, b = final_params(work)
     assert step_a == step_b == 4
     for x, y in zip(a, b):
@@ -182,9 +230,10 @@ def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu):
     metrics = [json.loads(line) for line in storage.as_path(f"{work}/metrics.jsonl").read_text().splitlines()]
     assert sorted({m["step"] for m in metrics}) == list(range(1, 5))
     assert storage.as_path(f"{work}/tensorboard").is_dir()
-    export(tmp / "ref", tmp / "hf_local", lora="merge")
-    export(work, tmp / "hf_bucket", lora="merge")
+    if not (tmp / "hf_local").exists():
+        export(reference, tmp / "hf_local", lora="merge")
+    export(work, tmp / f"hf_{scheme}", lora="merge")
     from safetensors.numpy import load_file
-    x, y = load_file(tmp / "hf_local" / "model.safetensors"), load_file(tmp / "hf_bucket" / "model.safetensors")
+    x, y = load_file(tmp / "hf_local" / "model.safetensors"), load_file(tmp / f"hf_{scheme}" / "model.safetensors")
     assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
     assert emu.refused() == []

@@ -1,36 +1,61 @@
 """Training checkpoints with orbax's CheckpointManager: the train state (trainable weights,
 optimizer state, step, rng), the data iterator's position, and run metadata (the base
 checkpoint, LoRA settings). Saves are asynchronous and atomic: orbax writes to a temporary
-directory and renames it on commit, so a killed run never leaves a checkpoint that restores.
+directory and renames it on commit (on a filesystem) or writes `commit_success.txt` last (gs://),
+so a killed run never leaves a checkpoint that restores.
+
+This orbax writes arrays to filesystems and gs:// only. A run with its workdir in s3:// (one
+process) stages checkpoints on local disk and uploads each finished one, `COMPLETE` last
+(storage.upload_dir); a start downloads the newest complete one.
 """
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import orbax.checkpoint as ocp
 
 from vlguard_jax import storage
 
 CHECKPOINTS = "checkpoints"
-COMMIT_MARKER = "commit_success.txt"  # orbax's, in object storage
+COMMIT_MARKER = "commit_success.txt"  # orbax's, in gs://
+
+
+def staged(workdir) -> bool:
+    """Whether orbax cannot write `workdir` itself, so checkpoints are staged locally and uploaded."""
+    return str(workdir).startswith("s3://")
+
+
+def _marker(workdir) -> str | None:
+    """The file that marks a step finished in a bucket (locally, the step's rename does)."""
+    if not storage.is_remote(workdir):
+        return None
+    return storage.COMPLETE if staged(workdir) else COMMIT_MARKER
 
 
 class Checkpoints:
     def __init__(self, workdir, every: int, keep: int):
+        self.bucket = storage.as_path(workdir) / CHECKPOINTS if staged(workdir) else None
+        directory = storage.as_path(workdir) / CHECKPOINTS
         if storage.is_remote(workdir):
             _remove_unfinished(workdir)
+        if self.bucket is not None:
+            directory = _stage(workdir)
         self.manager = ocp.CheckpointManager(
-            storage.absolute(storage.as_path(workdir) / CHECKPOINTS),
+            storage.absolute(directory),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1, create=True,
                                                  cleanup_tmp_directories=True,
                                                  enable_async_checkpointing=True),
             item_names=("state", "data", "meta"))
-        self.every = every
+        self.every, self.keep = every, keep
+        self._published = set(self.manager.all_steps())  # staged: the copy downloaded from the bucket
 
     def latest(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_state: dict, meta: dict, force: bool = False) -> bool:
+        self._publish()
         if not force and (self.every <= 0 or step % self.every):
             return False
         if step in self.manager.all_steps():
@@ -53,31 +78,60 @@ class Checkpoints:
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
+        self._publish()
 
     def close(self) -> None:
         self.manager.close()
 
+    def _publish(self) -> None:
+        """Upload the staged steps that orbax has finished (and only those), then keep the newest
+        `keep` complete steps in the bucket."""
+        if self.bucket is None or self.manager.is_saving_in_progress():
+            return
+        local = storage.as_path(self.manager.directory)
+        new = [step for step in self.manager.all_steps() if step not in self._published]
+        for step in new:
+            storage.upload_dir(local / str(step), self.bucket / str(step))
+            self._published.add(step)
+        if not new:
+            return
+        complete = sorted(int(p.name) for p in self.bucket.iterdir()
+                          if p.name.isdigit() and (p / storage.COMPLETE).exists())
+        for step in complete[:-self.keep] if self.keep > 0 else []:
+            (self.bucket / str(step)).rmtree()
+
+
+def _stage(workdir) -> Path:
+    """This host's staging directory for an s3:// workdir's checkpoints, holding a copy of the
+    newest complete one (the bucket is the truth: what an earlier run left here is dropped)."""
+    local = storage.local_cache(workdir, "checkpoints")
+    shutil.rmtree(local)
+    local.mkdir(parents=True)
+    steps = finished_steps(workdir)
+    if steps:
+        storage.download_dir(storage.as_path(workdir) / CHECKPOINTS / str(steps[-1]), local / str(steps[-1]))
+    return local
+
 
 def finished_steps(workdir) -> list[int]:
-    """The steps whose checkpoints are complete, oldest first. Locally orbax renames a finished
-    step into place; in a bucket it writes `commit_success.txt` last."""
+    """The steps whose checkpoints are complete, oldest first (see `_marker`)."""
     root = storage.as_path(workdir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    remote = storage.is_remote(workdir)
+    marker = _marker(workdir)
     return sorted(int(p.name) for p in root.iterdir()
-                  if p.name.isdigit() and (not remote or (p / COMMIT_MARKER).exists()))
+                  if p.name.isdigit() and (marker is None or (p / marker).exists()))
 
 
 def _remove_unfinished(workdir) -> None:
-    """A step a killed run left without its commit marker is deleted (by process 0, before any
-    process saves): a new save of that step must not meet the old one's files."""
+    """A step a killed run left without its marker is deleted (by process 0, before any process
+    saves): a new save of that step must not meet the old one's files."""
     import jax
     if jax.process_index() == 0:
         root = storage.as_path(workdir) / CHECKPOINTS
         if root.is_dir():
             for p in root.iterdir():
-                if p.name.split(".")[0].isdigit() and not (p / COMMIT_MARKER).exists():
+                if p.name.split(".")[0].isdigit() and not (p / _marker(workdir)).exists():
                     p.rmtree()
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -99,7 +153,10 @@ def read_latest(workdir, step: int | None = None):
         if not steps:
             raise FileNotFoundError(f"{workdir}: no finished training checkpoint under {root}")
         step = steps[-1]
-    path = storage.absolute(root / str(step))  # orbax takes absolute paths only
+    path = root / str(step)
+    if staged(workdir):
+        path = storage.download_dir(path, storage.local_cache(workdir, "read") / str(step))
+    path = storage.absolute(path)  # orbax takes absolute paths only
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     ckptr = ocp.StandardCheckpointer()
     meta_tree = ckptr.metadata(f"{path}/state").item_metadata

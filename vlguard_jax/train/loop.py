@@ -28,7 +28,7 @@ from vlguard_jax.models import LlavaConfig, abstract_params, dummy_inputs, param
 from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.models.stacking import to_per_layer, to_stacked
 from vlguard_jax.train import flops
-from vlguard_jax.train.checkpoints import Checkpoints
+from vlguard_jax.train.checkpoints import Checkpoints, staged
 from vlguard_jax.train.metrics import Logger, peak_flops
 from vlguard_jax.train.state import cast_tree, optimizer, partition, schedule
 from vlguard_jax.train.step import make_train_step
@@ -201,9 +201,10 @@ def run(cfg, log_fn=None) -> dict:
     the workdir is locked while the run is live (see train.workdir)."""
     maybe_initialize_distributed()
     check_config(cfg)
-    if str(cfg.workdir).startswith("s3://"):
+    if staged(cfg.workdir) and jax.process_count() > 1:
         raise ConfigError(f"config.workdir: {cfg.workdir}: orbax {ocp_version()} writes checkpoint arrays to "
-                          "gs:// and to filesystems only, not to s3://; use gs://, or a filesystem every host mounts")
+                          "gs:// and to filesystems only, so an s3:// run stages them on local disk, which takes "
+                          "one process; for several, use gs:// or a filesystem every host mounts")
     workdir = storage.as_path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
