@@ -137,13 +137,14 @@ class Mirror:
         self.local.mkdir(parents=True)
         self._sent: dict = {}
 
-    def pull(self, names) -> None:
+    def pull(self, names=("",)) -> None:
+        """Bring back these names under `dst` (files or directories; by default all of it)."""
         for name in names:
             src = as_path(self.dst) / name
             if src.exists():
                 if src.is_dir():
                     for rel, f in walk_files(src):
-                        self._fetch(f, self.local / name / rel)
+                        self._fetch(f, self.local / name / rel if name else self.local / rel)
                 else:
                     self._fetch(src, self.local / name)
         self._sent = self._state()

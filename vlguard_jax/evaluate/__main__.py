@@ -223,9 +223,9 @@ def suite_main(argv) -> int:
     summary = run_suite(a.checkpoint, a.data_root, out_dir(a.out), only=a.only.split(",") if a.only else None,
                         limit=a.limit, protocol=Protocol(dtype=a.dtype, batch_size=a.batch_size),
                         max_new_tokens=a.max_new_tokens, font=a.font)
-    md, png = write_report([a.out], Path(a.out) / "report", [Path(a.checkpoint).name])
+    md, png = write_report([a.out], storage.as_path(a.out) / "report", [storage.as_path(a.checkpoint).name])
     print(md.read_text())
-    print(f"summary: {Path(a.out) / 'summary.json'}; report: {md}, {png}; skipped: {summary.get('skipped')}")
+    print(f"summary: {storage.as_path(a.out) / 'summary.json'}; report: {md}, {png}; skipped: {summary.get('skipped')}")
     return 0
 
 

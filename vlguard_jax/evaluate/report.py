@@ -8,8 +8,10 @@ A base LLM beside the VLLMs built on it is the paper's first table; a row says w
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from vlguard_jax import storage
 from vlguard_jax.evaluate.runner import SUMMARY, read_json
 
 # Table 2's columns: (label, summary entry, how to read the percentage)
@@ -90,7 +92,7 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [Path(r) for r in runs]
+    runs = [storage.as_path(r) for r in runs]
     names = names or [r.name for r in runs]
     summaries = []
     for r in runs:
@@ -111,7 +113,7 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
     columns = sorted({c for t in tables for c in t}, key=lambda c: ("[" in c, c))
     detail = _markdown(["metric (%)"] + names, [["model"] + kinds] + [[c] + [_fmt(t.get(c)) for t in tables]
                                                                       for c in columns])
-    out = Path(out)
+    out = storage.as_path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
     md.write_text("# Evaluation\n\nThe paper's Table 2: safety (attack success, lower is safer; refusal of safe "
@@ -131,6 +133,8 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     png = out / "report.png"
-    fig.savefig(png, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
+    png.write_bytes(image.getvalue())  # one object write in a bucket
     return md, png

@@ -6,6 +6,10 @@ benchmark runs when all of its files are there (`LAYOUT`, also in the README). O
 safety as `evaluate` writes them (OUT/<benchmark>/<subset>.json), helpfulness answers in LLaVA's
 format (OUT/answers/<name>.jsonl), uploads for the test servers (OUT/upload/), summary.json with
 an entry per benchmark, and the report (OUT/report/).
+
+An OUT in gs:// or s3:// is worked in a local mirror (storage.Mirror): what is there is brought
+back first, and everything is copied up after each benchmark and when the suite stops, however it
+stops. A run killed outright resumes from the last benchmark it finished.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from vlguard_jax import storage
 from vlguard_jax.evaluate import gpt_graders, vqa, vqa_scoring
 from vlguard_jax.evaluate.judges import JudgeNotConfigured
 from vlguard_jax.evaluate.judges import settings as judge_settings
@@ -128,14 +133,30 @@ def run_suite(checkpoint, data_root, out, *, only=None, limit: int | None = None
               max_new_tokens: int | None = None, font=None, log=print) -> dict:
     """Run every benchmark found under DATA_ROOT (or `only` those); returns summary.json's content.
     `max_new_tokens` overrides every benchmark's own (quick checks only: not the protocols')."""
+    if storage.is_remote(data_root):
+        raise ValueError(f"--data-root {data_root}: the suite reads a local directory (its scorers read files "
+                         "in place); copy the data root to this host")
+    if storage.as_path(out).exists() and not storage.as_path(out).is_dir():
+        raise ValueError(f"--out {out}: a file, not a directory")
+    if not storage.is_remote(out):
+        return _run_suite(checkpoint, Path(data_root), Path(out), only, limit, protocol, max_new_tokens, font, log,
+                          lambda: None)
+    mirror = storage.Mirror(str(out), "suite")
+    mirror.pull()
+    try:
+        return _run_suite(checkpoint, Path(data_root), mirror.local, only, limit, protocol, max_new_tokens, font,
+                          log, mirror.sync)
+    finally:
+        mirror.sync()
+
+
+def _run_suite(checkpoint, root: Path, out: Path, only, limit, protocol: Protocol, max_new_tokens, font, log,
+               finished) -> dict:
     from vlguard_jax.generate import load_generator
     from vlguard_jax.loading import peek
 
-    root, out = Path(data_root), Path(out)
     if not root.is_dir():
         raise FileNotFoundError(f"--data-root {root}: no such directory")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: a file, not a directory")
     todo, skipped = plan(root, only)
     for name, why in skipped.items():
         log(f"skipping {name}: {why}")
@@ -153,8 +174,9 @@ def run_suite(checkpoint, data_root, out, *, only=None, limit: int | None = None
             safety = dataclasses.replace(protocol, max_new_tokens=max_new_tokens or protocol.max_new_tokens)
             run(checkpoint, s.benchmark, out, font=font, limit=limit, protocol=safety, generator=generator,
                 log=log, **files, **dict(s.kw))
-            continue
-        _helpfulness(name, checkpoint, root, out, generator, protocol, limit, max_new_tokens, log)
+        else:
+            _helpfulness(name, checkpoint, root, out, generator, protocol, limit, max_new_tokens, log)
+        finished()
     summary = read_json(out / SUMMARY, {})
     summary["skipped"] = skipped
     write_json(out / SUMMARY, summary)
