@@ -21,8 +21,18 @@ import sys
 from pathlib import Path
 
 from conversion import layouts
-from conversion.hf_to_flax import (DTYPES, check_dtype, check_plan, check_unused, read_json, read_source,
-                                   tensor_plan, tokenizer_with_image_token, write_checkpoint, write_side_files)
+from conversion.hf_to_flax import (
+    DTYPES,
+    check_dtype,
+    check_plan,
+    check_unused,
+    read_json,
+    read_source,
+    tensor_plan,
+    tokenizer_with_image_token,
+    write_checkpoint,
+    write_side_files,
+)
 from conversion.reader import CheckpointError, TensorSource
 from vlguard_jax.errors import cli
 from vlguard_jax.files import check_output

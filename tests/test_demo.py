@@ -2,8 +2,12 @@
 are for the full-size demo; see the README for a real run.)"""
 import json
 
+import pytest
+
 from configs import demo as demo_config
 from vlguard_jax.demo import run_demo
+
+pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):

@@ -20,14 +20,16 @@ import jax
 import psutil
 import pytest
 
+from conversion.flax_to_hf import main as flax_to_hf_main
+from conversion.hf_to_flax import main as hf_to_flax_main
 from tests import tiny
 from tests.train import common
 from tests.train.test_loop import REPO, config_file, run_env, train_cmd
 from vlguard_jax.data import mixture
+from vlguard_jax.data.convert_vlguard import main as convert_vlguard_main
 from vlguard_jax.data.images import ImageError, open_rgb
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.sample import main as sample_main
-from vlguard_jax.data.convert_vlguard import main as convert_vlguard_main
 from vlguard_jax.data.tokenize import TokenizationError, encode
 from vlguard_jax.errors import ConfigError, ResourceError, cli
 from vlguard_jax.evaluate.__main__ import main as evaluate_main
@@ -36,8 +38,6 @@ from vlguard_jax.train.defaults import base_config
 from vlguard_jax.train.loop import run as train
 from vlguard_jax.train.validate import check, flat_keys, unknown_key
 from vlguard_jax.train.workdir import WorkdirBusy
-from conversion.flax_to_hf import main as flax_to_hf_main
-from conversion.hf_to_flax import main as hf_to_flax_main
 
 
 def error_line(capsys) -> str:
@@ -158,6 +158,7 @@ def trained(env):
     return c
 
 
+@pytest.mark.slow
 def test_a_live_workdir_refuses_a_second_run_and_a_stale_lock_is_taken_over(env, trained):
     ns, tmp = env
     c = common.config(ns, tmp / "busy", total_steps=2)
@@ -181,6 +182,7 @@ def test_a_live_workdir_refuses_a_second_run_and_a_stale_lock_is_taken_over(env,
     assert not (tmp / "busy" / ".lock").exists()  # released on the way out
 
 
+@pytest.mark.slow
 def test_a_resume_must_match_the_run(env, trained):
     ns, tmp = env
     c = common.config(ns, tmp / "run", total_steps=1)
@@ -281,6 +283,7 @@ def test_data_commands_never_write_over_input_or_output(env, tmp_path, capsys, s
                                   "destination (or pass --overwrite)")
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_nothing(env, tmp_path):
     """RLIMIT_FSIZE makes every write past 64 KB fail as a full disk would (EFBIG)."""
     ns, _ = env
@@ -340,6 +343,7 @@ def test_generation_limits(env, monkeypatch):
 
 
 # ---- process hygiene -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_stops_training_and_its_data_workers(env):
     """Images decoded in grain worker processes: a decompression bomb among them is skipped and
     listed; SIGTERM (a preemption notice) then checkpoints the step and stops the run, and no

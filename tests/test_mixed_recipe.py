@@ -6,6 +6,7 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 import transformers
 
@@ -18,6 +19,8 @@ from vlguard_jax import load_model
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate.__main__ import main as evaluate
 from vlguard_jax.train.loop import run as train
+
+pytestmark = pytest.mark.slow
 
 
 def test_mixed_recipe_from_parts_to_hugging_face(tmp_path, shared_data):

@@ -19,6 +19,7 @@ from vlguard_jax import storage
 
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("moto")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

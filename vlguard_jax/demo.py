@@ -144,7 +144,7 @@ def main(argv: list[str]) -> int:
     from absl import logging
 
     from vlguard_jax.train.command import parse
-    config = parse([sys.argv[0]] + argv, default=str(Path(__file__).resolve().parents[1] / "configs" / "demo.py"))
+    config = parse([sys.argv[0]] + argv, default="demo")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save and load at INFO
     run_demo(config)
     return 0

@@ -33,7 +33,7 @@ def atomic_write_json(path, data, **dump_kw) -> None:
         raise
 
 
-def atomic_dir(dst, overwrite: bool = False) -> "_AtomicDir":
+def atomic_dir(dst, overwrite: bool = False) -> _AtomicDir:
     """Context manager: yields a temporary directory beside `dst`, renamed to `dst` only when the
     block finishes without error. A failure leaves nothing at `dst`. With `overwrite`, an existing
     `dst` is replaced only then, and its old contents deleted. A remote `dst` is written from a

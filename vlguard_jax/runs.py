@@ -47,7 +47,7 @@ def load_run(workdir, step: int | None = None):
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(load_params(base / PARAMS_DIR)).items()}
     # A run with scanned layers saves them stacked; everything downstream reads them per layer.
     trained = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(to_per_layer(state["params"])).items()}
-    for k, v in trained.items():
+    for k in trained:
         if k[-1] not in LORA_PARAMS and k not in flat:
             raise RunError(f"{workdir}: step {step} holds {'/'.join(k)}, which the base checkpoint lacks")
     flat.update(trained)

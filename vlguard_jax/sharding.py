@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np

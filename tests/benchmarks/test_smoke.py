@@ -6,6 +6,8 @@ import pytest
 
 from benchmarks import compile_time, eval_suite, generate_throughput, train_throughput
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("module", [train_throughput, generate_throughput])
 def test_benchmark_reports_its_fields(module, capsys):

@@ -2,8 +2,14 @@
 scripts/v1_5/finetune.sh and finetune_lora.sh for the mixed recipe (which is LLaVA-1.5's visual
 instruction tuning with VLGuard appended), and the VLGuard paper's post-hoc settings."""
 import importlib
+from pathlib import Path
 
 import pytest
+
+from vlguard_jax.errors import ConfigError
+from vlguard_jax.train.command import find_config, parse
+
+REPO = Path(__file__).resolve().parents[2]
 
 # (config, starting checkpoint, mode, lr, projector lr) as the scripts and the paper give them
 PAPER = {
@@ -33,3 +39,16 @@ def test_paper_config_values(name):
         assert (c.data.recipe, c.epochs, c.data.on_bad_record) == ("mixed", 1, "skip")
     else:
         assert (c.data.recipe, c.epochs, c.data.helpful_samples) == ("posthoc", 3, 5000)
+
+
+def test_a_config_is_found_by_path_or_by_its_shipped_name(tmp_path):
+    shipped = find_config("posthoc_lora_7b")
+    assert Path(shipped).read_text() == (REPO / "configs" / "posthoc_lora_7b.py").read_text()
+    assert find_config("posthoc_lora_7b.py") == shipped
+    own = tmp_path / "mine.py"
+    own.write_text("from configs.demo import get_config\n")
+    assert find_config(str(own)) == str(own)
+    assert parse(["prog", "--config", "demo", "--config.seed=7"]).seed == 7
+    with pytest.raises(ConfigError, match=r"--config posthoc_lora_8b: neither a file nor a shipped config; those "
+                                          r"are \['demo', 'mixed_full_13b', .*'posthoc_lora_7b'\]"):
+        find_config("posthoc_lora_8b")

@@ -123,6 +123,7 @@ def _bin_checkpoint(built, tmp_path):
 
 def test_bin_weights_convert_like_safetensors(built, tmp_path):
     import jax.numpy as jnp
+
     from vlguard_jax import load_model
     convert(_bin_checkpoint(built, tmp_path), tmp_path / "fx", "float32")
     a = load_model(tmp_path / "fx", dtype=jnp.float32).params

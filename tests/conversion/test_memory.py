@@ -6,8 +6,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from benchmarks.conversion import write_checkpoint
 from tests import tiny
+
+pytestmark = pytest.mark.slow
 
 MB = 1 << 20
 

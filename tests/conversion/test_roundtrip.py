@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from conversion import layouts
 from conversion.flax_to_hf import export
-from conversion.hf_to_flax import convert, main as hf_to_flax_main
+from conversion.hf_to_flax import convert
+from conversion.hf_to_flax import main as hf_to_flax_main
 from tests import tiny
 from vlguard_jax import load_model
 

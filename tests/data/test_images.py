@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlguard_jax.data.images import (PAD_COLOR, ImageError, expand2square, load_pixels, open_rgb,
-                                     resolve)
+from vlguard_jax.data.images import PAD_COLOR, ImageError, expand2square, load_pixels, open_rgb, resolve
 
 try:
     from transformers import CLIPImageProcessorPil as Processor

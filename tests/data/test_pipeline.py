@@ -169,6 +169,7 @@ def test_resume_continues_at_the_next_batch(sample, tok, model_cfg, tmp_path):
         np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches_and_resume(sample, tok, model_cfg, tmp_path):
     """mp_prefetch workers start by spawn: run in a subprocess with absl flags parsed."""
     rows = make_rows(sample, tok, model_cfg, tmp_path)

@@ -7,8 +7,7 @@ import pytest
 
 from tests import tiny
 from vlguard_jax.data.conversation import get_template, render, turns
-from vlguard_jax.data.tokenize import (IGNORE, Encoder, TokenizationError, encode,
-                                       encode_batch, tokenize_with_images)
+from vlguard_jax.data.tokenize import IGNORE, Encoder, TokenizationError, encode, encode_batch, tokenize_with_images
 
 N_IMG = 5
 
@@ -53,7 +52,7 @@ def span_reference(tok, conversations, image_id, n_img=N_IMG):
             labels += [IGNORE] * n_img
             base += len("<image>")
         enc = tok(chunk, return_offsets_mapping=True)
-        for j, (t, (a, b)) in enumerate(zip(enc.input_ids, enc.offset_mapping)):
+        for j, (t, (a, _)) in enumerate(zip(enc.input_ids, enc.offset_mapping)):
             if j == 0 and t == tok.bos_token_id and (k or ids):
                 continue
             ids.append(t)

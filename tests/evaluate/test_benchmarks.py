@@ -9,8 +9,15 @@ from PIL import Image
 
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.evaluate import benchmarks
-from vlguard_jax.evaluate.figstep import (REFERENCE_DEB, FontError, figstep_text, find_font, font_build,
-                                          installed_fonts, render)
+from vlguard_jax.evaluate.figstep import (
+    REFERENCE_DEB,
+    FontError,
+    figstep_text,
+    find_font,
+    font_build,
+    installed_fonts,
+    render,
+)
 
 
 def test_vlguard_subsets_on_the_real_test_json(shared_data):

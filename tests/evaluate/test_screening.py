@@ -136,6 +136,7 @@ def test_bad_inputs_are_refused_naming_them(env, tmp_path, capsys):
     assert "record #1 is 'zzz' there but 'r1' in the source" in capsys.readouterr().err
 
 
+@pytest.mark.multiprocess
 def test_two_processes_give_what_one_gives(env):
     judge, src, tmp = env
     one = tmp / "one" / "clean.json"
@@ -149,7 +150,7 @@ def test_two_processes_give_what_one_gives(env):
                                           JAX_PROCESS_ID=str(i)))
              for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (o, e) in zip(procs, outs):
+    for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     assert "screened 10 records: 3 unsafe (removed), 7 kept" in outs[0][0] and "screened" not in outs[1][0]
     assert dst.read_text() == one.read_text()

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from vlguard_jax.evaluate import vqa_scoring as vs
-from vlguard_jax.evaluate.answer_norm import normalize, soft_accuracy
 from vlguard_jax.evaluate.__main__ import main
+from vlguard_jax.evaluate.answer_norm import normalize, soft_accuracy
 
 
 def jsonl(path, rows):

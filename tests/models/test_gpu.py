@@ -7,8 +7,8 @@ import pytest
 from tests import tiny
 from vlguard_jax import load_model
 
-pytestmark = pytest.mark.skipif(not any(d.platform == "gpu" for d in jax.devices()),
-                                reason="needs a GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not any(d.platform == "gpu" for d in jax.devices()),
+                                reason="needs a GPU")]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def test_cudnn_attention_matches_xla_in_bfloat16(built):
     outs = {}
     for impl in ("xla", "cudnn", "auto"):
         m = load_model(built.flax_dir, dtype=jnp.bfloat16, attn_impl=impl)
-        fwd = jax.jit(lambda p, i, x: m.model.apply({"params": p}, i, x)[0])
+        fwd = jax.jit(lambda p, i, x, m=m: m.model.apply({"params": p}, i, x)[0])
         outs[impl] = np.asarray(fwd(m.params, jnp.asarray(ids), px), np.float32)
         if impl == "cudnn":
             hlo = fwd.lower(m.params, jnp.asarray(ids), px).compile().as_text()

@@ -7,8 +7,14 @@ import torch
 
 from tests import tiny
 from vlguard_jax import load_model
-from vlguard_jax.models.llama import (LlamaDecoderLayer, init_cache, rope_inv_freq, rope_tables, stack_layers,
-                                      unstack_layers)
+from vlguard_jax.models.llama import (
+    LlamaDecoderLayer,
+    init_cache,
+    rope_inv_freq,
+    rope_tables,
+    stack_layers,
+    unstack_layers,
+)
 
 
 @pytest.fixture(scope="module")

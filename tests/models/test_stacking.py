@@ -34,7 +34,7 @@ def test_stacking_moves_layer_i_to_index_i_and_back():
 def test_optimizer_state_converts_with_its_parameters():
     """Adam's moments mirror the parameters inside optax's NamedTuples and masks."""
     p = params()
-    labels = lambda t: {k: jax.tree.map(lambda _: "b" if k == "projector" else "a", v) for k, v in t.items()}
+    labels = lambda t: {k: jax.tree.map(lambda _, k=k: "b" if k == "projector" else "a", v) for k, v in t.items()}
     opt = optax.chain(optax.clip_by_global_norm(1.0),
                       optax.multi_transform({"a": optax.adam(1e-3), "b": optax.adam(1e-4)}, labels))
     state = opt.update(p, opt.init(p), p)[1]

@@ -16,6 +16,8 @@ import pytest
 
 from tests.train import common
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).parents[2]
 
 
@@ -229,7 +231,7 @@ def start_two(cfg, workdir):
 
 def finish(procs) -> list[tuple[str, str]]:
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (o, e) in zip(procs, outs):
+    for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
     return outs
 
@@ -244,6 +246,7 @@ def two_processes(env):
     return cfg, tmp / "two_ref", outs
 
 
+@pytest.mark.multiprocess
 def test_two_processes_match_one(env, two_processes):
     ns, tmp = env
     cfg, two, outs = two_processes
@@ -260,6 +263,7 @@ def test_two_processes_match_one(env, two_processes):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.multiprocess
 def test_two_processes_preempted_on_one_host_resume_bit_exact(env, two_processes):
     """A notice on process 1 alone: both processes checkpoint the same step (JAX's preemption sync
     point) and exit 0; the restart ends where an uninterrupted two-process run ends."""

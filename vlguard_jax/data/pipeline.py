@@ -95,7 +95,7 @@ class Rows:
     def steps(self) -> int:
         return steps_for(len(self.store), self.layout)
 
-    def with_epochs(self, epochs: int) -> "Rows":
+    def with_epochs(self, epochs: int) -> Rows:
         """The same rows over another number of epochs, sharing the loaded store."""
         new = object.__new__(Rows)  # not copy.copy: __getstate__ drops the store for pickling
         new.__dict__.update(self.__dict__)

@@ -236,7 +236,7 @@ class Encoder:
             except TokenizationError as e:
                 out[k] = e
         encoded = encode_batch(self.tokenizer, [p for _, p in todo], self.image_token_index, self.num_image_tokens)
-        for (k, pieces), result in zip(todo, encoded):
+        for (k, _), result in zip(todo, encoded):
             if isinstance(result, int):  # a token across a turn boundary: the rule itself decides
                 try:
                     out[k] = self(records[k], wheres[k])

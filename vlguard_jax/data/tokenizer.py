@@ -4,7 +4,7 @@ token. Used by the demo and by tests that need a real Hugging Face tokenizer."""
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaTokenizer

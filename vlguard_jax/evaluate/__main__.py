@@ -23,14 +23,23 @@ from vlguard_jax.evaluate import benchmarks, gpt_graders, vqa, vqa_scoring
 from vlguard_jax.evaluate.benchmarks import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
 from vlguard_jax.evaluate.judges import ORDERS
 from vlguard_jax.evaluate.report import write_report
-from vlguard_jax.evaluate.runner import (DTYPES, JUDGES, TEXT_IMAGES, Protocol, claim_output, read_json, run, score,
-                                         write_json)
+from vlguard_jax.evaluate.runner import (
+    DTYPES,
+    JUDGES,
+    TEXT_IMAGES,
+    Protocol,
+    claim_output,
+    read_json,
+    run,
+    score,
+    write_json,
+)
 from vlguard_jax.evaluate.scoring import is_refusal
 from vlguard_jax.evaluate.suite import run_suite
 from vlguard_jax.files import check_output
 from vlguard_jax.generate import load_generator
-from vlguard_jax.loading import fingerprint
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
+from vlguard_jax.loading import fingerprint
 
 
 def out_dir(text: str) -> str:

@@ -29,7 +29,7 @@ class FontError(FileNotFoundError):
     pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def font_build(path) -> str | None:
     """The name of the reference build the file at `path` is, or None for any other file."""
     return REFERENCE_BUILDS.get(hashlib.sha256(Path(path).read_bytes()).hexdigest())

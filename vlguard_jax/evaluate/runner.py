@@ -61,7 +61,7 @@ class Protocol:
         if self.min_new_tokens < 0:
             raise ValueError(f"min_new_tokens must be at least 0, got {self.min_new_tokens}")
 
-    def resolved(self, config, tokenizer) -> "Protocol":
+    def resolved(self, config, tokenizer) -> Protocol:
         template = default_template(config, tokenizer) if self.template == "auto" else self.template
         dtype = self.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
         return dataclasses.replace(self, template=template, dtype=dtype)

@@ -54,7 +54,7 @@ def choose(logits, key, s: Sampling):
         drop_sorted = jnp.cumsum(probs, axis=-1) - probs >= s.top_p
         drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
         logits = jnp.where(drop, -jnp.inf, logits)
-    return jax.vmap(lambda k, l: jax.random.categorical(k, l))(key, logits).astype(jnp.int32)
+    return jax.vmap(jax.random.categorical)(key, logits).astype(jnp.int32)
 
 
 def ban_eos(logits, eos, step, s: Sampling):

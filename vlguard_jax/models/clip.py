@@ -9,8 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlguard_jax.models.config import VisionConfig
 from vlguard_jax.models.attention import attention
+from vlguard_jax.models.config import VisionConfig
 from vlguard_jax.models.layers import Dense, Dtype, LayerNorm, param_with_axes
 from vlguard_jax.sharding import constrain
 

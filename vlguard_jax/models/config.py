@@ -115,7 +115,7 @@ class LlavaConfig:
         n = self.vision.num_hidden_layers
         return self.vision_feature_layer % (n + 1)
 
-    def replace(self, **kw) -> "LlavaConfig":
+    def replace(self, **kw) -> LlavaConfig:
         return dataclasses.replace(self, **kw)
 
     # ---- our own JSON (written next to converted checkpoints) -------------------------------
@@ -123,7 +123,7 @@ class LlavaConfig:
         return dict(dataclasses.asdict(self), text=_text_to_dict(self.text))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LlavaConfig":
+    def from_dict(cls, d: dict) -> LlavaConfig:
         d = dict(d)
         text = _text_from_dict(d.pop("text"))
         return cls(vision=VisionConfig(**d.pop("vision")), text=text, **d)
@@ -132,7 +132,7 @@ class LlavaConfig:
         atomic_write_json(path, self.to_dict(), indent=2)
 
     @classmethod
-    def load(cls, path) -> "LlavaConfig":
+    def load(cls, path) -> LlavaConfig:
         config = load_config(path)
         if not isinstance(config, cls):
             raise ValueError(f"{path}: a text-only Llama checkpoint, not a LLaVA one (such checkpoints "
@@ -141,7 +141,7 @@ class LlavaConfig:
 
     # ---- Hugging Face --------------------------------------------------------------------
     @classmethod
-    def from_hf(cls, hf: dict, *, source: str = "config.json") -> "LlavaConfig":
+    def from_hf(cls, hf: dict, *, source: str = "config.json") -> LlavaConfig:
         """From a llava-hf config.json dict (keys of transformers 4.x or 5.x)."""
         if "text_config" not in hf or "vision_config" not in hf:
             raise ValueError(f"{source}: not a llava-hf config (no text_config/vision_config)")
@@ -164,7 +164,7 @@ class LlavaConfig:
 
     @classmethod
     def from_original_llava(cls, hf: dict, vision: VisionConfig | None, image_token_index: int,
-                            *, source: str = "config.json") -> "LlavaConfig":
+                            *, source: str = "config.json") -> LlavaConfig:
         """From an original-LLaVA config.json (`LlavaLlamaForCausalLM`, `mm_*` keys)."""
         ptype = hf.get("mm_projector_type", "linear")
         if ptype != "mlp2x_gelu":
@@ -234,14 +234,14 @@ class TextOnlyConfig:
         return {"architecture": self.architecture, "text": _text_to_dict(self.text)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TextOnlyConfig":
+    def from_dict(cls, d: dict) -> TextOnlyConfig:
         return cls(text=_text_from_dict(d["text"]))
 
     def save(self, path) -> None:
         atomic_write_json(path, self.to_dict(), indent=2)
 
     @classmethod
-    def from_hf(cls, hf: dict, *, source: str = "config.json") -> "TextOnlyConfig":
+    def from_hf(cls, hf: dict, *, source: str = "config.json") -> TextOnlyConfig:
         if hf.get("model_type") != "llama":
             raise ValueError(f"{source}: model_type {hf.get('model_type')!r} is not a text-only Llama")
         text = text_from_hf(hf, source=source)
@@ -263,7 +263,7 @@ def _text_from_dict(text: dict) -> TextConfig:
     return TextConfig(**text)
 
 
-def load_config(path) -> "LlavaConfig | TextOnlyConfig":
+def load_config(path) -> LlavaConfig | TextOnlyConfig:
     """Our model_config.json: a LLaVA or, marked `"architecture": "llama"`, a text-only Llama."""
     with storage.as_path(path).open() as f:
         d = json.load(f)

@@ -33,7 +33,7 @@ class LoraSpec:
     def scale(self) -> float:
         return self.alpha / self.rank
 
-    def wants(self, name: str) -> "LoraSpec | None":
+    def wants(self, name: str) -> LoraSpec | None:
         return self if name in self.targets else None
 
 

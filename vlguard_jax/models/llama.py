@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlguard_jax.models.config import TextConfig
 from vlguard_jax.models.attention import attention, attention_cached
+from vlguard_jax.models.config import TextConfig
 from vlguard_jax.models.layers import Dense, Dtype, LoraSpec, RMSNorm
 from vlguard_jax.sharding import constrain
 

@@ -1,11 +1,15 @@
 """The training command line, shared by `python -m vlguard_jax.train` and the demo:
-`--config FILE` (a big_vision-style `get_config()` file) with `--config.KEY=VALUE` overrides. A
+`--config FILE` (a big_vision-style `get_config()` file, or the name of one in `configs/`) with
+`--config.KEY=VALUE` overrides. A
 misspelt key, a file that does not load or a value of the wrong type is a `ConfigError` naming it.
 """
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import sys
+from importlib import resources
 from pathlib import Path
 
 from absl import flags
@@ -38,6 +42,19 @@ def config_path(args: list[str]) -> str | None:
     return path
 
 
+def find_config(name: str) -> str:
+    """A config file by path, or by the name of one shipped in `configs/` (`posthoc_lora_7b`), so
+    that an installed package finds its configs outside the repository."""
+    if Path(name).is_file() or "/" in name or os.sep in name:
+        return name
+    shipped = resources.files("configs") / (name if name.endswith(".py") else f"{name}.py")
+    if not shipped.is_file():
+        known = sorted(p.name[:-3] for p in resources.files("configs").iterdir()
+                       if p.name.endswith(".py") and not p.name.startswith("_"))
+        raise ConfigError(f"--config {name}: neither a file nor a shipped config; those are {known}")
+    return str(shipped)
+
+
 def parse(argv: list[str], default: str | None = None):
     """argv (program name first) -> the config, its overrides applied. `default` is the config
     file when argv names none."""
@@ -45,18 +62,26 @@ def parse(argv: list[str], default: str | None = None):
     path = config_path(argv[1:])
     if path is None:
         if default is None:
-            raise ConfigError("--config: required (a config file such as configs/posthoc_lora_7b.py)")
+            raise ConfigError("--config: required (a config file such as configs/posthoc_lora_7b.py, or its "
+                              "name: posthoc_lora_7b)")
         path = default
-        argv.insert(1, f"--config={default}")
+    else:
+        argv = [a for i, a in enumerate(argv) if not (a.startswith("--config=") or a == "--config"
+                                                      or (i > 0 and argv[i - 1] == "--config"))]
+    path = find_config(path)
+    argv.insert(1, f"--config={path}")
     known = flat_keys(load_config_file(path))
     for arg in argv[1:]:
         m = OVERRIDE.match(arg)
         if m and m[1] not in known:
             raise unknown_key(m[1], known)
+    saved, sys.argv = sys.argv, argv  # ml_collections finds the --config.KEY overrides in sys.argv
     try:
         rest = flags.FLAGS(argv)
     except flags.Error as e:
         raise ConfigError(" ".join(str(e).split())) from None
+    finally:
+        sys.argv = saved
     if len(rest) > 1:
         raise ConfigError(f"unexpected arguments: {rest[1:]}")
     return _CONFIG.value

@@ -86,7 +86,7 @@ class Lock:
         except (OSError, json.JSONDecodeError):
             return {}
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
               "beat": time.time()}
         for _ in range(3):
