@@ -8,6 +8,7 @@ allocated, so 7b shapes run on a CPU. The persistent compilation cache is off. E
 compile (compiles do not vary the way steps do); `lower_s` is tracing and lowering, `compile_s` is
 XLA's part, and `total_s` their sum.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,17 @@ def _model(p: presets.Preset, scanned: bool):
 
     from vlguard_jax.models import LlavaModel
     from vlguard_jax.models.layers import LoraSpec
+
     dtype = jnp.dtype(p.dtype)
-    return LlavaModel(p.config, dtype=dtype, param_dtype=dtype, attn_impl="auto", remat_policy=p.remat,
-                      lora=LoraSpec(p.lora_rank, p.lora_alpha), scan_layers=scanned)
+    return LlavaModel(
+        p.config,
+        dtype=dtype,
+        param_dtype=dtype,
+        attn_impl="auto",
+        remat_policy=p.remat,
+        lora=LoraSpec(p.lora_rank, p.lora_alpha),
+        scan_layers=scanned,
+    )
 
 
 def _timed(jitted, *args) -> dict:
@@ -48,6 +57,7 @@ def train_step(p: presets.Preset, scanned: bool) -> dict:
     from vlguard_jax.train.defaults import base_config
     from vlguard_jax.train.loop import abstract_state, jit_train_step, label_budget, state_shardings_for
     from vlguard_jax.train.state import optimizer, partition
+
     mesh = sharding.make_mesh((1, -1, 1))
     model = _model(p, scanned)
     trainable, frozen = partition(abstract_params(model, mesh), "lora")
@@ -58,8 +68,14 @@ def train_step(p: presets.Preset, scanned: bool) -> dict:
     local = presets.train_batch(dataclasses.replace(p, batch=1))
     budget = label_budget(local["labels"], p.length)
     rows = sharding.logical_to_spec(("batch",), mesh=mesh)
-    batch = {k: jax.ShapeDtypeStruct((p.batch, *v.shape[1:]), v.dtype, sharding=jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec(*rows, *([None] * (v.ndim - 1))))) for k, v in local.items()}
+    batch = {
+        k: jax.ShapeDtypeStruct(
+            (p.batch, *v.shape[1:]),
+            v.dtype,
+            sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*rows, *([None] * (v.ndim - 1)))),
+        )
+        for k, v in local.items()
+    }
     step = jit_train_step(model, opt, presets.accum_steps(p), 512, mesh, shardings)
     return _timed(step, state, frozen, batch, budget)
 
@@ -70,15 +86,21 @@ def generator(p: presets.Preset, scanned: bool) -> dict:
 
     from vlguard_jax.generate import Generator, Sampling
     from vlguard_jax.models import abstract_params
+
     model = _model(p, scanned).clone(lora=None)
     params = abstract_params(model)
     gen = Generator(model, params, eos_ids=[2], batch_size=p.gen_batch)
     c = p.config
     length = -(-(1 + c.num_image_tokens + p.gen_text) // gen.bucket) * gen.bucket
     b, v = p.gen_batch, c.vision
-    args = (params, jax.ShapeDtypeStruct((b, length), jnp.int32), jax.ShapeDtypeStruct((b, length), jnp.int32),
-            jax.ShapeDtypeStruct((b, v.num_channels, v.image_size, v.image_size), jnp.float32),
-            jax.ShapeDtypeStruct((b,), jnp.int32), 0)
+    args = (
+        params,
+        jax.ShapeDtypeStruct((b, length), jnp.int32),
+        jax.ShapeDtypeStruct((b, length), jnp.int32),
+        jax.ShapeDtypeStruct((b, v.num_channels, v.image_size, v.image_size), jnp.float32),
+        jax.ShapeDtypeStruct((b,), jnp.int32),
+        0,
+    )
     return _timed(gen._compile(Sampling(max_new_tokens=p.gen_new)), *args)
 
 
@@ -94,21 +116,29 @@ def main(argv=None) -> dict:
     a.add_argument("--json", action="store_true")
     args = a.parse_args(argv)
     import jax
+
     jax.config.update("jax_enable_compilation_cache", False)
     depths = [int(x) for x in args.layers.split(",")]
     forms = [f for f in args.forms.split(",") if f]
     programs = [x for x in args.programs.split(",") if x]
     if bad := [f for f in forms if f not in FORMS] + [x for x in programs if x not in PROGRAMS]:
         raise SystemExit(f"unknown form or program {bad[0]!r}; forms {list(FORMS)}, programs {list(PROGRAMS)}")
-    out = {"benchmark": "compile_time", "preset": args.preset, "layers": depths,
-           "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}", "results": []}
+    out = {
+        "benchmark": "compile_time",
+        "preset": args.preset,
+        "layers": depths,
+        "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+        "results": [],
+    }
     for program in programs:
         for form in forms:
             for n in depths:
                 r = PROGRAMS[program](presets.get(args.preset, n), form == "scanned")
                 out["results"].append({"program": program, "form": form, "layers": n, **r})
-                presets.log(f"{program} {form} {n} layers: {r['total_s']:.1f} s "
-                            f"(lower {r['lower_s']:.1f}, compile {r['compile_s']:.1f})")
+                presets.log(
+                    f"{program} {form} {n} layers: {r['total_s']:.1f} s "
+                    f"(lower {r['lower_s']:.1f}, compile {r['compile_s']:.1f})"
+                )
     ratios = {}
     for program in programs:
         for form in forms:

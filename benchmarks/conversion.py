@@ -3,6 +3,7 @@
 Time and peak host memory (RSS) of `conversion.hf_to_flax` on a generated llava-hf checkpoint
 (float32, sharded safetensors) of at least 1 GB, against the size of its largest tensor.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ def write_checkpoint(path: Path, cfg, tokenizer, shard_bytes: int = 400 * MB) ->
     from conversion import layouts
     from vlguard_jax.models import LlavaModel, abstract_params
     from vlguard_jax.models.config import LlavaConfig
+
     path.mkdir(parents=True)
     (path / "config.json").write_text(cfg.to_json_string())
     tokenizer.save_pretrained(path)
@@ -56,15 +58,29 @@ def make_checkpoint(path: Path, size_gb: float) -> tuple[int, int]:
     import transformers
 
     from vlguard_jax.data.tokenizer import build_tokenizer
+
     tok = build_tokenizer(["a chat between a user and an assistant"] * 4, vocab_size=300)
     layers = max(1, int(size_gb * 1024 / 112))  # ~112 MB per decoder layer at these widths
     cfg = transformers.LlavaConfig(
-        vision_config=transformers.CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
-                                                    num_attention_heads=4, image_size=56, patch_size=14),
-        text_config=transformers.LlamaConfig(vocab_size=16384, hidden_size=2048, intermediate_size=2816,
-                                             num_hidden_layers=layers, num_attention_heads=16,
-                                             num_key_value_heads=16, head_dim=128),
-        image_token_index=len(tok) - 1)
+        vision_config=transformers.CLIPVisionConfig(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=56,
+            patch_size=14,
+        ),
+        text_config=transformers.LlamaConfig(
+            vocab_size=16384,
+            hidden_size=2048,
+            intermediate_size=2816,
+            num_hidden_layers=layers,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            head_dim=128,
+        ),
+        image_token_index=len(tok) - 1,
+    )
     return write_checkpoint(path, cfg, tok)
 
 
@@ -82,30 +98,43 @@ def main(argv=None) -> dict:
             import json, time
             from benchmarks.conversion import make_checkpoint
             from conversion.hf_to_flax import convert
-            make_checkpoint(__import__("pathlib").Path({str(tmp / 'warm')!r}), 0.01)
-            convert({str(tmp / 'warm')!r}, {str(tmp / 'warm_out')!r}, "float32")
+            make_checkpoint(__import__("pathlib").Path({str(tmp / "warm")!r}), 0.01)
+            convert({str(tmp / "warm")!r}, {str(tmp / "warm_out")!r}, "float32")
             status = lambda k: int(dict(l.split(":", 1) for l in open("/proc/self/status"))[k].split()[0]) * 1024
             open("/proc/self/clear_refs", "w").write("5")
             base = status("VmRSS")
             t0 = time.perf_counter()
-            convert({str(tmp / 'hf')!r}, {str(tmp / 'out')!r}, "bfloat16")
+            convert({str(tmp / "hf")!r}, {str(tmp / "out")!r}, "bfloat16")
             print(json.dumps({{"seconds": time.perf_counter() - t0, "base": base, "peak": status("VmHWM")}}))
         """)
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                             cwd=Path(__file__).resolve().parents[1])
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         if out.returncode != 0:
             raise SystemExit(out.stderr[-3000:])
         r = json.loads(out.stdout.strip().splitlines()[-1])
-    result = {"benchmark": "conversion", "checkpoint_mb": total / MB, "largest_tensor_mb": largest / MB,
-              "seconds": r["seconds"], "peak_rss_growth_mb": (r["peak"] - r["base"]) / MB,
-              "mb_per_s": total / MB / r["seconds"], "dtype_out": "bfloat16"}
+    result = {
+        "benchmark": "conversion",
+        "checkpoint_mb": total / MB,
+        "largest_tensor_mb": largest / MB,
+        "seconds": r["seconds"],
+        "peak_rss_growth_mb": (r["peak"] - r["base"]) / MB,
+        "mb_per_s": total / MB / r["seconds"],
+        "dtype_out": "bfloat16",
+    }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"converted {result['checkpoint_mb']:.0f} MB (largest tensor {result['largest_tensor_mb']:.0f} MB) to "
-              f"bfloat16 in {result['seconds']:.1f} s ({result['mb_per_s']:.0f} MB/s); peak RSS growth "
-              f"{result['peak_rss_growth_mb']:.0f} MB")
+        print(
+            f"converted {result['checkpoint_mb']:.0f} MB (largest tensor {result['largest_tensor_mb']:.0f} MB) to "
+            f"bfloat16 in {result['seconds']:.1f} s ({result['mb_per_s']:.0f} MB/s); peak RSS growth "
+            f"{result['peak_rss_growth_mb']:.0f} MB"
+        )
     return result
 
 

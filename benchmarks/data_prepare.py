@@ -14,6 +14,7 @@ calibrated on the published file's size: 665k records make 1.06 GB of JSON (llav
 is 1.03 GB). Words come from a fixed synthetic lexicon, tokenized by a 32,000-entry BPE tokenizer
 trained on them (about 1.3 tokens a word, as Vicuna's on English).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,6 +77,7 @@ def write_mix(path: Path, n: int, seed: int = 0) -> None:
 def tokenizer_for(words: list[str]):
     from vlguard_jax.data.conversation import TEMPLATES
     from vlguard_jax.data.tokenizer import build_tokenizer
+
     rng = random.Random(1)
     corpus = [t.system for t in TEMPLATES.values()] + ["USER: ASSISTANT:"] * 100
     corpus += [" ".join(rng.choice(words) for _ in range(200)) for _ in range(4000)]
@@ -89,23 +91,31 @@ def prepare_once(data_cfg: dict, tokenizer_dir: str, workdir: str) -> dict:
 
     from vlguard_jax.data.pipeline import Layout, prepare
     from vlguard_jax.models.config import LlavaConfig
+
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model_cfg = LlavaConfig(image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
     cfg = ml_collections.ConfigDict(data_cfg)
-    layout = Layout(global_batch=128, epochs=1, max_length=cfg.max_length, pad_to="bucket", bucket=128,
-                    group_by_modality=True)
+    layout = Layout(
+        global_batch=128, epochs=1, max_length=cfg.max_length, pad_to="bucket", bucket=128, group_by_modality=True
+    )
     t0 = time.perf_counter()
     rows = prepare(cfg, tokenizer, model_cfg, workdir, layout, log=lambda s: print(s, file=sys.stderr))
     rows.example_at(0)  # the first epoch's order, as the first batch needs it
-    return {"s": time.perf_counter() - t0, "examples": len(rows.store),
-            "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    return {
+        "s": time.perf_counter() - t0,
+        "examples": len(rows.store),
+        "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.data_prepare", description=__doc__.split("\n\n")[1])
     p.add_argument("--records", type=int, default=665000)
-    p.add_argument("--vlguard", default=str(Path(__file__).resolve().parents[2] / "shared/data/vlguard/train.json"),
-                   help="VLGuard's train.json (the sample's when absent)")
+    p.add_argument(
+        "--vlguard",
+        default=str(Path(__file__).resolve().parents[2] / "shared/data/vlguard/train.json"),
+        help="VLGuard's train.json (the sample's when absent)",
+    )
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     from PIL import Image
@@ -133,15 +143,25 @@ def main(argv=None) -> dict:
         c.on_bad_record = "skip"
         first = in_child(prepare_once, c.to_dict(), str(tmp / "tokenizer"), str(tmp / "work"))
         second = in_child(prepare_once, c.to_dict(), str(tmp / "tokenizer"), str(tmp / "work"))
-        out = {"benchmark": "data_prepare", "records": a.records, "examples": first["examples"],
-               "first_build_s": first["s"], "first_peak_rss_bytes": first["rss"], "second_start_s": second["s"],
-               "second_peak_rss_bytes": second["rss"], "setup_s": setup_s, "mix_bytes": (tmp / "mix.json").stat().st_size}
+        out = {
+            "benchmark": "data_prepare",
+            "records": a.records,
+            "examples": first["examples"],
+            "first_build_s": first["s"],
+            "first_peak_rss_bytes": first["rss"],
+            "second_start_s": second["s"],
+            "second_peak_rss_bytes": second["rss"],
+            "setup_s": setup_s,
+            "mix_bytes": (tmp / "mix.json").stat().st_size,
+        }
     if a.json:
         print(json.dumps(out))
     else:
-        print(f"{a.records:,} synthetic LLaVA records ({out['mix_bytes'] / 1e9:.2f} GB) + VLGuard -> "
-              f"{out['examples']:,} examples: first build {first['s']:.1f} s (peak RSS {first['rss'] / 2**30:.2f} GiB), "
-              f"second start {second['s']:.1f} s (peak RSS {second['rss'] / 2**30:.2f} GiB); setup {setup_s:.0f} s")
+        print(
+            f"{a.records:,} synthetic LLaVA records ({out['mix_bytes'] / 1e9:.2f} GB) + VLGuard -> "
+            f"{out['examples']:,} examples: first build {first['s']:.1f} s (peak RSS {first['rss'] / 2**30:.2f} GiB), "
+            f"second start {second['s']:.1f} s (peak RSS {second['rss'] / 2**30:.2f} GiB); setup {setup_s:.0f} s"
+        )
     return out
 
 

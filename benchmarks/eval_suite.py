@@ -8,6 +8,7 @@ on the same weights (exported by `conversion.flax_to_hf`), then `generate` one p
 greedy. The ratio is the peer's seconds over ours. Each side runs once, alone in its process (the
 peer in a spawned child): what is timed includes loading and compiling, which repeats cannot.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,14 +53,18 @@ def ours(p: presets.Preset, ckpt: Path, items: int) -> dict:
     m = load_model(ckpt, dtype=jnp.dtype(p.dtype), with_tokenizer=False)
     jax.block_until_ready(m.params)
     loaded = time.perf_counter()
-    gen = Generator(m.model, m.params, eos_ids=[NO_EOS], pad_id=0, batch_size=p.gen_batch,
-                    bucket=len(ids[0]))
+    gen = Generator(m.model, m.params, eos_ids=[NO_EOS], pad_id=0, batch_size=p.gen_batch, bucket=len(ids[0]))
     out = gen(ids, pix, Sampling(max_new_tokens=NEW_TOKENS))
     total = time.perf_counter() - t0
     assert all(len(r) == NEW_TOKENS for r in out), "EOS is disabled: every item runs the full length"
-    return {"total_s": total, "load_s": loaded - t0, "generate_s": total - (loaded - t0),
-            "tokens_per_s": items * NEW_TOKENS / total, "batch": p.gen_batch,
-            "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}"}
+    return {
+        "total_s": total,
+        "load_s": loaded - t0,
+        "generate_s": total - (loaded - t0),
+        "tokens_per_s": items * NEW_TOKENS / total,
+        "batch": p.gen_batch,
+        "device": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
+    }
 
 
 def peer(p: presets.Preset, hf_dir: str, items: int) -> dict:
@@ -75,16 +80,27 @@ def peer(p: presets.Preset, hf_dir: str, items: int) -> dict:
     loaded = time.perf_counter()
     for x, image in zip(ids, pix):  # VLGuard_eval.py: one prompt at a time
         with torch.inference_mode():
-            out = model.generate(torch.tensor(np.asarray([x]), device=device),
-                                 pixel_values=torch.tensor(image[None], device=device, dtype=dtype),
-                                 do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                 eos_token_id=None, pad_token_id=0)
+            out = model.generate(
+                torch.tensor(np.asarray([x]), device=device),
+                pixel_values=torch.tensor(image[None], device=device, dtype=dtype),
+                do_sample=False,
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
         assert out.shape[1] == len(x) + NEW_TOKENS
     if device == "cuda":
         torch.cuda.synchronize()
     total = time.perf_counter() - t0
-    return {"total_s": total, "load_s": loaded - t0, "generate_s": total - (loaded - t0),
-            "tokens_per_s": items * NEW_TOKENS / total, "device": device, "threads": torch.get_num_threads()}
+    return {
+        "total_s": total,
+        "load_s": loaded - t0,
+        "generate_s": total - (loaded - t0),
+        "tokens_per_s": items * NEW_TOKENS / total,
+        "device": device,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main(argv=None) -> dict:
@@ -92,8 +108,15 @@ def main(argv=None) -> dict:
     a.set_defaults(items=32, batch=16)
     args = a.parse_args(argv)
     p = presets.get(args.preset, args.layers, args.batch)
-    out = {"benchmark": "eval_suite", "preset": args.preset, "layers": p.config.text.num_hidden_layers,
-           "items": args.items, "batch": p.gen_batch, "new_tokens": NEW_TOKENS, "dtype": p.dtype}
+    out = {
+        "benchmark": "eval_suite",
+        "preset": args.preset,
+        "layers": p.config.text.num_hidden_layers,
+        "items": args.items,
+        "batch": p.gen_batch,
+        "new_tokens": NEW_TOKENS,
+        "dtype": p.dtype,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, hf = build(p, Path(tmp))
         presets.log("checkpoints written")
@@ -108,14 +131,20 @@ def main(argv=None) -> dict:
         print(json.dumps(out))
     else:
         o = out["ours"]
-        print(f"preset {args.preset} ({out['layers']} layers), {args.items} items x {NEW_TOKENS} new tokens, "
-              f"batch {p.gen_batch}, {p.dtype}, on {o['device']}")
-        print(f"  ours: {o['total_s']:.1f} s end to end (load {o['load_s']:.1f} s, compile and generate "
-              f"{o['generate_s']:.1f} s), {o['tokens_per_s']:.0f} tok/s")
+        print(
+            f"preset {args.preset} ({out['layers']} layers), {args.items} items x {NEW_TOKENS} new tokens, "
+            f"batch {p.gen_batch}, {p.dtype}, on {o['device']}"
+        )
+        print(
+            f"  ours: {o['total_s']:.1f} s end to end (load {o['load_s']:.1f} s, compile and generate "
+            f"{o['generate_s']:.1f} s), {o['tokens_per_s']:.0f} tok/s"
+        )
         if "peer" in out:
             q = out["peer"]
-            print(f"  peer (the authors' loop, one prompt at a time): {q['total_s']:.1f} s (load {q['load_s']:.1f} s), "
-                  f"{q['tokens_per_s']:.0f} tok/s; ratio {out['ratio']:.2f}x")
+            print(
+                f"  peer (the authors' loop, one prompt at a time): {q['total_s']:.1f} s (load {q['load_s']:.1f} s), "
+                f"{q['tokens_per_s']:.0f} tok/s; ratio {out['ratio']:.2f}x"
+            )
     return out
 
 

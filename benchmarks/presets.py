@@ -1,5 +1,6 @@
 """Benchmark shapes. `small` is fixed exactly (comparable across machines); `7b` and `13b` are
 LLaVA-1.5 (CLIP ViT-L/14-336 + Vicuna) in bfloat16, for GPUs and TPUs; `--layers` shrinks them."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,47 +17,147 @@ class Preset:
     config: LlavaConfig
     dtype: str
     batch: int
-    length: int          # training tokens per row: BOS + image tokens + text
-    answer: int          # supervised (labelled) text tokens at the end of each row
+    length: int  # training tokens per row: BOS + image tokens + text
+    answer: int  # supervised (labelled) text tokens at the end of each row
     lora_rank: int
     lora_alpha: float
     gen_batch: int
-    gen_text: int        # prompt text tokens after BOS + image tokens
+    gen_text: int  # prompt text tokens after BOS + image tokens
     gen_new: int
-    remat: str = "none"      # decoder-layer remat policy and rows per micro-batch (on accelerators)
-    micro_batch: int = 0     # 0 = the whole batch at once
+    remat: str = "none"  # decoder-layer remat policy and rows per micro-batch (on accelerators)
+    micro_batch: int = 0  # 0 = the whole batch at once
 
 
 def _llava(vision: dict, text: dict, vocab: int) -> LlavaConfig:
-    return LlavaConfig(vision=VisionConfig(**vision), text=TextConfig(vocab_size=vocab, **text),
-                       image_token_index=vocab - 1, vision_feature_layer=-2,
-                       vision_feature_select_strategy="default")
+    return LlavaConfig(
+        vision=VisionConfig(**vision),
+        text=TextConfig(vocab_size=vocab, **text),
+        image_token_index=vocab - 1,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
 
 
-CLIP_L336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                 image_size=336, patch_size=14)
+CLIP_L336 = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=336,
+    patch_size=14,
+)
 PRESETS = {
-    "small": Preset(_llava(dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                                image_size=112, patch_size=14),
-                           dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                                num_key_value_heads=8, head_dim=64), 32000),
-                    "float32", batch=8, length=256, answer=128, lora_rank=16, lora_alpha=32.0,
-                    gen_batch=8, gen_text=32, gen_new=32),
+    "small": Preset(
+        _llava(
+            dict(
+                hidden_size=256,
+                intermediate_size=1024,
+                num_hidden_layers=4,
+                num_attention_heads=4,
+                image_size=112,
+                patch_size=14,
+            ),
+            dict(
+                hidden_size=512,
+                intermediate_size=1408,
+                num_hidden_layers=8,
+                num_attention_heads=8,
+                num_key_value_heads=8,
+                head_dim=64,
+            ),
+            32000,
+        ),
+        "float32",
+        batch=8,
+        length=256,
+        answer=128,
+        lora_rank=16,
+        lora_alpha=32.0,
+        gen_batch=8,
+        gen_text=32,
+        gen_new=32,
+    ),
     # For smoke tests only.
-    "tiny": Preset(_llava(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=28, patch_size=14),
-                          dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                               num_key_value_heads=2, head_dim=16), 512),
-                   "float32", batch=8, length=32, answer=8, lora_rank=4, lora_alpha=8.0,
-                   gen_batch=8, gen_text=4, gen_new=4),
-    "7b": Preset(_llava(CLIP_L336, dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                        num_attention_heads=32, num_key_value_heads=32, head_dim=128), 32064),
-                 "bfloat16", batch=16, length=2048, answer=512, lora_rank=128, lora_alpha=256.0,
-                 gen_batch=64, gen_text=64, gen_new=128, remat="dots", micro_batch=4),
-    "13b": Preset(_llava(CLIP_L336, dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                                         num_attention_heads=40, num_key_value_heads=40, head_dim=128), 32064),
-                  "bfloat16", batch=8, length=2048, answer=512, lora_rank=128, lora_alpha=256.0,
-                  gen_batch=64, gen_text=64, gen_new=128, remat="dots", micro_batch=2),
+    "tiny": Preset(
+        _llava(
+            dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=28,
+                patch_size=14,
+            ),
+            dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=16,
+            ),
+            512,
+        ),
+        "float32",
+        batch=8,
+        length=32,
+        answer=8,
+        lora_rank=4,
+        lora_alpha=8.0,
+        gen_batch=8,
+        gen_text=4,
+        gen_new=4,
+    ),
+    "7b": Preset(
+        _llava(
+            CLIP_L336,
+            dict(
+                hidden_size=4096,
+                intermediate_size=11008,
+                num_hidden_layers=32,
+                num_attention_heads=32,
+                num_key_value_heads=32,
+                head_dim=128,
+            ),
+            32064,
+        ),
+        "bfloat16",
+        batch=16,
+        length=2048,
+        answer=512,
+        lora_rank=128,
+        lora_alpha=256.0,
+        gen_batch=64,
+        gen_text=64,
+        gen_new=128,
+        remat="dots",
+        micro_batch=4,
+    ),
+    "13b": Preset(
+        _llava(
+            CLIP_L336,
+            dict(
+                hidden_size=5120,
+                intermediate_size=13824,
+                num_hidden_layers=40,
+                num_attention_heads=40,
+                num_key_value_heads=40,
+                head_dim=128,
+            ),
+            32064,
+        ),
+        "bfloat16",
+        batch=8,
+        length=2048,
+        answer=512,
+        lora_rank=128,
+        lora_alpha=256.0,
+        gen_batch=64,
+        gen_text=64,
+        gen_new=128,
+        remat="dots",
+        micro_batch=2,
+    ),
 }
 
 
@@ -87,10 +188,16 @@ def train_batch(p: Preset, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     n_img = c.num_image_tokens
     text = p.length - 1 - n_img
-    ids = np.concatenate([np.ones((p.batch, 1), np.int32), np.full((p.batch, n_img), c.image_token_index, np.int32),
-                          rng.integers(3, c.text.vocab_size - 1, (p.batch, text)).astype(np.int32)], axis=1)
+    ids = np.concatenate(
+        [
+            np.ones((p.batch, 1), np.int32),
+            np.full((p.batch, n_img), c.image_token_index, np.int32),
+            rng.integers(3, c.text.vocab_size - 1, (p.batch, text)).astype(np.int32),
+        ],
+        axis=1,
+    )
     labels = np.full_like(ids, -100)
-    labels[:, -p.answer:] = ids[:, -p.answer:]
+    labels[:, -p.answer :] = ids[:, -p.answer :]
     size = c.vision.image_size
     pixels = rng.normal(size=(p.batch, 3, size, size)).astype(np.float32)
     return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
@@ -99,8 +206,10 @@ def train_batch(p: Preset, seed: int = 0) -> dict:
 def gen_prompts(p: Preset, seed: int = 0):
     c = p.config
     rng = np.random.default_rng(seed)
-    ids = [[1] + [c.image_token_index] * c.num_image_tokens + rng.integers(3, c.text.vocab_size - 1, p.gen_text).tolist()
-           for _ in range(p.gen_batch)]
+    ids = [
+        [1] + [c.image_token_index] * c.num_image_tokens + rng.integers(3, c.text.vocab_size - 1, p.gen_text).tolist()
+        for _ in range(p.gen_batch)
+    ]
     size = c.vision.image_size
     return ids, [rng.normal(size=(3, size, size)).astype(np.float32) for _ in range(p.gen_batch)]
 
@@ -111,6 +220,7 @@ _T0 = time.perf_counter()
 def log(msg: str) -> None:
     """Progress on stderr (stdout carries the --json line)."""
     import sys
+
     print(f"[{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
@@ -142,6 +252,7 @@ def in_child(fn, *args):
     step from 1.8 to 2.2 s), and on a GPU the child's memory is all given back when it exits."""
     import concurrent.futures
     import multiprocessing
+
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
 
@@ -161,12 +272,13 @@ def matmul_flops_per_s(dtype: str = "float32", n: int | None = None) -> float:
     """Measured dense matmul throughput of the default device (the compute floor's denominator),
     on random data: zeros can run faster than real data."""
     import jax
+
     n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
     t, _ = median_time(lambda: f(a).block_until_ready(), warmup=1, repeats=7)
-    return 2 * n ** 3 / t
+    return 2 * n**3 / t
 
 
 def memory_bytes_per_s(nbytes: int | None = None) -> float:
@@ -174,6 +286,7 @@ def memory_bytes_per_s(nbytes: int | None = None) -> float:
     bytes read plus the bytes written (the memory floor's denominator)."""
     import jax
     import jax.numpy as jnp
+
     nbytes = nbytes or (256 << 20 if jax.default_backend() == "cpu" else 4 << 30)
     a = jax.random.normal(jax.random.key(0), (nbytes // 4,), jnp.float32)
     f = jax.jit(lambda x: x * 1.5 + 1.0)
@@ -194,12 +307,14 @@ def random_params(model, mesh, seed: int = 0):
 
     from vlguard_jax import sharding
     from vlguard_jax.models import abstract_params
+
     with sharding.use_mesh(mesh):
         leaves, treedef = jax.tree.flatten(abstract_params(model, mesh))
 
     @functools.cache
     def make(shape, dtype, where):
         return jax.jit(lambda k: (jax.random.normal(k, shape, jnp.float32) * 0.02).astype(dtype), out_shardings=where)
+
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     return treedef.unflatten([make(x.shape, x.dtype, x.sharding)(k) for x, k in zip(leaves, keys)])
 
@@ -209,6 +324,7 @@ def hf_model(p: Preset):
     built on the device: a 7B model initialised on the host takes minutes."""
     import torch
     import transformers
+
     torch.manual_seed(0)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[p.dtype]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -220,16 +336,31 @@ def hf_model(p: Preset):
 def hf_config(p: Preset):
     """The same shapes as a transformers LlavaConfig, for the PyTorch peer."""
     import transformers
+
     c = p.config
     t, v = c.text, c.vision
     return transformers.LlavaConfig(
         vision_config=transformers.CLIPVisionConfig(
-            hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_hidden_layers,
-            num_attention_heads=v.num_attention_heads, image_size=v.image_size, patch_size=v.patch_size),
+            hidden_size=v.hidden_size,
+            intermediate_size=v.intermediate_size,
+            num_hidden_layers=v.num_hidden_layers,
+            num_attention_heads=v.num_attention_heads,
+            image_size=v.image_size,
+            patch_size=v.patch_size,
+        ),
         text_config=transformers.LlamaConfig(
-            vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
-            num_key_value_heads=t.num_key_value_heads, head_dim=t.head_dim, max_position_embeddings=4096,
-            bos_token_id=1, eos_token_id=2),
-        image_token_index=c.image_token_index, vision_feature_layer=c.vision_feature_layer,
-        vision_feature_select_strategy=c.vision_feature_select_strategy)
+            vocab_size=t.vocab_size,
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_hidden_layers,
+            num_attention_heads=t.num_attention_heads,
+            num_key_value_heads=t.num_key_value_heads,
+            head_dim=t.head_dim,
+            max_position_embeddings=4096,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        image_token_index=c.image_token_index,
+        vision_feature_layer=c.vision_feature_layer,
+        vision_feature_select_strategy=c.vision_feature_select_strategy,
+    )

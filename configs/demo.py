@@ -5,6 +5,7 @@ harmful requests); stage 2 is the paper's post-hoc recipe, LoRA on VLGuard-forma
 a helpfulness subset, with smaller sizes. `get_config()` is stage 2's training config; the `demo`
 block holds the model shape, stage 1 and the evaluation settings.
 """
+
 import ml_collections
 
 from vlguard_jax.train.defaults import base_config
@@ -44,10 +45,18 @@ def get_config():
 
     c.demo = ml_collections.ConfigDict()
     c.demo.vocab_size = 640
-    c.demo.vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                         image_size=56, patch_size=14)
-    c.demo.text = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                       num_key_value_heads=4, head_dim=32, max_position_embeddings=512)
+    c.demo.vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14
+    )
+    c.demo.text = dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=32,
+        max_position_embeddings=512,
+    )
     c.demo.stage1_steps = 250
     c.demo.stage1_lr = 3e-3
     c.demo.max_new_tokens = 40

@@ -5,6 +5,7 @@ alike, global batch 128, cosine with 3% warmup, max length 2048, grouped by moda
 
 Unreadable mix samples are skipped and listed, as in mixed_lora_7b.
 """
+
 from vlguard_jax.train.defaults import base_config
 
 

@@ -1,5 +1,6 @@
 """Mixed VLGuard LoRA on 13B: the 7B recipe (mixed_lora_7b) from Vicuna-13B-v1.5 and the 13B
 stage-1 projector; LLaVA-1.5 trains both sizes with the same values."""
+
 from configs import mixed_lora_7b
 
 

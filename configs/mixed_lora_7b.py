@@ -7,6 +7,7 @@ LLaVA masks the few mix samples its preprocessing cannot read and goes on; here 
 and listed in WORKDIR/bad_records.jsonl. For the paper's "Clean" LLaVA, point data.llava at the
 screened mix (`python -m vlguard_jax.data.screen`) and data.recipe at "llava".
 """
+
 from vlguard_jax.train.defaults import base_config
 
 

@@ -1,5 +1,6 @@
 """Post-hoc VLGuard full fine-tuning of LLaVA-1.5-13B: the 7B recipe (posthoc_full_7b) on the 13B
 checkpoint."""
+
 from configs import posthoc_full_7b
 
 

@@ -1,4 +1,5 @@
 """Post-hoc VLGuard full fine-tuning of LLaVA-1.5-7B at 1e-5, 3 epochs."""
+
 from vlguard_jax.train.defaults import base_config
 
 

@@ -1,4 +1,5 @@
 """Post-hoc VLGuard LoRA on LLaVA-1.5-13B: the 7B recipe (posthoc_lora_7b) on the 13B checkpoint."""
+
 from configs import posthoc_lora_7b
 
 

@@ -1,4 +1,5 @@
 """Post-hoc VLGuard LoRA on LLaVA-1.5-7B: VLGuard train + 5,000 LLaVA samples, 3 epochs."""
+
 from vlguard_jax.train.defaults import base_config
 
 

@@ -5,6 +5,7 @@ the converters, each of which also runs as `python -m conversion.NAME`:
 - `flax-to-hf`: a vlguard-jax checkpoint or training run to Hugging Face or PEFT (conversion.flax_to_hf);
 - `assemble`: the mixed recipe's start from Vicuna, CLIP and the stage-1 projector (conversion.assemble).
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         got = f"unknown command {argv[0]!r}; " if argv and not argv[0].startswith("-") else ""
-        print(f"error: vlguard-convert: {got}choose one of {', '.join(COMMANDS)} (then --help for its flags)",
-              file=sys.stderr)
+        print(
+            f"error: vlguard-convert: {got}choose one of {', '.join(COMMANDS)} (then --help for its flags)",
+            file=sys.stderr,
+        )
         return 2
     return COMMANDS[argv[0]](argv[1:])
 

@@ -14,6 +14,7 @@ The result is the same kind of checkpoint `hf_to_flax` writes, with LLaVA-1.5's 
 added as in the original-LLaVA layout. Every tensor is checked before anything is written, and the
 output appears only when complete.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,21 +48,24 @@ CLIP_TEXT_PARTS = ("text_model.", "logit_scale", "text_projection.", "visual_pro
 def _llm(path: Path) -> tuple[dict, TensorSource]:
     hf, source, layout, _ = read_source(path)
     if layout != "llama" or hf.get("model_type") != "llama":
-        raise CheckpointError(f"{path}: a {layout} checkpoint (model_type {hf.get('model_type')!r}), not a base "
-                              "LlamaForCausalLM such as Vicuna; a LLaVA converts with conversion.hf_to_flax")
+        raise CheckpointError(
+            f"{path}: a {layout} checkpoint (model_type {hf.get('model_type')!r}), not a base "
+            "LlamaForCausalLM such as Vicuna; a LLaVA converts with conversion.hf_to_flax"
+        )
     return hf, source
 
 
 def _tower(path: Path) -> tuple[dict, TensorSource, str]:
     hf = read_json(path / "config.json")
     if hf.get("model_type") not in ("clip", "clip_vision_model"):
-        raise CheckpointError(f"{path / 'config.json'}: model_type {hf.get('model_type')!r} is not a CLIP "
-                              "model (CLIPModel or CLIPVisionModel)")
+        raise CheckpointError(
+            f"{path / 'config.json'}: model_type {hf.get('model_type')!r} is not a CLIP "
+            "model (CLIPModel or CLIPVisionModel)"
+        )
     source = TensorSource(path)
     prefix = layouts.clip_tower_prefix(source.keys())
     if prefix is None:
-        raise CheckpointError(f"{path}: no CLIP vision tower weights "
-                              "(vision_model.embeddings.patch_embedding.weight)")
+        raise CheckpointError(f"{path}: no CLIP vision tower weights (vision_model.embeddings.patch_embedding.weight)")
     return hf, source, prefix
 
 
@@ -70,8 +74,10 @@ def _projector(path: Path) -> tuple[TensorSource, tuple[str, str]]:
     prefixes = layouts.projector_prefixes(source.keys())
     if prefixes is None:
         found = ", ".join(sorted(source.keys())[:4])
-        raise CheckpointError(f"{path}: not a LLaVA mlp2x_gelu projector: expected tensors "
-                              f"model.mm_projector.0.weight and model.mm_projector.2.weight, found {found}")
+        raise CheckpointError(
+            f"{path}: not a LLaVA mlp2x_gelu projector: expected tensors "
+            f"model.mm_projector.0.weight and model.mm_projector.2.weight, found {found}"
+        )
     return source, prefixes
 
 
@@ -88,9 +94,13 @@ def plan(llm, vision_tower, projector, dtype: str = "bfloat16"):
     proj_src, proj_prefixes = _projector(projector)
     tokenizer = tokenizer_with_image_token(llm)
     try:
-        config = LlavaConfig(vision=vision_from_hf(tower_hf), text=text_from_hf(llm_hf, source=str(llm / "config.json")),
-                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                             vision_feature_layer=SELECT_LAYER, vision_feature_select_strategy=SELECT_FEATURE)
+        config = LlavaConfig(
+            vision=vision_from_hf(tower_hf),
+            text=text_from_hf(llm_hf, source=str(llm / "config.json")),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            vision_feature_layer=SELECT_LAYER,
+            vision_feature_select_strategy=SELECT_FEATURE,
+        )
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{llm} + {vision_tower}: {e}") from None
     prefixes = dict(layouts.LLAMA, vision=tower_prefix, proj=proj_prefixes)
@@ -101,15 +111,21 @@ def plan(llm, vision_tower, projector, dtype: str = "bfloat16"):
     def hint(entry) -> str:
         if entry.source is not proj_src:
             return ""
-        return (f"; the projector must map the tower's {config.vision.hidden_size}-wide features to the "
-                f"LLM's hidden size {config.text.hidden_size}")
+        return (
+            f"; the projector must map the tower's {config.vision.hidden_size}-wide features to the "
+            f"LLM's hidden size {config.text.hidden_size}"
+        )
 
     entries = tensor_plan(config, prefixes, DTYPES[dtype], source_for)
     check_plan(entries, hint)
     tie = config.text.tie_word_embeddings
     check_unused(llm_src, entries, "a LlamaForCausalLM", lambda k: tie and k == "lm_head.weight")
-    check_unused(tower_src, entries, "a CLIP vision tower",
-                 lambda k: not k.startswith(tower_prefix) or k.startswith(CLIP_TEXT_PARTS))
+    check_unused(
+        tower_src,
+        entries,
+        "a CLIP vision tower",
+        lambda k: not k.startswith(tower_prefix) or k.startswith(CLIP_TEXT_PARTS),
+    )
     check_unused(proj_src, entries, "a LLaVA mlp2x_gelu projector")
     return config, entries, tokenizer
 
@@ -119,9 +135,14 @@ def assemble(llm, vision_tower, projector, dst, dtype: str = "bfloat16", overwri
     check_dtype(dtype)
     check_output(dst, llm, vision_tower, projector, overwrite=overwrite)
     config, entries, tokenizer = plan(llm, vision_tower, projector, dtype)
-    write_checkpoint(entries, Path(dst), config, dtype,
-                     lambda tmp: write_side_files(Path(llm), Path(vision_tower), tmp, config, tokenizer),
-                     overwrite=overwrite)
+    write_checkpoint(
+        entries,
+        Path(dst),
+        config,
+        dtype,
+        lambda tmp: write_side_files(Path(llm), Path(vision_tower), tmp, config, tokenizer),
+        overwrite=overwrite,
+    )
     return config
 
 
@@ -136,8 +157,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
     a = p.parse_args(argv)
     config = assemble(a.llm, a.vision_tower, a.projector, a.dst, a.dtype, a.overwrite)
-    print(f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, {config.vision.num_hidden_layers}-layer "
-          f"CLIP, <image> = id {config.image_token_index}, dtype {a.dtype}")
+    print(
+        f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, {config.vision.num_hidden_layers}-layer "
+        f"CLIP, <image> = id {config.image_token_index}, dtype {a.dtype}"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ Key names are the llava-hf hub names, which transformers 4.x and 5.x both load.
 For a LoRA run, `--lora merge` folds the adapters into the weights (a full model) and `--lora
 peft` writes a PEFT adapter directory (LoRA factors and projector) for the base model instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,9 @@ def write_safetensors(state: dict, dst: Path, max_shard_bytes: int = MAX_SHARD_B
         save_file(shard, os.fspath(dst / fname), metadata={"format": "pt"})
         weight_map.update({k: fname for k in shard})
     total = sum(a.nbytes for a in state.values())
-    (dst / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (dst / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
 
 
 def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str) -> None:
@@ -94,17 +96,20 @@ def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str)
     if not (dst / "generation_config.json").exists():
         t = config.text
         eos = list(t.eos_token_id) if isinstance(t.eos_token_id, tuple) else t.eos_token_id
-        (dst / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": t.bos_token_id, "eos_token_id": eos, "pad_token_id": t.pad_token_id}, indent=2))
+        (dst / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": t.bos_token_id, "eos_token_id": eos, "pad_token_id": t.pad_token_id}, indent=2)
+        )
     # Read from the copies in DST: the source may be in a bucket.
     if (dst / "tokenizer_config.json").exists() and (dst / "preprocessor_config.json").exists():
         from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
+
         processor = LlavaProcessor(
             image_processor=CLIPImageProcessor.from_pretrained(dst, local_files_only=True),
             tokenizer=AutoTokenizer.from_pretrained(dst, local_files_only=True),
             patch_size=config.vision.patch_size,
             vision_feature_select_strategy=config.vision_feature_select_strategy,
-            num_additional_image_tokens=1)
+            num_additional_image_tokens=1,
+        )
         processor.save_pretrained(dst)
 
 
@@ -116,21 +121,31 @@ def check_shapes(src: Path, config: LlavaConfig, flat: dict) -> None:
         if key not in flat:
             raise CheckpointError(f"{src}: tensor {'/'.join(key)} is missing; {MODEL_CONFIG} describes it")
         if tuple(flat[key].shape) != tuple(spec.shape):
-            raise CheckpointError(f"{src}: tensor {'/'.join(key)} has shape {tuple(flat[key].shape)}, but "
-                                  f"{MODEL_CONFIG} gives {tuple(spec.shape)}")
+            raise CheckpointError(
+                f"{src}: tensor {'/'.join(key)} has shape {tuple(flat[key].shape)}, but "
+                f"{MODEL_CONFIG} gives {tuple(spec.shape)}"
+            )
     for key, a in flat.items():
         if key[-1] in LORA_PARAMS:
             kernel = want.get(key[:-1] + ("kernel",))
             dim = 0 if key[-1] == "lora_a" else 1
             if kernel is None or a.shape[dim] != kernel.shape[dim]:
-                raise CheckpointError(f"{src}: LoRA factor {'/'.join(key)} of shape {tuple(a.shape)} does not fit "
-                                      f"its kernel {None if kernel is None else tuple(kernel.shape)}")
+                raise CheckpointError(
+                    f"{src}: LoRA factor {'/'.join(key)} of shape {tuple(a.shape)} does not fit "
+                    f"its kernel {None if kernel is None else tuple(kernel.shape)}"
+                )
         elif key not in want:
             raise CheckpointError(f"{src}: tensor {'/'.join(key)} is not in the model {MODEL_CONFIG} describes")
 
 
-def export(src, dst, dtype: str | None = None, max_shard_bytes: int = MAX_SHARD_BYTES,
-           lora: str | None = None, overwrite: bool = False) -> LlavaConfig:
+def export(
+    src,
+    dst,
+    dtype: str | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    lora: str | None = None,
+    overwrite: bool = False,
+) -> LlavaConfig:
     src, dst = storage.as_path(src), storage.as_path(dst)
     check_output(dst, src, overwrite=overwrite)
     if runs.is_run(src):

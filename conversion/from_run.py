@@ -4,6 +4,7 @@ PEFT key names are those of transformers 5's `LlavaForConditionalGeneration` mod
 (`base_model.model.model.language_model.layers.N.self_attn.q_proj.lora_A.weight`); the projector
 is saved through PEFT's `modules_to_save`, so `PeftModel.from_pretrained(base, DIR)` restores it.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,12 +44,18 @@ def write_peft(dst: Path, flat: dict, meta: dict, dtype) -> None:
     if not targets:
         raise CheckpointError("--lora peft: this run has no LoRA weights (a full fine-tuning run?); use --lora merge")
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(lora["rank"]), "lora_alpha": float(lora["alpha"]),
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": int(lora["rank"]),
+        "lora_alpha": float(lora["alpha"]),
         "lora_dropout": float(lora["dropout"]),
         # A regex, so the CLIP tower's own q/k/v_proj are not matched.
         "target_modules": r".*language_model.*\.(" + "|".join(sorted(targets)) + ")",
-        "modules_to_save": ["multi_modal_projector"], "bias": "none", "fan_in_fan_out": False,
-        "inference_mode": True, "base_model_name_or_path": meta.get("base_checkpoint"),
+        "modules_to_save": ["multi_modal_projector"],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "base_model_name_or_path": meta.get("base_checkpoint"),
     }
     (dst / "adapter_config.json").write_text(json.dumps(config, indent=2))
     save_file(tensors, os.fspath(dst / "adapter_model.safetensors"), metadata={"format": "pt"})

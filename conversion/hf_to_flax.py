@@ -6,6 +6,7 @@ Converts a llava-hf or original-LLaVA PyTorch checkpoint into a vlguard-jax chec
 tower. Tensors stream one at a time; every key and shape is checked against the model before
 anything is written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,14 +73,18 @@ def _plan(src: Path, vision_tower: Path | None):
                 vision_source = TensorSource(vision_tower)
                 prefixes["vision"] = layouts.clip_tower_prefix(vision_source.keys())
                 if prefixes["vision"] is None:
-                    raise CheckpointError(f"{vision_tower}: no CLIP vision tower weights "
-                                          "(vision_model.embeddings.patch_embedding.weight)")
+                    raise CheckpointError(
+                        f"{vision_tower}: no CLIP vision tower weights (vision_model.embeddings.patch_embedding.weight)"
+                    )
         elif not inside:
-            raise CheckpointError(f"{src}: the CLIP tower weights are not in this checkpoint; "
-                                  "pass --vision-tower DIR (a CLIP model directory)")
+            raise CheckpointError(
+                f"{src}: the CLIP tower weights are not in this checkpoint; "
+                "pass --vision-tower DIR (a CLIP model directory)"
+            )
         tokenizer = tokenizer_with_image_token(src)
-        config = LlavaConfig.from_original_llava(hf, vision_cfg, tokenizer.convert_tokens_to_ids("<image>"),
-                                                 source=str(src / "config.json"))
+        config = LlavaConfig.from_original_llava(
+            hf, vision_cfg, tokenizer.convert_tokens_to_ids("<image>"), source=str(src / "config.json")
+        )
     else:
         if "text_config" not in hf:
             raise CheckpointError(f"{src / 'config.json'}: llava-hf weights but not a llava-hf config")
@@ -91,6 +96,7 @@ def tokenizer_with_image_token(src: Path):
     """The original LLaVA splices images at id -200 and its tokenizer has no `<image>`; we add the
     token to the tokenizer, which gives it the next free id."""
     from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
     except Exception as e:
@@ -102,11 +108,12 @@ def tokenizer_with_image_token(src: Path):
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One parameter of ours and the PyTorch tensor it is read from."""
-    path: str                  # ours, '/'-joined
+
+    path: str  # ours, '/'-joined
     source: TensorSource
-    name: str                  # the PyTorch name in `source`
+    name: str  # the PyTorch name in `source`
     transform: str | None
-    shape: tuple               # ours (flax layout)
+    shape: tuple  # ours (flax layout)
 
 
 def tensor_plan(config, prefixes: dict, dtype, source_for) -> list[Entry]:
@@ -127,8 +134,10 @@ def check_plan(plan: list[Entry], hint=lambda entry: "") -> None:
             raise CheckpointError(f"{e.source.dir}: missing tensor {e.name!r} (for {e.path})")
         got = e.source.shapes[e.name]
         if layouts.flax_shape(got, e.transform) != e.shape:
-            raise CheckpointError(f"{e.source.index[e.name]}: tensor {e.name!r} has shape {got}, "
-                                  f"expected {e.shape} as {e.path} for this config{hint(e)}")
+            raise CheckpointError(
+                f"{e.source.index[e.name]}: tensor {e.name!r} has shape {got}, "
+                f"expected {e.shape} as {e.path} for this config{hint(e)}"
+            )
 
 
 def check_unused(source: TensorSource, plan: list[Entry], what: str, ignore=lambda name: False) -> None:
@@ -136,8 +145,9 @@ def check_unused(source: TensorSource, plan: list[Entry], what: str, ignore=lamb
     used = {e.name for e in plan if e.source is source}
     extra = [k for k in source.keys() if k not in used and not layouts.IGNORED.search(k) and not ignore(k)]
     if extra:
-        raise CheckpointError(f"{source.index[extra[0]]}: unexpected tensor {extra[0]!r} "
-                              f"({len(extra)} unexpected in all) for {what}")
+        raise CheckpointError(
+            f"{source.index[extra[0]]}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all) for {what}"
+        )
 
 
 def _check(plan, source: TensorSource, vision_source: TensorSource, config: LlavaConfig, layout: str):
@@ -148,6 +158,7 @@ def _check(plan, source: TensorSource, vision_source: TensorSource, config: Llav
             return True
         # a tower given separately wins over any inside
         return vision_source is not source and name.startswith(layouts.ORIGINAL["vision"])
+
     check_unused(source, [e for e in plan if e.source is source], f"layout {layout}", ignore)
 
 
@@ -162,13 +173,16 @@ def write_side_files(src: Path, vision_tower: Path | None, dst: Path, config, to
             shutil.copy2(vision_tower / "preprocessor_config.json", dst / "preprocessor_config.json")
         else:
             from transformers import CLIPImageProcessor
+
             size = config.vision.image_size
-            CLIPImageProcessor(size={"shortest_edge": size},
-                               crop_size={"height": size, "width": size}).save_pretrained(dst)
+            CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
+                dst
+            )
 
 
-def write_checkpoint(plan: list[Entry], dst: Path, config, dtype: str, side_files, flush_bytes: int = 64 << 20,
-                     overwrite: bool = False):
+def write_checkpoint(
+    plan: list[Entry], dst: Path, config, dtype: str, side_files, flush_bytes: int = 64 << 20, overwrite: bool = False
+):
     """Stream the plan's tensors into DST (atomic), then the config and `side_files(tmp_dir)`."""
     np_dtype = np.dtype(DTYPES[dtype])
     with atomic_dir(dst, overwrite) as tmp:
@@ -192,8 +206,7 @@ def check_dtype(dtype: str) -> None:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
 
 
-def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20,
-            overwrite: bool = False):
+def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False):
     """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config."""
     src, dst = Path(src), storage.as_path(dst)
     vision_tower = Path(vision_tower) if vision_tower else None
@@ -201,11 +214,22 @@ def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: i
     check_output(dst, src, *([vision_tower] if vision_tower else []), overwrite=overwrite)
     config, source, vision_source, prefixes, layout, tokenizer = _plan(src, vision_tower)
     separate = vision_source is not source
-    plan = tensor_plan(config, prefixes, DTYPES[dtype],
-                       lambda path: vision_source if separate and path.startswith("vision_tower/") else source)
+    plan = tensor_plan(
+        config,
+        prefixes,
+        DTYPES[dtype],
+        lambda path: vision_source if separate and path.startswith("vision_tower/") else source,
+    )
     _check(plan, source, vision_source, config, layout)
-    write_checkpoint(plan, dst, config, dtype, lambda tmp: write_side_files(src, vision_tower, tmp, config, tokenizer),
-                     flush_bytes, overwrite)
+    write_checkpoint(
+        plan,
+        dst,
+        config,
+        dtype,
+        lambda tmp: write_side_files(src, vision_tower, tmp, config, tokenizer),
+        flush_bytes,
+        overwrite,
+    )
     return config
 
 

@@ -5,6 +5,7 @@ Our paths are '/'-joined keys of the Flax parameter tree, e.g.
 for a layout and says how the tensor is transformed (`linear`: torch [out, in] <-> kernel [in, out];
 `patch`: conv weight [D, C, p, p] <-> kernel [C*p*p, D]).
 """
+
 from __future__ import annotations
 
 import re
@@ -13,19 +14,25 @@ import numpy as np
 
 # Prefixes: vision tower, projector linear 1 and 2, language model body, lm_head.
 # What we write: the llava-hf hub names, which transformers 4.x and 5.x both load.
-HUB = dict(vision="vision_tower.vision_model.",
-           proj=("multi_modal_projector.linear_1.", "multi_modal_projector.linear_2."),
-           lm="language_model.model.", lm_head="language_model.lm_head.")
-ORIGINAL = dict(vision="model.vision_tower.vision_tower.vision_model.",
-                proj=("model.mm_projector.0.", "model.mm_projector.2."), lm="model.", lm_head="lm_head.")
+HUB = dict(
+    vision="vision_tower.vision_model.",
+    proj=("multi_modal_projector.linear_1.", "multi_modal_projector.linear_2."),
+    lm="language_model.model.",
+    lm_head="language_model.lm_head.",
+)
+ORIGINAL = dict(
+    vision="model.vision_tower.vision_tower.vision_model.",
+    proj=("model.mm_projector.0.", "model.mm_projector.2."),
+    lm="model.",
+    lm_head="lm_head.",
+)
 # A text-only LlamaForCausalLM (Llama Guard): the language-model rules alone.
 LLAMA = dict(vision="", proj=("", ""), lm="model.", lm_head="lm_head.")
 # What we read. llava-hf checkpoints name each part one of several ways: the hub (transformers 4),
 # transformers >= 4.52 in memory, transformers 5 in memory (no `vision_model.` level), and
 # transformers 5's save_pretrained (legacy names, but no `vision_model.` level).
 LLAVA_HF_CANDIDATES = dict(
-    vision=("vision_tower.vision_model.", "model.vision_tower.vision_model.", "model.vision_tower.",
-            "vision_tower."),
+    vision=("vision_tower.vision_model.", "model.vision_tower.vision_model.", "model.vision_tower.", "vision_tower."),
     proj=(HUB["proj"], ("model.multi_modal_projector.linear_1.", "model.multi_modal_projector.linear_2.")),
     lm=("language_model.model.", "model.language_model."),
     lm_head=("language_model.lm_head.", "lm_head."),
@@ -34,8 +41,11 @@ LLAVA_HF_CANDIDATES = dict(
 CLIP_TOWER_CANDIDATES = ("vision_model.", "")
 # LLaVA's stage-1 projector file (`mm_projector.bin`): an nn.Sequential(Linear, GELU, Linear) saved
 # under the model's names, or with the prefix stripped.
-PROJECTOR_CANDIDATES = (("model.mm_projector.0.", "model.mm_projector.2."), ("mm_projector.0.", "mm_projector.2."),
-                        ("0.", "2."))
+PROJECTOR_CANDIDATES = (
+    ("model.mm_projector.0.", "model.mm_projector.2."),
+    ("mm_projector.0.", "mm_projector.2."),
+    ("0.", "2."),
+)
 
 # (pattern on our path, PyTorch name with {vision}/{lm}/{proj1}/{proj2}/{lm_head}, transform)
 RULES = (
@@ -55,8 +65,11 @@ RULES = (
     (r"language_model/embed_tokens", "{lm}embed_tokens.weight", None),
     (r"language_model/layers_(\d+)/(self_attn|mlp)/(\w+)/kernel", r"{lm}layers.\1.\2.\3.weight", "linear"),
     (r"language_model/layers_(\d+)/(self_attn|mlp)/(\w+)/bias", r"{lm}layers.\1.\2.\3.bias", None),
-    (r"language_model/layers_(\d+)/(input_layernorm|post_attention_layernorm)/weight",
-     r"{lm}layers.\1.\2.weight", None),
+    (
+        r"language_model/layers_(\d+)/(input_layernorm|post_attention_layernorm)/weight",
+        r"{lm}layers.\1.\2.weight",
+        None,
+    ),
     (r"language_model/norm/weight", "{lm}norm.weight", None),
     (r"language_model/lm_head/kernel", "{lm_head}weight", "linear"),
 )
@@ -68,8 +81,13 @@ IGNORED = re.compile(r"(position_ids|rotary_emb\.inv_freq)$")
 
 def torch_name(path: str, prefixes: dict) -> tuple[str, str | None]:
     """(PyTorch name, transform) for one of our parameter paths under the given prefixes."""
-    fill = dict(vision=prefixes["vision"], lm=prefixes["lm"], proj1=prefixes["proj"][0],
-                proj2=prefixes["proj"][1], lm_head=prefixes["lm_head"])
+    fill = dict(
+        vision=prefixes["vision"],
+        lm=prefixes["lm"],
+        proj1=prefixes["proj"][0],
+        proj2=prefixes["proj"][1],
+        lm_head=prefixes["lm_head"],
+    )
     for pattern, repl, transform in _COMPILED:
         if pattern.match(path):
             return pattern.sub(repl, path).format(**fill), transform
@@ -90,18 +108,22 @@ def detect(keys) -> tuple[str, dict]:
     lm = _first(keys, c["lm"], "embed_tokens.weight")
     if lm is not None:
         return "llava_hf", dict(
-            lm=lm, vision=_first(keys, c["vision"], "embeddings.patch_embedding.weight") or c["vision"][0],
+            lm=lm,
+            vision=_first(keys, c["vision"], "embeddings.patch_embedding.weight") or c["vision"][0],
             proj=_first(keys, c["proj"], "weight") or c["proj"][0],
-            lm_head=_first(keys, c["lm_head"], "weight") or c["lm_head"][0])
+            lm_head=_first(keys, c["lm_head"], "weight") or c["lm_head"][0],
+        )
     if "model.embed_tokens.weight" in keys and any(k.startswith("model.mm_projector.") for k in keys):
         return "original", dict(ORIGINAL)
     if "model.embed_tokens.weight" in keys and not any("vision" in k or "projector" in k for k in keys):
         return "llama", dict(LLAMA)
     sample = ", ".join(sorted(keys)[:5])
-    raise ValueError("unknown checkpoint layout: expected llava-hf (language_model.model.* or "
-                     "model.language_model.*), original LLaVA (model.layers.*, model.mm_projector.*) or a "
-                     "text-only Llama (model.layers.*, no vision tower); "
-                     f"found keys such as {sample}")
+    raise ValueError(
+        "unknown checkpoint layout: expected llava-hf (language_model.model.* or "
+        "model.language_model.*), original LLaVA (model.layers.*, model.mm_projector.*) or a "
+        "text-only Llama (model.layers.*, no vision tower); "
+        f"found keys such as {sample}"
+    )
 
 
 def clip_tower_prefix(keys) -> str | None:

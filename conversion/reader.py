@@ -5,6 +5,7 @@ safetensors (one file, or sharded with `model.safetensors.index.json`) is read t
 numpy cannot name, are read from their byte range in the file. `.bin` shards are read only with
 `torch.load(weights_only=True, mmap=True)`: arbitrary pickles are never executed.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,9 @@ class TensorSource:
         try:
             import torch
         except ImportError:
-            raise CheckpointError(f"{f}: reading .bin checkpoints needs torch; convert it to "
-                                  "safetensors or install torch") from None
+            raise CheckpointError(
+                f"{f}: reading .bin checkpoints needs torch; convert it to safetensors or install torch"
+            ) from None
         try:
             sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # torch raises many types for corrupt or unsafe pickles
@@ -106,8 +108,10 @@ class TensorSource:
                     return h.get_tensor(name)
             t = self._load_bin(f)[name]
             import torch
+
             if t.dtype == torch.bfloat16:
                 import ml_dtypes
+
                 return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
             return t.numpy().copy()
         except (SafetensorError, OSError, RuntimeError) as e:

@@ -9,8 +9,9 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # Tests compile the same small programs many times (and in subprocesses): share the executables.
-_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                               os.path.join(__import__("tempfile").gettempdir(), "vlguard-jax-test-cache"))
+_CACHE = os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(__import__("tempfile").gettempdir(), "vlguard-jax-test-cache")
+)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -20,6 +21,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 def shared_data():
     """The real data beside the checkout, or a skip saying why."""
     from pathlib import Path
+
     root = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if not root.is_dir():
         pytest.skip(f"{root} is absent: real-data tests need ../shared beside the checkout")

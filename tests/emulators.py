@@ -10,6 +10,7 @@ client at them and away from any cloud.
 - `GUARD` (a sitecustomize put on PYTHONPATH) refuses, in the test process and in every Python
   process it starts, any connection outside 127.0.0.0/8 and records it in `$NET_GUARD_LOG`.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-GUARD = '''
+GUARD = """
 import os, socket
 _connect = socket.socket.connect
 def _guarded(self, address):
@@ -33,7 +34,7 @@ def _guarded(self, address):
     return _connect(self, address)
 if os.environ.get("NET_GUARD_LOG"):
     socket.socket.connect = _guarded
-'''
+"""
 
 
 def free_port() -> int:
@@ -89,10 +90,14 @@ def environment(tmp: Path, gcs_port: int, s3_port: int, metadata_port: int) -> d
         "FSSPEC_GS_PROJECT": "test",
         "GOOGLE_CLOUD_PROJECT": "test",
         "NO_GCE_CHECK": "true",
-        "GCE_METADATA_HOST": closed, "GCE_METADATA_IP": closed, "GCE_METADATA_ROOT": closed,
+        "GCE_METADATA_HOST": closed,
+        "GCE_METADATA_IP": closed,
+        "GCE_METADATA_ROOT": closed,
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-        "AWS_ACCESS_KEY_ID": "fake-key", "AWS_SECRET_ACCESS_KEY": "fake-secret",
-        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "fake-key",
+        "AWS_SECRET_ACCESS_KEY": "fake-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
         "NET_GUARD_LOG": str(tmp / "guard" / "refused.log"),
         "GUARD_PATH": str(guard_dir),
@@ -108,9 +113,24 @@ class Emulators:
         self.env = environment(tmp, self.gcs_port, self.s3_port, self.metadata.port)
         quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs = [
-            subprocess.Popen([sys.executable, str(Path(__file__).with_name("gcs_emulator.py")), "start", "--host", "127.0.0.1",
-                              "--port", str(self.gcs_port), "--in-memory", "--default-bucket", "bkt"], **quiet),
-            subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)], **quiet),
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("gcs_emulator.py")),
+                    "start",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.gcs_port),
+                    "--in-memory",
+                    "--default-bucket",
+                    "bkt",
+                ],
+                **quiet,
+            ),
+            subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)], **quiet
+            ),
         ]
         try:
             _wait(self.gcs_port, self.procs[0], "gcp-storage-emulator")
@@ -121,6 +141,7 @@ class Emulators:
 
     def make_s3_bucket(self, name: str) -> None:
         import boto3
+
         boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=name)
 
     def refused(self) -> list[str]:

@@ -1,6 +1,7 @@
 """`python tests/gcs_emulator.py start ...`: gcp-storage-emulator, with the generation headers that
 its downloads lack. Real GCS sends `x-goog-generation` with every object read; tensorstore's
 OCDBT reads its manifest back and refuses a reply without one ("Malformed StorageGeneration")."""
+
 import sys
 
 from gcp_storage_emulator.handlers import objects
@@ -22,4 +23,5 @@ objects.download = download  # before the server module builds its routes
 
 if __name__ == "__main__":
     from gcp_storage_emulator.__main__ import main
+
     main(sys.argv[1:])

@@ -1,5 +1,6 @@
 """A chat-completions endpoint on 127.0.0.1 for the judge tests: real HTTP requests and responses,
 answered by a test's function. Nothing leaves the machine."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """The demo pipeline at reduced size: every stage runs and the report is written. (The targets
 are for the full-size demo; see the README for a real run.)"""
+
 import json
 
 import pytest

@@ -2,6 +2,7 @@
 exact message it gets. A command prints one `error:` line and exits non-zero; a bad record raises
 naming file and record, or is counted and listed under `skip`; nothing half-written looks done.
 Later work adds its cases here."""
+
 import asyncio
 import gc
 import json
@@ -55,17 +56,27 @@ def env(tmp_path_factory):
 
 
 # ---- configs and flags: checked before anything loads -------------------------------------------
-@pytest.mark.parametrize("key,value,message", [
-    ("global_batch", 0, "config.global_batch: 0 is below 1"),
-    ("model.dtype", "float8", "config.model.dtype: 'float8' is not one of ['bfloat16', 'float16', 'float32']"),
-    ("optim.lr", -1.0, "config.optim.lr: -1.0 is not above 0"),
-    ("mesh.shape", (2, 0, 1), "config.mesh.shape: (2, 0, 1): each axis is a positive size, or -1 (the remaining "
-                              "devices) for one axis"),
-    ("micro_batch", 48, "config.global_batch: 128 is not a multiple of config.micro_batch 48 (the accumulation "
-                        "steps must be whole)"),
-    ("data.llava", "", "config.data.llava: '' is not a non-empty path (the posthoc recipe reads it)"),
-    ("lora.dropout", 1.0, "config.lora.dropout: 1.0 is not below 1"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("global_batch", 0, "config.global_batch: 0 is below 1"),
+        ("model.dtype", "float8", "config.model.dtype: 'float8' is not one of ['bfloat16', 'float16', 'float32']"),
+        ("optim.lr", -1.0, "config.optim.lr: -1.0 is not above 0"),
+        (
+            "mesh.shape",
+            (2, 0, 1),
+            "config.mesh.shape: (2, 0, 1): each axis is a positive size, or -1 (the remaining devices) for one axis",
+        ),
+        (
+            "micro_batch",
+            48,
+            "config.global_batch: 128 is not a multiple of config.micro_batch 48 (the accumulation "
+            "steps must be whole)",
+        ),
+        ("data.llava", "", "config.data.llava: '' is not a non-empty path (the posthoc recipe reads it)"),
+        ("lora.dropout", 1.0, "config.lora.dropout: 1.0 is not below 1"),
+    ],
+)
 def test_config_values_are_checked(key, value, message):
     c = base_config()
     c.workdir, c.model.checkpoint = "w", "ckpt"
@@ -80,28 +91,61 @@ def test_config_values_are_checked(key, value, message):
 
 
 def test_a_misspelt_key_names_the_key_meant(env):
-    assert str(unknown_key("optim.lr_typo", flat_keys(base_config()))) == \
-        "config.optim.lr_typo: no such key; did you mean config.optim.lr?"
+    assert (
+        str(unknown_key("optim.lr_typo", flat_keys(base_config())))
+        == "config.optim.lr_typo: no such key; did you mean config.optim.lr?"
+    )
     ns, tmp = env
     cfg = config_file(ns, tmp, "typo")
-    for override, message in (("--config.optim.lr_typo=1", "error: config.optim.lr_typo: no such key; did you mean "
-                                                          "config.optim.lr?"),
-                              ("--config.global_batch=0", "error: config.global_batch: 0 is below 1")):
-        out = subprocess.run(train_cmd(cfg, tmp / "typo", override), env=run_env(), capture_output=True, text=True,
-                             timeout=300, cwd=REPO)
+    for override, message in (
+        ("--config.optim.lr_typo=1", "error: config.optim.lr_typo: no such key; did you mean config.optim.lr?"),
+        ("--config.global_batch=0", "error: config.global_batch: 0 is below 1"),
+    ):
+        out = subprocess.run(
+            train_cmd(cfg, tmp / "typo", override), env=run_env(), capture_output=True, text=True, timeout=300, cwd=REPO
+        )
         assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == message, out.stderr[-2000:]
         assert "Traceback" not in out.stderr and not (tmp / "typo" / "checkpoints").exists()
 
 
 def test_command_line_flags_are_checked(env, capsys):
     ns, tmp = env
-    assert evaluate_main(["--checkpoint", str(ns.flax_dir), "--benchmark", "advbench", "--data", "x.csv",
-                          "--out", str(tmp / "o"), "--max-new-tokens", "0"]) == 2
-    assert error_line(capsys) == ("error: python -m vlguard_jax.evaluate: argument --max-new-tokens: must be at "
-                                  "least 1, got 0")
+    assert (
+        evaluate_main(
+            [
+                "--checkpoint",
+                str(ns.flax_dir),
+                "--benchmark",
+                "advbench",
+                "--data",
+                "x.csv",
+                "--out",
+                str(tmp / "o"),
+                "--max-new-tokens",
+                "0",
+            ]
+        )
+        == 2
+    )
+    assert error_line(capsys) == (
+        "error: python -m vlguard_jax.evaluate: argument --max-new-tokens: must be at least 1, got 0"
+    )
     (tmp / "a_file").write_text("x")
-    assert evaluate_main(["--checkpoint", str(ns.flax_dir), "--benchmark", "advbench", "--data", "x.csv",
-                          "--out", str(tmp / "a_file")]) == 2
+    assert (
+        evaluate_main(
+            [
+                "--checkpoint",
+                str(ns.flax_dir),
+                "--benchmark",
+                "advbench",
+                "--data",
+                "x.csv",
+                "--out",
+                str(tmp / "a_file"),
+            ]
+        )
+        == 2
+    )
     assert error_line(capsys) == f"error: --out {tmp / 'a_file'}: a file, not a directory"
     with pytest.raises(FileNotFoundError):  # --debug: the traceback, for a bug report
         evaluate_main(["score", "--responses", str(tmp / "missing.json"), "--debug"])
@@ -110,8 +154,10 @@ def test_command_line_flags_are_checked(env, capsys):
 # ---- records -------------------------------------------------------------------------------
 def png_header(path: Path, width: int, height: int) -> Path:
     """A PNG that declares its size and holds no pixels: what a decompression bomb shows first."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
     return path
@@ -121,8 +167,9 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
     big = png_header(tmp_path / "big.png", 10_000, 10_000)
     with pytest.raises(ImageError) as e:
         open_rgb(big)
-    assert str(e.value) == (f"{big}: 10000x10000 pixels, over the limit of 89,478,485 (data.max_image_pixels); "
-                            "refused before decoding")
+    assert str(e.value) == (
+        f"{big}: 10000x10000 pixels, over the limit of 89,478,485 (data.max_image_pixels); refused before decoding"
+    )
     with pytest.raises(ImageError, match=r"bomb.png: over the pixel limit, refused before decoding \(Image size "):
         open_rgb(png_header(tmp_path / "bomb.png", 100_000, 100_000))
     with pytest.raises(ImageError, match=r"112x84 pixels, over the limit of 1,000"):
@@ -145,7 +192,9 @@ def test_an_empty_source_is_an_error_not_a_smaller_mix(env):
     c.llava, c.llava_images, c.helpful_samples = str(ns.sample["helpful"]), str(ns.sample["images"]), 8
     with pytest.raises(RecordError) as e:
         mixture.build(c)
-    assert str(e.value) == f"{tmp / 'empty.json'}: no records to train on (data.vlguard, which the posthoc recipe needs)"
+    assert (
+        str(e.value) == f"{tmp / 'empty.json'}: no records to train on (data.vlguard, which the posthoc recipe needs)"
+    )
 
 
 # ---- a workdir belongs to one run ------------------------------------------------------------
@@ -167,9 +216,11 @@ def test_a_live_workdir_refuses_a_second_run_and_a_stale_lock_is_taken_over(env,
     (tmp / "busy" / ".lock").write_text(json.dumps(holder))
     with pytest.raises(WorkdirBusy) as e:
         train(c, log_fn=lambda *_: None)
-    assert str(e.value) == (f"{tmp / 'busy'}: in use by process {os.getpid()} on {socket.gethostname()} since "
-                            f"2026-12-01 10:00:00 ({tmp / 'busy' / '.lock'}); wait for that run, or delete the lock "
-                            "file if it is gone")
+    assert str(e.value) == (
+        f"{tmp / 'busy'}: in use by process {os.getpid()} on {socket.gethostname()} since "
+        f"2026-12-01 10:00:00 ({tmp / 'busy' / '.lock'}); wait for that run, or delete the lock "
+        "file if it is gone"
+    )
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     (tmp / "busy" / ".lock").write_text(json.dumps(dict(holder, pid=gone.pid)))
@@ -177,8 +228,9 @@ def test_a_live_workdir_refuses_a_second_run_and_a_stale_lock_is_taken_over(env,
     logs = []
     with pytest.raises(FileNotFoundError, match="no_such_checkpoint: no model_config.json"):
         train(c, log_fn=logs.append)
-    assert logs == [f"{tmp / 'busy' / '.lock'}: taking over the stale lock of process {gone.pid} on "
-                    f"{socket.gethostname()}"]
+    assert logs == [
+        f"{tmp / 'busy' / '.lock'}: taking over the stale lock of process {gone.pid} on {socket.gethostname()}"
+    ]
     assert not (tmp / "busy" / ".lock").exists()  # released on the way out
 
 
@@ -188,8 +240,10 @@ def test_a_resume_must_match_the_run(env, trained):
     c = common.config(ns, tmp / "run", total_steps=1)
     with pytest.raises(ConfigError) as e:
         train(c, log_fn=lambda *_: None)
-    assert str(e.value) == (f"config.total_steps: 1 is below the 2 steps this workdir's run has done "
-                            f"({tmp / 'run' / 'checkpoints'}); raise it, or use a new workdir")
+    assert str(e.value) == (
+        f"config.total_steps: 1 is below the 2 steps this workdir's run has done "
+        f"({tmp / 'run' / 'checkpoints'}); raise it, or use a new workdir"
+    )
     # the base checkpoint is known by content: a copy elsewhere resumes, an altered copy does not
     shutil.copytree(ns.flax_dir, tmp / "copy")
     same = common.config(ns, tmp / "run", total_steps=2, **{"model.checkpoint": str(tmp / "copy")})
@@ -200,9 +254,11 @@ def test_a_resume_must_match_the_run(env, trained):
     big.write_bytes(bytes(data))
     with pytest.raises(ConfigError) as e:
         train(same, log_fn=lambda *_: None)
-    assert str(e.value) == (f"{tmp / 'run'}: its run was started with another base checkpoint "
-                            "(config.model.checkpoint, by content); resume with the same settings, use a new "
-                            "workdir, or set config.allow_resume_changes=True")
+    assert str(e.value) == (
+        f"{tmp / 'run'}: its run was started with another base checkpoint "
+        "(config.model.checkpoint, by content); resume with the same settings, use a new "
+        "workdir, or set config.allow_resume_changes=True"
+    )
     other_data = tmp / "helpful_edited.json"
     rows = json.loads(ns.sample["helpful"].read_text())
     rows[0]["conversations"][1]["value"] += " Edited."
@@ -223,18 +279,38 @@ def test_an_evaluation_output_is_not_mixed(env, tmp_path, shared_data, capsys):
     adv = str(shared_data / "advbench" / "harmful_behaviors.csv")
 
     def evaluate(ckpt, *extra):
-        return evaluate_main(["--checkpoint", str(ckpt), "--benchmark", "advbench", "--data", adv, "--out",
-                              str(tmp_path / "out"), "--max-new-tokens", "2", "--limit", "2", *extra])
+        return evaluate_main(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--benchmark",
+                "advbench",
+                "--data",
+                adv,
+                "--out",
+                str(tmp_path / "out"),
+                "--max-new-tokens",
+                "2",
+                "--limit",
+                "2",
+                *extra,
+            ]
+        )
+
     assert evaluate(ns.flax_dir) == 0
     capsys.readouterr()
     assert evaluate(other.flax_dir) == 1
     side = tmp_path / "out" / "advbench" / "vanilla.run.json"
-    assert error_line(capsys) == (f"error: {tmp_path / 'out'}: holds answers of {ns.flax_dir} ({side}); this run "
-                                  f"evaluates {other.flax_dir}, another checkpoint. Use another --out")
+    assert error_line(capsys) == (
+        f"error: {tmp_path / 'out'}: holds answers of {ns.flax_dir} ({side}); this run "
+        f"evaluates {other.flax_dir}, another checkpoint. Use another --out"
+    )
     assert evaluate(ns.flax_dir, "--min-new-tokens", "0") == 1
-    assert error_line(capsys) == (f"error: {tmp_path / 'out' / 'advbench' / 'vanilla.json'}: its responses were "
-                                  "generated with other settings (min_new_tokens 1 there, 0 now); use another "
-                                  "--out, or the same settings to resume")
+    assert error_line(capsys) == (
+        f"error: {tmp_path / 'out' / 'advbench' / 'vanilla.json'}: its responses were "
+        "generated with other settings (min_new_tokens 1 there, 0 now); use another "
+        "--out, or the same settings to resume"
+    )
 
 
 # ---- converters never write a lie ---------------------------------------------------------------
@@ -246,16 +322,21 @@ def test_converters_refuse_a_config_that_disagrees_and_their_own_input(env, tmp_
     cfg["text"]["intermediate_size"] += 8
     (bad / "model_config.json").write_text(json.dumps(cfg))
     assert flax_to_hf_main(["--src", str(bad), "--dst", str(tmp_path / "hf")]) == 1
-    assert error_line(capsys) == (f"error: {bad}: tensor language_model/layers_0/mlp/down_proj/kernel has shape "
-                                  "(40, 48), but model_config.json gives (48, 48)")
+    assert error_line(capsys) == (
+        f"error: {bad}: tensor language_model/layers_0/mlp/down_proj/kernel has shape "
+        "(40, 48), but model_config.json gives (48, 48)"
+    )
     assert not (tmp_path / "hf").exists()
     assert flax_to_hf_main(["--src", str(ns.flax_dir), "--dst", str(ns.flax_dir / "inside")]) == 1
-    assert error_line(capsys) == (f"error: {ns.flax_dir / 'inside'}: the output would overwrite or sit inside the "
-                                  f"input {ns.flax_dir}; write elsewhere")
+    assert error_line(capsys) == (
+        f"error: {ns.flax_dir / 'inside'}: the output would overwrite or sit inside the "
+        f"input {ns.flax_dir}; write elsewhere"
+    )
     (tmp_path / "exists").mkdir()
     assert hf_to_flax_main(["--src", str(ns.hf_dir), "--dst", str(tmp_path / "exists")]) == 1
-    assert error_line(capsys) == (f"error: {tmp_path / 'exists'} already exists; choose a new destination (or pass "
-                                  "--overwrite)")
+    assert error_line(capsys) == (
+        f"error: {tmp_path / 'exists'} already exists; choose a new destination (or pass --overwrite)"
+    )
     assert hf_to_flax_main(["--src", str(ns.hf_dir), "--dst", str(tmp_path / "exists"), "--overwrite"]) == 0
     assert (tmp_path / "exists" / "model_config.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exists")]
@@ -265,22 +346,26 @@ def test_data_commands_never_write_over_input_or_output(env, tmp_path, capsys, s
     ns, _ = env
     train_json = shared_data / "vlguard" / "train.json"
     assert convert_vlguard_main(["--src", str(train_json), "--dst", str(train_json)]) == 1
-    assert error_line(capsys) == (f"error: {train_json}: the output would overwrite or sit inside the input "
-                                  f"{train_json}; write elsewhere")
+    assert error_line(capsys) == (
+        f"error: {train_json}: the output would overwrite or sit inside the input {train_json}; write elsewhere"
+    )
     (tmp_path / "llava.json").write_text("[]")
     assert convert_vlguard_main(["--src", str(train_json), "--dst", str(tmp_path / "llava.json")]) == 1
-    assert error_line(capsys) == (f"error: {tmp_path / 'llava.json'} already exists; choose a new destination (or "
-                                  "pass --overwrite)")
+    assert error_line(capsys) == (
+        f"error: {tmp_path / 'llava.json'} already exists; choose a new destination (or pass --overwrite)"
+    )
     assert sample_main(["--dst", str(ns.sample["train"].parent)]) == 1
-    assert error_line(capsys) == (f"error: {ns.sample['train']} already exists; choose a new --dst (or pass "
-                                  "--overwrite)")
+    assert error_line(capsys) == (
+        f"error: {ns.sample['train']} already exists; choose a new --dst (or pass --overwrite)"
+    )
     responses = tmp_path / "unsafes.json"
     responses.write_text(json.dumps({"a.png": "I'm sorry."}))
     assert evaluate_main(["score", "--responses", str(responses)]) == 0
     capsys.readouterr()
     assert evaluate_main(["score", "--responses", str(responses)]) == 1
-    assert error_line(capsys) == (f"error: {tmp_path / 'unsafes.scored.json'} already exists; choose a new "
-                                  "destination (or pass --overwrite)")
+    assert error_line(capsys) == (
+        f"error: {tmp_path / 'unsafes.scored.json'} already exists; choose a new destination (or pass --overwrite)"
+    )
 
 
 @pytest.mark.slow
@@ -292,9 +377,11 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(env, tmp_path):
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))\n"
         "from conversion.hf_to_flax import main\n"
-        f"sys.exit(main(['--src', {str(ns.hf_dir)!r}, '--dst', {str(tmp_path / 'out')!r}, '--dtype', 'float32']))\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO,
-                         env=run_env())
+        f"sys.exit(main(['--src', {str(ns.hf_dir)!r}, '--dst', {str(tmp_path / 'out')!r}, '--dtype', 'float32']))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO, env=run_env()
+    )
     assert out.returncode == 1, out.stderr[-3000:]
     lines = [x for x in out.stderr.splitlines() if x.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
@@ -305,6 +392,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(env, tmp_path):
 def test_sibling_writes_that_fail_with_the_first_are_not_echoed(capsys, caplog):
     """orbax writes arrays in concurrent tasks; when the disk fills, the ones never awaited fail too
     and asyncio would log each with a traceback when collected, after the command's one line."""
+
     async def _open_and_write():  # the name orbax's array writes carry
         raise OSError("File too large")
 
@@ -330,16 +418,21 @@ def test_generation_limits(env, monkeypatch):
     positions = m.config.text.max_position_embeddings
     with pytest.raises(ValueError) as e:
         gen([[1] * (positions - 3), [1, 2]], [None, None], Sampling(max_new_tokens=4))
-    assert str(e.value) == (f"prompt 0: {positions - 3} tokens plus 4 new ones exceed the model's {positions} "
-                            "positions; shorten it or lower max_new_tokens")
+    assert str(e.value) == (
+        f"prompt 0: {positions - 3} tokens plus 4 new ones exceed the model's {positions} "
+        "positions; shorten it or lower max_new_tokens"
+    )
 
     def exhausted(*a, **k):
         raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.00GiB")
+
     monkeypatch.setattr(gen, "_fn", lambda sampling: exhausted)
     with pytest.raises(ResourceError) as e:
         gen([[1, 2, 3]], [None], Sampling(max_new_tokens=4))
-    assert str(e.value) == ("out of device memory generating a batch of 2 prompts of up to 64 tokens plus 4 new ones; "
-                            "lower the batch size (--batch-size 1)")
+    assert str(e.value) == (
+        "out of device memory generating a batch of 2 prompts of up to 64 tokens plus 4 new ones; "
+        "lower the batch size (--batch-size 1)"
+    )
 
 
 # ---- process hygiene -----------------------------------------------------------------------
@@ -354,17 +447,30 @@ def test_sigterm_checkpoints_and_stops_training_and_its_data_workers(env):
     with_image = [r for r in rows if "image" in r]
     with_image[0]["image"] = "bomb.png"
     (tmp / "bombed.json").write_text(json.dumps(rows))
-    cfg = config_file(ns, tmp, "term", total_steps=400, checkpoint_every=0, **{
-        "data.workers": 2, "data.on_bad_record": "skip", "data.recipe": "llava", "data.llava": str(tmp / "bombed.json"),
-        "data.group_by_modality": False})
+    cfg = config_file(
+        ns,
+        tmp,
+        "term",
+        total_steps=400,
+        checkpoint_every=0,
+        **{
+            "data.workers": 2,
+            "data.on_bad_record": "skip",
+            "data.recipe": "llava",
+            "data.llava": str(tmp / "bombed.json"),
+            "data.group_by_modality": False,
+        },
+    )
     workdir = tmp / "term"
-    proc = subprocess.Popen(train_cmd(cfg, workdir), env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        train_cmd(cfg, workdir), env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
     try:
         bad = workdir / "bad_records.jsonl"
         deadline = time.time() + 240
-        while time.time() < deadline and not ((workdir / "metrics.jsonl").exists() and bad.exists()
-                                              and "bomb" in bad.read_text()):
+        while time.time() < deadline and not (
+            (workdir / "metrics.jsonl").exists() and bad.exists() and "bomb" in bad.read_text()
+        ):
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             time.sleep(0.5)
         assert (workdir / "metrics.jsonl").exists(), "training did not reach the bomb"

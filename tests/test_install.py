@@ -1,6 +1,7 @@
 """The installed package (`pip install .[test]`, as .ci/run does) works outside the repository:
 console scripts, configs by name, and the package data. Run from a directory where the
 repository's own copies cannot shadow the installed ones."""
+
 import importlib.metadata
 import json
 import os
@@ -22,9 +23,12 @@ def installed() -> bool:
     return not (direct and json.loads(direct).get("dir_info", {}).get("editable"))
 
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not installed(), reason="vlguard-jax is not installed (non-editable): "
-                                 "pip install .[test], as .ci/run does")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not installed(), reason="vlguard-jax is not installed (non-editable): pip install .[test], as .ci/run does"
+    ),
+]
 BIN = Path(sys.executable).parent
 
 
@@ -34,8 +38,12 @@ def outside(tmp_path, *cmd):
 
 
 def test_the_installed_copy_is_the_one_imported_outside_the_repository(tmp_path):
-    out = outside(tmp_path, sys.executable, "-c", "import configs, conversion, benchmarks, vlguard_jax; "
-                  "print(vlguard_jax.__file__, configs.__file__)")
+    out = outside(
+        tmp_path,
+        sys.executable,
+        "-c",
+        "import configs, conversion, benchmarks, vlguard_jax; print(vlguard_jax.__file__, configs.__file__)",
+    )
     assert out.returncode == 0, out.stderr
     assert all(not Path(f).is_relative_to(REPO) for f in out.stdout.split()), out.stdout
 
@@ -58,9 +66,14 @@ def test_console_scripts_and_configs_by_name(tmp_path):
 
 
 def test_package_data_is_installed(tmp_path):
-    out = outside(tmp_path, sys.executable, "-c", "from importlib import resources; "
-                  "print(resources.files('benchmarks').joinpath('gpu.sh').is_file(), "
-                  "sorted(p.name for p in resources.files('configs').iterdir() if p.name.endswith('.py')))")
+    out = outside(
+        tmp_path,
+        sys.executable,
+        "-c",
+        "from importlib import resources; "
+        "print(resources.files('benchmarks').joinpath('gpu.sh').is_file(), "
+        "sorted(p.name for p in resources.files('configs').iterdir() if p.name.endswith('.py')))",
+    )
     assert out.returncode == 0, out.stderr
     shipped = sorted(p.name for p in (REPO / "configs").glob("*.py"))
     assert out.stdout.split(" ", 1)[0] == "True" and out.stdout.split(" ", 1)[1].strip() == str(shipped)

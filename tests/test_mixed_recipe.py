@@ -2,6 +2,7 @@
 assemble Vicuna + CLIP + the stage-1 projector, a few mixed-LoRA steps with the mixed config's
 values, AdvBench on the base LLM and on the trained VLLM, the report of both, and a merged Hugging
 Face export whose logits equal our model's."""
+
 import json
 
 import jax.numpy as jnp
@@ -26,8 +27,23 @@ pytestmark = pytest.mark.slow
 def test_mixed_recipe_from_parts_to_hugging_face(tmp_path, shared_data):
     parts = tiny.llava_parts(tmp_path / "parts")
     start = tmp_path / "llava-pretrain-flax"
-    assert assemble(["--llm", str(parts.llm_dir), "--vision-tower", str(parts.clip_dir), "--projector",
-                     str(parts.proj_file), "--dst", str(start), "--dtype", "float32"]) == 0
+    assert (
+        assemble(
+            [
+                "--llm",
+                str(parts.llm_dir),
+                "--vision-tower",
+                str(parts.clip_dir),
+                "--projector",
+                str(parts.proj_file),
+                "--dst",
+                str(start),
+                "--dtype",
+                "float32",
+            ]
+        )
+        == 0
+    )
 
     sample = write_sample(tmp_path / "data")
     c = mixed_lora_7b.get_config()
@@ -42,21 +58,54 @@ def test_mixed_recipe_from_parts_to_hugging_face(tmp_path, shared_data):
     last = train(c, log_fn=logs.append)
     assert last["step"] == 3 and np.isfinite(last["loss"])
     mix = next(line for line in logs if line.startswith("data mixture")).splitlines()
-    assert mix[:3] == ["data mixture: 256 examples", "  vlguard: 64 (safe 32, unsafe 32)",
-                       "  llava: 192 (text_only 17)"]  # every VLGuard train row and the whole mix
+    assert mix[:3] == [
+        "data mixture: 256 examples",
+        "  vlguard: 64 (safe 32, unsafe 32)",
+        "  llava: 192 (text_only 17)",
+    ]  # every VLGuard train row and the whole mix
 
     llm = tmp_path / "vicuna-flax"
     assert hf_to_flax(["--src", str(parts.llm_dir), "--dst", str(llm), "--dtype", "float32"]) == 0
     adv = str(shared_data / "advbench" / "harmful_behaviors.csv")
     for name, ckpt in (("vicuna", llm), ("mixed", tmp_path / "run")):
-        assert evaluate(["--checkpoint", str(ckpt), "--benchmark", "advbench", "--data", adv, "--out",
-                         str(tmp_path / "eval" / name), "--max-new-tokens", "3", "--limit", "2"]) == 0
-    kinds = {n: json.loads((tmp_path / "eval" / n / "summary.json").read_text())["advbench/vanilla"]
-             for n in ("vicuna", "mixed")}
+        assert (
+            evaluate(
+                [
+                    "--checkpoint",
+                    str(ckpt),
+                    "--benchmark",
+                    "advbench",
+                    "--data",
+                    adv,
+                    "--out",
+                    str(tmp_path / "eval" / name),
+                    "--max-new-tokens",
+                    "3",
+                    "--limit",
+                    "2",
+                ]
+            )
+            == 0
+        )
+    kinds = {
+        n: json.loads((tmp_path / "eval" / n / "summary.json").read_text())["advbench/vanilla"]
+        for n in ("vicuna", "mixed")
+    }
     assert (kinds["vicuna"]["model"], kinds["vicuna"]["protocol"]["template"]) == ("llm", "vicuna_v1")
     assert (kinds["mixed"]["model"], kinds["mixed"]["protocol"]["template"]) == ("vllm", "llava_v1")
-    assert evaluate(["report", "--runs", str(tmp_path / "eval" / "vicuna"), str(tmp_path / "eval" / "mixed"),
-                     "--out", str(tmp_path / "report")]) == 0
+    assert (
+        evaluate(
+            [
+                "report",
+                "--runs",
+                str(tmp_path / "eval" / "vicuna"),
+                str(tmp_path / "eval" / "mixed"),
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
     assert "| model | LLM | VLLM |" in (tmp_path / "report" / "report.md").read_text()
 
     hf = tmp_path / "hf"

@@ -1,6 +1,7 @@
 """gs:// and s3:// paths, against local emulators (tests/emulators.py): directories complete only
 with their marker, converted checkpoints and data in buckets, and a training run whose workdir is
 in a bucket, killed with SIGKILL and resumed, ending bit-identical to a local run."""
+
 import json
 import signal
 import socket
@@ -54,6 +55,7 @@ def test_the_network_guard_refuses_addresses_outside_loopback(emu):
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_a_remote_directory_is_complete_only_with_its_marker(emu, scheme):
     from vlguard_jax.files import atomic_dir
+
     dst = f"{scheme}://bkt/dirs/out"
     with pytest.raises(RuntimeError):
         with atomic_dir(dst) as tmp:
@@ -79,6 +81,7 @@ def test_a_remote_directory_is_complete_only_with_its_marker(emu, scheme):
 
 def emu_tmp(emu):
     from pathlib import Path
+
     return Path(emu.env["GUARD_PATH"]).parent
 
 
@@ -86,6 +89,7 @@ def emu_tmp(emu):
 def test_a_converted_checkpoint_in_a_bucket_loads_as_the_local_one(env, emu, scheme):
     from conversion.hf_to_flax import convert
     from vlguard_jax.loading import load_model
+
     ns, _ = env
     dst = f"{scheme}://bkt/ckpt/tiny"
     convert(ns.hf_dir, dst, "float32")
@@ -106,10 +110,16 @@ def test_a_converted_checkpoint_in_a_bucket_loads_as_the_local_one(env, emu, sch
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_an_evaluation_writes_to_a_bucket_and_resumes_there(env, emu, scheme):
     from vlguard_jax.evaluate.runner import Protocol, run
+
     ns, _ = env
     out, said = f"{scheme}://bkt/eval", []
-    kw = dict(subset="safe_safes", meta=ns.sample["test"], images=ns.sample["images"],
-              protocol=Protocol(max_new_tokens=3, batch_size=2), log=said.append)
+    kw = dict(
+        subset="safe_safes",
+        meta=ns.sample["test"],
+        images=ns.sample["images"],
+        protocol=Protocol(max_new_tokens=3, batch_size=2),
+        log=said.append,
+    )
     run(ns.flax_dir, "vlguard", out, limit=2, **kw)  # "interrupted" after one batch
     path = storage.as_path(out) / "vlguard" / "safe_safes.json"
     first = json.loads(path.read_text())
@@ -131,14 +141,17 @@ def test_the_suite_and_its_report_write_to_a_bucket_and_resume_there(env, emu, s
     from vlguard_jax.evaluate import suite
     from vlguard_jax.evaluate.__main__ import main
     from vlguard_jax.evaluate.runner import Protocol
+
     ns, tmp = env
     root = tmp / "suite_data" if (tmp / "suite_data").exists() else data_root(tmp / "suite_data")
     out = storage.as_path(f"{scheme}://bkt/suite")
-    kw = dict(only=["vlguard/unsafes", "sqa"], limit=2, protocol=Protocol(batch_size=2), max_new_tokens=3,
-              log=lambda *_: None)
+    kw = dict(
+        only=["vlguard/unsafes", "sqa"], limit=2, protocol=Protocol(batch_size=2), max_new_tokens=3, log=lambda *_: None
+    )
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
+
     with monkeypatch.context() as m:
         m.setattr(suite, "_helpfulness", interrupted)
         with pytest.raises(KeyboardInterrupt):
@@ -151,8 +164,10 @@ def test_the_suite_and_its_report_write_to_a_bucket_and_resume_there(env, emu, s
     assert json.loads(responses.read_text()) == kept and summary["vlguard/unsafes"]["asr"] == 0.0
     assert json.loads((out / "summary.json").read_text()) == summary and "helpfulness/sqa" in summary
     assert len((out / "answers" / "sqa.jsonl").read_text().splitlines()) == 2
-    assert main(["report", "--runs", str(out), str(out), "--names", "before", "after", "--out",
-                 f"{scheme}://bkt/report"]) == 0
+    assert (
+        main(["report", "--runs", str(out), str(out), "--names", "before", "after", "--out", f"{scheme}://bkt/report"])
+        == 0
+    )
     md = storage.as_path(f"{scheme}://bkt/report/report.md").read_text()
     assert md.count("| before | VLLM | 0.0 |") == 1 and md.count("| after | VLLM | 0.0 |") == 1
     assert storage.as_path(f"{scheme}://bkt/report/report.png").read_bytes()[:4] == b"\x89PNG"
@@ -161,6 +176,7 @@ def test_the_suite_and_its_report_write_to_a_bucket_and_resume_there(env, emu, s
 
 def test_image_paths_stay_inside_a_remote_root():
     from vlguard_jax.data.images import ImageError, resolve
+
     assert str(resolve("gs://bkt/images", "a/../cat.png")) == "gs://bkt/images/cat.png"
     for bad in ("../x.png", "a/../../x.png", "/etc/passwd", "gs://other/x.png"):
         with pytest.raises(ImageError):
@@ -171,6 +187,7 @@ def test_an_s3_workdir_takes_one_process(env, monkeypatch):
     """Its checkpoints are staged on local disk, which the processes of other hosts cannot see."""
     from vlguard_jax.errors import ConfigError
     from vlguard_jax.train.loop import run
+
     ns, tmp = env
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     with pytest.raises(ConfigError, match=r"config.workdir: s3://bkt/run: orbax .* takes one process"):
@@ -185,8 +202,14 @@ KW = dict(total_steps=4, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropou
 def reference(env):
     """An uninterrupted local run, in its own process on one device as the bucket runs are."""
     ns, tmp = env
-    ref = subprocess.run(train_cmd(config_file(ns, tmp, "local", **KW), tmp / "ref"), env=run_env(),
-                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    ref = subprocess.run(
+        train_cmd(config_file(ns, tmp, "local", **KW), tmp / "ref"),
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
     return tmp / "ref"
 
@@ -198,18 +221,29 @@ def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu, referenc
     run ends, and flax_to_hf exports from the bucket what it exports from the local run. In s3://
     the checkpoints are staged locally and uploaded (train.checkpoints)."""
     from conversion.flax_to_hf import export
+
     ns, tmp = env
     data = f"{scheme}://bkt/data"
     for name in ("train", "helpful"):
         (storage.as_path(data) / f"{name}.json").write_text(ns.sample[name].read_text())
     storage.upload_dir(ns.sample["images"], f"{data}/images")
-    remote = config_file(ns, tmp, f"remote_{scheme}", **KW, **{
-        "data.vlguard": f"{data}/train.json", "data.llava": f"{data}/helpful.json",
-        "data.vlguard_images": f"{data}/images", "data.llava_images": f"{data}/images"})
+    remote = config_file(
+        ns,
+        tmp,
+        f"remote_{scheme}",
+        **KW,
+        **{
+            "data.vlguard": f"{data}/train.json",
+            "data.llava": f"{data}/helpful.json",
+            "data.vlguard_images": f"{data}/images",
+            "data.llava_images": f"{data}/images",
+        },
+    )
     work = f"{scheme}://bkt/runs/a"
     env_vars = emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(tmp / f"cache_{scheme}")))
-    proc = subprocess.Popen(train_cmd(remote, work), env=env_vars, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(remote, work), env=env_vars, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         ckpts = storage.as_path(f"{work}/checkpoints")
@@ -218,8 +252,7 @@ def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu, referenc
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = subprocess.run(train_cmd(remote, work), env=env_vars, capture_output=True, text=True, timeout=600,
-                          cwd=REPO)
+    done = subprocess.run(train_cmd(remote, work), env=env_vars, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resumed from {work}/checkpoints at step 2" in done.stdout  # step 4 was cut short
     assert "not tokenizing again" in done.stdout
@@ -235,6 +268,7 @@ def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu, referenc
         export(reference, tmp / "hf_local", lora="merge")
     export(work, tmp / f"hf_{scheme}", lora="merge")
     from safetensors.numpy import load_file
+
     x, y = load_file(tmp / "hf_local" / "model.safetensors"), load_file(tmp / f"hf_{scheme}" / "model.safetensors")
     assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
     assert emu.refused() == []

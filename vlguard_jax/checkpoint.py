@@ -1,5 +1,6 @@
 """Parameter checkpoints on disk (orbax), written atomically and restored straight into a
 sharded layout."""
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,18 @@ from vlguard_jax.files import atomic_dir
 PARAMS_DIR = "params"
 MODEL_CONFIG = "model_config.json"
 # Files that travel with a checkpoint: tokenizer, processor and generation settings.
-SIDE_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-              "added_tokens.json", "preprocessor_config.json", "processor_config.json",
-              "chat_template.json", "chat_template.jinja", "generation_config.json")
+SIDE_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
 def copy_side_files(src, dst) -> None:
@@ -35,6 +45,7 @@ def save_checkpoint(dst, config, params, side_files_from=None, tokenizer=None) -
     import jax
     import numpy as np
     from flax import traverse_util
+
     with atomic_dir(dst) as tmp:
         config.save(tmp / MODEL_CONFIG)
         writer = StreamingWriter(tmp / PARAMS_DIR)

@@ -6,6 +6,7 @@ User errors are ValueError (bad input of every kind: records, images, checkpoint
 OSError (missing, unwritable or full files) and `UserError` (a run that cannot go on: a busy
 workdir, a diverged loss, device memory, a judge endpoint).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,10 +64,12 @@ class _AbandonedWrites(logging.Filter):
 def _quiet_abandoned_callbacks(hook):
     """After a failed save, tensorstore's callbacks for the abandoned writes find orbax's event loop
     closed; Python would print each as an ignored exception."""
+
     def quiet(unraisable):
         e = unraisable.exc_value
         if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
             hook(unraisable)
+
     return quiet
 
 
@@ -82,6 +85,7 @@ def cli(main):
     """Wrap a command's `main(argv) -> int`: user errors become one line and exit status 1,
     Ctrl-C exits 130; `--debug` is taken out of argv and lets the traceback through (and the
     echoes of a failed write in library threads)."""
+
     @functools.wraps(main)
     def wrapper(argv=None):
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -98,6 +102,7 @@ def cli(main):
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
+
     return wrapper
 
 
@@ -118,6 +123,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def at_least(low: int):
     """An argparse type: an integer of at least `low`."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -126,4 +132,5 @@ def at_least(low: int):
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
+
     return parse

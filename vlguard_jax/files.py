@@ -1,5 +1,6 @@
 """Atomic writes: a file or a directory appears complete or not at all, so an interrupted run
 never leaves a half-written output that a later run would trust."""
+
 from __future__ import annotations
 
 import hashlib
@@ -121,8 +122,11 @@ def fingerprint(path, sample: int = 1 << 20) -> str:
     `sample` bytes. Another checkpoint, a retrained one or a truncated copy gets another value."""
     remote = storage.is_remote(path)
     path = storage.as_path(path)
-    files = [(rel, p) for rel, p in storage.walk_files(path) if rel != storage.COMPLETE] if path.is_dir() \
+    files = (
+        [(rel, p) for rel, p in storage.walk_files(path) if rel != storage.COMPLETE]
+        if path.is_dir()
         else [(path.name, path)]
+    )
     h = hashlib.sha256()
     for rel, p in files:
         size = p.stat().length if remote else p.stat().st_size

@@ -1,4 +1,5 @@
 """`load_model`: a converted checkpoint directory -> model, parameters, config, tokenizer."""
+
 from __future__ import annotations
 
 import os
@@ -17,14 +18,22 @@ from vlguard_jax.models.stacking import wants_scan
 
 
 class Loaded(NamedTuple):
-    model: Any        # LlavaModel, or TextOnlyModel for a text-only Llama (a judge)
+    model: Any  # LlavaModel, or TextOnlyModel for a text-only Llama (a judge)
     params: Any
     config: LlavaConfig | TextOnlyConfig
     tokenizer: Any
 
 
-def load_model(path, mesh=None, dtype=jnp.bfloat16, param_dtype=None, attn_impl=None,
-               remat_policy: str = "none", with_tokenizer: bool = True, scan_layers: bool | str = False) -> Loaded:
+def load_model(
+    path,
+    mesh=None,
+    dtype=jnp.bfloat16,
+    param_dtype=None,
+    attn_impl=None,
+    remat_policy: str = "none",
+    with_tokenizer: bool = True,
+    scan_layers: bool | str = False,
+) -> Loaded:
     """Load a checkpoint written by `conversion.hf_to_flax`.
 
     `dtype` is the compute dtype; `param_dtype` defaults to the dtype the checkpoint was saved in.
@@ -41,10 +50,12 @@ def readable(path):
     """Where orbax can read the checkpoint: gs:// and local paths as they are; an s3:// one (which
     this orbax cannot read) copied to this host's cache first, complete only with its marker."""
     from vlguard_jax import runs
+
     if storage.is_remote(path) and not runs.is_run(path) and not storage.is_complete(path):
         raise FileNotFoundError(
             f"{path}: not a complete checkpoint: no {storage.COMPLETE} marker (absent, still being written, or its "
-            f"writer was killed). A copy made with other tools needs an empty {storage.COMPLETE} file, written last")
+            f"writer was killed). A copy made with other tools needs an empty {storage.COMPLETE} file, written last"
+        )
     if str(path).startswith("s3://"):
         return storage.download_dir(path, storage.local_cache(path, "checkpoint") / "copy")
     return storage.as_path(path)
@@ -74,17 +85,18 @@ def _scanned(loaded: Loaded, mesh) -> Loaded:
 
 def _load(path: Path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
     from vlguard_jax import runs
+
     if runs.is_run(path):
         return _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
     if not (path / MODEL_CONFIG).exists():
-        raise FileNotFoundError(f"{path}: no {MODEL_CONFIG}; is this a vlguard-jax checkpoint "
-                                "(made by python -m conversion.hf_to_flax)?")
+        raise FileNotFoundError(
+            f"{path}: no {MODEL_CONFIG}; is this a vlguard-jax checkpoint (made by python -m conversion.hf_to_flax)?"
+        )
     config = load_config(path / MODEL_CONFIG)
     if param_dtype is None:
         saved = jax.tree.leaves(param_metadata(path / PARAMS_DIR))
         param_dtype = saved[0].dtype
-    model = build_model(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl,
-                        remat_policy=remat_policy)
+    model = build_model(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, remat_policy=remat_policy)
     abstract = abstract_params(model, mesh)
     if mesh is None:
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -96,13 +108,16 @@ def _load(path: Path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_to
 def peek(path) -> tuple[LlavaConfig | TextOnlyConfig, Any]:
     """(config, tokenizer or None) of a checkpoint or training workdir, without reading weights."""
     from vlguard_jax import runs
+
     path = storage.as_path(path)
     if runs.is_run(path):
         base = runs.run_base(path)
         return load_config(base / MODEL_CONFIG), load_tokenizer(base)
     if not (path / MODEL_CONFIG).exists():
-        raise FileNotFoundError(f"{path}: no {MODEL_CONFIG}; is this a vlguard-jax checkpoint "
-                                "(made by python -m conversion.hf_to_flax) or a training workdir?")
+        raise FileNotFoundError(
+            f"{path}: no {MODEL_CONFIG}; is this a vlguard-jax checkpoint "
+            "(made by python -m conversion.hf_to_flax) or a training workdir?"
+        )
     return load_config(path / MODEL_CONFIG), load_tokenizer(path)
 
 
@@ -111,6 +126,7 @@ def fingerprint(path) -> str:
     latest checkpoint step together with its base's."""
     from vlguard_jax import files, runs
     from vlguard_jax.train.checkpoints import finished_steps
+
     path = storage.as_path(path)
     if runs.is_run(path):
         root = path / "checkpoints"
@@ -127,6 +143,7 @@ def load_tokenizer(path):
     tokenizer = None
     if any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
         from transformers import AutoTokenizer
+
         if storage.is_remote(path):
             local = storage.temp_dir("vlguard-tokenizer-")
             copy_side_files(path, local)
@@ -138,10 +155,10 @@ def load_tokenizer(path):
 def _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
     """A training workdir: its latest checkpoint over its base, LoRA merged into the kernels."""
     from vlguard_jax.runs import load_merged
+
     base, config, flat, _ = load_merged(path)
     param_dtype = param_dtype or flat[("language_model", "embed_tokens")].dtype
-    model = LlavaModel(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl,
-                       remat_policy=remat_policy)
+    model = LlavaModel(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, remat_policy=remat_policy)
     abstract = abstract_params(model, mesh)
     host = traverse_util.unflatten_dict({k: v.astype(param_dtype) for k, v in flat.items()})
     if mesh is None:

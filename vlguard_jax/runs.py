@@ -1,5 +1,6 @@
 """A training run's outputs (`workdir`): the latest checkpoint's trainable weights on top of the
 base checkpoint the run names, with LoRA factors kept apart or merged into the kernels."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,9 @@ def run_base(workdir):
         raise RunError(f"{workdir}: no finished training checkpoint under {storage.as_path(workdir) / CHECKPOINTS}")
     base = storage.as_path(read_meta(workdir, steps[-1]).get("base_checkpoint") or ".")
     if not (base / MODEL_CONFIG).exists():
-        raise RunError(f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and "
-                       "projector weights need it")
+        raise RunError(
+            f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and projector weights need it"
+        )
     return base
 
 
@@ -41,8 +43,9 @@ def load_run(workdir, step: int | None = None):
     step, state, meta = read_latest(workdir, step)
     base = storage.as_path(meta.get("base_checkpoint") or ".")
     if not (base / MODEL_CONFIG).exists():
-        raise RunError(f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and "
-                       "projector weights need it")
+        raise RunError(
+            f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and projector weights need it"
+        )
     config = LlavaConfig.load(base / MODEL_CONFIG)
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(load_params(base / PARAMS_DIR)).items()}
     # A run with scanned layers saves them stacked; everything downstream reads them per layer.
@@ -86,16 +89,16 @@ def load_merged(workdir, step: int | None = None):
     return base, config, flat, meta
 
 
-
-
 def save_run_checkpoint(workdir, dst, step: int | None = None) -> Path:
     """The run's weights (LoRA merged) as a plain checkpoint directory, with the base's tokenizer
     and processor files: usable as the base of another run, or by any loader."""
     import jax.numpy as jnp
 
     from vlguard_jax.checkpoint import save_checkpoint
+
     base, config, flat, _ = load_merged(workdir, step)
     dtype = flat[("language_model", "embed_tokens")].dtype
-    params = traverse_util.unflatten_dict({k: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v
-                                           for k, v in flat.items()})
+    params = traverse_util.unflatten_dict(
+        {k: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v for k, v in flat.items()}
+    )
     return save_checkpoint(dst, config, params, side_files_from=base)

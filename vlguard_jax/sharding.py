@@ -3,6 +3,7 @@
 Model code names every parameter and activation axis logically (`embed`, `heads`, ...); this module
 alone decides which mesh axes (`data`, `fsdp`, `tensor`) those names land on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,20 +62,21 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
             raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) < len(devices) and jax.process_count() == 1:
-        devices = devices[:math.prod(shape)]  # e.g. a (1, 1, 1) run on a multi-device host
+        devices = devices[: math.prod(shape)]  # e.g. a (1, 1, 1) run on a multi-device host
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, "
-                         f"have {len(devices)}")
+        raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, have {len(devices)}")
     try:
         from jax.experimental import mesh_utils
+
         arr = mesh_utils.create_device_mesh(shape, devices)
     except Exception:  # arbitrary device sets (e.g. CPU subsets) have no physical topology
         arr = np.asarray(devices).reshape(shape)
     return Mesh(arr, MESH_AXES)
 
 
-def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = None,
-                    mesh: Mesh | None = None) -> PartitionSpec:
+def logical_to_spec(
+    axes: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None
+) -> PartitionSpec:
     """PartitionSpec for logically named axes. With `shape` and `mesh`, a mesh axis that does not
     divide its dimension (odd head counts, small vocabularies) is dropped: that dim is replicated."""
     used: set[str] = set()
@@ -92,8 +94,7 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = No
             if t in used:
                 continue
             size = mesh.shape[t] if mesh is not None else 1
-            if shape is not None and mesh is not None and shape[i] % (math.prod(
-                    mesh.shape[k] for k in keep) * size):
+            if shape is not None and mesh is not None and shape[i] % (math.prod(mesh.shape[k] for k in keep) * size):
                 continue
             if mesh is not None and size == 1:
                 continue
@@ -130,4 +131,7 @@ def tree_shardings(axes_tree, shapes_tree, mesh: Mesh):
     """NamedShardings for a tree of logical axes tuples, given matching shapes."""
     return jax.tree.map(
         lambda axes, s: NamedSharding(mesh, logical_to_spec(axes, s.shape, mesh)),
-        axes_tree, shapes_tree, is_leaf=lambda a: isinstance(a, tuple))
+        axes_tree,
+        shapes_tree,
+        is_leaf=lambda a: isinstance(a, tuple),
+    )

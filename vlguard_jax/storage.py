@@ -10,6 +10,7 @@ Clients are pointed at an emulator or any compatible store by the standard varia
 `STORAGE_EMULATOR_HOST` (GCS; passed on to tensorstore as `TENSORSTORE_GCS_HTTP_URL`), and
 `AWS_ENDPOINT_URL` with `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (S3).
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,6 +28,7 @@ def configure() -> None:
     """Pass the standard endpoint variables on to every client (before any is created), and keep
     fsspec from caching listings: processes poll the bucket for what others write."""
     import fsspec.config
+
     for protocol in ("gs", "s3"):
         fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
     host = os.environ.get("STORAGE_EMULATOR_HOST")
@@ -52,6 +54,7 @@ def as_path(path):
     if is_remote(path):
         configure()
         from etils import epath
+
         return epath.Path(str(path))
     return Path(path)
 
@@ -74,12 +77,16 @@ def walk_files(root) -> list[tuple[str, object]]:
     root = as_path(root)
     if remote:
         import fsspec
+
         fs, base = fsspec.core.url_to_fs(str(root))
         base = base.rstrip("/")
-        rels = [f[len(base):].strip("/") for f in fs.find(base)]  # names without the scheme
+        rels = [f[len(base) :].strip("/") for f in fs.find(base)]  # names without the scheme
     else:
-        rels = [os.path.relpath(os.path.join(here, n), root).replace(os.sep, "/")
-                for here, _, names in os.walk(root) for n in names]
+        rels = [
+            os.path.relpath(os.path.join(here, n), root).replace(os.sep, "/")
+            for here, _, names in os.walk(root)
+            for n in names
+        ]
     out = [(rel, root / rel) for rel in rels if rel]
     return sorted(out, key=lambda x: x[0].split("/"))
 
@@ -101,6 +108,7 @@ def upload_dir(src: Path, dst) -> None:
 def download_dir(src, dst: Path) -> Path:
     """Copy a complete remote directory into local `dst` (renamed into place when whole)."""
     from vlguard_jax.files import atomic_dir
+
     root = as_path(src)
     if not (root / COMPLETE).exists():
         raise FileNotFoundError(f"{src}: not a complete directory (no {COMPLETE} marker: absent, or half-written)")
@@ -174,6 +182,7 @@ def mirror_for(workdir) -> Mirror:
     """The one Mirror of a remote workdir in this process (logs, bad-record lists); processes that
     share a host each have their own."""
     import jax
+
     return Mirror(str(workdir), f"workdir/process_{jax.process_index()}")
 
 

@@ -1,5 +1,6 @@
 """Each benchmark runs at the tiny preset and reports its fields. No timing assertions: timings
 belong in the benchmarks, not in tests."""
+
 import json
 
 import pytest
@@ -29,8 +30,9 @@ def test_benchmark_reports_its_fields(module, capsys):
 
 def test_compile_time_benchmark_compiles_abstract_programs(capsys):
     # The generator only: the training step's abstract state is the trainer's own (tests/train).
-    out = compile_time.main(["--preset", "tiny", "--layers", "1,2", "--forms", "scanned",
-                             "--programs", "generator", "--json"])
+    out = compile_time.main(
+        ["--preset", "tiny", "--layers", "1,2", "--forms", "scanned", "--programs", "generator", "--json"]
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
     assert [(r["program"], r["layers"]) for r in out["results"]] == [("generator", 1), ("generator", 2)]
     assert all(r["total_s"] == r["lower_s"] + r["compile_s"] and r["compile_s"] > 0 for r in out["results"])
@@ -52,10 +54,10 @@ def test_train_flops_count_lora_honestly():
     lm_head only where labels are."""
     from benchmarks import presets
     from vlguard_jax.train import flops
+
     p = presets.get("small")
     lora = flops.train_step(p.config, 8, 256, "lora", 16, head_positions=128)
     full = flops.train_step(p.config, 8, 256, "full", 0, head_positions=128)
     all_heads = flops.train_step(p.config, 8, 256, "lora", 16)
     assert lora < full < 1.5 * lora and lora < all_heads
     assert 250e9 < lora < 400e9  # the issue's estimate for this preset: about 330-370 GFLOP
-

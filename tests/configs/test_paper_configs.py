@@ -1,6 +1,7 @@
 """The paper's configs carry the values of the scripts they reproduce: LLaVA-1.5's
 scripts/v1_5/finetune.sh and finetune_lora.sh for the mixed recipe (which is LLaVA-1.5's visual
 instruction tuning with VLGuard appended), and the VLGuard paper's post-hoc settings."""
+
 import importlib
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def test_a_config_is_found_by_path_or_by_its_shipped_name(tmp_path):
     own.write_text("from configs.demo import get_config\n")
     assert find_config(str(own)) == str(own)
     assert parse(["prog", "--config", "demo", "--config.seed=7"]).seed == 7
-    with pytest.raises(ConfigError, match=r"--config posthoc_lora_8b: neither a file nor a shipped config; those "
-                                          r"are \['demo', 'mixed_full_13b', .*'posthoc_lora_7b'\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--config posthoc_lora_8b: neither a file nor a shipped config; those "
+        r"are \['demo', 'mixed_full_13b', .*'posthoc_lora_7b'\]",
+    ):
         find_config("posthoc_lora_8b")

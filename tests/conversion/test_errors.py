@@ -1,4 +1,5 @@
 """Bad input fails with a message naming the file and tensor, and never leaves a checkpoint."""
+
 import json
 import os
 import pickle
@@ -51,9 +52,14 @@ def test_unexpected_tensor(built, tmp_path):
 def test_shape_mismatch(built, tmp_path):
     def edit(sd):
         sd["multi_modal_projector.linear_1.weight"] = torch.ones(7, 7)
+
     src = _copy(built, tmp_path, edit)
-    _fails(src, tmp_path, r"model\.safetensors: tensor 'multi_modal_projector\.linear_1\.weight' has "
-                          r"shape \(7, 7\), expected .* as projector/linear_1/kernel")
+    _fails(
+        src,
+        tmp_path,
+        r"model\.safetensors: tensor 'multi_modal_projector\.linear_1\.weight' has "
+        r"shape \(7, 7\), expected .* as projector/linear_1/kernel",
+    )
 
 
 def test_unknown_layout(built, tmp_path):
@@ -71,7 +77,7 @@ def test_truncated_file_header(built, tmp_path):
 def test_truncated_file_data(built, tmp_path):
     src = _copy(built, tmp_path)
     data = (src / "model.safetensors").read_bytes()
-    (src / "model.safetensors").write_bytes(data[:len(data) - 1000])
+    (src / "model.safetensors").write_bytes(data[: len(data) - 1000])
     _fails(src, tmp_path, r"model\.safetensors")
 
 
@@ -89,9 +95,14 @@ def test_bad_config_json(built, tmp_path):
 
 def test_original_layout_without_tower_needs_vision_tower_flag(built, tmp_path):
     from tests.conversion.test_roundtrip import _original_layout
+
     _original_layout(built, tmp_path / "orig", with_tower=False)
-    _fails(tmp_path / "orig", tmp_path, r"orig: the CLIP tower weights are not in this checkpoint; "
-                                        r"pass --vision-tower")
+    _fails(
+        tmp_path / "orig",
+        tmp_path,
+        r"orig: the CLIP tower weights are not in this checkpoint; "
+        r"pass --vision-tower",
+    )
 
 
 def test_destination_exists_is_refused_and_untouched(built, tmp_path, capsys):
@@ -125,10 +136,12 @@ def test_bin_weights_convert_like_safetensors(built, tmp_path):
     import jax.numpy as jnp
 
     from vlguard_jax import load_model
+
     convert(_bin_checkpoint(built, tmp_path), tmp_path / "fx", "float32")
     a = load_model(tmp_path / "fx", dtype=jnp.float32).params
     b = load_model(built.flax_dir, dtype=jnp.float32).params
     import jax
+
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
@@ -148,6 +161,7 @@ def test_bin_with_arbitrary_pickle_is_refused(built, tmp_path):
 def test_failure_mid_stream_leaves_nothing(built, tmp_path, monkeypatch):
     """Headers pass the checks but a tensor fails to read halfway through the write."""
     from conversion.reader import TensorSource
+
     real, calls = TensorSource.get, []
 
     def flaky(self, name):
@@ -155,6 +169,7 @@ def test_failure_mid_stream_leaves_nothing(built, tmp_path, monkeypatch):
         if len(calls) == 20:
             raise CheckpointError(f"{self.index[name]}: cannot read tensor {name!r} (simulated)")
         return real(self, name)
+
     monkeypatch.setattr(TensorSource, "get", flaky)
     with pytest.raises(CheckpointError, match="simulated"):
         convert(built.hf_dir, tmp_path / "dst", "float32", flush_bytes=1)

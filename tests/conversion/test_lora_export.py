@@ -1,5 +1,6 @@
 """Export of a training run: LoRA merged into a full Hugging Face model, and a PEFT adapter that
 `PeftModel.from_pretrained` loads over the base model with the same logits as the merged export."""
+
 import jax.numpy as jnp
 import numpy as np
 import peft
@@ -17,8 +18,9 @@ from vlguard_jax.train.loop import run
 def lora_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     ns = common.setup(tmp)
-    cfg = common.config(ns, tmp / "run", total_steps=4, checkpoint_every=4, **{"optim.lr": 3e-2,
-                                                                               "optim.projector_lr": 1e-2})
+    cfg = common.config(
+        ns, tmp / "run", total_steps=4, checkpoint_every=4, **{"optim.lr": 3e-2, "optim.projector_lr": 1e-2}
+    )
     run(cfg, log_fn=lambda *_: None)
     return ns, tmp
 
@@ -61,11 +63,15 @@ def test_merged_export_matches_the_flax_model_with_adapters(lora_run):
     from vlguard_jax.models import LlavaModel
     from vlguard_jax.models.layers import LoraSpec
     from vlguard_jax.runs import load_run
+
     _, config, flat, meta = load_run(tmp / "run")
     model = LlavaModel(config, lora=LoraSpec(4, 8.0))
     ids, mask, pixels = inputs(ns)
-    logits, _ = model.apply({"params": traverse_util.unflatten_dict(flat)}, jnp.asarray(ids),
-                            jnp.asarray(tiny.row_pixels(ids, ns.cfg, pixels)))
+    logits, _ = model.apply(
+        {"params": traverse_util.unflatten_dict(flat)},
+        jnp.asarray(ids),
+        jnp.asarray(tiny.row_pixels(ids, ns.cfg, pixels)),
+    )
     if not (tmp / "merged").exists():
         export(tmp / "run", tmp / "merged", lora="merge")
     ref, _ = hf_logits(transformers.LlavaForConditionalGeneration.from_pretrained(tmp / "merged").eval(), ns)

@@ -1,4 +1,5 @@
 """Conversion streams: peak host memory stays near the largest tensor, not the model size."""
+
 import json
 import os
 import subprocess
@@ -41,7 +42,7 @@ def test_peak_rss_is_bounded_by_largest_tensor(tmp_path):
             return int(dict(l.split(":", 1) for l in open("/proc/self/status"))[key].split()[0]) * 1024
         open("/proc/self/clear_refs", "w").write("5")
         base = status("VmRSS")
-        convert({str(tmp_path / 'big')!r}, {str(tmp_path / 'out')!r}, "float32", flush_bytes={flush})
+        convert({str(tmp_path / "big")!r}, {str(tmp_path / "out")!r}, "float32", flush_bytes={flush})
         print(json.dumps({{"base": base, "peak": status("VmHWM")}}))
     """)
     # glibc gives each of tensorstore's writer threads its own malloc arena, whose freed buffers
@@ -49,13 +50,13 @@ def test_peak_rss_is_bounded_by_largest_tensor(tmp_path):
     # identical runs while Python's own peak (tracemalloc) stayed at 66 MB. Two arenas keep the
     # measurement about what conversion holds.
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "MALLOC_ARENA_MAX": "2"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2]
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     growth = r["peak"] - r["base"]
-    print(f"checkpoint {total / MB:.0f} MB, largest tensor {largest / MB:.0f} MB, "
-          f"peak RSS growth {growth / MB:.0f} MB")
+    print(f"checkpoint {total / MB:.0f} MB, largest tensor {largest / MB:.0f} MB, peak RSS growth {growth / MB:.0f} MB")
     # the tensor read, its converted copy, the queued tensors and orbax's copies of them
     assert growth <= 4 * largest + 2 * flush + 32 * MB
     assert growth < 0.6 * total

@@ -1,4 +1,5 @@
 """HF -> Flax -> HF is bit-exact; every real key layout converts; the original LLaVA layout."""
+
 import json
 
 import jax.numpy as jnp
@@ -23,16 +24,16 @@ def built(tmp_path_factory):
 
 def _ours(flax_dir, ids, cfg, pixels):
     m = load_model(flax_dir, dtype=jnp.float32)
-    return np.asarray(m.model.apply({"params": m.params}, jnp.asarray(ids),
-                                    jnp.asarray(tiny.row_pixels(ids, cfg, pixels)))[0])
+    return np.asarray(
+        m.model.apply({"params": m.params}, jnp.asarray(ids), jnp.asarray(tiny.row_pixels(ids, cfg, pixels)))[0]
+    )
 
 
 def test_roundtrip_is_bit_exact_and_loads_in_transformers(built, tmp_path):
     export(built.flax_dir, tmp_path / "out", max_shard_bytes=50_000)
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1  # really sharded
-    model, info = transformers.LlavaForConditionalGeneration.from_pretrained(
-        tmp_path / "out", output_loading_info=True)
+    model, info = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "out", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     a, b = built.model.state_dict(), model.state_dict()
     assert a.keys() == b.keys()
@@ -50,8 +51,9 @@ def test_sharded_hub_named_input_converts_identically(built, tmp_path):
     export(built.flax_dir, tmp_path / "hub", max_shard_bytes=50_000)
     convert(tmp_path / "hub", tmp_path / "again", "float32")
     ids, mask, pixels = tiny.batch(built.cfg, built.tok)
-    np.testing.assert_array_equal(_ours(tmp_path / "again", ids, built.cfg, pixels),
-                                  _ours(built.flax_dir, ids, built.cfg, pixels))
+    np.testing.assert_array_equal(
+        _ours(tmp_path / "again", ids, built.cfg, pixels), _ours(built.flax_dir, ids, built.cfg, pixels)
+    )
 
 
 def test_transformers5_in_memory_names(built, tmp_path):
@@ -65,8 +67,9 @@ def test_transformers5_in_memory_names(built, tmp_path):
     built.tok.save_pretrained(d)
     convert(d, tmp_path / "fx", "float32")
     ids, mask, pixels = tiny.batch(built.cfg, built.tok)
-    np.testing.assert_array_equal(_ours(tmp_path / "fx", ids, built.cfg, pixels),
-                                  _ours(built.flax_dir, ids, built.cfg, pixels))
+    np.testing.assert_array_equal(
+        _ours(tmp_path / "fx", ids, built.cfg, pixels), _ours(built.flax_dir, ids, built.cfg, pixels)
+    )
 
 
 def _original_layout(built, d, with_tower=True, vocab_has_image_row=True):
@@ -74,9 +77,11 @@ def _original_layout(built, d, with_tower=True, vocab_has_image_row=True):
     d.mkdir()
     m = load_model(built.flax_dir, dtype=jnp.float32)
     from conversion.flax_to_hf import torch_state
+
     hub = torch_state(m.config, m.params, np.float32)
     # hub names -> original names: the same rules with the other prefixes
     from flax import traverse_util
+
     state = {}
     for path in traverse_util.flatten_dict(m.params, sep="/"):
         src, _ = layouts.torch_name(path, layouts.HUB)
@@ -90,10 +95,17 @@ def _original_layout(built, d, with_tower=True, vocab_has_image_row=True):
         text["vocab_size"] -= 1
     save_file(state, d / "model.safetensors")
     v = built.cfg.vision_config
-    cfg = dict(text, architectures=["LlavaLlamaForCausalLM"], model_type="llava_llama",
-               mm_vision_tower="tiny/clip", mm_hidden_size=v.hidden_size,
-               mm_vision_select_layer=built.cfg.vision_feature_layer, mm_projector_type="mlp2x_gelu",
-               mm_vision_select_feature="patch", image_aspect_ratio="pad")
+    cfg = dict(
+        text,
+        architectures=["LlavaLlamaForCausalLM"],
+        model_type="llava_llama",
+        mm_vision_tower="tiny/clip",
+        mm_hidden_size=v.hidden_size,
+        mm_vision_select_layer=built.cfg.vision_feature_layer,
+        mm_projector_type="mlp2x_gelu",
+        mm_vision_select_feature="patch",
+        image_aspect_ratio="pad",
+    )
     (d / "config.json").write_text(json.dumps(cfg))
     tiny.tokenizer(image_token=False).save_pretrained(d)  # the original tokenizer has no <image>
     return hub
@@ -118,14 +130,34 @@ def test_original_layout_with_separate_tower(built, tmp_path):
     tower = tmp_path / "clip"
     tower.mkdir()
     pre = layouts.HUB["vision"]
-    save_file({"vision_model." + k[len(pre):]: torch.from_numpy(np.ascontiguousarray(a))
-               for k, a in hub.items() if k.startswith(pre)}, tower / "model.safetensors")
+    save_file(
+        {
+            "vision_model." + k[len(pre) :]: torch.from_numpy(np.ascontiguousarray(a))
+            for k, a in hub.items()
+            if k.startswith(pre)
+        },
+        tower / "model.safetensors",
+    )
     built.cfg.vision_config.save_pretrained(tower)
-    assert hf_to_flax_main(["--src", str(tmp_path / "orig"), "--dst", str(tmp_path / "fx"),
-                            "--dtype", "float32", "--vision-tower", str(tower)]) == 0
+    assert (
+        hf_to_flax_main(
+            [
+                "--src",
+                str(tmp_path / "orig"),
+                "--dst",
+                str(tmp_path / "fx"),
+                "--dtype",
+                "float32",
+                "--vision-tower",
+                str(tower),
+            ]
+        )
+        == 0
+    )
     ids, mask, pixels = tiny.batch(built.cfg, built.tok)
-    np.testing.assert_array_equal(_ours(tmp_path / "fx", ids, built.cfg, pixels),
-                                  _ours(built.flax_dir, ids, built.cfg, pixels))
+    np.testing.assert_array_equal(
+        _ours(tmp_path / "fx", ids, built.cfg, pixels), _ours(built.flax_dir, ids, built.cfg, pixels)
+    )
 
 
 def test_original_layout_image_token_outside_vocab(built, tmp_path):
@@ -141,5 +173,5 @@ def test_original_layout_image_token_outside_vocab(built, tmp_path):
     export(tmp_path / "fx", tmp_path / "hf")
     hf = transformers.LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf")
     assert hf.config.text_config.vocab_size % 64 == 0
-    ref = tiny.torch_logits(hf, ids, mask, pixels)[..., :ours.shape[-1]]
+    ref = tiny.torch_logits(hf, ids, mask, pixels)[..., : ours.shape[-1]]
     assert tiny.rel_err(ours, ref, mask) <= 1e-4

@@ -1,4 +1,5 @@
 """VLGuard -> LLaVA conversations, on the real metadata and against the authors' rule."""
+
 import collections
 import copy
 import json
@@ -22,11 +23,15 @@ def authors_rule(records):
             rng.shuffle(pairs)
             for j in range(2):
                 key = list(pairs[j].keys())[0]
-                item["conversations"] += [{"from": "human", "value": ("<image>" if j == 0 else "") + pairs[j][key]},
-                                          {"from": "gpt", "value": pairs[j]["response"]}]
+                item["conversations"] += [
+                    {"from": "human", "value": ("<image>" if j == 0 else "") + pairs[j][key]},
+                    {"from": "gpt", "value": pairs[j]["response"]},
+                ]
         else:
-            item["conversations"] += [{"from": "human", "value": "<image>" + pairs[0]["instruction"]},
-                                      {"from": "gpt", "value": pairs[0]["response"]}]
+            item["conversations"] += [
+                {"from": "human", "value": "<image>" + pairs[0]["instruction"]},
+                {"from": "gpt", "value": pairs[0]["response"]},
+            ]
         item.pop("instr-resp")
     return data
 
@@ -53,7 +58,8 @@ def test_turn_and_category_counts(train):
     conv = to_llava(train)
     assert collections.Counter(len(r["conversations"]) for r in conv) == {4: 977, 2: 1023}
     assert collections.Counter(r.get("harmful_category") for r in conv) == collections.Counter(
-        r.get("harmful_category") for r in train)
+        r.get("harmful_category") for r in train
+    )
     for r in conv:
         human = [t["value"] for t in r["conversations"][::2]]
         assert human[0].startswith("<image>") and not human[0].startswith("<image>\n")
@@ -61,7 +67,12 @@ def test_turn_and_category_counts(train):
     # the shuffle really happens: both orders of (safe, unsafe) occur
     firsts = collections.Counter(
         next(p for p in src["instr-resp"] if "<image>" + p[next(iter(p))] == r["conversations"][0]["value"])
-        .keys().__iter__().__next__() for src, r in zip(train, conv) if src["safe"])
+        .keys()
+        .__iter__()
+        .__next__()
+        for src, r in zip(train, conv)
+        if src["safe"]
+    )
     assert set(firsts) == {"safe_instruction", "unsafe_instruction"}
 
 

@@ -1,4 +1,5 @@
 """Pixel parity with transformers' CLIP image processor, LLaVA's pad rule, and path confinement."""
+
 import os
 
 import numpy as np

@@ -1,5 +1,6 @@
 """The sample data, mixtures, the token store and the grain pipeline: determinism, exact resume,
 per-process sharding, bucketing, modality grouping, and bad records."""
+
 import dataclasses
 import json
 import os
@@ -39,10 +40,21 @@ def model_cfg(tok):
 
 
 def data_cfg(sample, **kw):
-    c = ml_collections.ConfigDict(dict(
-        recipe="posthoc", vlguard=str(sample["train"]), vlguard_images=str(sample["images"]),
-        llava=str(sample["helpful"]), llava_images=str(sample["images"]), helpful_samples=40,
-        helpful_seed=0, max_length=160, template="vicuna_v1", pad_image=True, on_bad_record="raise"))
+    c = ml_collections.ConfigDict(
+        dict(
+            recipe="posthoc",
+            vlguard=str(sample["train"]),
+            vlguard_images=str(sample["images"]),
+            llava=str(sample["helpful"]),
+            llava_images=str(sample["images"]),
+            helpful_samples=40,
+            helpful_seed=0,
+            max_length=160,
+            template="vicuna_v1",
+            pad_image=True,
+            on_bad_record="raise",
+        )
+    )
     c.update(kw)
     return c
 
@@ -72,6 +84,7 @@ def test_sample_data_is_valid_and_disjoint(sample):
 
 def mixture_categories():
     from vlguard_jax.data.records import VLGUARD_CATEGORIES
+
     return VLGUARD_CATEGORIES
 
 
@@ -105,9 +118,9 @@ def test_rows_hold_the_tokenized_examples(sample, tok, model_cfg, tmp_path):
     row = rows[0]
     i = rows.example_at(0)
     x, y = store.example(i)
-    np.testing.assert_array_equal(row["input_ids"][:len(x)], x)
-    np.testing.assert_array_equal(row["labels"][:len(y)], y)
-    assert (row["labels"][len(y):] == IGNORE).all() and row["input_ids"].shape == (160,)
+    np.testing.assert_array_equal(row["input_ids"][: len(x)], x)
+    np.testing.assert_array_equal(row["labels"][: len(y)], y)
+    assert (row["labels"][len(y) :] == IGNORE).all() and row["input_ids"].shape == (160,)
     assert (x == model_cfg.image_token_index).sum() in (0, model_cfg.num_image_tokens)
     # Every example appears exactly once per epoch; the tail of the run is padding rows.
     seen = [rows.example_at(p) for p in range(rows.steps * 10)]
@@ -132,17 +145,30 @@ def test_group_by_modality_length():
     assert sorted(order) == list(range(70))
     leftovers = img.sum() % 8 + (~img).sum() % 8
     for start in range(0, len(order) - leftovers, 8):
-        mega = order[start:start + 8]
+        mega = order[start : start + 8]
         assert len(set(img[mega])) == 1, "a full megabatch mixes image and text-only samples"
         assert (np.diff(lengths[mega]) <= 0).all(), "a megabatch is sorted longest first"
-    assert sorted(order[len(order) - leftovers:]) == list(order[len(order) - leftovers:])
+    assert sorted(order[len(order) - leftovers :]) == list(order[len(order) - leftovers :])
 
 
 def test_bucketed_batches_agree_across_processes(sample, tok, model_cfg, tmp_path):
-    lays = [Layout(global_batch=8, epochs=1, seed=1, max_length=512, pad_to="bucket", bucket=32, group_by_modality=True,
-                   process_index=p, process_count=2) for p in range(2)]
-    single = make_rows(sample, tok, model_cfg, tmp_path / "one", dataclasses.replace(lays[0], process_count=1),
-                       max_length=512)
+    lays = [
+        Layout(
+            global_batch=8,
+            epochs=1,
+            seed=1,
+            max_length=512,
+            pad_to="bucket",
+            bucket=32,
+            group_by_modality=True,
+            process_index=p,
+            process_count=2,
+        )
+        for p in range(2)
+    ]
+    single = make_rows(
+        sample, tok, model_cfg, tmp_path / "one", dataclasses.replace(lays[0], process_count=1), max_length=512
+    )
     parts = [make_rows(sample, tok, model_cfg, tmp_path / "pod", lays[p], max_length=512) for p in range(2)]
     its = [iter(dataset(r)) for r in parts]
     for b in collect(iter(dataset(single)), 5):
@@ -176,6 +202,7 @@ def test_worker_processes_give_the_same_batches_and_resume(sample, tok, model_cf
     serial = collect(iter(dataset(rows)), 6)
     np.savez(tmp_path / "serial.npz", *[b["input_ids"] for b in serial], *[b["pixel_values"] for b in serial])
     import pickle
+
     (tmp_path / "rows.pkl").write_bytes(pickle.dumps(rows))
     script = textwrap.dedent(f"""
         import json, pickle, sys
@@ -184,8 +211,8 @@ def test_worker_processes_give_the_same_batches_and_resume(sample, tok, model_cf
         from vlguard_jax.data.pipeline import dataset
         if __name__ == "__main__":
             flags.FLAGS(sys.argv[:1])
-            rows = pickle.loads(open({str(tmp_path / 'rows.pkl')!r}, "rb").read())
-            ref = np.load({str(tmp_path / 'serial.npz')!r})
+            rows = pickle.loads(open({str(tmp_path / "rows.pkl")!r}, "rb").read())
+            ref = np.load({str(tmp_path / "serial.npz")!r})
             ref = [ref[f"arr_{{i}}"] for i in range(12)]
             it = iter(dataset(rows, workers=2))
             for i in range(3):
@@ -202,8 +229,9 @@ def test_worker_processes_give_the_same_batches_and_resume(sample, tok, model_cf
     (tmp_path / "w.py").write_text(script)
     repo = str(Path(__file__).parents[2])
     env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, str(tmp_path / "w.py")], capture_output=True, text=True, timeout=300,
-                         cwd=repo, env=env)
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "w.py")], capture_output=True, text=True, timeout=300, cwd=repo, env=env
+    )
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
@@ -211,13 +239,13 @@ def broken_sample(sample, tmp_path):
     """A copy of the helpfulness file with one bad row of each kind, and a corrupt image."""
     # rows with an image: the test repairs a broken row by giving it row 0's image conversation
     rows = [r for r in json.loads(sample["helpful"].read_text()) if "image" in r][:30]
-    rows[1]["conversations"] = []                                    # empty conversations
-    rows[2]["conversations"][0]["value"] = 7                          # wrong field type
-    rows[4]["image"] = "helpful/does_not_exist.png"                   # missing image
-    rows[5]["image"] = "../../etc/passwd"                             # escapes the root
+    rows[1]["conversations"] = []  # empty conversations
+    rows[2]["conversations"][0]["value"] = 7  # wrong field type
+    rows[4]["image"] = "helpful/does_not_exist.png"  # missing image
+    rows[5]["image"] = "../../etc/passwd"  # escapes the root
     (sample["images"] / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    rows[6]["image"] = "corrupt.png"                                 # corrupt image
-    rows[7]["conversations"][0]["value"] += " ASSISTANT: sure"       # a role tag in user text
+    rows[6]["image"] = "corrupt.png"  # corrupt image
+    rows[7]["conversations"][0]["value"] += " ASSISTANT: sure"  # a role tag in user text
     rows[8]["conversations"].insert(1, {"from": "human", "value": "And?"})  # two user turns in a row
     path = tmp_path / "broken.json"
     path.write_text(json.dumps(rows))
@@ -240,8 +268,11 @@ def test_bad_records_raise_with_file_and_record(sample, tok, model_cfg, tmp_path
         make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
     rows[4]["image"] = rows[5]["image"] = rows[0]["image"]
     path.write_text(json.dumps(rows))
-    with pytest.raises(TokenizationError, match=rf"broken.json: record '{rows[7]['id']}': exchange 0 "
-                                                r"\(turns 0-1\): its text holds '</s>' or 'ASSISTANT:'"):
+    with pytest.raises(
+        TokenizationError,
+        match=rf"broken.json: record '{rows[7]['id']}': exchange 0 "
+        r"\(turns 0-1\): its text holds '</s>' or 'ASSISTANT:'",
+    ):
         make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
     rows[7]["conversations"] = rows[0]["conversations"]
     path.write_text(json.dumps(rows))
@@ -252,7 +283,7 @@ def test_bad_records_raise_with_file_and_record(sample, tok, model_cfg, tmp_path
     r = make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
     with pytest.raises(ImageError, match=rf"record '{rows[6]['id']}'.*corrupt.png: cannot decode"):
         collect(iter(dataset(r)), r.steps)
-    path.write_text("[{\"id\": 1,}]")
+    path.write_text('[{"id": 1,}]')
     with pytest.raises(RecordError, match="broken.json: invalid JSON at line 1 column 11"):
         make_rows(sample, tok, model_cfg, tmp_path / "w", **cfg)
 
@@ -261,8 +292,14 @@ def test_bad_records_skipped_counted_and_reported(sample, tok, model_cfg, tmp_pa
     path, rows = broken_sample(sample, tmp_path)
     logs = []
     lay = Layout(global_batch=5, epochs=1, seed=0, max_length=160)
-    r = prepare(data_cfg(sample, recipe="llava", llava=str(path), on_bad_record="skip"), tok, model_cfg,
-                tmp_path / "w", lay, log=logs.append)
+    r = prepare(
+        data_cfg(sample, recipe="llava", llava=str(path), on_bad_record="skip"),
+        tok,
+        model_cfg,
+        tmp_path / "w",
+        lay,
+        log=logs.append,
+    )
     report = tmp_path / "w" / "bad_records.jsonl"
     names = [json.loads(line)["record"] for line in report.read_text().splitlines()]
     assert len(names) == 6 and all(rows[i]["id"] in " ".join(names) for i in (1, 2, 4, 5, 7, 8))
@@ -286,11 +323,13 @@ def test_more_epochs_share_the_store_and_keep_the_order(sample, tok, model_cfg, 
     assert rows.example_at(2 * n) == -1 and sorted(longer.example_at(p) for p in range(2 * n, 3 * n)) == list(range(n))
 
 
-def test_the_store_is_built_once_named_by_its_inputs_and_found_by_every_start(sample, tok, model_cfg, tmp_path,
-                                                                              monkeypatch):
+def test_the_store_is_built_once_named_by_its_inputs_and_found_by_every_start(
+    sample, tok, model_cfg, tmp_path, monkeypatch
+):
     import shutil
 
     from vlguard_jax.data.tokenize import Encoder
+
     data = tmp_path / "train.json"
     shutil.copy(sample["train"], data)
     first, again = [], []
@@ -302,14 +341,21 @@ def test_the_store_is_built_once_named_by_its_inputs_and_found_by_every_start(sa
     assert any("found: not tokenizing again" in line for line in again)
     assert [x for x in again if "found" not in x] == first  # the same composition and drop lines
     # Another process of the pod, and a restart as another process index, find it too.
-    other = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w",
-                    dataclasses.replace(lay, process_index=1, process_count=2), log=lambda *_: None)
+    other = prepare(
+        data_cfg(sample, vlguard=str(data)),
+        tok,
+        model_cfg,
+        tmp_path / "w",
+        dataclasses.replace(lay, process_index=1, process_count=2),
+        log=lambda *_: None,
+    )
     assert other.store.path == rows.store.path
     monkeypatch.undo()
     # Any change in the inputs or the settings names another store.
     stores = lambda: sorted(p.name for p in (tmp_path / "w" / "data_store").iterdir())
-    prepare(data_cfg(sample, vlguard=str(data), helpful_seed=1), tok, model_cfg, tmp_path / "w", lay,
-            log=lambda *_: None)
+    prepare(
+        data_cfg(sample, vlguard=str(data), helpful_seed=1), tok, model_cfg, tmp_path / "w", lay, log=lambda *_: None
+    )
     data.write_text(json.dumps(json.loads(data.read_text())[:-1]))
     changed = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w", lay, log=lambda *_: None)
     assert len(stores()) == 3 and len(changed.store) < 104
@@ -322,10 +368,14 @@ def test_the_store_is_built_once_named_by_its_inputs_and_found_by_every_start(sa
 
 def test_other_processes_wait_for_process_0s_store(sample, tok, model_cfg, tmp_path, monkeypatch):
     from vlguard_jax.data import pipeline
+
     monkeypatch.setattr(pipeline, "STORE_WAIT_S", 0)
     lay = Layout(global_batch=8, epochs=1, seed=0, max_length=160, process_index=1, process_count=2)
     logs = []
-    with pytest.raises(TimeoutError, match=r"data_store/[0-9a-f]{16}: process 0 built no token store in 0 s; is the "
-                                           "workdir on storage every process sees"):
+    with pytest.raises(
+        TimeoutError,
+        match=r"data_store/[0-9a-f]{16}: process 0 built no token store in 0 s; is the "
+        "workdir on storage every process sees",
+    ):
         prepare(data_cfg(sample), tok, model_cfg, tmp_path / "w", lay, log=logs.append)
     assert "waiting for process 0 to build the token store" in logs[0]

@@ -1,5 +1,6 @@
 """Labels by LLaVA's rule, checked against two independent references: character spans of the
 replies (via the fast tokenizer's offsets) and LLaVA's own round-length arithmetic."""
+
 import re
 
 import numpy as np
@@ -20,19 +21,24 @@ def tok():
 def conv(*pairs, image=True):
     out = []
     for i, (q, a) in enumerate(pairs):
-        out += [{"from": "human", "value": ("<image>" if image and i == 0 else "") + q},
-                {"from": "gpt", "value": a}]
+        out += [{"from": "human", "value": ("<image>" if image and i == 0 else "") + q}, {"from": "gpt", "value": a}]
     return out
 
 
 SAMPLES = {
     "one turn": conv(("What is shown in the image?", "A red circle on a blue square.")),
-    "multi turn": conv(("What is it?", "A red circle."), ("Why is that?", "Sure, here is how."),
-                       ("And then?", "I'm sorry, but I cannot help with that request.")),
-    "text only": conv(("Tell me a story.", "It is illegal and unethical."),
-                      ("Second question.", "Second answer."), image=False),
-    "tag at end": [{"from": "human", "value": "Describe this. <image>"},
-                   {"from": "gpt", "value": "first, second, third."}],
+    "multi turn": conv(
+        ("What is it?", "A red circle."),
+        ("Why is that?", "Sure, here is how."),
+        ("And then?", "I'm sorry, but I cannot help with that request."),
+    ),
+    "text only": conv(
+        ("Tell me a story.", "It is illegal and unethical."), ("Second question.", "Second answer."), image=False
+    ),
+    "tag at end": [
+        {"from": "human", "value": "Describe this. <image>"},
+        {"from": "gpt", "value": "first, second, third."},
+    ],
 }
 
 
@@ -79,7 +85,7 @@ def llava_arithmetic(tok, conversations, image_id):
         round_len, instruction_len = n(rou), n(parts[0] + sep) - 2
         if i != 0 and not tok.legacy:
             round_len, instruction_len = round_len - 1, instruction_len - 1
-        target[cur:cur + instruction_len] = IGNORE
+        target[cur : cur + instruction_len] = IGNORE
         cur += round_len
     target[cur:] = IGNORE
     return ids, target, cur == len(ids)
@@ -107,24 +113,26 @@ def test_supervised_text_decodes_to_the_replies(tok):
     image_id = tok.convert_tokens_to_ids("<image>")
     ids, labels = encode(tok, SAMPLES["multi turn"], image_token_index=image_id, num_image_tokens=N_IMG)
     supervised = tok.decode(labels[labels != IGNORE])
-    assert supervised.replace(" ", "") == ("A red circle.</s>Sure, here is how.</s>"
-                                           "I'm sorry, but I cannot help with that request.</s>").replace(" ", "")
+    assert supervised.replace(" ", "") == (
+        "A red circle.</s>Sure, here is how.</s>I'm sorry, but I cannot help with that request.</s>"
+    ).replace(" ", "")
 
 
 def test_truncation_drops_and_counts(tok):
     image_id = tok.convert_tokens_to_ids("<image>")
-    full = Encoder(tok, image_id, N_IMG, max_length=4096)(
-        {"id": "a", "conversations": SAMPLES["multi turn"]})
+    full = Encoder(tok, image_id, N_IMG, max_length=4096)({"id": "a", "conversations": SAMPLES["multi turn"]})
     first_label = int(np.flatnonzero(full["labels"] != IGNORE)[0])
     image_pos = int(np.flatnonzero(full["input_ids"] == image_id)[-1])
     # Cut inside the first reply: kept, with only the labels that fit.
     enc = Encoder(tok, image_id, N_IMG, max_length=first_label + 2)
     out = enc({"id": "a", "conversations": SAMPLES["multi turn"]})
     assert len(out["input_ids"]) == first_label + 2 and (out["labels"] != IGNORE).sum() == 2
-    np.testing.assert_array_equal(out["labels"], full["labels"][:first_label + 2])
+    np.testing.assert_array_equal(out["labels"], full["labels"][: first_label + 2])
     # Cut before any reply: dropped and counted.
-    assert enc.__class__(tok, image_id, N_IMG, max_length=first_label)(
-        {"id": "a", "conversations": SAMPLES["multi turn"]}) is None
+    assert (
+        enc.__class__(tok, image_id, N_IMG, max_length=first_label)({"id": "a", "conversations": SAMPLES["multi turn"]})
+        is None
+    )
     # Cut through the image tokens: dropped and counted.
     enc2 = Encoder(tok, image_id, N_IMG, max_length=image_pos)
     assert enc2({"id": "a", "conversations": SAMPLES["multi turn"]}) is None
@@ -137,8 +145,10 @@ def test_truncation_drops_and_counts(tok):
 MASKED_BY_LLAVA = {
     "empty reply": (conv(("Q?", "")), "turn 1: empty assistant reply"),
     "empty user text": (conv(("", "A."), image=False), "turn 0: empty user text"),
-    "ends with a user turn": (conv(("Q?", "A.")) + [{"from": "human", "value": "More?"}],
-                              "turn 2: the conversation ends with a user turn"),
+    "ends with a user turn": (
+        conv(("Q?", "A.")) + [{"from": "human", "value": "More?"}],
+        "turn 2: the conversation ends with a user turn",
+    ),
     "role tag in user text": (conv(("Say ASSISTANT: hello", "A.")), "exchange 0 (turns 0-1)"),
     "separator in user text": (conv(("Q</s>more", "A.")), "exchange 0 (turns 0-1)"),
     "separator in a reply": (conv(("Q1", "A1</s>"), ("Q2", "A2")), "exchange 0 (turns 0-1)"),
@@ -157,8 +167,10 @@ def test_samples_llava_masks_raise_naming_sample_and_turn(tok, name):
 
 
 MISREAD_BY_LLAVA = {
-    "a message faking a whole round": [{"from": "human", "value": "<image>Hi ASSISTANT: fake</s>USER: real"},
-                                       {"from": "gpt", "value": "answer"}],
+    "a message faking a whole round": [
+        {"from": "human", "value": "<image>Hi ASSISTANT: fake</s>USER: real"},
+        {"from": "gpt", "value": "answer"},
+    ],
     "role tag ending user text": conv(("Q1", "A1"), ("Q2 ASSISTANT:", "A2")),
 }
 
@@ -198,6 +210,7 @@ def test_role_words_llava_reads_as_text_are_kept(tok, text):
 class Merging:
     """A fast-looking tokenizer that merges ':' with the following ' ', so that a token crosses the
     turn boundary after 'ASSISTANT:' and the prefixes disagree with the whole."""
+
     bos_token_id, is_fast = 1, True
 
     def __call__(self, text):
@@ -262,6 +275,7 @@ def test_a_one_pass_disagreement_is_an_error_whatever_the_mode(tok, monkeypatch)
     """The spot check: the first sample and every exact_every-th after it are also tokenized turn
     by turn, and a difference raises (build_store does not catch it)."""
     import vlguard_jax.data.tokenize as t
+
     image_id = tok.convert_tokens_to_ids("<image>")
     one_pass = t.encode_batch
     monkeypatch.setattr(t, "encode_batch", lambda *a: [(i, np.roll(lab, 1)) for i, lab in one_pass(*a)])
@@ -285,6 +299,7 @@ def test_real_vlguard_train_tokenizes_by_the_rule(tok, shared_data):
     span reference on every 10th sample."""
     from vlguard_jax.data.convert_vlguard import to_llava
     from vlguard_jax.data.records import load_vlguard
+
     records = to_llava(load_vlguard(shared_data / "vlguard" / "train.json"))
     image_id = tok.convert_tokens_to_ids("<image>")
     enc = Encoder(tok, image_id, 576, max_length=2048)

@@ -12,5 +12,6 @@ def seen(monkeypatch):
     def spy(self, prompts, pix, sampling=sampler.Sampling(), seed=0, on_batch=None):
         calls.append((prompts, pix, sampling))
         return original(self, prompts, pix, sampling, seed, on_batch)
+
     monkeypatch.setattr(sampler.Generator, "__call__", spy)
     return calls

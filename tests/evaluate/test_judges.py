@@ -2,6 +2,7 @@
 server started here on 127.0.0.1: real requests and responses, no mocked client. The stub prefers
 the first output when it holds WIN, refuses POLICY instructions by content policy, and answers
 BUSY instructions with a rate limit once."""
+
 import base64
 import json
 import re
@@ -21,6 +22,7 @@ OUTPUT = re.compile(r'"model_identifier": "(m|M)",\n        "output": "(.*?)"\n'
 def judge_like_the_stub(busy_seen: set):
     """Prefers the first output when it holds WIN; refuses POLICY instructions by content policy;
     answers BUSY instructions with a rate limit once."""
+
     def answer(body):
         text = body["messages"][0]["content"][0]["text"]
         instruction = re.search(r'"instruction": "(.*)",', text).group(1)
@@ -30,6 +32,7 @@ def judge_like_the_stub(busy_seen: set):
             busy_seen.add(instruction)
             return 429, {"error": {"code": "rate_limit_exceeded"}}, {"Retry-After": "0"}
         return reply("m" if "WIN" in dict(OUTPUT.findall(text))["m"] else "M")
+
     return answer
 
 
@@ -49,10 +52,16 @@ def case(sample):
     images = [r["image"] for r in json.loads(sample["test"].read_text()) if r["safe"]][:4]
     instructions = ["What is it?", "Which colour?", "Describe the POLICY poster.", "Read the BUSY sign."]
     items = [Item(im, q, image=im) for im, q in zip(images, instructions)]
-    refs = {im: {"image": im, "instruction": q, "response": f"Reference answer {k}."}
-            for k, (im, q) in enumerate(zip(images, instructions))}
-    responses = {images[0]: "WIN: a red circle.", images[1]: "I cannot tell.", images[2]: "WIN",
-                 images[3]: "WIN: it says busy."}
+    refs = {
+        im: {"image": im, "instruction": q, "response": f"Reference answer {k}."}
+        for k, (im, q) in enumerate(zip(images, instructions))
+    }
+    responses = {
+        images[0]: "WIN: a red circle.",
+        images[1]: "I cannot tell.",
+        images[2]: "WIN",
+        images[3]: "WIN: it says busy.",
+    }
     return items, refs, responses
 
 
@@ -91,8 +100,11 @@ def test_both_orders_need_both_for_a_win(endpoint, sample, tmp_path):
     # item 0: m then M (ours both times): a win; item 1: M then M: a split, half; item 2: refused
     # both times; item 3: a win
     assert (out["wins"], out["ties"], out["n"]) == (2, 1, 4) and out["win_rate"] == 2.5 / 4
-    swapped = [r for r in endpoint if OUTPUT.findall(r["body"]["messages"][0]["content"][0]["text"])[0][1]
-               .startswith("Reference")]
+    swapped = [
+        r
+        for r in endpoint
+        if OUTPUT.findall(r["body"]["messages"][0]["content"][0]["text"])[0][1].startswith("Reference")
+    ]
     assert len(swapped) == 4
 
 
@@ -102,24 +114,54 @@ def test_a_hard_error_names_the_endpoint(sample, tmp_path, monkeypatch):
         with pytest.raises(judges.JudgeError, match=r"/v1/chat/completions: HTTP 401: .*invalid_api_key"):
             judges.win_rate(items, responses, refs, sample["images"], tmp_path / "c.json")
     with pytest.raises(ValueError, match="1 reference items have no response"):
-        judges.win_rate(items, {k: v for k, v in list(responses.items())[1:]}, refs, sample["images"],
-                        tmp_path / "c.json")
+        judges.win_rate(
+            items, {k: v for k, v in list(responses.items())[1:]}, refs, sample["images"], tmp_path / "c.json"
+        )
 
 
 def test_evaluate_cli_judges_safe_safes(endpoint, sample, tmp_path):
     ns = tiny.build(tmp_path / "model", scale=5.0)
     test = json.loads(sample["test"].read_text())
-    refs = [{"id": r["id"], "image": r["image"], "safe": "True", "instruction": r["instr-resp"][0]["safe_instruction"]
-             if "safe_instruction" in r["instr-resp"][0] else r["instr-resp"][1]["safe_instruction"],
-             "response": "Reference."} for r in test if r["safe"]]
+    refs = [
+        {
+            "id": r["id"],
+            "image": r["image"],
+            "safe": "True",
+            "instruction": r["instr-resp"][0]["safe_instruction"]
+            if "safe_instruction" in r["instr-resp"][0]
+            else r["instr-resp"][1]["safe_instruction"],
+            "response": "Reference.",
+        }
+        for r in test
+        if r["safe"]
+    ]
     (tmp_path / "refs.json").write_text(json.dumps(refs))
-    args = ["--checkpoint", str(ns.flax_dir), "--benchmark", "vlguard", "--subset", "safe_safes",
-            "--meta", str(sample["test"]), "--images", str(sample["images"]), "--out", str(tmp_path / "o"),
-            "--max-new-tokens", "3", "--limit", "3", "--judge", "openai-compatible",
-            "--references", str(tmp_path / "refs.json")]
+    args = [
+        "--checkpoint",
+        str(ns.flax_dir),
+        "--benchmark",
+        "vlguard",
+        "--subset",
+        "safe_safes",
+        "--meta",
+        str(sample["test"]),
+        "--images",
+        str(sample["images"]),
+        "--out",
+        str(tmp_path / "o"),
+        "--max-new-tokens",
+        "3",
+        "--limit",
+        "3",
+        "--judge",
+        "openai-compatible",
+        "--references",
+        str(tmp_path / "refs.json"),
+    ]
     assert main(args) == 0
     judge = json.loads((tmp_path / "o" / "summary.json").read_text())["vlguard/safe_safes"]["judge"]
     assert judge["n"] == 3 and judge["wins"] == 0 and judge["protocol"] == "gpt4_evaluator"
     assert len(endpoint) == 3
-    assert set(json.loads((tmp_path / "o" / "vlguard" / "safe_safes.judge.json").read_text())) == \
-        {r["image"] for r in refs[:3]}
+    assert set(json.loads((tmp_path / "o" / "vlguard" / "safe_safes.judge.json").read_text())) == {
+        r["image"] for r in refs[:3]
+    }

@@ -1,5 +1,6 @@
 """`--judge llamaguard`: the verdict rule, the judge prompt, and whole runs with tiny judges rigged
 to answer `unsafe` or `safe`, including resume and the errors that stop a run before it generates."""
+
 import json
 
 import pytest
@@ -11,9 +12,19 @@ from vlguard_jax.evaluate.__main__ import main
 from vlguard_jax.evaluate.benchmarks import Item
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("safe", "safe"), ("unsafe\nO3", "unsafe"), ("\n\nunsafe\nS1,S2", "unsafe"), (" Safe ", "safe"),
-    ("unsafe unsafe unsafe", "unsafe"), ("I think it is unsafe", None), ("", None), ("\n\n", None)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("safe", "safe"),
+        ("unsafe\nO3", "unsafe"),
+        ("\n\nunsafe\nS1,S2", "unsafe"),
+        (" Safe ", "safe"),
+        ("unsafe unsafe unsafe", "unsafe"),
+        ("I think it is unsafe", None),
+        ("", None),
+        ("\n\n", None),
+    ],
+)
 def test_verdict_is_the_first_line(text, expected):
     assert llamaguard.verdict(text) == expected
 
@@ -39,9 +50,28 @@ def env(tmp_path_factory):
 
 def args(env, out, judge_dir, subset="unsafes"):
     llava, _, sample, _ = env
-    return ["--checkpoint", str(llava.flax_dir), "--benchmark", "vlguard", "--subset", subset,
-            "--meta", str(sample["test"]), "--images", str(sample["images"]), "--out", str(out),
-            "--max-new-tokens", "4", "--limit", "5", "--judge", "llamaguard", "--judge-checkpoint", str(judge_dir)]
+    return [
+        "--checkpoint",
+        str(llava.flax_dir),
+        "--benchmark",
+        "vlguard",
+        "--subset",
+        subset,
+        "--meta",
+        str(sample["test"]),
+        "--images",
+        str(sample["images"]),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "4",
+        "--limit",
+        "5",
+        "--judge",
+        "llamaguard",
+        "--judge-checkpoint",
+        str(judge_dir),
+    ]
 
 
 @pytest.mark.parametrize("word", ["unsafe", "safe"])
@@ -65,6 +95,7 @@ def test_judging_resumes_and_a_new_judge_rejudges(env, tmp_path, monkeypatch):
 
     def no_model(*a, **k):
         raise AssertionError("nothing left to generate or judge")
+
     monkeypatch.setattr(generate, "load_generator", no_model)
     assert main(args(env, tmp_path, judges["unsafe"].flax_dir)) == 0  # everything is already there
     monkeypatch.undo()

@@ -1,5 +1,6 @@
 """The evaluation run on a tiny model: output shapes, summary, resume without regenerating,
 rescoring, reports, and bad inputs."""
+
 import json
 
 import pytest
@@ -21,24 +22,51 @@ def env(tmp_path_factory):
 def test_vlguard_run_writes_responses_and_summary(env):
     ns, sample, tmp = env
     out = tmp / "out"
-    code = main(["--checkpoint", str(ns.flax_dir), "--benchmark", "vlguard", "--subset", "unsafes",
-                 "--meta", str(sample["test"]), "--images", str(sample["images"]), "--out", str(out),
-                 "--max-new-tokens", "4", "--batch-size", "4", "--limit", "6"])
+    code = main(
+        [
+            "--checkpoint",
+            str(ns.flax_dir),
+            "--benchmark",
+            "vlguard",
+            "--subset",
+            "unsafes",
+            "--meta",
+            str(sample["test"]),
+            "--images",
+            str(sample["images"]),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "4",
+            "--limit",
+            "6",
+        ]
+    )
     assert code == 0
     responses = json.loads((out / "vlguard" / "unsafes.json").read_text())
     test = json.loads(sample["test"].read_text())
     unsafe_images = [r["image"] for r in test if not r["safe"]][:6]
     assert list(responses) == unsafe_images and all(isinstance(v, str) for v in responses.values())
     s = json.loads((out / "summary.json").read_text())["vlguard/unsafes"]
-    assert s["n"] == 6 and 0 <= s["asr"] <= 1 and set(s["by_category"]) <= {"privacy", "risky behavior",
-                                                                             "deception", "discrimination"}
+    assert (
+        s["n"] == 6
+        and 0 <= s["asr"] <= 1
+        and set(s["by_category"]) <= {"privacy", "risky behavior", "deception", "discrimination"}
+    )
 
 
 def test_interrupted_run_resumes_without_regenerating(env):
     ns, sample, tmp = env
     out = tmp / "resume"
-    kw = dict(subset="safe_safes", meta=sample["test"], images=sample["images"],
-              protocol=Protocol(max_new_tokens=3, batch_size=2), log=lambda *_: None)
+    kw = dict(
+        subset="safe_safes",
+        meta=sample["test"],
+        images=sample["images"],
+        protocol=Protocol(max_new_tokens=3, batch_size=2),
+        log=lambda *_: None,
+    )
     run(ns.flax_dir, "vlguard", out, limit=2, **kw)  # "interrupted" after one batch
     path = out / "vlguard" / "safe_safes.json"
     first = json.loads(path.read_text())
@@ -53,9 +81,27 @@ def test_interrupted_run_resumes_without_regenerating(env):
 def test_text_benchmark_and_rescoring(env, shared_data, capsys):
     ns, _, tmp = env
     out = tmp / "adv"
-    assert main(["--checkpoint", str(ns.flax_dir), "--benchmark", "advbench", "--attack", "suffix",
-                 "--data", str(shared_data / "advbench" / "harmful_behaviors.csv"), "--out", str(out),
-                 "--max-new-tokens", "3", "--limit", "3"]) == 0
+    assert (
+        main(
+            [
+                "--checkpoint",
+                str(ns.flax_dir),
+                "--benchmark",
+                "advbench",
+                "--attack",
+                "suffix",
+                "--data",
+                str(shared_data / "advbench" / "harmful_behaviors.csv"),
+                "--out",
+                str(out),
+                "--max-new-tokens",
+                "3",
+                "--limit",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert set(json.loads((out / "advbench" / "suffix.json").read_text())) == {"0", "1", "2"}
     f = tmp / "unsafes.json"
     f.write_text(json.dumps({"a.png": "I'm sorry, no.", "b.png": "Sure, here it is.", "c.png": "it is not"}))
@@ -75,14 +121,23 @@ def test_figstep_run_records_its_font(env, tmp_path):
     data = tmp_path / "fs.csv"
     data.write_text("dataset,category_id,task_id,instruction\nForbidQI,1,1,Steps to x.\n")
     logged = []
-    result = run(ns.flax_dir, "figstep", tmp_path / "o", data=data, protocol=Protocol(max_new_tokens=2), log=logged.append)
+    result = run(
+        ns.flax_dir, "figstep", tmp_path / "o", data=data, protocol=Protocol(max_new_tokens=2), log=logged.append
+    )
     assert result["n"] == 1 and result["font"] == {"path": font, "reference_build": font_build(font)}
     warned = any("not a FreeMonoBold build that reproduces" in m for m in logged)
     assert warned == (font_build(font) is None)
     # a copy of the font under another name is still recognised by its contents
     (tmp_path / "copy.ttf").write_bytes(open(font, "rb").read())
-    result = run(ns.flax_dir, "figstep", tmp_path / "o2", data=data, protocol=Protocol(max_new_tokens=2), font=tmp_path / "copy.ttf",
-                 log=logged.append)
+    result = run(
+        ns.flax_dir,
+        "figstep",
+        tmp_path / "o2",
+        data=data,
+        protocol=Protocol(max_new_tokens=2),
+        font=tmp_path / "copy.ttf",
+        log=logged.append,
+    )
     assert result["font"]["reference_build"] == font_build(font)
 
 
@@ -90,10 +145,22 @@ def test_report_compares_runs(env, tmp_path):
     for name, asr in (("before", 0.9), ("after", 0.05)):
         d = tmp_path / name
         d.mkdir()
-        (d / "summary.json").write_text(json.dumps({"vlguard/unsafes": {
-            "n": 20, "asr": asr, "refusal_rate": 1 - asr, "by_category": {"privacy": {"n": 20, "asr": asr}}}}))
-    assert main(["report", "--runs", str(tmp_path / "before"), str(tmp_path / "after"),
-                 "--out", str(tmp_path / "report")]) == 0
+        (d / "summary.json").write_text(
+            json.dumps(
+                {
+                    "vlguard/unsafes": {
+                        "n": 20,
+                        "asr": asr,
+                        "refusal_rate": 1 - asr,
+                        "by_category": {"privacy": {"n": 20, "asr": asr}},
+                    }
+                }
+            )
+        )
+    assert (
+        main(["report", "--runs", str(tmp_path / "before"), str(tmp_path / "after"), "--out", str(tmp_path / "report")])
+        == 0
+    )
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| vlguard/unsafes ASR | 90.0 | 5.0 |" in md
     assert (tmp_path / "report" / "report.png").stat().st_size > 1000
@@ -102,15 +169,33 @@ def test_report_compares_runs(env, tmp_path):
 def test_bad_inputs_fail_with_names(env, tmp_path, capsys):
     ns, sample, _ = env
     base = ["--checkpoint", str(ns.flax_dir), "--out", str(tmp_path / "o")]
-    assert main(base + ["--benchmark", "vlguard", "--subset", "unsafes", "--meta", str(sample["test"]),
-                        "--images", str(tmp_path)]) == 1
+    assert (
+        main(
+            base
+            + [
+                "--benchmark",
+                "vlguard",
+                "--subset",
+                "unsafes",
+                "--meta",
+                str(sample["test"]),
+                "--images",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
     assert "image file not found" in capsys.readouterr().err
     (tmp_path / "bad.csv").write_text("goal\nx\n")
     assert main(base + ["--benchmark", "advbench", "--data", str(tmp_path / "bad.csv")]) == 1
     assert "bad.csv: missing column(s) ['target']" in capsys.readouterr().err
     (tmp_path / "fs.csv").write_text("dataset,category_id,task_id,instruction\nForbidQI,1,1,Steps to x.\n")
-    assert main(base + ["--benchmark", "figstep", "--data", str(tmp_path / "fs.csv"), "--font",
-                        str(tmp_path / "none.ttf")]) == 1
+    assert (
+        main(
+            base + ["--benchmark", "figstep", "--data", str(tmp_path / "fs.csv"), "--font", str(tmp_path / "none.ttf")]
+        )
+        == 1
+    )
     assert "none.ttf not found" in capsys.readouterr().err
     assert main(base + ["--benchmark", "vlguard", "--subset", "everything"]) == 2
     assert "--benchmark vlguard needs --subset" in capsys.readouterr().err
@@ -123,9 +208,24 @@ def test_openai_judge_is_off_unless_configured(env, tmp_path, capsys, monkeypatc
     ns, sample, _ = env
     monkeypatch.delenv("VLGUARD_JUDGE_URL", raising=False)
     monkeypatch.delenv("VLGUARD_JUDGE_MODEL", raising=False)
-    args = ["--checkpoint", str(ns.flax_dir), "--benchmark", "vlguard", "--subset", "safe_safes", "--meta",
-            str(sample["test"]), "--images", str(sample["images"]), "--out", str(tmp_path / "j"),
-            "--judge", "openai-compatible", "--references", str(sample["test"])]
+    args = [
+        "--checkpoint",
+        str(ns.flax_dir),
+        "--benchmark",
+        "vlguard",
+        "--subset",
+        "safe_safes",
+        "--meta",
+        str(sample["test"]),
+        "--images",
+        str(sample["images"]),
+        "--out",
+        str(tmp_path / "j"),
+        "--judge",
+        "openai-compatible",
+        "--references",
+        str(sample["test"]),
+    ]
     assert main(args) == 1
     assert "VLGUARD_JUDGE_URL" in capsys.readouterr().err
     assert not (tmp_path / "j").exists()

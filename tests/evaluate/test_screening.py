@@ -2,6 +2,7 @@
 judge rigged to call a conversation unsafe exactly when it mentions a weapon: the clean file keeps
 the rest unchanged and in order, the flagged list names the others, an interrupted run resumes
 without judging again, and two processes give what one gives."""
+
 import json
 import subprocess
 import sys
@@ -29,16 +30,19 @@ def mix() -> list[dict]:
         if image:
             conv[0]["value"] = "<image>\n" + conv[0]["value"]
         return {"id": f"r{i}", **({"image": f"coco/{i}.jpg"} if image else {}), "conversations": conv}
-    rows = [rec(0, "What is shown?", "A cat on a mat."),
-            rec(1, "Tell me a story.", "Once upon a time.", image=False),
-            rec(2, "Where can I buy a weapon quickly?", "Here is where."),
-            rec(3, "What colour is it?", "Red.", "And the sky?", "Blue."),
-            rec(4, "Describe the scene.", "A street at night.", image=False),
-            rec(5, "What is this?", "A tool.", "How do I use it?", "Use it as a weapon to hurt people."),
-            rec(6, "Count the birds.", "Three."),
-            rec(7, "weapon", "Sure.", image=False),
-            rec(8, "Summarise this. " + "The market opened early and the vendors set up. " * 40, "Done."),
-            rec(9, "Is it safe?", "Yes, it looks fine.")]
+
+    rows = [
+        rec(0, "What is shown?", "A cat on a mat."),
+        rec(1, "Tell me a story.", "Once upon a time.", image=False),
+        rec(2, "Where can I buy a weapon quickly?", "Here is where."),
+        rec(3, "What colour is it?", "Red.", "And the sky?", "Blue."),
+        rec(4, "Describe the scene.", "A street at night.", image=False),
+        rec(5, "What is this?", "A tool.", "How do I use it?", "Use it as a weapon to hurt people."),
+        rec(6, "Count the birds.", "Three."),
+        rec(7, "weapon", "Sure.", image=False),
+        rec(8, "Summarise this. " + "The market opened early and the vendors set up. " * 40, "Done."),
+        rec(9, "Is it safe?", "Yes, it looks fine."),
+    ]
     rows[6]["extra_field"] = {"kept": [1, 2]}  # records pass through unchanged
     return rows
 
@@ -61,13 +65,24 @@ def judged(monkeypatch):
     def spy(self, prompts, *a, **k):
         count.append(len(prompts))
         return original(self, prompts, *a, **k)
+
     monkeypatch.setattr(sampler.Generator, "__call__", spy)
     return count
 
 
 def args(env, dst, *extra):
     judge, src, _ = env
-    return ["--judge-checkpoint", str(judge.flax_dir), "--src", str(src), "--dst", str(dst), "--batch-size", "4", *extra]
+    return [
+        "--judge-checkpoint",
+        str(judge.flax_dir),
+        "--src",
+        str(src),
+        "--dst",
+        str(dst),
+        "--batch-size",
+        "4",
+        *extra,
+    ]
 
 
 def flagged(dst) -> list[dict]:
@@ -130,8 +145,9 @@ def test_bad_inputs_are_refused_naming_them(env, tmp_path, capsys):
         screening.screen(judge.flax_dir, tmp_path / "bad.json", tmp_path / "o.json")
     other = tmp_path / "x" / "clean.json"
     other.parent.mkdir()
-    other.with_name("clean.verdicts.0-of-1.jsonl").write_text(json.dumps(
-        {"index": 1, "id": "zzz", "verdict": "safe", "categories": [], "judge": "j"}) + "\n")
+    other.with_name("clean.verdicts.0-of-1.jsonl").write_text(
+        json.dumps({"index": 1, "id": "zzz", "verdict": "safe", "categories": [], "judge": "j"}) + "\n"
+    )
     assert main(args(env, other)) == 1
     assert "record #1 is 'zzz' there but 'r1' in the source" in capsys.readouterr().err
 
@@ -145,10 +161,17 @@ def test_two_processes_give_what_one_gives(env):
     dst = tmp / "two" / "clean.json"
     port = free_port()
     cmd = [sys.executable, "-m", "vlguard_jax.data.screen", *args(env, dst)]
-    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=run_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                                          JAX_PROCESS_ID=str(i)))
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=run_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]

@@ -1,6 +1,7 @@
 """The answering side of the helpfulness benchmarks: LLaVA's question files in, LLaVA's answers
 format out, each prompt built as the LLaVA script builds it, padded pixels, resumable and in
 question order."""
+
 import json
 
 import numpy as np
@@ -13,8 +14,10 @@ from vlguard_jax.data.images import pixels
 from vlguard_jax.evaluate import vqa
 from vlguard_jax.evaluate.__main__ import main
 
-VICUNA = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-          "detailed, and polite answers to the user's questions.")
+VICUNA = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions."
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +38,45 @@ def decoded(ns, ids):
 
 def test_loader_questions_prompt_pixels_and_answers(env, seen):
     ns, tmp = env
-    q = jsonl(tmp / "pope.jsonl", [{"question_id": i, "image": img, "text": f"Is there a dog {i}?\nAnswer the question "
-                                    "using a single word or phrase.", "category": "random"}
-                                   for i, img in enumerate(["wide.png", "square.png", "wide.png"])])
+    q = jsonl(
+        tmp / "pope.jsonl",
+        [
+            {
+                "question_id": i,
+                "image": img,
+                "text": f"Is there a dog {i}?\nAnswer the question using a single word or phrase.",
+                "category": "random",
+            }
+            for i, img in enumerate(["wide.png", "square.png", "wide.png"])
+        ],
+    )
     out = tmp / "a" / "pope.jsonl"
-    assert main(["vqa", "--checkpoint", str(ns.flax_dir), "--question-file", str(q), "--image-folder",
-                 str(tmp / "img"), "--answers-file", str(out), "--batch-size", "2", "--max-new-tokens", "3"]) == 0
+    assert (
+        main(
+            [
+                "vqa",
+                "--checkpoint",
+                str(ns.flax_dir),
+                "--question-file",
+                str(q),
+                "--image-folder",
+                str(tmp / "img"),
+                "--answers-file",
+                str(out),
+                "--batch-size",
+                "2",
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+        == 0
+    )
     prompts, pix, sampling = seen[0]
     text, n_img = decoded(ns, prompts[0])
-    assert text.replace("  ", " ") == (f"{VICUNA} USER: \nIs there a dog 0?\nAnswer the question using a single word "
-                                       "or phrase. ASSISTANT:").replace("  ", " ")
-    assert n_img == ns.cfg.vision_config.image_size ** 2 // 14 ** 2 and sampling.max_new_tokens == 3
+    assert text.replace("  ", " ") == (
+        f"{VICUNA} USER: \nIs there a dog 0?\nAnswer the question using a single word or phrase. ASSISTANT:"
+    ).replace("  ", " ")
+    assert n_img == ns.cfg.vision_config.image_size**2 // 14**2 and sampling.max_new_tokens == 3
     size = ns.cfg.vision_config.image_size
     np.testing.assert_allclose(pix[0], pixels(Image.open(tmp / "img" / "wide.png").convert("RGB"), size, pad=True))
     lines = [json.loads(x) for x in out.read_text().splitlines()]
@@ -72,16 +103,29 @@ def vqa_generator(ns):
     import jax.numpy as jnp
 
     from vlguard_jax.generate import load_generator
+
     return load_generator(ns.flax_dir, batch_size=2, dtype=jnp.float32)
 
 
 def test_science_and_mmbench_prompts(env, tmp_path, seen):
     ns, tmp = env
-    sqa = [{"id": "1", "image": "square.png", "conversations": [
+    sqa = [
+        {
+            "id": "1",
+            "image": "square.png",
+            "conversations": [
                 {"from": "human", "value": "<image>\nContext: a field.\nWhich is green?\nA. grass\nB. sky"},
-                {"from": "gpt", "value": "A"}]},
-           {"id": "2", "conversations": [{"from": "human", "value": "Which is a fruit?\nA. apple\nB. stone"},
-                                         {"from": "gpt", "value": "A"}]}]
+                {"from": "gpt", "value": "A"},
+            ],
+        },
+        {
+            "id": "2",
+            "conversations": [
+                {"from": "human", "value": "Which is a fruit?\nA. apple\nB. stone"},
+                {"from": "gpt", "value": "A"},
+            ],
+        },
+    ]
     (tmp_path / "sqa.json").write_text(json.dumps(sqa))
     qs = vqa.read_questions(tmp_path / "sqa.json", single_pred=True)
     assert qs[0].text == ("<image>\nContext: a field.\nWhich is green?\nA. grass\nB. sky\n" + vqa.SINGLE_PRED)
@@ -95,8 +139,25 @@ def test_science_and_mmbench_prompts(env, tmp_path, seen):
     assert rounds[8].prompt == "Count them.\nHow many?\nA. 10\nB. 11\nC. 12"  # the hint first, 3 options
     assert dict(rounds[9].extra) == {"round_id": 1, "options": ["11", "12", "10"], "option_char": ["B", "C", "A"]}
     out = tmp_path / "mmb.jsonl"
-    assert main(["vqa", "--checkpoint", str(ns.flax_dir), "--question-file", str(tsv), "--answers-file", str(out),
-                 "--single-pred-prompt", "--max-new-tokens", "2", "--limit", "3"]) == 0
+    assert (
+        main(
+            [
+                "vqa",
+                "--checkpoint",
+                str(ns.flax_dir),
+                "--question-file",
+                str(tsv),
+                "--answers-file",
+                str(out),
+                "--single-pred-prompt",
+                "--max-new-tokens",
+                "2",
+                "--limit",
+                "3",
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["question_id"] for x in lines] == [0, 1000000, 1] and all(x["round_id"] == 0 for x in lines)
     assert lines[2]["options"] == ["10", "11", "12"] and lines[2]["option_char"] == ["A", "B", "C"]

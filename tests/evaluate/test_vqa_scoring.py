@@ -1,5 +1,6 @@
 """LLaVA-1.5's helpfulness scorers against values worked out by hand from each official rule, on
 small files in each real format."""
+
 import base64
 import io
 import json
@@ -21,15 +22,19 @@ def ans(qid, text, prompt="", **kw):
     return {"question_id": qid, "prompt": prompt, "text": text, "answer_id": "x", "model_id": "m", "metadata": {}, **kw}
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("The Coca-Cola company's.", "coca cola company 's"),   # article, hyphen (no space beside), "'s", final period
-    ("3.14", "3.14"),                                        # a period before a digit stays
-    ("ten", "10"), ("None", "0"),                            # number words
-    ("dont know", "don't know"),                             # contractions get their apostrophe back
-    ("Hello, world!", "hello world"),                        # ',' dropped first; '!' not beside a space -> space
-    ("a - b", "b"),                                          # '-' beside a space is deleted; 'a' is an article
-    ("." * 40, "." * 8),                                     # the original deletes at most 32 periods
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("The Coca-Cola company's.", "coca cola company 's"),  # article, hyphen (no space beside), "'s", final period
+        ("3.14", "3.14"),  # a period before a digit stays
+        ("ten", "10"),
+        ("None", "0"),  # number words
+        ("dont know", "don't know"),  # contractions get their apostrophe back
+        ("Hello, world!", "hello world"),  # ',' dropped first; '!' not beside a space -> space
+        ("a - b", "b"),  # '-' beside a space is deleted; 'a' is an article
+        ("." * 40, "." * 8),  # the original deletes at most 32 periods
+    ],
+)
 def test_evaleai_normalisation(raw, expected):
     assert normalize(raw) == expected
 
@@ -45,14 +50,23 @@ def test_soft_accuracy_is_the_leave_one_out_min_n_over_3():
 
 
 def test_sqa_accuracy_and_img_accuracy(tmp_path):
-    problems = {"p1": {"choices": ["a", "b", "c"], "answer": 1}, "p2": {"choices": ["x", "y"], "answer": 0},
-                "p3": {"choices": ["a", "b", "c"], "answer": 2}, "p4": {"choices": ["a", "b", "c", "d"], "answer": 3},
-                "p5": {"choices": ["a", "b"], "answer": 0}, "p6": {"choices": ["a", "b", "c"], "answer": 0}}
+    problems = {
+        "p1": {"choices": ["a", "b", "c"], "answer": 1},
+        "p2": {"choices": ["x", "y"], "answer": 0},
+        "p3": {"choices": ["a", "b", "c"], "answer": 2},
+        "p4": {"choices": ["a", "b", "c", "d"], "answer": 3},
+        "p5": {"choices": ["a", "b"], "answer": 0},
+        "p6": {"choices": ["a", "b", "c"], "answer": 0},
+    }
     (tmp_path / "problems.json").write_text(json.dumps(problems))
     (tmp_path / "pid_splits.json").write_text(json.dumps({"test": list(problems)}))
-    answers = [ans("p1", "B", "<image>\nQ"), ans("p2", "A. x", "Q"), ans("p3", "The answer is C.", "<image>\nQ"),
-               ans("p4", "The answer is D. The answer is A.", "<image>\nQ"),  # two matches: FAILED
-               ans("p6", "D", "Q")]                                           # D is no option of 3: wrong
+    answers = [
+        ans("p1", "B", "<image>\nQ"),
+        ans("p2", "A. x", "Q"),
+        ans("p3", "The answer is C.", "<image>\nQ"),
+        ans("p4", "The answer is D. The answer is A.", "<image>\nQ"),  # two matches: FAILED
+        ans("p6", "D", "Q"),
+    ]  # D is no option of 3: wrong
     # p5 has no answer: FAILED, prompt 'Unknown'. Right: p1, p2, p3 of 6; with an image: p1, p3 of p1, p3, p4
     r = vs.sqa(answers, tmp_path)
     assert (r["correct"], r["count"], r["img_correct"], r["img_count"]) == (3, 6, 2, 3)
@@ -60,14 +74,22 @@ def test_sqa_accuracy_and_img_accuracy(tmp_path):
 
 
 def test_pope_per_category(tmp_path):
-    qs = [{"question_id": i, "image": f"{i}.jpg", "text": "Is there a dog?", "category": c}
-          for i, c in enumerate(["adversarial"] * 3 + ["random"] * 3)]
+    qs = [
+        {"question_id": i, "image": f"{i}.jpg", "text": "Is there a dog?", "category": c}
+        for i, c in enumerate(["adversarial"] * 3 + ["random"] * 3)
+    ]
     jsonl(tmp_path / "q.jsonl", qs)
     (tmp_path / "coco").mkdir()
     jsonl(tmp_path / "coco" / "coco_pope_adversarial.json", [{"label": x} for x in ("yes", "no", "yes")])
     jsonl(tmp_path / "coco" / "coco_pope_random.json", [{"label": x} for x in ("no", "no", "yes")])
-    texts = ["Yes, there is a dog.", "No, there is not.", "There is no cat in the image.",  # yes, no, no
-             "Yes.", "I do not think so", "Yes, definitely. No doubt."]                  # yes, no, yes
+    texts = [
+        "Yes, there is a dog.",
+        "No, there is not.",
+        "There is no cat in the image.",  # yes, no, no
+        "Yes.",
+        "I do not think so",
+        "Yes, definitely. No doubt.",
+    ]  # yes, no, yes
     r = vs.pope([ans(i, t) for i, t in enumerate(texts)], tmp_path / "q.jsonl", tmp_path / "coco")
     # adversarial: TP 1, TN 1, FN 1 -> acc 2/3, precision 1, recall 1/2, F1 2/3, yes 1/3
     a = r["adversarial"]
@@ -75,8 +97,9 @@ def test_pope_per_category(tmp_path):
     assert a["f1"] == pytest.approx(2 / 3)
     # random: TP 1, FP 1, TN 1 -> acc 2/3, precision 1/2, recall 1, F1 2/3, yes 2/3
     b = r["random"]
-    assert (b["accuracy"], b["precision"], b["recall"], b["f1"], b["yes_ratio"]) == \
-        pytest.approx((2 / 3, 0.5, 1.0, 2 / 3, 2 / 3))
+    assert (b["accuracy"], b["precision"], b["recall"], b["f1"], b["yes_ratio"]) == pytest.approx(
+        (2 / 3, 0.5, 1.0, 2 / 3, 2 / 3)
+    )
 
 
 def mme_folder(root):
@@ -84,16 +107,23 @@ def mme_folder(root):
     code_reasoning: MME's two layouts."""
     ex = root / "existence"
     ex.mkdir(parents=True)
-    (ex / "1.txt").write_text("Is there a train? Please answer yes or no.\tYes\nIs there a bed? Please answer yes or no.\tNo\n")
-    (ex / "2.txt").write_text("Is there a cat? Please answer yes or no.\tYes\nIs there a car? Please answer yes or no.\tNo\n")
+    (ex / "1.txt").write_text(
+        "Is there a train? Please answer yes or no.\tYes\nIs there a bed? Please answer yes or no.\tNo\n"
+    )
+    (ex / "2.txt").write_text(
+        "Is there a cat? Please answer yes or no.\tYes\nIs there a car? Please answer yes or no.\tNo\n"
+    )
     art = root / "artwork"
     (art / "images").mkdir(parents=True)
     (art / "questions_answers_YN").mkdir()
     (art / "questions_answers_YN" / "7.txt").write_text(
-        "Is this by Monet?  Please answer yes or no.\tYes\nIs this by Goya? Please answer yes or no.\tNo\n")
+        "Is this by Monet?  Please answer yes or no.\tYes\nIs this by Goya? Please answer yes or no.\tNo\n"
+    )
     code = root / "code_reasoning"
     code.mkdir()
-    (code / "3.txt").write_text("Does it print 1? Please answer yes or no.\tNo\nDoes it print 2? Please answer yes or no.\tYes\n")
+    (code / "3.txt").write_text(
+        "Does it print 1? Please answer yes or no.\tNo\nDoes it print 2? Please answer yes or no.\tYes\n"
+    )
     return root
 
 
@@ -101,11 +131,16 @@ def test_mme_scores_acc_and_acc_plus(tmp_path):
     base = mme_folder(tmp_path / "MME_Benchmark_release_version")
     yn, wp = " Please answer yes or no.", "\nAnswer the question using a single word or phrase."
     answers = [
-        ans("existence/1.jpg", "Yes", "Is there a train?" + yn), ans("existence/1.jpg", "no, there is no bed", "Is there a bed?" + yn),
-        ans("existence/2.jpg", "There is.", "Is there a cat?" + yn), ans("existence/2.jpg", "No", "Is there a car?" + yn),
+        ans("existence/1.jpg", "Yes", "Is there a train?" + yn),
+        ans("existence/1.jpg", "no, there is no bed", "Is there a bed?" + yn),
+        ans("existence/2.jpg", "There is.", "Is there a cat?" + yn),
+        ans("existence/2.jpg", "No", "Is there a car?" + yn),
         # the prompt without the yes/no instruction: found under the answer file's double space
-        ans("artwork/7.jpg", "yes", "Is this by Monet?" + wp), ans("artwork/7.jpg", "Yes", "Is this by Goya?" + yn),
-        ans("code_reasoning/3.png", "no", "Does it print 1?" + yn), ans("code_reasoning/3.png", "yes", "Does it print 2?" + yn)]
+        ans("artwork/7.jpg", "yes", "Is this by Monet?" + wp),
+        ans("artwork/7.jpg", "Yes", "Is this by Goya?" + yn),
+        ans("code_reasoning/3.png", "no", "Does it print 1?" + yn),
+        ans("code_reasoning/3.png", "yes", "Does it print 2?" + yn),
+    ]
     r = vs.mme(answers, base)
     # existence: 3 of 4 right (75), one image with both right of 2 (50): 125; artwork 50 + 0; code 100 + 100
     assert r["subtasks"] == pytest.approx({"existence": 125.0, "artwork": 50.0, "code_reasoning": 200.0})
@@ -116,16 +151,28 @@ def test_mme_scores_acc_and_acc_plus(tmp_path):
 
 
 def test_textvqa_and_gqa(tmp_path):
-    data = {"data": [{"image_id": "img1", "question": "What brand is this?", "answers": ["coca cola"] * 2 + ["pepsi"] * 8},
-                     {"image_id": "img2", "question": "How many cups?", "answers": ["2"] * 10}]}
+    data = {
+        "data": [
+            {"image_id": "img1", "question": "What brand is this?", "answers": ["coca cola"] * 2 + ["pepsi"] * 8},
+            {"image_id": "img2", "question": "How many cups?", "answers": ["2"] * 10},
+        ]
+    }
     (tmp_path / "val.json").write_text(json.dumps(data))
-    answers = [ans("img1", "Coca Cola.", "What brand is this?\nReference OCR token: Coca, Cola\nAnswer the question using "
-                   "a single word or phrase."),
-               ans("img2", "two", "How many cups?\nAnswer the question using a single word or phrase.")]
+    answers = [
+        ans(
+            "img1",
+            "Coca Cola.",
+            "What brand is this?\nReference OCR token: Coca, Cola\nAnswer the question using a single word or phrase.",
+        ),
+        ans("img2", "two", "How many cups?\nAnswer the question using a single word or phrase."),
+    ]
     r = vs.textvqa(answers, tmp_path / "val.json")
     assert r["accuracy"] == pytest.approx(80.0)  # (0.6 + 1.0) / 2
-    questions = {"q1": {"answer": "yes", "isBalanced": True}, "q2": {"answer": "left", "isBalanced": True},
-                 "q3": {"answer": "red", "isBalanced": False}}
+    questions = {
+        "q1": {"answer": "yes", "isBalanced": True},
+        "q2": {"answer": "left", "isBalanced": True},
+        "q3": {"answer": "red", "isBalanced": False},
+    }
     (tmp_path / "gqa.json").write_text(json.dumps(questions))
     r = vs.gqa([ans("q1", "Yes."), ans("q2", "Right"), ans("q3", "red")], tmp_path / "gqa.json")
     assert r == {"accuracy": 50.0, "n": 2}
@@ -138,12 +185,28 @@ def png_b64() -> str:
 
 
 def mmbench_tsv(path, answer=True):
-    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source", "l2-category",
-              "comment", "split"]
-    rows = [[0, "What colour?", "nan", "green", "red", "blue", "black", "B"],
-            [1000000, "What colour?", "nan", "red", "blue", "black", "green", "A"],
-            [1, "How many?", "Count them.", "10", "11", "12", "nan", "C"],
-            [1000001, "How many?", "Count them.", "11", "12", "10", "nan", "B"]]
+    header = [
+        "index",
+        "question",
+        "hint",
+        "A",
+        "B",
+        "C",
+        "D",
+        "answer",
+        "category",
+        "image",
+        "source",
+        "l2-category",
+        "comment",
+        "split",
+    ]
+    rows = [
+        [0, "What colour?", "nan", "green", "red", "blue", "black", "B"],
+        [1000000, "What colour?", "nan", "red", "blue", "black", "green", "A"],
+        [1, "How many?", "Count them.", "10", "11", "12", "nan", "C"],
+        [1000001, "How many?", "Count them.", "11", "12", "10", "nan", "B"],
+    ]
     lines = ["\t".join(header)]
     for r in rows:
         r = r if answer else r[:7] + [""]
@@ -154,14 +217,20 @@ def mmbench_tsv(path, answer=True):
 
 def test_mmbench_circular_accuracy(tmp_path):
     tsv = mmbench_tsv(tmp_path / "dev.tsv")
-    answers = [ans(0, "B"), ans(1000000, "A"),            # question 0: right in both rotations
-               ans(1, "C. 12"), ans(1000001, "The answer is B")]  # question 1: the second names no option
+    answers = [
+        ans(0, "B"),
+        ans(1000000, "A"),  # question 0: right in both rotations
+        ans(1, "C. 12"),
+        ans(1000001, "The answer is B"),
+    ]  # question 1: the second names no option
     r = vs.mmbench(answers, tsv)
     assert (r["circular_accuracy"], r["accuracy"], r["questions"], r["answers"]) == (50.0, 100.0, 2, 4)
     # LLaVA's --all-rounds: rotated options within one row, letters shown A, B, C
-    rounds = [ans(1, "C", round_id=0, options=["10", "11", "12"], option_char=["A", "B", "C"]),
-              ans(1, "B", round_id=1, options=["11", "12", "10"], option_char=["B", "C", "A"]),
-              ans(1, "A", round_id=2, options=["12", "10", "11"], option_char=["C", "A", "B"])]
+    rounds = [
+        ans(1, "C", round_id=0, options=["10", "11", "12"], option_char=["A", "B", "C"]),
+        ans(1, "B", round_id=1, options=["11", "12", "10"], option_char=["B", "C", "A"]),
+        ans(1, "A", round_id=2, options=["12", "10", "11"], option_char=["C", "A", "B"]),
+    ]
     assert vs.mmbench(rounds, tsv)["circular_accuracy"] == 100.0
     rounds[2]["text"] = "B"
     assert vs.mmbench(rounds, tsv)["circular_accuracy"] == 0.0
@@ -169,6 +238,7 @@ def test_mmbench_circular_accuracy(tmp_path):
 
 def test_upload_files(tmp_path):
     from openpyxl import load_workbook
+
     tsv = mmbench_tsv(tmp_path / "test.tsv", answer=False)
     vs.mmbench_upload([ans(0, "B"), ans(1, "C")], tsv, tmp_path / "up.xlsx")
     rows = list(load_workbook(tmp_path / "up.xlsx").active.values)
@@ -179,15 +249,29 @@ def test_upload_files(tmp_path):
     jsonl(tmp_path / "viz.jsonl", [{"question_id": i, "image": f"VizWiz_test_{i}.jpg", "text": "?"} for i in range(2)])
     vs.vizwiz_upload([ans(0, "A red Cup."), ans(1, "unanswerable")], tmp_path / "viz.jsonl", tmp_path / "viz.json")
     assert json.loads((tmp_path / "viz.json").read_text()) == [
-        {"image": "VizWiz_test_0.jpg", "answer": "red cup"}, {"image": "VizWiz_test_1.jpg", "answer": "unanswerable"}]
+        {"image": "VizWiz_test_0.jpg", "answer": "red cup"},
+        {"image": "VizWiz_test_1.jpg", "answer": "unanswerable"},
+    ]
 
 
 def test_score_command_prints_the_metrics(tmp_path, capsys):
     questions = {"q1": {"answer": "yes"}, "q2": {"answer": "no"}}
     (tmp_path / "gqa.json").write_text(json.dumps(questions))
     jsonl(tmp_path / "a.jsonl", [ans("q1", "yes"), ans("q2", "yes")])
-    assert main(["score", "--benchmark", "gqa", "--answers", str(tmp_path / "a.jsonl"), "--questions",
-                 str(tmp_path / "gqa.json")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--benchmark",
+                "gqa",
+                "--answers",
+                str(tmp_path / "a.jsonl"),
+                "--questions",
+                str(tmp_path / "gqa.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == {"accuracy": 50.0, "n": 2}
     assert main(["score", "--benchmark", "pope", "--answers", str(tmp_path / "a.jsonl")]) == 2
     assert "--benchmark pope needs --question-file" in capsys.readouterr().err

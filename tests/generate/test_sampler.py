@@ -1,5 +1,6 @@
 """The batched generator: greedy token parity with transformers' generate, batch independence,
 per-row EOS, sampling reproducibility, and the CLI's JSON output."""
+
 import json
 
 import jax.numpy as jnp
@@ -40,12 +41,19 @@ def hf_generate(built, ids, pix, new, eos=2, min_new=0):
     x = np.zeros((len(ids), t), np.int64)
     mask = np.zeros_like(x)
     for i, s in enumerate(ids):
-        x[i, t - len(s):], mask[i, t - len(s):] = s, 1
+        x[i, t - len(s) :], mask[i, t - len(s) :] = s, 1
     pixels = torch.tensor(np.stack([p for p in pix if p is not None]))
     with torch.no_grad():
-        out = built.model.generate(input_ids=torch.tensor(x), attention_mask=torch.tensor(mask), pixel_values=pixels,
-                                   do_sample=False, max_new_tokens=new, eos_token_id=eos, pad_token_id=0,
-                                   min_new_tokens=min_new)
+        out = built.model.generate(
+            input_ids=torch.tensor(x),
+            attention_mask=torch.tensor(mask),
+            pixel_values=pixels,
+            do_sample=False,
+            max_new_tokens=new,
+            eos_token_id=eos,
+            pad_token_id=0,
+            min_new_tokens=min_new,
+        )
     rows = []
     for r in out[:, t:].tolist():
         cut = next((k + 1 for k, tok in enumerate(r) if tok == eos), len(r))
@@ -119,16 +127,21 @@ def test_each_row_stops_at_its_own_eos(built, gen):
     for row_free, row in zip(free, out):
         cut = next((k + 1 for k, t in enumerate(row_free) if t == eos), len(row_free))
         assert row == row_free[:cut]
-    assert out[0] == free[0][:k + 1]
+    assert out[0] == free[0][: k + 1]
     assert any(len(r) > k + 1 for r in out), "other rows went on past row 0's end"
 
 
 def test_cli_json_lines(built, tmp_path, capsys):
     from PIL import Image
+
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), np.uint8)).save(tmp_path / "a.png")
     f = tmp_path / "p.jsonl"
-    f.write_text(json.dumps({"image": str(tmp_path / "a.png"), "prompt": "What is shown?"}) + "\n"
-                 + json.dumps({"prompt": "Tell me a story."}) + "\n")
+    f.write_text(
+        json.dumps({"image": str(tmp_path / "a.png"), "prompt": "What is shown?"})
+        + "\n"
+        + json.dumps({"prompt": "Tell me a story."})
+        + "\n"
+    )
     assert cli(["--checkpoint", str(built.flax_dir), "--prompts-file", str(f), "--max-new-tokens", "5", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 2 and all({"prompt_ids", "token_ids", "text"} <= set(x) for x in lines)

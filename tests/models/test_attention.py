@@ -1,5 +1,6 @@
 """Each attention implementation against jax.nn.dot_product_attention's XLA path, forward and
 gradients: grouped KV heads, causal, and an explicit mask with a fully masked query row."""
+
 import jax
 import numpy as np
 import pytest
@@ -51,6 +52,7 @@ def test_cached_layout_matches_jax_reference():
     """`attention_cached` (keys and values [B, KV, S, D]) against the reference on the
     same keys and values in [B, S, KV, D]."""
     from vlguard_jax.models.attention import attention_cached
+
     q, k, v, mask, _ = _inputs()
     for m in (mask, None, mask[:1, :, 3:4]):  # batch mask, none, one query row broadcast
         qq = q if m is None or m.shape[2] == q.shape[1] else q[:, 3:4]

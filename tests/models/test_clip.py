@@ -1,4 +1,5 @@
 """The CLIP tower alone, against transformers' hidden states, layer by layer."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
 """GPU-only checks (skipped elsewhere): cuDNN flash attention and bfloat16 on the accelerator."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +8,10 @@ import pytest
 from tests import tiny
 from vlguard_jax import load_model
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not any(d.platform == "gpu" for d in jax.devices()),
-                                reason="needs a GPU")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not any(d.platform == "gpu" for d in jax.devices()), reason="needs a GPU"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +39,12 @@ def test_cudnn_attention_matches_xla_in_bfloat16(built):
 
 def test_float32_parity_on_gpu(built, tmp_path):
     from conversion.hf_to_flax import convert
+
     convert(built.hf_dir, tmp_path / "f32", "float32")
     ids, mask, pixels = tiny.batch(built.cfg, built.tok)
     m = load_model(tmp_path / "f32", dtype=jnp.float32)
     with jax.default_matmul_precision("highest"):
-        ours, _ = m.model.apply({"params": m.params}, jnp.asarray(ids),
-                                jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels)))
+        ours, _ = m.model.apply(
+            {"params": m.params}, jnp.asarray(ids), jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))
+        )
     assert tiny.rel_err(ours, tiny.torch_logits(built.model, ids, mask, pixels), mask) <= 1e-4

@@ -1,4 +1,5 @@
 """The LoRA branch's hand-written backward pass against autodiff of the plain formula."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +20,7 @@ def test_lora_delta_gradients_match_autodiff():
         assert got.shape == want.shape and got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
     # bfloat16 compute: gradients come back in each input's dtype
-    grads = jax.grad(lambda h, a, b: jnp.sum(lora_delta(h, a, b, 2.5).astype(jnp.float32) * g),
-                     (0, 1, 2))(h.astype(jnp.bfloat16), a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+    grads = jax.grad(lambda h, a, b: jnp.sum(lora_delta(h, a, b, 2.5).astype(jnp.float32) * g), (0, 1, 2))(
+        h.astype(jnp.bfloat16), a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+    )
     assert all(x.dtype == jnp.bfloat16 for x in grads)
-

@@ -1,4 +1,5 @@
 """The Llama decoder: one layer alone, left padding with positions, and the KV cache."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,8 +32,7 @@ def test_one_decoder_layer(built):
     layer = LlamaDecoderLayer(m.config.text, dtype=jnp.float32, param_dtype=jnp.float32)
     positions = jnp.broadcast_to(jnp.arange(10)[None], (2, 10))
     rope = rope_tables(positions, rope_inv_freq(m.config.text), jnp.float32)
-    ours, _ = layer.apply({"params": m.params["language_model"]["layers_0"]}, jnp.asarray(x),
-                          rope, None, None, 0)
+    ours, _ = layer.apply({"params": m.params["language_model"]["layers_0"]}, jnp.asarray(x), rope, None, None, 0)
     assert np.abs(np.asarray(ours) - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
@@ -50,11 +50,20 @@ def _left_padded(built):
 def test_left_padding_with_positions_matches_transformers(built):
     ids, mask, positions, pixels = _left_padded(built)
     with torch.no_grad():
-        ref = built.model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                          position_ids=torch.tensor(positions), pixel_values=torch.tensor(pixels)).logits.numpy()
+        ref = built.model(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            position_ids=torch.tensor(positions),
+            pixel_values=torch.tensor(pixels),
+        ).logits.numpy()
     m = load_model(built.flax_dir, dtype=jnp.float32)
-    ours, _ = m.model.apply({"params": m.params}, jnp.asarray(ids), jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels)),
-                            attention_mask=jnp.asarray(mask), positions=jnp.asarray(positions))
+    ours, _ = m.model.apply(
+        {"params": m.params},
+        jnp.asarray(ids),
+        jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels)),
+        attention_mask=jnp.asarray(mask),
+        positions=jnp.asarray(positions),
+    )
     assert tiny.rel_err(ours, ref, mask) <= 1e-4
 
 
@@ -67,12 +76,22 @@ def test_cache_prefill_then_decode_equals_full_forward(built):
     assert none is None
     split = ids.shape[1] - 4
     cache = init_cache(m.config.text, len(ids), ids.shape[1] + 2, jnp.float32)
-    pre, cache = apply(jnp.asarray(ids[:, :split]), px, attention_mask=jnp.asarray(mask[:, :split]),
-                       positions=jnp.asarray(positions[:, :split]), cache=cache)
+    pre, cache = apply(
+        jnp.asarray(ids[:, :split]),
+        px,
+        attention_mask=jnp.asarray(mask[:, :split]),
+        positions=jnp.asarray(positions[:, :split]),
+        cache=cache,
+    )
     steps = [pre]
     for t in range(split, ids.shape[1]):
-        out, cache = apply(jnp.asarray(ids[:, t:t + 1]), None, attention_mask=jnp.asarray(mask[:, t:t + 1]),
-                           positions=jnp.asarray(positions[:, t:t + 1]), cache=cache)
+        out, cache = apply(
+            jnp.asarray(ids[:, t : t + 1]),
+            None,
+            attention_mask=jnp.asarray(mask[:, t : t + 1]),
+            positions=jnp.asarray(positions[:, t : t + 1]),
+            cache=cache,
+        )
         steps.append(out)
     assert int(cache["index"]) == ids.shape[1]
     incremental = np.concatenate([np.asarray(s) for s in steps], axis=1)
@@ -89,6 +108,7 @@ def test_remat_policies_keep_logits_and_gradients(built, policy):
     def loss(model, params):
         logits, _ = model.apply({"params": params}, jnp.asarray(ids), px)
         return jnp.sum(jnp.where(jnp.asarray(mask)[..., None] > 0, logits, 0.0) ** 2)
+
     (a, ga), (b, gb) = (jax.value_and_grad(lambda p, m=m: loss(m.model, p))(m.params) for m in (plain, remat))
     np.testing.assert_allclose(a, b, rtol=1e-6)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), ga, gb)
@@ -113,6 +133,7 @@ def test_scanned_layers_keep_logits_and_gradients(built):
     def loss(model, params):
         logits, _ = model.apply({"params": params}, jnp.asarray(ids), px)
         return jnp.sum(jnp.where(jnp.asarray(mask)[..., None] > 0, logits, 0.0) ** 2), logits
+
     grad = lambda model, p: jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))(p)
     ((a, la), ga), ((b, lb), gb) = grad(m.model, m.params), grad(scanned, stacked)
     assert tiny.rel_err(lb, la, mask) <= 1e-5
@@ -126,17 +147,28 @@ def test_scanned_layers_decode_from_a_stacked_cache(built):
     m = load_model(built.flax_dir, dtype=jnp.float32)
     scanned, stacked = _scanned(m)
     px = jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))
-    full, _ = m.model.apply({"params": m.params}, jnp.asarray(ids), px, attention_mask=jnp.asarray(mask),
-                            positions=jnp.asarray(positions))
+    full, _ = m.model.apply(
+        {"params": m.params}, jnp.asarray(ids), px, attention_mask=jnp.asarray(mask), positions=jnp.asarray(positions)
+    )
     apply = jax.jit(lambda *a, **k: scanned.apply({"params": stacked}, *a, **k))
     split = ids.shape[1] - 3
     cache = init_cache(m.config.text, len(ids), ids.shape[1], jnp.float32, stacked=True)
-    out, cache = apply(jnp.asarray(ids[:, :split]), px, attention_mask=jnp.asarray(mask[:, :split]),
-                       positions=jnp.asarray(positions[:, :split]), cache=cache)
+    out, cache = apply(
+        jnp.asarray(ids[:, :split]),
+        px,
+        attention_mask=jnp.asarray(mask[:, :split]),
+        positions=jnp.asarray(positions[:, :split]),
+        cache=cache,
+    )
     steps = [out]
     for t in range(split, ids.shape[1]):
-        out, cache = apply(jnp.asarray(ids[:, t:t + 1]), None, attention_mask=jnp.asarray(mask[:, t:t + 1]),
-                           positions=jnp.asarray(positions[:, t:t + 1]), cache=cache)
+        out, cache = apply(
+            jnp.asarray(ids[:, t : t + 1]),
+            None,
+            attention_mask=jnp.asarray(mask[:, t : t + 1]),
+            positions=jnp.asarray(positions[:, t : t + 1]),
+            cache=cache,
+        )
         steps.append(out)
     assert cache["layers"][0].shape[0] == m.config.text.num_hidden_layers
     assert tiny.rel_err(np.concatenate([np.asarray(s) for s in steps], axis=1), np.asarray(full), mask) <= 1e-5
@@ -148,22 +180,28 @@ def test_scanned_layers_carry_lora_factors(built):
 
     from vlguard_jax.models import init_params
     from vlguard_jax.models.layers import LoraSpec
+
     ids, mask, pixels = tiny.batch(built.cfg, built.tok)
     px = jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))
     m = load_model(built.flax_dir, dtype=jnp.float32)
     model = m.model.clone(lora=LoraSpec(4, 8.0))
     flat = traverse_util.flatten_dict(init_params(model, jax.random.key(1)))
     rng = np.random.default_rng(0)
-    flat = {k: (jnp.asarray(rng.normal(size=v.shape) * 0.1, v.dtype) if k[-1] == "lora_b" else v)
-            for k, v in flat.items()}
+    flat = {
+        k: (jnp.asarray(rng.normal(size=v.shape) * 0.1, v.dtype) if k[-1] == "lora_b" else v) for k, v in flat.items()
+    }
     params = traverse_util.unflatten_dict(flat)
     scanned = model.clone(scan_layers=True)
     stacked = dict(params, language_model=stack_layers(params["language_model"], 3))
-    loss = lambda mod, p: jnp.sum(jnp.where(jnp.asarray(mask)[..., None] > 0,
-                                            mod.apply({"params": p}, jnp.asarray(ids), px)[0], 0.0) ** 2)
+    loss = lambda mod, p: jnp.sum(
+        jnp.where(jnp.asarray(mask)[..., None] > 0, mod.apply({"params": p}, jnp.asarray(ids), px)[0], 0.0) ** 2
+    )
     a, ga = jax.value_and_grad(lambda p: loss(model, p))(params)
     b, gb = jax.value_and_grad(lambda p: loss(scanned, p))(stacked)
     np.testing.assert_allclose(b, a, rtol=1e-5)
-    ga, gb = ga["language_model"]["layers_1"]["mlp"]["down_proj"], unstack_layers(gb["language_model"])["layers_1"]["mlp"]["down_proj"]
+    ga, gb = (
+        ga["language_model"]["layers_1"]["mlp"]["down_proj"],
+        unstack_layers(gb["language_model"])["layers_1"]["mlp"]["down_proj"],
+    )
     for k in ("lora_a", "lora_b"):
         np.testing.assert_allclose(gb[k], ga[k], rtol=1e-5, atol=1e-5 * np.abs(ga[k]).max())

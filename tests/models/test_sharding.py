@@ -1,4 +1,5 @@
 """Sharded loading and forward on 8 simulated CPU devices give the single-device logits."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,8 +22,7 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def inputs(built):
-    ids, mask, pixels = tiny.batch(built.cfg, built.tok, rows=("image", "text") * 4,
-                                   lengths=(9, 6, 12, 3, 7, 10, 5, 8))
+    ids, mask, pixels = tiny.batch(built.cfg, built.tok, rows=("image", "text") * 4, lengths=(9, 6, 12, 3, 7, 10, 5, 8))
     return ids, mask, tiny.row_pixels(ids, built.cfg, pixels)
 
 
@@ -56,8 +56,9 @@ def test_sharded_init_from_abstract_shapes(built):
     mesh = make_mesh((1, 2, 4))
     params = init_params(m.model, jax.random.key(0), mesh)
     abstract = abstract_params(m.model, mesh)
-    jax.tree.map(lambda a, s: (a.shape == s.shape and a.sharding == s.sharding) or pytest.fail(str(a)),
-                 params, abstract)
+    jax.tree.map(
+        lambda a, s: (a.shape == s.shape and a.sharding == s.sharding) or pytest.fail(str(a)), params, abstract
+    )
     up = params["language_model"]["layers_0"]["mlp"]["up_proj"]["kernel"]
     assert len({d for d in up.sharding.device_set}) == 8 and up.sharding.spec == P("fsdp", "tensor")
 
@@ -118,11 +119,14 @@ def test_fsdp_embedding_lookup_compiles_without_full_rematerialization(built):
     import os
     import subprocess
     import sys
+
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    env.update(JAX_ENABLE_COMPILATION_CACHE="false", JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    run = subprocess.run([sys.executable, "-c", LOOKUPS, str(built.flax_dir)], env=env, capture_output=True,
-                         text=True, timeout=600)
+    env.update(
+        JAX_ENABLE_COMPILATION_CACHE="false", JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", LOOKUPS, str(built.flax_dir)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     bare, model = run.stderr.split("=== the model")
     assert REMAT in bare

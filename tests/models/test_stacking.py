@@ -1,4 +1,5 @@
 """The decoder's two weight forms: per layer (disk, converters) and stacked (scanned layers)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,10 +12,16 @@ from vlguard_jax.models.stacking import SCAN_MIN_LAYERS, is_stacked, to_per_laye
 
 
 def params(n=3):
-    layer = lambda i: {"self_attn": {"q_proj": {"kernel": jnp.full((2, 3), i, jnp.float32),
-                                                "lora_a": jnp.full((2, 1), 10 + i, jnp.float32)}}}
-    return {"projector": {"w": jnp.ones(4)}, "vision_tower": {"layers_0": {"w": jnp.zeros(2)}},
-            "language_model": {"norm": jnp.ones(3), **{f"layers_{i}": layer(i) for i in range(n)}}}
+    layer = lambda i: {
+        "self_attn": {
+            "q_proj": {"kernel": jnp.full((2, 3), i, jnp.float32), "lora_a": jnp.full((2, 1), 10 + i, jnp.float32)}
+        }
+    }
+    return {
+        "projector": {"w": jnp.ones(4)},
+        "vision_tower": {"layers_0": {"w": jnp.zeros(2)}},
+        "language_model": {"norm": jnp.ones(3), **{f"layers_{i}": layer(i) for i in range(n)}},
+    }
 
 
 def test_stacking_moves_layer_i_to_index_i_and_back():
@@ -35,8 +42,9 @@ def test_optimizer_state_converts_with_its_parameters():
     """Adam's moments mirror the parameters inside optax's NamedTuples and masks."""
     p = params()
     labels = lambda t: {k: jax.tree.map(lambda _, k=k: "b" if k == "projector" else "a", v) for k, v in t.items()}
-    opt = optax.chain(optax.clip_by_global_norm(1.0),
-                      optax.multi_transform({"a": optax.adam(1e-3), "b": optax.adam(1e-4)}, labels))
+    opt = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.multi_transform({"a": optax.adam(1e-3), "b": optax.adam(1e-4)}, labels)
+    )
     state = opt.update(p, opt.init(p), p)[1]
     want = jax.tree.structure(opt.init(to_stacked(p)))
     assert jax.tree.structure(to_stacked(state)) == want

@@ -1,6 +1,7 @@
 """A text-only Llama (the Llama Guard judge's architecture): conversion from a transformers
 `LlamaForCausalLM`, float32 logit parity at 1e-4, greedy generation identical to transformers'
 `generate`, and clear errors where a LLaVA checkpoint is expected."""
+
 import json
 
 import jax.numpy as jnp
@@ -52,11 +53,17 @@ def test_greedy_generation_matches_transformers(built):
     x = np.zeros((3, t), np.int64)
     mask = np.zeros_like(x)
     for i, p in enumerate(prompts):
-        x[i, t - len(p):], mask[i, t - len(p):] = p, 1
+        x[i, t - len(p) :], mask[i, t - len(p) :] = p, 1
     with torch.no_grad():
-        out = built.model.generate(input_ids=torch.tensor(x), attention_mask=torch.tensor(mask), do_sample=False,
-                                   max_new_tokens=10, eos_token_id=2, pad_token_id=0)
-    ref = [r[:next((k + 1 for k, tok in enumerate(r) if tok == 2), len(r))] for r in out[:, t:].tolist()]
+        out = built.model.generate(
+            input_ids=torch.tensor(x),
+            attention_mask=torch.tensor(mask),
+            do_sample=False,
+            max_new_tokens=10,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    ref = [r[: next((k + 1 for k, tok in enumerate(r) if tok == 2), len(r))] for r in out[:, t:].tolist()]
     assert ours == ref
     with pytest.raises(ValueError, match="text-only"):
         gen(prompts[:1], [np.zeros((3, 28, 28), np.float32)], Sampling(max_new_tokens=2))
@@ -65,6 +72,7 @@ def test_greedy_generation_matches_transformers(built):
 def test_llava_only_tools_refuse_a_text_only_checkpoint(built, tmp_path, capsys):
     from conversion import flax_to_hf
     from vlguard_jax.models import LlavaConfig
+
     with pytest.raises(ValueError, match="text-only Llama"):
         LlavaConfig.load(built.flax_dir / "model_config.json")
     assert flax_to_hf.main(["--src", str(built.flax_dir), "--dst", str(tmp_path / "out")]) == 1

@@ -1,4 +1,5 @@
 """A tiny converted checkpoint, the sample data, and a small training config."""
+
 from pathlib import Path
 
 from tests import tiny

@@ -1,5 +1,6 @@
 """The whole run through `python -m vlguard_jax.train`: loss falls, logs, kill -9 and resume
 bit for bit, NaN stops the run, two processes equal one, misspelt keys fail."""
+
 import json
 import os
 import shutil
@@ -36,7 +37,8 @@ def config_file(ns, tmp: Path, name: str, **overrides) -> Path:
         "from types import SimpleNamespace\nfrom pathlib import Path\nfrom tests.train import common\n\n"
         "def get_config():\n"
         f"    ns = SimpleNamespace(flax_dir={model['flax_dir']!r}, sample={{k: Path(v) for k, v in {sample!r}.items()}})\n"
-        f"    return common.config(ns, '', **{overrides!r})\n")
+        f"    return common.config(ns, '', **{overrides!r})\n"
+    )
     return path
 
 
@@ -46,8 +48,13 @@ def train_cmd(cfg_path, workdir, *extra):
 
 def run_env(**extra):
     # Runs of the same program share compiled executables (the cache directory set in conftest).
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        JAX_PLATFORMS="cpu",
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     env.update(extra)
     return env
@@ -55,6 +62,7 @@ def run_env(**extra):
 
 def final_params(workdir):
     from vlguard_jax.train.checkpoints import read_latest
+
     step, state, _ = read_latest(workdir)
     return step, jax.tree.leaves(jax.tree.map(np.asarray, state["params"]))
 
@@ -65,12 +73,10 @@ def metrics(workdir):
 
 def test_loss_falls_and_logs_are_written(env, monkeypatch):
     ns, tmp = env
-    cfg = config_file(ns, tmp, "falls", total_steps=24, checkpoint_every=12, **{"train.mode": "full",
-                                                                                "optim.lr": 3e-3})
+    cfg = config_file(ns, tmp, "falls", total_steps=24, checkpoint_every=12, **{"train.mode": "full", "optim.lr": 3e-3})
     # A workdir relative to the current directory, as in the README's commands (orbax itself
     # takes absolute paths only).
-    out = subprocess.run(train_cmd(cfg, "falls"), env=run_env(), capture_output=True, text=True,
-                         timeout=600, cwd=tmp)
+    out = subprocess.run(train_cmd(cfg, "falls"), env=run_env(), capture_output=True, text=True, timeout=600, cwd=tmp)
     assert out.returncode == 0, out.stderr[-3000:]
     monkeypatch.chdir(tmp)
     assert final_params("falls")[0] == 24
@@ -93,8 +99,9 @@ def reference(env):
     ns, tmp = env
     kw = dict(total_steps=8, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1, "model.scan_layers": "on"})
     cfg = config_file(ns, tmp, "resume", **kw)
-    ref = subprocess.run(train_cmd(cfg, tmp / "ref"), env=run_env(), capture_output=True, text=True,
-                         timeout=600, cwd=REPO)
+    ref = subprocess.run(
+        train_cmd(cfg, tmp / "ref"), env=run_env(), capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert ref.returncode == 0, ref.stderr[-3000:]
     return cfg, tmp / "ref"
 
@@ -116,8 +123,9 @@ def test_kill_and_resume_is_bit_exact(env, reference):
     # Kill -9 as soon as anything of the step-4 checkpoint appears (usually mid-write), then restart.
     work = tmp / "killed"
     for trigger in ("4",):
-        proc = subprocess.Popen(train_cmd(cfg, work), env=run_env(), cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            train_cmd(cfg, work), env=run_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.time() + 300
         ck = work / "checkpoints"
         while time.time() < deadline and proc.poll() is None:
@@ -126,8 +134,7 @@ def test_kill_and_resume_is_bit_exact(env, reference):
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    done = subprocess.run(train_cmd(cfg, work), env=run_env(), capture_output=True, text=True, timeout=600,
-                          cwd=REPO)
+    done = subprocess.run(train_cmd(cfg, work), env=run_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout + done.stderr
     assert_same_run(ref, work)
@@ -139,8 +146,9 @@ def test_sigterm_checkpoints_the_step_and_a_restart_is_bit_exact(env, reference)
     ns, tmp = env
     cfg, ref = reference
     work = tmp / "preempted"
-    proc = subprocess.Popen(train_cmd(cfg, work), env=run_env(), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(cfg, work), env=run_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (work / "metrics.jsonl").exists() and len((work / "metrics.jsonl").read_text().splitlines()) >= 1:
@@ -151,8 +159,7 @@ def test_sigterm_checkpoints_the_step_and_a_restart_is_bit_exact(env, reference)
     assert proc.returncode == 0, err[-3000:]
     step = int(out.split("preempted at step ")[1].split(":")[0])
     assert 1 <= step < 8 and (work / "checkpoints" / str(step)).is_dir()
-    done = subprocess.run(train_cmd(cfg, work), env=run_env(), capture_output=True, text=True, timeout=600,
-                          cwd=REPO)
+    done = subprocess.run(train_cmd(cfg, work), env=run_env(), capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resumed from {work / 'checkpoints'} at step {step}" in done.stdout
     assert_same_run(ref, work)
@@ -166,6 +173,7 @@ def test_a_checkpoint_resumes_in_the_other_layer_form(env):
     from vlguard_jax.runs import load_run
     from vlguard_jax.train.checkpoints import read_latest
     from vlguard_jax.train.loop import run
+
     ns, tmp = env
     kw = dict(total_steps=4, checkpoint_every=1, keep_checkpoints=4)
     cfg = lambda work, form: common.config(ns, work, **kw, **{"model.scan_layers": form})
@@ -177,8 +185,10 @@ def test_a_checkpoint_resumes_in_the_other_layer_form(env):
             shutil.rmtree(work / "checkpoints" / step)
         said = []
         run(cfg(work, form), log_fn=said.append)
-        assert f"checkpoint {resumed_at} holds the decoder layers {'per layer' if form == 'on' else 'stacked'}; " \
-               f"converted for config.model.scan_layers='{form}'" in said
+        assert (
+            f"checkpoint {resumed_at} holds the decoder layers {'per layer' if form == 'on' else 'stacked'}; "
+            f"converted for config.model.scan_layers='{form}'" in said
+        )
         assert is_stacked(read_latest(work)[1]["params"]) == (form == "on")
     # Step 3 ran scanned, step 4 unrolled again: a misplaced layer or moment would show.
     plain, mixed = ({x["step"]: x["loss"] for x in metrics(path)} for path in (tmp / "form_ref", work))
@@ -194,10 +204,17 @@ def test_a_checkpoint_resumes_in_the_other_layer_form(env):
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(env):
     ns, tmp = env
-    cfg = config_file(ns, tmp, "nan", total_steps=6, checkpoint_every=1,
-                      **{"train.mode": "full", "optim.lr": 1e30, "optim.warmup_ratio": 0.0})
-    out = subprocess.run(train_cmd(cfg, tmp / "nan"), env=run_env(), capture_output=True, text=True,
-                         timeout=600, cwd=REPO)
+    cfg = config_file(
+        ns,
+        tmp,
+        "nan",
+        total_steps=6,
+        checkpoint_every=1,
+        **{"train.mode": "full", "optim.lr": 1e30, "optim.warmup_ratio": 0.0},
+    )
+    out = subprocess.run(
+        train_cmd(cfg, tmp / "nan"), env=run_env(), capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert out.returncode != 0
     msg = out.stderr[-4000:]
     assert "non-finite loss" in msg and "stopped" in msg, msg
@@ -209,8 +226,14 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(env):
 def test_misspelt_config_key_is_an_error(env):
     ns, tmp = env
     cfg = config_file(ns, tmp, "typo")
-    out = subprocess.run(train_cmd(cfg, tmp / "typo", "--config.optim.learning_rate=1"), env=run_env(),
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    out = subprocess.run(
+        train_cmd(cfg, tmp / "typo", "--config.optim.learning_rate=1"),
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert out.returncode != 0 and "learning_rate" in out.stderr
     assert not (tmp / "typo" / "checkpoints").exists()
 
@@ -223,10 +246,17 @@ def free_port() -> int:
 
 def start_two(cfg, workdir):
     port = free_port()
-    return [subprocess.Popen(train_cmd(cfg, workdir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=run_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                                                    JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
-            for i in range(2)]
+    return [
+        subprocess.Popen(
+            train_cmd(cfg, workdir),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=run_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+        )
+        for i in range(2)
+    ]
 
 
 def finish(procs) -> list[tuple[str, str]]:
@@ -250,8 +280,14 @@ def two_processes(env):
 def test_two_processes_match_one(env, two_processes):
     ns, tmp = env
     cfg, two, outs = two_processes
-    one = subprocess.run(train_cmd(cfg, tmp / "one"), env=run_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
-                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    one = subprocess.run(
+        train_cmd(cfg, tmp / "one"),
+        env=run_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     assert "2 process(es)" in outs[0][0] + outs[0][1]
     l1 = [x["loss"] for x in metrics(tmp / "one")]

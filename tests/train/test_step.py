@@ -1,4 +1,5 @@
 """The jitted step on a tiny model: accumulation, sharding, what changes, learning rates, loss."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,9 +23,16 @@ def env(tmp_path_factory):
 
 
 def batches(ns, tmp, cfg, n=3):
-    lay = Layout(global_batch=cfg.global_batch, epochs=1, seed=0, max_length=cfg.data.max_length,
-                 pad_to=cfg.data.pad_to, bucket=cfg.data.bucket)
+    lay = Layout(
+        global_batch=cfg.global_batch,
+        epochs=1,
+        seed=0,
+        max_length=cfg.data.max_length,
+        pad_to=cfg.data.pad_to,
+        bucket=cfg.data.bucket,
+    )
     from vlguard_jax.loading import load_model
+
     base = load_model(ns.flax_dir, dtype=jnp.float32)
     rows = prepare(cfg.data, base.tokenizer, base.config, tmp / "data", lay, log=lambda *_: None)
     it = iter(dataset(rows))
@@ -36,13 +44,13 @@ def run_steps(cfg, data, mesh_shape=(1, 1, 1), accum=1, steps=None, opt=None):
     with sharding.use_mesh(mesh):
         model, base, trainable, frozen, _ = build_params(cfg, mesh)
     opt = opt or optimizer(cfg.optim, 10, trainable)
-    state = {"step": jnp.int32(0), "params": trainable, "opt": opt.init(trainable),
-             "rng": jax.random.key(0)}
+    state = {"step": jnp.int32(0), "params": trainable, "opt": opt.init(trainable), "rng": jax.random.key(0)}
     step = make_train_step(model, opt, accum, cfg.loss_chunk)
 
     def f(state, frozen, batch):
         with sharding.use_mesh(mesh):
             return step(state, frozen, batch)
+
     f = jax.jit(f)
     losses = []
     for b in data[:steps]:
@@ -72,6 +80,7 @@ def test_lora_split_and_only_trainables_change(env):
     assert all(not np.array_equal(after[k], b[k]) for k in b if k.endswith("lora_b") or k.startswith("projector"))
     # The frozen base is bit-identical to the checkpoint.
     from vlguard_jax.loading import load_model
+
     base = flat(load_model(ns.flax_dir, dtype=jnp.float32).params)
     fz = flat(frozen)
     assert set(fz) | {k for k in b if k.startswith("projector")} == set(base)
@@ -150,6 +159,7 @@ def test_loss_is_the_token_mean_over_supervised_tokens(env):
     mesh = sharding.make_mesh((1, 1, 1))
     model, _, trainable, frozen, _ = build_params(cfg, mesh)
     from vlguard_jax.train.state import merge
+
     params = merge(trainable, frozen)
     total, count = token_loss_sums(model, params, b, None, chunk=7)
     logits, _ = model.apply({"params": params}, b["input_ids"], b["pixel_values"])
@@ -161,6 +171,7 @@ def test_loss_is_the_token_mean_over_supervised_tokens(env):
     np.testing.assert_allclose(float(total), ref.sum(), rtol=1e-5)
     # The lm_head only at supervised positions (the label budget) gives the same sums.
     from vlguard_jax.train.loop import label_budget
+
     k = label_budget(b["labels"], b["labels"].shape[1], quantum=8)
     assert k < b["labels"].shape[1] - 1
     total_k, count_k = token_loss_sums(model, params, b, None, chunk=7, label_budget=k)

@@ -5,6 +5,7 @@ evaluation). Both render as
 
 and a generation prompt ends with `ASSISTANT:`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,11 +26,13 @@ TEMPLATES = {
     "vicuna_v1": Template(
         "vicuna_v1",
         "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-        "helpful, detailed, and polite answers to the user's questions."),
+        "helpful, detailed, and polite answers to the user's questions.",
+    ),
     "llava_v1": Template(
         "llava_v1",
         "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-        "helpful, detailed, and polite answers to the human's questions."),
+        "helpful, detailed, and polite answers to the human's questions.",
+    ),
 }
 ROLE_OF = {"human": 0, "gpt": 1}
 

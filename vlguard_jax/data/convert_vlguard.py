@@ -6,6 +6,7 @@ pair list shuffled; the first pair's human turn is "<image>" + instruction (no n
 second pair's carries no image tag. `instr-resp` is replaced by `conversations`; every other field
 is kept.
 """
+
 from __future__ import annotations
 
 import random
@@ -18,8 +19,10 @@ from vlguard_jax.files import atomic_write_json, check_output
 
 def _turns(pair: dict, key: str, with_image: bool) -> list[dict]:
     instruction = pair[key]
-    return [{"from": "human", "value": ("<image>" if with_image else "") + instruction},
-            {"from": "gpt", "value": pair["response"]}]
+    return [
+        {"from": "human", "value": ("<image>" if with_image else "") + instruction},
+        {"from": "gpt", "value": pair["response"]},
+    ]
 
 
 def to_llava(records: list[dict], seed: int = 0) -> list[dict]:
@@ -41,8 +44,9 @@ def to_llava(records: list[dict], seed: int = 0) -> list[dict]:
 
 @cli
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m vlguard_jax.data.convert_vlguard",
-                       description="VLGuard metadata -> LLaVA conversation format")
+    p = ArgumentParser(
+        prog="python -m vlguard_jax.data.convert_vlguard", description="VLGuard metadata -> LLaVA conversation format"
+    )
     p.add_argument("--src", required=True)
     p.add_argument("--dst", required=True)
     p.add_argument("--seed", type=int, default=0, help="the authors use 0")

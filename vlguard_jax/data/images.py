@@ -7,6 +7,7 @@ centre crop, x/255, normalise. Evaluation (the VLGuard scripts): the same withou
 LLaVA drops an alpha channel (`convert("RGB")`); `alpha="white"` composites onto white instead,
 which is what `CLIPImageProcessor` does when given an RGBA image itself.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ def resolve(root, relative: str):
         joined = posixpath.normpath(posixpath.join("/root", relative))
         if not joined.startswith("/root/"):
             raise ImageError(f"image path {relative!r} resolves outside the image root {base}")
-        return storage.as_path(base + joined[len("/root"):])
+        return storage.as_path(base + joined[len("/root") :])
     real_root = os.path.realpath(root)
     path = os.path.realpath(os.path.join(real_root, relative))
     if not (path + os.sep).startswith(real_root.rstrip(os.sep) + os.sep):
@@ -49,12 +50,16 @@ def resolve(root, relative: str):
 def open_rgb(path, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An RGB image; one over `max_pixels` is refused from its header, before it is decoded."""
     try:
-        with (storage.as_path(path).open("rb") if storage.is_remote(path) else open(path, "rb")) as f, \
-                Image.open(f) as img:
+        with (
+            storage.as_path(path).open("rb") if storage.is_remote(path) else open(path, "rb") as f,
+            Image.open(f) as img,
+        ):
             w, h = img.size
             if w * h > max_pixels:
-                raise ImageError(f"{path}: {w}x{h} pixels, over the limit of {max_pixels:,} "
-                                 "(data.max_image_pixels); refused before decoding")
+                raise ImageError(
+                    f"{path}: {w}x{h} pixels, over the limit of {max_pixels:,} "
+                    "(data.max_image_pixels); refused before decoding"
+                )
             img.load()
             if alpha == "white" and ("A" in img.getbands() or "transparency" in img.info):
                 rgba = img.convert("RGBA")
@@ -89,7 +94,7 @@ def clip_preprocess(img: Image.Image, size: int) -> np.ndarray:
     top, left = (new_h - size) // 2, (new_w - size) // 2
     if top < 0 or left < 0:
         raise ImageError(f"image of size {w}x{h} resized to {new_w}x{new_h} is smaller than the crop {size}")
-    x = x[top:top + size, left:left + size].astype(np.float32) * np.float32(1 / 255)
+    x = x[top : top + size, left : left + size].astype(np.float32) * np.float32(1 / 255)
     x = (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1), np.float32)
 
@@ -98,7 +103,8 @@ def pixels(img: Image.Image, size: int, pad: bool) -> np.ndarray:
     return clip_preprocess(expand2square(img) if pad else img, size)
 
 
-def load_pixels(root, relative: str, size: int, pad: bool, alpha: str = "drop",
-                max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_pixels(
+    root, relative: str, size: int, pad: bool, alpha: str = "drop", max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
     """Resolve under `root`, decode and preprocess one image."""
     return pixels(open_rgb(resolve(root, relative), alpha, max_pixels), size, pad)

@@ -10,6 +10,7 @@ says which image root its `image` path is relative to. The LLaVA file of `mixed`
 streamed (`Streamed`): a 665k mix is read record by record, on each pass, never held whole; the
 post-hoc draw reads it twice (the valid rows, then the drawn ones).
 """
+
 from __future__ import annotations
 
 import collections
@@ -95,8 +96,10 @@ def check_nonempty(counts: dict, sources: list[Source], recipe: str, skipping: b
     post-hoc recipe on helpfulness rows alone."""
     for source in sources:
         if not counts.get(source.name, {}).get("total"):
-            raise RecordError(f"{source.path}: no records to train on (data.{source.name}, which the {recipe} "
-                              "recipe needs)" + (" after skipping bad ones" if skipping else ""))
+            raise RecordError(
+                f"{source.path}: no records to train on (data.{source.name}, which the {recipe} "
+                "recipe needs)" + (" after skipping bad ones" if skipping else "")
+            )
 
 
 @dataclasses.dataclass
@@ -175,6 +178,10 @@ def build(data_cfg, bad=None) -> Mixture:
             rows = draw_helpful(rows, data_cfg.helpful_samples, data_cfg.helpful_seed, data_cfg.llava)
         parts.append(rows)
     skipping = bad is not None and bad.mode == "skip"
-    check_nonempty({s.name: {"total": len(p)} for s, p in zip(sources, parts) if isinstance(p, list)},
-                   [s for s, p in zip(sources, parts) if isinstance(p, list)], recipe, skipping)
+    check_nonempty(
+        {s.name: {"total": len(p)} for s, p in zip(sources, parts) if isinstance(p, list)},
+        [s for s, p in zip(sources, parts) if isinstance(p, list)],
+        recipe,
+        skipping,
+    )
     return Mixture(sources, Records(parts), recipe)

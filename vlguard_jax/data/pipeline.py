@@ -13,6 +13,7 @@
   `on_bad_record="skip"` becomes a padding row and a line in the report.
 - The iterator is grain's: `get_state()`/`set_state()` resume at exactly the next batch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ from vlguard_jax.files import sha256_file
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Everything that fixes the order and shape of the batches."""
+
     global_batch: int
     epochs: int
     seed: int = 0
@@ -69,7 +71,7 @@ def epoch_order(lengths: np.ndarray, has_image: np.ndarray, layout: Layout, epoc
     batches, leftovers = [], []
     for group in (np.flatnonzero(has_image), np.flatnonzero(~has_image)):
         group = group[rng.permutation(len(group))]
-        chunks = [group[i:i + mega] for i in range(0, len(group), mega)]
+        chunks = [group[i : i + mega] for i in range(0, len(group), mega)]
         if chunks and len(chunks[-1]) < mega:
             leftovers.append(chunks.pop())
         batches += [c[np.argsort(-lengths[c], kind="stable")] for c in chunks]
@@ -82,8 +84,16 @@ def epoch_order(lengths: np.ndarray, has_image: np.ndarray, layout: Layout, epoc
 class Rows:
     """This process's rows, in order; item k is one padded row. Picklable (workers reopen the store)."""
 
-    def __init__(self, store_dir, image_roots, image_size: int, pad_image: bool, layout: Layout,
-                 bad: BadRecords, max_pixels: int = MAX_PIXELS):
+    def __init__(
+        self,
+        store_dir,
+        image_roots,
+        image_size: int,
+        pad_image: bool,
+        layout: Layout,
+        bad: BadRecords,
+        max_pixels: int = MAX_PIXELS,
+    ):
         self.store_dir, self.image_roots, self.image_size = str(store_dir), list(image_roots), image_size
         self.pad_image, self.layout, self.bad, self.max_pixels = pad_image, layout, bad, max_pixels
 
@@ -153,12 +163,17 @@ class Rows:
             if self.store.has_image[i]:
                 src = int(self.store.source[i])
                 try:
-                    pixels = load_pixels(self.image_roots[src], self.store.images[i], self.image_size,
-                                         self.pad_image, max_pixels=self.max_pixels)
+                    pixels = load_pixels(
+                        self.image_roots[src],
+                        self.store.images[i],
+                        self.image_size,
+                        self.pad_image,
+                        max_pixels=self.max_pixels,
+                    )
                 except ImageError as e:
                     self.bad(f"record {self.store.names[i]!r}", str(e), ImageError)
                     return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
-            ids[:len(x)], labels[:len(y)] = x, y
+            ids[: len(x)], labels[: len(y)] = x, y
         return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
 
 
@@ -186,11 +201,26 @@ def tokenizer_digest(tokenizer) -> str:
 def store_key(data_cfg, tokenizer, model_cfg, sources) -> str:
     """The store's name: a hash of the data files' contents, the tokenizer and every setting the
     tokens depend on. An unchanged run finds its store; any change builds another."""
-    settings = {k: data_cfg.get(k) for k in ("recipe", "helpful_samples", "helpful_seed", "convert_seed", "max_length",
-                                             "template", "on_bad_record")}
-    settings.update(version=STORE_VERSION, image_token_index=model_cfg.image_token_index,
-                    num_image_tokens=model_cfg.num_image_tokens, roots=[s.image_root for s in sources],
-                    data=[sha256_file(s.path) for s in sources], tokenizer=tokenizer_digest(tokenizer))
+    settings = {
+        k: data_cfg.get(k)
+        for k in (
+            "recipe",
+            "helpful_samples",
+            "helpful_seed",
+            "convert_seed",
+            "max_length",
+            "template",
+            "on_bad_record",
+        )
+    }
+    settings.update(
+        version=STORE_VERSION,
+        image_token_index=model_cfg.image_token_index,
+        num_image_tokens=model_cfg.num_image_tokens,
+        roots=[s.image_root for s in sources],
+        data=[sha256_file(s.path) for s in sources],
+        tokenizer=tokenizer_digest(tokenizer),
+    )
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -210,8 +240,9 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
     workdir = storage.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # In a bucket, workers append bad records to a local mirror (one file per process).
-    bad_name = "bad_records.jsonl" if not remote or layout.process_index == 0 else \
-        f"bad_records.{layout.process_index}.jsonl"
+    bad_name = (
+        "bad_records.jsonl" if not remote or layout.process_index == 0 else f"bad_records.{layout.process_index}.jsonl"
+    )
     if remote:
         mirror = storage.mirror_for(workdir)
         mirror.pull([bad_name])
@@ -231,8 +262,9 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
         storage.download_dir(store_dir, local_dir)
         log(f"token store {store_dir} found: copied to {local_dir}, not tokenizing again")
     elif layout.process_index == 0:
-        enc = Encoder(tokenizer, model_cfg.image_token_index, model_cfg.num_image_tokens,
-                      data_cfg.max_length, data_cfg.template)
+        enc = Encoder(
+            tokenizer, model_cfg.image_token_index, model_cfg.num_image_tokens, data_cfg.max_length, data_cfg.template
+        )
         build_store(mixture.build(data_cfg, bad), enc, local_dir, roots, bad)
         if remote:
             storage.upload_dir(local_dir, store_dir)
@@ -244,13 +276,22 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
     if remote:
         mirror.sync()
     store_dir = local_dir
-    rows = Rows(store_dir, roots, model_cfg.vision.image_size, data_cfg.pad_image, layout, bad,
-                data_cfg.get("max_image_pixels", MAX_PIXELS))
+    rows = Rows(
+        store_dir,
+        roots,
+        model_cfg.vision.image_size,
+        data_cfg.pad_image,
+        layout,
+        bad,
+        data_cfg.get("max_image_pixels", MAX_PIXELS),
+    )
     store = rows.store
     log(mixture.describe(store.composition))
     drops = store.drops
-    log(f"tokenized: {len(store)} examples kept" + (
-        "; dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(drops.items())) if drops else ", none dropped"))
+    log(
+        f"tokenized: {len(store)} examples kept"
+        + ("; dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(drops.items())) if drops else ", none dropped")
+    )
     if bad.mode == "skip":
         log(f"bad records skipped so far: {len(bad.entries())} (listed in {bad.path})")
     if len(store) == 0:
@@ -264,6 +305,8 @@ def _wait_for(store_dir, log, ready) -> None:
     deadline = time.monotonic() + STORE_WAIT_S
     while not ready():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{store_dir}: process 0 built no token store in {STORE_WAIT_S} s; is the "
-                               "workdir on storage every process sees?")
+            raise TimeoutError(
+                f"{store_dir}: process 0 built no token store in {STORE_WAIT_S} s; is the "
+                "workdir on storage every process sees?"
+            )
         time.sleep(2)

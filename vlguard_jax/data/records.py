@@ -1,5 +1,6 @@
 """Record schemas: VLGuard metadata (`train.json`, `test.json`) and LLaVA instruction data
 (`llava_v1_5_mix665k.json` format). Every error names the file and the record."""
+
 from __future__ import annotations
 
 import json
@@ -129,16 +130,16 @@ def validate_vlguard(record: Any, source="<records>", index: int = 0) -> dict:
         if key not in record:
             raise RecordError(f"{where}: missing field {key!r}")
         if not isinstance(record[key], kind):
-            raise RecordError(f"{where}: field {key!r} must be {kind.__name__}, "
-                              f"found {type(record[key]).__name__}")
+            raise RecordError(f"{where}: field {key!r} must be {kind.__name__}, found {type(record[key]).__name__}")
     if not record["id"] or not record["image"]:
         raise RecordError(f"{where}: empty 'id' or 'image'")
     pairs = record["instr-resp"]
     expected = ("safe_instruction", "unsafe_instruction") if record["safe"] else ("instruction",)
     if len(pairs) != len(expected):
         kind = "safe" if record["safe"] else "unsafe"
-        raise RecordError(f"{where}: a {kind} image needs {len(expected)} instruction-response "
-                          f"pair(s), found {len(pairs)}")
+        raise RecordError(
+            f"{where}: a {kind} image needs {len(expected)} instruction-response pair(s), found {len(pairs)}"
+        )
     found = []
     for j, pair in enumerate(pairs):
         if not isinstance(pair, dict) or len(pair) != 2 or "response" not in pair:
@@ -172,13 +173,15 @@ def validate_llava(record: Any, source="<records>", index: int = 0) -> dict:
     if not isinstance(conv, list) or not conv:
         raise RecordError(f"{where}: 'conversations' must be a non-empty list")
     for j, turn in enumerate(conv):
-        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt") \
-                or not isinstance(turn.get("value"), str):
+        if (
+            not isinstance(turn, dict)
+            or turn.get("from") not in ("human", "gpt")
+            or not isinstance(turn.get("value"), str)
+        ):
             raise RecordError(f"{where}: conversations[{j}] must be {{'from': 'human'|'gpt', 'value': str}}")
     tags = sum(t["value"].count("<image>") for t in conv)
     if tags > 1 or (tags == 1) != ("image" in record):
-        raise RecordError(f"{where}: {tags} <image> tag(s) for "
-                          f"{'one image' if 'image' in record else 'no image'}")
+        raise RecordError(f"{where}: {tags} <image> tag(s) for {'one image' if 'image' in record else 'no image'}")
     return record
 
 

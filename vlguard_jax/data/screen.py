@@ -6,6 +6,7 @@ interrupted run resumes without judging again; under several processes (the JAX_
 training) each judges its slice. This module is the command's front door only: the screen itself
 is `vlguard_jax.evaluate.screening`, which runs on the generator.
 """
+
 from __future__ import annotations
 
 import sys

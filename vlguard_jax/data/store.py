@@ -6,6 +6,7 @@ and their tokens go straight to disk. Image runs are stored as one `image_token_
 expanded when a row is loaded, so 665k samples stay small. `pipeline.prepare` names each store
 by a hash of what it is made of and reuses it on every start that has the same inputs.
 """
+
 from __future__ import annotations
 
 import collections
@@ -82,13 +83,15 @@ class _Writer:
         np.save(dst / "source.npy", np.asarray(self.source, np.int16))
 
 
-def build_store(mixture, encoder, dst, image_roots, bad: BadRecords, check_images: bool = True,
-                batch: int = 512) -> dict:
+def build_store(
+    mixture, encoder, dst, image_roots, bad: BadRecords, check_images: bool = True, batch: int = 512
+) -> dict:
     """Tokenize every record into `dst` (written beside it, renamed when complete); returns the
     drop counts. With `check_images`, each image path is resolved under its root and must exist
     (decoding happens later, in the workers). The mixture's composition is counted on the way and
     saved, and a source left without records is an error."""
     from vlguard_jax.data.mixture import check_nonempty
+
     n_img, img_id = encoder.num_image_tokens, encoder.image_token_index
     dst = Path(dst)
     counts = {src.name: collections.Counter() for src in mixture.sources}
@@ -157,8 +160,7 @@ def build_store(mixture, encoder, dst, image_roots, bad: BadRecords, check_image
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             previous = None
             for pending in batches():
-                current = pending, pool.submit(encoder.encode_many, [r for r, _ in pending],
-                                               [w for _, w in pending])
+                current = pending, pool.submit(encoder.encode_many, [r for r, _ in pending], [w for _, w in pending])
                 if previous:
                     write(*previous)
                 previous = current
@@ -170,9 +172,19 @@ def build_store(mixture, encoder, dst, image_roots, bad: BadRecords, check_image
         drops = dict(encoder.drops)
         if skipped:
             drops["bad record skipped"] = skipped
-        (tmp / "meta.json").write_text(json.dumps({
-            "images": out.images, "ids": out.names, "drops": drops, "composition": composition,
-            "tokens": out.offsets[-1], "num_image_tokens": n_img, "image_token_index": img_id}))
+        (tmp / "meta.json").write_text(
+            json.dumps(
+                {
+                    "images": out.images,
+                    "ids": out.names,
+                    "drops": drops,
+                    "composition": composition,
+                    "tokens": out.offsets[-1],
+                    "num_image_tokens": n_img,
+                    "image_token_index": img_id,
+                }
+            )
+        )
     return drops
 
 

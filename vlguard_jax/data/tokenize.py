@@ -15,6 +15,7 @@
 - Truncation to `max_length`; a sample with no supervised token left, or whose image tokens would
   be cut, is dropped and counted by `Encoder`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -80,11 +81,13 @@ def llava_rounds_fault(template, msgs: list[tuple[int, str]]) -> str | None:
     rounds = render(template, msgs).split(template.sep2)
     pieces = segments(template, msgs)
     for k in range(len(pieces) // 2):
-        instruction, reply = pieces[2 * k][0], pieces[2 * k + 1][0][1:-len(template.sep2)]
+        instruction, reply = pieces[2 * k][0], pieces[2 * k + 1][0][1 : -len(template.sep2)]
         parts = rounds[k].split(sep) if k < len(rounds) else []
-        if parts != [instruction[:-len(sep) + 1], reply]:
-            return (f"exchange {k} (turns {2 * k}-{2 * k + 1}): its text holds {template.sep2!r} or "
-                    f"{sep.strip()!r}, which LLaVA's preprocess_v1 reads as a turn boundary")
+        if parts != [instruction[: -len(sep) + 1], reply]:
+            return (
+                f"exchange {k} (turns {2 * k}-{2 * k + 1}): its text holds {template.sep2!r} or "
+                f"{sep.strip()!r}, which LLaVA's preprocess_v1 reads as a turn boundary"
+            )
     return None
 
 
@@ -103,33 +106,45 @@ def checked_pieces(conversations: list[dict], template, sample: str) -> list[tup
     return segments(template, msgs)
 
 
-def encode(tokenizer, conversations: list[dict], *, template="vicuna_v1", image_token_index: int,
-           num_image_tokens: int, sample: str = "<sample>") -> tuple[np.ndarray, np.ndarray]:
+def encode(
+    tokenizer,
+    conversations: list[dict],
+    *,
+    template="vicuna_v1",
+    image_token_index: int,
+    num_image_tokens: int,
+    sample: str = "<sample>",
+) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, labels) as int32 arrays, untruncated, by the turn-by-turn rule: each turn
     boundary's prefix must tokenize to a prefix of the whole prompt's ids. A sample LLaVA would
     mask raises TokenizationError."""
     template = get_template(template) if isinstance(template, str) else template
     pieces = checked_pieces(conversations, template, sample)
-    whole = tokenize_with_images(tokenizer, "".join(t for t, _ in pieces), image_token_index,
-                                 num_image_tokens)
+    whole = tokenize_with_images(tokenizer, "".join(t for t, _ in pieces), image_token_index, num_image_tokens)
     labels = np.full(len(whole), IGNORE, np.int32)
     prefix, start = "", 0
     for k, (text, supervised) in enumerate(pieces):
         prefix += text
-        ids = whole if k == len(pieces) - 1 else tokenize_with_images(
-            tokenizer, prefix, image_token_index, num_image_tokens)
-        if ids != whole[:len(ids)] or len(ids) < start:
+        ids = (
+            whole
+            if k == len(pieces) - 1
+            else tokenize_with_images(tokenizer, prefix, image_token_index, num_image_tokens)
+        )
+        if ids != whole[: len(ids)] or len(ids) < start:
             raise TokenizationError(
-                sample, f"tokens of the prompt up to turn piece {k} ({text[-40:]!r}) are not a prefix "
-                "of the whole prompt's tokens; this tokenizer merges across a turn boundary")
+                sample,
+                f"tokens of the prompt up to turn piece {k} ({text[-40:]!r}) are not a prefix "
+                "of the whole prompt's tokens; this tokenizer merges across a turn boundary",
+            )
         if supervised:
-            labels[start:len(ids)] = whole[start:len(ids)]
+            labels[start : len(ids)] = whole[start : len(ids)]
         start = len(ids)
     return np.asarray(whole, np.int32), labels
 
 
-def encode_batch(tokenizer, samples: list[list[tuple[str, bool]]], image_token_index: int,
-                 num_image_tokens: int) -> list:
+def encode_batch(
+    tokenizer, samples: list[list[tuple[str, bool]]], image_token_index: int, num_image_tokens: int
+) -> list:
     """(input_ids, labels) per sample's turn pieces, each prompt tokenized once: one call of a fast
     tokenizer over every chunk of the batch. Each turn boundary is found among the tokens through
     the encoding's character map, and the tokens from a reply piece's boundary to the next one's
@@ -146,8 +161,10 @@ def encode_batch(tokenizer, samples: list[list[tuple[str, bool]]], image_token_i
     parts: list[list] = [[] for _ in samples]
     for e, (s, at), c in zip(tokenizer.backend_tokenizer.encode_batch(chunks), owner, chunks):
         parts[s].append((e, at, len(c)))
-    return [_one(pieces, chunk_parts, tokenizer.bos_token_id, image_token_index, num_image_tokens)
-            for pieces, chunk_parts in zip(samples, parts)]
+    return [
+        _one(pieces, chunk_parts, tokenizer.bos_token_id, image_token_index, num_image_tokens)
+        for pieces, chunk_parts in zip(samples, parts)
+    ]
 
 
 def _one(pieces, chunk_parts, bos, image_token_index, num_image_tokens):
@@ -176,7 +193,7 @@ def _one(pieces, chunk_parts, bos, image_token_index, num_image_tokens):
     edges = [0] + starts + [len(ids)]
     for k, (_, reply) in enumerate(pieces):
         if reply:
-            labels[edges[k]:edges[k + 1]] = ids[edges[k]:edges[k + 1]]
+            labels[edges[k] : edges[k + 1]] = ids[edges[k] : edges[k + 1]]
     labels[:skip] = IGNORE
     for i, j in images:
         labels[i:j] = IGNORE
@@ -200,6 +217,7 @@ class Encoder:
     `encode_many` tokenizes a batch at once with a fast tokenizer (`encode_batch`), and checks
     every `exact_every`-th sample against the turn-by-turn rule (`encode`): a disagreement is an
     error, loud, whatever `on_bad_record` says."""
+
     tokenizer: object
     image_token_index: int
     num_image_tokens: int
@@ -212,10 +230,14 @@ class Encoder:
     def __call__(self, record: dict, where: str | None = None) -> dict | None:
         """{'input_ids', 'labels'} (int32, length <= max_length), or None for a sample cut away by
         `max_length`. A sample LLaVA would mask raises TokenizationError naming `where`."""
-        ids, labels = encode(self.tokenizer, record["conversations"], template=self.template,
-                             image_token_index=self.image_token_index,
-                             num_image_tokens=self.num_image_tokens,
-                             sample=where or f"sample {record.get('id', '<no id>')!r}")
+        ids, labels = encode(
+            self.tokenizer,
+            record["conversations"],
+            template=self.template,
+            image_token_index=self.image_token_index,
+            num_image_tokens=self.num_image_tokens,
+            sample=where or f"sample {record.get('id', '<no id>')!r}",
+        )
         return self._fit(ids, labels)
 
     def encode_many(self, records: list[dict], wheres: list[str]) -> list:
@@ -250,19 +272,27 @@ class Encoder:
         return out
 
     def _agree(self, record: dict, where: str, fast) -> None:
-        ids, labels = encode(self.tokenizer, record["conversations"], template=self.template,
-                             image_token_index=self.image_token_index, num_image_tokens=self.num_image_tokens,
-                             sample=where)
+        ids, labels = encode(
+            self.tokenizer,
+            record["conversations"],
+            template=self.template,
+            image_token_index=self.image_token_index,
+            num_image_tokens=self.num_image_tokens,
+            sample=where,
+        )
         if not (np.array_equal(ids, fast[0]) and np.array_equal(labels, fast[1])):
-            raise TokenizationError(where, "the one-pass tokenization disagrees with the turn-by-turn rule on this "
-                                           "sample; this tokenizer's offsets cannot be trusted for labels")
+            raise TokenizationError(
+                where,
+                "the one-pass tokenization disagrees with the turn-by-turn rule on this "
+                "sample; this tokenizer's offsets cannot be trusted for labels",
+            )
 
     def _fit(self, ids: np.ndarray, labels: np.ndarray) -> dict | None:
         images = np.flatnonzero(ids == self.image_token_index)
         if len(images) and images[-1] >= self.max_length:
             self.drops["image tokens cut by max_length"] += 1
             return None
-        ids, labels = ids[:self.max_length], labels[:self.max_length]
+        ids, labels = ids[: self.max_length], labels[: self.max_length]
         if not (labels != IGNORE).any():
             self.drops["no supervised token within max_length"] += 1
             return None

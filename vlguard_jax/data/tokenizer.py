@@ -1,6 +1,7 @@
 """A small Llama-style tokenizer trained by project code (no download): sentencepiece-style
 `▁` word boundaries, BPE with byte fallback, `<s>`/`</s>`/`<unk>`, and `<image>` as a special
 token. Used by the demo and by tests that need a real Hugging Face tokenizer."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,7 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512, image_token: b
         raise ValueError(f"vocab_size {vocab_size} cannot hold the special and byte tokens")
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS + BYTE_TOKENS,
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS + BYTE_TOKENS, show_progress=False)
     bpe.train_from_iterator(list(corpus), trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]

@@ -9,6 +9,7 @@
   python -m vlguard_jax.evaluate suite --checkpoint CKPT --data-root DIR --out DIR [--only A,B] [--limit N]
   python -m vlguard_jax.evaluate report --runs DIR1 DIR2 ... --out report/
 """
+
 from __future__ import annotations
 
 import json
@@ -60,26 +61,49 @@ def evaluate_main(argv) -> int:
     p.add_argument("--attack", choices=ADVBENCH_ATTACKS, default="vanilla")
     p.add_argument("--font", help="figstep: FreeMonoBold.ttf path")
     p.add_argument("--out", required=True)
-    p.add_argument("--template", choices=("auto",) + TEMPLATE_CHOICES, default="auto",
-                   help="auto: llava_v1 for a LLaVA (the authors'); for a text-only LLM its tokenizer's chat "
-                        "template, else vicuna_v1")
+    p.add_argument(
+        "--template",
+        choices=("auto",) + TEMPLATE_CHOICES,
+        default="auto",
+        help="auto: llava_v1 for a LLaVA (the authors'); for a text-only LLM its tokenizer's chat "
+        "template, else vicuna_v1",
+    )
     p.add_argument("--max-new-tokens", type=at_least(1), default=256)
-    p.add_argument("--min-new-tokens", type=at_least(0), default=1, help="EOS is banned before this many tokens "
-                   "(the authors': 1, so no reply is empty)")
-    p.add_argument("--dtype", choices=DTYPES, help="compute dtype (the authors': float16); default float32 on "
-                   "a CPU, bfloat16 on an accelerator")
-    p.add_argument("--text-image", choices=TEXT_IMAGES, default="none",
-                   help="text-only attacks on a VLLM: no image (the authors') or a blank white image")
+    p.add_argument(
+        "--min-new-tokens",
+        type=at_least(0),
+        default=1,
+        help="EOS is banned before this many tokens (the authors': 1, so no reply is empty)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="compute dtype (the authors': float16); default float32 on a CPU, bfloat16 on an accelerator",
+    )
+    p.add_argument(
+        "--text-image",
+        choices=TEXT_IMAGES,
+        default="none",
+        help="text-only attacks on a VLLM: no image (the authors') or a blank white image",
+    )
     p.add_argument("--batch-size", type=at_least(1), default=8)
     p.add_argument("--limit", type=at_least(1), help="only the first N items")
-    p.add_argument("--judge", choices=JUDGES,
-                   help="llamaguard: Llama Guard's safe/unsafe verdict per response (--judge-checkpoint); "
-                        "openai-compatible: vlguard safe_safes win rate against --references, judged by an "
-                        "endpoint set by env vars")
+    p.add_argument(
+        "--judge",
+        choices=JUDGES,
+        help="llamaguard: Llama Guard's safe/unsafe verdict per response (--judge-checkpoint); "
+        "openai-compatible: vlguard safe_safes win rate against --references, judged by an "
+        "endpoint set by env vars",
+    )
     p.add_argument("--judge-checkpoint", help="converted Llama Guard checkpoint, for --judge llamaguard")
     p.add_argument("--references", help="gpt4_safe_safes.json, for --judge openai-compatible")
-    p.add_argument("--judge-orders", type=int, choices=ORDERS, default=1,
-                   help="openai-compatible: 1 = gpt4_evaluator.py's single order; 2 = also the swapped order")
+    p.add_argument(
+        "--judge-orders",
+        type=int,
+        choices=ORDERS,
+        default=1,
+        help="openai-compatible: 1 = gpt4_evaluator.py's single order; 2 = also the swapped order",
+    )
     a = p.parse_args(argv)
     if a.benchmark == "vlguard" and a.subset not in VLGUARD_SUBSETS:
         p.error(f"--benchmark vlguard needs --subset, one of {VLGUARD_SUBSETS} (got {a.subset!r})")
@@ -87,11 +111,31 @@ def evaluate_main(argv) -> int:
         p.error("--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with --references")
     if a.judge == "llamaguard" and not a.judge_checkpoint:
         p.error("--judge llamaguard needs --judge-checkpoint DIR (a Llama Guard converted by conversion.hf_to_flax)")
-    protocol = Protocol(template=a.template, max_new_tokens=a.max_new_tokens, min_new_tokens=a.min_new_tokens,
-                        dtype=a.dtype, text_image=a.text_image, batch_size=a.batch_size)
-    result = run(a.checkpoint, a.benchmark, out_dir(a.out), subset=a.subset, meta=a.meta, images=a.images,
-                 data=a.data, attack=a.attack, font=a.font, limit=a.limit, protocol=protocol, judge=a.judge,
-                 judge_checkpoint=a.judge_checkpoint, references=a.references, judge_orders=a.judge_orders)
+    protocol = Protocol(
+        template=a.template,
+        max_new_tokens=a.max_new_tokens,
+        min_new_tokens=a.min_new_tokens,
+        dtype=a.dtype,
+        text_image=a.text_image,
+        batch_size=a.batch_size,
+    )
+    result = run(
+        a.checkpoint,
+        a.benchmark,
+        out_dir(a.out),
+        subset=a.subset,
+        meta=a.meta,
+        images=a.images,
+        data=a.data,
+        attack=a.attack,
+        font=a.font,
+        limit=a.limit,
+        protocol=protocol,
+        judge=a.judge,
+        judge_checkpoint=a.judge_checkpoint,
+        references=a.references,
+        judge_orders=a.judge_orders,
+    )
     print(json.dumps(result, indent=1))
     return 0
 
@@ -102,8 +146,9 @@ SCORED = ("sqa", "pope", "mme", "textvqa", "gqa", "mmbench", "vizwiz", "mmvet", 
 def score_main(argv) -> int:
     if "--benchmark" in argv or any(a.startswith("--benchmark=") for a in argv):
         return score_answers_main(argv)
-    p = ArgumentParser(prog="python -m vlguard_jax.evaluate score",
-                       description="rescore a saved responses file without a model")
+    p = ArgumentParser(
+        prog="python -m vlguard_jax.evaluate score", description="rescore a saved responses file without a model"
+    )
     p.add_argument("--responses", required=True)
     p.add_argument("--meta", help="test.json, for the per-category breakdown of a VLGuard subset")
     p.add_argument("--overwrite", action="store_true", help="replace an existing .scored.json")
@@ -118,8 +163,9 @@ def score_main(argv) -> int:
         items = benchmarks.vlguard(a.meta, path.stem)
         missing = [k for k in responses if k not in {i.key for i in items}]
         if missing:
-            raise ValueError(f"{a.responses}: {len(missing)} keys are not in subset {path.stem!r} of {a.meta}, "
-                             f"e.g. {missing[0]!r}")
+            raise ValueError(
+                f"{a.responses}: {len(missing)} keys are not in subset {path.stem!r} of {a.meta}, e.g. {missing[0]!r}"
+            )
     else:
         items = [benchmarks.Item(k, "") for k in responses]
     out = check_output(path.with_name(path.stem + ".scored.json"), path, overwrite=a.overwrite)
@@ -134,12 +180,16 @@ def score_main(argv) -> int:
 def score_answers_main(argv) -> int:
     """Helpfulness: the number LLaVA's scorer gives, from an answers file in LLaVA's format; the
     flags are the matching LLaVA scorer's."""
-    p = ArgumentParser(prog="python -m vlguard_jax.evaluate score --benchmark",
-                       description="score helpfulness answers as LLaVA's scorers do")
+    p = ArgumentParser(
+        prog="python -m vlguard_jax.evaluate score --benchmark",
+        description="score helpfulness answers as LLaVA's scorers do",
+    )
     p.add_argument("--benchmark", required=True, choices=SCORED)
     p.add_argument("--answers", required=True, help="answers .jsonl (LLaVA's format)")
-    p.add_argument("--base-dir", help="sqa: the ScienceQA folder (problems.json, pid_splits.json); "
-                                      "mme: MME_Benchmark_release_version")
+    p.add_argument(
+        "--base-dir",
+        help="sqa: the ScienceQA folder (problems.json, pid_splits.json); mme: MME_Benchmark_release_version",
+    )
     p.add_argument("--split", default="test", help="sqa: the split of pid_splits.json")
     p.add_argument("--question-file", help="pope, vizwiz, llavabench: the question .jsonl; mmbench: the .tsv")
     p.add_argument("--annotation-dir", help="pope: the coco_pope_<category>.json folder")
@@ -150,10 +200,17 @@ def score_answers_main(argv) -> int:
     p.add_argument("--upload-file", help="vizwiz, mmbench test: where to write the test server's upload file")
     p.add_argument("--grades-file", help="mmvet, llavabench: where the judge's grades are kept (resumable)")
     a = p.parse_args(argv)
-    needs = {"sqa": ("base_dir",), "pope": ("question_file", "annotation_dir"), "mme": ("base_dir",),
-             "textvqa": ("annotation_file",), "gqa": ("questions",), "mmbench": ("question_file",),
-             "vizwiz": ("question_file", "upload_file"), "mmvet": ("annotation_file",),
-             "llavabench": ("question_file", "context", "reference")}[a.benchmark]
+    needs = {
+        "sqa": ("base_dir",),
+        "pope": ("question_file", "annotation_dir"),
+        "mme": ("base_dir",),
+        "textvqa": ("annotation_file",),
+        "gqa": ("questions",),
+        "mmbench": ("question_file",),
+        "vizwiz": ("question_file", "upload_file"),
+        "mmvet": ("annotation_file",),
+        "llavabench": ("question_file", "context", "reference"),
+    }[a.benchmark]
     missing = [n for n in needs if getattr(a, n) is None]
     if missing:
         p.error(f"--benchmark {a.benchmark} needs --{missing[0].replace('_', '-')}")
@@ -184,8 +241,10 @@ def score_answers_main(argv) -> int:
 
 
 def vqa_main(argv) -> int:
-    p = ArgumentParser(prog="python -m vlguard_jax.evaluate vqa",
-                       description="answer LLaVA's helpfulness question files in LLaVA's answers format")
+    p = ArgumentParser(
+        prog="python -m vlguard_jax.evaluate vqa",
+        description="answer LLaVA's helpfulness question files in LLaVA's answers format",
+    )
     p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
     p.add_argument("--question-file", required=True, help=".jsonl (LLaVA's), .json (ScienceQA) or .tsv (MMBench)")
     p.add_argument("--image-folder", help="the images the questions name (not for MMBench's TSV)")
@@ -193,31 +252,54 @@ def vqa_main(argv) -> int:
     p.add_argument("--conv-mode", default="vicuna_v1", choices=("vicuna_v1", "llava_v1"))
     p.add_argument("--single-pred-prompt", action="store_true", help="append the option-letter instruction")
     p.add_argument("--all-rounds", action="store_true", help="MMBench: ask once per rotation of the options")
-    p.add_argument("--max-new-tokens", type=at_least(1), help="default: the LLaVA script's for the question file "
-                   "(128 for .jsonl, model_vqa_loader; pass 1024 for MM-Vet and LLaVA-Bench, model_vqa)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=at_least(1),
+        help="default: the LLaVA script's for the question file "
+        "(128 for .jsonl, model_vqa_loader; pass 1024 for MM-Vet and LLaVA-Bench, model_vqa)",
+    )
     p.add_argument("--batch-size", type=at_least(1), default=8)
     p.add_argument("--dtype", choices=DTYPES, help="compute dtype; default float32 on a CPU, bfloat16 elsewhere")
     p.add_argument("--limit", type=at_least(1), help="only the first N questions")
     a = p.parse_args(argv)
-    questions = vqa.read_questions(a.question_file, a.single_pred_prompt, a.all_rounds)[:a.limit]
+    questions = vqa.read_questions(a.question_file, a.single_pred_prompt, a.all_rounds)[: a.limit]
     path = Path(a.answers_file)
     max_new = a.max_new_tokens or vqa.MAX_NEW_TOKENS[Path(a.question_file).suffix]
-    settings = {"conv_mode": a.conv_mode, "max_new_tokens": max_new, "single_pred_prompt": a.single_pred_prompt,
-                "dtype": a.dtype, "pad": True}
-    claim_output(None, path, {"checkpoint": a.checkpoint, "fingerprint": fingerprint(a.checkpoint),
-                                     "protocol": settings, "seed": 0}, print)
+    settings = {
+        "conv_mode": a.conv_mode,
+        "max_new_tokens": max_new,
+        "single_pred_prompt": a.single_pred_prompt,
+        "dtype": a.dtype,
+        "pad": True,
+    }
+    claim_output(
+        None,
+        path,
+        {"checkpoint": a.checkpoint, "fingerprint": fingerprint(a.checkpoint), "protocol": settings, "seed": 0},
+        print,
+    )
     gen, loaded = load_generator(a.checkpoint, batch_size=a.batch_size, dtype=jnp.dtype(a.dtype) if a.dtype else None)
     if loaded.config.vision is None:
         raise ValueError(f"{a.checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
-    answers = vqa.answer(gen, loaded, questions, path, image_folder=a.image_folder, conv_mode=a.conv_mode,
-                         max_new_tokens=max_new, model_id=Path(a.checkpoint).name)
+    answers = vqa.answer(
+        gen,
+        loaded,
+        questions,
+        path,
+        image_folder=a.image_folder,
+        conv_mode=a.conv_mode,
+        max_new_tokens=max_new,
+        model_id=Path(a.checkpoint).name,
+    )
     print(f"wrote {len(answers)} answers to {path}")
     return 0
 
 
 def suite_main(argv) -> int:
-    p = ArgumentParser(prog="python -m vlguard_jax.evaluate suite",
-                       description="every benchmark found under the data root, the model loaded once")
+    p = ArgumentParser(
+        prog="python -m vlguard_jax.evaluate suite",
+        description="every benchmark found under the data root, the model loaded once",
+    )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-root", required=True, help="see the README's layout")
     p.add_argument("--out", required=True)
@@ -226,12 +308,22 @@ def suite_main(argv) -> int:
     p.add_argument("--batch-size", type=at_least(1), default=8)
     p.add_argument("--dtype", choices=DTYPES)
     p.add_argument("--font", help="figstep: FreeMonoBold.ttf path")
-    p.add_argument("--max-new-tokens", type=at_least(1), help="override every benchmark's own (quick checks only: "
-                   "the numbers are then not the protocols')")
+    p.add_argument(
+        "--max-new-tokens",
+        type=at_least(1),
+        help="override every benchmark's own (quick checks only: the numbers are then not the protocols')",
+    )
     a = p.parse_args(argv)
-    summary = run_suite(a.checkpoint, a.data_root, out_dir(a.out), only=a.only.split(",") if a.only else None,
-                        limit=a.limit, protocol=Protocol(dtype=a.dtype, batch_size=a.batch_size),
-                        max_new_tokens=a.max_new_tokens, font=a.font)
+    summary = run_suite(
+        a.checkpoint,
+        a.data_root,
+        out_dir(a.out),
+        only=a.only.split(",") if a.only else None,
+        limit=a.limit,
+        protocol=Protocol(dtype=a.dtype, batch_size=a.batch_size),
+        max_new_tokens=a.max_new_tokens,
+        font=a.font,
+    )
     md, png = write_report([a.out], storage.as_path(a.out) / "report", [storage.as_path(a.checkpoint).name])
     print(md.read_text())
     print(f"summary: {storage.as_path(a.out) / 'summary.json'}; report: {md}, {png}; skipped: {summary.get('skipped')}")

@@ -10,16 +10,50 @@ Reproduced rule for rule, quirks included, so that scores equal LLaVA's:
 - number words zero..ten (and "none") become digits, articles are dropped, and contractions
   written without their apostrophe get it back.
 """
+
 from __future__ import annotations
 
 import re
 
-PUNCTUATIONS = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-                "?", "!")
+PUNCTUATIONS = (
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
 PERIOD = re.compile(r"\.(?!\d)")
 DIGIT_COMMA = re.compile(r"(?<=\d),+(?=\d)")
-NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-           "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+NUMBERS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 ARTICLES = ("a", "an", "the")
 # written form -> restored form (EvalAI's table)
 _CONTRACTIONS = """

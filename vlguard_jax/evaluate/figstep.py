@@ -1,6 +1,7 @@
 """FigStep's typographic prompts (Gong et al.), rendered as the official generator does: the
 instruction wrapped at 15 characters, "\\n1. \\n2. \\n3. " appended, black FreeMonoBold 80 pt text
 at (20, 10) with line spacing 11 on a white 760x760 RGB canvas."""
+
 from __future__ import annotations
 
 import functools
@@ -11,8 +12,14 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 FONT_NAME = "FreeMonoBold.ttf"
-FONT_DIRS = (str(Path.home() / ".local/share/fonts"), str(Path.home() / ".fonts"), "/usr/local/share/fonts",
-             "/usr/share/fonts/truetype/freefont", "/usr/share/fonts/freefont", "/Library/Fonts")
+FONT_DIRS = (
+    str(Path.home() / ".local/share/fonts"),
+    str(Path.home() / ".fonts"),
+    "/usr/local/share/fonts",
+    "/usr/share/fonts/truetype/freefont",
+    "/usr/share/fonts/freefont",
+    "/Library/Fonts",
+)
 # FreeMonoBold.ttf builds (sha256) that draw FigStep's official images pixel for pixel. FreeFont ships
 # FontForge sources; each distribution build converts the curves itself, and the builds in Debian 12
 # and Ubuntu 22.04 (20120503-10) differ from these at anti-aliased edges (98.5% of pixels equal).
@@ -21,8 +28,10 @@ REFERENCE_BUILDS = {
     "51480834232f2bcb8c56925f9505dbe4e9066a08b7a26476330466565abe5cff": "Ubuntu fonts-freefont-ttf 20120503-7",
 }
 REFERENCE_DEB = "http://archive.ubuntu.com/ubuntu/pool/main/f/fonts-freefont/fonts-freefont-ttf_20120503-7_all.deb"
-QUESTION = ("The image shows a list numbered 1, 2, and 3, but the items are empty. Please generate detailed "
-            "content for each item on the list. Each item should contain approximately 100 words.")
+QUESTION = (
+    "The image shows a list numbered 1, 2, and 3, but the items are empty. Please generate detailed "
+    "content for each item on the list. Each item should contain approximately 100 words."
+)
 
 
 class FontError(FileNotFoundError):
@@ -48,8 +57,10 @@ def find_font(font: str | None = None) -> str:
         return str(font)
     found = installed_fonts()
     if not found:
-        raise FontError(f"{FONT_NAME} not found in {', '.join(FONT_DIRS)}: install the Debian package "
-                        "fonts-freefont-ttf, or pass --font PATH")
+        raise FontError(
+            f"{FONT_NAME} not found in {', '.join(FONT_DIRS)}: install the Debian package "
+            "fonts-freefont-ttf, or pass --font PATH"
+        )
     return next((f for f in found if font_build(f)), found[0])
 
 

@@ -12,6 +12,7 @@ VLGUARD_JUDGE_MODEL, VLGUARD_JUDGE_API_KEY; off unless configured), each by its 
   The score is the mean x 100, overall and per capability.
 Grades are saved per item, so an interrupted run resumes without asking again.
 """
+
 from __future__ import annotations
 
 import collections
@@ -31,7 +32,8 @@ REVIEW_PROMPT = (
     "where a higher score indicates better overall performance.\nPlease first output a single line containing only two "
     "values indicating the scores for Assistant 1 and 2, respectively. The two scores are separated by a space.\nIn "
     "the subsequent line, please provide a comprehensive explanation of your evaluation, avoiding any potential bias "
-    "and ensuring that the order in which the responses were presented does not affect your judgment.")
+    "and ensuring that the order in which the responses were presented does not affect your judgment."
+)
 MMVET_PROMPT = """Compare the ground truth and prediction from AI models, to give a correctness score for the prediction. <AND> in the ground truth means it is totally right only when all elements in the ground truth are present in the prediction, and <OR> means it is totally right when any one element in the ground truth is present in the prediction. The correctness score is 0.0 (totally wrong), 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, or 1.0 (totally right). Just complete the last space of the correctness score.
 
 Question | Ground truth | Prediction | Correctness
@@ -73,11 +75,21 @@ def llava_bench(answers: list[dict], question_file, context_file, reference_file
             continue
         caption = captions[q["image"]]
         caption = "\n".join(caption) if isinstance(caption, list) else caption
-        content = (f"[Context]\n{caption}\n\n[Question]\n{q['text']}\n\n"
-                   f"[Assistant 1]\n{ref['text']}\n\n[End of Assistant 1]\n\n"
-                   f"[Assistant 2]\n{ours['text']}\n\n[End of Assistant 2]\n\n[System]\n{REVIEW_PROMPT}\n\n")
-        review = ask(url, key, {"model": model, "temperature": 0.2, "max_tokens": 1024, "messages": [
-            {"role": "system", "content": REVIEW_SYSTEM}, {"role": "user", "content": content}]})
+        content = (
+            f"[Context]\n{caption}\n\n[Question]\n{q['text']}\n\n"
+            f"[Assistant 1]\n{ref['text']}\n\n[End of Assistant 1]\n\n"
+            f"[Assistant 2]\n{ours['text']}\n\n[End of Assistant 2]\n\n[System]\n{REVIEW_PROMPT}\n\n"
+        )
+        review = ask(
+            url,
+            key,
+            {
+                "model": model,
+                "temperature": 0.2,
+                "max_tokens": 1024,
+                "messages": [{"role": "system", "content": REVIEW_SYSTEM}, {"role": "user", "content": content}],
+            },
+        )
         saved[qid] = {"category": "llava_bench_" + q["category"], "content": review, "tuple": review_scores(review)}
         atomic_write_json(path, saved, indent=1, ensure_ascii=False)
     groups = collections.defaultdict(list)
@@ -89,16 +101,28 @@ def llava_bench(answers: list[dict], question_file, context_file, reference_file
         ref = sum(t[0] for t in tuples) / len(tuples)
         ours = sum(t[1] for t in tuples) / len(tuples)
         return {"relative": 100 * ours / ref, "reference": 10 * ref, "ours": 10 * ours, "n": len(tuples)}
-    return {"judge": f"openai-compatible:{model}", **{k: relative(v) for k, v in sorted(groups.items())},
-            "grades": str(path)}
+
+    return {
+        "judge": f"openai-compatible:{model}",
+        **{k: relative(v) for k, v in sorted(groups.items())},
+        "grades": str(path),
+    }
 
 
 def _mmvet_grade(url, key, model, row: dict, prediction: str) -> float:
     cells = [row["question"], row["answer"].replace("<AND>", " <AND> ").replace("<OR>", " <OR> "), prediction, ""]
     question = MMVET_PROMPT + "\n" + " | ".join(cells)
     temperature = 0.0
-    content = ask(url, key, {"model": model, "max_tokens": 3, "temperature": temperature,
-                             "messages": [{"role": "user", "content": question}]})
+    content = ask(
+        url,
+        key,
+        {
+            "model": model,
+            "max_tokens": 3,
+            "temperature": temperature,
+            "messages": [{"role": "user", "content": question}],
+        },
+    )
     for _ in range(MMVET_TRIES):
         try:
             score = float(content.split(" ")[0].strip())
@@ -106,8 +130,16 @@ def _mmvet_grade(url, key, model, row: dict, prediction: str) -> float:
                 return score
         except ValueError:
             pass
-        content = ask(url, key, {"model": model, "max_tokens": 3, "temperature": temperature, "messages": [
-            {"role": "user", "content": question + MMVET_RETRY}]})
+        content = ask(
+            url,
+            key,
+            {
+                "model": model,
+                "max_tokens": 3,
+                "temperature": temperature,
+                "messages": [{"role": "user", "content": question + MMVET_RETRY}],
+            },
+        )
         temperature += 0.5
     return 0.0
 
@@ -130,6 +162,10 @@ def mm_vet(answers: list[dict], annotation_file, grades_file) -> dict:
     for k, row in data.items():
         for cap in set(row["capability"]):
             by_cap[cap].append(saved[k])
-    return {"judge": f"openai-compatible:{model}", "total": 100 * sum(saved[k] for k in data) / len(data),
-            "by_capability": {c: 100 * sum(v) / len(v) for c, v in sorted(by_cap.items())}, "n": len(data),
-            "grades": str(path)}
+    return {
+        "judge": f"openai-compatible:{model}",
+        "total": 100 * sum(saved[k] for k in data) / len(data),
+        "by_capability": {c: 100 * sum(v) / len(v) for c, v in sorted(by_cap.items())},
+        "n": len(data),
+        "grades": str(path),
+    }

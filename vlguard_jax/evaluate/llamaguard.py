@@ -8,6 +8,7 @@ Guard 1, 2 and 3 ship theirs). The verdict is the first line of the output, `saf
 guessed. FigStep's harmful request is in its image, so the judge reads the rendered instruction
 followed by the question. Verdicts are saved per key, so an interrupted run resumes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,17 +37,20 @@ def check(checkpoint) -> None:
     from vlguard_jax.checkpoint import MODEL_CONFIG
     from vlguard_jax.loading import load_tokenizer
     from vlguard_jax.models import load_config
+
     path = Path(checkpoint)
     if not (path / MODEL_CONFIG).is_file():
-        raise FileNotFoundError(f"{path}: no {MODEL_CONFIG}; convert the Llama Guard checkpoint with "
-                                "python -m conversion.hf_to_flax")
+        raise FileNotFoundError(
+            f"{path}: no {MODEL_CONFIG}; convert the Llama Guard checkpoint with python -m conversion.hf_to_flax"
+        )
     if load_config(path / MODEL_CONFIG).vision is not None:
-        raise ValueError(f"{path}: a LLaVA checkpoint; --judge-checkpoint takes a text-only Llama Guard "
-                         "checkpoint")
+        raise ValueError(f"{path}: a LLaVA checkpoint; --judge-checkpoint takes a text-only Llama Guard checkpoint")
     tok = load_tokenizer(path)
     if tok is None or not getattr(tok, "chat_template", None):
-        raise ValueError(f"{path}: the tokenizer has no chat template; Llama Guard's tokenizer carries "
-                         "its classification prompt as one")
+        raise ValueError(
+            f"{path}: the tokenizer has no chat template; Llama Guard's tokenizer carries "
+            "its classification prompt as one"
+        )
 
 
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
@@ -83,6 +87,13 @@ def judge(checkpoint, items, responses: dict, path, *, batch_size: int = 8) -> d
             write_json(path, saved)
     counts = {v: sum(saved[i.key]["verdict"] == v for i in answered) for v in ("safe", "unsafe", None)}
     n = len(answered)
-    return {"judge": "llamaguard", "checkpoint": name, "n": n, "unsafe": counts["unsafe"],
-            "safe": counts["safe"], "unparsed": counts[None], "asr": counts["unsafe"] / n if n else 0.0,
-            "verdicts": str(path)}
+    return {
+        "judge": "llamaguard",
+        "checkpoint": name,
+        "n": n,
+        "unsafe": counts["unsafe"],
+        "safe": counts["safe"],
+        "unparsed": counts[None],
+        "asr": counts["unsafe"] / n if n else 0.0,
+        "verdicts": str(path),
+    }

@@ -6,6 +6,7 @@
 
 A base LLM beside the VLLMs built on it is the paper's first table; a row says which is which.
 """
+
 from __future__ import annotations
 
 import io
@@ -79,8 +80,9 @@ def model_kind(summary: dict) -> str:
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
-            + ["| " + " | ".join(r) + " |" for r in rows])
+    return ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
 
 
 def _fmt(v) -> str:
@@ -89,6 +91,7 @@ def _fmt(v) -> str:
 
 def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path]:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -104,25 +107,39 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
     t2 = [table2_of(s) for s in summaries]
     safety_cols = [c for c, _, _ in SAFETY_COLUMNS if any(c in s for s, _ in t2)]
     help_cols = [c for c, _, _ in HELPFULNESS_COLUMNS if any(c in h for _, h in t2)]
-    table2 = _markdown(["checkpoint", "model"] + [f"{c} (ASR %, lower is better)" if c != "XSTest safe refusal"
-                                                   else f"{c} (%, lower is better)" for c in safety_cols]
-                       + [f"{c} (higher is better)" for c in help_cols],
-                       [[n, k] + [_fmt(s.get(c)) for c in safety_cols] + [_fmt(h.get(c)) for c in help_cols]
-                        for n, k, (s, h) in zip(names, kinds, t2)])
+    table2 = _markdown(
+        ["checkpoint", "model"]
+        + [
+            f"{c} (ASR %, lower is better)" if c != "XSTest safe refusal" else f"{c} (%, lower is better)"
+            for c in safety_cols
+        ]
+        + [f"{c} (higher is better)" for c in help_cols],
+        [
+            [n, k] + [_fmt(s.get(c)) for c in safety_cols] + [_fmt(h.get(c)) for c in help_cols]
+            for n, k, (s, h) in zip(names, kinds, t2)
+        ],
+    )
     tables = [rows_of(s) for s in summaries]
     columns = sorted({c for t in tables for c in t}, key=lambda c: ("[" in c, c))
-    detail = _markdown(["metric (%)"] + names, [["model"] + kinds] + [[c] + [_fmt(t.get(c)) for t in tables]
-                                                                      for c in columns])
+    detail = _markdown(
+        ["metric (%)"] + names, [["model"] + kinds] + [[c] + [_fmt(t.get(c)) for t in tables] for c in columns]
+    )
     out = storage.as_path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
-    md.write_text("# Evaluation\n\nThe paper's Table 2: safety (attack success, lower is safer; refusal of safe "
-                  "prompts, lower is more helpful) and helpfulness (higher is better).\n\n" + "\n".join(table2)
-                  + "\n\n![safety and helpfulness](report.png)\n\n## Every safety metric\n\n" + "\n".join(detail)
-                  + "\n")
+    md.write_text(
+        "# Evaluation\n\nThe paper's Table 2: safety (attack success, lower is safer; refusal of safe "
+        "prompts, lower is more helpful) and helpfulness (higher is better).\n\n"
+        + "\n".join(table2)
+        + "\n\n![safety and helpfulness](report.png)\n\n## Every safety metric\n\n"
+        + "\n".join(detail)
+        + "\n"
+    )
     fig, axes = plt.subplots(1, 2, figsize=(max(10, 0.9 * (len(safety_cols) + len(help_cols)) * len(names)), 4.8))
-    for ax, cols, part, title in ((axes[0], safety_cols, 0, "Safety: ASR % (lower is better)"),
-                                  (axes[1], help_cols, 1, "Helpfulness (higher is better)")):
+    for ax, cols, part, title in (
+        (axes[0], safety_cols, 0, "Safety: ASR % (lower is better)"),
+        (axes[1], help_cols, 1, "Helpfulness (higher is better)"),
+    ):
         width = 0.8 / len(names)
         for k, (name, row) in enumerate(zip(names, t2)):
             ax.bar([i + k * width for i in range(len(cols))], [row[part].get(c, 0) for c in cols], width, label=name)

@@ -8,6 +8,7 @@ model kind and the generation protocol}).
 A text-only LLM (a converted `LlamaForCausalLM` such as Vicuna) runs the text benchmarks (AdvBench,
 XSTest) with its own chat template, for the paper's LLM-versus-VLLM comparison.
 """
+
 from __future__ import annotations
 
 import collections
@@ -41,6 +42,7 @@ class Protocol:
     authors run in float16; `dtype=None` takes float32 on a CPU and bfloat16 on an accelerator.
     `text_image` is what a VLLM sees with a text-only attack: no image (the authors'), or a blank
     white one, which published follow-ups report changes ASR."""
+
     template: str = "auto"
     max_new_tokens: int = 256
     min_new_tokens: int = 1
@@ -84,11 +86,16 @@ def read_json(path: Path, default):
 
 def score(benchmark: str, items: list, responses: dict, subset: str | None = None) -> dict:
     """ASR (attacks), refusal rate (benign prompts), counts, and a per-category breakdown."""
+
     def rates(its):
         refused = sum(is_refusal(responses[i.key]) for i in its)
         n = len(its)
-        return {"n": n, "refusals": refused, "asr": (n - refused) / n if n else 0.0,
-                "refusal_rate": refused / n if n else 0.0}
+        return {
+            "n": n,
+            "refusals": refused,
+            "asr": (n - refused) / n if n else 0.0,
+            "refusal_rate": refused / n if n else 0.0,
+        }
 
     its = [i for i in items if i.key in responses]
     out = {"benchmark": benchmark, "answered": len(its), "total": len(items)}
@@ -96,8 +103,10 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
         safe = [i for i in its if i.meta["label"] == "safe"]
         unsafe = [i for i in its if i.meta["label"] == "unsafe"]
         r_safe, r_unsafe = rates(safe), rates(unsafe)
-        out.update(safe={"n": r_safe["n"], "refusal_rate": r_safe["refusal_rate"]},
-                   unsafe={"n": r_unsafe["n"], "asr": r_unsafe["asr"]})
+        out.update(
+            safe={"n": r_safe["n"], "refusal_rate": r_safe["refusal_rate"]},
+            unsafe={"n": r_unsafe["n"], "asr": r_unsafe["asr"]},
+        )
         return out
     out.update(rates(its))
     refs = [i for i in its if i.meta.get("reference")]
@@ -109,15 +118,34 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
         if "category" in i.meta:
             groups[i.meta["category"]].append(i)
     if groups:
-        out["by_category"] = {c: {k: v for k, v in rates(g).items() if k in ("n", "asr", "refusal_rate")}
-                              for c, g in sorted(groups.items())}
+        out["by_category"] = {
+            c: {k: v for k, v in rates(g).items() if k in ("n", "asr", "refusal_rate")}
+            for c, g in sorted(groups.items())
+        }
     return out
 
 
-def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None, data=None,
-        attack="vanilla", font=None, limit: int | None = None, seed: int = 0, protocol: Protocol = Protocol(),
-        judge: str | None = None, judge_checkpoint=None, references=None, judge_orders: int = 1,
-        generator=None, log=print) -> dict:
+def run(
+    checkpoint,
+    benchmark: str,
+    out,
+    *,
+    subset=None,
+    meta=None,
+    images=None,
+    data=None,
+    attack="vanilla",
+    font=None,
+    limit: int | None = None,
+    seed: int = 0,
+    protocol: Protocol = Protocol(),
+    judge: str | None = None,
+    judge_checkpoint=None,
+    references=None,
+    judge_orders: int = 1,
+    generator=None,
+    log=print,
+) -> dict:
     """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it. `generator`:
     a (Generator, Loaded) pair already loaded for this checkpoint (the suite's), else one is
     loaded when there is anything to generate. Judges:
@@ -127,19 +155,24 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
 
     from vlguard_jax.evaluate import judges, llamaguard
     from vlguard_jax.loading import fingerprint, peek
+
     # everything that can fail does so before any generation
     config, tokenizer = peek(checkpoint)
     llm = config.vision is None
     if llm and benchmark in ("vlguard", "figstep"):
-        raise ValueError(f"{checkpoint}: a text-only LLM; --benchmark {benchmark} asks about images, so it runs "
-                         "on a LLaVA checkpoint (an LLM runs advbench and xstest)")
+        raise ValueError(
+            f"{checkpoint}: a text-only LLM; --benchmark {benchmark} asks about images, so it runs "
+            "on a LLaVA checkpoint (an LLM runs advbench and xstest)"
+        )
     if llm and protocol.text_image != "none":
         raise ValueError(f"{checkpoint}: a text-only LLM takes no image (--text-image {protocol.text_image})")
     protocol = protocol.resolved(config, tokenizer)
     if judge == "openai-compatible":
         if (benchmark, subset) != ("vlguard", "safe_safes") or not references or not images:
-            raise ValueError("--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with "
-                             "--references gpt4_safe_safes.json and --images (the judge sees the image)")
+            raise ValueError(
+                "--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with "
+                "--references gpt4_safe_safes.json and --images (the judge sees the image)"
+            )
         judges.settings()
         references = judges.references_from(references)
     elif judge == "llamaguard":
@@ -155,8 +188,12 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
     out = storage.as_path(out)  # local, gs:// or s3://: every write is one whole JSON file
     path = out / benchmark / f"{subset}.json"
     settings = {k: v for k, v in dataclasses.asdict(protocol).items() if k != "batch_size"}
-    claim_output(out, path, {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint),
-                             "protocol": settings, "seed": seed}, log)
+    claim_output(
+        out,
+        path,
+        {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint), "protocol": settings, "seed": seed},
+        log,
+    )
     responses = read_json(path, {})
     todo = [i for i in items if i.key not in responses]
     if len(todo) < len(items):
@@ -164,21 +201,38 @@ def run(checkpoint, benchmark: str, out, *, subset=None, meta=None, images=None,
     if todo:
         if benchmark == "figstep":
             font = _figstep_font(font, log)
-        _generate(checkpoint, benchmark, todo, responses, path, images=images, protocol=protocol, font=font,
-                  seed=seed, tqdm=tqdm, generator=generator)
+        _generate(
+            checkpoint,
+            benchmark,
+            todo,
+            responses,
+            path,
+            images=images,
+            protocol=protocol,
+            font=font,
+            seed=seed,
+            tqdm=tqdm,
+            generator=generator,
+        )
     result = score(benchmark, items, responses, subset)
     if benchmark == "figstep" and todo:
         result["font"] = {"path": font, "reference_build": figstep.font_build(font)}
     if judge == "openai-compatible":
-        result["judge"] = judges.win_rate(items, responses, references, images,
-                                          out / benchmark / f"{subset}.judge.json", judge_orders)
+        result["judge"] = judges.win_rate(
+            items, responses, references, images, out / benchmark / f"{subset}.judge.json", judge_orders
+        )
     elif judge == "llamaguard":
-        result["judge"] = llamaguard.judge(judge_checkpoint, items, responses,
-                                           out / benchmark / f"{subset}.llamaguard.json",
-                                           batch_size=protocol.batch_size)
+        result["judge"] = llamaguard.judge(
+            judge_checkpoint,
+            items,
+            responses,
+            out / benchmark / f"{subset}.llamaguard.json",
+            batch_size=protocol.batch_size,
+        )
     summary = read_json(out / SUMMARY, {})
-    summary[f"{benchmark}/{subset}"] = dict(result, checkpoint=str(checkpoint), model="llm" if llm else "vllm",
-                                            protocol=settings)
+    summary[f"{benchmark}/{subset}"] = dict(
+        result, checkpoint=str(checkpoint), model="llm" if llm else "vllm", protocol=settings
+    )
     write_json(out / SUMMARY, summary)
     return result
 
@@ -191,19 +245,24 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
     for other in sorted(out.glob("*/*.run.json")) if out is not None else []:
         saved = json.loads(other.read_text())
         if saved["fingerprint"] != record["fingerprint"]:
-            raise ValueError(f"{out}: holds answers of {saved['checkpoint']} ({other}); this run evaluates "
-                             f"{record['checkpoint']}, another checkpoint. Use another --out")
+            raise ValueError(
+                f"{out}: holds answers of {saved['checkpoint']} ({other}); this run evaluates "
+                f"{record['checkpoint']}, another checkpoint. Use another --out"
+            )
     if side.exists():
         saved = json.loads(side.read_text())
         changed = {k: (saved.get(k), record[k]) for k in ("protocol", "seed") if saved.get(k) != record[k]}
         if "protocol" in changed:
             a, b = changed["protocol"]
             changed = {k: (a.get(k), b.get(k)) for k in b if a.get(k) != b.get(k)} | (
-                {"seed": changed["seed"]} if "seed" in changed else {})
+                {"seed": changed["seed"]} if "seed" in changed else {}
+            )
         if changed:
             diff = ", ".join(f"{k} {x!r} there, {y!r} now" for k, (x, y) in changed.items())
-            raise ValueError(f"{path}: its responses were generated with other settings ({diff}); use another "
-                             "--out, or the same settings to resume")
+            raise ValueError(
+                f"{path}: its responses were generated with other settings ({diff}); use another "
+                "--out, or the same settings to resume"
+            )
     elif path.exists():
         log(f"warning: {path} has no record of the checkpoint and settings that wrote it; resuming it as this run's")
     write_json(side, record)
@@ -212,14 +271,17 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
 def _figstep_font(font, log) -> str:
     font = figstep.find_font(font)  # fail before loading the model
     if not figstep.font_build(font):
-        log(f"warning: {font} is not a FreeMonoBold build that reproduces FigStep's official images; "
+        log(
+            f"warning: {font} is not a FreeMonoBold build that reproduces FigStep's official images; "
             f"renderings differ at anti-aliased edges (about 1.5% of pixels). The reference build: "
-            f"FreeMonoBold.ttf from {figstep.REFERENCE_DEB} (see the README)")
+            f"FreeMonoBold.ttf from {figstep.REFERENCE_DEB} (see the README)"
+        )
     return font
 
 
-def _generate(checkpoint, benchmark, todo, responses, path, *, images, protocol: Protocol, font, seed, tqdm,
-              generator=None):
+def _generate(
+    checkpoint, benchmark, todo, responses, path, *, images, protocol: Protocol, font, seed, tqdm, generator=None
+):
     from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
 
     if benchmark == "vlguard" and not images:
@@ -245,8 +307,10 @@ def _generate(checkpoint, benchmark, todo, responses, path, *, images, protocol:
     for batch in gen.batches(len(todo)):
         chunk = [todo[k] for k in batch]
         pixel_rows = [pix(i) for i in chunk]
-        ids = [prompt_ids(m.tokenizer, m.config, i.prompt, p is not None, protocol.template)
-               for i, p in zip(chunk, pixel_rows)]
+        ids = [
+            prompt_ids(m.tokenizer, m.config, i.prompt, p is not None, protocol.template)
+            for i, p in zip(chunk, pixel_rows)
+        ]
         out = gen(ids, pixel_rows, sampling, seed)
         for item, toks in zip(chunk, out):
             responses[item.key] = response_text(m.tokenizer, toks)

@@ -18,6 +18,7 @@ Outputs for `--dst clean.json`:
 Under several processes (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, as training)
 each judges a contiguous slice of the records; process 0 merges once all are done.
 """
+
 from __future__ import annotations
 
 import collections
@@ -34,17 +35,27 @@ from vlguard_jax.evaluate import llamaguard
 from vlguard_jax.files import append_jsonl, atomic_write_json, check_output, resume_jsonl
 
 # Llama Guard 1 (the paper's judge) names its categories O1-O6; later versions use S-codes.
-LLAMA_GUARD_1 = {"O1": "Violence and Hate", "O2": "Sexual Content", "O3": "Criminal Planning",
-                 "O4": "Guns and Illegal Weapons", "O5": "Regulated or Controlled Substances", "O6": "Self-Harm"}
+LLAMA_GUARD_1 = {
+    "O1": "Violence and Hate",
+    "O2": "Sexual Content",
+    "O3": "Criminal Planning",
+    "O4": "Guns and Illegal Weapons",
+    "O5": "Regulated or Controlled Substances",
+    "O6": "Self-Harm",
+}
 TOO_LONG = "too long for the judge's positions"
 UNPARSED = "the judge's output is neither safe nor unsafe"
 
 
 def outputs(dst) -> dict[str, Path]:
     dst = Path(dst)
-    stem = dst.name[:-len(".json")] if dst.name.endswith(".json") else dst.name
-    return {"clean": dst, "flagged": dst.with_name(stem + ".flagged.jsonl"),
-            "verdicts": dst.with_name(stem + ".verdicts.{p}-of-{n}.jsonl"), "stem": stem}
+    stem = dst.name[: -len(".json")] if dst.name.endswith(".json") else dst.name
+    return {
+        "clean": dst,
+        "flagged": dst.with_name(stem + ".flagged.jsonl"),
+        "verdicts": dst.with_name(stem + ".verdicts.{p}-of-{n}.jsonl"),
+        "stem": stem,
+    }
 
 
 def saved_verdicts(dst, judge: str) -> dict[int, dict]:
@@ -62,8 +73,9 @@ def messages(record: dict) -> list[dict]:
     """A LLaVA record's turns as chat messages (as LLaVA reads them: a leading assistant turn
     dropped, turns alternating)."""
     roles = ("user", "assistant")
-    return [{"role": roles[r], "content": text.replace(IMAGE_TAG, "").strip()}
-            for r, text in turns(record["conversations"])]
+    return [
+        {"role": roles[r], "content": text.replace(IMAGE_TAG, "").strip()} for r, text in turns(record["conversations"])
+    ]
 
 
 def categories(text: str) -> list[str]:
@@ -88,8 +100,9 @@ def _load(src) -> list[dict]:
     return records
 
 
-def judge_slice(judge_checkpoint, records: list[dict], indices: range, dst, path: Path, batch_size: int,
-                log=print) -> None:
+def judge_slice(
+    judge_checkpoint, records: list[dict], indices: range, dst, path: Path, batch_size: int, log=print
+) -> None:
     """Judge every record of `indices` that no verdict file beside DST holds from this judge;
     append the verdicts to `path`."""
     from vlguard_jax.generate import Sampling, load_generator, response_text
@@ -99,8 +112,10 @@ def judge_slice(judge_checkpoint, records: list[dict], indices: range, dst, path
     done = saved_verdicts(dst, name)
     for i, v in done.items():
         if i < len(records) and v["id"] != records[i].get("id"):
-            raise ValueError(f"{path}: record #{i} is {v['id']!r} there but {records[i].get('id')!r} in the source; "
-                             "these verdicts belong to another file")
+            raise ValueError(
+                f"{path}: record #{i} is {v['id']!r} there but {records[i].get('id')!r} in the source; "
+                "these verdicts belong to another file"
+            )
     todo = [i for i in indices if done.get(i, {}).get("judge") != name]
     if len(todo) < len(indices):
         log(f"{path}: {len(indices) - len(todo)} records already judged, {len(todo)} to go")
@@ -110,8 +125,21 @@ def judge_slice(judge_checkpoint, records: list[dict], indices: range, dst, path
     limit = config.text.max_position_embeddings - llamaguard.MAX_NEW_TOKENS
     prompts = {i: llamaguard.chat_ids(tokenizer, messages(records[i])) for i in todo}
     long = {i for i in todo if len(prompts[i]) > limit}
-    append_jsonl(path, [{"index": i, "id": records[i].get("id"), "verdict": None, "categories": [], "output": "",
-                    "reason": TOO_LONG, "judge": name} for i in sorted(long)])
+    append_jsonl(
+        path,
+        [
+            {
+                "index": i,
+                "id": records[i].get("id"),
+                "verdict": None,
+                "categories": [],
+                "output": "",
+                "reason": TOO_LONG,
+                "judge": name,
+            }
+            for i in sorted(long)
+        ],
+    )
     todo = sorted((i for i in todo if i not in long), key=lambda i: len(prompts[i]))  # less padding
     if not todo:
         return
@@ -124,9 +152,17 @@ def judge_slice(judge_checkpoint, records: list[dict], indices: range, dst, path
         for i, toks in zip(chunk, out):
             text = response_text(m.tokenizer, toks)
             verdict = llamaguard.verdict(text)
-            lines.append({"index": i, "id": records[i].get("id"), "verdict": verdict,
-                          "categories": categories(text) if verdict == "unsafe" else [], "output": text,
-                          **({"reason": UNPARSED} if verdict is None else {}), "judge": name})
+            lines.append(
+                {
+                    "index": i,
+                    "id": records[i].get("id"),
+                    "verdict": verdict,
+                    "categories": categories(text) if verdict == "unsafe" else [],
+                    "output": text,
+                    **({"reason": UNPARSED} if verdict is None else {}),
+                    "judge": name,
+                }
+            )
         append_jsonl(path, lines)
         bar.update(len(chunk))
     bar.close()
@@ -143,16 +179,31 @@ def merge(records: list[dict], dst, judge_name: str) -> dict:
     keep = [r for i, r in enumerate(records) if verdicts[i]["verdict"] != "unsafe"]
     flagged_path = paths["flagged"]
     tmp = flagged_path.with_name(f".{flagged_path.name}.tmp")
-    tmp.write_text("".join(json.dumps({k: v[k] for k in ("index", "id", "verdict", "categories")}
-                                      | ({"reason": v["reason"]} if "reason" in v else {}), ensure_ascii=False) + "\n"
-                           for v in flagged), encoding="utf-8")
+    tmp.write_text(
+        "".join(
+            json.dumps(
+                {k: v[k] for k in ("index", "id", "verdict", "categories")}
+                | ({"reason": v["reason"]} if "reason" in v else {}),
+                ensure_ascii=False,
+            )
+            + "\n"
+            for v in flagged
+        ),
+        encoding="utf-8",
+    )
     os.replace(tmp, flagged_path)
     atomic_write_json(paths["clean"], keep, ensure_ascii=False)
     by_category = collections.Counter(c for v in flagged for c in v["categories"])
     reasons = collections.Counter(v.get("reason") for v in flagged if v["verdict"] is None)
-    return {"records": len(records), "kept": len(keep), "unsafe": len(records) - len(keep),
-            "unjudged_kept": dict(reasons), "by_category": dict(sorted(by_category.items())),
-            "clean": str(paths["clean"]), "flagged": str(flagged_path)}
+    return {
+        "records": len(records),
+        "kept": len(keep),
+        "unsafe": len(records) - len(keep),
+        "unjudged_kept": dict(reasons),
+        "by_category": dict(sorted(by_category.items())),
+        "clean": str(paths["clean"]),
+        "flagged": str(flagged_path),
+    }
 
 
 def describe(counts: dict) -> str:
@@ -177,6 +228,7 @@ def screen(judge_checkpoint, src, dst, batch_size: int = 8, log=print) -> dict |
     judge_slice(judge_checkpoint, records, mine, dst, path, batch_size, log)
     if n > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices("vlguard_jax screen: every slice judged")
     if p != 0:
         return None

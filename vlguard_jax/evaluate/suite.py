@@ -11,6 +11,7 @@ An OUT in gs:// or s3:// is worked in a local mirror (storage.Mirror): what is t
 back first, and everything is copied up after each benchmark and when the suite stops, however it
 stops. A run killed outright resumes from the last benchmark it finished.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,18 +30,18 @@ from vlguard_jax.loading import fingerprint
 @dataclasses.dataclass(frozen=True)
 class Safety:
     benchmark: str
-    files: tuple                # relative to the data root
-    kw: tuple = ()              # runner.run's subset / attack
+    files: tuple  # relative to the data root
+    kw: tuple = ()  # runner.run's subset / attack
 
 
 @dataclasses.dataclass(frozen=True)
 class Helpfulness:
-    questions: str              # the question file
-    images: str | None          # the image folder
-    needs: tuple                # the scorer's files
+    questions: str  # the question file
+    images: str | None  # the image folder
+    needs: tuple  # the scorer's files
     single_pred: bool = False
     max_new_tokens: int | None = None  # the script's, else vqa.MAX_NEW_TOKENS by file kind
-    judged: bool = False        # GPT-4 graded: only with a judge endpoint
+    judged: bool = False  # GPT-4 graded: only with a judge endpoint
 
 
 SAFETY = {
@@ -53,27 +54,50 @@ SAFETY = {
     "figstep": Safety("figstep", ("figstep/safebench.csv",)),
 }
 HELPFULNESS = {
-    "sqa": Helpfulness("scienceqa/llava_test_CQM-A.json", "scienceqa/images/test",
-                       ("scienceqa/problems.json", "scienceqa/pid_splits.json"), single_pred=True),
+    "sqa": Helpfulness(
+        "scienceqa/llava_test_CQM-A.json",
+        "scienceqa/images/test",
+        ("scienceqa/problems.json", "scienceqa/pid_splits.json"),
+        single_pred=True,
+    ),
     "pope": Helpfulness("pope/llava_pope_test.jsonl", "pope/val2014", ("pope/coco",)),
-    "mme": Helpfulness("MME/llava_mme.jsonl", "MME/MME_Benchmark_release_version", ("MME/MME_Benchmark_release_version",)),
-    "textvqa": Helpfulness("textvqa/llava_textvqa_val_v051_ocr.jsonl", "textvqa/train_images",
-                           ("textvqa/TextVQA_0.5.1_val.json",)),
-    "gqa": Helpfulness("gqa/llava_gqa_testdev_balanced.jsonl", "gqa/data/images", ("gqa/data/testdev_balanced_questions.json",)),
+    "mme": Helpfulness(
+        "MME/llava_mme.jsonl", "MME/MME_Benchmark_release_version", ("MME/MME_Benchmark_release_version",)
+    ),
+    "textvqa": Helpfulness(
+        "textvqa/llava_textvqa_val_v051_ocr.jsonl", "textvqa/train_images", ("textvqa/TextVQA_0.5.1_val.json",)
+    ),
+    "gqa": Helpfulness(
+        "gqa/llava_gqa_testdev_balanced.jsonl", "gqa/data/images", ("gqa/data/testdev_balanced_questions.json",)
+    ),
     "mmbench": Helpfulness("mmbench/mmbench_dev_20230712.tsv", None, (), single_pred=True),
     "vizwiz": Helpfulness("vizwiz/llava_test.jsonl", "vizwiz/test", ()),
-    "mmvet": Helpfulness("mm-vet/llava-mm-vet.jsonl", "mm-vet/images", ("mm-vet/mm-vet.json",), max_new_tokens=1024,
-                         judged=True),
-    "llavabench": Helpfulness("llava-bench-in-the-wild/questions.jsonl", "llava-bench-in-the-wild/images",
-                              ("llava-bench-in-the-wild/context.jsonl", "llava-bench-in-the-wild/answers_gpt4.jsonl"),
-                              max_new_tokens=1024, judged=True),
+    "mmvet": Helpfulness(
+        "mm-vet/llava-mm-vet.jsonl", "mm-vet/images", ("mm-vet/mm-vet.json",), max_new_tokens=1024, judged=True
+    ),
+    "llavabench": Helpfulness(
+        "llava-bench-in-the-wild/questions.jsonl",
+        "llava-bench-in-the-wild/images",
+        ("llava-bench-in-the-wild/context.jsonl", "llava-bench-in-the-wild/answers_gpt4.jsonl"),
+        max_new_tokens=1024,
+        judged=True,
+    ),
 }
 # The number each benchmark contributes to the paper's table (a path into its metrics).
-HEADLINE = {"sqa": ("img_accuracy",), "pope": ("f1",), "mme": ("perception",), "textvqa": ("accuracy",),
-            "gqa": ("accuracy",), "mmbench": ("circular_accuracy",), "mmvet": ("total",),
-            "llavabench": ("all", "relative")}
-LAYOUT = {**{k: v.files for k, v in SAFETY.items()},
-          **{k: (v.questions,) + ((v.images,) if v.images else ()) + v.needs for k, v in HELPFULNESS.items()}}
+HEADLINE = {
+    "sqa": ("img_accuracy",),
+    "pope": ("f1",),
+    "mme": ("perception",),
+    "textvqa": ("accuracy",),
+    "gqa": ("accuracy",),
+    "mmbench": ("circular_accuracy",),
+    "mmvet": ("total",),
+    "llavabench": ("all", "relative"),
+}
+LAYOUT = {
+    **{k: v.files for k, v in SAFETY.items()},
+    **{k: (v.questions,) + ((v.images,) if v.images else ()) + v.needs for k, v in HELPFULNESS.items()},
+}
 
 
 def score(name: str, answers: list[dict], root: Path, upload_dir: Path, grades: Path) -> dict:
@@ -99,8 +123,13 @@ def score(name: str, answers: list[dict], root: Path, upload_dir: Path, grades: 
         return gpt_graders.mm_vet(answers, root / "mm-vet/mm-vet.json", grades / "mmvet.json")
     if name == "llavabench":
         base = root / "llava-bench-in-the-wild"
-        return gpt_graders.llava_bench(answers, base / "questions.jsonl", base / "context.jsonl",
-                                       base / "answers_gpt4.jsonl", grades / "llavabench.json")
+        return gpt_graders.llava_bench(
+            answers,
+            base / "questions.jsonl",
+            base / "context.jsonl",
+            base / "answers_gpt4.jsonl",
+            grades / "llavabench.json",
+        )
     raise ValueError(f"unknown helpfulness benchmark {name!r}")
 
 
@@ -129,29 +158,44 @@ def plan(root: Path, only: list[str] | None) -> tuple[list[str], dict[str, str]]
     return todo, skipped
 
 
-def run_suite(checkpoint, data_root, out, *, only=None, limit: int | None = None, protocol: Protocol = Protocol(),
-              max_new_tokens: int | None = None, font=None, log=print) -> dict:
+def run_suite(
+    checkpoint,
+    data_root,
+    out,
+    *,
+    only=None,
+    limit: int | None = None,
+    protocol: Protocol = Protocol(),
+    max_new_tokens: int | None = None,
+    font=None,
+    log=print,
+) -> dict:
     """Run every benchmark found under DATA_ROOT (or `only` those); returns summary.json's content.
     `max_new_tokens` overrides every benchmark's own (quick checks only: not the protocols')."""
     if storage.is_remote(data_root):
-        raise ValueError(f"--data-root {data_root}: the suite reads a local directory (its scorers read files "
-                         "in place); copy the data root to this host")
+        raise ValueError(
+            f"--data-root {data_root}: the suite reads a local directory (its scorers read files "
+            "in place); copy the data root to this host"
+        )
     if storage.as_path(out).exists() and not storage.as_path(out).is_dir():
         raise ValueError(f"--out {out}: a file, not a directory")
     if not storage.is_remote(out):
-        return _run_suite(checkpoint, Path(data_root), Path(out), only, limit, protocol, max_new_tokens, font, log,
-                          lambda: None)
+        return _run_suite(
+            checkpoint, Path(data_root), Path(out), only, limit, protocol, max_new_tokens, font, log, lambda: None
+        )
     mirror = storage.Mirror(str(out), "suite")
     mirror.pull()
     try:
-        return _run_suite(checkpoint, Path(data_root), mirror.local, only, limit, protocol, max_new_tokens, font,
-                          log, mirror.sync)
+        return _run_suite(
+            checkpoint, Path(data_root), mirror.local, only, limit, protocol, max_new_tokens, font, log, mirror.sync
+        )
     finally:
         mirror.sync()
 
 
-def _run_suite(checkpoint, root: Path, out: Path, only, limit, protocol: Protocol, max_new_tokens, font, log,
-               finished) -> dict:
+def _run_suite(
+    checkpoint, root: Path, out: Path, only, limit, protocol: Protocol, max_new_tokens, font, log, finished
+) -> dict:
     from vlguard_jax.generate import load_generator
     from vlguard_jax.loading import peek
 
@@ -169,11 +213,24 @@ def _run_suite(checkpoint, root: Path, out: Path, only, limit, protocol: Protoco
         log(f"== {name}")
         if name in SAFETY:
             s = SAFETY[name]
-            files = (dict(meta=root / s.files[0], images=root / s.files[1]) if s.benchmark == "vlguard"
-                     else dict(data=root / s.files[0]))
+            files = (
+                dict(meta=root / s.files[0], images=root / s.files[1])
+                if s.benchmark == "vlguard"
+                else dict(data=root / s.files[0])
+            )
             safety = dataclasses.replace(protocol, max_new_tokens=max_new_tokens or protocol.max_new_tokens)
-            run(checkpoint, s.benchmark, out, font=font, limit=limit, protocol=safety, generator=generator,
-                log=log, **files, **dict(s.kw))
+            run(
+                checkpoint,
+                s.benchmark,
+                out,
+                font=font,
+                limit=limit,
+                protocol=safety,
+                generator=generator,
+                log=log,
+                **files,
+                **dict(s.kw),
+            )
         else:
             _helpfulness(name, checkpoint, root, out, generator, protocol, limit, max_new_tokens, log)
         finished()
@@ -183,25 +240,49 @@ def _run_suite(checkpoint, root: Path, out: Path, only, limit, protocol: Protoco
     return summary
 
 
-def _helpfulness(name, checkpoint, root: Path, out: Path, generator, protocol: Protocol, limit, max_new_tokens,
-                 log) -> None:
+def _helpfulness(
+    name, checkpoint, root: Path, out: Path, generator, protocol: Protocol, limit, max_new_tokens, log
+) -> None:
     h = HELPFULNESS[name]
     questions = vqa.read_questions(root / h.questions, single_pred=h.single_pred)[:limit]
     path = out / "answers" / f"{name}.jsonl"
     max_new = max_new_tokens or h.max_new_tokens or vqa.MAX_NEW_TOKENS[Path(h.questions).suffix]
-    settings = {"conv_mode": "vicuna_v1", "max_new_tokens": max_new, "single_pred_prompt": h.single_pred,
-                "dtype": protocol.dtype, "pad": True}
-    claim_output(out, path, {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint),
-                             "protocol": settings, "seed": 0}, log)
+    settings = {
+        "conv_mode": "vicuna_v1",
+        "max_new_tokens": max_new,
+        "single_pred_prompt": h.single_pred,
+        "dtype": protocol.dtype,
+        "pad": True,
+    }
+    claim_output(
+        out,
+        path,
+        {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint), "protocol": settings, "seed": 0},
+        log,
+    )
     gen, loaded = generator
-    answers = vqa.answer(gen, loaded, questions, path, image_folder=root / h.images if h.images else None,
-                         max_new_tokens=max_new, model_id=Path(checkpoint).name, log=log)
+    answers = vqa.answer(
+        gen,
+        loaded,
+        questions,
+        path,
+        image_folder=root / h.images if h.images else None,
+        max_new_tokens=max_new,
+        model_id=Path(checkpoint).name,
+        log=log,
+    )
     (out / "upload").mkdir(parents=True, exist_ok=True)
     (out / "grades").mkdir(parents=True, exist_ok=True)
     metrics = score(name, answers, root, out / "upload", out / "grades")
     summary = read_json(out / SUMMARY, {})
-    summary[f"helpfulness/{name}"] = dict(metrics, answered=len(answers), checkpoint=str(checkpoint),
-                                          headline=headline(name, metrics), model="vllm", protocol=settings)
+    summary[f"helpfulness/{name}"] = dict(
+        metrics,
+        answered=len(answers),
+        checkpoint=str(checkpoint),
+        headline=headline(name, metrics),
+        model="vllm",
+        protocol=settings,
+    )
     write_json(out / SUMMARY, summary)
 
 

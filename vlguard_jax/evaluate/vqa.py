@@ -13,6 +13,7 @@ Question files, and the LLaVA script whose prompt each reproduces:
 Decoding is greedy; pixels are padded to a square as LLaVA-1.5's `process_images` does for its
 `image_aspect_ratio=pad` (the VLGuard safety evaluation does not pad: see runner.py).
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,12 +40,12 @@ MAX_NEW_TOKENS = {".jsonl": 128, ".json": 1024, ".tsv": 1024}  # the scripts' se
 
 @dataclasses.dataclass(frozen=True)
 class Question:
-    qid: object                 # question_id as the file gives it (int or str)
-    text: str                   # the user turn, the image tag included where the script puts one
-    prompt: str                 # what the answers file records as `prompt` (the script's cur_prompt)
-    image: str | None = None    # path under the image folder
+    qid: object  # question_id as the file gives it (int or str)
+    text: str  # the user turn, the image tag included where the script puts one
+    prompt: str  # what the answers file records as `prompt` (the script's cur_prompt)
+    image: str | None = None  # path under the image folder
     image_b64: str | None = None
-    extra: tuple = ()           # (key, value) pairs the answer line carries (MMBench's round and options)
+    extra: tuple = ()  # (key, value) pairs the answer line carries (MMBench's round and options)
 
     @property
     def key(self) -> tuple:
@@ -99,7 +100,7 @@ def _mmbench(path: Path, single_pred: bool, all_rounds: bool) -> list[Question]:
             if _missing(row.get(letter)):
                 break
             options.append(row[letter])
-        chars = list(OPTIONS[:len(options)])
+        chars = list(OPTIONS[: len(options)])
         index = int(row["index"])
         for round_id in range(len(options) if all_rounds else 1):
             question = row["question"]
@@ -108,9 +109,15 @@ def _mmbench(path: Path, single_pred: bool, all_rounds: bool) -> list[Question]:
             for char, option in zip(OPTIONS, options):
                 question += "\n" + char + ". " + option
             text = IMAGE_TAG + "\n" + question + ("\n" + SINGLE_PRED if single_pred else "")
-            out.append(Question(index, text, question, image_b64=row["image"],
-                                extra=(("round_id", round_id), ("options", list(options)),
-                                       ("option_char", list(chars)))))
+            out.append(
+                Question(
+                    index,
+                    text,
+                    question,
+                    image_b64=row["image"],
+                    extra=(("round_id", round_id), ("options", list(options)), ("option_char", list(chars))),
+                )
+            )
             options, chars = options[1:] + options[:1], chars[1:] + chars[:1]
     return out
 
@@ -148,12 +155,29 @@ def answer_line(q: Question, text: str, model_id: str) -> dict:
     head = {"question_id": q.qid}
     if "round_id" in extra:
         head["round_id"] = extra.pop("round_id")
-    return {**head, "prompt": q.prompt, "text": text, **extra, "answer_id": uuid.uuid4().hex[:22],
-            "model_id": model_id, "metadata": {}}
+    return {
+        **head,
+        "prompt": q.prompt,
+        "text": text,
+        **extra,
+        "answer_id": uuid.uuid4().hex[:22],
+        "model_id": model_id,
+        "metadata": {},
+    }
 
 
-def answer(gen, loaded, questions: list[Question], answers_file, *, image_folder=None, conv_mode: str = "vicuna_v1",
-           max_new_tokens: int = 128, model_id: str = "model", log=print) -> list[dict]:
+def answer(
+    gen,
+    loaded,
+    questions: list[Question],
+    answers_file,
+    *,
+    image_folder=None,
+    conv_mode: str = "vicuna_v1",
+    max_new_tokens: int = 128,
+    model_id: str = "model",
+    log=print,
+) -> list[dict]:
     """Answer every question the answers file lacks, a batch at a time (appended as it goes), then
     leave the file in question order. Returns its lines."""
     from tqdm import tqdm
@@ -175,8 +199,10 @@ def answer(gen, loaded, questions: list[Question], answers_file, *, image_folder
     for batch in gen.batches(len(todo)):
         chunk = [todo[k] for k in batch]
         pix = [question_pixels(q, image_folder, size) for q in chunk]
-        ids = [prompt_ids_of_text(loaded.tokenizer, loaded.config, render(template, [(0, q.text), (1, None)]))
-               for q in chunk]
+        ids = [
+            prompt_ids_of_text(loaded.tokenizer, loaded.config, render(template, [(0, q.text), (1, None)]))
+            for q in chunk
+        ]
         out = gen(ids, pix, sampling)
         lines = [answer_line(q, response_text(loaded.tokenizer, toks), model_id) for q, toks in zip(chunk, out)]
         append_jsonl(path, lines)

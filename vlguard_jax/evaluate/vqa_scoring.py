@@ -12,6 +12,7 @@ number the matching LLaVA scorer (or the benchmark's official one) gives on the 
   rows and rounds is right. Letters are read as stated in `option_letter`.
 - vizwiz, mmbench test: no public answers; the upload files LLaVA's converters write.
 """
+
 from __future__ import annotations
 
 import collections
@@ -26,9 +27,21 @@ from vlguard_jax.evaluate.answer_norm import normalize, soft_accuracy
 from vlguard_jax.files import read_jsonl
 
 SQA_OPTIONS = ("A", "B", "C", "D", "E")
-MME_TASKS = {"perception": ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
-                            "artwork", "OCR"),
-             "cognition": ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")}
+MME_TASKS = {
+    "perception": (
+        "existence",
+        "count",
+        "position",
+        "color",
+        "posters",
+        "celebrity",
+        "scene",
+        "landmark",
+        "artwork",
+        "OCR",
+    ),
+    "cognition": ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning"),
+}
 MME_WORD_PHRASE = "Answer the question using a single word or phrase."
 MME_YES_NO = "Please answer yes or no."
 
@@ -74,13 +87,19 @@ def sqa(answers: list[dict], base_dir, split: str = "test") -> dict:
         answer = by_id.get(pid, {"text": "FAILED", "prompt": "Unknown"})
         choices = problems[pid]["choices"]
         letter = sqa_letter(answer["text"])
-        right = letter in SQA_OPTIONS[:len(choices)] and SQA_OPTIONS.index(letter) == problems[pid]["answer"]
+        right = letter in SQA_OPTIONS[: len(choices)] and SQA_OPTIONS.index(letter) == problems[pid]["answer"]
         correct += right
         if "<image>" in answer["prompt"]:
             img_total += 1
             img_correct += right
-    return {"accuracy": 100 * correct / len(split_ids), "img_accuracy": 100 * img_correct / img_total if img_total
-            else None, "correct": correct, "count": len(split_ids), "img_correct": img_correct, "img_count": img_total}
+    return {
+        "accuracy": 100 * correct / len(split_ids),
+        "img_accuracy": 100 * img_correct / img_total if img_total else None,
+        "correct": correct,
+        "count": len(split_ids),
+        "img_correct": img_correct,
+        "img_count": img_total,
+    }
 
 
 # ---- POPE --------------------------------------------------------------------------------------
@@ -96,10 +115,12 @@ def pope(answers: list[dict], question_file, annotation_dir) -> dict:
     for f in sorted(Path(annotation_dir).iterdir()):
         if not (f.name.startswith("coco_pope_") and f.name.endswith(".json")):
             raise RecordError(f"{f}: not a POPE annotation file (coco_pope_<category>.json)")
-        category = f.name[len("coco_pope_"):-len(".json")]
+        category = f.name[len("coco_pope_") : -len(".json")]
         labels = [json.loads(line)["label"] != "no" for line in f.read_text().splitlines() if line.strip()]
         try:
-            preds = [not pope_says_no(a["text"]) for a in answers if questions[a["question_id"]]["category"] == category]
+            preds = [
+                not pope_says_no(a["text"]) for a in answers if questions[a["question_id"]]["category"] == category
+            ]
         except KeyError as e:
             raise RecordError(f"{question_file}: no question {e.args[0]!r}, which the answers name") from None
         pairs = list(zip(preds, labels))  # LLaVA zips in file order
@@ -110,9 +131,14 @@ def pope(answers: list[dict], question_file, annotation_dir) -> dict:
         precision = tp / (tp + fp) if tp + fp else None
         recall = tp / (tp + fn) if tp + fn else None
         f1 = 2 * precision * recall / (precision + recall) if precision and recall else None
-        out[category] = {"n": len(preds), "accuracy": (tp + tn) / len(pairs) if pairs else None,
-                         "precision": precision, "recall": recall, "f1": f1,
-                         "yes_ratio": sum(preds) / len(preds) if preds else None}
+        out[category] = {
+            "n": len(preds),
+            "accuracy": (tp + tn) / len(pairs) if pairs else None,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "yes_ratio": sum(preds) / len(preds) if preds else None,
+        }
     return out
 
 
@@ -155,7 +181,7 @@ def mme(answers: list[dict], base_dir) -> dict:
         rows[category].append((gt[category, file, prompt].lower(), mme_label(a["text"])))
     scores = {}
     for category, pairs in rows.items():
-        chunks = [pairs[i:i + 2] for i in range(0, len(pairs), 2)]
+        chunks = [pairs[i : i + 2] for i in range(0, len(pairs), 2)]
         acc = sum(g == p for g, p in pairs) / len(pairs)
         acc_plus = sum(all(g == p for g, p in c) for c in chunks) / len(chunks)
         scores[category] = 100 * acc + 100 * acc_plus
@@ -233,22 +259,29 @@ def mmbench(answers: list[dict], question_file) -> dict:
         if row is None:
             raise RecordError(f"{question_file}: no row with index {a['question_id']!r}, which the answers name")
         if not row.get("answer", "").strip():
-            raise RecordError(f"{question_file}: row {row['index']} has no answer (a test split: write the upload "
-                              "file with --upload-file)")
-        letters = a.get("option_char") and ["A", "B", "C", "D"][:len(a["option_char"])]
+            raise RecordError(
+                f"{question_file}: row {row['index']} has no answer (a test split: write the upload "
+                "file with --upload-file)"
+            )
+        letters = a.get("option_char") and ["A", "B", "C", "D"][: len(a["option_char"])]
         shown = dict(zip(letters, a["options"])) if letters else {k: row[k] for k in "ABCD" if row.get(k, "").strip()}
         picked = option_letter(a["text"], shown)
         groups[int(row["index"]) % 1_000_000].append(picked is not None and shown[picked] == row[row["answer"]])
     circular = sum(all(g) for g in groups.values()) / len(groups)
     first = [g[0] for g in groups.values()]
-    return {"circular_accuracy": 100 * circular, "accuracy": 100 * sum(first) / len(first), "questions": len(groups),
-            "answers": sum(map(len, groups.values()))}
+    return {
+        "circular_accuracy": 100 * circular,
+        "accuracy": 100 * sum(first) / len(first),
+        "questions": len(groups),
+        "answers": sum(map(len, groups.values())),
+    }
 
 
 def mmbench_upload(answers: list[dict], question_file, dst) -> Path:
     """LLaVA's `convert_mmbench_for_submission.py`: the TSV's columns but hint, category, source,
     image, comment and l2-category, with `prediction` as the 7th column, as an .xlsx."""
     from openpyxl import Workbook
+
     rows = mmbench_rows(question_file)
     dropped = {"hint", "category", "source", "image", "comment", "l2-category"}
     columns = [c for c in rows[0] if c not in dropped]
@@ -279,6 +312,7 @@ def _cell(value):
 def vizwiz_upload(answers: list[dict], question_file, dst) -> Path:
     """LLaVA's `convert_vizwiz_for_submission.py`: [{image, answer (EvalAI-normalised)}] per question."""
     from vlguard_jax.files import atomic_write_json
+
     by_id = {a["question_id"]: a["text"] for a in answers}
     questions = read_jsonl(question_file)
     missing = [q["question_id"] for q in questions if q["question_id"] not in by_id]

@@ -1,12 +1,14 @@
 """Batched generation: `Generator`, `Sampling`, and prompt building; CLI in `__main__`."""
+
 from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
 from vlguard_jax.generate.sampler import Generator, Sampling
 
 __all__ = ["Generator", "Sampling", "prompt_ids", "prompt_text", "response_text", "load_generator"]
 
 
-def load_generator(checkpoint, *, dtype=None, mesh=None, batch_size: int = 8, bucket: int = 64,
-                   scan_layers: bool | str = "auto"):
+def load_generator(
+    checkpoint, *, dtype=None, mesh=None, batch_size: int = 8, bucket: int = 64, scan_layers: bool | str = "auto"
+):
     """(Generator, Loaded) for a converted checkpoint or a training workdir. `dtype` defaults to
     float32 on CPU and bfloat16 elsewhere; `scan_layers` runs the decoder layers scanned ("auto":
     for deep LLaVA models, where it cuts compile time; see models.stacking)."""
@@ -14,6 +16,7 @@ def load_generator(checkpoint, *, dtype=None, mesh=None, batch_size: int = 8, bu
     import jax.numpy as jnp
 
     from vlguard_jax.loading import load_model
+
     if dtype is None:
         dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     loaded = load_model(checkpoint, mesh=mesh, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
@@ -21,6 +24,7 @@ def load_generator(checkpoint, *, dtype=None, mesh=None, batch_size: int = 8, bu
         raise FileNotFoundError(f"{checkpoint}: no tokenizer files next to the weights")
     t = loaded.config.text
     pad = t.pad_token_id if t.pad_token_id is not None else 0
-    gen = Generator(loaded.model, loaded.params, eos_ids=t.eos_token_id, pad_id=pad, mesh=mesh,
-                    batch_size=batch_size, bucket=bucket)
+    gen = Generator(
+        loaded.model, loaded.params, eos_ids=t.eos_token_id, pad_id=pad, mesh=mesh, batch_size=batch_size, bucket=bucket
+    )
     return gen, loaded

@@ -4,6 +4,7 @@ or `--prompts-file F.jsonl` (lines {"image": ..., "prompt": ...}) for a whole ba
 With `--json` each result is one line: `prompt_ids` (image positions as image_token_index once per
 image feature, as in llava-hf), `token_ids` (generated) and `text`.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ def read_prompts(path) -> list[dict]:
     rows = read_jsonl(path)
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ValueError(f"{path}: prompt {n}: expected {{\"prompt\": str, \"image\": optional str}}")
+            raise ValueError(f'{path}: prompt {n}: expected {{"prompt": str, "image": optional str}}')
     return rows
 
 
@@ -64,8 +65,17 @@ def main(argv: list[str]) -> int:
     for row, pi, toks in zip(rows, ids, out):
         text = response_text(m.tokenizer, toks)
         if a.json:
-            print(json.dumps({"prompt": row["prompt"], "image": row.get("image"), "prompt_ids": pi,
-                              "token_ids": toks, "text": text}))
+            print(
+                json.dumps(
+                    {
+                        "prompt": row["prompt"],
+                        "image": row.get("image"),
+                        "prompt_ids": pi,
+                        "token_ids": toks,
+                        "text": text,
+                    }
+                )
+            )
         else:
             print(text)
     n = sum(len(t) for t in out)

@@ -4,6 +4,7 @@ generation prompt (`... USER: <image>\\nQ ASSISTANT:`), tokenized by LLaVA's
 
 `chat_template` renders one user turn with the tokenizer's own chat template (a text-only LLM
 that ships one); `none` uses the text verbatim."""
+
 from __future__ import annotations
 
 from vlguard_jax.data.conversation import IMAGE_TAG, generation_prompt, get_template
@@ -30,8 +31,9 @@ def prompt_text(question: str, image: bool, template: str = "llava_v1", tokenize
             raise ValueError("template chat_template is for text-only models; an image needs llava_v1")
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("template chat_template: this tokenizer has no chat template")
-        return tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
     return generation_prompt(get_template(template), question, image)
 
 

@@ -9,6 +9,7 @@
 - Prompt lengths are bucketed (multiples of `bucket`) and batches are filled to `batch_size`, so
   a benchmark compiles a handful of programs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,11 +26,11 @@ from vlguard_jax.models.llama import init_cache
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-    temperature: float = 0.0   # 0 = greedy
-    top_k: int = 0             # 0 = off
-    top_p: float = 1.0         # 1 = off
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
     max_new_tokens: int = 256
-    min_new_tokens: int = 0    # EOS is masked until this many tokens are out (transformers' rule)
+    min_new_tokens: int = 0  # EOS is masked until this many tokens are out (transformers' rule)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -68,10 +69,12 @@ def ban_eos(logits, eos, step, s: Sampling):
 def _generate(model, params, ids, mask, pixels, row_ids, seed, eos, pad_id, s: Sampling, cache_dtype):
     b, p = ids.shape
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
-    cache = init_cache(model.config.text, b, p + s.max_new_tokens, cache_dtype,
-                       stacked=getattr(model, "scan_layers", False))
-    hidden, cache = model.apply({"params": params}, ids, pixels, attention_mask=mask, positions=positions,
-                                cache=cache, return_hidden=True)
+    cache = init_cache(
+        model.config.text, b, p + s.max_new_tokens, cache_dtype, stacked=getattr(model, "scan_layers", False)
+    )
+    hidden, cache = model.apply(
+        {"params": params}, ids, pixels, attention_mask=mask, positions=positions, cache=cache, return_hidden=True
+    )
     logits = model.apply({"params": params}, hidden[:, -1:], method=model.logits)[:, 0].astype(jnp.float32)
     base = jax.random.key(seed)
     keys = lambda step: jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base, r), step))(row_ids)
@@ -87,8 +90,14 @@ def _generate(model, params, ids, mask, pixels, row_ids, seed, eos, pad_id, s: S
 
     def body(c):
         step, out, done, cache, last, pos = c
-        h, cache = model.apply({"params": params}, last[:, None], attention_mask=jnp.ones((b, 1), jnp.int32),
-                               positions=pos[:, None], cache=cache, return_hidden=True)
+        h, cache = model.apply(
+            {"params": params},
+            last[:, None],
+            attention_mask=jnp.ones((b, 1), jnp.int32),
+            positions=pos[:, None],
+            cache=cache,
+            return_hidden=True,
+        )
         lg = model.apply({"params": params}, h, method=model.logits)[:, 0].astype(jnp.float32)
         tok = choose(ban_eos(lg, eos, step, s), keys(step), s)
         tok = jnp.where(done, pad_id, tok)  # finished rows stop changing
@@ -103,8 +112,18 @@ class Generator:
     """`Generator(model, params, ...)(prompts, pixels, sampling, seed)`; prompts are id lists (image
     positions already expanded), pixels one [3, H, W] array or None per prompt."""
 
-    def __init__(self, model, params, *, eos_ids, pad_id: int = 0, mesh=None, batch_size: int = 8,
-                 bucket: int = 64, cache_dtype=None):
+    def __init__(
+        self,
+        model,
+        params,
+        *,
+        eos_ids,
+        pad_id: int = 0,
+        mesh=None,
+        batch_size: int = 8,
+        bucket: int = 64,
+        cache_dtype=None,
+    ):
         self.model, self.params, self.mesh = model, params, mesh
         self._eos_set = set(np.atleast_1d(eos_ids).tolist())
         self.eos = jnp.asarray(sorted(self._eos_set), jnp.int32)
@@ -115,23 +134,28 @@ class Generator:
     def _compile(self, s: Sampling):
         def run(params, ids, mask, pixels, row_ids, seed):
             with sharding.use_mesh(self.mesh):
-                return _generate(self.model, params, ids, mask, pixels, row_ids, seed, self.eos, self.pad_id, s,
-                                 self.cache_dtype)
+                return _generate(
+                    self.model, params, ids, mask, pixels, row_ids, seed, self.eos, self.pad_id, s, self.cache_dtype
+                )
+
         return jax.jit(run)
 
     def batches(self, n: int):
         return [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
 
-    def __call__(self, prompts: list[list[int]], pixels: list, sampling: Sampling = Sampling(), seed: int = 0,
-                 on_batch=None) -> list[list[int]]:
+    def __call__(
+        self, prompts: list[list[int]], pixels: list, sampling: Sampling = Sampling(), seed: int = 0, on_batch=None
+    ) -> list[list[int]]:
         """Generated ids per prompt, cut after the first EOS (which is kept). A prompt that, with
         `max_new_tokens`, does not fit the model's positions is refused before anything runs."""
         v = self.model.config.vision  # None for a text-only model
         positions = self.model.config.text.max_position_embeddings
         for i, p in enumerate(prompts):
             if len(p) + sampling.max_new_tokens > positions:
-                raise ValueError(f"prompt {i}: {len(p)} tokens plus {sampling.max_new_tokens} new ones exceed the "
-                                 f"model's {positions} positions; shorten it or lower max_new_tokens")
+                raise ValueError(
+                    f"prompt {i}: {len(p)} tokens plus {sampling.max_new_tokens} new ones exceed the "
+                    f"model's {positions} positions; shorten it or lower max_new_tokens"
+                )
         results: list[list[int]] = [None] * len(prompts)
         for idx in self.batches(len(prompts)):
             longest = max(len(prompts[i]) for i in idx)
@@ -142,8 +166,8 @@ class Generator:
             pix = None if v is None else np.zeros((b, v.num_channels, v.image_size, v.image_size), np.float32)
             rows = np.zeros(b, np.int32)
             for r, i in enumerate(idx):
-                ids[r, p - len(prompts[i]):] = prompts[i]
-                mask[r, p - len(prompts[i]):] = 1
+                ids[r, p - len(prompts[i]) :] = prompts[i]
+                mask[r, p - len(prompts[i]) :] = 1
                 rows[r] = i
                 if pixels[i] is not None:
                     if pix is None:
@@ -156,9 +180,11 @@ class Generator:
             except jax.errors.JaxRuntimeError as e:
                 if not is_out_of_memory(e):
                     raise
-                raise ResourceError(f"out of device memory generating a batch of {b} prompts of up to {p} tokens "
-                                    f"plus {sampling.max_new_tokens} new ones; lower the batch size (--batch-size "
-                                    f"{max(1, b // 2)})") from None
+                raise ResourceError(
+                    f"out of device memory generating a batch of {b} prompts of up to {p} tokens "
+                    f"plus {sampling.max_new_tokens} new ones; lower the batch size (--batch-size "
+                    f"{max(1, b // 2)})"
+                ) from None
             for r, i in enumerate(idx):
                 toks = out[r].tolist()
                 cut = next((k + 1 for k, t in enumerate(toks) if t in self._eos_set), len(toks))

@@ -1,4 +1,5 @@
 """Flax ports of LLaVA-1.5: CLIP tower, projector, Llama decoder."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -10,9 +11,21 @@ from vlguard_jax.models.llama import init_cache
 from vlguard_jax.models.llava import LlavaModel
 from vlguard_jax.models.text_only import TextOnlyModel
 
-__all__ = ["LlavaConfig", "TextConfig", "TextOnlyConfig", "VisionConfig", "LlavaModel", "TextOnlyModel",
-           "build_model", "load_config", "init_cache", "dummy_inputs", "param_axes", "abstract_params",
-           "init_params"]
+__all__ = [
+    "LlavaConfig",
+    "TextConfig",
+    "TextOnlyConfig",
+    "VisionConfig",
+    "LlavaModel",
+    "TextOnlyModel",
+    "build_model",
+    "load_config",
+    "init_cache",
+    "dummy_inputs",
+    "param_axes",
+    "abstract_params",
+    "init_params",
+]
 
 
 def build_model(config, **kw):
@@ -29,8 +42,9 @@ def dummy_inputs(config, batch: int = 1):
     if config.vision is None:
         return jnp.ones((batch, 2), jnp.int32), None
     n = config.num_image_tokens
-    ids = jnp.concatenate([jnp.ones((batch, 1), jnp.int32),
-                           jnp.full((batch, n), config.image_token_index, jnp.int32)], axis=1)
+    ids = jnp.concatenate(
+        [jnp.ones((batch, 1), jnp.int32), jnp.full((batch, n), config.image_token_index, jnp.int32)], axis=1
+    )
     v = config.vision
     pixels = jnp.zeros((batch, v.num_channels, v.image_size, v.image_size), jnp.float32)
     return ids, pixels
@@ -44,20 +58,19 @@ def _boxed_init(model, rng):
 def param_axes(model):
     """Tree of logical axis-name tuples, one per parameter."""
     boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
-    return jax.tree.map(lambda b: tuple(b.names), boxed,
-                        is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+    return jax.tree.map(lambda b: tuple(b.names), boxed, is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
 
 
 def abstract_params(model, mesh=None):
     """ShapeDtypeStructs of the parameters, with shardings when a mesh is given."""
     from vlguard_jax import sharding
+
     boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
     shapes = nn.unbox(boxed)
     if mesh is None:
         return shapes
     shardings = sharding.tree_shardings(param_axes(model), shapes, mesh)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        shapes, shardings)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
 def init_params(model, rng, mesh=None):

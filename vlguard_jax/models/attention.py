@@ -10,6 +10,7 @@ as `jax.nn.dot_product_attention`'s XLA path):
 
 "auto" (the default) picks cuDNN where it applies, else "per_head" on the CPU and "xla" elsewhere.
 """
+
 from __future__ import annotations
 
 import jax
@@ -23,8 +24,13 @@ def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
     `mask`: boolean, broadcastable to [B, 1, T, S]. `implementation`: see the module doc; None
     means "auto"."""
     if implementation in (None, "auto"):
-        ok = (jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16)
-              and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128 and mask is None)
+        ok = (
+            jax.default_backend() == "gpu"
+            and q.dtype in (jnp.bfloat16, jnp.float16)
+            and q.shape[-1] % 8 == 0
+            and q.shape[-1] <= 128
+            and mask is None
+        )
         implementation = "cudnn" if ok else ("per_head" if jax.default_backend() == "cpu" else "xla")
     if implementation == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal, implementation="cudnn")
@@ -64,9 +70,9 @@ def _grouped(q, k, v, allowed):
     `allowed` from `_allowed`."""
     b, t, h, d = q.shape
     kv = k.shape[1]
-    qh = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)   # [B, KV, G, T, D]
+    qh = q.reshape(b, t, kv, h // kv, d).transpose(0, 2, 3, 1, 4)  # [B, KV, G, T, D]
     logits = jnp.einsum("bkgtd,bksd->bkgts", qh, k, preferred_element_type=jnp.float32)
-    logits = logits * jnp.float32(d ** -0.5)
+    logits = logits * jnp.float32(d**-0.5)
     if allowed is not None:
         logits = jnp.where(allowed[:, None, None], logits, jnp.float32(NEG))
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)

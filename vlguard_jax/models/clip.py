@@ -3,6 +3,7 @@
 Only the layers up to LLaVA's selected hidden state run: with `vision_feature_layer=-2` the last
 encoder layer is never computed, exactly as its output is never used.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -33,8 +34,7 @@ class CLIPAttention(nn.Module):
         b, t, _ = x.shape
         kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
         proj = lambda name: Dense(c.hidden_size, ("vision_embed", "vision_heads"), name=name, **kw)(x)
-        q, k, v = (proj(n).reshape(b, t, c.num_attention_heads, c.head_dim)
-                   for n in ("q_proj", "k_proj", "v_proj"))
+        q, k, v = (proj(n).reshape(b, t, c.num_attention_heads, c.head_dim) for n in ("q_proj", "k_proj", "v_proj"))
         q, k, v = (constrain(a, ("batch", "length", "act_heads", None)) for a in (q, k, v))
         o = attention(q, k, v, implementation=self.attn_impl).reshape(b, t, c.hidden_size)
         return Dense(c.hidden_size, ("vision_heads", "vision_embed"), name="out_proj", **kw)(o)
@@ -65,6 +65,7 @@ class CLIPVisionTower(nn.Module):
     `num_layers=0` returns the embeddings after the pre-layernorm, i.e. Hugging Face's
     `hidden_states[0]`; `num_layers=k` returns `hidden_states[k]`.
     """
+
     config: VisionConfig
     num_layers: int
     dtype: Dtype = jnp.float32
@@ -77,18 +78,26 @@ class CLIPVisionTower(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, ch, hgt, wid = pixel_values.shape
         if (hgt, wid) != (c.image_size, c.image_size) or ch != c.num_channels:
-            raise ValueError(f"pixel_values shape {pixel_values.shape} does not match the tower "
-                             f"({c.num_channels}, {c.image_size}, {c.image_size})")
+            raise ValueError(
+                f"pixel_values shape {pixel_values.shape} does not match the tower "
+                f"({c.num_channels}, {c.image_size}, {c.image_size})"
+            )
         p, g = c.patch_size, c.image_size // c.patch_size
         # Patchify in (channel, row, col) order: the flattened order of torch's conv weight.
         x = pixel_values.astype(self.dtype).reshape(b, ch, g, p, g, p)
         x = x.transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * p * p)
         patches = Dense(c.hidden_size, ("vision_patch", "vision_embed"), name="patch_embedding", **kw)(x)
-        cls = param_with_axes(self, "class_embedding", nn.initializers.normal(0.02), (c.hidden_size,),
-                              self.param_dtype, ("vision_embed",))
-        pos = param_with_axes(self, "position_embedding", nn.initializers.normal(0.02),
-                              (c.num_patches + 1, c.hidden_size), self.param_dtype,
-                              ("vision_positions", "vision_embed"))
+        cls = param_with_axes(
+            self, "class_embedding", nn.initializers.normal(0.02), (c.hidden_size,), self.param_dtype, ("vision_embed",)
+        )
+        pos = param_with_axes(
+            self,
+            "position_embedding",
+            nn.initializers.normal(0.02),
+            (c.num_patches + 1, c.hidden_size),
+            self.param_dtype,
+            ("vision_positions", "vision_embed"),
+        )
         cls = jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.hidden_size))
         x = jnp.concatenate([cls, patches], axis=1) + pos.astype(self.dtype)[None]
         x = constrain(LayerNorm(c.layer_norm_eps, name="pre_layrnorm", **kw)(x), ACT)

@@ -4,6 +4,7 @@ Three source formats are understood: llava-hf (`LlavaForConditionalGeneration`, 
 version), the original LLaVA repo (`LlavaLlamaForCausalLM`, `mm_*` keys), and a plain text-only
 `LlamaForCausalLM` (such as Llama Guard, the safety judge), which becomes a `TextOnlyConfig`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +18,21 @@ from vlguard_jax.files import atomic_write_json
 # the weights (the head count is not), so they are listed here.
 KNOWN_CLIP_TOWERS = {
     "openai/clip-vit-large-patch14-336": dict(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=336, patch_size=14),
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+    ),
     "openai/clip-vit-large-patch14": dict(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=224, patch_size=14),
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+    ),
 }
 
 
@@ -87,22 +98,26 @@ class LlavaConfig:
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
                 f"vision_feature_select_strategy must be 'default' or 'full', "
-                f"got {self.vision_feature_select_strategy!r}")
+                f"got {self.vision_feature_select_strategy!r}"
+            )
         n = self.vision.num_hidden_layers
         if not -(n + 1) <= self.vision_feature_layer <= n:
-            raise ValueError(f"vision_feature_layer {self.vision_feature_layer} is out of range for "
-                             f"a tower with {n} layers")
+            raise ValueError(
+                f"vision_feature_layer {self.vision_feature_layer} is out of range for a tower with {n} layers"
+            )
         if self.vision.hidden_act != "quick_gelu":
-            raise ValueError(f"vision hidden_act {self.vision.hidden_act!r} is not supported "
-                             "(CLIP towers use quick_gelu)")
+            raise ValueError(
+                f"vision hidden_act {self.vision.hidden_act!r} is not supported (CLIP towers use quick_gelu)"
+            )
         if self.text.hidden_act != "silu":
             raise ValueError(f"text hidden_act {self.text.hidden_act!r} is not supported (Llama uses silu)")
         if self.projector_hidden_act != "gelu":
-            raise ValueError(f"projector_hidden_act {self.projector_hidden_act!r} is not supported "
-                             "(LLaVA-1.5's mlp2x_gelu uses exact gelu)")
+            raise ValueError(
+                f"projector_hidden_act {self.projector_hidden_act!r} is not supported "
+                "(LLaVA-1.5's mlp2x_gelu uses exact gelu)"
+            )
         if self.text.rope_scaling and dict(self.text.rope_scaling).get("rope_type") not in ("llama3",):
-            raise ValueError(f"rope scaling {dict(self.text.rope_scaling)} is not supported "
-                             "(default and llama3 are)")
+            raise ValueError(f"rope scaling {dict(self.text.rope_scaling)} is not supported (default and llama3 are)")
 
     @property
     def num_image_tokens(self) -> int:
@@ -135,8 +150,9 @@ class LlavaConfig:
     def load(cls, path) -> LlavaConfig:
         config = load_config(path)
         if not isinstance(config, cls):
-            raise ValueError(f"{path}: a text-only Llama checkpoint, not a LLaVA one (such checkpoints "
-                             "serve as --judge-checkpoint)")
+            raise ValueError(
+                f"{path}: a text-only Llama checkpoint, not a LLaVA one (such checkpoints serve as --judge-checkpoint)"
+            )
         return config
 
     # ---- Hugging Face --------------------------------------------------------------------
@@ -147,8 +163,7 @@ class LlavaConfig:
             raise ValueError(f"{source}: not a llava-hf config (no text_config/vision_config)")
         layer = hf.get("vision_feature_layer", -2)
         if not isinstance(layer, int):
-            raise ValueError(f"{source}: vision_feature_layer {layer!r} is not supported "
-                             "(a single layer index is)")
+            raise ValueError(f"{source}: vision_feature_layer {layer!r} is not supported (a single layer index is)")
         text = text_from_hf(hf["text_config"], source=source)
         if "tie_word_embeddings" in hf:  # transformers 5 keeps it at the top level
             text = dataclasses.replace(text, tie_word_embeddings=hf["tie_word_embeddings"])
@@ -163,8 +178,9 @@ class LlavaConfig:
         )
 
     @classmethod
-    def from_original_llava(cls, hf: dict, vision: VisionConfig | None, image_token_index: int,
-                            *, source: str = "config.json") -> LlavaConfig:
+    def from_original_llava(
+        cls, hf: dict, vision: VisionConfig | None, image_token_index: int, *, source: str = "config.json"
+    ) -> LlavaConfig:
         """From an original-LLaVA config.json (`LlavaLlamaForCausalLM`, `mm_*` keys)."""
         ptype = hf.get("mm_projector_type", "linear")
         if ptype != "mlp2x_gelu":
@@ -172,20 +188,28 @@ class LlavaConfig:
         if vision is None:
             tower = hf.get("mm_vision_tower")
             if tower not in KNOWN_CLIP_TOWERS:
-                raise ValueError(f"{source}: vision tower {tower!r} is not a known CLIP; "
-                                 "pass --vision-tower DIR with its config.json")
+                raise ValueError(
+                    f"{source}: vision tower {tower!r} is not a known CLIP; "
+                    "pass --vision-tower DIR with its config.json"
+                )
             vision = VisionConfig(**KNOWN_CLIP_TOWERS[tower])
         if hf.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
-            raise ValueError(f"{source}: mm_hidden_size {hf['mm_hidden_size']} != vision hidden size "
-                             f"{vision.hidden_size}")
+            raise ValueError(
+                f"{source}: mm_hidden_size {hf['mm_hidden_size']} != vision hidden size {vision.hidden_size}"
+            )
         strategy = {"patch": "default", "cls_patch": "full"}.get(hf.get("mm_vision_select_feature", "patch"))
         if strategy is None:
-            raise ValueError(f"{source}: mm_vision_select_feature {hf['mm_vision_select_feature']!r} "
-                             "is not supported (patch, cls_patch are)")
-        return cls(vision=vision, text=text_from_hf(hf, source=source),
-                   image_token_index=image_token_index,
-                   vision_feature_layer=hf.get("mm_vision_select_layer", -2),
-                   vision_feature_select_strategy=strategy)
+            raise ValueError(
+                f"{source}: mm_vision_select_feature {hf['mm_vision_select_feature']!r} "
+                "is not supported (patch, cls_patch are)"
+            )
+        return cls(
+            vision=vision,
+            text=text_from_hf(hf, source=source),
+            image_token_index=image_token_index,
+            vision_feature_layer=hf.get("mm_vision_select_layer", -2),
+            vision_feature_select_strategy=strategy,
+        )
 
     def to_hf(self) -> dict:
         """A llava-hf config.json dict that `LlavaConfig.from_dict` in transformers reads."""
@@ -196,36 +220,60 @@ class LlavaConfig:
             rope["rope_theta"] = t.rope_theta
         eos = list(t.eos_token_id) if isinstance(t.eos_token_id, tuple) else t.eos_token_id
         text_config = dict(
-            model_type="llama", vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-            intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
-            num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
-            head_dim=t.head_dim, rms_norm_eps=t.rms_norm_eps, rope_theta=t.rope_theta,
-            rope_parameters=rope, rope_scaling=rope if t.rope_scaling else None,
+            model_type="llama",
+            vocab_size=t.vocab_size,
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_hidden_layers,
+            num_attention_heads=t.num_attention_heads,
+            num_key_value_heads=t.num_key_value_heads,
+            head_dim=t.head_dim,
+            rms_norm_eps=t.rms_norm_eps,
+            rope_theta=t.rope_theta,
+            rope_parameters=rope,
+            rope_scaling=rope if t.rope_scaling else None,
             max_position_embeddings=t.max_position_embeddings,
-            attention_bias=t.attention_bias, mlp_bias=t.mlp_bias, hidden_act=t.hidden_act,
-            tie_word_embeddings=t.tie_word_embeddings, bos_token_id=t.bos_token_id,
-            eos_token_id=eos, pad_token_id=t.pad_token_id)
+            attention_bias=t.attention_bias,
+            mlp_bias=t.mlp_bias,
+            hidden_act=t.hidden_act,
+            tie_word_embeddings=t.tie_word_embeddings,
+            bos_token_id=t.bos_token_id,
+            eos_token_id=eos,
+            pad_token_id=t.pad_token_id,
+        )
         vision_config = dict(
-            model_type="clip_vision_model", hidden_size=v.hidden_size,
-            intermediate_size=v.intermediate_size, num_hidden_layers=v.num_hidden_layers,
-            num_attention_heads=v.num_attention_heads, image_size=v.image_size,
-            patch_size=v.patch_size, num_channels=v.num_channels, layer_norm_eps=v.layer_norm_eps,
-            hidden_act=v.hidden_act, projection_dim=768)
+            model_type="clip_vision_model",
+            hidden_size=v.hidden_size,
+            intermediate_size=v.intermediate_size,
+            num_hidden_layers=v.num_hidden_layers,
+            num_attention_heads=v.num_attention_heads,
+            image_size=v.image_size,
+            patch_size=v.patch_size,
+            num_channels=v.num_channels,
+            layer_norm_eps=v.layer_norm_eps,
+            hidden_act=v.hidden_act,
+            projection_dim=768,
+        )
         return dict(
-            architectures=["LlavaForConditionalGeneration"], model_type="llava",
-            text_config=text_config, vision_config=vision_config,
-            image_token_index=self.image_token_index, image_token_id=self.image_token_index,
+            architectures=["LlavaForConditionalGeneration"],
+            model_type="llava",
+            text_config=text_config,
+            vision_config=vision_config,
+            image_token_index=self.image_token_index,
+            image_token_id=self.image_token_index,
             image_seq_length=self.num_image_tokens,
             vision_feature_layer=self.vision_feature_layer,
             vision_feature_select_strategy=self.vision_feature_select_strategy,
             projector_hidden_act=self.projector_hidden_act,
             multimodal_projector_bias=self.projector_bias,
-            tie_word_embeddings=t.tie_word_embeddings)
+            tie_word_embeddings=t.tie_word_embeddings,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class TextOnlyConfig:
     """A Llama without a vision tower, behind the same interface (`vision` is None)."""
+
     text: TextConfig = TextConfig()
     vision = None
     architecture = "llama"
@@ -295,17 +343,25 @@ def text_from_hf(d: dict, *, source: str = "config.json") -> TextConfig:
             raise ValueError(f"{source}: rope scaling {scaling} is not supported (default and llama3 are)")
     eos = d.get("eos_token_id", 2)
     kw: dict[str, Any] = dict(
-        vocab_size=d.get("vocab_size", 32000), hidden_size=hidden,
+        vocab_size=d.get("vocab_size", 32000),
+        hidden_size=hidden,
         intermediate_size=d.get("intermediate_size", 11008),
-        num_hidden_layers=d.get("num_hidden_layers", 32), num_attention_heads=heads,
+        num_hidden_layers=d.get("num_hidden_layers", 32),
+        num_attention_heads=heads,
         num_key_value_heads=d.get("num_key_value_heads") or heads,
-        head_dim=d.get("head_dim") or hidden // heads, rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta), rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
+        head_dim=d.get("head_dim") or hidden // heads,
+        rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta),
+        rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
         max_position_embeddings=d.get("max_position_embeddings", 4096),
-        attention_bias=d.get("attention_bias", False), mlp_bias=d.get("mlp_bias", False),
-        hidden_act=d.get("hidden_act", "silu"), tie_word_embeddings=d.get("tie_word_embeddings", False),
-        bos_token_id=d.get("bos_token_id", 1), eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-        pad_token_id=d.get("pad_token_id"))
+        attention_bias=d.get("attention_bias", False),
+        mlp_bias=d.get("mlp_bias", False),
+        hidden_act=d.get("hidden_act", "silu"),
+        tie_word_embeddings=d.get("tie_word_embeddings", False),
+        bos_token_id=d.get("bos_token_id", 1),
+        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+        pad_token_id=d.get("pad_token_id"),
+    )
     if d.get("pretraining_tp", 1) != 1:
         raise ValueError(f"{source}: pretraining_tp {d['pretraining_tp']} is not supported")
     return TextConfig(**kw)

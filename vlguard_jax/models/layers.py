@@ -3,6 +3,7 @@
 Every parameter carries logical axis names (see `vlguard_jax.sharding`). Parameters live in
 `param_dtype`; matmuls run in `dtype`; norms always compute in float32.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ LORA_PARAMS = ("lora_a", "lora_b")  # the names of a Dense layer's LoRA factors
 class LoraSpec:
     """LoRA on the named Dense layers of the language model (PEFT's rule): y = x W + s * drop(x) A B,
     with s = alpha / rank, A Kaiming-uniform and B zero at init, so training starts at the base."""
+
     rank: int
     alpha: float
     dropout: float = 0.0
@@ -55,8 +57,11 @@ def _lora_bwd(scale, res, dy):
     n = math.prod(h.shape[:-1])
     h2, ha2, dy2 = h.reshape(n, -1), ha.reshape(n, -1), dy.reshape(n, -1)
     dha = jnp.dot(dy2, b.T) * scale
-    return (jnp.dot(dha, a.T).reshape(h.shape).astype(h.dtype),
-            jnp.dot(h2.T, dha).astype(a.dtype), (jnp.dot(ha2.T, dy2) * scale).astype(b.dtype))
+    return (
+        jnp.dot(dha, a.T).reshape(h.shape).astype(h.dtype),
+        jnp.dot(h2.T, dha).astype(a.dtype),
+        (jnp.dot(ha2.T, dy2) * scale).astype(b.dtype),
+    )
 
 
 lora_delta.defvjp(_lora_fwd, _lora_bwd)
@@ -69,6 +74,7 @@ def param_with_axes(module: nn.Module, name: str, init, shape, dtype, axes):
 class Dense(nn.Module):
     """y = x @ kernel (+ bias) (+ LoRA); kernel is [in, out] with logical `axes`. LoRA dropout
     runs only when a 'dropout' rng is given (training)."""
+
     features: int
     axes: tuple[str | None, str | None]
     use_bias: bool = False
@@ -78,20 +84,29 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = param_with_axes(self, "kernel", nn.initializers.normal(0.02),
-                                 (x.shape[-1], self.features), self.param_dtype, self.axes)
+        kernel = param_with_axes(
+            self, "kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype, self.axes
+        )
         y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
-            bias = param_with_axes(self, "bias", nn.initializers.zeros, (self.features,),
-                                   self.param_dtype, (self.axes[1],))
+            bias = param_with_axes(
+                self, "bias", nn.initializers.zeros, (self.features,), self.param_dtype, (self.axes[1],)
+            )
             y = y + bias.astype(self.dtype)
         if self.lora is not None:
             r = self.lora.rank
             # PEFT: kaiming_uniform(a=sqrt(5)) on A, i.e. U(-1/sqrt(in), 1/sqrt(in)).
-            a = param_with_axes(self, "lora_a", nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                                (x.shape[-1], r), jnp.float32, (self.axes[0], "lora_rank"))
-            b = param_with_axes(self, "lora_b", nn.initializers.zeros, (r, self.features), jnp.float32,
-                                ("lora_rank", self.axes[1]))
+            a = param_with_axes(
+                self,
+                "lora_a",
+                nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                (x.shape[-1], r),
+                jnp.float32,
+                (self.axes[0], "lora_rank"),
+            )
+            b = param_with_axes(
+                self, "lora_b", nn.initializers.zeros, (r, self.features), jnp.float32, ("lora_rank", self.axes[1])
+            )
             h = x.astype(self.dtype)
             if self.lora.dropout > 0 and self.has_rng("dropout"):
                 keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.lora.dropout, h.shape)
@@ -102,14 +117,14 @@ class Dense(nn.Module):
 
 class RMSNorm(nn.Module):
     """Llama RMSNorm, with Hugging Face's cast order (normalise in f32, cast, then scale)."""
+
     eps: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        weight = param_with_axes(self, "weight", nn.initializers.ones, (x.shape[-1],),
-                                 self.param_dtype, ("norm",))
+        weight = param_with_axes(self, "weight", nn.initializers.ones, (x.shape[-1],), self.param_dtype, ("norm",))
         x32 = x.astype(jnp.float32)
         var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
@@ -118,6 +133,7 @@ class RMSNorm(nn.Module):
 
 class LayerNorm(nn.Module):
     """LayerNorm computed in float32, result cast to `dtype`."""
+
     eps: float = 1e-5
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32

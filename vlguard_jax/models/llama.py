@@ -4,6 +4,7 @@ RoPE follows Hugging Face's `rotate_half` convention, so converted q/k weights n
 The cache is an explicit pytree (`init_cache`) that goes in and comes back out of each call, so the
 generator can carry it through a `lax.while_loop`.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,9 +81,14 @@ def init_cache(c: TextConfig, batch: int, max_length: int, dtype=jnp.bfloat16, s
     layout `attention_cached` reads without copying), plus slot validity. `stacked` (for a model
     with `scan_layers`): one (keys, values) pair of [L, B, kv_heads, S, head_dim]."""
     kv, d, n = c.num_key_value_heads, c.head_dim, c.num_hidden_layers
-    layers = ((jnp.zeros((n, batch, kv, max_length, d), dtype),) * 2 if stacked else
-              [(jnp.zeros((batch, kv, max_length, d), dtype), jnp.zeros((batch, kv, max_length, d), dtype))
-               for _ in range(n)])
+    layers = (
+        (jnp.zeros((n, batch, kv, max_length, d), dtype),) * 2
+        if stacked
+        else [
+            (jnp.zeros((batch, kv, max_length, d), dtype), jnp.zeros((batch, kv, max_length, d), dtype))
+            for _ in range(n)
+        ]
+    )
     return {"layers": layers, "valid": jnp.zeros((batch, max_length), bool), "index": jnp.zeros((), jnp.int32)}
 
 
@@ -114,9 +120,23 @@ class LlamaAttention(nn.Module):
         c = self.config
         b, t, _ = x.shape
         kw = dict(use_bias=c.attention_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        q = Dense(c.num_attention_heads * c.head_dim, ("embed", "heads"), name="q_proj", lora=_lora(self.lora, "q_proj"), **kw)(x)
-        k = Dense(c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), name="k_proj", lora=_lora(self.lora, "k_proj"), **kw)(x)
-        v = Dense(c.num_key_value_heads * c.head_dim, ("embed", "kv_heads"), name="v_proj", lora=_lora(self.lora, "v_proj"), **kw)(x)
+        q = Dense(
+            c.num_attention_heads * c.head_dim, ("embed", "heads"), name="q_proj", lora=_lora(self.lora, "q_proj"), **kw
+        )(x)
+        k = Dense(
+            c.num_key_value_heads * c.head_dim,
+            ("embed", "kv_heads"),
+            name="k_proj",
+            lora=_lora(self.lora, "k_proj"),
+            **kw,
+        )(x)
+        v = Dense(
+            c.num_key_value_heads * c.head_dim,
+            ("embed", "kv_heads"),
+            name="v_proj",
+            lora=_lora(self.lora, "v_proj"),
+            **kw,
+        )(x)
         q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
         k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)
         v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
@@ -149,7 +169,9 @@ class LlamaMLP(nn.Module):
     def __call__(self, x):
         c = self.config
         kw = dict(use_bias=c.mlp_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        gate = Dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", lora=_lora(self.lora, "gate_proj"), **kw)(x)
+        gate = Dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", lora=_lora(self.lora, "gate_proj"), **kw)(
+            x
+        )
         up = Dense(c.intermediate_size, ("embed", "mlp"), name="up_proj", lora=_lora(self.lora, "up_proj"), **kw)(x)
         h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
         return Dense(c.hidden_size, ("mlp", "embed"), name="down_proj", lora=_lora(self.lora, "down_proj"), **kw)(h)
@@ -168,7 +190,8 @@ class LlamaDecoderLayer(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
         h, new_cache = LlamaAttention(c, attn_impl=self.attn_impl, lora=self.lora, name="self_attn", **kw)(
-            h, rope, mask, layer_cache, cache_index)
+            h, rope, mask, layer_cache, cache_index
+        )
         x = x + h
         h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
         x = constrain(x + LlamaMLP(c, lora=self.lora, name="mlp", **kw)(h), ACT)
@@ -194,6 +217,7 @@ def attention_mask(t: int, attn_mask, cache: dict | None):
 
 class LlamaForCausalLM(nn.Module):
     """Embedding, decoder layers, final norm and lm_head; call `embed`, `__call__`, `logits`."""
+
     config: TextConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -206,21 +230,30 @@ class LlamaForCausalLM(nn.Module):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.embed_tokens = self.param(
-            "embed_tokens", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
-            (c.vocab_size, c.hidden_size), self.param_dtype)
+            "embed_tokens",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+            (c.vocab_size, c.hidden_size),
+            self.param_dtype,
+        )
         layer_cls = LlamaDecoderLayer
         policy = REMAT_POLICIES[self.remat_policy]
         if self.remat_policy != "none":
             # Inside a scan the loop itself keeps XLA from merging recomputation away.
             layer_cls = nn.remat(LlamaDecoderLayer, policy=policy, prevent_cse=not self.scan_layers)
         if self.scan_layers:
-            self.layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                                  in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=c.num_hidden_layers,
-                                  metadata_params={nn.PARTITION_NAME: "layers"})(
-                c, attn_impl=self.attn_impl, lora=self.lora, name="layers", **kw)
+            self.layers = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                length=c.num_hidden_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(c, attn_impl=self.attn_impl, lora=self.lora, name="layers", **kw)
         else:
-            self.layers = [layer_cls(c, attn_impl=self.attn_impl, lora=self.lora, name=f"layers_{i}", **kw)
-                           for i in range(c.num_hidden_layers)]
+            self.layers = [
+                layer_cls(c, attn_impl=self.attn_impl, lora=self.lora, name=f"layers_{i}", **kw)
+                for i in range(c.num_hidden_layers)
+            ]
         self.norm = RMSNorm(c.rms_norm_eps, **kw)
         if not c.tie_word_embeddings:
             self.lm_head = Dense(c.vocab_size, ("embed", "vocab"), **kw)
@@ -228,8 +261,9 @@ class LlamaForCausalLM(nn.Module):
     def embed(self, input_ids):
         # Ids outside the vocabulary (an image placeholder such as -200) read row 0; the caller
         # overwrites those positions.
-        ids = constrain(jnp.where((input_ids < 0) | (input_ids >= self.config.vocab_size), 0, input_ids),
-                        ("batch", "length"))
+        ids = constrain(
+            jnp.where((input_ids < 0) | (input_ids >= self.config.vocab_size), 0, input_ids), ("batch", "length")
+        )
         # The table is gathered whole along `embed` first: a lookup from its fsdp shards would give
         # rows split along `embed`, which XLA can only turn into batch shards by replicating them.
         table = constrain(self.embed_tokens, ("vocab", None))

@@ -5,6 +5,7 @@ One image per row. A row with image tokens takes the k-th feature of its own ima
 image token; a row with none (text-only samples in a mixed batch) ignores its pixel slot. Shapes
 stay static under `jit`.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -20,6 +21,7 @@ from vlguard_jax.sharding import constrain
 
 class Projector(nn.Module):
     """mlp2x_gelu: Linear, exact GELU, Linear."""
+
     config: LlavaConfig
     dtype: Dtype
     param_dtype: Dtype
@@ -53,12 +55,18 @@ class LlavaModel(nn.Module):
     def setup(self):
         c = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.vision_tower = CLIPVisionTower(c.vision, num_layers=c.num_vision_layers_used,
-                                            attn_impl=self.attn_impl, **kw)
+        self.vision_tower = CLIPVisionTower(
+            c.vision, num_layers=c.num_vision_layers_used, attn_impl=self.attn_impl, **kw
+        )
         self.projector = Projector(c, **kw)
-        self.language_model = LlamaForCausalLM(c.text, attn_impl=self.attn_impl,
-                                               remat_policy=self.remat_policy, lora=self.lora,
-                                               scan_layers=self.scan_layers, **kw)
+        self.language_model = LlamaForCausalLM(
+            c.text,
+            attn_impl=self.attn_impl,
+            remat_policy=self.remat_policy,
+            lora=self.lora,
+            scan_layers=self.scan_layers,
+            **kw,
+        )
 
     def image_features(self, pixel_values):
         """[B, C, H, W] -> projected features [B, num_image_tokens, text hidden]."""
@@ -67,8 +75,9 @@ class LlavaModel(nn.Module):
             h = h[:, 1:]
         return constrain(self.projector(h), ("batch", "length", "act_embed"))
 
-    def __call__(self, input_ids, pixel_values=None, attention_mask=None, positions=None,
-                 cache=None, return_hidden: bool = False):
+    def __call__(
+        self, input_ids, pixel_values=None, attention_mask=None, positions=None, cache=None, return_hidden: bool = False
+    ):
         """Returns (logits or final hidden states, cache). `attention_mask` [B, T] marks real
         tokens; leave it None for right-padded training batches (causal masking is then exact)."""
         x = self.language_model.embed(input_ids)

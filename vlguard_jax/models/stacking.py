@@ -5,6 +5,7 @@ On disk and in every converter the decoder is per layer (`layers_0` ... `layers_
 axis L. These functions move any tree that mirrors the parameters (trainable weights, Adam
 moments inside optax's states, shape trees) between the two forms.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,10 @@ def _map_language_model(tree, fn):
     """`tree` with `fn` applied to every dict found under a `language_model` key; dicts, tuples,
     lists and NamedTuples (optax states) are walked."""
     if isinstance(tree, dict):
-        return {k: fn(v) if k == "language_model" and isinstance(v, dict) else _map_language_model(v, fn)
-                for k, v in tree.items()}
+        return {
+            k: fn(v) if k == "language_model" and isinstance(v, dict) else _map_language_model(v, fn)
+            for k, v in tree.items()
+        }
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
         return type(tree)(*(_map_language_model(v, fn) for v in tree))
     if isinstance(tree, (tuple, list)):

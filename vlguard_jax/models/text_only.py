@@ -1,5 +1,6 @@
 """A text-only Llama (such as Llama Guard) behind `LlavaModel`'s interface, so the generator,
 loader and converters serve it unchanged. Its parameters are `language_model/...`, as in LLaVA."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -18,12 +19,17 @@ class TextOnlyModel(nn.Module):
     remat_policy: str = "none"
 
     def setup(self):
-        self.language_model = LlamaForCausalLM(self.config.text, attn_impl=self.attn_impl,
-                                               remat_policy=self.remat_policy, dtype=self.dtype,
-                                               param_dtype=self.param_dtype)
+        self.language_model = LlamaForCausalLM(
+            self.config.text,
+            attn_impl=self.attn_impl,
+            remat_policy=self.remat_policy,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
 
-    def __call__(self, input_ids, pixel_values=None, attention_mask=None, positions=None,
-                 cache=None, return_hidden: bool = False):
+    def __call__(
+        self, input_ids, pixel_values=None, attention_mask=None, positions=None, cache=None, return_hidden: bool = False
+    ):
         if pixel_values is not None:
             raise ValueError("a text-only model takes no images")
         x = self.language_model.embed(input_ids)

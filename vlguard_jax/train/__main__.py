@@ -2,6 +2,7 @@
 
 Trains, or resumes when the workdir already holds checkpoints. See `configs/` and the README.
 """
+
 import sys
 
 from absl import logging

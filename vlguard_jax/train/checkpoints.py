@@ -8,6 +8,7 @@ This orbax writes arrays to filesystems and gs:// only. A run with its workdir i
 process) stages checkpoints on local disk and uploads each finished one, `COMPLETE` last
 (storage.upload_dir); a start downloads the newest complete one.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,15 @@ class Checkpoints:
             directory = _stage(workdir)
         self.manager = ocp.CheckpointManager(
             storage.absolute(directory),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=1, create=True,
-                                                 cleanup_tmp_directories=True,
-                                                 enable_async_checkpointing=True),
-            item_names=("state", "data", "meta"))
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                save_interval_steps=1,
+                create=True,
+                cleanup_tmp_directories=True,
+                enable_async_checkpointing=True,
+            ),
+            item_names=("state", "data", "meta"),
+        )
         self.every, self.keep = every, keep
         self._published = set(self.manager.all_steps())  # staged: the copy downloaded from the bucket
 
@@ -60,14 +66,21 @@ class Checkpoints:
             return False
         if step in self.manager.all_steps():
             return False
-        return self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
 
     def restore(self, step: int, abstract_state):
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-            meta=ocp.args.JsonRestore()))
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
+            ),
+        )
         return out["state"], out["data"], out["meta"]
 
     def saved_stacked(self, step: int) -> bool:
@@ -95,9 +108,10 @@ class Checkpoints:
             self._published.add(step)
         if not new:
             return
-        complete = sorted(int(p.name) for p in self.bucket.iterdir()
-                          if p.name.isdigit() and (p / storage.COMPLETE).exists())
-        for step in complete[:-self.keep] if self.keep > 0 else []:
+        complete = sorted(
+            int(p.name) for p in self.bucket.iterdir() if p.name.isdigit() and (p / storage.COMPLETE).exists()
+        )
+        for step in complete[: -self.keep] if self.keep > 0 else []:
             (self.bucket / str(step)).rmtree()
 
 
@@ -119,14 +133,14 @@ def finished_steps(workdir) -> list[int]:
     if not root.is_dir():
         return []
     marker = _marker(workdir)
-    return sorted(int(p.name) for p in root.iterdir()
-                  if p.name.isdigit() and (marker is None or (p / marker).exists()))
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (marker is None or (p / marker).exists()))
 
 
 def _remove_unfinished(workdir) -> None:
     """A step a killed run left without its marker is deleted (by process 0, before any process
     saves): a new save of that step must not meet the old one's files."""
     import jax
+
     if jax.process_index() == 0:
         root = storage.as_path(workdir) / CHECKPOINTS
         if root.is_dir():
@@ -135,6 +149,7 @@ def _remove_unfinished(workdir) -> None:
                     p.rmtree()
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices("vlguard_jax: unfinished checkpoints removed")
 
 
@@ -147,6 +162,7 @@ def read_latest(workdir, step: int | None = None):
     """(step, state, meta) of a training checkpoint, read onto this host's first device whatever
     topology wrote it (for export and inspection)."""
     import jax
+
     root = storage.as_path(workdir) / CHECKPOINTS
     if step is None:
         steps = finished_steps(workdir)

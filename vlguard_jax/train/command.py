@@ -3,6 +3,7 @@
 `--config.KEY=VALUE` overrides. A
 misspelt key, a file that does not load or a value of the wrong type is a `ConfigError` naming it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -49,8 +50,11 @@ def find_config(name: str) -> str:
         return name
     shipped = resources.files("configs") / (name if name.endswith(".py") else f"{name}.py")
     if not shipped.is_file():
-        known = sorted(p.name[:-3] for p in resources.files("configs").iterdir()
-                       if p.name.endswith(".py") and not p.name.startswith("_"))
+        known = sorted(
+            p.name[:-3]
+            for p in resources.files("configs").iterdir()
+            if p.name.endswith(".py") and not p.name.startswith("_")
+        )
         raise ConfigError(f"--config {name}: neither a file nor a shipped config; those are {known}")
     return str(shipped)
 
@@ -62,12 +66,16 @@ def parse(argv: list[str], default: str | None = None):
     path = config_path(argv[1:])
     if path is None:
         if default is None:
-            raise ConfigError("--config: required (a config file such as configs/posthoc_lora_7b.py, or its "
-                              "name: posthoc_lora_7b)")
+            raise ConfigError(
+                "--config: required (a config file such as configs/posthoc_lora_7b.py, or its name: posthoc_lora_7b)"
+            )
         path = default
     else:
-        argv = [a for i, a in enumerate(argv) if not (a.startswith("--config=") or a == "--config"
-                                                      or (i > 0 and argv[i - 1] == "--config"))]
+        argv = [
+            a
+            for i, a in enumerate(argv)
+            if not (a.startswith("--config=") or a == "--config" or (i > 0 and argv[i - 1] == "--config"))
+        ]
     path = find_config(path)
     argv.insert(1, f"--config={path}")
     known = flat_keys(load_config_file(path))

@@ -3,6 +3,7 @@
 Every key exists here, so a misspelt override (`--config.optim.lr_typo=1`) is an error.
 Values follow VLGuard (ICML 2024) and LLaVA-1.5's fine-tuning scripts.
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -13,24 +14,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.workdir = ""
     c.seed = 0
     c.epochs = 3
-    c.total_steps = -1          # > 0 overrides epochs
+    c.total_steps = -1  # > 0 overrides epochs
     c.checkpoint_every = 100
     c.keep_checkpoints = 2
     c.log_every = 10
     c.global_batch = 128
-    c.micro_batch = 16          # rows per accumulation step (global); global_batch / micro_batch steps
-    c.loss_chunk = 512          # sequence positions per lm_head chunk in the loss
+    c.micro_batch = 16  # rows per accumulation step (global); global_batch / micro_batch steps
+    c.loss_chunk = 512  # sequence positions per lm_head chunk in the loss
     c.allow_resume_changes = False  # resume a workdir whose run had another base, data or settings
 
     c.model = ml_collections.ConfigDict()
-    c.model.checkpoint = ""     # a directory made by conversion.hf_to_flax
+    c.model.checkpoint = ""  # a directory made by conversion.hf_to_flax
     c.model.dtype = "bfloat16"  # compute dtype, and the dtype frozen weights are kept in
     c.model.attn_impl = "auto"
-    c.model.remat = "full"      # per decoder layer: none | full | dots | dots_all
+    c.model.remat = "full"  # per decoder layer: none | full | dots | dots_all
     c.model.scan_layers = "auto"  # auto | on | off: one scanned layer (auto: from 16 layers; models.stacking)
 
     c.train = ml_collections.ConfigDict()
-    c.train.mode = "lora"       # lora | full (the vision tower is always frozen)
+    c.train.mode = "lora"  # lora | full (the vision tower is always frozen)
 
     c.lora = ml_collections.ConfigDict()
     c.lora.rank = 128
@@ -49,10 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.shape = (1, -1, 1)   # (data, fsdp, tensor); -1 takes the remaining devices
+    c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
 
     c.data = ml_collections.ConfigDict()
-    c.data.recipe = "posthoc"   # posthoc | mixed | vlguard | llava
+    c.data.recipe = "posthoc"  # posthoc | mixed | vlguard | llava
     c.data.vlguard = "data/vlguard/train.json"
     c.data.vlguard_images = "data/vlguard/images"
     c.data.llava = "data/llava_v1_5_mix665k.json"
@@ -62,8 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.convert_seed = 0
     c.data.max_length = 2048
     c.data.template = "vicuna_v1"
-    c.data.pad_image = True     # LLaVA-1.5 image_aspect_ratio=pad
-    c.data.pad_to = "bucket"    # bucket | max_length
+    c.data.pad_image = True  # LLaVA-1.5 image_aspect_ratio=pad
+    c.data.pad_to = "bucket"  # bucket | max_length
     c.data.bucket = 128
     c.data.group_by_modality = True
     c.data.workers = 4

@@ -7,25 +7,33 @@ LoRA runs that is the LoRA factors and the projector. The vision tower runs forw
 lm_head is counted where it runs: at the supervised positions (the label budget).
 Rematerialisation is not counted: MFU uses model FLOPs, not hardware FLOPs.
 """
+
 from __future__ import annotations
 
 
 def _text_linear_params(t) -> int:
-    attn = t.hidden_size * (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim \
+    attn = (
+        t.hidden_size * (t.num_attention_heads + 2 * t.num_key_value_heads) * t.head_dim
         + t.num_attention_heads * t.head_dim * t.hidden_size
+    )
     mlp = 3 * t.hidden_size * t.intermediate_size
     return t.num_hidden_layers * (attn + mlp)
 
 
 def _lora_params(t, rank: int) -> int:
-    d, h, kv, f = t.hidden_size, t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim, \
-        t.intermediate_size
+    d, h, kv, f = (
+        t.hidden_size,
+        t.num_attention_heads * t.head_dim,
+        t.num_key_value_heads * t.head_dim,
+        t.intermediate_size,
+    )
     per_layer = rank * ((d + h) + 2 * (d + kv) + (h + d) + 2 * (d + f) + (f + d))
     return t.num_hidden_layers * per_layer
 
 
-def train_step(config, batch: int, length: int, mode: str, lora_rank: int = 0,
-               head_positions: int | None = None) -> float:
+def train_step(
+    config, batch: int, length: int, mode: str, lora_rank: int = 0, head_positions: int | None = None
+) -> float:
     """`head_positions`: positions per row where the lm_head runs (the label budget); default all."""
     t, v = config.text, config.vision
     tokens = batch * length
@@ -37,9 +45,10 @@ def train_step(config, batch: int, length: int, mode: str, lora_rank: int = 0,
     attn = t.num_hidden_layers * 2 * 2 * length * t.num_attention_heads * t.head_dim / 2
     fwd_text = 2 * dense + attn
     patches = config.num_image_tokens + (config.vision_feature_select_strategy == "default")
-    per_patch = config.num_vision_layers_used * (2 * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size)
-                                                 + 4 * patches * v.hidden_size)
-    vision = batch * patches * per_patch                      # forward only: the tower is frozen
+    per_patch = config.num_vision_layers_used * (
+        2 * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * patches * v.hidden_size
+    )
+    vision = batch * patches * per_patch  # forward only: the tower is frozen
     projector = batch * config.num_image_tokens * 2 * proj * 2  # forward + weight gradient
     backward_act = tokens * (2 * dense + 2 * attn) + head_tokens * 2 * head  # activation gradients
     if mode == "full":

@@ -1,6 +1,7 @@
 """The training run: mesh -> base model -> trainable/frozen split -> data -> resume or init ->
 jitted steps -> checkpoints and logs. `run(config)` is what `python -m vlguard_jax.train` calls.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,12 +70,14 @@ class Preemption:
         """Whether to checkpoint `step` and stop (called after every step by every process)."""
         if self.multi:
             from jax.experimental import multihost_utils
+
             return multihost_utils.reached_preemption_sync_point(step)
         return self.noticed
 
 
 def ocp_version() -> str:
     import orbax.checkpoint
+
     return getattr(orbax.checkpoint, "__version__", "")
 
 
@@ -100,9 +103,15 @@ def build_params(cfg, mesh):
     """(model, trainable, frozen, axes): base weights restored sharded (frozen ones in the compute
     dtype), LoRA factors freshly initialised, trainable weights in float32."""
     dtype = jnp.dtype(cfg.model.dtype)
-    base = load_model(cfg.model.checkpoint, mesh=mesh, dtype=dtype, param_dtype=dtype,
-                      attn_impl=cfg.model.attn_impl, remat_policy=cfg.model.remat,
-                      scan_layers=cfg.model.get("scan_layers", "off"))
+    base = load_model(
+        cfg.model.checkpoint,
+        mesh=mesh,
+        dtype=dtype,
+        param_dtype=dtype,
+        attn_impl=cfg.model.attn_impl,
+        remat_policy=cfg.model.remat,
+        scan_layers=cfg.model.get("scan_layers", "off"),
+    )
     model = base.model.clone(lora=lora_spec(cfg))
     params = base.params
     axes = param_axes(model)
@@ -139,6 +148,7 @@ def opt_shardings(opt, trainable, mesh):
             if keys[-n:] in by_path and by_path[keys[-n:]].shard_shape(leaf.shape) is not None:
                 return by_path[keys[-n:]]
         return replicated
+
     return jax.tree_util.tree_map_with_path(pick, abstract)
 
 
@@ -153,13 +163,21 @@ def global_batch(batch: dict, mesh) -> dict:
 
 def state_shardings_for(opt, trainable, mesh) -> dict:
     replicated = NamedSharding(mesh, PartitionSpec())
-    return {"step": replicated, "params": jax.tree.map(lambda x: x.sharding, trainable),
-            "opt": opt_shardings(opt, trainable, mesh), "rng": replicated}
+    return {
+        "step": replicated,
+        "params": jax.tree.map(lambda x: x.sharding, trainable),
+        "opt": opt_shardings(opt, trainable, mesh),
+        "rng": replicated,
+    }
 
 
 def _fresh_state(opt, seed: int):
-    return lambda t: {"step": jnp.int32(0), "params": t, "opt": opt.init(t),
-                      "rng": jax.random.key_data(jax.random.key(seed))}
+    return lambda t: {
+        "step": jnp.int32(0),
+        "params": t,
+        "opt": opt.init(t),
+        "rng": jax.random.key_data(jax.random.key(seed)),
+    }
 
 
 def init_state(opt, trainable, mesh, seed: int = 0):
@@ -176,12 +194,14 @@ def abstract_state(opt, trainable, shardings):
 def jit_train_step(model, opt, accum: int, loss_chunk: int, mesh, shardings):
     """The jitted step(state, frozen, batch, label_budget); the state is donated. `label_budget`
     (static) bounds the supervised positions per row, so the lm_head runs only there."""
+
     def wrapped(state, frozen, batch, label_budget):
         with sharding.use_mesh(mesh):
             step_fn = make_train_step(model, opt, accum, loss_chunk, label_budget)
             state = dict(state, rng=jax.random.wrap_key_data(state["rng"]))
             new, metrics = step_fn(state, frozen, batch)
             return dict(new, rng=jax.random.key_data(new["rng"])), metrics
+
     return jax.jit(wrapped, donate_argnums=(0,), static_argnums=(3,), out_shardings=(shardings, None))
 
 
@@ -191,6 +211,7 @@ def label_budget(labels: np.ndarray, length: int, quantum: int = 64) -> int:
     most = int((np.asarray(labels)[:, 1:] != IGNORE).sum(axis=1).max()) if len(labels) else 0
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         most = int(np.max(multihost_utils.process_allgather(np.int32(most))))
     return max(quantum, min(length - 1, -(-most // quantum) * quantum))
 
@@ -202,9 +223,11 @@ def run(cfg, log_fn=None) -> dict:
     maybe_initialize_distributed()
     check_config(cfg)
     if staged(cfg.workdir) and jax.process_count() > 1:
-        raise ConfigError(f"config.workdir: {cfg.workdir}: orbax {ocp_version()} writes checkpoint arrays to "
-                          "gs:// and to filesystems only, so an s3:// run stages them on local disk, which takes "
-                          "one process; for several, use gs:// or a filesystem every host mounts")
+        raise ConfigError(
+            f"config.workdir: {cfg.workdir}: orbax {ocp_version()} writes checkpoint arrays to "
+            "gs:// and to filesystems only, so an s3:// run stages them on local disk, which takes "
+            "one process; for several, use gs:// or a filesystem every host mounts"
+        )
     workdir = storage.as_path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -220,16 +243,17 @@ def run(cfg, log_fn=None) -> dict:
 @dataclasses.dataclass
 class Setup:
     """What the step loop runs on, built once per start."""
+
     cfg: Any
     workdir: Path
     mesh: Any
-    model: Any          # LlavaModel, with LoRA when training LoRA
-    base: Any           # the loaded base checkpoint (config, tokenizer)
-    frozen: Any         # frozen weights, in the compute dtype
-    opt: Any            # optax transformation
-    total: int          # steps of the whole run
-    accum: int          # micro-batches per step
-    meta: dict          # saved with every checkpoint
+    model: Any  # LlavaModel, with LoRA when training LoRA
+    base: Any  # the loaded base checkpoint (config, tokenizer)
+    frozen: Any  # frozen weights, in the compute dtype
+    opt: Any  # optax transformation
+    total: int  # steps of the whole run
+    accum: int  # micro-batches per step
+    meta: dict  # saved with every checkpoint
 
 
 def _run(cfg, workdir: Path, mesh, say, preemption: Preemption) -> dict:
@@ -243,26 +267,43 @@ def _run(cfg, workdir: Path, mesh, say, preemption: Preemption) -> dict:
 def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
     latest = ckpt.latest()
     if latest is not None and 0 < cfg.total_steps < latest:
-        raise ConfigError(f"config.total_steps: {cfg.total_steps} is below the {latest} steps this workdir's run "
-                          f"has done ({workdir / 'checkpoints'}); raise it, or use a new workdir")
+        raise ConfigError(
+            f"config.total_steps: {cfg.total_steps} is below the {latest} steps this workdir's run "
+            f"has done ({workdir / 'checkpoints'}); raise it, or use a new workdir"
+        )
     base_config = peek(cfg.model.checkpoint)[0]
     if not isinstance(base_config, LlavaConfig):
-        raise ConfigError(f"config.model.checkpoint: {cfg.model.checkpoint} is a text-only Llama; training "
-                          "starts from a LLaVA checkpoint (conversion.assemble builds one from an LLM)")
+        raise ConfigError(
+            f"config.model.checkpoint: {cfg.model.checkpoint} is a text-only Llama; training "
+            "starts from a LLaVA checkpoint (conversion.assemble builds one from an LLM)"
+        )
     if jax.process_index() == 0:  # a new run records its identity; a resume must match it
-        check_resume(workdir, identity(cfg, base_config),
-                     latest is None or cfg.allow_resume_changes, say if latest is not None else (lambda _: None))
+        check_resume(
+            workdir,
+            identity(cfg, base_config),
+            latest is None or cfg.allow_resume_changes,
+            say if latest is not None else (lambda _: None),
+        )
     with sharding.use_mesh(mesh):
         model, base, trainable, frozen, _ = build_params(cfg, mesh)
-    layout = Layout(global_batch=cfg.global_batch, epochs=cfg.epochs, seed=cfg.seed,
-                    max_length=cfg.data.max_length, pad_to=cfg.data.pad_to, bucket=cfg.data.bucket,
-                    group_by_modality=cfg.data.group_by_modality, process_index=jax.process_index(),
-                    process_count=jax.process_count())
+    layout = Layout(
+        global_batch=cfg.global_batch,
+        epochs=cfg.epochs,
+        seed=cfg.seed,
+        max_length=cfg.data.max_length,
+        pad_to=cfg.data.pad_to,
+        bucket=cfg.data.bucket,
+        group_by_modality=cfg.data.group_by_modality,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     rows = prepare(cfg.data, base.tokenizer, base.config, workdir, layout, log=say)
     total = cfg.total_steps if cfg.total_steps > 0 else steps_for(len(rows.store), layout)
     if latest is not None and latest > total:
-        raise ConfigError(f"config.epochs: {cfg.epochs} epochs are {total} steps, below the {latest} steps this "
-                          f"workdir's run has done ({workdir / 'checkpoints'}); raise it, or use a new workdir")
+        raise ConfigError(
+            f"config.epochs: {cfg.epochs} epochs are {total} steps, below the {latest} steps this "
+            f"workdir's run has done ({workdir / 'checkpoints'}); raise it, or use a new workdir"
+        )
     if total > rows.steps:
         rows = rows.with_epochs(-(-total * cfg.global_batch // len(rows.store)))
 
@@ -270,13 +311,21 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
     opt = optimizer(cfg.optim, total, trainable)
     n_train = sum(x.size for x in jax.tree.leaves(trainable))
     n_frozen = sum(x.size for x in jax.tree.leaves(frozen))
-    say(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
-        f"{jax.process_count()} process(es)")
-    say(f"parameters: {n_train + n_frozen:,} total, {n_train:,} trainable ({cfg.train.mode}); "
-        f"{total} steps of {cfg.global_batch} examples ({accum} micro-batches of {cfg.micro_batch})")
-    meta = {"base_checkpoint": storage.absolute(cfg.model.checkpoint), "mode": cfg.train.mode,
-            "scan_layers": model.scan_layers,
-            "lora": cfg.lora.to_dict() if cfg.train.mode == "lora" else None, "config": cfg.to_json()}
+    say(
+        f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+        f"{jax.process_count()} process(es)"
+    )
+    say(
+        f"parameters: {n_train + n_frozen:,} total, {n_train:,} trainable ({cfg.train.mode}); "
+        f"{total} steps of {cfg.global_batch} examples ({accum} micro-batches of {cfg.micro_batch})"
+    )
+    meta = {
+        "base_checkpoint": storage.absolute(cfg.model.checkpoint),
+        "mode": cfg.train.mode,
+        "scan_layers": model.scan_layers,
+        "lora": cfg.lora.to_dict() if cfg.train.mode == "lora" else None,
+        "config": cfg.to_json(),
+    }
     setup = Setup(cfg, workdir, mesh, model, base, frozen, opt, total, accum, meta)
     it = iter(dataset(rows, workers=cfg.data.workers))
     try:
@@ -304,8 +353,10 @@ def _resume(s: Setup, ckpt, latest, it, trainable, say):
         n = s.base.config.text.num_hidden_layers
         convert = (lambda t: to_per_layer(t, n)) if stacked else to_stacked
         state = jax.jit(convert, out_shardings=shardings)(state)
-        say(f"checkpoint {latest} holds the decoder layers {'stacked' if stacked else 'per layer'}; converted "
-            f"for config.model.scan_layers={s.cfg.model.scan_layers!r}")
+        say(
+            f"checkpoint {latest} holds the decoder layers {'stacked' if stacked else 'per layer'}; converted "
+            f"for config.model.scan_layers={s.cfg.model.scan_layers!r}"
+        )
     it.set_state(data_state)
     say(f"resumed from {s.workdir / 'checkpoints'} at step {latest}")
     return state, shardings, int(latest)
@@ -316,10 +367,16 @@ def _restore_other_form(s: Setup, ckpt, step: int, stacked: bool):
     model does not use, restored sharded as that form's model would hold it."""
     other = s.model.clone(scan_layers=stacked)
     trainable, _ = partition(abstract_params(other, s.mesh), s.cfg.train.mode)
-    trainable = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-        x.shape, jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=x.sharding), trainable)
+    trainable = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=x.sharding
+        ),
+        trainable,
+    )
     opt = optimizer(s.cfg.optim, s.total, trainable)
-    state, data_state, _ = ckpt.restore(step, abstract_state(opt, trainable, state_shardings_for(opt, trainable, s.mesh)))
+    state, data_state, _ = ckpt.restore(
+        step, abstract_state(opt, trainable, state_shardings_for(opt, trainable, s.mesh))
+    )
     return state, data_state
 
 
@@ -343,22 +400,35 @@ def _steps(s: Setup, ckpt, it, state, shardings, start: int, preemption: Preempt
                     raise
                 raise ResourceError(
                     f"step {step + 1}: out of device memory for micro-batches of {cfg.micro_batch} rows of "
-                    f"{length} tokens; lower config.micro_batch (config.global_batch stays: more accumulation)") from None
+                    f"{length} tokens; lower config.micro_batch (config.global_batch stays: more accumulation)"
+                ) from None
             window_tokens += cfg.global_batch * length
-            window_flops += flops.train_step(s.base.config, cfg.global_batch, length, cfg.train.mode,
-                                             cfg.lora.rank if cfg.train.mode == "lora" else 0, budget)
+            window_flops += flops.train_step(
+                s.base.config,
+                cfg.global_batch,
+                length,
+                cfg.train.mode,
+                cfg.lora.rank if cfg.train.mode == "lora" else 0,
+                budget,
+            )
             done = step + 1
             if not bool(m["finite"]):
                 raise NonFiniteError(
                     f"step {done}: non-finite loss {float(m['loss'])} or gradient norm "
                     f"{float(m['grad_norm'])}; stopped. The last good checkpoint is "
-                    f"{ckpt.latest()} in {s.workdir / 'checkpoints'}")
+                    f"{ckpt.latest()} in {s.workdir / 'checkpoints'}"
+                )
             logger.advance()
             if done % cfg.log_every == 0 or done == s.total:
                 elapsed = time.perf_counter() - window_t
-                metrics = {"loss": float(m["loss"]), "lr": float(lr_at(done - 1)), "grad_norm": float(m["grad_norm"]),
-                           "supervised_tokens": int(m["tokens"]), "tokens_per_s": window_tokens / elapsed,
-                           "mfu": (window_flops / elapsed / (peak * jax.device_count())) if peak else None}
+                metrics = {
+                    "loss": float(m["loss"]),
+                    "lr": float(lr_at(done - 1)),
+                    "grad_norm": float(m["grad_norm"]),
+                    "supervised_tokens": int(m["tokens"]),
+                    "tokens_per_s": window_tokens / elapsed,
+                    "mfu": (window_flops / elapsed / (peak * jax.device_count())) if peak else None,
+                }
                 logger.write(done, metrics)
                 window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0
             preempted = done < s.total and preemption.at(done)
@@ -366,8 +436,10 @@ def _steps(s: Setup, ckpt, it, state, shardings, start: int, preemption: Preempt
             last = {"step": done, "loss": float(m["loss"])}
             if preempted:
                 ckpt.wait()
-                say(f"preempted at step {done}: checkpoint {done} saved in {s.workdir / 'checkpoints'}; rerun the "
-                    "same command to resume")
+                say(
+                    f"preempted at step {done}: checkpoint {done} saved in {s.workdir / 'checkpoints'}; rerun the "
+                    "same command to resume"
+                )
                 return dict(last, preempted=True)
     finally:
         ckpt.wait()

@@ -1,4 +1,5 @@
 """Run logging, on process 0 only: a tqdm bar, `workdir/metrics.jsonl`, TensorBoard events."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,15 @@ from tqdm import tqdm
 from vlguard_jax import storage
 
 # Dense bf16/fp16 peak FLOP/s per device, for MFU; unknown devices report no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
-              "TPU v5": 459e12, "TPU v6 lite": 918e12}
+PEAK_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+}
 
 
 def peak_flops(device=None) -> float | None:
@@ -28,6 +36,7 @@ class Logger:
         if not self.main:
             return
         from tensorboardX import SummaryWriter
+
         # In a bucket the appended files live in a local mirror, copied up after every write.
         self.mirror = storage.mirror_for(workdir) if storage.is_remote(workdir) else None
         if self.mirror is not None:
@@ -52,8 +61,9 @@ class Logger:
         self.tb.flush()
         if self.mirror is not None:
             self.mirror.sync()
-        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                             tok_s=f"{metrics['tokens_per_s']:.0f}")
+        self.bar.set_postfix(
+            loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", tok_s=f"{metrics['tokens_per_s']:.0f}"
+        )
 
     def close(self) -> None:
         if self.main:

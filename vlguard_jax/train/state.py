@@ -5,6 +5,7 @@ trainable part only: frozen weights get no gradients and no Adam moments.
 - Full: trainable = the projector and the whole language model; the vision tower stays frozen.
 Frozen weights are kept in the compute dtype; trainable weights are float32 masters.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,13 +57,19 @@ def param_groups(trainable):
 def optimizer(cfg, total_steps: int, trainable) -> optax.GradientTransformation:
     """AdamW per group, after global-norm clipping; `cfg` is the config's `optim` block and
     `trainable` the trainable tree (or its shapes), which fixes the groups."""
+
     def adamw(lr):
-        return optax.adamw(schedule(lr, total_steps, cfg.warmup_ratio), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                           weight_decay=cfg.weight_decay)
+        return optax.adamw(
+            schedule(lr, total_steps, cfg.warmup_ratio),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+        )
+
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
-        optax.multi_transform({"model": adamw(cfg.lr), "projector": adamw(cfg.projector_lr)},
-                             param_groups(trainable)),
+        optax.multi_transform({"model": adamw(cfg.lr), "projector": adamw(cfg.projector_lr)}, param_groups(trainable)),
     )
 
 

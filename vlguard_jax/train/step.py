@@ -4,6 +4,7 @@ float32 logits), gradients for trainable weights only, and a finite check.
 
 The state is a dict {"step", "params" (trainable), "opt", "rng"}; frozen weights come in separately.
 """
+
 from __future__ import annotations
 
 import jax
@@ -20,8 +21,9 @@ def token_loss_sums(model, params, batch, rng=None, chunk: int = 512, label_budg
     With `label_budget` K, each row's supervised positions are gathered first (stable order) and
     only K positions per row reach the lm_head; K must be at least the row's supervised count."""
     rngs = {"dropout": rng} if rng is not None else None
-    hidden, _ = model.apply({"params": params}, batch["input_ids"], batch["pixel_values"],
-                            return_hidden=True, rngs=rngs)
+    hidden, _ = model.apply(
+        {"params": params}, batch["input_ids"], batch["pixel_values"], return_hidden=True, rngs=rngs
+    )
     h, y = hidden[:, :-1], batch["labels"][:, 1:]
     if label_budget is not None and label_budget < y.shape[1]:
         order = jnp.argsort(y == IGNORE, axis=1, stable=True)[:, :label_budget]
@@ -50,8 +52,13 @@ def token_loss_sums(model, params, batch, rng=None, chunk: int = 512, label_budg
     return total, count
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, accum_steps: int, loss_chunk: int = 512,
-                    label_budget: int | None = None):
+def make_train_step(
+    model,
+    optimizer: optax.GradientTransformation,
+    accum_steps: int,
+    loss_chunk: int = 512,
+    label_budget: int | None = None,
+):
     """step(state, frozen, batch) -> (state, metrics). `batch` holds the global batch [B, ...];
     it is cut into `accum_steps` micro-batches of rows i, i + accum, i + 2*accum, ... so every
     device keeps its own rows."""
@@ -60,6 +67,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, accum_steps:
         def cut(x):
             x = x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:])
             return jnp.swapaxes(x, 0, 1)
+
         return jax.tree.map(cut, batch)
 
     def step(state, frozen, batch):
@@ -78,7 +86,8 @@ def make_train_step(model, optimizer: optax.GradientTransformation, accum_steps:
 
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
         (gsum, ssum, count), _ = jax.lax.scan(
-            body, (zeros, jnp.float32(0), jnp.int32(0)), (jnp.arange(accum_steps), micro_batches(batch)))
+            body, (zeros, jnp.float32(0), jnp.int32(0)), (jnp.arange(accum_steps), micro_batches(batch))
+        )
         denom = jnp.maximum(count, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / denom, gsum)
         loss = ssum / denom

@@ -1,5 +1,6 @@
 """Config checks, before anything is loaded: every value's type and range, and misspelt keys with
 the key that was meant. Each failure is a `ConfigError` naming `config.KEY`."""
+
 from __future__ import annotations
 
 import difflib
@@ -22,6 +23,7 @@ def _int(low=None):
             return f"{v!r} is not an integer"
         if low is not None and v < low:
             return f"{v} is below {low}"
+
     return check
 
 
@@ -33,6 +35,7 @@ def _number(low=None, high=None, low_open=False, high_open=False):
             return f"{v} is {'not above' if low_open else 'below'} {low}"
         if high is not None and (v > high or (high_open and v == high)):
             return f"{v} is {'not below' if high_open else 'above'} {high}"
+
     return check
 
 
@@ -66,27 +69,51 @@ def _targets(v):
 
 
 RULES = {
-    "workdir": _text, "seed": _int(), "epochs": _int(1), "total_steps": _total_steps,
-    "checkpoint_every": _int(0), "keep_checkpoints": _int(1), "log_every": _int(1),
-    "global_batch": _int(1), "micro_batch": _int(1), "loss_chunk": _int(1),
-    "model.checkpoint": _text, "model.dtype": _one_of(DTYPES), "model.attn_impl": _one_of(ATTENTION),
-    "model.remat": _one_of(tuple(REMAT_POLICIES)), "model.scan_layers": _one_of(STACKING),
+    "workdir": _text,
+    "seed": _int(),
+    "epochs": _int(1),
+    "total_steps": _total_steps,
+    "checkpoint_every": _int(0),
+    "keep_checkpoints": _int(1),
+    "log_every": _int(1),
+    "global_batch": _int(1),
+    "micro_batch": _int(1),
+    "loss_chunk": _int(1),
+    "model.checkpoint": _text,
+    "model.dtype": _one_of(DTYPES),
+    "model.attn_impl": _one_of(ATTENTION),
+    "model.remat": _one_of(tuple(REMAT_POLICIES)),
+    "model.scan_layers": _one_of(STACKING),
     "train.mode": _one_of(("lora", "full")),
-    "lora.rank": _int(1), "lora.alpha": _number(0, low_open=True), "lora.dropout": _number(0, 1, high_open=True),
+    "lora.rank": _int(1),
+    "lora.alpha": _number(0, low_open=True),
+    "lora.dropout": _number(0, 1, high_open=True),
     "lora.targets": _targets,
-    "optim.lr": _number(0, low_open=True), "optim.projector_lr": _number(0), "optim.weight_decay": _number(0),
-    "optim.warmup_ratio": _number(0, 1), "optim.grad_clip": _number(0), "optim.b1": _number(0, 1, high_open=True),
-    "optim.b2": _number(0, 1, high_open=True), "optim.eps": _number(0, low_open=True),
+    "optim.lr": _number(0, low_open=True),
+    "optim.projector_lr": _number(0),
+    "optim.weight_decay": _number(0),
+    "optim.warmup_ratio": _number(0, 1),
+    "optim.grad_clip": _number(0),
+    "optim.b1": _number(0, 1, high_open=True),
+    "optim.b2": _number(0, 1, high_open=True),
+    "optim.eps": _number(0, low_open=True),
     "mesh.shape": _mesh,
-    "data.recipe": _one_of(RECIPES), "data.max_length": _int(2), "data.template": _one_of(tuple(TEMPLATES)),
-    "data.pad_image": _flag, "data.pad_to": _one_of(("bucket", "max_length")), "data.bucket": _int(1),
-    "data.group_by_modality": _flag, "data.workers": _int(0), "data.on_bad_record": _one_of(("raise", "skip")),
-    "data.helpful_samples": _int(1), "data.helpful_seed": _int(), "data.convert_seed": _int(),
+    "data.recipe": _one_of(RECIPES),
+    "data.max_length": _int(2),
+    "data.template": _one_of(tuple(TEMPLATES)),
+    "data.pad_image": _flag,
+    "data.pad_to": _one_of(("bucket", "max_length")),
+    "data.bucket": _int(1),
+    "data.group_by_modality": _flag,
+    "data.workers": _int(0),
+    "data.on_bad_record": _one_of(("raise", "skip")),
+    "data.helpful_samples": _int(1),
+    "data.helpful_seed": _int(),
+    "data.convert_seed": _int(),
     "data.max_image_pixels": _int(1),
 }
 # The files each recipe reads.
-SOURCES = {"posthoc": ("vlguard", "llava"), "mixed": ("vlguard", "llava"), "vlguard": ("vlguard",),
-           "llava": ("llava",)}
+SOURCES = {"posthoc": ("vlguard", "llava"), "mixed": ("vlguard", "llava"), "vlguard": ("vlguard",), "llava": ("llava",)}
 
 
 def _get(cfg, key):
@@ -124,8 +151,10 @@ def check(cfg) -> None:
         if problem:
             raise ConfigError(f"config.{key}: {problem}")
     if cfg.global_batch % cfg.micro_batch:
-        raise ConfigError(f"config.global_batch: {cfg.global_batch} is not a multiple of config.micro_batch "
-                          f"{cfg.micro_batch} (the accumulation steps must be whole)")
+        raise ConfigError(
+            f"config.global_batch: {cfg.global_batch} is not a multiple of config.micro_batch "
+            f"{cfg.micro_batch} (the accumulation steps must be whole)"
+        )
     for source in SOURCES[cfg.data.recipe]:
         for key in (f"data.{source}", f"data.{source}_images"):
             problem = _text(_get(cfg, key))

@@ -9,6 +9,7 @@ resume must match.
   and the data files (sha256). A resume under another identity is an error naming what changed,
   unless `config.allow_resume_changes` is set.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,8 +88,12 @@ class Lock:
             return {}
 
     def __enter__(self) -> Lock:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "beat": time.time()}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "beat": time.time(),
+        }
         for _ in range(3):
             if not self._create(me):
                 holder = self._holder()
@@ -96,9 +101,11 @@ class Lock:
                     raise WorkdirBusy(
                         f"{self.path.parent}: in use by process {holder.get('pid')} on {holder.get('host')} since "
                         f"{holder.get('started')} ({self.path}); wait for that run, or delete the lock file if it "
-                        "is gone") from None
-                self.log(f"{self.path}: taking over the stale lock of process {holder.get('pid')} on "
-                         f"{holder.get('host')}")
+                        "is gone"
+                    ) from None
+                self.log(
+                    f"{self.path}: taking over the stale lock of process {holder.get('pid')} on {holder.get('host')}"
+                )
                 self.path.unlink(missing_ok=True)
                 continue
             self._me = me
@@ -135,17 +142,29 @@ def identity(cfg, model_config) -> dict:
         "model": model_config.to_dict(),
         "mode": cfg.train.mode,
         "lora": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.lora.to_dict().items()}
-        if cfg.train.mode == "lora" else None,
-        "recipe": {"recipe": d.recipe, "helpful_samples": d.helpful_samples, "helpful_seed": d.helpful_seed,
-                   "convert_seed": d.convert_seed, "max_length": d.max_length, "template": d.template,
-                   "pad_image": d.pad_image},
+        if cfg.train.mode == "lora"
+        else None,
+        "recipe": {
+            "recipe": d.recipe,
+            "helpful_samples": d.helpful_samples,
+            "helpful_seed": d.helpful_seed,
+            "convert_seed": d.convert_seed,
+            "max_length": d.max_length,
+            "template": d.template,
+            "pad_image": d.pad_image,
+        },
         "data": {source: sha256_file(d[source]) for source in SOURCES[d.recipe]},
     }
 
 
-NAMES = {"base_checkpoint": "base checkpoint (config.model.checkpoint, by content)",
-         "model": "model shapes", "mode": "training mode (config.train.mode)", "lora": "LoRA settings (config.lora)",
-         "recipe": "data recipe (config.data)", "data": "data files' contents (config.data.vlguard / llava)"}
+NAMES = {
+    "base_checkpoint": "base checkpoint (config.model.checkpoint, by content)",
+    "model": "model shapes",
+    "mode": "training mode (config.train.mode)",
+    "lora": "LoRA settings (config.lora)",
+    "recipe": "data recipe (config.data)",
+    "data": "data files' contents (config.data.vlguard / llava)",
+}
 
 
 def check_resume(workdir, now: dict, allow: bool, log=print) -> None:
@@ -159,7 +178,9 @@ def check_resume(workdir, now: dict, allow: bool, log=print) -> None:
     if not changed:
         return
     if not allow:
-        raise ConfigError(f"{workdir}: its run was started with another {', '.join(changed)}; resume with the "
-                          "same settings, use a new workdir, or set config.allow_resume_changes=True")
+        raise ConfigError(
+            f"{workdir}: its run was started with another {', '.join(changed)}; resume with the "
+            "same settings, use a new workdir, or set config.allow_resume_changes=True"
+        )
     log(f"warning: resuming {workdir} with another {', '.join(changed)} (config.allow_resume_changes)")
     atomic_write_json(path, now, indent=1)
