@@ -90,6 +90,7 @@ def test_config_values_are_checked(key, value, message):
     assert str(e.value) == message
 
 
+@pytest.mark.slow
 def test_a_misspelt_key_names_the_key_meant(env):
     assert (
         str(unknown_key("optim.lr_typo", flat_keys(base_config())))

@@ -35,6 +35,7 @@ def hf_logits(model, ns):
     return tiny.torch_logits(model, ids, mask, pixels), mask
 
 
+@pytest.mark.slow
 def test_merge_and_peft_exports_agree(lora_run):
     ns, tmp = lora_run
     assert main(["--src", str(tmp / "run"), "--dst", str(tmp / "merged"), "--lora", "merge"]) == 0

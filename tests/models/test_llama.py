@@ -98,6 +98,7 @@ def test_cache_prefill_then_decode_equals_full_forward(built):
     assert tiny.rel_err(incremental, np.asarray(full), mask) <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["full", "dots"])
 def test_remat_policies_keep_logits_and_gradients(built, policy):
     ids, mask, pixels = tiny.batch(built.cfg, built.tok)
@@ -174,6 +175,7 @@ def test_scanned_layers_decode_from_a_stacked_cache(built):
     assert tiny.rel_err(np.concatenate([np.asarray(s) for s in steps], axis=1), np.asarray(full), mask) <= 1e-5
 
 
+@pytest.mark.slow
 def test_scanned_layers_carry_lora_factors(built):
     """LoRA factors are stacked with their layers; nonzero B so that they count."""
     from flax import traverse_util

@@ -110,6 +110,7 @@ jax.jit(jax.grad(loss)).lower(m.params, ids).compile()
 """
 
 
+@pytest.mark.slow
 def test_fsdp_embedding_lookup_compiles_without_full_rematerialization(built):
     """Under fsdp the embedding table is split along `embed`; a lookup from those shards gives rows
     split along `embed`, which XLA's partitioner can turn into batch shards only by replicating

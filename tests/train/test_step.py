@@ -87,6 +87,7 @@ def test_lora_split_and_only_trainables_change(env):
     assert all(np.array_equal(fz[k], base[k]) for k in fz)
 
 
+@pytest.mark.slow
 def test_projector_has_its_own_learning_rate(env):
     ns, tmp = env
     data = batches(ns, tmp, common.config(ns, tmp / "w"), 2)
@@ -99,6 +100,7 @@ def test_projector_has_its_own_learning_rate(env):
         assert (proj_moved, lora_moved) == (plr > 0, lr > 0)
 
 
+@pytest.mark.slow
 def test_accumulating_four_micro_batches_of_two_equals_one_batch_of_eight(env):
     ns, tmp = env
     cfg = common.config(ns, tmp / "w")
@@ -113,6 +115,7 @@ def test_accumulating_four_micro_batches_of_two_equals_one_batch_of_eight(env):
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_sharded_steps_match_one_device(env, mode):
@@ -131,6 +134,7 @@ def test_sharded_steps_match_one_device(env, mode):
     assert leaf.sharding.mesh.size == 8
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 (simulated) devices")
 def test_scanned_layers_train_as_unrolled_ones(env):
     """`model.scan_layers`: the same losses and updates as the unrolled layers, to 1e-5, sharded

@@ -4,9 +4,8 @@ as `jax.nn.dot_product_attention`'s XLA path):
 
 - "cudnn": cuDNN flash attention through `jax.nn.dot_product_attention` (GPU, bf16/f16, no mask);
 - "xla": heads moved in front of the lengths, one batched matmul for all heads (accelerators);
-- "per_head": one head at a time on [B, T, D] slices, with its own backward pass (XLA's CPU
-  backend: on the small benchmark's shapes, alone, about 3x faster forward and 1.5-2.5x forward
-  plus backward than "xla").
+- "per_head": one head at a time on [B, T, D] slices, with its own backward pass (faster than
+  "xla" on XLA's CPU backend; the figures are in BENCHMARKS.md).
 
 "auto" (the default) picks cuDNN where it applies, else "per_head" on the CPU and "xla" elsewhere.
 """
@@ -44,9 +43,8 @@ def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
 
 def attention_cached(q, k, v, mask):
     """Attention over a KV cache kept heads-major: q [B, T, H, D], keys and values [B, KV, S, D],
-    boolean `mask` broadcastable to [B, 1, T, S]. The same arithmetic as `attention`. (Keys stored
-    transposed, [B, KV, D, S], made batch-64 decode of the 7b preset 12% slower on an H100 and
-    changed nothing on the CPU.)"""
+    boolean `mask` broadcastable to [B, 1, T, S]. The same arithmetic as `attention`. Keys stay
+    heads-major rather than transposed: decode is faster so on a GPU (BENCHMARKS.md)."""
     return _grouped(q, k, v, _allowed(q.shape[0], q.shape[1], k.shape[2], mask, False))
 
 

@@ -43,7 +43,7 @@ class LoraSpec:
 def lora_delta(h, a, b, scale: float):
     """scale * (h @ a) @ b, with a backward pass that flattens the token axes first, so each
     gradient is one plain 2-D matmul. Autodiff's form (a contraction over batch and length at
-    once) runs several times slower on XLA's CPU backend for these thin rank-r factors."""
+    once) is much slower on XLA's CPU backend for these thin rank-r factors."""
     return jnp.dot(jnp.dot(h, a), b) * scale
 
 
