@@ -36,7 +36,7 @@ from conversion.hf_to_flax import (
 )
 from conversion.reader import CheckpointError, TensorSource
 from vlguard_jax.errors import cli
-from vlguard_jax.files import check_output
+from vlguard_jax.io.files import check_output
 from vlguard_jax.models.config import LlavaConfig, text_from_hf, vision_from_hf
 
 # LLaVA-1.5's fine-tuning settings (scripts/v1_5/finetune*.sh).

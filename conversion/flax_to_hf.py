@@ -22,19 +22,20 @@ from pathlib import Path
 import numpy as np
 from flax import traverse_util
 from safetensors.numpy import save_file
+from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
 
 from conversion import from_run, layouts
 from conversion.hf_to_flax import DTYPES
 from conversion.reader import CheckpointError
-from vlguard_jax import runs, storage
-from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
 from vlguard_jax.errors import cli
-from vlguard_jax.files import atomic_dir, check_output
-from vlguard_jax.loading import readable
+from vlguard_jax.io import runs, storage
+from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
+from vlguard_jax.io.files import atomic_dir, check_output
+from vlguard_jax.io.loading import readable
+from vlguard_jax.io.runs import RunError
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.layers import LORA_PARAMS
-from vlguard_jax.runs import RunError
 
 MAX_SHARD_BYTES = 4 << 30
 
@@ -101,8 +102,6 @@ def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str)
         )
     # Read from the copies in DST: the source may be in a bucket.
     if (dst / "tokenizer_config.json").exists() and (dst / "preprocessor_config.json").exists():
-        from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
-
         processor = LlavaProcessor(
             image_processor=CLIPImageProcessor.from_pretrained(dst, local_files_only=True),
             tokenizer=AutoTokenizer.from_pretrained(dst, local_files_only=True),

@@ -1,4 +1,4 @@
-"""A training run as a PEFT adapter (reading runs and merging LoRA live in `vlguard_jax.runs`).
+"""A training run as a PEFT adapter (reading runs and merging LoRA live in `vlguard_jax.io.runs`).
 
 PEFT key names are those of transformers 5's `LlavaForConditionalGeneration` modules
 (`base_model.model.model.language_model.layers.N.self_attn.q_proj.lora_A.weight`); the projector

@@ -19,13 +19,14 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+from transformers import AutoTokenizer, CLIPImageProcessor
 
 from conversion import layouts
 from conversion.reader import CheckpointError, TensorSource
-from vlguard_jax import storage
-from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
 from vlguard_jax.errors import cli
-from vlguard_jax.files import atomic_dir, check_output
+from vlguard_jax.io import storage
+from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
+from vlguard_jax.io.files import atomic_dir, check_output
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
 
@@ -95,7 +96,6 @@ def _plan(src: Path, vision_tower: Path | None):
 def tokenizer_with_image_token(src: Path):
     """The original LLaVA splices images at id -200 and its tokenizer has no `<image>`; we add the
     token to the tokenizer, which gives it the next free id."""
-    from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
@@ -172,8 +172,6 @@ def write_side_files(src: Path, vision_tower: Path | None, dst: Path, config, to
         if vision_tower is not None and (vision_tower / "preprocessor_config.json").exists():
             shutil.copy2(vision_tower / "preprocessor_config.json", dst / "preprocessor_config.json")
         else:
-            from transformers import CLIPImageProcessor
-
             size = config.vision.image_size
             CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
                 dst

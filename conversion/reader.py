@@ -21,6 +21,17 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
+def _torch(f: Path):
+    """torch, which only `.bin` (pickled) checkpoints need: an optional dependency, imported here."""
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{f}: reading .bin checkpoints needs torch; convert it to safetensors or install torch"
+        ) from None
+    return torch
+
+
 class CheckpointError(ValueError):
     """Bad input: the message names the file and, where known, the tensor."""
 
@@ -80,12 +91,7 @@ class TensorSource:
     def _load_bin(self, f: Path) -> dict:
         if self._bin_cache is not None and self._bin_cache[0] == f:
             return self._bin_cache[1]
-        try:
-            import torch
-        except ImportError:
-            raise CheckpointError(
-                f"{f}: reading .bin checkpoints needs torch; convert it to safetensors or install torch"
-            ) from None
+        torch = _torch(f)
         try:
             sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # torch raises many types for corrupt or unsafe pickles
@@ -107,11 +113,8 @@ class TensorSource:
                         return _read_bf16(f, name)
                     return h.get_tensor(name)
             t = self._load_bin(f)[name]
-            import torch
-
+            torch = _torch(f)
             if t.dtype == torch.bfloat16:
-                import ml_dtypes
-
                 return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
             return t.numpy().copy()
         except (SafetensorError, OSError, RuntimeError) as e:

@@ -16,7 +16,7 @@ import pytest
 from tests import emulators
 from tests.train import common
 from tests.train.test_loop import REPO, config_file, final_params, run_env, train_cmd
-from vlguard_jax import storage
+from vlguard_jax.io import files, storage
 
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("moto")
@@ -54,7 +54,7 @@ def test_the_network_guard_refuses_addresses_outside_loopback(emu):
 
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_a_remote_directory_is_complete_only_with_its_marker(emu, scheme):
-    from vlguard_jax.files import atomic_dir
+    from vlguard_jax.io.files import atomic_dir
 
     dst = f"{scheme}://bkt/dirs/out"
     with pytest.raises(RuntimeError):
@@ -74,7 +74,7 @@ def test_a_remote_directory_is_complete_only_with_its_marker(emu, scheme):
     with pytest.raises(FileExistsError, match="already exists"):
         with atomic_dir(dst):
             pass
-    local = storage.download_dir(dst, emu_tmp(emu) / f"down_{scheme}")
+    local = files.download_dir(dst, emu_tmp(emu) / f"down_{scheme}")
     assert (local / "sub" / "c.txt").read_text() == "nested" and not (local / "COMPLETE").exists()
     assert emu.refused() == []
 
@@ -88,7 +88,7 @@ def emu_tmp(emu):
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_a_converted_checkpoint_in_a_bucket_loads_as_the_local_one(env, emu, scheme):
     from conversion.hf_to_flax import convert
-    from vlguard_jax.loading import load_model
+    from vlguard_jax.io.loading import load_model
 
     ns, _ = env
     dst = f"{scheme}://bkt/ckpt/tiny"

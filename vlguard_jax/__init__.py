@@ -3,7 +3,7 @@
 Public surface: `load_model`, `LlavaModel`, `LlavaConfig`, `make_mesh`.
 """
 
-from vlguard_jax.loading import load_model
+from vlguard_jax.io.loading import load_model
 from vlguard_jax.models import LlavaConfig, LlavaModel
 from vlguard_jax.sharding import make_mesh
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -66,8 +67,6 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
     if math.prod(shape) != len(devices):
         raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, have {len(devices)}")
     try:
-        from jax.experimental import mesh_utils
-
         arr = mesh_utils.create_device_mesh(shape, devices)
     except Exception:  # arbitrary device sets (e.g. CPU subsets) have no physical topology
         arr = np.asarray(devices).reshape(shape)

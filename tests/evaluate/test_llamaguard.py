@@ -7,7 +7,7 @@ import pytest
 
 from tests import tiny
 from vlguard_jax.data.sample import write_sample
-from vlguard_jax.evaluate import llamaguard
+from vlguard_jax.evaluate import llamaguard, runner
 from vlguard_jax.evaluate.__main__ import main
 from vlguard_jax.evaluate.benchmarks import Item
 
@@ -91,12 +91,12 @@ def test_run_counts_the_judge_verdicts(env, tmp_path, capsys, word):
 def test_judging_resumes_and_a_new_judge_rejudges(env, tmp_path, monkeypatch):
     _, judges, _, _ = env
     assert main(args(env, tmp_path, judges["unsafe"].flax_dir)) == 0
-    import vlguard_jax.generate as generate
 
     def no_model(*a, **k):
         raise AssertionError("nothing left to generate or judge")
 
-    monkeypatch.setattr(generate, "load_generator", no_model)
+    monkeypatch.setattr(runner, "load_generator", no_model)  # the evaluated model
+    monkeypatch.setattr(llamaguard, "load_generator", no_model)  # the judge
     assert main(args(env, tmp_path, judges["unsafe"].flax_dir)) == 0  # everything is already there
     monkeypatch.undo()
     assert main(args(env, tmp_path, judges["safe"].flax_dir)) == 0  # another judge: judged again

@@ -11,8 +11,8 @@ from PIL import Image
 
 from tests import tiny
 from tests.evaluate.test_vqa_scoring import jsonl, mmbench_tsv
-from vlguard_jax import generate
 from vlguard_jax.data.sample import write_sample
+from vlguard_jax.evaluate import suite
 from vlguard_jax.evaluate.__main__ import main
 from vlguard_jax.evaluate.runner import Protocol
 from vlguard_jax.evaluate.suite import LAYOUT, run_suite
@@ -80,8 +80,8 @@ def env(tmp_path_factory):
 def test_suite_runs_what_it_finds_with_one_model_and_resumes(env, monkeypatch):
     ns, root, tmp = env
     loads, generated = [], []
-    load = generate.load_generator
-    monkeypatch.setattr(generate, "load_generator", lambda *a, **k: loads.append(a) or load(*a, **k))
+    load = suite.load_generator
+    monkeypatch.setattr(suite, "load_generator", lambda *a, **k: loads.append(a) or load(*a, **k))
     call = sampler.Generator.__call__
     monkeypatch.setattr(
         sampler.Generator, "__call__", lambda self, p, *a, **k: generated.append(len(p)) or call(self, p, *a, **k)

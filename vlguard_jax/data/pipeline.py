@@ -26,12 +26,13 @@ import time
 import grain
 import numpy as np
 
-from vlguard_jax import storage
+from vlguard_jax.data import mixture
 from vlguard_jax.data.images import MAX_PIXELS, ImageError, load_pixels
 from vlguard_jax.data.records import RecordError
-from vlguard_jax.data.store import BadRecords, TokenStore
-from vlguard_jax.data.tokenize import IGNORE
-from vlguard_jax.files import sha256_file
+from vlguard_jax.data.store import BadRecords, TokenStore, build_store
+from vlguard_jax.data.tokenize import IGNORE, Encoder
+from vlguard_jax.io import storage
+from vlguard_jax.io.files import download_dir, sha256_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,9 +231,6 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
     Reads data.{recipe, vlguard, vlguard_images, llava, llava_images, helpful_samples,
     helpful_seed, max_length, template, pad_image, on_bad_record}. The composition and the drops
     are printed from the store, so a start that finds it says the same."""
-    from vlguard_jax.data import mixture
-    from vlguard_jax.data.store import build_store
-    from vlguard_jax.data.tokenize import Encoder
 
     if layout.max_length != data_cfg.max_length:
         raise ValueError(f"layout max_length {layout.max_length} != data.max_length {data_cfg.max_length}")
@@ -259,7 +257,7 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
     if (local_dir / "meta.json").exists():
         log(f"token store {local_dir} found: not tokenizing again")
     elif remote and storage.is_complete(store_dir):
-        storage.download_dir(store_dir, local_dir)
+        download_dir(store_dir, local_dir)
         log(f"token store {store_dir} found: copied to {local_dir}, not tokenizing again")
     elif layout.process_index == 0:
         enc = Encoder(
@@ -272,7 +270,7 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
         ready = (lambda: storage.is_complete(store_dir)) if remote else (lambda: (store_dir / "meta.json").exists())
         _wait_for(store_dir, log, ready)
         if remote:
-            storage.download_dir(store_dir, local_dir)
+            download_dir(store_dir, local_dir)
     if remote:
         mirror.sync()
     store_dir = local_dir

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from vlguard_jax import storage
+from vlguard_jax.io import storage
 
 VLGUARD_CATEGORIES = ("privacy", "risky behavior", "deception", "discrimination")
 

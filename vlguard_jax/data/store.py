@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vlguard_jax import storage
 from vlguard_jax.data.images import ImageError, resolve
+from vlguard_jax.data.mixture import check_nonempty
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.tokenize import IGNORE, TokenizationError
-from vlguard_jax.files import atomic_dir
+from vlguard_jax.io import storage
+from vlguard_jax.io.files import atomic_dir
 
 STORE_FILES = ("ids.bin", "supervised.bin", "offsets.npy", "source.npy", "meta.json")
 
@@ -90,7 +91,6 @@ def build_store(
     drop counts. With `check_images`, each image path is resolved under its root and must exist
     (decoding happens later, in the workers). The mixture's composition is counted on the way and
     saved, and a source left without records is an error."""
-    from vlguard_jax.data.mixture import check_nonempty
 
     n_img, img_id = encoder.num_image_tokens, encoder.image_token_index
     dst = Path(dst)

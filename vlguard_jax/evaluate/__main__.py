@@ -18,7 +18,6 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from vlguard_jax import storage
 from vlguard_jax.errors import ArgumentParser, UsageError, at_least, cli
 from vlguard_jax.evaluate import benchmarks, gpt_graders, vqa, vqa_scoring
 from vlguard_jax.evaluate.benchmarks import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
@@ -30,17 +29,16 @@ from vlguard_jax.evaluate.runner import (
     TEXT_IMAGES,
     Protocol,
     claim_output,
-    read_json,
     run,
     score,
-    write_json,
 )
 from vlguard_jax.evaluate.scoring import is_refusal
 from vlguard_jax.evaluate.suite import run_suite
-from vlguard_jax.files import check_output
 from vlguard_jax.generate import load_generator
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
-from vlguard_jax.loading import fingerprint
+from vlguard_jax.io import storage
+from vlguard_jax.io.files import check_output, read_json, write_json
+from vlguard_jax.io.loading import fingerprint
 
 
 def out_dir(text: str) -> str:

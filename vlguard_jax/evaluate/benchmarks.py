@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from vlguard_jax.data.records import RecordError, load_vlguard
+from vlguard_jax.evaluate.figstep import QUESTION
 
 BENCHMARKS = ("vlguard", "xstest", "advbench", "figstep")
 VLGUARD_SUBSETS = ("unsafes", "safe_unsafes", "safe_safes")
@@ -85,7 +86,6 @@ def advbench(path, attack: str = "vanilla") -> list[Item]:
 
 
 def figstep(path) -> list[Item]:
-    from vlguard_jax.evaluate.figstep import QUESTION
 
     rows = _csv(path, ("dataset", "category_id", "task_id", "instruction"))
     return [

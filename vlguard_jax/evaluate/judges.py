@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 from vlguard_jax.data.images import resolve
-from vlguard_jax.files import atomic_write_json
+from vlguard_jax.io.files import atomic_write_json
 
 # gpt4_evaluator.py's `system_image`, sent as the user message's text.
 PROMPT = """

@@ -13,6 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlguard_jax.generate import Sampling, load_generator, response_text
+from vlguard_jax.io.converted import MODEL_CONFIG
+from vlguard_jax.io.files import read_json, write_json
+from vlguard_jax.io.loading import load_tokenizer
+from vlguard_jax.models import load_config
+
 MAX_NEW_TOKENS = 16  # "unsafe\nO3" and the like
 
 
@@ -34,9 +40,6 @@ def conversation(item, response: str) -> list[dict]:
 
 def check(checkpoint) -> None:
     """Fail early (before the evaluated model generates anything) on a checkpoint that cannot judge."""
-    from vlguard_jax.checkpoint import MODEL_CONFIG
-    from vlguard_jax.loading import load_tokenizer
-    from vlguard_jax.models import load_config
 
     path = Path(checkpoint)
     if not (path / MODEL_CONFIG).is_file():
@@ -66,8 +69,6 @@ def prompt_ids(tokenizer, item, response: str) -> list[int]:
 def judge(checkpoint, items, responses: dict, path, *, batch_size: int = 8) -> dict:
     """Judge the responses missing from `path` ({key: {"verdict", "output", "judge"}}), then count.
     The ASR here is the share of answered items judged unsafe."""
-    from vlguard_jax.evaluate.runner import read_json, write_json
-    from vlguard_jax.generate import Sampling, load_generator, response_text
 
     check(checkpoint)
     name = str(Path(checkpoint).resolve())

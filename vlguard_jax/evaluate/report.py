@@ -12,8 +12,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from vlguard_jax import storage
-from vlguard_jax.evaluate.runner import SUMMARY, read_json
+from vlguard_jax.evaluate.runner import SUMMARY
+from vlguard_jax.io import storage
+from vlguard_jax.io.files import read_json
 
 # Table 2's columns: (label, summary entry, how to read the percentage)
 SAFETY_COLUMNS = (

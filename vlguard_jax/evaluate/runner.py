@@ -20,13 +20,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from PIL import Image
+from tqdm import tqdm
 
-from vlguard_jax import storage
 from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
-from vlguard_jax.evaluate import benchmarks, figstep
+from vlguard_jax.evaluate import benchmarks, figstep, judges, llamaguard
 from vlguard_jax.evaluate.scoring import is_refusal, token_f1
-from vlguard_jax.files import atomic_write_json
+from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
+from vlguard_jax.io import storage
+from vlguard_jax.io.files import read_json, write_json
+from vlguard_jax.io.loading import fingerprint, peek
 
 SUMMARY = "summary.json"
 JUDGES = ("openai-compatible", "llamaguard")
@@ -67,21 +70,6 @@ class Protocol:
         template = default_template(config, tokenizer) if self.template == "auto" else self.template
         dtype = self.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
         return dataclasses.replace(self, template=template, dtype=dtype)
-
-
-def write_json(path: Path, data) -> None:
-    """Responses and summaries: atomic, readable UTF-8."""
-    atomic_write_json(path, data, indent=1, ensure_ascii=False)
-
-
-def read_json(path: Path, default):
-    path = storage.as_path(path)
-    if not path.exists():
-        return default
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}") from None
 
 
 def score(benchmark: str, items: list, responses: dict, subset: str | None = None) -> dict:
@@ -151,10 +139,6 @@ def run(
     loaded when there is anything to generate. Judges:
     `openai-compatible` adds the win rate against `references` (gpt4_safe_safes.json);
     `llamaguard` adds Llama Guard's verdicts (`judge_checkpoint`, OUT/<benchmark>/<subset>.llamaguard.json)."""
-    from tqdm import tqdm
-
-    from vlguard_jax.evaluate import judges, llamaguard
-    from vlguard_jax.loading import fingerprint, peek
 
     # everything that can fail does so before any generation
     config, tokenizer = peek(checkpoint)
@@ -282,7 +266,6 @@ def _figstep_font(font, log) -> str:
 def _generate(
     checkpoint, benchmark, todo, responses, path, *, images, protocol: Protocol, font, seed, tqdm, generator=None
 ):
-    from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
 
     if benchmark == "vlguard" and not images:
         raise ValueError("--benchmark vlguard needs --images DIR (the VLGuard test images)")

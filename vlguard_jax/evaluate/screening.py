@@ -27,12 +27,15 @@ import os
 from pathlib import Path
 
 import jax
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from vlguard_jax.data.conversation import IMAGE_TAG, turns
 from vlguard_jax.data.records import RecordError, load_json_list, record_label, validate_llava
 from vlguard_jax.evaluate import llamaguard
-from vlguard_jax.files import append_jsonl, atomic_write_json, check_output, resume_jsonl
+from vlguard_jax.generate import Sampling, load_generator, response_text
+from vlguard_jax.io.files import append_jsonl, atomic_write_json, check_output, resume_jsonl
+from vlguard_jax.io.loading import peek
 
 # Llama Guard 1 (the paper's judge) names its categories O1-O6; later versions use S-codes.
 LLAMA_GUARD_1 = {
@@ -105,8 +108,6 @@ def judge_slice(
 ) -> None:
     """Judge every record of `indices` that no verdict file beside DST holds from this judge;
     append the verdicts to `path`."""
-    from vlguard_jax.generate import Sampling, load_generator, response_text
-    from vlguard_jax.loading import peek
 
     name = str(Path(judge_checkpoint).resolve())
     done = saved_verdicts(dst, name)
@@ -227,8 +228,6 @@ def screen(judge_checkpoint, src, dst, batch_size: int = 8, log=print) -> dict |
     path.parent.mkdir(parents=True, exist_ok=True)
     judge_slice(judge_checkpoint, records, mine, dst, path, batch_size, log)
     if n > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("vlguard_jax screen: every slice judged")
     if p != 0:
         return None

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from vlguard_jax import storage
 from vlguard_jax.evaluate import gpt_graders, vqa, vqa_scoring
 from vlguard_jax.evaluate.judges import JudgeNotConfigured
 from vlguard_jax.evaluate.judges import settings as judge_settings
-from vlguard_jax.evaluate.runner import SUMMARY, Protocol, claim_output, read_json, run, write_json
-from vlguard_jax.loading import fingerprint
+from vlguard_jax.evaluate.runner import SUMMARY, Protocol, claim_output, run
+from vlguard_jax.generate import load_generator
+from vlguard_jax.io import storage
+from vlguard_jax.io.files import read_json, write_json
+from vlguard_jax.io.loading import fingerprint, peek
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,8 +198,6 @@ def run_suite(
 def _run_suite(
     checkpoint, root: Path, out: Path, only, limit, protocol: Protocol, max_new_tokens, font, log, finished
 ) -> dict:
-    from vlguard_jax.generate import load_generator
-    from vlguard_jax.loading import peek
 
     if not root.is_dir():
         raise FileNotFoundError(f"--data-root {root}: no such directory")

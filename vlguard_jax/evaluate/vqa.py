@@ -27,11 +27,14 @@ import uuid
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from vlguard_jax.data.conversation import IMAGE_TAG, get_template, render
 from vlguard_jax.data.images import ImageError, load_pixels, pixels
 from vlguard_jax.data.records import RecordError
-from vlguard_jax.files import append_jsonl, read_jsonl, resume_jsonl
+from vlguard_jax.generate import Sampling, response_text
+from vlguard_jax.generate.prompts import prompt_ids_of_text
+from vlguard_jax.io.files import append_jsonl, read_jsonl, resume_jsonl
 
 SINGLE_PRED = "Answer with the option's letter from the given choices directly."
 OPTIONS = ("A", "B", "C", "D")
@@ -180,10 +183,6 @@ def answer(
 ) -> list[dict]:
     """Answer every question the answers file lacks, a batch at a time (appended as it goes), then
     leave the file in question order. Returns its lines."""
-    from tqdm import tqdm
-
-    from vlguard_jax.generate import Sampling, response_text
-    from vlguard_jax.generate.prompts import prompt_ids_of_text
 
     path = Path(answers_file)
     path.parent.mkdir(parents=True, exist_ok=True)

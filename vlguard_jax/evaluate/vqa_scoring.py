@@ -22,9 +22,11 @@ import re
 import sys
 from pathlib import Path
 
+from openpyxl import Workbook
+
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.evaluate.answer_norm import normalize, soft_accuracy
-from vlguard_jax.files import read_jsonl
+from vlguard_jax.io.files import atomic_write_json, read_jsonl
 
 SQA_OPTIONS = ("A", "B", "C", "D", "E")
 MME_TASKS = {
@@ -280,7 +282,6 @@ def mmbench(answers: list[dict], question_file) -> dict:
 def mmbench_upload(answers: list[dict], question_file, dst) -> Path:
     """LLaVA's `convert_mmbench_for_submission.py`: the TSV's columns but hint, category, source,
     image, comment and l2-category, with `prediction` as the 7th column, as an .xlsx."""
-    from openpyxl import Workbook
 
     rows = mmbench_rows(question_file)
     dropped = {"hint", "category", "source", "image", "comment", "l2-category"}
@@ -311,7 +312,6 @@ def _cell(value):
 
 def vizwiz_upload(answers: list[dict], question_file, dst) -> Path:
     """LLaVA's `convert_vizwiz_for_submission.py`: [{image, answer (EvalAI-normalised)}] per question."""
-    from vlguard_jax.files import atomic_write_json
 
     by_id = {a["question_id"]: a["text"] for a in answers}
     questions = read_jsonl(question_file)

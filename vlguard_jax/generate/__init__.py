@@ -1,7 +1,11 @@
 """Batched generation: `Generator`, `Sampling`, and prompt building; CLI in `__main__`."""
 
+import jax
+import jax.numpy as jnp
+
 from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
 from vlguard_jax.generate.sampler import Generator, Sampling
+from vlguard_jax.io.loading import load_model
 
 __all__ = ["Generator", "Sampling", "prompt_ids", "prompt_text", "response_text", "load_generator"]
 
@@ -12,10 +16,6 @@ def load_generator(
     """(Generator, Loaded) for a converted checkpoint or a training workdir. `dtype` defaults to
     float32 on CPU and bfloat16 elsewhere; `scan_layers` runs the decoder layers scanned ("auto":
     for deep LLaVA models, where it cuts compile time; see models.stacking)."""
-    import jax
-    import jax.numpy as jnp
-
-    from vlguard_jax.loading import load_model
 
     if dtype is None:
         dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16

@@ -13,10 +13,10 @@ import time
 
 from vlguard_jax.data.images import open_rgb, pixels
 from vlguard_jax.errors import ArgumentParser, at_least, cli
-from vlguard_jax.files import read_jsonl
 from vlguard_jax.generate import load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
 from vlguard_jax.generate.sampler import Sampling
+from vlguard_jax.io.files import read_jsonl
 
 
 def read_prompts(path) -> list[dict]:

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlguard_jax import sharding
 from vlguard_jax.models.config import LlavaConfig, TextConfig, TextOnlyConfig, VisionConfig, load_config
 from vlguard_jax.models.llama import init_cache
 from vlguard_jax.models.llava import LlavaModel
@@ -63,7 +64,6 @@ def param_axes(model):
 
 def abstract_params(model, mesh=None):
     """ShapeDtypeStructs of the parameters, with shardings when a mesh is given."""
-    from vlguard_jax import sharding
 
     boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
     shapes = nn.unbox(boxed)

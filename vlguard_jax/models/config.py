@@ -11,8 +11,8 @@ import dataclasses
 import json
 from typing import Any
 
-from vlguard_jax import storage
-from vlguard_jax.files import atomic_write_json
+from vlguard_jax.io import storage
+from vlguard_jax.io.files import atomic_write_json
 
 # The OpenAI CLIP towers LLaVA names in `mm_vision_tower`; their shapes cannot all be read from
 # the weights (the head count is not), so they are listed here.

@@ -6,33 +6,22 @@ so a killed run never leaves a checkpoint that restores.
 
 This orbax writes arrays to filesystems and gs:// only. A run with its workdir in s3:// (one
 process) stages checkpoints on local disk and uploads each finished one, `COMPLETE` last
-(storage.upload_dir); a start downloads the newest complete one.
+(storage.upload_dir); a start downloads the newest complete one. Reading a workdir's checkpoints
+(which steps are finished, the latest state) lives in io.runs, below training.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
-from vlguard_jax import storage
-
-CHECKPOINTS = "checkpoints"
-COMMIT_MARKER = "commit_success.txt"  # orbax's, in gs://
-
-
-def staged(workdir) -> bool:
-    """Whether orbax cannot write `workdir` itself, so checkpoints are staged locally and uploaded."""
-    return str(workdir).startswith("s3://")
-
-
-def _marker(workdir) -> str | None:
-    """The file that marks a step finished in a bucket (locally, the step's rename does)."""
-    if not storage.is_remote(workdir):
-        return None
-    return storage.COMPLETE if staged(workdir) else COMMIT_MARKER
+from vlguard_jax.io import storage
+from vlguard_jax.io.files import download_dir
+from vlguard_jax.io.runs import CHECKPOINTS, finished_steps, marker, staged
 
 
 class Checkpoints:
@@ -123,59 +112,19 @@ def _stage(workdir) -> Path:
     local.mkdir(parents=True)
     steps = finished_steps(workdir)
     if steps:
-        storage.download_dir(storage.as_path(workdir) / CHECKPOINTS / str(steps[-1]), local / str(steps[-1]))
+        download_dir(storage.as_path(workdir) / CHECKPOINTS / str(steps[-1]), local / str(steps[-1]))
     return local
-
-
-def finished_steps(workdir) -> list[int]:
-    """The steps whose checkpoints are complete, oldest first (see `_marker`)."""
-    root = storage.as_path(workdir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    marker = _marker(workdir)
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (marker is None or (p / marker).exists()))
 
 
 def _remove_unfinished(workdir) -> None:
     """A step a killed run left without its marker is deleted (by process 0, before any process
     saves): a new save of that step must not meet the old one's files."""
-    import jax
 
     if jax.process_index() == 0:
         root = storage.as_path(workdir) / CHECKPOINTS
         if root.is_dir():
             for p in root.iterdir():
-                if p.name.split(".")[0].isdigit() and not (p / _marker(workdir)).exists():
+                if p.name.split(".")[0].isdigit() and not (p / marker(workdir)).exists():
                     p.rmtree()
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("vlguard_jax: unfinished checkpoints removed")
-
-
-def read_meta(workdir, step: int) -> dict:
-    meta_file = storage.as_path(workdir) / CHECKPOINTS / str(step) / "meta" / "metadata"
-    return json.loads(meta_file.read_text()) if meta_file.exists() else {}
-
-
-def read_latest(workdir, step: int | None = None):
-    """(step, state, meta) of a training checkpoint, read onto this host's first device whatever
-    topology wrote it (for export and inspection)."""
-    import jax
-
-    root = storage.as_path(workdir) / CHECKPOINTS
-    if step is None:
-        steps = finished_steps(workdir)
-        if not steps:
-            raise FileNotFoundError(f"{workdir}: no finished training checkpoint under {root}")
-        step = steps[-1]
-    path = root / str(step)
-    if staged(workdir):
-        path = storage.download_dir(path, storage.local_cache(workdir, "read") / str(step))
-    path = storage.absolute(path)  # orbax takes absolute paths only
-    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    ckptr = ocp.StandardCheckpointer()
-    meta_tree = ckptr.metadata(f"{path}/state").item_metadata
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta_tree)
-    state = ckptr.restore(f"{path}/state", target)
-    return step, state, read_meta(workdir, step)

@@ -17,14 +17,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint
 from flax import traverse_util
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vlguard_jax import sharding, storage
+from vlguard_jax import sharding
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.data.tokenize import IGNORE
 from vlguard_jax.errors import ConfigError, ResourceError, UserError, is_out_of_memory
-from vlguard_jax.loading import load_model, peek
+from vlguard_jax.io import storage
+from vlguard_jax.io.loading import load_model, peek
 from vlguard_jax.models import LlavaConfig, abstract_params, dummy_inputs, param_axes
 from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.models.stacking import to_per_layer, to_stacked
@@ -69,14 +72,11 @@ class Preemption:
     def at(self, step: int) -> bool:
         """Whether to checkpoint `step` and stop (called after every step by every process)."""
         if self.multi:
-            from jax.experimental import multihost_utils
-
             return multihost_utils.reached_preemption_sync_point(step)
         return self.noticed
 
 
 def ocp_version() -> str:
-    import orbax.checkpoint
 
     return getattr(orbax.checkpoint, "__version__", "")
 
@@ -210,8 +210,6 @@ def label_budget(labels: np.ndarray, length: int, quantum: int = 64) -> int:
     `quantum`, agreed on by all processes."""
     most = int((np.asarray(labels)[:, 1:] != IGNORE).sum(axis=1).max()) if len(labels) else 0
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         most = int(np.max(multihost_utils.process_allgather(np.int32(most))))
     return max(quantum, min(length - 1, -(-most // quantum) * quantum))
 

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import jax
+from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from vlguard_jax import storage
+from vlguard_jax.io import storage
 
 # Dense bf16/fp16 peak FLOP/s per device, for MFU; unknown devices report no MFU.
 PEAK_FLOPS = {
@@ -35,7 +36,6 @@ class Logger:
         self.main = jax.process_index() == 0
         if not self.main:
             return
-        from tensorboardX import SummaryWriter
 
         # In a bucket the appended files live in a local mirror, copied up after every write.
         self.mirror = storage.mirror_for(workdir) if storage.is_remote(workdir) else None

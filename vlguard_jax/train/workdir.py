@@ -18,9 +18,9 @@ import socket
 import threading
 import time
 
-from vlguard_jax import storage
 from vlguard_jax.errors import ConfigError, UserError
-from vlguard_jax.files import atomic_write_json, fingerprint, sha256_file
+from vlguard_jax.io import storage
+from vlguard_jax.io.files import atomic_write_json, fingerprint, sha256_file
 from vlguard_jax.train.validate import SOURCES
 
 LOCK = ".lock"

@@ -7,10 +7,13 @@ import os
 import shutil
 from pathlib import Path
 
+import jax
+import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
+from flax import traverse_util
 
-from vlguard_jax import storage
-from vlguard_jax.files import atomic_dir
+from vlguard_jax.io import storage
+from vlguard_jax.io.files import atomic_dir
 
 PARAMS_DIR = "params"
 MODEL_CONFIG = "model_config.json"
@@ -42,9 +45,6 @@ def copy_side_files(src, dst) -> None:
 def save_checkpoint(dst, config, params, side_files_from=None, tokenizer=None) -> Path:
     """A complete checkpoint directory (what `load_model` reads), written atomically: the
     config, the parameters (gathered to the host), and the tokenizer/processor files."""
-    import jax
-    import numpy as np
-    from flax import traverse_util
 
     with atomic_dir(dst) as tmp:
         config.save(tmp / MODEL_CONFIG)

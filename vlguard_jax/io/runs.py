@@ -1,19 +1,74 @@
-"""A training run's outputs (`workdir`): the latest checkpoint's trainable weights on top of the
-base checkpoint the run names, with LoRA factors kept apart or merged into the kernels."""
+"""A training run's outputs (`workdir`) read as a model: which checkpoints are finished, the
+latest one's trainable weights on top of the base checkpoint the run names, with LoRA factors kept
+apart or merged into the kernels. (Writing them is train.checkpoints.)"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from vlguard_jax import storage
-from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, load_params
+from vlguard_jax.io import storage
+from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, load_params, save_checkpoint
+from vlguard_jax.io.files import download_dir
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import to_per_layer
-from vlguard_jax.train.checkpoints import CHECKPOINTS, finished_steps, read_latest, read_meta
+
+CHECKPOINTS = "checkpoints"
+COMMIT_MARKER = "commit_success.txt"  # orbax's, in gs://
+
+
+def staged(workdir) -> bool:
+    """Whether orbax cannot write `workdir` itself, so checkpoints are staged locally and uploaded."""
+    return str(workdir).startswith("s3://")
+
+
+def marker(workdir) -> str | None:
+    """The file that marks a checkpoint's step finished in a bucket (locally, its rename does)."""
+    if not storage.is_remote(workdir):
+        return None
+    return storage.COMPLETE if staged(workdir) else COMMIT_MARKER
+
+
+def finished_steps(workdir) -> list[int]:
+    """The steps whose checkpoints are complete, oldest first (see `marker`)."""
+    root = storage.as_path(workdir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    done = marker(workdir)
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (done is None or (p / done).exists()))
+
+
+def read_meta(workdir, step: int) -> dict:
+    meta_file = storage.as_path(workdir) / CHECKPOINTS / str(step) / "meta" / "metadata"
+    return json.loads(meta_file.read_text()) if meta_file.exists() else {}
+
+
+def read_latest(workdir, step: int | None = None):
+    """(step, state, meta) of a training checkpoint, read onto this host's first device whatever
+    topology wrote it (for export and inspection)."""
+    root = storage.as_path(workdir) / CHECKPOINTS
+    if step is None:
+        steps = finished_steps(workdir)
+        if not steps:
+            raise FileNotFoundError(f"{workdir}: no finished training checkpoint under {root}")
+        step = steps[-1]
+    path = root / str(step)
+    if staged(workdir):
+        path = download_dir(path, storage.local_cache(workdir, "read") / str(step))
+    path = storage.absolute(path)  # orbax takes absolute paths only
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    ckptr = ocp.StandardCheckpointer()
+    meta_tree = ckptr.metadata(f"{path}/state").item_metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta_tree)
+    state = ckptr.restore(f"{path}/state", target)
+    return step, state, read_meta(workdir, step)
 
 
 class RunError(ValueError):
@@ -92,9 +147,6 @@ def load_merged(workdir, step: int | None = None):
 def save_run_checkpoint(workdir, dst, step: int | None = None) -> Path:
     """The run's weights (LoRA merged) as a plain checkpoint directory, with the base's tokenizer
     and processor files: usable as the base of another run, or by any loader."""
-    import jax.numpy as jnp
-
-    from vlguard_jax.checkpoint import save_checkpoint
 
     base, config, flat, _ = load_merged(workdir, step)
     dtype = flat[("language_model", "embed_tokens")].dtype

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from vlguard_jax import storage
+from vlguard_jax.io import storage
 
 
 def atomic_write_json(path, data, **dump_kw) -> None:
@@ -196,3 +196,36 @@ def append_jsonl(path, rows) -> None:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         f.flush()
         os.fsync(f.fileno())
+
+
+def download_dir(src, dst: Path) -> Path:
+    """Copy a complete remote directory into local `dst` (renamed into place when whole)."""
+    root = storage.as_path(src)
+    if not (root / storage.COMPLETE).exists():
+        raise FileNotFoundError(
+            f"{src}: not a complete directory (no {storage.COMPLETE} marker: absent, or half-written)"
+        )
+    with atomic_dir(dst, overwrite=True) as tmp:
+        for rel, f in storage.walk_files(root):
+            if rel == storage.COMPLETE:
+                continue
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with f.open("rb") as r, open(target, "wb") as w:
+                shutil.copyfileobj(r, w, 8 << 20)
+    return dst
+
+
+def write_json(path: Path, data) -> None:
+    """A JSON file (responses, summaries) written atomically, readable UTF-8."""
+    atomic_write_json(path, data, indent=1, ensure_ascii=False)
+
+
+def read_json(path: Path, default):
+    path = storage.as_path(path)
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}") from None

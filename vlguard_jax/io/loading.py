@@ -9,9 +9,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
+from transformers import AutoTokenizer
 
-from vlguard_jax import storage
-from vlguard_jax.checkpoint import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params, param_metadata
+from vlguard_jax.io import files, runs, storage
+from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params, param_metadata
+from vlguard_jax.io.runs import load_merged
 from vlguard_jax.models import LlavaModel, abstract_params, build_model, load_config
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
 from vlguard_jax.models.stacking import wants_scan
@@ -49,7 +51,6 @@ def load_model(
 def readable(path):
     """Where orbax can read the checkpoint: gs:// and local paths as they are; an s3:// one (which
     this orbax cannot read) copied to this host's cache first, complete only with its marker."""
-    from vlguard_jax import runs
 
     if storage.is_remote(path) and not runs.is_run(path) and not storage.is_complete(path):
         raise FileNotFoundError(
@@ -57,7 +58,7 @@ def readable(path):
             f"writer was killed). A copy made with other tools needs an empty {storage.COMPLETE} file, written last"
         )
     if str(path).startswith("s3://"):
-        return storage.download_dir(path, storage.local_cache(path, "checkpoint") / "copy")
+        return files.download_dir(path, storage.local_cache(path, "checkpoint") / "copy")
     return storage.as_path(path)
 
 
@@ -84,7 +85,6 @@ def _scanned(loaded: Loaded, mesh) -> Loaded:
 
 
 def _load(path: Path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
-    from vlguard_jax import runs
 
     if runs.is_run(path):
         return _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
@@ -107,7 +107,6 @@ def _load(path: Path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_to
 
 def peek(path) -> tuple[LlavaConfig | TextOnlyConfig, Any]:
     """(config, tokenizer or None) of a checkpoint or training workdir, without reading weights."""
-    from vlguard_jax import runs
 
     path = storage.as_path(path)
     if runs.is_run(path):
@@ -124,13 +123,11 @@ def peek(path) -> tuple[LlavaConfig | TextOnlyConfig, Any]:
 def fingerprint(path) -> str:
     """A checkpoint's content fingerprint (files.fingerprint); for a training workdir, that of its
     latest checkpoint step together with its base's."""
-    from vlguard_jax import files, runs
-    from vlguard_jax.train.checkpoints import finished_steps
 
     path = storage.as_path(path)
     if runs.is_run(path):
         root = path / "checkpoints"
-        step = max(finished_steps(path), default=None)
+        step = max(runs.finished_steps(path), default=None)
         if step is None:
             raise runs.RunError(f"{path}: no finished training checkpoint under {root}")
         return f"{files.fingerprint(runs.run_base(path))}+{step}:{files.fingerprint(root / str(step))}"
@@ -142,8 +139,6 @@ def load_tokenizer(path):
     path = storage.as_path(path)
     tokenizer = None
     if any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model")):
-        from transformers import AutoTokenizer
-
         if storage.is_remote(path):
             local = storage.temp_dir("vlguard-tokenizer-")
             copy_side_files(path, local)
@@ -154,7 +149,6 @@ def load_tokenizer(path):
 
 def _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
     """A training workdir: its latest checkpoint over its base, LoRA merged into the kernels."""
-    from vlguard_jax.runs import load_merged
 
     base, config, flat, _ = load_merged(path)
     param_dtype = param_dtype or flat[("language_model", "embed_tokens")].dtype

@@ -20,6 +20,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import fsspec
+import fsspec.config
+import jax
+from etils import epath
+
 REMOTE = ("gs://", "s3://")
 COMPLETE = "COMPLETE"
 
@@ -27,7 +32,6 @@ COMPLETE = "COMPLETE"
 def configure() -> None:
     """Pass the standard endpoint variables on to every client (before any is created), and keep
     fsspec from caching listings: processes poll the bucket for what others write."""
-    import fsspec.config
 
     for protocol in ("gs", "s3"):
         fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
@@ -53,7 +57,6 @@ def as_path(path):
     """An `epath.Path` for a remote path, a `pathlib.Path` for a local one."""
     if is_remote(path):
         configure()
-        from etils import epath
 
         return epath.Path(str(path))
     return Path(path)
@@ -76,8 +79,6 @@ def walk_files(root) -> list[tuple[str, object]]:
     remote = is_remote(root)
     root = as_path(root)
     if remote:
-        import fsspec
-
         fs, base = fsspec.core.url_to_fs(str(root))
         base = base.rstrip("/")
         rels = [f[len(base) :].strip("/") for f in fs.find(base)]  # names without the scheme
@@ -103,24 +104,6 @@ def upload_dir(src: Path, dst) -> None:
         with open(f, "rb") as r, target.open("wb") as w:
             shutil.copyfileobj(r, w, 8 << 20)
     (out / COMPLETE).write_text("")
-
-
-def download_dir(src, dst: Path) -> Path:
-    """Copy a complete remote directory into local `dst` (renamed into place when whole)."""
-    from vlguard_jax.files import atomic_dir
-
-    root = as_path(src)
-    if not (root / COMPLETE).exists():
-        raise FileNotFoundError(f"{src}: not a complete directory (no {COMPLETE} marker: absent, or half-written)")
-    with atomic_dir(dst, overwrite=True) as tmp:
-        for rel, f in walk_files(root):
-            if rel == COMPLETE:
-                continue
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with f.open("rb") as r, open(target, "wb") as w:
-                shutil.copyfileobj(r, w, 8 << 20)
-    return dst
 
 
 def local_cache(path, kind: str) -> Path:
@@ -181,7 +164,6 @@ class Mirror:
 def mirror_for(workdir) -> Mirror:
     """The one Mirror of a remote workdir in this process (logs, bad-record lists); processes that
     share a host each have their own."""
-    import jax
 
     return Mirror(str(workdir), f"workdir/process_{jax.process_index()}")
 
