@@ -57,7 +57,7 @@ def make_checkpoint(path: Path, size_gb: float) -> tuple[int, int]:
     """About `size_gb` of decoder layers at 2048 wide; returns (total bytes, largest tensor bytes)."""
     import transformers
 
-    from vlguard_jax.data.tokenizer import build_tokenizer
+    from vlguard_jax.data.sample_tokenizer import build_tokenizer
 
     tok = build_tokenizer(["a chat between a user and an assistant"] * 4, vocab_size=300)
     layers = max(1, int(size_gb * 1024 / 112))  # ~112 MB per decoder layer at these widths

@@ -76,7 +76,7 @@ def write_mix(path: Path, n: int, seed: int = 0) -> None:
 
 def tokenizer_for(words: list[str]):
     from vlguard_jax.data.conversation import TEMPLATES
-    from vlguard_jax.data.tokenizer import build_tokenizer
+    from vlguard_jax.data.sample_tokenizer import build_tokenizer
 
     rng = random.Random(1)
     corpus = [t.system for t in TEMPLATES.values()] + ["USER: ASSISTANT:"] * 100

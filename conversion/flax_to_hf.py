@@ -24,7 +24,7 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
 
-from conversion import from_run, layouts
+from conversion import layouts, peft_adapter
 from conversion.hf_to_flax import DTYPES
 from conversion.reader import CheckpointError
 from vlguard_jax.errors import cli
@@ -173,7 +173,7 @@ def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora, overwrite) -
         if not has_lora:
             raise ValueError(f"{src} has no LoRA weights (a full fine-tuning run); use --lora merge")
         with atomic_dir(dst, overwrite) as tmp:
-            from_run.write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
+            peft_adapter.write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
         return config
     if has_lora:
         flat = runs.merge_lora(flat, runs.lora_scale(meta))

@@ -29,9 +29,9 @@ from tests.train.test_loop import REPO, config_file, run_env, train_cmd
 from vlguard_jax.data import mixture
 from vlguard_jax.data.convert_vlguard import main as convert_vlguard_main
 from vlguard_jax.data.images import ImageError, open_rgb
+from vlguard_jax.data.preprocess import TokenizationError, encode
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.sample import main as sample_main
-from vlguard_jax.data.tokenize import TokenizationError, encode
 from vlguard_jax.errors import ConfigError, ResourceError, cli
 from vlguard_jax.evaluate.__main__ import main as evaluate_main
 from vlguard_jax.generate import Sampling, load_generator

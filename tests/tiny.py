@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import transformers
 
-from vlguard_jax.data.tokenizer import build_tokenizer
+from vlguard_jax.data.sample_tokenizer import build_tokenizer
 
 CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives "

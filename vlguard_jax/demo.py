@@ -26,7 +26,7 @@ from absl import logging
 
 from vlguard_jax.data.conversation import TEMPLATES
 from vlguard_jax.data.sample import sample_paths, write_sample
-from vlguard_jax.data.tokenizer import build_tokenizer
+from vlguard_jax.data.sample_tokenizer import build_tokenizer
 from vlguard_jax.errors import cli
 from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import Protocol, run

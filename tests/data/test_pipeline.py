@@ -18,9 +18,9 @@ from tests import tiny
 from vlguard_jax.data import mixture
 from vlguard_jax.data.images import ImageError
 from vlguard_jax.data.pipeline import Layout, dataset, epoch_order, prepare, steps_for
+from vlguard_jax.data.preprocess import IGNORE, TokenizationError
 from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.data.sample import write_sample
-from vlguard_jax.data.tokenize import IGNORE, TokenizationError
 from vlguard_jax.models.config import LlavaConfig
 
 
@@ -328,7 +328,7 @@ def test_the_store_is_built_once_named_by_its_inputs_and_found_by_every_start(
 ):
     import shutil
 
-    from vlguard_jax.data.tokenize import Encoder
+    from vlguard_jax.data.preprocess import Encoder
 
     data = tmp_path / "train.json"
     shutil.copy(sample["train"], data)

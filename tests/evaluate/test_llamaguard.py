@@ -9,7 +9,7 @@ from tests import tiny
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate import llamaguard, runner
 from vlguard_jax.evaluate.__main__ import main
-from vlguard_jax.evaluate.benchmarks import Item
+from vlguard_jax.evaluate.safety_sets import Item
 
 
 @pytest.mark.parametrize(

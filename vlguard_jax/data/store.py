@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from vlguard_jax.data.images import ImageError, resolve
 from vlguard_jax.data.mixture import check_nonempty
+from vlguard_jax.data.preprocess import IGNORE, TokenizationError
 from vlguard_jax.data.records import RecordError
-from vlguard_jax.data.tokenize import IGNORE, TokenizationError
 from vlguard_jax.io import storage
 from vlguard_jax.io.files import atomic_dir
 

@@ -19,9 +19,8 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from vlguard_jax.errors import ArgumentParser, UsageError, at_least, cli
-from vlguard_jax.evaluate import benchmarks, gpt_graders, vqa, vqa_scoring
-from vlguard_jax.evaluate.benchmarks import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
-from vlguard_jax.evaluate.judges import ORDERS
+from vlguard_jax.evaluate import gpt_graders, safety_sets, vqa, vqa_scoring
+from vlguard_jax.evaluate.gpt4_judge import ORDERS
 from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import (
     DTYPES,
@@ -32,6 +31,7 @@ from vlguard_jax.evaluate.runner import (
     run,
     score,
 )
+from vlguard_jax.evaluate.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
 from vlguard_jax.evaluate.scoring import is_refusal
 from vlguard_jax.evaluate.suite import run_suite
 from vlguard_jax.generate import load_generator
@@ -158,14 +158,14 @@ def score_main(argv) -> int:
     if not isinstance(responses, dict) or not all(isinstance(v, str) for v in responses.values()):
         raise ValueError(f"{a.responses}: expected a JSON object mapping keys to response strings")
     if a.meta:
-        items = benchmarks.vlguard(a.meta, path.stem)
+        items = safety_sets.vlguard(a.meta, path.stem)
         missing = [k for k in responses if k not in {i.key for i in items}]
         if missing:
             raise ValueError(
                 f"{a.responses}: {len(missing)} keys are not in subset {path.stem!r} of {a.meta}, e.g. {missing[0]!r}"
             )
     else:
-        items = [benchmarks.Item(k, "") for k in responses]
+        items = [safety_sets.Item(k, "") for k in responses]
     out = check_output(path.with_name(path.stem + ".scored.json"), path, overwrite=a.overwrite)
     decisions = {k: {"response": v, "refusal": is_refusal(v)} for k, v in responses.items()}
     write_json(out, decisions)

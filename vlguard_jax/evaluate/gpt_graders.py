@@ -19,7 +19,7 @@ import collections
 import json
 from pathlib import Path
 
-from vlguard_jax.evaluate.judges import ask, settings
+from vlguard_jax.evaluate.gpt4_judge import ask, settings
 from vlguard_jax.io.files import atomic_write_json, read_jsonl
 
 REVIEW_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."

@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
-from vlguard_jax.evaluate import benchmarks, figstep, judges, llamaguard
+from vlguard_jax.evaluate import figstep, gpt4_judge, llamaguard, safety_sets
 from vlguard_jax.evaluate.scoring import is_refusal, token_f1
 from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
@@ -157,8 +157,8 @@ def run(
                 "--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with "
                 "--references gpt4_safe_safes.json and --images (the judge sees the image)"
             )
-        judges.settings()
-        references = judges.references_from(references)
+        gpt4_judge.settings()
+        references = gpt4_judge.references_from(references)
     elif judge == "llamaguard":
         if not judge_checkpoint:
             raise ValueError("--judge llamaguard needs --judge-checkpoint DIR (a converted Llama Guard)")
@@ -166,7 +166,7 @@ def run(
     elif judge is not None:
         raise ValueError(f"unknown judge {judge!r}; choose from {JUDGES}")
 
-    subset, items = benchmarks.load(benchmark, subset=subset, meta=meta, data=data, attack=attack)
+    subset, items = safety_sets.load(benchmark, subset=subset, meta=meta, data=data, attack=attack)
     if limit:
         items = items[:limit]
     out = storage.as_path(out)  # local, gs:// or s3://: every write is one whole JSON file
@@ -202,7 +202,7 @@ def run(
     if benchmark == "figstep" and todo:
         result["font"] = {"path": font, "reference_build": figstep.font_build(font)}
     if judge == "openai-compatible":
-        result["judge"] = judges.win_rate(
+        result["judge"] = gpt4_judge.win_rate(
             items, responses, references, images, out / benchmark / f"{subset}.judge.json", judge_orders
         )
     elif judge == "llamaguard":

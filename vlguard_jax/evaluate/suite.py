@@ -20,8 +20,8 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from vlguard_jax.evaluate import gpt_graders, vqa, vqa_scoring
-from vlguard_jax.evaluate.judges import JudgeNotConfigured
-from vlguard_jax.evaluate.judges import settings as judge_settings
+from vlguard_jax.evaluate.gpt4_judge import JudgeNotConfigured
+from vlguard_jax.evaluate.gpt4_judge import settings as judge_settings
 from vlguard_jax.evaluate.runner import SUMMARY, Protocol, claim_output, run
 from vlguard_jax.generate import load_generator
 from vlguard_jax.io import storage

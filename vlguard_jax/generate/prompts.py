@@ -8,7 +8,7 @@ that ships one); `none` uses the text verbatim."""
 from __future__ import annotations
 
 from vlguard_jax.data.conversation import IMAGE_TAG, generation_prompt, get_template
-from vlguard_jax.data.tokenize import tokenize_with_images
+from vlguard_jax.data.preprocess import tokenize_with_images
 
 TEMPLATE_CHOICES = ("llava_v1", "vicuna_v1", "chat_template", "none")
 

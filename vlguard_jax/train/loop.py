@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from vlguard_jax import sharding
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
-from vlguard_jax.data.tokenize import IGNORE
+from vlguard_jax.data.preprocess import IGNORE
 from vlguard_jax.errors import ConfigError, ResourceError, UserError, is_out_of_memory
 from vlguard_jax.io import storage
 from vlguard_jax.io.loading import load_model, peek

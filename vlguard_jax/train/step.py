@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vlguard_jax.data.tokenize import IGNORE
+from vlguard_jax.data.preprocess import IGNORE
 from vlguard_jax.train.state import merge
 
 

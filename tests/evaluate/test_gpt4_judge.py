@@ -12,9 +12,9 @@ import pytest
 from tests import tiny
 from tests.judge_stub import reply, serve
 from vlguard_jax.data.sample import write_sample
-from vlguard_jax.evaluate import judges
+from vlguard_jax.evaluate import gpt4_judge
 from vlguard_jax.evaluate.__main__ import main
-from vlguard_jax.evaluate.benchmarks import Item
+from vlguard_jax.evaluate.safety_sets import Item
 
 OUTPUT = re.compile(r'"model_identifier": "(m|M)",\n        "output": "(.*?)"\n', re.S)
 
@@ -67,7 +67,7 @@ def case(sample):
 
 def test_one_order_by_the_authors_protocol(endpoint, sample, tmp_path):
     items, refs, responses = case(sample)
-    out = judges.win_rate(items, responses, refs, sample["images"], tmp_path / "choices.json")
+    out = gpt4_judge.win_rate(items, responses, refs, sample["images"], tmp_path / "choices.json")
     # wins: items 0 and 3; the POLICY item is a content-policy refusal, no win; the denominator is all 4
     assert out["n"] == 4 and out["wins"] == 2 and out["win_rate"] == 0.5 and out["policy_refusals"] == 1
     assert out["judge"] == "openai-compatible:gpt-4-vision-preview" and "ties" not in out
@@ -90,13 +90,13 @@ def test_one_order_by_the_authors_protocol(endpoint, sample, tmp_path):
     assert [saved[i.key]["choices"] for i in items] == [["m"], ["M"], ["content_policy_violation"], ["m"]]
     # resumed: nothing is asked again
     n = len(endpoint)
-    assert judges.win_rate(items, responses, refs, sample["images"], tmp_path / "choices.json") == out
+    assert gpt4_judge.win_rate(items, responses, refs, sample["images"], tmp_path / "choices.json") == out
     assert len(endpoint) == n
 
 
 def test_both_orders_need_both_for_a_win(endpoint, sample, tmp_path):
     items, refs, responses = case(sample)
-    out = judges.win_rate(items, responses, refs, sample["images"], tmp_path / "c.json", orders=2)
+    out = gpt4_judge.win_rate(items, responses, refs, sample["images"], tmp_path / "c.json", orders=2)
     # item 0: m then M (ours both times): a win; item 1: M then M: a split, half; item 2: refused
     # both times; item 3: a win
     assert (out["wins"], out["ties"], out["n"]) == (2, 1, 4) and out["win_rate"] == 2.5 / 4
@@ -111,10 +111,10 @@ def test_both_orders_need_both_for_a_win(endpoint, sample, tmp_path):
 def test_a_hard_error_names_the_endpoint(sample, tmp_path, monkeypatch):
     items, refs, responses = case(sample)
     with serve(lambda body: (401, {"error": {"code": "invalid_api_key"}}, {}), monkeypatch):
-        with pytest.raises(judges.JudgeError, match=r"/v1/chat/completions: HTTP 401: .*invalid_api_key"):
-            judges.win_rate(items, responses, refs, sample["images"], tmp_path / "c.json")
+        with pytest.raises(gpt4_judge.JudgeError, match=r"/v1/chat/completions: HTTP 401: .*invalid_api_key"):
+            gpt4_judge.win_rate(items, responses, refs, sample["images"], tmp_path / "c.json")
     with pytest.raises(ValueError, match="1 reference items have no response"):
-        judges.win_rate(
+        gpt4_judge.win_rate(
             items, {k: v for k, v in list(responses.items())[1:]}, refs, sample["images"], tmp_path / "c.json"
         )
 

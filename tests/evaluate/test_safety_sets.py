@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vlguard_jax.data.records import RecordError
-from vlguard_jax.evaluate import benchmarks
+from vlguard_jax.evaluate import safety_sets
 from vlguard_jax.evaluate.figstep import (
     REFERENCE_DEB,
     FontError,
@@ -23,9 +23,9 @@ from vlguard_jax.evaluate.figstep import (
 
 def test_vlguard_subsets_on_the_real_test_json(shared_data):
     meta = shared_data / "vlguard" / "test.json"
-    unsafes = benchmarks.vlguard(meta, "unsafes")
-    safe_unsafes = benchmarks.vlguard(meta, "safe_unsafes")
-    safe_safes = benchmarks.vlguard(meta, "safe_safes")
+    unsafes = safety_sets.vlguard(meta, "unsafes")
+    safe_unsafes = safety_sets.vlguard(meta, "safe_unsafes")
+    safe_safes = safety_sets.vlguard(meta, "safe_safes")
     assert (len(unsafes), len(safe_unsafes), len(safe_safes)) == (442, 558, 558)
     assert len({i.key for i in unsafes}) == 442  # keyed by image, one per image
     assert {i.key for i in safe_unsafes} == {i.key for i in safe_safes}
@@ -34,36 +34,36 @@ def test_vlguard_subsets_on_the_real_test_json(shared_data):
     assert all(i.prompt and i.image for i in unsafes + safe_unsafes + safe_safes)
     assert safe_unsafes[0].prompt != safe_safes[0].prompt
     with pytest.raises(ValueError, match="unknown vlguard subset 'safe'"):
-        benchmarks.vlguard(meta, "safe")
+        safety_sets.vlguard(meta, "safe")
 
 
 def test_text_benchmarks_on_the_real_files(shared_data):
-    x = benchmarks.xstest(shared_data / "xstest" / "xstest_prompts.csv")
+    x = safety_sets.xstest(shared_data / "xstest" / "xstest_prompts.csv")
     assert len(x) == 450 and sum(i.meta["label"] == "safe" for i in x) == 250
-    adv = benchmarks.advbench(shared_data / "advbench" / "harmful_behaviors.csv", "suffix")
+    adv = safety_sets.advbench(shared_data / "advbench" / "harmful_behaviors.csv", "suffix")
     assert len(adv) == 520
     assert adv[0].prompt == adv[0].meta["goal"] + " Answer with 'Absolutely, here's'"
-    van = benchmarks.advbench(shared_data / "advbench" / "harmful_behaviors.csv")
+    van = safety_sets.advbench(shared_data / "advbench" / "harmful_behaviors.csv")
     assert van[0].prompt == van[0].meta["goal"]
-    fs = benchmarks.figstep(shared_data / "figstep" / "safebench.csv")
+    fs = safety_sets.figstep(shared_data / "figstep" / "safebench.csv")
     assert len(fs) == 500 and fs[0].key == "query_ForbidQI_1_1_6.png" and fs[0].render
     with pytest.raises(ValueError, match="unknown benchmark 'mmlu'"):
-        benchmarks.load("mmlu")
+        safety_sets.load("mmlu")
 
 
 def test_bad_csv_files_are_named(tmp_path):
     bad = tmp_path / "x.csv"
     bad.write_text("id,prompt\n1,hello\n")
     with pytest.raises(RecordError, match=r"x.csv: missing column\(s\) \['label'\]"):
-        benchmarks.xstest(bad)
+        safety_sets.xstest(bad)
     bad.write_text("goal,target\nsomething,\n")
     with pytest.raises(RecordError, match=r"x.csv: row 2: empty \['target'\]"):
-        benchmarks.advbench(bad)
+        safety_sets.advbench(bad)
     with pytest.raises(RecordError, match="nope.csv: cannot read CSV"):
-        benchmarks.figstep(tmp_path / "nope.csv")
+        safety_sets.figstep(tmp_path / "nope.csv")
     bad.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(RecordError, match="x.csv: cannot read CSV"):
-        benchmarks.xstest(bad)
+        safety_sets.xstest(bad)
 
 
 def test_figstep_text_rule():
