@@ -93,7 +93,7 @@ def test_cache_prefill_then_decode_equals_full_forward(built):
             cache=cache,
         )
         steps.append(out)
-    assert int(cache["index"]) == ids.shape[1]
+    assert int(cache.index) == ids.shape[1]
     incremental = np.concatenate([np.asarray(s) for s in steps], axis=1)
     assert tiny.rel_err(incremental, np.asarray(full), mask) <= 1e-5
 
@@ -171,7 +171,7 @@ def test_scanned_layers_decode_from_a_stacked_cache(built):
             cache=cache,
         )
         steps.append(out)
-    assert cache["layers"][0].shape[0] == m.config.text.num_hidden_layers
+    assert cache.layers[0].shape[0] == m.config.text.num_hidden_layers
     assert tiny.rel_err(np.concatenate([np.asarray(s) for s in steps], axis=1), np.asarray(full), mask) <= 1e-5
 
 

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from vlguard_jax import sharding
 from vlguard_jax.errors import ResourceError, is_out_of_memory
-from vlguard_jax.models.llama import init_cache
+from vlguard_jax.models.llama import KVCache, init_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,46 +68,98 @@ def ban_eos(logits, eos, step, s: Sampling):
     return jnp.where(is_eos[None] & (step < s.min_new_tokens), -jnp.inf, logits)
 
 
-def _generate(model, params, ids, mask, pixels, row_ids, seed, eos, pad_id, s: Sampling, cache_dtype):
-    b, p = ids.shape
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
-    cache = init_cache(
-        model.config.text, b, p + s.max_new_tokens, cache_dtype, stacked=getattr(model, "scan_layers", False)
-    )
-    hidden, cache = model.apply(
-        {"params": params}, ids, pixels, attention_mask=mask, positions=positions, cache=cache, return_hidden=True
-    )
-    logits = model.apply({"params": params}, hidden[:, -1:], method=model.logits)[:, 0].astype(jnp.float32)
-    base = jax.random.key(seed)
-    keys = lambda step: jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base, r), step))(row_ids)
-    first = choose(ban_eos(logits, eos, 0, s), keys(0), s)
-    is_eos = lambda t: jnp.isin(t, eos)
-    out = jnp.full((b, s.max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
-    done = is_eos(first)
-    next_pos = positions[:, -1] + 1
+@struct.dataclass
+class DecodeState:
+    """The decode loop's carry (Gemma's `SamplingState`). B rows, N = `max_new_tokens`.
 
-    def cond(c):
-        step, _, done, *_ = c
-        return (step < s.max_new_tokens) & ~jnp.all(done)
+    step: int32 [], tokens generated so far; the next one goes to `out[:, step]`.
+    out: int32 [B, N], the generated ids; `pad_id` past a row's end and from `step` on.
+    done: bool [B], the row has produced an end-of-sequence id.
+    cache: the KV cache (models.llama.KVCache) holding the prompt and the generated tokens.
+    last: int32 [B], the token generated last: the next step's input.
+    position: int32 [B], that token's position (real tokens only: padding is not counted).
+    """
 
-    def body(c):
-        step, out, done, cache, last, pos = c
+    step: jax.Array
+    out: jax.Array
+    done: jax.Array
+    cache: KVCache
+    last: jax.Array
+    position: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+    """What one compiled generation program fixes: the model, the end-of-sequence ids (int32
+    [E]), the id written after a row's end, the sampling settings and the cache's dtype.
+    `decoder(params, ids, mask, pixels, row_ids, seed)` prefills the left-padded prompts (ids and
+    mask [B, P], pixels [B, 3, H, W] or None, row_ids [B] for the per-row random keys) and decodes
+    to int32 [B, N]."""
+
+    model: Any
+    eos: jax.Array
+    pad_id: int
+    sampling: Sampling
+    cache_dtype: Any
+
+    def __call__(self, params, ids, mask, pixels, row_ids, seed) -> jax.Array:
+        state = self.prefill(params, ids, mask, pixels, row_ids, seed)
+        return jax.lax.while_loop(self.running, lambda st: self.step(params, row_ids, seed, st), state).out
+
+    def keys(self, seed, row_ids, step):
+        """One key per row, from (seed, row id, step): a row's draws do not depend on its batch."""
+        base = jax.random.key(seed)
+        return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base, r), step))(row_ids)
+
+    def next_token(self, logits, keys, step):
+        return choose(ban_eos(logits, self.eos, step, self.sampling), keys, self.sampling)
+
+    def prefill(self, params, ids, mask, pixels, row_ids, seed) -> DecodeState:
+        model, s = self.model, self.sampling
+        b, p = ids.shape
+        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+        cache = init_cache(
+            model.config.text, b, p + s.max_new_tokens, self.cache_dtype, stacked=getattr(model, "scan_layers", False)
+        )
+        hidden, cache = model.apply(
+            {"params": params}, ids, pixels, attention_mask=mask, positions=positions, cache=cache, return_hidden=True
+        )
+        logits = model.apply({"params": params}, hidden[:, -1:], method=model.logits)[:, 0].astype(jnp.float32)
+        first = self.next_token(logits, self.keys(seed, row_ids, 0), 0)
+        out = jnp.full((b, s.max_new_tokens), self.pad_id, jnp.int32).at[:, 0].set(first)
+        return DecodeState(
+            step=jnp.int32(1),
+            out=out,
+            done=jnp.isin(first, self.eos),
+            cache=cache,
+            last=first,
+            position=positions[:, -1] + 1,
+        )
+
+    def running(self, state: DecodeState):
+        return (state.step < self.sampling.max_new_tokens) & ~jnp.all(state.done)
+
+    def step(self, params, row_ids, seed, state: DecodeState) -> DecodeState:
+        model, b = self.model, state.last.shape[0]
         h, cache = model.apply(
             {"params": params},
-            last[:, None],
+            state.last[:, None],
             attention_mask=jnp.ones((b, 1), jnp.int32),
-            positions=pos[:, None],
-            cache=cache,
+            positions=state.position[:, None],
+            cache=state.cache,
             return_hidden=True,
         )
-        lg = model.apply({"params": params}, h, method=model.logits)[:, 0].astype(jnp.float32)
-        tok = choose(ban_eos(lg, eos, step, s), keys(step), s)
-        tok = jnp.where(done, pad_id, tok)  # finished rows stop changing
-        out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, step))
-        return step + 1, out, done | is_eos(tok), cache, tok, pos + 1
-
-    _, out, done, *_ = jax.lax.while_loop(cond, body, (jnp.int32(1), out, done, cache, first, next_pos))
-    return out
+        logits = model.apply({"params": params}, h, method=model.logits)[:, 0].astype(jnp.float32)
+        tok = self.next_token(logits, self.keys(seed, row_ids, state.step), state.step)
+        tok = jnp.where(state.done, self.pad_id, tok)  # finished rows stop changing
+        return DecodeState(
+            step=state.step + 1,
+            out=jax.lax.dynamic_update_slice(state.out, tok[:, None], (0, state.step)),
+            done=state.done | jnp.isin(tok, self.eos),
+            cache=cache,
+            last=tok,
+            position=state.position + 1,
+        )
 
 
 class Generator:
@@ -134,8 +188,8 @@ class Generator:
     def _compile(self, s: Sampling):
         def run(params, ids, mask, pixels, row_ids, seed):
             with sharding.use_mesh(self.mesh):
-                return _generate(
-                    self.model, params, ids, mask, pixels, row_ids, seed, self.eos, self.pad_id, s, self.cache_dtype
+                return Decoder(self.model, self.eos, self.pad_id, s, self.cache_dtype)(
+                    params, ids, mask, pixels, row_ids, seed
                 )
 
         return jax.jit(run)

@@ -8,11 +8,13 @@ generator can carry it through a `lax.while_loop`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 from vlguard_jax.models.attention import attention, attention_cached
 from vlguard_jax.models.config import TextConfig
@@ -76,10 +78,26 @@ def apply_rope(x, rope):
     return x * cos + rotated * sin
 
 
-def init_cache(c: TextConfig, batch: int, max_length: int, dtype=jnp.bfloat16, stacked: bool = False) -> dict:
-    """An empty KV cache: per layer keys and values [B, kv_heads, S, head_dim] (heads-major, the
-    layout `attention_cached` reads without copying), plus slot validity. `stacked` (for a model
-    with `scan_layers`): one (keys, values) pair of [L, B, kv_heads, S, head_dim]."""
+@struct.dataclass
+class KVCache:
+    """The decoder's KV cache, a pytree that goes into and comes back out of each call. B rows,
+    S slots (prompt plus new tokens), L layers, KV heads of head_dim D.
+
+    layers: per layer a (keys, values) pair of [B, KV, S, D] (heads-major, the layout
+        `attention_cached` reads without copying); for a model with `scan_layers`, one pair of
+        [L, B, KV, S, D].
+    valid: bool [B, S], the slots that hold a real token (left padding does not).
+    index: int32 [], the next slot to write; every row writes the same slot.
+    """
+
+    layers: Any
+    valid: jax.Array
+    index: jax.Array
+
+
+def init_cache(c: TextConfig, batch: int, max_length: int, dtype=jnp.bfloat16, stacked: bool = False) -> KVCache:
+    """An empty KV cache of `max_length` slots (see `KVCache`); `stacked` for a model with
+    `scan_layers`."""
     kv, d, n = c.num_key_value_heads, c.head_dim, c.num_hidden_layers
     layers = (
         (jnp.zeros((n, batch, kv, max_length, d), dtype),) * 2
@@ -89,7 +107,7 @@ def init_cache(c: TextConfig, batch: int, max_length: int, dtype=jnp.bfloat16, s
             for _ in range(n)
         ]
     )
-    return {"layers": layers, "valid": jnp.zeros((batch, max_length), bool), "index": jnp.zeros((), jnp.int32)}
+    return KVCache(layers=layers, valid=jnp.zeros((batch, max_length), bool), index=jnp.zeros((), jnp.int32))
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:
@@ -198,7 +216,7 @@ class LlamaDecoderLayer(nn.Module):
         return x, new_cache
 
 
-def attention_mask(t: int, attn_mask, cache: dict | None):
+def attention_mask(t: int, attn_mask, cache: KVCache | None):
     """Boolean [B, 1, T, S] mask, or None when plain causal attention is exact.
 
     Without a cache and without padding information, right-padded rows need only the causal mask:
@@ -209,10 +227,10 @@ def attention_mask(t: int, attn_mask, cache: dict | None):
             return None
         causal = jnp.tril(jnp.ones((t, t), bool))
         return (causal[None] & attn_mask.astype(bool)[:, None, :])[:, None]
-    s = cache["valid"].shape[1]
+    s = cache.valid.shape[1]
     slot = jnp.arange(s)[None, :]
-    query_slot = cache["index"] + jnp.arange(t)[:, None]
-    return ((slot <= query_slot)[None] & cache["valid"][:, None, :])[:, None]
+    query_slot = cache.index + jnp.arange(t)[:, None]
+    return ((slot <= query_slot)[None] & cache.valid[:, None, :])[:, None]
 
 
 class LlamaForCausalLM(nn.Module):
@@ -269,10 +287,10 @@ class LlamaForCausalLM(nn.Module):
         table = constrain(self.embed_tokens, ("vocab", None))
         return constrain(jnp.take(table, ids, axis=0).astype(self.dtype), ACT)
 
-    def __call__(self, x, positions=None, attn_mask=None, cache: dict | None = None):
+    def __call__(self, x, positions=None, attn_mask=None, cache: KVCache | None = None):
         """x: input embeddings [B, T, D]. Returns (final hidden states, updated cache or None)."""
         b, t, _ = x.shape
-        index = cache["index"] if cache is not None else 0
+        index = cache.index if cache is not None else 0
         inv_freq = rope_inv_freq(self.config)
         if positions is None and cache is None:
             rope = static_rope_tables(t, inv_freq, self.dtype)
@@ -282,18 +300,18 @@ class LlamaForCausalLM(nn.Module):
             rope = rope_tables(positions, inv_freq, self.dtype)
         if cache is not None:
             new_valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
-            cache = dict(cache, valid=jax.lax.dynamic_update_slice(cache["valid"], new_valid, (0, index)))
+            cache = cache.replace(valid=jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, index)))
         mask = attention_mask(t, attn_mask, cache)
         if self.scan_layers:
-            x, new_layers = self.layers(x, rope, mask, None if cache is None else cache["layers"], index)
+            x, new_layers = self.layers(x, rope, mask, None if cache is None else cache.layers, index)
         else:
             new_layers = []
             for i, layer in enumerate(self.layers):
-                x, layer_cache = layer(x, rope, mask, None if cache is None else cache["layers"][i], index)
+                x, layer_cache = layer(x, rope, mask, None if cache is None else cache.layers[i], index)
                 new_layers.append(layer_cache)
         x = self.norm(x)
         if cache is not None:
-            cache = dict(cache, layers=new_layers, index=index + t)
+            cache = cache.replace(layers=new_layers, index=index + t)
         return x, cache
 
     def logits(self, hidden):
