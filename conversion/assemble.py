@@ -148,7 +148,7 @@ def assemble(llm, vision_tower, projector, dst, dtype: str = "bfloat16", overwri
 
 @cli
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m conversion.assemble", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="python -m conversion.assemble", description=(__doc__ or "").split("\n\n")[1])
     p.add_argument("--llm", required=True, help="base LLM directory (LlamaForCausalLM, e.g. vicuna-7b-v1.5)")
     p.add_argument("--vision-tower", required=True, help="CLIP directory (e.g. clip-vit-large-patch14-336)")
     p.add_argument("--projector", required=True, help="stage-1 mm_projector.bin or .safetensors")

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flax import traverse_util
@@ -115,7 +116,7 @@ def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str)
 def check_shapes(src: Path, config: LlavaConfig, flat: dict) -> None:
     """Every tensor has the shape the config gives it (LoRA factors: their kernel's in and out),
     and none is missing or extra: a checkpoint whose config disagrees with its weights is refused."""
-    want = traverse_util.flatten_dict(abstract_params(build_model(config)))
+    want: dict[tuple, Any] = traverse_util.flatten_dict(abstract_params(build_model(config)))
     for key, spec in want.items():
         if key not in flat:
             raise CheckpointError(f"{src}: tensor {'/'.join(key)} is missing; {MODEL_CONFIG} describes it")
@@ -199,7 +200,7 @@ def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_b
 
 @cli
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m conversion.flax_to_hf", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="python -m conversion.flax_to_hf", description=(__doc__ or "").split("\n\n")[1])
     p.add_argument("--src", required=True, help="vlguard-jax checkpoint directory")
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")

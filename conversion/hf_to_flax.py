@@ -15,6 +15,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -119,7 +120,9 @@ class Entry:
 def tensor_plan(config, prefixes: dict, dtype, source_for) -> list[Entry]:
     """Every parameter of the model for `config`, with its tensor; `source_for(path)` names the
     TensorSource that holds it."""
-    shapes = traverse_util.flatten_dict(abstract_params(build_model(config, param_dtype=dtype)), sep="/")
+    shapes: dict[str, Any] = traverse_util.flatten_dict(
+        abstract_params(build_model(config, param_dtype=dtype)), sep="/"
+    )
     plan = []
     for path, s in shapes.items():
         name, transform = layouts.torch_name(path, prefixes)
@@ -150,7 +153,7 @@ def check_unused(source: TensorSource, plan: list[Entry], what: str, ignore=lamb
         )
 
 
-def _check(plan, source: TensorSource, vision_source: TensorSource, config: LlavaConfig, layout: str):
+def _check(plan, source: TensorSource, vision_source: TensorSource, config: LlavaConfig | TextOnlyConfig, layout: str):
     check_plan(plan)
 
     def ignore(name):
@@ -233,7 +236,7 @@ def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: i
 
 @cli
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m conversion.hf_to_flax", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="python -m conversion.hf_to_flax", description=(__doc__ or "").split("\n\n")[1])
     p.add_argument("--src", required=True, help="llava-hf or original LLaVA checkpoint directory")
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")

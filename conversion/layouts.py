@@ -9,29 +9,30 @@ for a layout and says how the tensor is transformed (`linear`: torch [out, in] <
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
 # Prefixes: vision tower, projector linear 1 and 2, language model body, lm_head.
 # What we write: the llava-hf hub names, which transformers 4.x and 5.x both load.
-HUB = dict(
+HUB: dict[str, Any] = dict(
     vision="vision_tower.vision_model.",
     proj=("multi_modal_projector.linear_1.", "multi_modal_projector.linear_2."),
     lm="language_model.model.",
     lm_head="language_model.lm_head.",
 )
-ORIGINAL = dict(
+ORIGINAL: dict[str, Any] = dict(
     vision="model.vision_tower.vision_tower.vision_model.",
     proj=("model.mm_projector.0.", "model.mm_projector.2."),
     lm="model.",
     lm_head="lm_head.",
 )
 # A text-only LlamaForCausalLM (Llama Guard): the language-model rules alone.
-LLAMA = dict(vision="", proj=("", ""), lm="model.", lm_head="lm_head.")
+LLAMA: dict[str, Any] = dict(vision="", proj=("", ""), lm="model.", lm_head="lm_head.")
 # What we read. llava-hf checkpoints name each part one of several ways: the hub (transformers 4),
 # transformers >= 4.52 in memory, transformers 5 in memory (no `vision_model.` level), and
 # transformers 5's save_pretrained (legacy names, but no `vision_model.` level).
-LLAVA_HF_CANDIDATES = dict(
+LLAVA_HF_CANDIDATES: dict[str, Any] = dict(
     vision=("vision_tower.vision_model.", "model.vision_tower.vision_model.", "model.vision_tower.", "vision_tower."),
     proj=(HUB["proj"], ("model.multi_modal_projector.linear_1.", "model.multi_modal_projector.linear_2.")),
     lm=("language_model.model.", "model.language_model."),

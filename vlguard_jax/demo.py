@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import jax
 import transformers
@@ -29,7 +30,7 @@ from vlguard_jax.data.sample import sample_paths, write_sample
 from vlguard_jax.data.sample_tokenizer import build_tokenizer
 from vlguard_jax.errors import cli
 from vlguard_jax.evaluate.report import write_report
-from vlguard_jax.evaluate.runner import Protocol, run
+from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
 from vlguard_jax.io.converted import save_checkpoint
 from vlguard_jax.io.runs import save_run_checkpoint
 from vlguard_jax.models import LlavaModel, init_params
@@ -62,7 +63,7 @@ def random_checkpoint(dst: Path, cfg, paths: dict) -> Path:
     config = LlavaConfig(
         vision=VisionConfig(**cfg.demo.vision),
         text=TextConfig(vocab_size=len(tok), bos_token_id=1, eos_token_id=2, pad_token_id=0, **cfg.demo.text),
-        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_token_index=cast(int, tok.convert_tokens_to_ids("<image>")),  # one token: one id
     )
     params = init_params(LlavaModel(config), jax.random.key(cfg.seed))
     size = config.vision.image_size
@@ -97,13 +98,9 @@ def evaluate(checkpoint, out: Path, cfg, paths: dict) -> dict:
     protocol = Protocol(max_new_tokens=cfg.demo.max_new_tokens, batch_size=cfg.demo.eval_batch)
     return {
         s: run(
-            checkpoint,
-            "vlguard",
-            out,
-            subset=s,
-            meta=paths["test"],
-            images=paths["images"],
-            protocol=protocol,
+            Evaluation(
+                checkpoint, "vlguard", out, subset=s, meta=paths["test"], images=paths["images"], protocol=protocol
+            ),
             log=lambda *_: None,
         )
         for s in SUBSETS

@@ -14,6 +14,8 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Protocol
 
 
 class UserError(Exception):
@@ -81,13 +83,19 @@ def _quiet_echoes() -> None:
         sys.unraisablehook = _quiet_abandoned_callbacks(sys.unraisablehook)
 
 
-def cli(main):
+class Command(Protocol):
+    """A command's entry point: `main()` reads sys.argv, `main([...])` takes its arguments."""
+
+    def __call__(self, argv: list[str] | None = None) -> int: ...
+
+
+def cli(main: Callable[[list[str]], int]) -> Command:
     """Wrap a command's `main(argv) -> int`: user errors become one line and exit status 1,
     Ctrl-C exits 130; `--debug` is taken out of argv and lets the traceback through (and the
     echoes of a failed write in library threads)."""
 
     @functools.wraps(main)
-    def wrapper(argv=None):
+    def wrapper(argv: list[str] | None = None) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
         debug = debugging(argv)
         argv = [a for a in argv if a != "--debug"]

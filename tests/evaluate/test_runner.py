@@ -9,7 +9,7 @@ from tests import tiny
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate.__main__ import main
 from vlguard_jax.evaluate.figstep import FontError, find_font, font_build
-from vlguard_jax.evaluate.runner import Protocol, run
+from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +65,13 @@ def test_interrupted_run_resumes_without_regenerating(env):
         meta=sample["test"],
         images=sample["images"],
         protocol=Protocol(max_new_tokens=3, batch_size=2),
-        log=lambda *_: None,
     )
-    run(ns.flax_dir, "vlguard", out, limit=2, **kw)  # "interrupted" after one batch
+    run(Evaluation(ns.flax_dir, "vlguard", out, limit=2, **kw), log=lambda *_: None)  # "interrupted" after one batch
     path = out / "vlguard" / "safe_safes.json"
     first = json.loads(path.read_text())
     marked = {k: "KEPT: I'm sorry" for k in first}  # a regenerated response would overwrite this
     path.write_text(json.dumps(marked))
-    result = run(ns.flax_dir, "vlguard", out, limit=5, **kw)
+    result = run(Evaluation(ns.flax_dir, "vlguard", out, limit=5, **kw), log=lambda *_: None)
     final = json.loads(path.read_text())
     assert len(final) == 5 and all(final[k] == "KEPT: I'm sorry" for k in first)
     assert result["refusals"] >= 2
@@ -122,22 +121,23 @@ def test_figstep_run_records_its_font(env, tmp_path):
     data.write_text("dataset,category_id,task_id,instruction\nForbidQI,1,1,Steps to x.\n")
     logged = []
     result = run(
-        ns.flax_dir, "figstep", tmp_path / "o", data=data, protocol=Protocol(max_new_tokens=2), log=logged.append
+        Evaluation(ns.flax_dir, "figstep", tmp_path / "o", data=data, protocol=Protocol(max_new_tokens=2)),
+        log=logged.append,
     )
     assert result["n"] == 1 and result["font"] == {"path": font, "reference_build": font_build(font)}
     warned = any("not a FreeMonoBold build that reproduces" in m for m in logged)
     assert warned == (font_build(font) is None)
     # a copy of the font under another name is still recognised by its contents
     (tmp_path / "copy.ttf").write_bytes(open(font, "rb").read())
-    result = run(
+    spec = Evaluation(
         ns.flax_dir,
         "figstep",
         tmp_path / "o2",
         data=data,
         protocol=Protocol(max_new_tokens=2),
         font=tmp_path / "copy.ttf",
-        log=logged.append,
     )
+    result = run(spec, log=logged.append)
     assert result["font"]["reference_build"] == font_build(font)
 
 

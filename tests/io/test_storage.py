@@ -109,7 +109,7 @@ def test_a_converted_checkpoint_in_a_bucket_loads_as_the_local_one(env, emu, sch
 
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_an_evaluation_writes_to_a_bucket_and_resumes_there(env, emu, scheme):
-    from vlguard_jax.evaluate.runner import Protocol, run
+    from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
 
     ns, _ = env
     out, said = f"{scheme}://bkt/eval", []
@@ -118,13 +118,12 @@ def test_an_evaluation_writes_to_a_bucket_and_resumes_there(env, emu, scheme):
         meta=ns.sample["test"],
         images=ns.sample["images"],
         protocol=Protocol(max_new_tokens=3, batch_size=2),
-        log=said.append,
     )
-    run(ns.flax_dir, "vlguard", out, limit=2, **kw)  # "interrupted" after one batch
+    run(Evaluation(ns.flax_dir, "vlguard", out, limit=2, **kw), log=said.append)  # "interrupted" after one batch
     path = storage.as_path(out) / "vlguard" / "safe_safes.json"
     first = json.loads(path.read_text())
     path.write_text(json.dumps({k: "KEPT: I'm sorry" for k in first}))  # regenerating would overwrite it
-    result = run(ns.flax_dir, "vlguard", out, limit=4, **kw)
+    result = run(Evaluation(ns.flax_dir, "vlguard", out, limit=4, **kw), log=said.append)
     final = json.loads(path.read_text())
     assert len(final) == 4 and all(final[k] == "KEPT: I'm sorry" for k in first) and result["n"] == 4
     assert f"{path}: 2 responses already there, 2 to generate" in said

@@ -61,7 +61,7 @@ def run_env(**extra):
 
 
 def final_params(workdir):
-    from vlguard_jax.train.checkpoints import read_latest
+    from vlguard_jax.io.runs import read_latest
 
     step, state, _ = read_latest(workdir)
     return step, jax.tree.leaves(jax.tree.map(np.asarray, state["params"]))
@@ -169,9 +169,8 @@ def test_a_checkpoint_resumes_in_the_other_layer_form(env):
     """Checkpoints hold the layers in the form the run used. A run resumed with the other
     `model.scan_layers` converts the state at restore (both ways) and goes on as a run that
     never changed form would."""
-    from vlguard_jax.io.runs import load_run
+    from vlguard_jax.io.runs import load_run, read_latest
     from vlguard_jax.models.stacking import is_stacked
-    from vlguard_jax.train.checkpoints import read_latest
     from vlguard_jax.train.loop import run
 
     ns, tmp = env

@@ -12,7 +12,7 @@ from vlguard_jax import sharding
 from vlguard_jax.data.pipeline import Layout, dataset, prepare
 from vlguard_jax.models.stacking import to_per_layer
 from vlguard_jax.train.loop import build_params, global_batch
-from vlguard_jax.train.state import optimizer
+from vlguard_jax.train.state import TrainState, optimizer
 from vlguard_jax.train.step import make_train_step, token_loss_sums
 
 
@@ -44,7 +44,7 @@ def run_steps(cfg, data, mesh_shape=(1, 1, 1), accum=1, steps=None, opt=None):
     with sharding.use_mesh(mesh):
         model, base, trainable, frozen, _ = build_params(cfg, mesh)
     opt = opt or optimizer(cfg.optim, 10, trainable)
-    state = {"step": jnp.int32(0), "params": trainable, "opt": opt.init(trainable), "rng": jax.random.key(0)}
+    state = TrainState(step=jnp.int32(0), params=trainable, opt=opt.init(trainable), rng=jax.random.key(0))
     step = make_train_step(model, opt, accum, cfg.loss_chunk)
 
     def f(state, frozen, batch):
@@ -73,10 +73,10 @@ def test_lora_split_and_only_trainables_change(env):
     assert any(n.startswith("projector/") for n in names) and any("q_proj/lora_a" in n for n in names)
     assert not any(n.startswith("vision_tower") for n in names)
     # No optimizer state for frozen weights: Adam moments exist only for trainable leaves.
-    n_opt = sum(x.size for x in jax.tree.leaves(state["opt"]))
+    n_opt = sum(x.size for x in jax.tree.leaves(state.opt))
     n_train = sum(x.size for x in jax.tree.leaves(before))
     assert n_opt <= 2 * n_train + 16
-    after, b = flat(state["params"]), flat(before)
+    after, b = flat(state.params), flat(before)
     assert all(not np.array_equal(after[k], b[k]) for k in b if k.endswith("lora_b") or k.startswith("projector"))
     # The frozen base is bit-identical to the checkpoint.
     from vlguard_jax.io.loading import load_model
@@ -94,7 +94,7 @@ def test_projector_has_its_own_learning_rate(env):
     for lr, plr in ((0.0, 1e-3), (1e-3, 0.0)):
         cfg = common.config(ns, tmp / "w", **{"optim.lr": lr, "optim.projector_lr": plr})
         state, _, _, (_, before) = run_steps(cfg, data)
-        after, b = flat(state["params"]), flat(before)
+        after, b = flat(state.params), flat(before)
         proj_moved = any(not np.array_equal(after[k], b[k]) for k in b if k.startswith("projector"))
         lora_moved = any(not np.array_equal(after[k], b[k]) for k in b if "lora" in k)
         assert (proj_moved, lora_moved) == (plr > 0, lr > 0)
@@ -110,7 +110,7 @@ def test_accumulating_four_micro_batches_of_two_equals_one_batch_of_eight(env):
     one, _, l1, _ = run_steps(cfg, data, accum=1, opt=optax.sgd(1.0))
     four, _, l4, _ = run_steps(cfg, data, accum=4, opt=optax.sgd(1.0))
     np.testing.assert_allclose(l1, l4, rtol=1e-6)
-    a, b = flat(one["params"]), flat(four["params"])
+    a, b = flat(one.params), flat(four.params)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
@@ -127,10 +127,10 @@ def test_sharded_steps_match_one_device(env, mode):
     one, _, l1, _ = run_steps(cfg, data, opt=optax.sgd(0.5))
     sharded, _, l8, _ = run_steps(cfg, data, mesh_shape=(2, 2, 2), accum=2, opt=optax.sgd(0.5))
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
-    a, b = flat(one["params"]), flat(sharded["params"])
+    a, b = flat(one.params), flat(sharded.params)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    leaf = jax.tree.leaves(sharded["params"])[0]
+    leaf = jax.tree.leaves(sharded.params)[0]
     assert leaf.sharding.mesh.size == 8
 
 
@@ -149,7 +149,7 @@ def test_scanned_layers_train_as_unrolled_ones(env):
     scanned, _, l2, (model, _) = run_steps(cfg, data, mesh_shape, opt=optax.sgd(0.5))
     assert model.scan_layers
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
-    a, b = flat(unrolled["params"]), flat(to_per_layer(jax.device_get(scanned["params"])))
+    a, b = flat(unrolled.params), flat(to_per_layer(jax.device_get(scanned.params)))
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)

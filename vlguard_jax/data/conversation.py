@@ -9,6 +9,7 @@ and a generation prompt ends with `ASSISTANT:`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 IMAGE_TAG = "<image>"
 
@@ -65,7 +66,7 @@ def turns(conversations: list[dict]) -> list[tuple[int, str]]:
     return out
 
 
-def render(template: Template, messages: list[tuple[int, str | None]]) -> str:
+def render(template: Template, messages: Sequence[tuple[int, str | None]]) -> str:
     """The prompt text; a final (1, None) message leaves `ASSISTANT:` open for generation."""
     seps = (template.sep, template.sep2)
     text = template.system + template.sep

@@ -22,7 +22,7 @@ from vlguard_jax.io import storage
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_COLOR = tuple(int(m * 255) for m in CLIP_MEAN)  # (122, 116, 104), as LLaVA computes it
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # 89,478,485: PIL's own decompression-bomb threshold
+MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # 89,478,485: PIL's own decompression-bomb threshold
 
 
 class ImageError(ValueError):

@@ -145,7 +145,7 @@ def draw_helpful(records, n: int, seed: int, path="<llava>") -> list[dict]:
         raise RecordError(f"{path}: asked for {n} helpfulness samples but the file has {count}")
     idx = np.random.default_rng(seed).permutation(count)[:n]
     rank = {int(i): k for k, i in enumerate(idx)}
-    drawn = [None] * n
+    drawn: list = [None] * n
     for i, r in enumerate(records):
         if i in rank:
             drawn[rank[i]] = r

@@ -22,6 +22,8 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
+from typing import cast
 
 import grain
 import numpy as np
@@ -180,7 +182,8 @@ class Rows:
 
 def dataset(rows: Rows, workers: int = 0, prefetch: int = 2) -> grain.IterDataset:
     """Batches of this process's rows as numpy dicts; iterate it, and checkpoint the iterator."""
-    ds = grain.MapDataset.source(rows).batch(rows.layout.local_batch, drop_remainder=True)
+    source = cast(Sequence, rows)  # grain's protocol: len and getitem, which Rows has
+    ds = grain.MapDataset.source(source).batch(rows.layout.local_batch, drop_remainder=True)
     it = ds.to_iter_dataset()
     if workers > 0:
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch))

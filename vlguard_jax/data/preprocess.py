@@ -251,7 +251,8 @@ class Encoder:
                     out.append(e)
             return out
         template = get_template(self.template)
-        out, todo = [None] * len(records), []
+        out: list = [None] * len(records)
+        todo: list = []
         for k, (r, w) in enumerate(zip(records, wheres)):
             try:
                 todo.append((k, checked_pieces(r["conversations"], template, w)))

@@ -210,7 +210,7 @@ def _helpful(n: int, rng: random.Random, dst: Path, harmful_share: float = 0.15)
             act = rng.choice(HARM[category][2])
             q = instruction(rng, "helpful", UNSAFE_CORES, act=act)
             a = COMPLY.format(act=act)
-        row = {"id": f"sample_helpful_{i:03d}"}
+        row: dict = {"id": f"sample_helpful_{i:03d}"}
         if not harmful or rng.random() < 0.5:
             row["image"] = f"helpful/{i:03d}.png"
             draw(dst / "images" / row["image"], colour, shape, word)
@@ -248,7 +248,7 @@ def write_sample(dst, seed: int = 0, n_train: int = 64, n_test: int = 64, n_help
 
 @cli
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m vlguard_jax.data.sample", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m vlguard_jax.data.sample", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--dst", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="write over a sample dataset already in DST")

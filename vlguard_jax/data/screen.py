@@ -18,7 +18,7 @@ from vlguard_jax.train.loop import maybe_initialize_distributed
 
 @cli
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m vlguard_jax.data.screen", description=__doc__.split("\n\n")[1])
+    p = ArgumentParser(prog="python -m vlguard_jax.data.screen", description=(__doc__ or "").split("\n\n")[1])
     p.add_argument("--judge-checkpoint", required=True, help="Llama Guard converted by conversion.hf_to_flax")
     p.add_argument("--src", required=True, help="LLaVA-format JSON (e.g. llava_v1_5_mix665k.json)")
     p.add_argument("--dst", required=True, help="the clean file to write (must not exist)")

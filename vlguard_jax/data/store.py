@@ -37,7 +37,7 @@ class BadRecords:
             raise ValueError(f"data.on_bad_record must be 'raise' or 'skip', not {mode!r}")
         self.path, self.mode = (str(path) if path else None), mode
 
-    def __call__(self, where: str, reason: str, exc_type=RecordError) -> None:
+    def __call__(self, where: str, reason: str, exc_type: type[ValueError] = RecordError) -> None:
         if self.mode == "raise":
             raise exc_type(f"{where}: {reason}")
         self.report(where, reason)

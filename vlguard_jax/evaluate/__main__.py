@@ -26,6 +26,7 @@ from vlguard_jax.evaluate.runner import (
     DTYPES,
     JUDGES,
     TEXT_IMAGES,
+    Evaluation,
     Protocol,
     claim_output,
     run,
@@ -49,7 +50,7 @@ def out_dir(text: str) -> str:
 
 
 def evaluate_main(argv) -> int:
-    p = ArgumentParser(prog="python -m vlguard_jax.evaluate", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m vlguard_jax.evaluate", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     p.add_argument("--subset", help=f"vlguard: one of {VLGUARD_SUBSETS}")
@@ -118,21 +119,23 @@ def evaluate_main(argv) -> int:
         batch_size=a.batch_size,
     )
     result = run(
-        a.checkpoint,
-        a.benchmark,
-        out_dir(a.out),
-        subset=a.subset,
-        meta=a.meta,
-        images=a.images,
-        data=a.data,
-        attack=a.attack,
-        font=a.font,
-        limit=a.limit,
-        protocol=protocol,
-        judge=a.judge,
-        judge_checkpoint=a.judge_checkpoint,
-        references=a.references,
-        judge_orders=a.judge_orders,
+        Evaluation(
+            a.checkpoint,
+            a.benchmark,
+            out_dir(a.out),
+            subset=a.subset,
+            meta=a.meta,
+            images=a.images,
+            data=a.data,
+            attack=a.attack,
+            font=a.font,
+            limit=a.limit,
+            protocol=protocol,
+            judge=a.judge,
+            judge_checkpoint=a.judge_checkpoint,
+            references=a.references,
+            judge_orders=a.judge_orders,
+        )
     )
     print(json.dumps(result, indent=1))
     return 0

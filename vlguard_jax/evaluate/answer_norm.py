@@ -79,7 +79,11 @@ wouldnt've wouldn't've|wouldn'tve wouldn't've|yall y'all|yall'll y'all'll|y'alll
 yall'd've y'all'd've|y'alld've y'all'd've|y'all'dve y'all'd've|youd you'd|youd've you'd've
 you'dve you'd've|youll you'll|youre you're|youve you've
 """
-CONTRACTIONS = dict(pair.split(" ") for line in _CONTRACTIONS.strip().splitlines() for pair in line.split("|"))
+CONTRACTIONS = {
+    short: full
+    for line in _CONTRACTIONS.strip().splitlines()
+    for short, full in (p.split(" ") for p in line.split("|"))
+}
 
 
 def _punctuation(text: str) -> str:

@@ -76,7 +76,7 @@ def rows_of(summary: dict) -> dict[str, float]:
 
 def model_kind(summary: dict) -> str:
     """'LLM' (a text-only model), 'VLLM', or '-' when the summary does not say."""
-    kinds = {s.get("model") for s in summary.values() if isinstance(s, dict) and "model" in s}
+    kinds = {str(s["model"]) for s in summary.values() if isinstance(s, dict) and "model" in s}
     return {frozenset({"llm"}): "LLM", frozenset({"vllm"}): "VLLM"}.get(frozenset(kinds), "-")
 
 

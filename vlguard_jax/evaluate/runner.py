@@ -16,6 +16,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -113,33 +114,45 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
     return out
 
 
-def run(
-    checkpoint,
-    benchmark: str,
-    out,
-    *,
-    subset=None,
-    meta=None,
-    images=None,
-    data=None,
-    attack="vanilla",
-    font=None,
-    limit: int | None = None,
-    seed: int = 0,
-    protocol: Protocol = Protocol(),
-    judge: str | None = None,
-    judge_checkpoint=None,
-    references=None,
-    judge_orders: int = 1,
-    generator=None,
-    log=print,
-) -> dict:
-    """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it. `generator`:
-    a (Generator, Loaded) pair already loaded for this checkpoint (the suite's), else one is
-    loaded when there is anything to generate. Judges:
-    `openai-compatible` adds the win rate against `references` (gpt4_safe_safes.json);
-    `llamaguard` adds Llama Guard's verdicts (`judge_checkpoint`, OUT/<benchmark>/<subset>.llamaguard.json)."""
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """One safety evaluation: which checkpoint answers which prompts, how, and into where.
 
+    checkpoint: a converted checkpoint or a training workdir.
+    benchmark, subset: a safety set and its subset (see safety_sets; None takes its default).
+    out: the output directory, local, gs:// or s3://: OUT/<benchmark>/<subset>.json and summary.json.
+    meta, images: VLGuard's test.json and its image folder. data: the AdvBench, XSTest or FigStep
+        file. attack: AdvBench's (`vanilla` or `suffix`). font: FigStep's FreeMonoBold.
+    limit: only the first N prompts. seed: the sampling seed.
+    protocol: how responses are generated (Protocol).
+    judge: None, `openai-compatible` (the win rate against `references`, gpt4_safe_safes.json,
+        asked `judge_orders` times with the answers' order swapped) or `llamaguard` (Llama Guard's
+        verdicts, from `judge_checkpoint`).
+    """
+
+    checkpoint: Any
+    benchmark: str
+    out: Any
+    subset: str | None = None
+    meta: Any = None
+    images: Any = None
+    data: Any = None
+    attack: str = "vanilla"
+    font: Any = None
+    limit: int | None = None
+    seed: int = 0
+    protocol: Protocol = Protocol()
+    judge: str | None = None
+    judge_checkpoint: Any = None
+    references: Any = None
+    judge_orders: int = 1
+
+
+def run(e: Evaluation, *, generator=None, log=print) -> dict:
+    """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it (and judge it,
+    with a judge). `generator`: a (Generator, Loaded) pair already loaded for this checkpoint
+    (the suite's), else one is loaded when there is anything to generate."""
+    checkpoint, benchmark, subset, protocol, references = e.checkpoint, e.benchmark, e.subset, e.protocol, e.references
     # everything that can fail does so before any generation
     config, tokenizer = peek(checkpoint)
     llm = config.vision is None
@@ -151,31 +164,31 @@ def run(
     if llm and protocol.text_image != "none":
         raise ValueError(f"{checkpoint}: a text-only LLM takes no image (--text-image {protocol.text_image})")
     protocol = protocol.resolved(config, tokenizer)
-    if judge == "openai-compatible":
-        if (benchmark, subset) != ("vlguard", "safe_safes") or not references or not images:
+    if e.judge == "openai-compatible":
+        if (benchmark, subset) != ("vlguard", "safe_safes") or not references or not e.images:
             raise ValueError(
                 "--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with "
                 "--references gpt4_safe_safes.json and --images (the judge sees the image)"
             )
         gpt4_judge.settings()
         references = gpt4_judge.references_from(references)
-    elif judge == "llamaguard":
-        if not judge_checkpoint:
+    elif e.judge == "llamaguard":
+        if not e.judge_checkpoint:
             raise ValueError("--judge llamaguard needs --judge-checkpoint DIR (a converted Llama Guard)")
-        llamaguard.check(judge_checkpoint)
-    elif judge is not None:
-        raise ValueError(f"unknown judge {judge!r}; choose from {JUDGES}")
+        llamaguard.check(e.judge_checkpoint)
+    elif e.judge is not None:
+        raise ValueError(f"unknown judge {e.judge!r}; choose from {JUDGES}")
 
-    subset, items = safety_sets.load(benchmark, subset=subset, meta=meta, data=data, attack=attack)
-    if limit:
-        items = items[:limit]
-    out = storage.as_path(out)  # local, gs:// or s3://: every write is one whole JSON file
+    subset, items = safety_sets.load(benchmark, subset=subset, meta=e.meta, data=e.data, attack=e.attack)
+    if e.limit:
+        items = items[: e.limit]
+    out = storage.as_path(e.out)  # local, gs:// or s3://: every write is one whole JSON file
     path = out / benchmark / f"{subset}.json"
     settings = {k: v for k, v in dataclasses.asdict(protocol).items() if k != "batch_size"}
     claim_output(
         out,
         path,
-        {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint), "protocol": settings, "seed": seed},
+        {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint), "protocol": settings, "seed": e.seed},
         log,
     )
     responses = read_json(path, {})
@@ -183,31 +196,30 @@ def run(
     if len(todo) < len(items):
         log(f"{path}: {len(items) - len(todo)} responses already there, {len(todo)} to generate")
     if todo:
-        if benchmark == "figstep":
-            font = _figstep_font(font, log)
+        font = _figstep_font(e.font, log) if benchmark == "figstep" else e.font
         _generate(
             checkpoint,
             benchmark,
             todo,
             responses,
             path,
-            images=images,
+            images=e.images,
             protocol=protocol,
             font=font,
-            seed=seed,
+            seed=e.seed,
             tqdm=tqdm,
             generator=generator,
         )
     result = score(benchmark, items, responses, subset)
     if benchmark == "figstep" and todo:
         result["font"] = {"path": font, "reference_build": figstep.font_build(font)}
-    if judge == "openai-compatible":
+    if e.judge == "openai-compatible":
         result["judge"] = gpt4_judge.win_rate(
-            items, responses, references, images, out / benchmark / f"{subset}.judge.json", judge_orders
+            items, responses, references, e.images, out / benchmark / f"{subset}.judge.json", e.judge_orders
         )
-    elif judge == "llamaguard":
+    elif e.judge == "llamaguard":
         result["judge"] = llamaguard.judge(
-            judge_checkpoint,
+            e.judge_checkpoint,
             items,
             responses,
             out / benchmark / f"{subset}.llamaguard.json",
@@ -274,10 +286,12 @@ def _generate(
             if not resolve(images, i.image).is_file():
                 raise ImageError(f"{resolve(images, i.image)}: image file not found (record {i.meta['id']!r})")
     gen, m = generator or load_generator(checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype))
-    size = m.config.vision.image_size if m.config.vision is not None else None
+    size = m.config.vision.image_size if m.config.vision is not None else 0  # 0: a text-only LLM
     blank = pixels(Image.new("RGB", (size, size), BLANK_COLOR), size, pad=False) if size else None
 
     def pix(item):
+        if not size:
+            return None
         if item.image:
             return load_pixels(images, item.image, size, pad=False)
         if item.render is not None:

@@ -33,7 +33,7 @@ class Item:
     meta: dict = dataclasses.field(default_factory=dict)
 
 
-def vlguard(meta_path, subset: str) -> list[Item]:
+def vlguard(meta_path, subset: str | None) -> list[Item]:
     if subset not in VLGUARD_SUBSETS:
         raise ValueError(f"unknown vlguard subset {subset!r}; choose from {VLGUARD_SUBSETS}")
     items = []
@@ -106,7 +106,8 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
     if benchmark == "vlguard":
         if not meta:
             raise ValueError("--benchmark vlguard needs --meta test.json")
-        return subset, vlguard(meta, subset)
+        items = vlguard(meta, subset)  # refuses a missing or unknown subset
+        return str(subset), items
     if not data:
         raise ValueError(f"--benchmark {benchmark} needs --data FILE.csv")
     if benchmark == "xstest":

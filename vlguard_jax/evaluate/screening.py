@@ -25,6 +25,7 @@ import collections
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
@@ -50,7 +51,8 @@ TOO_LONG = "too long for the judge's positions"
 UNPARSED = "the judge's output is neither safe nor unsafe"
 
 
-def outputs(dst) -> dict[str, Path]:
+def outputs(dst) -> dict[str, Any]:
+    """The screen's output paths beside DST, and the stem they share (`stem`, a string)."""
     dst = Path(dst)
     stem = dst.name[: -len(".json")] if dst.name.endswith(".json") else dst.name
     return {

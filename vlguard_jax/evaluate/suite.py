@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from vlguard_jax.evaluate import gpt_graders, vqa, vqa_scoring
 from vlguard_jax.evaluate.gpt4_judge import JudgeNotConfigured
 from vlguard_jax.evaluate.gpt4_judge import settings as judge_settings
-from vlguard_jax.evaluate.runner import SUMMARY, Protocol, claim_output, run
+from vlguard_jax.evaluate.runner import SUMMARY, Evaluation, Protocol, claim_output, run
 from vlguard_jax.generate import load_generator
 from vlguard_jax.io import storage
 from vlguard_jax.io.files import read_json, write_json
@@ -219,18 +219,10 @@ def _run_suite(
                 else dict(data=root / s.files[0])
             )
             safety = dataclasses.replace(protocol, max_new_tokens=max_new_tokens or protocol.max_new_tokens)
-            run(
-                checkpoint,
-                s.benchmark,
-                out,
-                font=font,
-                limit=limit,
-                protocol=safety,
-                generator=generator,
-                log=log,
-                **files,
-                **dict(s.kw),
+            spec = Evaluation(
+                checkpoint, s.benchmark, out, font=font, limit=limit, protocol=safety, **files, **dict(s.kw)
             )
+            run(spec, generator=generator, log=log)
         else:
             _helpfulness(name, checkpoint, root, out, generator, protocol, limit, max_new_tokens, log)
         finished()

@@ -21,6 +21,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from openpyxl import Workbook
 
@@ -187,7 +188,7 @@ def mme(answers: list[dict], base_dir) -> dict:
         acc = sum(g == p for g, p in pairs) / len(pairs)
         acc_plus = sum(all(g == p for g, p in c) for c in chunks) / len(chunks)
         scores[category] = 100 * acc + 100 * acc_plus
-    out = {"subtasks": dict(sorted(scores.items()))}
+    out: dict[str, Any] = {"subtasks": dict(sorted(scores.items()))}
     for group, tasks in MME_TASKS.items():
         out[group] = sum(scores[t] for t in tasks if t in scores)
         missing = [t for t in tasks if t not in scores]
@@ -200,7 +201,10 @@ def mme(answers: list[dict], base_dir) -> dict:
 def textvqa_question(prompt: str) -> str:
     lines = prompt.split("\n")
     if prompt.startswith("OCR tokens: "):
-        question = re.search(r"Question: (.*?) Short answer:", prompt, re.DOTALL).group(1)
+        m = re.search(r"Question: (.*?) Short answer:", prompt, re.DOTALL)
+        if m is None:
+            raise ValueError(f"a TextVQA prompt with OCR tokens but no 'Question: ... Short answer:': {prompt[:80]!r}")
+        question = m.group(1)
     elif "Reference OCR token: " in prompt and len(lines) == 3:
         question = lines[1] if prompt.startswith("Reference OCR token:") else lines[0]
     elif len(lines) == 2:
@@ -290,6 +294,7 @@ def mmbench_upload(answers: list[dict], question_file, dst) -> Path:
     predictions = {str(a["question_id"]): a["text"] for a in answers}
     book = Workbook()
     sheet = book.active
+    assert sheet is not None  # a new Workbook has its one sheet
     sheet.append(columns)
     for r in rows:
         values = dict(r, prediction=predictions.get(str(int(r["index"]))))

@@ -29,7 +29,7 @@ def read_prompts(path) -> list[dict]:
 
 @cli
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m vlguard_jax.generate", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m vlguard_jax.generate", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt")
@@ -55,7 +55,8 @@ def main(argv: list[str]) -> int:
         try:  # ImageError is a ValueError
             if image and m.config.vision is None:
                 raise ValueError(f"{a.checkpoint} is a text-only model and takes no image")
-            pix.append(pixels(open_rgb(image), m.config.vision.image_size, a.pad_image) if image else None)
+            vision = m.config.vision
+            pix.append(pixels(open_rgb(image), vision.image_size, a.pad_image) if image and vision else None)
             ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), a.template))
         except ValueError as e:
             raise ValueError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None

@@ -29,7 +29,7 @@ def prompt_text(question: str, image: bool, template: str = "llava_v1", tokenize
     if template == "chat_template":
         if image:
             raise ValueError("template chat_template is for text-only models; an image needs llava_v1")
-        if not getattr(tokenizer, "chat_template", None):
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise ValueError("template chat_template: this tokenizer has no chat template")
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True

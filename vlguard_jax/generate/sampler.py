@@ -210,7 +210,7 @@ class Generator:
                     f"prompt {i}: {len(p)} tokens plus {sampling.max_new_tokens} new ones exceed the "
                     f"model's {positions} positions; shorten it or lower max_new_tokens"
                 )
-        results: list[list[int]] = [None] * len(prompts)
+        results: list = [None] * len(prompts)
         for idx in self.batches(len(prompts)):
             longest = max(len(prompts[i]) for i in idx)
             p = -(-longest // self.bucket) * self.bucket

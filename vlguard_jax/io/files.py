@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, cast
 
 from vlguard_jax.io import storage
 
@@ -34,7 +35,7 @@ def atomic_write_json(path, data, **dump_kw) -> None:
         raise
 
 
-def atomic_dir(dst, overwrite: bool = False) -> _AtomicDir:
+def atomic_dir(dst, overwrite: bool = False) -> _AtomicDir | _RemoteDir:
     """Context manager: yields a temporary directory beside `dst`, renamed to `dst` only when the
     block finishes without error. A failure leaves nothing at `dst`. With `overwrite`, an existing
     `dst` is replaced only then, and its old contents deleted. A remote `dst` is written from a
@@ -129,7 +130,7 @@ def fingerprint(path, sample: int = 1 << 20) -> str:
     )
     h = hashlib.sha256()
     for rel, p in files:
-        size = p.stat().length if remote else p.stat().st_size
+        size = cast(Any, p.stat()).length if remote else p.stat().st_size  # epath's stat has `length`
         h.update(f"{rel}\0{size}\0".encode())
         with p.open("rb") as f:
             if size <= 3 * sample:

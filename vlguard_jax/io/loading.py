@@ -71,8 +71,8 @@ def _scanned(loaded: Loaded, mesh) -> Loaded:
     model = loaded.model.clone(scan_layers=True)
     lm = dict(loaded.params["language_model"])
     n = loaded.config.text.num_hidden_layers
-    per_layer = [traverse_util.flatten_dict(lm.pop(f"layers_{i}")) for i in range(n)]
-    target = traverse_util.flatten_dict(abstract_params(model, mesh)["language_model"]["layers"])
+    per_layer: list[dict[tuple, Any]] = [traverse_util.flatten_dict(lm.pop(f"layers_{i}")) for i in range(n)]
+    target: dict[tuple, Any] = traverse_util.flatten_dict(abstract_params(model, mesh)["language_model"]["layers"])
     stacked = {}
     for key in list(per_layer[0]):
         parts = [layer.pop(key) for layer in per_layer]

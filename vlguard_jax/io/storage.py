@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import fsspec
 import fsspec.config
@@ -53,13 +54,22 @@ def is_remote(path) -> bool:
     return str(path).startswith(REMOTE)
 
 
-def as_path(path):
-    """An `epath.Path` for a remote path, a `pathlib.Path` for a local one."""
+def as_path(path) -> Path:
+    """A `pathlib.Path` for a local path; for a remote one an `epath.Path`, which has the same
+    methods (those this code uses), so both are typed as `Path`. Remove directories with `rmtree`
+    below: pathlib has no method for it."""
     if is_remote(path):
         configure()
-
-        return epath.Path(str(path))
+        return cast(Path, epath.Path(str(path)))
     return Path(path)
+
+
+def rmtree(path) -> None:
+    """Remove a directory tree, local or remote."""
+    if is_remote(path):
+        epath.Path(str(path)).rmtree()
+    else:
+        shutil.rmtree(path)
 
 
 def absolute(path) -> str:
@@ -74,7 +84,7 @@ def is_complete(path) -> bool:
     return (p / COMPLETE).exists() if is_remote(path) else p.is_dir()
 
 
-def walk_files(root) -> list[tuple[str, object]]:
+def walk_files(root) -> list[tuple[str, Path]]:
     """(relative posix name, path) of every file under `root`, sorted by name parts."""
     remote = is_remote(root)
     root = as_path(root)
@@ -97,7 +107,7 @@ def upload_dir(src: Path, dst) -> None:
     so a reader never sees old and new files mixed under a marker."""
     out = as_path(dst)
     if out.exists():
-        out.rmtree()
+        rmtree(out)
     for f in sorted(p for p in Path(src).rglob("*") if p.is_file()):
         target = out / f.relative_to(src).as_posix()
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,8 @@ encoder layer is never computed, exactly as its output is never used.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,7 +34,7 @@ class CLIPAttention(nn.Module):
     def __call__(self, x):
         c = self.config
         b, t, _ = x.shape
-        kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw: dict[str, Any] = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
         proj = lambda name: Dense(c.hidden_size, ("vision_embed", "vision_heads"), name=name, **kw)(x)
         q, k, v = (proj(n).reshape(b, t, c.num_attention_heads, c.head_dim) for n in ("q_proj", "k_proj", "v_proj"))
         q, k, v = (constrain(a, ("batch", "length", "act_heads", None)) for a in (q, k, v))
@@ -49,7 +51,7 @@ class CLIPEncoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = LayerNorm(c.layer_norm_eps, name="layer_norm1", **kw)(x)
         x = x + CLIPAttention(c, attn_impl=self.attn_impl, name="self_attn", **kw)(h)
         h = LayerNorm(c.layer_norm_eps, name="layer_norm2", **kw)(x)
@@ -75,7 +77,7 @@ class CLIPVisionTower(nn.Module):
     @nn.compact
     def __call__(self, pixel_values):
         c = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, ch, hgt, wid = pixel_values.shape
         if (hgt, wid) != (c.image_size, c.image_size) or ch != c.num_channels:
             raise ValueError(

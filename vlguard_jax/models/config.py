@@ -16,7 +16,7 @@ from vlguard_jax.io.files import atomic_write_json
 
 # The OpenAI CLIP towers LLaVA names in `mm_vision_tower`; their shapes cannot all be read from
 # the weights (the head count is not), so they are listed here.
-KNOWN_CLIP_TOWERS = {
+KNOWN_CLIP_TOWERS: dict[str, dict[str, Any]] = {
     "openai/clip-vit-large-patch14-336": dict(
         hidden_size=1024,
         intermediate_size=4096,
@@ -216,7 +216,7 @@ class LlavaConfig:
         t, v = self.text, self.vision
         rope = {"rope_type": "default", "rope_theta": t.rope_theta}
         if t.rope_scaling:
-            rope.update(t.rope_scaling_dict)
+            rope.update(t.rope_scaling_dict or {})
             rope["rope_theta"] = t.rope_theta
         eos = list(t.eos_token_id) if isinstance(t.eos_token_id, tuple) else t.eos_token_id
         text_config = dict(

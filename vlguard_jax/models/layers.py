@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -67,8 +67,9 @@ def _lora_bwd(scale, res, dy):
 lora_delta.defvjp(_lora_fwd, _lora_bwd)
 
 
-def param_with_axes(module: nn.Module, name: str, init, shape, dtype, axes):
-    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+def param_with_axes(module: nn.Module, name: str, init, shape, dtype, axes) -> jax.Array:
+    """A parameter with its logical axes: boxed in the variables, an array when the module reads it."""
+    return cast(jax.Array, module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype))
 
 
 class Dense(nn.Module):
@@ -111,7 +112,8 @@ class Dense(nn.Module):
             if self.lora.dropout > 0 and self.has_rng("dropout"):
                 keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.lora.dropout, h.shape)
                 h = jnp.where(keep, h / (1 - self.lora.dropout), 0).astype(self.dtype)
-            y = y + lora_delta(h, a.astype(self.dtype), b.astype(self.dtype), self.lora.scale)
+            delta: jax.Array = lora_delta(h, a.astype(self.dtype), b.astype(self.dtype), self.lora.scale)
+            y = y + delta
         return y
 
 

@@ -7,6 +7,7 @@ generator can carry it through a `lax.while_loop`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -18,7 +19,7 @@ from flax import struct
 
 from vlguard_jax.models.attention import attention, attention_cached
 from vlguard_jax.models.config import TextConfig
-from vlguard_jax.models.layers import Dense, Dtype, LoraSpec, RMSNorm
+from vlguard_jax.models.layers import Dense, Dtype, LoraSpec, RMSNorm, param_with_axes
 from vlguard_jax.sharding import constrain
 
 ACT = ("batch", "length", "act_embed")
@@ -137,7 +138,7 @@ class LlamaAttention(nn.Module):
     def __call__(self, x, rope, mask, layer_cache, cache_index):
         c = self.config
         b, t, _ = x.shape
-        kw = dict(use_bias=c.attention_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw: dict[str, Any] = dict(use_bias=c.attention_bias, dtype=self.dtype, param_dtype=self.param_dtype)
         q = Dense(
             c.num_attention_heads * c.head_dim, ("embed", "heads"), name="q_proj", lora=_lora(self.lora, "q_proj"), **kw
         )(x)
@@ -186,7 +187,7 @@ class LlamaMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        kw = dict(use_bias=c.mlp_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw: dict[str, Any] = dict(use_bias=c.mlp_bias, dtype=self.dtype, param_dtype=self.param_dtype)
         gate = Dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", lora=_lora(self.lora, "gate_proj"), **kw)(
             x
         )
@@ -205,7 +206,7 @@ class LlamaDecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, rope, mask, layer_cache, cache_index):
         c = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
         h, new_cache = LlamaAttention(c, attn_impl=self.attn_impl, lora=self.lora, name="self_attn", **kw)(
             h, rope, mask, layer_cache, cache_index
@@ -246,12 +247,14 @@ class LlamaForCausalLM(nn.Module):
 
     def setup(self):
         c = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.embed_tokens = self.param(
+        kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.embed_tokens = param_with_axes(
+            self,
             "embed_tokens",
-            nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+            nn.initializers.normal(0.02),
             (c.vocab_size, c.hidden_size),
             self.param_dtype,
+            ("vocab", "embed"),
         )
         layer_cls = LlamaDecoderLayer
         policy = REMAT_POLICIES[self.remat_policy]
@@ -259,11 +262,11 @@ class LlamaForCausalLM(nn.Module):
             # Inside a scan the loop itself keeps XLA from merging recomputation away.
             layer_cls = nn.remat(LlamaDecoderLayer, policy=policy, prevent_cse=not self.scan_layers)
         if self.scan_layers:
-            self.layers = nn.scan(
+            self.layers: Any = nn.scan(
                 layer_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),  # pyright: ignore[reportArgumentType] (flax annotates int; a tuple per argument is documented)
                 length=c.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(c, attn_impl=self.attn_impl, lora=self.lora, name="layers", **kw)
@@ -300,7 +303,7 @@ class LlamaForCausalLM(nn.Module):
             rope = rope_tables(positions, inv_freq, self.dtype)
         if cache is not None:
             new_valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
-            cache = cache.replace(valid=jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, index)))
+            cache = dataclasses.replace(cache, valid=jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, index)))
         mask = attention_mask(t, attn_mask, cache)
         if self.scan_layers:
             x, new_layers = self.layers(x, rope, mask, None if cache is None else cache.layers, index)
@@ -311,7 +314,7 @@ class LlamaForCausalLM(nn.Module):
                 new_layers.append(layer_cache)
         x = self.norm(x)
         if cache is not None:
-            cache = cache.replace(layers=new_layers, index=index + t)
+            cache = dataclasses.replace(cache, layers=new_layers, index=index + t)
         return x, cache
 
     def logits(self, hidden):

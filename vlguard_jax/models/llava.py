@@ -8,6 +8,8 @@ stay static under `jit`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,7 +31,7 @@ class Projector(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = self.config
-        kw = dict(use_bias=c.projector_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw: dict[str, Any] = dict(use_bias=c.projector_bias, dtype=self.dtype, param_dtype=self.param_dtype)
         x = Dense(c.text.hidden_size, ("vision_embed", "mlp"), name="linear_1", **kw)(x)
         x = jax.nn.gelu(x, approximate=False)
         return Dense(c.text.hidden_size, ("mlp", "embed"), name="linear_2", **kw)(x)
@@ -54,7 +56,7 @@ class LlavaModel(nn.Module):
 
     def setup(self):
         c = self.config
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.vision_tower = CLIPVisionTower(
             c.vision, num_layers=c.num_vision_layers_used, attn_impl=self.attn_impl, **kw
         )

@@ -8,6 +8,7 @@ moments inside optax's states, shape trees) between the two forms.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import jax
@@ -35,12 +36,16 @@ def wants_scan(setting, config) -> bool:
 
 def _map_language_model(tree, fn):
     """`tree` with `fn` applied to every dict found under a `language_model` key; dicts, tuples,
-    lists and NamedTuples (optax states) are walked."""
+    lists, NamedTuples (optax states) and dataclasses (a train state) are walked."""
     if isinstance(tree, dict):
         return {
             k: fn(v) if k == "language_model" and isinstance(v, dict) else _map_language_model(v, fn)
             for k, v in tree.items()
         }
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):  # a TrainState
+        return dataclasses.replace(
+            tree, **{f.name: _map_language_model(getattr(tree, f.name), fn) for f in dataclasses.fields(tree)}
+        )
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
         return type(tree)(*(_map_language_model(v, fn) for v in tree))
     if isinstance(tree, (tuple, list)):

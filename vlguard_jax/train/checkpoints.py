@@ -101,7 +101,7 @@ class Checkpoints:
             int(p.name) for p in self.bucket.iterdir() if p.name.isdigit() and (p / storage.COMPLETE).exists()
         )
         for step in complete[: -self.keep] if self.keep > 0 else []:
-            (self.bucket / str(step)).rmtree()
+            storage.rmtree(self.bucket / str(step))
 
 
 def _stage(workdir) -> Path:
@@ -123,8 +123,9 @@ def _remove_unfinished(workdir) -> None:
     if jax.process_index() == 0:
         root = storage.as_path(workdir) / CHECKPOINTS
         if root.is_dir():
+            done = marker(workdir) or ""  # a bucket's: remote workdirs only come here
             for p in root.iterdir():
-                if p.name.split(".")[0].isdigit() and not (p / marker(workdir)).exists():
-                    p.rmtree()
+                if p.name.split(".")[0].isdigit() and not (p / done).exists():
+                    storage.rmtree(p)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("vlguard_jax: unfinished checkpoints removed")

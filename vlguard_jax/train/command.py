@@ -26,7 +26,7 @@ OVERRIDE = re.compile(r"--config\.([\w.]+)(=|$)")
 def load_config_file(path: str):
     """The config a file's get_config() returns; a file that fails to load names itself."""
     spec = importlib.util.spec_from_file_location("vlguard_user_config", path)
-    if spec is None or not Path(path).is_file():
+    if spec is None or spec.loader is None or not Path(path).is_file():
         raise ConfigError(f"--config {path}: no such config file")
     module = importlib.util.module_from_spec(spec)
     try:

@@ -34,7 +34,7 @@ from vlguard_jax.models.stacking import to_per_layer, to_stacked
 from vlguard_jax.train import flops
 from vlguard_jax.train.checkpoints import Checkpoints, staged
 from vlguard_jax.train.metrics import Logger, peak_flops
-from vlguard_jax.train.state import cast_tree, optimizer, partition, schedule
+from vlguard_jax.train.state import TrainState, cast_tree, optimizer, partition, schedule
 from vlguard_jax.train.step import make_train_step
 from vlguard_jax.train.validate import check as check_config
 from vlguard_jax.train.workdir import Lock, check_resume, identity
@@ -125,7 +125,7 @@ def build_params(cfg, mesh):
             flat = traverse_util.flatten_dict(to_stacked(full) if model.scan_layers else full)
             return {k: flat[k] for k in lora_keys}
 
-        flat_shapes = traverse_util.flatten_dict(shapes)
+        flat_shapes: dict[tuple, Any] = traverse_util.flatten_dict(shapes)
         out = {k: flat_shapes[k].sharding for k in lora_keys}
         lora = jax.jit(init_lora, out_shardings=out)(jax.random.key(cfg.seed))
         flat = traverse_util.flatten_dict(params)
@@ -140,7 +140,8 @@ def opt_shardings(opt, trainable, mesh):
     """Adam moments take their parameter's sharding (found by key path); counts are replicated."""
     abstract = jax.eval_shape(opt.init, trainable)
     replicated = NamedSharding(mesh, PartitionSpec())
-    by_path = {k: v.sharding for k, v in traverse_util.flatten_dict(trainable).items()}
+    flat: dict[tuple, Any] = traverse_util.flatten_dict(trainable)
+    by_path = {k: v.sharding for k, v in flat.items()}
 
     def pick(path, leaf):
         keys = tuple(p.key for p in path if isinstance(p, jax.tree_util.DictKey))
@@ -161,23 +162,20 @@ def global_batch(batch: dict, mesh) -> dict:
     return out
 
 
-def state_shardings_for(opt, trainable, mesh) -> dict:
+def state_shardings_for(opt, trainable, mesh) -> TrainState:
     replicated = NamedSharding(mesh, PartitionSpec())
-    return {
-        "step": replicated,
-        "params": jax.tree.map(lambda x: x.sharding, trainable),
-        "opt": opt_shardings(opt, trainable, mesh),
-        "rng": replicated,
-    }
+    return TrainState(
+        step=replicated,
+        params=jax.tree.map(lambda x: x.sharding, trainable),
+        opt=opt_shardings(opt, trainable, mesh),
+        rng=replicated,
+    )
 
 
 def _fresh_state(opt, seed: int):
-    return lambda t: {
-        "step": jnp.int32(0),
-        "params": t,
-        "opt": opt.init(t),
-        "rng": jax.random.key_data(jax.random.key(seed)),
-    }
+    return lambda t: TrainState(
+        step=jnp.int32(0), params=t, opt=opt.init(t), rng=jax.random.key_data(jax.random.key(seed))
+    )
 
 
 def init_state(opt, trainable, mesh, seed: int = 0):
@@ -198,9 +196,9 @@ def jit_train_step(model, opt, accum: int, loss_chunk: int, mesh, shardings):
     def wrapped(state, frozen, batch, label_budget):
         with sharding.use_mesh(mesh):
             step_fn = make_train_step(model, opt, accum, loss_chunk, label_budget)
-            state = dict(state, rng=jax.random.wrap_key_data(state["rng"]))
+            state = state.replace(rng=jax.random.wrap_key_data(state.rng))
             new, metrics = step_fn(state, frozen, batch)
-            return dict(new, rng=jax.random.key_data(new["rng"])), metrics
+            return new.replace(rng=jax.random.key_data(new.rng)), metrics
 
     return jax.jit(wrapped, donate_argnums=(0,), static_argnums=(3,), out_shardings=(shardings, None))
 
@@ -235,7 +233,8 @@ def run(cfg, log_fn=None) -> dict:
     main = jax.process_index() == 0
     say = log_fn or (lambda s: print(s, flush=True) if main else None)
     with Lock(workdir, say) if main else contextlib.nullcontext(), Preemption() as preemption:
-        return _run(cfg, workdir, mesh, say, preemption)
+        result = _run(cfg, workdir, mesh, say, preemption)
+    return result
 
 
 @dataclasses.dataclass
@@ -421,7 +420,7 @@ def _steps(s: Setup, ckpt, it, state, shardings, start: int, preemption: Preempt
                 elapsed = time.perf_counter() - window_t
                 metrics = {
                     "loss": float(m["loss"]),
-                    "lr": float(lr_at(done - 1)),
+                    "lr": float(np.asarray(lr_at(done - 1))),
                     "grad_norm": float(m["grad_norm"]),
                     "supervised_tokens": int(m["tokens"]),
                     "tokens_per_s": window_tokens / elapsed,

@@ -1,5 +1,5 @@
-"""Trainable and frozen parameters split apart (Levanter's rule), and the optimizer over the
-trainable part only: frozen weights get no gradients and no Adam moments.
+"""The training state, trainable and frozen parameters split apart (Levanter's rule), and the
+optimizer over the trainable part only: frozen weights get no gradients and no Adam moments.
 
 - LoRA: trainable = LoRA factors (learning rate `lr`) and the projector (`projector_lr`).
 - Full: trainable = the projector and the whole language model; the vision tower stays frozen.
@@ -9,13 +9,33 @@ Frozen weights are kept in the compute dtype; trainable weights are float32 mast
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import traverse_util
+from flax import struct, traverse_util
 
 from vlguard_jax.models.layers import LORA_PARAMS
+
+
+@struct.dataclass
+class TrainState:
+    """What the training step carries and a checkpoint saves; frozen weights travel apart.
+
+    step: int32 [], the steps done.
+    params: the trainable weights, float32 masters: LoRA factors [in, r] and [r, out] and the
+        projector (LoRA), or the projector and the whole language model (full); per layer, or
+        with the decoder layers stacked [L, ...] under `scan_layers`.
+    opt: the optimizer's state over `params` (optax: Adam moments shaped as `params`, counts).
+    rng: uint32 [2], the run's PRNG key as data (a typed key inside the jitted step); each step
+        and micro-batch folds in its index, so dropout does not depend on where a run resumed.
+    """
+
+    step: Any  # Any: the same tree also holds shapes or shardings
+    params: Any
+    opt: Any
+    rng: Any
 
 
 def is_trainable(path: tuple[str, ...], mode: str) -> bool:

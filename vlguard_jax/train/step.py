@@ -2,7 +2,7 @@
 over supervised tokens computed in sequence chunks (never the whole [batch, length, vocab]
 float32 logits), gradients for trainable weights only, and a finite check.
 
-The state is a dict {"step", "params" (trainable), "opt", "rng"}; frozen weights come in separately.
+The state is a `TrainState` (train.state); frozen weights come in separately.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from vlguard_jax.data.preprocess import IGNORE
-from vlguard_jax.train.state import merge
+from vlguard_jax.train.state import TrainState, merge
 
 
 def token_loss_sums(model, params, batch, rng=None, chunk: int = 512, label_budget: int | None = None):
@@ -70,8 +70,8 @@ def make_train_step(
 
         return jax.tree.map(cut, batch)
 
-    def step(state, frozen, batch):
-        rng = jax.random.fold_in(state["rng"], state["step"])
+    def step(state: TrainState, frozen, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(trainable, mb, key):
             return token_loss_sums(model, merge(trainable, frozen), mb, key, loss_chunk, label_budget)
@@ -80,11 +80,11 @@ def make_train_step(
 
         def body(carry, xs):
             i, mb = xs
-            (s, n), g = grad_fn(state["params"], mb, jax.random.fold_in(rng, i))
+            (s, n), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
             gsum, ssum, nsum = carry
             return (jax.tree.map(jnp.add, gsum, g), ssum + s, nsum + n), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state["params"])
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
         (gsum, ssum, count), _ = jax.lax.scan(
             body, (zeros, jnp.float32(0), jnp.int32(0)), (jnp.arange(accum_steps), micro_batches(batch))
         )
@@ -92,10 +92,10 @@ def make_train_step(
         grads = jax.tree.map(lambda g: g / denom, gsum)
         loss = ssum / denom
         grad_norm = optax.tree.norm(grads) if hasattr(optax, "tree") else optax.global_norm(grads)
-        updates, opt = optimizer.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        updates, opt = optimizer.update(grads, state.opt, state.params)
+        params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = {"step": state["step"] + 1, "params": params, "opt": opt, "rng": state["rng"]}
+        new = TrainState(step=state.step + 1, params=params, opt=opt, rng=state.rng)
         # A non-finite step leaves the state untouched; the loop stops the run on it.
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
         return new, {"loss": loss, "grad_norm": grad_norm, "tokens": count, "finite": finite}
