@@ -14,9 +14,8 @@ import re
 import jax
 import jax.numpy as jnp
 
-# Real LLaVAs (32 and 40 layers) compile many times faster scanned (benchmarks/compile_time.py);
-# at the 8-layer small preset a scanned step ran 3% slower on CPU (train_throughput's A/B), so
-# shallower models stay unrolled.
+# Scanning pays at real depths (32 and 40 layers compile many times faster) and costs a little per
+# step at shallow ones, so shallower models stay unrolled (the figures: BENCHMARKS.md).
 SCAN_MIN_LAYERS = 16
 SETTINGS = ("auto", "on", "off")
 _LAYER = re.compile(r"layers_(\d+)$")
