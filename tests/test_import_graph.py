@@ -26,7 +26,7 @@ LAYERS = {
 }
 # Imports kept inside functions, each for a reason that was measured or is structural.
 DEFERRED = {
-    ("vlguard_jax.evaluate.report", "matplotlib"): "pyplot takes a second to import; only write_report draws",
+    ("vlguard_jax.evaluate.report", "matplotlib"): "pyplot: 0.7 s to import (2-core VM); only write_report draws",
     ("vlguard_jax.evaluate.report", "matplotlib.pyplot"): "as above",
     ("conversion.reader", "torch"): "optional: only .bin (pickled) checkpoints need it",
 }
