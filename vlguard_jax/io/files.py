@@ -210,10 +210,7 @@ def download_dir(src, dst: Path) -> Path:
         for rel, f in storage.walk_files(root):
             if rel == storage.COMPLETE:
                 continue
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with f.open("rb") as r, open(target, "wb") as w:
-                shutil.copyfileobj(r, w, 8 << 20)
+            storage.copy_file(f, tmp / rel)
     return dst
 
 

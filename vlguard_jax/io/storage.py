@@ -102,17 +102,21 @@ def walk_files(root) -> list[tuple[str, Path]]:
     return sorted(out, key=lambda x: x[0].split("/"))
 
 
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy one file, local or remote either side, making `dst`'s parent directories."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with src.open("rb") as r, dst.open("wb") as w:
+        shutil.copyfileobj(r, w, 8 << 20)
+
+
 def upload_dir(src: Path, dst) -> None:
     """Copy a local directory to remote `dst`, the marker last. Whatever `dst` held is removed first,
     so a reader never sees old and new files mixed under a marker."""
     out = as_path(dst)
     if out.exists():
         rmtree(out)
-    for f in sorted(p for p in Path(src).rglob("*") if p.is_file()):
-        target = out / f.relative_to(src).as_posix()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(f, "rb") as r, target.open("wb") as w:
-            shutil.copyfileobj(r, w, 8 << 20)
+    for rel, f in walk_files(src):
+        copy_file(f, out / rel)
     (out / COMPLETE).write_text("")
 
 
@@ -145,16 +149,10 @@ class Mirror:
             if src.exists():
                 if src.is_dir():
                     for rel, f in walk_files(src):
-                        self._fetch(f, self.local / name / rel if name else self.local / rel)
+                        copy_file(f, self.local / name / rel if name else self.local / rel)
                 else:
-                    self._fetch(src, self.local / name)
+                    copy_file(src, self.local / name)
         self._sent = self._state()
-
-    @staticmethod
-    def _fetch(src, dst: Path) -> None:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with src.open("rb") as r, open(dst, "wb") as w:
-            shutil.copyfileobj(r, w)
 
     def _state(self) -> dict:
         return {f: (f.stat().st_size, f.stat().st_mtime_ns) for f in self.local.rglob("*") if f.is_file()}
@@ -163,10 +161,7 @@ class Mirror:
         now = self._state()
         for f, sig in now.items():
             if self._sent.get(f) != sig:
-                target = as_path(self.dst) / f.relative_to(self.local).as_posix()
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with open(f, "rb") as r, target.open("wb") as w:
-                    shutil.copyfileobj(r, w)
+                copy_file(f, as_path(self.dst) / f.relative_to(self.local).as_posix())
         self._sent = now
 
 
