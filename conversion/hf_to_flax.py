@@ -97,7 +97,6 @@ def _plan(src: Path, vision_tower: Path | None):
 def tokenizer_with_image_token(src: Path):
     """The original LLaVA splices images at id -200 and its tokenizer has no `<image>`; we add the
     token to the tokenizer, which gives it the next free id."""
-
     try:
         tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
     except Exception as e:

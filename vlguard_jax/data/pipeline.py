@@ -234,7 +234,6 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
     Reads data.{recipe, vlguard, vlguard_images, llava, llava_images, helpful_samples,
     helpful_seed, max_length, template, pad_image, on_bad_record}. The composition and the drops
     are printed from the store, so a start that finds it says the same."""
-
     if layout.max_length != data_cfg.max_length:
         raise ValueError(f"layout max_length {layout.max_length} != data.max_length {data_cfg.max_length}")
     remote = storage.is_remote(workdir)

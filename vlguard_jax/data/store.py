@@ -91,7 +91,6 @@ def build_store(
     drop counts. With `check_images`, each image path is resolved under its root and must exist
     (decoding happens later, in the workers). The mixture's composition is counted on the way and
     saved, and a source left without records is an error."""
-
     n_img, img_id = encoder.num_image_tokens, encoder.image_token_index
     dst = Path(dst)
     counts = {src.name: collections.Counter() for src in mixture.sources}

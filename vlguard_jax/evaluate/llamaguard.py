@@ -40,7 +40,6 @@ def conversation(item, response: str) -> list[dict]:
 
 def check(checkpoint) -> None:
     """Fail early (before the evaluated model generates anything) on a checkpoint that cannot judge."""
-
     path = Path(checkpoint)
     if not (path / MODEL_CONFIG).is_file():
         raise FileNotFoundError(
@@ -69,7 +68,6 @@ def prompt_ids(tokenizer, item, response: str) -> list[int]:
 def judge(checkpoint, items, responses: dict, path, *, batch_size: int = 8) -> dict:
     """Judge the responses missing from `path` ({key: {"verdict", "output", "judge"}}), then count.
     The ASR here is the share of answered items judged unsafe."""
-
     check(checkpoint)
     name = str(Path(checkpoint).resolve())
     path = Path(path)

@@ -278,7 +278,6 @@ def _figstep_font(font, log) -> str:
 def _generate(
     checkpoint, benchmark, todo, responses, path, *, images, protocol: Protocol, font, seed, tqdm, generator=None
 ):
-
     if benchmark == "vlguard" and not images:
         raise ValueError("--benchmark vlguard needs --images DIR (the VLGuard test images)")
     if benchmark == "vlguard":  # every image must be there before any compute

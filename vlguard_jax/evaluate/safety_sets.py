@@ -86,7 +86,6 @@ def advbench(path, attack: str = "vanilla") -> list[Item]:
 
 
 def figstep(path) -> list[Item]:
-
     rows = _csv(path, ("dataset", "category_id", "task_id", "instruction"))
     return [
         Item(

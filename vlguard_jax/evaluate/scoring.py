@@ -87,14 +87,12 @@ def asr(responses) -> float:
 
 
 def _tokens(text: str) -> list[str]:
-
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
 def token_f1(response: str, reference: str) -> float:
     """SQuAD-style token F1 between a response and a reference answer (lowercased alphanumeric
     words): the demo's helpfulness measure on `safe_safes`."""
-
     r, g = _tokens(response), _tokens(reference)
     common = sum((collections.Counter(r) & collections.Counter(g)).values())
     if not r or not g or not common:

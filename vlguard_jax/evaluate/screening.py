@@ -110,7 +110,6 @@ def judge_slice(
 ) -> None:
     """Judge every record of `indices` that no verdict file beside DST holds from this judge;
     append the verdicts to `path`."""
-
     name = str(Path(judge_checkpoint).resolve())
     done = saved_verdicts(dst, name)
     for i, v in done.items():

@@ -198,7 +198,6 @@ def run_suite(
 def _run_suite(
     checkpoint, root: Path, out: Path, only, limit, protocol: Protocol, max_new_tokens, font, log, finished
 ) -> dict:
-
     if not root.is_dir():
         raise FileNotFoundError(f"--data-root {root}: no such directory")
     todo, skipped = plan(root, only)

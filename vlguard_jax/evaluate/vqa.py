@@ -183,7 +183,6 @@ def answer(
 ) -> list[dict]:
     """Answer every question the answers file lacks, a batch at a time (appended as it goes), then
     leave the file in question order. Returns its lines."""
-
     path = Path(answers_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {(a["question_id"], a.get("round_id")): a for a in resume_jsonl(path)}

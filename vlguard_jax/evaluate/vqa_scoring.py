@@ -286,7 +286,6 @@ def mmbench(answers: list[dict], question_file) -> dict:
 def mmbench_upload(answers: list[dict], question_file, dst) -> Path:
     """LLaVA's `convert_mmbench_for_submission.py`: the TSV's columns but hint, category, source,
     image, comment and l2-category, with `prediction` as the 7th column, as an .xlsx."""
-
     rows = mmbench_rows(question_file)
     dropped = {"hint", "category", "source", "image", "comment", "l2-category"}
     columns = [c for c in rows[0] if c not in dropped]
@@ -317,7 +316,6 @@ def _cell(value):
 
 def vizwiz_upload(answers: list[dict], question_file, dst) -> Path:
     """LLaVA's `convert_vizwiz_for_submission.py`: [{image, answer (EvalAI-normalised)}] per question."""
-
     by_id = {a["question_id"]: a["text"] for a in answers}
     questions = read_jsonl(question_file)
     missing = [q["question_id"] for q in questions if q["question_id"] not in by_id]

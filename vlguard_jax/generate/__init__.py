@@ -16,7 +16,6 @@ def load_generator(
     """(Generator, Loaded) for a converted checkpoint or a training workdir. `dtype` defaults to
     float32 on CPU and bfloat16 elsewhere; `scan_layers` runs the decoder layers scanned ("auto":
     for deep LLaVA models, where it cuts compile time; see models.stacking)."""
-
     if dtype is None:
         dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     loaded = load_model(checkpoint, mesh=mesh, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)

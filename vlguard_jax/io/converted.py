@@ -45,7 +45,6 @@ def copy_side_files(src, dst) -> None:
 def save_checkpoint(dst, config, params, side_files_from=None, tokenizer=None) -> Path:
     """A complete checkpoint directory (what `load_model` reads), written atomically: the
     config, the parameters (gathered to the host), and the tokenizer/processor files."""
-
     with atomic_dir(dst) as tmp:
         config.save(tmp / MODEL_CONFIG)
         writer = StreamingWriter(tmp / PARAMS_DIR)

@@ -51,7 +51,6 @@ def load_model(
 def readable(path):
     """Where orbax can read the checkpoint: gs:// and local paths as they are; an s3:// one (which
     this orbax cannot read) copied to this host's cache first, complete only with its marker."""
-
     if storage.is_remote(path) and not runs.is_run(path) and not storage.is_complete(path):
         raise FileNotFoundError(
             f"{path}: not a complete checkpoint: no {storage.COMPLETE} marker (absent, still being written, or its "
@@ -85,7 +84,6 @@ def _scanned(loaded: Loaded, mesh) -> Loaded:
 
 
 def _load(path: Path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
-
     if runs.is_run(path):
         return _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
     if not (path / MODEL_CONFIG).exists():
@@ -107,7 +105,6 @@ def _load(path: Path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_to
 
 def peek(path) -> tuple[LlavaConfig | TextOnlyConfig, Any]:
     """(config, tokenizer or None) of a checkpoint or training workdir, without reading weights."""
-
     path = storage.as_path(path)
     if runs.is_run(path):
         base = runs.run_base(path)
@@ -123,7 +120,6 @@ def peek(path) -> tuple[LlavaConfig | TextOnlyConfig, Any]:
 def fingerprint(path) -> str:
     """A checkpoint's content fingerprint (files.fingerprint); for a training workdir, that of its
     latest checkpoint step together with its base's."""
-
     path = storage.as_path(path)
     if runs.is_run(path):
         root = path / "checkpoints"
@@ -149,7 +145,6 @@ def load_tokenizer(path):
 
 def _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
     """A training workdir: its latest checkpoint over its base, LoRA merged into the kernels."""
-
     base, config, flat, _ = load_merged(path)
     param_dtype = param_dtype or flat[("language_model", "embed_tokens")].dtype
     model = LlavaModel(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, remat_policy=remat_policy)

@@ -147,7 +147,6 @@ def load_merged(workdir, step: int | None = None):
 def save_run_checkpoint(workdir, dst, step: int | None = None) -> Path:
     """The run's weights (LoRA merged) as a plain checkpoint directory, with the base's tokenizer
     and processor files: usable as the base of another run, or by any loader."""
-
     base, config, flat, _ = load_merged(workdir, step)
     dtype = flat[("language_model", "embed_tokens")].dtype
     params = traverse_util.unflatten_dict(

@@ -33,7 +33,6 @@ COMPLETE = "COMPLETE"
 def configure() -> None:
     """Pass the standard endpoint variables on to every client (before any is created), and keep
     fsspec from caching listings: processes poll the bucket for what others write."""
-
     for protocol in ("gs", "s3"):
         fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
     host = os.environ.get("STORAGE_EMULATOR_HOST")
@@ -169,7 +168,6 @@ class Mirror:
 def mirror_for(workdir) -> Mirror:
     """The one Mirror of a remote workdir in this process (logs, bad-record lists); processes that
     share a host each have their own."""
-
     return Mirror(str(workdir), f"workdir/process_{jax.process_index()}")
 
 

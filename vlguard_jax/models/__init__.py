@@ -64,7 +64,6 @@ def param_axes(model):
 
 def abstract_params(model, mesh=None):
     """ShapeDtypeStructs of the parameters, with shardings when a mesh is given."""
-
     boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
     shapes = nn.unbox(boxed)
     if mesh is None:

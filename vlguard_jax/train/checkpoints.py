@@ -119,7 +119,6 @@ def _stage(workdir) -> Path:
 def _remove_unfinished(workdir) -> None:
     """A step a killed run left without its marker is deleted (by process 0, before any process
     saves): a new save of that step must not meet the old one's files."""
-
     if jax.process_index() == 0:
         root = storage.as_path(workdir) / CHECKPOINTS
         if root.is_dir():

@@ -77,7 +77,6 @@ class Preemption:
 
 
 def ocp_version() -> str:
-
     return getattr(orbax.checkpoint, "__version__", "")
 
 
