@@ -148,7 +148,7 @@ class Mirror:
             if src.exists():
                 if src.is_dir():
                     for rel, f in walk_files(src):
-                        copy_file(f, self.local / name / rel if name else self.local / rel)
+                        copy_file(f, self.local / name / rel)  # name "" is the whole of dst
                 else:
                     copy_file(src, self.local / name)
         self._sent = self._state()

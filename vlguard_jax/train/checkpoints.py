@@ -26,6 +26,7 @@ from vlguard_jax.io.runs import CHECKPOINTS, finished_steps, marker, staged
 
 class Checkpoints:
     def __init__(self, workdir, every: int, keep: int):
+        self.workdir = workdir
         self.bucket = storage.as_path(workdir) / CHECKPOINTS if staged(workdir) else None
         directory = storage.as_path(workdir) / CHECKPOINTS
         if storage.is_remote(workdir):
@@ -97,9 +98,7 @@ class Checkpoints:
             self._published.add(step)
         if not new:
             return
-        complete = sorted(
-            int(p.name) for p in self.bucket.iterdir() if p.name.isdigit() and (p / storage.COMPLETE).exists()
-        )
+        complete = finished_steps(self.workdir)  # in the bucket, with their markers
         for step in complete[: -self.keep] if self.keep > 0 else []:
             storage.rmtree(self.bucket / str(step))
 
