@@ -13,7 +13,6 @@ from transformers import AutoTokenizer
 
 from vlguard_jax.io import files, runs, storage
 from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params, param_metadata
-from vlguard_jax.io.runs import load_merged
 from vlguard_jax.models import LlavaModel, abstract_params, build_model, load_config
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
 from vlguard_jax.models.stacking import wants_scan
@@ -122,7 +121,7 @@ def fingerprint(path) -> str:
     latest checkpoint step together with its base's."""
     path = storage.as_path(path)
     if runs.is_run(path):
-        root = path / "checkpoints"
+        root = path / runs.CHECKPOINTS
         step = max(runs.finished_steps(path), default=None)
         if step is None:
             raise runs.RunError(f"{path}: no finished training checkpoint under {root}")
@@ -145,7 +144,7 @@ def load_tokenizer(path):
 
 def _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer) -> Loaded:
     """A training workdir: its latest checkpoint over its base, LoRA merged into the kernels."""
-    base, config, flat, _ = load_merged(path)
+    base, config, flat, _ = runs.load_merged(path)
     param_dtype = param_dtype or flat[("language_model", "embed_tokens")].dtype
     model = LlavaModel(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, remat_policy=remat_policy)
     abstract = abstract_params(model, mesh)
