@@ -150,7 +150,7 @@ def export(
     check_output(dst, src, overwrite=overwrite)
     if runs.is_run(src):
         return _export_run(src, dst, dtype, max_shard_bytes, lora, overwrite)
-    src = readable(src)  # a bucket checkpoint: complete (its marker), and s3:// copied locally
+    src = readable(src)  # a bucket checkpoint must be complete (its marker)
     if lora is not None:
         raise ValueError(f"--lora applies to a training run's workdir; {src} is a plain checkpoint")
     if not (src / MODEL_CONFIG).exists():

@@ -13,6 +13,7 @@ LAYERS = {
     "vlguard_jax.sharding": 0,
     "vlguard_jax.io.storage": 0,
     "vlguard_jax.io.files": 0,
+    "vlguard_jax.io.orbax_s3": 0,
     "vlguard_jax.io": 1,  # converted checkpoints, training workdirs read as models, loading
     "vlguard_jax.models": 1,
     "vlguard_jax.data": 1,

@@ -15,7 +15,7 @@ import pytest
 
 from tests import emulators
 from tests.train import common
-from tests.train.test_loop import REPO, config_file, final_params, run_env, train_cmd
+from tests.train.test_loop import REPO, config_file, final_params, finish, run_env, train_cmd
 from vlguard_jax.io import files, storage
 
 pytest.importorskip("gcp_storage_emulator")
@@ -182,19 +182,28 @@ def test_image_paths_stay_inside_a_remote_root():
             resolve("gs://bkt/images/", bad)
 
 
-def test_an_s3_workdir_takes_one_process(env, monkeypatch):
-    """Its checkpoints are staged on local disk, which the processes of other hosts cannot see."""
-    from vlguard_jax.errors import ConfigError
-    from vlguard_jax.train.loop import run
-
-    ns, tmp = env
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(ConfigError, match=r"config.workdir: s3://bkt/run: orbax .* takes one process"):
-        run(common.config(ns, "s3://bkt/run"))
-    assert not storage.as_path("s3://bkt/run").exists()
-
-
 KW = dict(total_steps=4, checkpoint_every=2, keep_checkpoints=3, **{"lora.dropout": 0.1})
+
+
+def remote_config(ns, tmp, scheme: str, name: str, **kw):
+    """A config file whose data and images are in the bucket."""
+    data = f"{scheme}://bkt/data"
+    if not storage.is_complete(f"{data}/images"):
+        for part in ("train", "helpful"):
+            (storage.as_path(data) / f"{part}.json").write_text(ns.sample[part].read_text())
+        storage.upload_dir(ns.sample["images"], f"{data}/images")
+    return config_file(
+        ns,
+        tmp,
+        name,
+        **kw,
+        **{
+            "data.vlguard": f"{data}/train.json",
+            "data.llava": f"{data}/helpful.json",
+            "data.vlguard_images": f"{data}/images",
+            "data.llava_images": f"{data}/images",
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -217,27 +226,12 @@ def reference(env):
 def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu, reference, scheme):
     """Data and images in the bucket (the base checkpoint's bucket reads are tested above); SIGKILL
     as soon as step 4's checkpoint starts to appear; the restart ends where an uninterrupted local
-    run ends, and flax_to_hf exports from the bucket what it exports from the local run. In s3://
-    the checkpoints are staged locally and uploaded (train.checkpoints)."""
+    run ends, and flax_to_hf exports from the bucket what it exports from the local run. In s3://,
+    orbax writes through tensorstore's s3 driver (io.orbax_s3)."""
     from conversion.flax_to_hf import export
 
     ns, tmp = env
-    data = f"{scheme}://bkt/data"
-    for name in ("train", "helpful"):
-        (storage.as_path(data) / f"{name}.json").write_text(ns.sample[name].read_text())
-    storage.upload_dir(ns.sample["images"], f"{data}/images")
-    remote = config_file(
-        ns,
-        tmp,
-        f"remote_{scheme}",
-        **KW,
-        **{
-            "data.vlguard": f"{data}/train.json",
-            "data.llava": f"{data}/helpful.json",
-            "data.vlguard_images": f"{data}/images",
-            "data.llava_images": f"{data}/images",
-        },
-    )
+    remote = remote_config(ns, tmp, scheme, f"remote_{scheme}", **KW)
     work = f"{scheme}://bkt/runs/a"
     env_vars = emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(tmp / f"cache_{scheme}")))
     proc = subprocess.Popen(
@@ -271,3 +265,89 @@ def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu, referenc
     x, y = load_file(tmp / "hf_local" / "model.safetensors"), load_file(tmp / f"hf_{scheme}" / "model.safetensors")
     assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
     assert emu.refused() == []
+
+
+TWO = dict(total_steps=10, checkpoint_every=100, **{"mesh.shape": (-1, 1, 1)})
+
+
+def start_two(cfg, workdir, env_of):
+    """Two processes on localhost, one device each; `env_of(i)` is process i's environment."""
+    port = emulators.free_port()
+    jax_env = dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2")
+    return [
+        subprocess.Popen(
+            train_cmd(cfg, workdir),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env_of(i), **jax_env, JAX_PROCESS_ID=str(i)),
+        )
+        for i in range(2)
+    ]
+
+
+@pytest.fixture(scope="module")
+def two_local(env):
+    """An uninterrupted run of two processes with a local workdir: the bucket runs' reference."""
+    ns, tmp = env
+    finish(start_two(config_file(ns, tmp, "two_local", **TWO), tmp / "two_local", lambda i: run_env()))
+    return tmp / "two_local"
+
+
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(env, emu, two_local, scheme):
+    """Each process has its own local cache, as on two hosts that share only the bucket. Both write
+    their shards of each checkpoint there; a notice on process 1 alone checkpoints one step, and
+    the restart ends where an uninterrupted local run of two processes ends."""
+    from vlguard_jax.io.runs import finished_steps
+
+    ns, tmp = env
+    cfg = remote_config(ns, tmp, scheme, f"two_{scheme}", **TWO)
+    work = f"{scheme}://bkt/runs/two"
+
+    def env_of(i):
+        return emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(tmp / f"cache_two_{scheme}_{i}")))
+
+    procs = start_two(cfg, work, env_of)
+    deadline = time.time() + 300
+    log = storage.as_path(f"{work}/metrics.jsonl")
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if log.exists() and log.read_text().strip():
+            break
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = finish(procs)
+    step = int(outs[0][0].split("preempted at step ")[1].split(":")[0])
+    assert 1 <= step < 10 and finished_steps(work) == [step]
+    state = storage.as_path(f"{work}/checkpoints/{step}/state")
+    assert {"ocdbt.process_0", "ocdbt.process_1"} <= {p.name for p in state.iterdir()}
+    outs = finish(start_two(cfg, work, env_of))
+    assert f"resumed from {work}/checkpoints at step {step}" in outs[0][0]
+    _, a = final_params(two_local)
+    step_b, b = final_params(work)
+    assert step_b == 10
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert emu.refused() == []
+
+
+def test_an_s3_step_uploaded_whole_by_an_earlier_version_is_kept_and_resumable(emu, reference):
+    """vlguard-jax used to stage s3 checkpoints locally and upload each, `COMPLETE` last (no
+    orbax marker): such a step is finished, and a new run adopts it rather than deleting it."""
+    from vlguard_jax.io.runs import COMMIT_MARKER, finished_steps
+    from vlguard_jax.train.checkpoints import Checkpoints
+
+    work = "s3://bkt/runs/old"
+    storage.upload_dir(reference / "checkpoints" / "4", f"{work}/checkpoints/4")
+    (storage.as_path(f"{work}/checkpoints/6/state") / "half").write_text("")  # a killed save
+    assert finished_steps(work) == [4]
+    ckpts = Checkpoints(work, every=2, keep=3)
+    assert ckpts.latest() == 4 and (storage.as_path(f"{work}/checkpoints/4") / COMMIT_MARKER).exists()
+    assert not storage.as_path(f"{work}/checkpoints/6").exists()
+    ckpts.close()
+    _, a = final_params(reference)
+    _, b = final_params(work)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)

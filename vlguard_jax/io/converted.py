@@ -12,8 +12,10 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 from flax import traverse_util
 
-from vlguard_jax.io import storage
+from vlguard_jax.io import orbax_s3, storage
 from vlguard_jax.io.files import atomic_dir
+
+orbax_s3.install()  # orbax reads s3:// parameters itself
 
 PARAMS_DIR = "params"
 MODEL_CONFIG = "model_config.json"

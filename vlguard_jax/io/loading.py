@@ -48,15 +48,12 @@ def load_model(
 
 
 def readable(path):
-    """Where orbax can read the checkpoint: gs:// and local paths as they are; an s3:// one (which
-    this orbax cannot read) copied to this host's cache first, complete only with its marker."""
+    """The checkpoint's path, once it is known to be complete (a remote one, by its marker)."""
     if storage.is_remote(path) and not runs.is_run(path) and not storage.is_complete(path):
         raise FileNotFoundError(
             f"{path}: not a complete checkpoint: no {storage.COMPLETE} marker (absent, still being written, or its "
             f"writer was killed). A copy made with other tools needs an empty {storage.COMPLETE} file, written last"
         )
-    if str(path).startswith("s3://"):
-        return files.download_dir(path, storage.local_cache(path, "checkpoint") / "copy")
     return storage.as_path(path)
 
 

@@ -13,27 +13,30 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from vlguard_jax.io import storage
+from vlguard_jax.io import orbax_s3, storage
 from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, load_params, save_checkpoint
-from vlguard_jax.io.files import download_dir
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import to_per_layer
 
+orbax_s3.install()  # orbax reads s3:// checkpoints itself
+
 CHECKPOINTS = "checkpoints"
-COMMIT_MARKER = "commit_success.txt"  # orbax's, in gs://
-
-
-def staged(workdir) -> bool:
-    """Whether orbax cannot write `workdir` itself, so checkpoints are staged locally and uploaded."""
-    return str(workdir).startswith("s3://")
+COMMIT_MARKER = "commit_success.txt"  # orbax's, in gs:// and s3://
 
 
 def marker(workdir) -> str | None:
     """The file that marks a checkpoint's step finished in a bucket (locally, its rename does)."""
-    if not storage.is_remote(workdir):
-        return None
-    return storage.COMPLETE if staged(workdir) else COMMIT_MARKER
+    return COMMIT_MARKER if storage.is_remote(workdir) else None
+
+
+def is_finished(step_dir, done: str | None) -> bool:
+    """Whether a step directory holds a finished checkpoint (`done`: the workdir's `marker`). In
+    s3://, vlguard-jax used to upload checkpoints that orbax had written locally, the upload's
+    `COMPLETE` last: those are finished too."""
+    if done is None:
+        return True
+    return (step_dir / done).exists() or (orbax_s3.is_s3(step_dir) and (step_dir / storage.COMPLETE).exists())
 
 
 def finished_steps(workdir) -> list[int]:
@@ -42,7 +45,7 @@ def finished_steps(workdir) -> list[int]:
     if not root.is_dir():
         return []
     done = marker(workdir)
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (done is None or (p / done).exists()))
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and is_finished(p, done))
 
 
 def read_meta(workdir, step: int) -> dict:
@@ -59,10 +62,7 @@ def read_latest(workdir, step: int | None = None):
         if not steps:
             raise FileNotFoundError(f"{workdir}: no finished training checkpoint under {root}")
         step = steps[-1]
-    path = root / str(step)
-    if staged(workdir):
-        path = download_dir(path, storage.local_cache(workdir, "read") / str(step))
-    path = storage.absolute(path)  # orbax takes absolute paths only
+    path = storage.absolute(root / str(step))  # orbax takes absolute paths only
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     ckptr = ocp.StandardCheckpointer()
     meta_tree = ckptr.metadata(f"{path}/state").item_metadata

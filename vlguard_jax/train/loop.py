@@ -17,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint
 from flax import traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
@@ -32,7 +31,7 @@ from vlguard_jax.models import LlavaConfig, abstract_params, dummy_inputs, param
 from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.models.stacking import to_per_layer, to_stacked
 from vlguard_jax.train import flops
-from vlguard_jax.train.checkpoints import Checkpoints, staged
+from vlguard_jax.train.checkpoints import Checkpoints
 from vlguard_jax.train.metrics import Logger, peak_flops
 from vlguard_jax.train.state import TrainState, cast_tree, optimizer, partition, schedule
 from vlguard_jax.train.step import make_train_step
@@ -74,10 +73,6 @@ class Preemption:
         if self.multi:
             return multihost_utils.reached_preemption_sync_point(step)
         return self.noticed
-
-
-def ocp_version() -> str:
-    return getattr(orbax.checkpoint, "__version__", "")
 
 
 def maybe_initialize_distributed() -> None:
@@ -217,12 +212,6 @@ def run(cfg, log_fn=None) -> dict:
     the workdir is locked while the run is live (see train.workdir)."""
     maybe_initialize_distributed()
     check_config(cfg)
-    if staged(cfg.workdir) and jax.process_count() > 1:
-        raise ConfigError(
-            f"config.workdir: {cfg.workdir}: orbax {ocp_version()} writes checkpoint arrays to "
-            "gs:// and to filesystems only, so an s3:// run stages them on local disk, which takes "
-            "one process; for several, use gs:// or a filesystem every host mounts"
-        )
     workdir = storage.as_path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     try:
