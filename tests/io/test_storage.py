@@ -296,11 +296,12 @@ def two_local(env):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("scheme", ["gs", "s3"])
-def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(env, emu, two_local, scheme):
-    """Each process has its own local cache, as on two hosts that share only the bucket. Both write
-    their shards of each checkpoint there; a notice on process 1 alone checkpoints one step, and
-    the restart ends where an uninterrupted local run of two processes ends."""
+@pytest.mark.parametrize("scheme,hosts", [("gs", 2), ("s3", 1)])
+def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(env, emu, two_local, scheme, hosts):
+    """As on two hosts that share only the bucket (each process its own local cache), or on one
+    host (one cache: the token store is copied there once). Both processes write their shards of
+    each checkpoint to the bucket; a notice on process 1 alone checkpoints one step, and the
+    restart ends where an uninterrupted local run of two processes ends."""
     from vlguard_jax.io.runs import finished_steps
 
     ns, tmp = env
@@ -308,7 +309,8 @@ def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(env, emu,
     work = f"{scheme}://bkt/runs/two"
 
     def env_of(i):
-        return emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(tmp / f"cache_two_{scheme}_{i}")))
+        cache = tmp / f"cache_two_{scheme}_{i % hosts}"
+        return emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(cache)))
 
     procs = start_two(cfg, work, env_of)
     deadline = time.time() + 300

@@ -272,7 +272,7 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
         ready = (lambda: storage.is_complete(store_dir)) if remote else (lambda: (store_dir / "meta.json").exists())
         _wait_for(store_dir, log, ready)
         if remote:
-            download_dir(store_dir, local_dir)
+            download_dir(store_dir, local_dir)  # unless a process on this host has copied it
     if remote:
         mirror.sync()
     store_dir = local_dir

@@ -200,17 +200,31 @@ def append_jsonl(path, rows) -> None:
 
 
 def download_dir(src, dst: Path) -> Path:
-    """Copy a complete remote directory into local `dst` (renamed into place when whole)."""
+    """Copy a complete remote directory to local `dst`, unless `dst` is there already. Processes
+    that share a host may copy the same directory at once: each copies to its own temporary
+    directory, the first to finish renames it into place and the others drop theirs, so `dst` is
+    never missing or half-written once it has appeared (callers name it by its content)."""
     root = storage.as_path(src)
     if not (root / storage.COMPLETE).exists():
         raise FileNotFoundError(
             f"{src}: not a complete directory (no {storage.COMPLETE} marker: absent, or half-written)"
         )
-    with atomic_dir(dst, overwrite=True) as tmp:
+    dst = Path(dst)
+    if dst.is_dir():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
         for rel, f in storage.walk_files(root):
-            if rel == storage.COMPLETE:
-                continue
-            storage.copy_file(f, tmp / rel)
+            if rel != storage.COMPLETE:
+                storage.copy_file(f, tmp / rel)
+        try:
+            os.rename(tmp, dst)
+        except OSError:
+            if not dst.is_dir():  # not another process's copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 
