@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: `bash benchmarks/gpu.sh SECTION...`, sections run in order,
 # each under its own time limit so one that hangs leaves the others their time. Logs and JSON
-# go to $OUT (or ./gpu-out). Sections: tests, train7b, gen7b1, gen7b64, train13b, gen13b1, gen13b.
+# go to $OUT (or ./gpu-out). Sections: tests, train7b, gen7b1, gen7b64, train13b, gen13b1, gen13b,
+# compile7b, compile13b (compile time of the step and the generator, scanned and unrolled).
 # The GPU image lacks grain, ml_collections and tensorboardX: wheels for Python 3.12 in .whl/.
 set -u
 OUT=${OUT:-gpu-out}
@@ -32,6 +33,8 @@ for s in "$@"; do
     train13b) run train13b 420 python3 -m benchmarks.train_throughput --preset 13b --peer torch --json ;;
     gen13b1) run gen13b1 240 python3 -m benchmarks.generate_throughput --preset 13b --batch 1 --peer torch --json ;;
     gen13b) run gen13b 300 python3 -m benchmarks.generate_throughput --preset 13b --peer torch --json ;;
+    compile7b) run compile7b 420 python3 -m benchmarks.compile_time --preset 7b --layers 4,32 --json ;;
+    compile13b) run compile13b 480 python3 -m benchmarks.compile_time --preset 13b --layers 4,40 --json ;;
     *) echo "unknown section $s"; exit 2 ;;
   esac
   tail -n 4 "$OUT/$s.log"
