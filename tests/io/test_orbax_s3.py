@@ -10,6 +10,7 @@ from vlguard_jax.io import orbax_s3
 
 @pytest.fixture
 def aws(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
     orbax_s3.install()
@@ -39,11 +40,16 @@ def test_an_s3_path_is_tensorstores_s3_store_at_the_standard_endpoint(aws):
 
 
 def test_without_the_variables_the_spec_names_no_endpoint(monkeypatch):
-    for k in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(k, raising=False)
     assert orbax_s3.kvstore("s3://bkt/a") == {"driver": "s3", "bucket": "bkt", "path": "a"}
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-2")
     assert orbax_s3.kvstore("s3://bkt/a")["aws_region"] == "us-east-2"
+
+
+def test_the_s3_endpoint_variable_comes_before_the_general_one(aws, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:10")
+    assert orbax_s3.kvstore("s3://bkt/a")["endpoint"] == "http://127.0.0.1:10"
     with pytest.raises(ValueError, match="s3:///a: an s3 path needs a bucket"):
         orbax_s3.kvstore("s3:///a")
 

@@ -6,9 +6,9 @@ functions that build those specs about s3://, so arrays go to the bucket as they
 process writes its own shards and process 0 merges their indexes. Everything else orbax writes
 (directories, JSON, the commit marker) goes through epath, which reaches s3 through s3fs.
 
-tensorstore takes no endpoint from the environment, so the spec carries the standard variables:
-`AWS_ENDPOINT_URL`, and `AWS_REGION` or `AWS_DEFAULT_REGION`. Credentials come from tensorstore's
-AWS chain (the environment first).
+tensorstore takes no endpoint from the environment, so the spec carries the standard variables, as
+botocore reads them: `AWS_ENDPOINT_URL_S3` or else `AWS_ENDPOINT_URL`, and `AWS_REGION` or else
+`AWS_DEFAULT_REGION`. Credentials come from tensorstore's AWS chain (the environment first).
 
 Orbax renames a finished checkpoint into place on a filesystem; object stores have no rename, so a
 checkpoint in s3:// is finished once orbax's `commit_success.txt` is written, as in gs://
@@ -37,7 +37,7 @@ def kvstore(url: str) -> dict:
     if not parts.netloc:
         raise ValueError(f"{url}: an s3 path needs a bucket: s3://BUCKET/...")
     spec = {"driver": "s3", "bucket": parts.netloc, "path": parts.path.lstrip("/")}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if endpoint:
         spec["endpoint"] = endpoint
