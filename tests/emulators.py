@@ -9,6 +9,8 @@ client at them and away from any cloud.
   port), tensorstore takes a test token, AWS clients have fake keys and no EC2 metadata.
 - `GUARD` (a sitecustomize put on PYTHONPATH) refuses, in the test process and in every Python
   process it starts, any connection outside 127.0.0.0/8 and records it in `$NET_GUARD_LOG`.
+- Clients written in C++ (tensorstore's curl) escape that guard, so the proxy variables send every
+  HTTP(S) request that leaves loopback to the counted metadata stand-in instead.
 """
 
 from __future__ import annotations
@@ -99,6 +101,9 @@ def environment(tmp: Path, gcs_port: int, s3_port: int, metadata_port: int) -> d
         "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
+        **{k: f"http://{closed}" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
         "NET_GUARD_LOG": str(tmp / "guard" / "refused.log"),
         "GUARD_PATH": str(guard_dir),
     }

@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import jax
@@ -50,6 +51,21 @@ def test_the_network_guard_refuses_addresses_outside_loopback(emu):
     assert emu.refused()[before:] == ["10.255.255.1"]
     emulators_log = emu.env["NET_GUARD_LOG"]
     open(emulators_log, "w").close()  # later tests assert that nothing else was refused
+
+
+def test_tensorstore_sent_outside_loopback_reaches_only_the_counted_stand_in(emu):
+    """tensorstore (C++) escapes the socket guard: given no endpoint, it would ask AWS itself. The
+    proxy variables send it to the stand-in, which counts it (and the process is gone after)."""
+    probe = (
+        "import tensorstore as ts\n"
+        "kv = ts.KvStore.open({'driver': 's3', 'bucket': 'bkt', 'aws_region': 'us-east-1'}).result()\n"
+        "try:\n    kv.read('x').result(timeout=5)\nexcept Exception:\n    pass\n"
+    )
+    env = {k: v for k, v in emulators.subprocess_env(emu, run_env()).items() if not k.startswith("AWS_ENDPOINT")}
+    before = emu.metadata.connections
+    subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, timeout=120)
+    assert emu.metadata.connections > before
+    emu.metadata.connections = 0  # later tests assert that nothing else came
 
 
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
