@@ -30,6 +30,8 @@ DEFERRED = {
     ("vlguard_jax.evaluate.report", "matplotlib"): "pyplot: 0.7 s to import (2-core VM); only write_report draws",
     ("vlguard_jax.evaluate.report", "matplotlib.pyplot"): "as above",
     ("conversion.reader", "torch"): "optional: only .bin (pickled) checkpoints need it",
+    ("vlguard_jax.io.orbax_s3", "orbax.checkpoint._src.path"): "orbax internals: only runs in s3:// depend on them",
+    ("vlguard_jax.io.orbax_s3", "orbax.checkpoint._src.serialization"): "as above",
 }
 
 

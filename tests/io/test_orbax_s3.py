@@ -62,3 +62,11 @@ def test_gs_and_local_paths_keep_orbaxs_specs(aws, tmp_path):
     assert local["driver"] == "file" and local["path"].rstrip("/") == str(tmp_path / "state")
     with pytest.raises(ValueError, match="absolute"):
         tensorstore_utils.build_kvstore_tspec("relative/state", "w")
+
+
+def test_an_orbax_without_these_internals_is_named_when_s3_is_used(monkeypatch, tmp_path):
+    monkeypatch.delattr(tensorstore_utils, "_vlguard_s3", raising=False)  # as if never installed
+    monkeypatch.delattr(tensorstore_utils, "_normalize_path")
+    assert orbax_s3.orbax_path(tmp_path) == str(tmp_path)  # local paths need nothing of it
+    with pytest.raises(RuntimeError, match=r"orbax .* cannot be taught s3:// paths .*_normalize_path"):
+        orbax_s3.orbax_path("s3://bkt/run/checkpoints")

@@ -15,8 +15,6 @@ from flax import traverse_util
 from vlguard_jax.io import orbax_s3, storage
 from vlguard_jax.io.files import atomic_dir
 
-orbax_s3.install()  # orbax reads s3:// parameters itself
-
 PARAMS_DIR = "params"
 MODEL_CONFIG = "model_config.json"
 # Files that travel with a checkpoint: tokenizer, processor and generation settings.
@@ -63,7 +61,7 @@ def save_checkpoint(dst, config, params, side_files_from=None, tokenizer=None) -
 def load_params(path, abstract=None):
     """Restore a parameter tree. `abstract` (ShapeDtypeStructs, with shardings) sets the layout
     and dtypes; without it the tree comes back as saved, on the host."""
-    path = storage.absolute(path)  # orbax takes absolute paths only
+    path = orbax_s3.orbax_path(path)
     if not storage.as_path(path).is_dir():
         raise FileNotFoundError(f"{path}: no parameter checkpoint here")
     return ocp.load(path, abstract)
@@ -71,7 +69,7 @@ def load_params(path, abstract=None):
 
 def param_metadata(path):
     """The saved tree's shapes and dtypes, without reading any tensor."""
-    return ocp.metadata(storage.absolute(path)).metadata
+    return ocp.metadata(orbax_s3.orbax_path(path)).metadata
 
 
 class StreamingWriter:

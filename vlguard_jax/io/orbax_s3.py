@@ -5,6 +5,7 @@ is normalised to `s3:/` and taken for a relative file path. `install()` teaches 
 functions that build those specs about s3://, so arrays go to the bucket as they go to gs://: each
 process writes its own shards and process 0 merges their indexes. Everything else orbax writes
 (directories, JSON, the commit marker) goes through epath, which reaches s3 through s3fs.
+`orbax_path` installs it when a path is in s3, so only runs in s3 depend on those internals.
 
 tensorstore takes no endpoint from the environment, so the spec carries the standard variables, as
 botocore reads them: `AWS_ENDPOINT_URL_S3` or else `AWS_ENDPOINT_URL`, and `AWS_REGION` or else
@@ -20,15 +21,24 @@ from __future__ import annotations
 import os
 from urllib import parse
 
-from orbax.checkpoint._src.path import atomicity, gcs_utils
-from orbax.checkpoint._src.serialization import tensorstore_utils
+import orbax.checkpoint as ocp
 
-TEMPORARY_PATH = atomicity.CommitFileTemporaryPath  # what orbax itself uses for gs://
+from vlguard_jax.io import storage
+
+TEMPORARY_PATH = ocp.path.atomicity.CommitFileTemporaryPath  # what orbax itself uses for gs://
 _PATCHED = "_vlguard_s3"
 
 
 def is_s3(path) -> bool:
     return str(path).startswith("s3://")
+
+
+def orbax_path(path) -> str:
+    """`path` as orbax takes it: a local one absolute, a remote one as it is; orbax is taught
+    s3:// first when the path is there."""
+    if is_s3(path):
+        install()
+    return storage.absolute(path)
 
 
 def kvstore(url: str) -> dict:
@@ -48,13 +58,18 @@ def kvstore(url: str) -> dict:
 
 def install() -> None:
     """Make orbax build s3 specs for s3:// paths (idempotent; other paths are untouched)."""
-    if getattr(tensorstore_utils, _PATCHED, False):
-        return
-    try:
+    try:  # orbax's internals, imported here so that only runs in s3 depend on them
+        from orbax.checkpoint._src.path import gcs_utils
+        from orbax.checkpoint._src.serialization import tensorstore_utils
+
+        if getattr(tensorstore_utils, _PATCHED, False):
+            return
         normalize, use_native = tensorstore_utils._normalize_path, tensorstore_utils._use_gcs_driver
         gcs_kvstore = gcs_utils.get_kvstore_for_gcs
-    except AttributeError as e:  # a later orbax that builds its specs differently
-        raise RuntimeError(f"this orbax cannot be taught s3:// paths ({e}); use gs:// or a filesystem") from None
+    except (ImportError, AttributeError) as e:  # a later orbax that builds its specs differently
+        raise RuntimeError(
+            f"orbax {getattr(ocp, '__version__', '')} cannot be taught s3:// paths ({e}); use gs:// or a filesystem"
+        ) from None
 
     def _normalize(path: str) -> str:
         # os.path.normpath would turn s3:// into s3:/; normalise the key only.

@@ -19,8 +19,6 @@ from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import to_per_layer
 
-orbax_s3.install()  # orbax reads s3:// checkpoints itself
-
 CHECKPOINTS = "checkpoints"
 COMMIT_MARKER = "commit_success.txt"  # orbax's, in gs:// and s3://
 
@@ -62,7 +60,7 @@ def read_latest(workdir, step: int | None = None):
         if not steps:
             raise FileNotFoundError(f"{workdir}: no finished training checkpoint under {root}")
         step = steps[-1]
-    path = storage.absolute(root / str(step))  # orbax takes absolute paths only
+    path = orbax_s3.orbax_path(root / str(step))
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     ckptr = ocp.StandardCheckpointer()
     meta_tree = ckptr.metadata(f"{path}/state").item_metadata

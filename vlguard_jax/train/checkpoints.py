@@ -16,15 +16,13 @@ from jax.experimental import multihost_utils
 from vlguard_jax.io import orbax_s3, storage
 from vlguard_jax.io.runs import CHECKPOINTS, is_finished, marker
 
-orbax_s3.install()
-
 
 class Checkpoints:
     def __init__(self, workdir, every: int, keep: int):
         if storage.is_remote(workdir):
             _remove_unfinished(workdir)
         self.manager = ocp.CheckpointManager(
-            storage.absolute(storage.as_path(workdir) / CHECKPOINTS),
+            orbax_s3.orbax_path(storage.as_path(workdir) / CHECKPOINTS),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 save_interval_steps=1,
