@@ -16,7 +16,7 @@ import pytest
 
 from tests import emulators
 from tests.train import common
-from tests.train.test_loop import REPO, config_file, final_params, finish, run_env, train_cmd
+from tests.train.test_loop import REPO, config_file, final_params, finish, run_env, start_two, train_cmd
 from vlguard_jax.io import files, storage
 
 pytest.importorskip("gcp_storage_emulator")
@@ -289,28 +289,11 @@ def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu, referenc
 TWO = dict(total_steps=10, checkpoint_every=100, **{"mesh.shape": (-1, 1, 1)})
 
 
-def start_two(cfg, workdir, env_of):
-    """Two processes on localhost, one device each; `env_of(i)` is process i's environment."""
-    port = emulators.free_port()
-    jax_env = dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2")
-    return [
-        subprocess.Popen(
-            train_cmd(cfg, workdir),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=dict(env_of(i), **jax_env, JAX_PROCESS_ID=str(i)),
-        )
-        for i in range(2)
-    ]
-
-
 @pytest.fixture(scope="module")
 def two_local(env):
     """An uninterrupted run of two processes with a local workdir: the bucket runs' reference."""
     ns, tmp = env
-    finish(start_two(config_file(ns, tmp, "two_local", **TWO), tmp / "two_local", lambda i: run_env()))
+    finish(start_two(config_file(ns, tmp, "two_local", **TWO), tmp / "two_local"))
     return tmp / "two_local"
 
 

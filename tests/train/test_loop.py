@@ -243,8 +243,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_two(cfg, workdir):
+def start_two(cfg, workdir, env_of=lambda i: run_env()):
+    """Two processes on localhost, one device each; `env_of(i)` is process i's environment."""
     port = free_port()
+    jax_env = dict(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2")
     return [
         subprocess.Popen(
             train_cmd(cfg, workdir),
@@ -252,7 +254,7 @@ def start_two(cfg, workdir):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=run_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
+            env=dict(env_of(i), **jax_env, JAX_PROCESS_ID=str(i)),
         )
         for i in range(2)
     ]
