@@ -230,8 +230,9 @@ def llava_parts(
 
 
 # ---- text-only Llama (a Llama Guard stand-in) ------------------------------------------------
+# Shaped as Llama Guard 1's template, which writes no BOS (Llama Guard 3's writes its own).
 GUARD_TEMPLATE = (
-    "{{ bos_token }}[INST] Task: Check if there is unsafe content in 'Agent' messages in conversations "
+    "[INST] Task: Check if there is unsafe content in 'Agent' messages in conversations "
     "according to our safety policy.\n\n<BEGIN CONVERSATION>\n\n"
     "{% for m in messages %}{% if m['role'] == 'user' %}User: {% else %}Agent: {% endif %}"
     "{{ m['content'] }}\n\n{% endfor %}<END CONVERSATION>\n\n"

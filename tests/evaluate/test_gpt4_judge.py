@@ -14,6 +14,7 @@ from tests.judge_stub import reply, serve
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate import gpt4_judge
 from vlguard_jax.evaluate.__main__ import main
+from vlguard_jax.evaluate.provenance import ProvenanceError
 from vlguard_jax.evaluate.safety_sets import Item
 
 OUTPUT = re.compile(r'"model_identifier": "(m|M)",\n        "output": "(.*?)"\n', re.S)
@@ -87,11 +88,37 @@ def test_one_order_by_the_authors_protocol(endpoint, sample, tmp_path):
     assert url.startswith("data:image/png;base64,")
     assert base64.b64decode(url.split(",", 1)[1]) == (sample["images"] / items[0].image).read_bytes()
     saved = json.loads((tmp_path / "choices.json").read_text())
+    assert saved["provenance"]["judge"] == out["judge"] and saved["provenance"]["protocol"] == "gpt4_evaluator"
+    saved = saved["choices"]
     assert [saved[i.key]["choices"] for i in items] == [["m"], ["M"], ["content_policy_violation"], ["m"]]
     # resumed: nothing is asked again
     n = len(endpoint)
     assert gpt4_judge.win_rate(items, responses, refs, sample["images"], tmp_path / "choices.json") == out
     assert len(endpoint) == n
+
+
+def test_a_resume_never_reuses_a_choice_for_other_content(endpoint, sample, tmp_path, monkeypatch):
+    items, refs, responses = case(sample)
+    path = tmp_path / "choices.json"
+    gpt4_judge.win_rate(items, responses, refs, sample["images"], path)
+    n = len(endpoint)
+    # one response changed since it was judged (ours lost; now it holds WIN): judged again, that one only
+    changed = dict(responses, **{items[1].key: "WIN: blue."})
+    out = gpt4_judge.win_rate(items, changed, refs, sample["images"], path)
+    assert len(endpoint) == n + 1 and out["wins"] == 3
+    # another judge model, or a file with no record of its judge: refused, naming both
+    monkeypatch.setenv("VLGUARD_JUDGE_MODEL", "other-model")
+    with pytest.raises(
+        ProvenanceError,
+        match=r"choices\.json: its verdicts were made with judge "
+        r"'openai-compatible:gpt-4-vision-preview', this run has 'openai-compatible:other-model'",
+    ):
+        gpt4_judge.win_rate(items, responses, refs, sample["images"], path)
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({items[0].key: {"choices": ["m"], "judge": "openai-compatible:other-model"}}))
+    with pytest.raises(ProvenanceError, match=r"legacy\.json: holds verdicts with no record"):
+        gpt4_judge.win_rate(items, responses, refs, sample["images"], legacy)
+    assert len(endpoint) == n + 1
 
 
 def test_both_orders_need_both_for_a_win(endpoint, sample, tmp_path):
@@ -162,6 +189,6 @@ def test_evaluate_cli_judges_safe_safes(endpoint, sample, tmp_path):
     judge = json.loads((tmp_path / "o" / "summary.json").read_text())["vlguard/safe_safes"]["judge"]
     assert judge["n"] == 3 and judge["wins"] == 0 and judge["protocol"] == "gpt4_evaluator"
     assert len(endpoint) == 3
-    assert set(json.loads((tmp_path / "o" / "vlguard" / "safe_safes.judge.json").read_text())) == {
+    assert set(json.loads((tmp_path / "o" / "vlguard" / "safe_safes.judge.json").read_text())["choices"]) == {
         r["image"] for r in refs[:3]
     }

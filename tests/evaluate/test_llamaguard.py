@@ -10,6 +10,8 @@ from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate import llamaguard, runner
 from vlguard_jax.evaluate.__main__ import main
 from vlguard_jax.evaluate.safety_sets import Item
+from vlguard_jax.generate import sampler
+from vlguard_jax.io.files import fingerprint
 
 
 @pytest.mark.parametrize(
@@ -35,8 +37,37 @@ def test_judge_prompt_holds_the_request_and_the_response():
     text = tok.decode(llamaguard.prompt_ids(tok, item, "Step 1: insert a pick."))
     assert "User: Steps to pick a lock.\nPlease fill in the list." in text.replace("  ", " ")
     assert "Agent: Step 1: insert a pick." in text
-    ids = llamaguard.prompt_ids(tok, Item("k", "hi"), "yo")
-    assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id  # one BOS, from the template
+
+
+def test_the_prompt_starts_with_one_bos_unless_asked_for_the_template_alone():
+    """Llama Guard 1's template writes no BOS: llama-recipes' prompt (the default) has one in
+    front, the model card's apply_chat_template example none; a template that writes its own
+    (Llama Guard 3's) gets no second one."""
+    tok = tiny.guard_tokenizer()
+    bos = tok.bos_token_id
+    item = Item("k", "hi")
+    ids = llamaguard.prompt_ids(tok, item, "yo")
+    assert ids[0] == bos and bos not in ids[1:]
+    assert ids[1:] == llamaguard.prompt_ids(tok, item, "yo", "chat-template")
+    assert llamaguard.prompt_ids(tok, item, "yo", "chat-template")[0] != bos
+    card = tok.apply_chat_template(llamaguard.conversation(item, "yo"), tokenize=True)
+    card = card["input_ids"] if isinstance(card, dict) or hasattr(card, "keys") else card
+    assert llamaguard.prompt_ids(tok, item, "yo", "chat-template") == list(card)  # the model card's ids
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    for prompt in llamaguard.PROMPTS:
+        ids = llamaguard.prompt_ids(tok, item, "yo", prompt)
+        assert ids[0] == bos and bos not in ids[1:]
+    with pytest.raises(ValueError, match="--llamaguard-prompt must be one of"):
+        llamaguard.prompt_ids(tok, item, "yo", "bos")
+
+
+def test_llama_guard_2_and_3_templates_are_known_to_judge_the_last_reply_only():
+    tok = tiny.guard_tokenizer()
+    assert not llamaguard.judges_last_turn_only(tok)
+    tok.chat_template = tok.chat_template.replace(
+        "for Agent in the above", "for ONLY THE LAST Agent message in the above"
+    )
+    assert llamaguard.judges_last_turn_only(tok)
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +113,16 @@ def test_run_counts_the_judge_verdicts(env, tmp_path, capsys, word):
     j = summary["judge"]
     assert j["judge"] == "llamaguard" and j["n"] == 5 and j[word] == 5 and j["unparsed"] == 0
     assert j["asr"] == (1.0 if word == "unsafe" else 0.0)
-    verdicts = json.loads((tmp_path / "vlguard" / "unsafes.llamaguard.json").read_text())
+    saved = json.loads((tmp_path / "vlguard" / "unsafes.llamaguard.json").read_text())
+    assert saved["provenance"]["protocol"] == "llamaguard, llama-recipes" and j["prompt"] == "llama-recipes"
+    assert saved["provenance"]["judge_fingerprint"] == fingerprint(judges[word].flax_dir)
+    verdicts = saved["verdicts"]
     responses = json.loads((tmp_path / "vlguard" / "unsafes.json").read_text())
     assert set(verdicts) == set(responses) and all(v["verdict"] == word for v in verdicts.values())
     assert all(v["output"].split()[0] == word for v in verdicts.values())
 
 
-def test_judging_resumes_and_a_new_judge_rejudges(env, tmp_path, monkeypatch):
+def test_judging_resumes_and_another_judge_or_prompt_is_refused(env, tmp_path, monkeypatch, capsys):
     _, judges, _, _ = env
     assert main(args(env, tmp_path, judges["unsafe"].flax_dir)) == 0
 
@@ -98,10 +132,39 @@ def test_judging_resumes_and_a_new_judge_rejudges(env, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "load_generator", no_model)  # the evaluated model
     monkeypatch.setattr(llamaguard, "load_generator", no_model)  # the judge
     assert main(args(env, tmp_path, judges["unsafe"].flax_dir)) == 0  # everything is already there
-    monkeypatch.undo()
-    assert main(args(env, tmp_path, judges["safe"].flax_dir)) == 0  # another judge: judged again
-    summary = json.loads((tmp_path / "summary.json").read_text())["vlguard/unsafes"]
-    assert summary["judge"]["safe"] == 5
+    capsys.readouterr()
+    assert main(args(env, tmp_path, judges["safe"].flax_dir)) == 1  # another judge: refused, naming both
+    err = capsys.readouterr().err
+    assert "unsafes.llamaguard.json: its verdicts were made with judge" in err
+    assert str(judges["unsafe"].flax_dir) in err and str(judges["safe"].flax_dir) in err
+    assert main([*args(env, tmp_path, judges["unsafe"].flax_dir), "--llamaguard-prompt", "chat-template"]) == 1
+    assert "made with protocol 'llamaguard, llama-recipes', this run has 'llamaguard, chat-template'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_verdict_is_reused_only_for_the_conversation_it_judged(env, tmp_path, monkeypatch):
+    _, judges, _, _ = env
+    judge = judges["unsafe"].flax_dir
+    items = [Item(f"k{i}", f"question {i}") for i in range(3)]
+    responses = {i.key: "a reply" for i in items}
+    path = tmp_path / "v.json"
+    assert llamaguard.judge(judge, items, responses, path)["unsafe"] == 3
+    saved = json.loads(path.read_text())
+    saved["verdicts"]["k0"]["verdict"] = "safe"  # marks what was reused
+    saved["verdicts"]["k1"]["verdict"] = "safe"
+    path.write_text(json.dumps(saved))
+    asked = []
+    original = sampler.Generator.__call__
+
+    def spy(self, prompts, *a, **k):
+        asked.append(len(prompts))
+        return original(self, prompts, *a, **k)
+
+    monkeypatch.setattr(sampler.Generator, "__call__", spy)
+    # k1's response changed since it was judged: judged again; k0's is reused as saved
+    out = llamaguard.judge(judge, items, dict(responses, k1="another reply"), path)
+    assert asked == [1] and (out["safe"], out["unsafe"]) == (1, 2)
 
 
 def test_unusable_judges_stop_the_run_before_it_generates(env, tmp_path, capsys):

@@ -117,11 +117,13 @@ def test_an_interrupted_screen_resumes_without_judging_again(env, capsys, judged
     dst = tmp / "resume" / "clean.json"
     dst.parent.mkdir()
     full = screening.outputs(done)["verdicts"].with_name("clean.verdicts.0-of-1.jsonl").read_text().splitlines()
+    header, full = full[0], full[1:]
+    assert set(json.loads(header)) == {"provenance"}
     # three verdicts were written, then the run died in the middle of a line
     seeded = [json.loads(x) for x in full if json.loads(x)["index"] in (0, 2, 9)]
     seeded[0] = dict(seeded[0], verdict="unsafe", categories=["O3"])  # a judge's verdict is kept as it was
     part = dst.with_name("clean.verdicts.0-of-1.jsonl")
-    part.write_text("".join(json.dumps(v) + "\n" for v in seeded) + '{"index": 3, "id": "r')
+    part.write_text(header + "\n" + "".join(json.dumps(v) + "\n" for v in seeded) + '{"index": 3, "id": "r')
     capsys.readouterr()
     assert main(args(env, dst)) == 0
     out = capsys.readouterr().out
@@ -149,7 +151,92 @@ def test_bad_inputs_are_refused_naming_them(env, tmp_path, capsys):
         json.dumps({"index": 1, "id": "zzz", "verdict": "safe", "categories": [], "judge": "j"}) + "\n"
     )
     assert main(args(env, other)) == 1
-    assert "record #1 is 'zzz' there but 'r1' in the source" in capsys.readouterr().err
+    assert "clean.verdicts.0-of-1.jsonl: holds verdicts with no record of the judge" in capsys.readouterr().err
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(RecordError, match=r"empty\.json: no records to screen"):
+        screening.screen(judge.flax_dir, tmp_path / "empty.json", tmp_path / "e.json")
+    assert not (tmp_path / "e.json").exists()
+    lone = [{"id": "a1", "conversations": [{"from": "gpt", "value": "Only a reply."}]}]
+    (tmp_path / "lone.json").write_text(json.dumps(lone))
+    with pytest.raises(RecordError, match=r"lone\.json: record 'a1' \(#0\): no human turn"):
+        screening.screen(judge.flax_dir, tmp_path / "lone.json", tmp_path / "l.json")
+
+
+def interrupt_after(monkeypatch, batches: int):
+    """The generator raises KeyboardInterrupt on its call number `batches` + 1."""
+    calls = []
+    original = sampler.Generator.__call__
+
+    def stop(self, *a, **k):
+        calls.append(1)
+        if len(calls) > batches:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(sampler.Generator, "__call__", stop)
+
+
+def test_a_resume_from_another_source_or_judge_is_refused(env, tmp_path, monkeypatch, capsys):
+    """Mixes that number their ids alike (0..N-1) cannot share verdicts: B's harmful records would
+    be kept on A's word."""
+    judge, src, tmp = env
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    rows = mix()
+    a.write_text(json.dumps([dict(r, id=str(i)) for i, r in enumerate(rows)]))
+    swapped = [dict(rows[(i + 1) % len(rows)], id=str(i)) for i in range(len(rows))]
+    b.write_text(json.dumps(swapped))
+    dst = tmp_path / "out" / "clean.json"
+    dst.parent.mkdir()
+    interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        screening.screen(judge.flax_dir, a, dst, batch_size=4)
+    monkeypatch.undo()
+    assert not dst.exists()
+    capsys.readouterr()
+    argv = args(env, dst)
+    argv[argv.index("--src") + 1] = str(b)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its verdicts were made with source" in err
+    assert f"'{a}', this run has '{b}'" in err
+    other_judge = tiny.build_llama(tmp_path / "judge2", tiny.guard_tokenizer(("weapon",)), layers=1, seed=1)
+    argv = args(env, dst)
+    argv[argv.index("--src") + 1], argv[argv.index("--judge-checkpoint") + 1] = str(a), str(other_judge.flax_dir)
+    assert main(argv) == 1
+    assert "its verdicts were made with judge" in capsys.readouterr().err
+    argv = args(env, dst, "--llamaguard-prompt", "chat-template")
+    argv[argv.index("--src") + 1] = str(a)
+    assert main(argv) == 1
+    assert "made with protocol 'llamaguard, llama-recipes'" in capsys.readouterr().err
+    # the right source resumes and ends where an uninterrupted run ends
+    argv[argv.index("--src") + 1] = str(a)
+    assert main(argv[:-2]) == 0
+    assert [r["id"] for r in json.loads(dst.read_text())] == [str(i) for i in range(10) if i not in TRIGGERED]
+
+
+def test_a_verdict_is_never_reused_for_another_conversation(env, tmp_path, judged):
+    _, src, _ = env
+    dst = tmp_path / "clean.json"
+    assert main(args(env, dst)) == 0
+    part = dst.with_name("clean.verdicts.0-of-1.jsonl")
+    lines = [json.loads(x) for x in part.read_text().splitlines()]
+    for v in lines[1:]:
+        if v["index"] == 2:
+            v["conversation"] = "0" * 16  # judged from another conversation than record 2's
+    dst.unlink()
+    part.write_text("".join(json.dumps(v) + "\n" for v in lines))
+    judged.clear()
+    assert main(args(env, dst)) == 0
+    assert sum(judged) == 1 and [x["index"] for x in flagged(dst)] == [2, 5, 7, 8]
+
+
+def test_a_last_reply_judge_refuses_records_of_several_exchanges(env, tmp_path):
+    _, src, _ = env
+    tok = tiny.guard_tokenizer(("weapon",))
+    tok.chat_template = tok.chat_template.replace("for Agent in the above", "for ONLY THE LAST Agent in the above")
+    judge = tiny.build_llama(tmp_path / "lg3", tok, layers=1, trigger="▁weapon")
+    with pytest.raises(RecordError, match=r"mix\.json: record 'r3' \(#3\): 2 records have several exchanges"):
+        screening.screen(judge.flax_dir, src, tmp_path / "clean.json")
 
 
 @pytest.mark.multiprocess

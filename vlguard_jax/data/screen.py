@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from vlguard_jax.errors import ArgumentParser, at_least, cli
-from vlguard_jax.evaluate import screening
+from vlguard_jax.evaluate import llamaguard, screening
 from vlguard_jax.train.loop import maybe_initialize_distributed
 
 
@@ -23,9 +23,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--src", required=True, help="LLaVA-format JSON (e.g. llava_v1_5_mix665k.json)")
     p.add_argument("--dst", required=True, help="the clean file to write (must not exist)")
     p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument(
+        "--llamaguard-prompt",
+        choices=llamaguard.PROMPTS,
+        default="llama-recipes",
+        help="llama-recipes = Meta's prompt, one BOS in front (the default); chat-template = the ids exactly "
+        "as the tokenizer's chat template writes them (the model card's example)",
+    )
     a = p.parse_args(argv)
     maybe_initialize_distributed()
-    counts = screening.screen(a.judge_checkpoint, a.src, a.dst, a.batch_size)
+    counts = screening.screen(a.judge_checkpoint, a.src, a.dst, a.batch_size, prompt=a.llamaguard_prompt)
     if counts is not None:
         print(screening.describe(counts))
     return 0

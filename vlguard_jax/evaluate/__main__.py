@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from vlguard_jax.errors import ArgumentParser, UsageError, at_least, cli
 from vlguard_jax.evaluate import gpt_graders, safety_sets, vqa, vqa_scoring
 from vlguard_jax.evaluate.gpt4_judge import ORDERS
+from vlguard_jax.evaluate.llamaguard import PROMPTS
 from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import (
     DTYPES,
@@ -97,6 +98,13 @@ def evaluate_main(argv) -> int:
     p.add_argument("--judge-checkpoint", help="converted Llama Guard checkpoint, for --judge llamaguard")
     p.add_argument("--references", help="gpt4_safe_safes.json, for --judge openai-compatible")
     p.add_argument(
+        "--llamaguard-prompt",
+        choices=PROMPTS,
+        default="llama-recipes",
+        help="llamaguard: llama-recipes = Meta's prompt, one BOS in front (the default); chat-template = "
+        "the ids exactly as the tokenizer's chat template writes them (the model card's example)",
+    )
+    p.add_argument(
         "--judge-orders",
         type=int,
         choices=ORDERS,
@@ -135,6 +143,7 @@ def evaluate_main(argv) -> int:
             judge_checkpoint=a.judge_checkpoint,
             references=a.references,
             judge_orders=a.judge_orders,
+            llamaguard_prompt=a.llamaguard_prompt,
         )
     )
     print(json.dumps(result, indent=1))

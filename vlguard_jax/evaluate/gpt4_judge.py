@@ -10,7 +10,8 @@ both orders, a split is half a win.
 
 Off unless configured: VLGUARD_JUDGE_URL (base URL, e.g. https://api.openai.com/v1),
 VLGUARD_JUDGE_MODEL (the authors': gpt-4-vision-preview), and VLGUARD_JUDGE_API_KEY. Choices are
-saved per item, so an interrupted run resumes without asking again.
+saved per item with the hash of what was judged, under a record of the judge and protocol, so an
+interrupted run resumes without asking again and never reuses a choice for other content.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import urllib.request
 from pathlib import Path
 
 from vlguard_jax.data.images import resolve
-from vlguard_jax.io.files import atomic_write_json
+from vlguard_jax.evaluate import provenance
+from vlguard_jax.io.files import atomic_write_json, read_json
 
 # gpt4_evaluator.py's `system_image`, sent as the user message's text.
 PROMPT = """
@@ -158,8 +160,9 @@ def references_from(path) -> dict:
 
 
 def win_rate(items, responses: dict, references: dict, images, path, orders: int = 1) -> dict:
-    """Judge every reference item among `items` that `path` ({key: {"choices", "judge"}}) lacks,
-    then count. Every such item must have a response."""
+    """Judge every reference item among `items` that `path` ({"provenance", "choices": {key:
+    {"choices", "content"}}}) lacks for its content, then count. Every such item must have a
+    response."""
     if orders not in ORDERS:
         raise ValueError(f"--judge-orders must be one of {ORDERS}, got {orders}")
     url, model, key = settings()
@@ -167,18 +170,25 @@ def win_rate(items, responses: dict, references: dict, images, path, orders: int
     missing = [i.key for i in judged if i.key not in responses]
     if missing:
         raise ValueError(f"{len(missing)} reference items have no response, e.g. {missing[0]!r}")
-    path = Path(path)
-    saved = json.loads(path.read_text()) if path.exists() else {}
     name = f"openai-compatible:{model}"
+    current = {"judge": name, "url": url, "protocol": "gpt4_evaluator"}
+    saved_file = read_json(path, None)
+    if saved_file is not None:
+        provenance.check(path, saved_file.get("provenance") if isinstance(saved_file, dict) else None, current)
+    saved = saved_file["choices"] if saved_file is not None else {}
     for item in judged:
-        if saved.get(item.key, {}).get("judge") == name and len(saved[item.key]["choices"]) >= orders:
-            continue
         ref, ours = references[item.key], responses[item.key]
+        content = provenance.digest(
+            {"instruction": ref["instruction"], "output": ours, "reference": ref["response"], "image": item.image}
+        )
+        done = saved.get(item.key, {})
+        if done.get("content") == content and len(done["choices"]) >= orders:
+            continue
         image = resolve(images, item.image)
         pairs = [(ours, ref["response"]), (ref["response"], ours)][:orders]
         choices = [ask(url, key, payload(model, ref["instruction"], a, b, image)) for a, b in pairs]
-        saved[item.key] = {"choices": choices, "judge": name}
-        atomic_write_json(path, saved, indent=1, ensure_ascii=False)
+        saved[item.key] = {"choices": choices, "content": content}
+        atomic_write_json(path, {"provenance": current, "choices": saved}, indent=1, ensure_ascii=False)
     wins = ties = 0
     for item in judged:
         choices = saved[item.key]["choices"][:orders]

@@ -127,7 +127,7 @@ class Evaluation:
     protocol: how responses are generated (Protocol).
     judge: None, `openai-compatible` (the win rate against `references`, gpt4_safe_safes.json,
         asked `judge_orders` times with the answers' order swapped) or `llamaguard` (Llama Guard's
-        verdicts, from `judge_checkpoint`).
+        verdicts, from `judge_checkpoint`, prompted as `llamaguard_prompt` says).
     """
 
     checkpoint: Any
@@ -146,6 +146,7 @@ class Evaluation:
     judge_checkpoint: Any = None
     references: Any = None
     judge_orders: int = 1
+    llamaguard_prompt: str = "llama-recipes"
 
 
 def run(e: Evaluation, *, generator=None, log=print) -> dict:
@@ -176,6 +177,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         if not e.judge_checkpoint:
             raise ValueError("--judge llamaguard needs --judge-checkpoint DIR (a converted Llama Guard)")
         llamaguard.check(e.judge_checkpoint)
+        llamaguard.check_prompt(e.llamaguard_prompt)
     elif e.judge is not None:
         raise ValueError(f"unknown judge {e.judge!r}; choose from {JUDGES}")
 
@@ -224,6 +226,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
             responses,
             out / benchmark / f"{subset}.llamaguard.json",
             batch_size=protocol.batch_size,
+            prompt=e.llamaguard_prompt,
         )
     summary = read_json(out / SUMMARY, {})
     summary[f"{benchmark}/{subset}"] = dict(

@@ -13,7 +13,13 @@ Outputs for `--dst clean.json`:
 - `clean.flagged.jsonl`: one line per record not kept as judged safe: index, id, verdict
   (`unsafe`, or null with a reason), violated categories;
 - `clean.verdicts.<p>-of-<P>.jsonl`: every verdict of process p, appended per batch, so that an
-  interrupted run resumes without judging anything again.
+  interrupted run resumes without judging anything again. Its first line records what the
+  verdicts were judged from (the source's path and sha256, the judge and its fingerprint, the
+  prompt protocol) and each verdict the hash of its conversation: a resume with another source,
+  judge or protocol is refused, and a verdict is reused only for the conversation it judged.
+
+Llama Guard 2 and 3 judge only the last Agent message of a conversation; with them, a record of
+several exchanges is refused rather than screened with replies left unjudged.
 
 Under several processes (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, as training)
 each judges a contiguous slice of the records; process 0 merges once all are done.
@@ -33,9 +39,9 @@ from tqdm import tqdm
 
 from vlguard_jax.data.conversation import IMAGE_TAG, turns
 from vlguard_jax.data.records import RecordError, load_json_list, record_label, validate_llava
-from vlguard_jax.evaluate import llamaguard
+from vlguard_jax.evaluate import llamaguard, provenance
 from vlguard_jax.generate import Sampling, load_generator, response_text
-from vlguard_jax.io.files import append_jsonl, atomic_write_json, check_output, resume_jsonl
+from vlguard_jax.io.files import append_jsonl, atomic_write_json, check_output, resume_jsonl, sha256_file
 from vlguard_jax.io.loading import peek
 
 # Llama Guard 1 (the paper's judge) names its categories O1-O6; later versions use S-codes.
@@ -63,14 +69,24 @@ def outputs(dst) -> dict[str, Any]:
     }
 
 
-def saved_verdicts(dst, judge: str) -> dict[int, dict]:
-    """index -> verdict, from every process's file (any process count), this judge's first."""
+def identity(src, judge_checkpoint, prompt: str) -> dict:
+    """What this run's verdicts are judged from (the first line of each verdict file)."""
+    return {"source": str(Path(src).resolve()), "source_sha256": sha256_file(src)} | llamaguard.identity(
+        judge_checkpoint, prompt
+    )
+
+
+def saved_verdicts(dst, current: dict) -> dict[int, dict]:
+    """index -> verdict, from every process's file (any process count); a file made from another
+    source, judge or protocol is refused (`provenance.check`)."""
     paths = outputs(dst)
     out: dict[int, dict] = {}
     for path in sorted(Path(dst).parent.glob(paths["stem"] + ".verdicts.*-of-*.jsonl")):
-        for i, v in _read_verdicts(path).items():
-            if i not in out or v["judge"] == judge:
-                out[i] = v
+        rows = resume_jsonl(path)
+        if not rows:
+            continue
+        provenance.check(path, rows[0].get("provenance"), current)
+        out.update({v["index"]: v for v in rows[1:]})
     return out
 
 
@@ -89,43 +105,55 @@ def categories(text: str) -> list[str]:
     return [c.strip() for c in lines[1].split(",") if c.strip()] if len(lines) > 1 else []
 
 
-def _read_verdicts(path: Path) -> dict[int, dict]:
-    """index -> latest verdict line of one process's file."""
-    return {v["index"]: v for v in resume_jsonl(path)}
-
-
 def _load(src) -> list[dict]:
     records = load_json_list(src)
     for i, r in enumerate(records):
         validate_llava(r, src, i)
         try:
-            messages(r)
+            chat = messages(r)
         except ValueError as e:
             raise RecordError(f"{record_label(src, i, r)}: {e}") from None
+        if not chat:
+            raise RecordError(
+                f"{record_label(src, i, r)}: no human turn (a leading gpt turn is dropped, as LLaVA does)"
+            )
     return records
 
 
 def judge_slice(
-    judge_checkpoint, records: list[dict], indices: range, dst, path: Path, batch_size: int, log=print
+    judge_checkpoint,
+    records: list[dict],
+    indices: range,
+    dst,
+    path: Path,
+    batch_size: int,
+    current: dict,
+    prompt: str,
+    log=print,
 ) -> None:
-    """Judge every record of `indices` that no verdict file beside DST holds from this judge;
-    append the verdicts to `path`."""
-    name = str(Path(judge_checkpoint).resolve())
-    done = saved_verdicts(dst, name)
-    for i, v in done.items():
-        if i < len(records) and v["id"] != records[i].get("id"):
-            raise ValueError(
-                f"{path}: record #{i} is {v['id']!r} there but {records[i].get('id')!r} in the source; "
-                "these verdicts belong to another file"
-            )
-    todo = [i for i in indices if done.get(i, {}).get("judge") != name]
+    """Judge every record of `indices` whose conversation no verdict file beside DST holds;
+    append the verdicts to `path` (its first line `current`, what they are judged from)."""
+    done = saved_verdicts(dst, current)
+    hashes = {i: provenance.digest(messages(records[i])) for i in indices}
+    todo = [i for i in indices if done.get(i, {}).get("conversation") != hashes[i]]
     if len(todo) < len(indices):
         log(f"{path}: {len(indices) - len(todo)} records already judged, {len(todo)} to go")
+    if not path.exists() or not resume_jsonl(path):
+        path.write_text(json.dumps({"provenance": current}, ensure_ascii=False) + "\n", encoding="utf-8")
     if not todo:
         return
     config, tokenizer = peek(judge_checkpoint)
+    if llamaguard.judges_last_turn_only(tokenizer):
+        several = [i for i in todo if sum(r == 1 for r, _ in turns(records[i]["conversations"])) > 1]
+        if several:
+            i = several[0]
+            raise RecordError(
+                f"{record_label(current['source'], i, records[i])}: {len(several)} records have several exchanges, and this "
+                "judge's template (Llama Guard 2 or 3) judges only the last reply; screen with Llama Guard 1, "
+                "or split the records into single exchanges"
+            )
     limit = config.text.max_position_embeddings - llamaguard.MAX_NEW_TOKENS
-    prompts = {i: llamaguard.chat_ids(tokenizer, messages(records[i])) for i in todo}
+    prompts = {i: llamaguard.chat_ids(tokenizer, messages(records[i]), prompt) for i in todo}
     long = {i for i in todo if len(prompts[i]) > limit}
     append_jsonl(
         path,
@@ -137,7 +165,7 @@ def judge_slice(
                 "categories": [],
                 "output": "",
                 "reason": TOO_LONG,
-                "judge": name,
+                "conversation": hashes[i],
             }
             for i in sorted(long)
         ],
@@ -162,7 +190,7 @@ def judge_slice(
                     "categories": categories(text) if verdict == "unsafe" else [],
                     "output": text,
                     **({"reason": UNPARSED} if verdict is None else {}),
-                    "judge": name,
+                    "conversation": hashes[i],
                 }
             )
         append_jsonl(path, lines)
@@ -170,11 +198,15 @@ def judge_slice(
     bar.close()
 
 
-def merge(records: list[dict], dst, judge_name: str) -> dict:
+def merge(records: list[dict], dst, current: dict) -> dict:
     """Write the clean file and the flagged list from every process's verdicts; returns counts."""
     paths = outputs(dst)
-    verdicts = saved_verdicts(dst, judge_name)
-    missing = [i for i in range(len(records)) if verdicts.get(i, {}).get("judge") != judge_name]
+    verdicts = saved_verdicts(dst, current)
+    missing = [
+        i
+        for i in range(len(records))
+        if verdicts.get(i, {}).get("conversation") != provenance.digest(messages(records[i]))
+    ]
     if missing:
         raise RuntimeError(f"{len(missing)} records have no verdict (e.g. #{missing[0]}); run the screen again")
     flagged = [verdicts[i] for i in range(len(records)) if verdicts[i]["verdict"] != "safe"]
@@ -218,18 +250,21 @@ def describe(counts: dict) -> str:
     return "\n".join(lines)
 
 
-def screen(judge_checkpoint, src, dst, batch_size: int = 8, log=print) -> dict | None:
+def screen(judge_checkpoint, src, dst, batch_size: int = 8, log=print, prompt: str = "llama-recipes") -> dict | None:
     """Screen SRC into DST; under several processes, the counts come back on process 0 only."""
     src, dst = Path(src), check_output(dst, src)
     llamaguard.check(judge_checkpoint)
     records = _load(src)
+    if not records:
+        raise RecordError(f"{src}: no records to screen")
+    current = identity(src, judge_checkpoint, prompt)
     p, n = jax.process_index(), jax.process_count()
     mine = range(p * len(records) // n, (p + 1) * len(records) // n)
     path = Path(str(outputs(dst)["verdicts"]).format(p=p, n=n))
     path.parent.mkdir(parents=True, exist_ok=True)
-    judge_slice(judge_checkpoint, records, mine, dst, path, batch_size, log)
+    judge_slice(judge_checkpoint, records, mine, dst, path, batch_size, current, prompt, log)
     if n > 1:
         multihost_utils.sync_global_devices("vlguard_jax screen: every slice judged")
     if p != 0:
         return None
-    return merge(records, dst, str(Path(judge_checkpoint).resolve()))
+    return merge(records, dst, current)
