@@ -36,6 +36,7 @@ from conversion.hf_to_flax import (
 )
 from conversion.reader import CheckpointError, TensorSource
 from vlguard_jax.errors import cli
+from vlguard_jax.io import storage
 from vlguard_jax.io.files import check_output
 from vlguard_jax.models.config import LlavaConfig, text_from_hf, vision_from_hf
 
@@ -137,7 +138,7 @@ def assemble(llm, vision_tower, projector, dst, dtype: str = "bfloat16", overwri
     config, entries, tokenizer = plan(llm, vision_tower, projector, dtype)
     write_checkpoint(
         entries,
-        Path(dst),
+        storage.as_path(dst),
         config,
         dtype,
         lambda tmp: write_side_files(Path(llm), Path(vision_tower), tmp, config, tokenizer),

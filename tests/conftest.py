@@ -26,3 +26,28 @@ def shared_data():
     if not root.is_dir():
         pytest.skip(f"{root} is absent: real-data tests need ../shared beside the checkout")
     return root
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+# What Python, pip and pytest themselves leave in a checkout.
+_OWN = ("__pycache__", ".pytest_cache", ".git", ".ruff_cache")
+
+
+def repository_files() -> set[str]:
+    """Every file and directory under the checkout, but those the tools themselves make."""
+    out = set()
+    for here, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in _OWN and not d.endswith(".egg-info")]
+        rel = os.path.relpath(here, REPO)
+        out.update(os.path.normpath(os.path.join(rel, n)) for n in dirs + files)
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def leaves_no_file_in_the_repository(request):
+    """Tests write only under their temporary directories: a test module that leaves a new file or
+    directory in the checkout (a relative path, a bucket path taken for a local one) fails."""
+    before = repository_files()
+    yield
+    new = sorted(repository_files() - before)
+    assert not new, f"{request.module.__name__} left {new[:5]} in the repository; write under tmp_path"

@@ -173,3 +173,79 @@ def test_bad_question_files_are_named(env, tmp_path, capsys):
     (tmp_path / "q.csv").write_text("x")
     assert main(args + ["--question-file", str(tmp_path / "q.csv")]) == 1
     assert "a question file is .jsonl (LLaVA's), .json (ScienceQA) or .tsv (MMBench)" in capsys.readouterr().err
+
+
+def pope_questions(path, n=6, duplicate=False):
+    rows = [{"question_id": i, "image": "square.png", "text": f"Is there a cat {i}?"} for i in range(n)]
+    if duplicate:
+        rows[3]["question_id"] = 1
+    return jsonl(path, rows)
+
+
+def vqa_args(ns, tmp, questions, answers, *extra):
+    return [
+        "vqa",
+        "--checkpoint",
+        str(ns.flax_dir),
+        "--question-file",
+        str(questions),
+        "--image-folder",
+        str(tmp / "img"),
+        "--answers-file",
+        str(answers),
+        "--max-new-tokens",
+        "2",
+        *extra,
+    ]
+
+
+def ids_in(path) -> list:
+    return [json.loads(x)["question_id"] for x in path.read_text().splitlines()]
+
+
+def test_an_answers_file_is_one_checkpoints_and_one_question_files_and_never_shrinks(env, tmp_path, capsys):
+    ns, tmp = env
+    q = pope_questions(tmp_path / "q.jsonl")
+    out = tmp_path / "a.jsonl"
+    assert main(vqa_args(ns, tmp, q, out)) == 0
+    lines = out.read_text()
+    assert ids_in(out) == list(range(6))
+    # a smaller --limit answers nothing new and deletes nothing
+    assert main(vqa_args(ns, tmp, q, out, "--limit", "3")) == 0
+    assert out.read_text() == lines
+    capsys.readouterr()
+    # another checkpoint, another question file, or a file with no run record: refused, file unchanged
+    other = tiny.build(tmp_path / "other", scale=5.0, seed=1)
+    args = vqa_args(ns, tmp, q, out)
+    args[args.index("--checkpoint") + 1] = str(other.flax_dir)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"a.jsonl: holds answers of {ns.flax_dir}; this run answers with {other.flax_dir}" in err
+    q2 = pope_questions(tmp_path / "q2.jsonl", n=4)
+    assert main(vqa_args(ns, tmp, q2, out)) == 1
+    assert "its responses were generated with other settings (questions" in capsys.readouterr().err
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text(lines)
+    assert main(vqa_args(ns, tmp, q, bare)) == 1
+    assert "bare.jsonl: has no record (bare.run.json)" in capsys.readouterr().err
+    assert out.read_text() == lines and bare.read_text() == lines
+
+
+def test_answers_files_refuse_duplicate_ids_inputs_buckets_and_text_only_models(env, tmp_path, capsys):
+    ns, tmp = env
+    dup = pope_questions(tmp_path / "dup.jsonl", duplicate=True)
+    assert main(vqa_args(ns, tmp, dup, tmp_path / "a.jsonl")) == 1
+    assert "dup.jsonl: question_id 1 appears more than once" in capsys.readouterr().err
+    q = pope_questions(tmp_path / "q.jsonl")
+    before = q.read_text()
+    assert main(vqa_args(ns, tmp, q, q)) == 2
+    assert "--answers-file" in capsys.readouterr().err and q.read_text() == before
+    assert main(vqa_args(ns, tmp, q, "s3://bkt/ans.jsonl")) == 1
+    assert "--answers-file s3://bkt/ans.jsonl: this output is written locally only" in capsys.readouterr().err
+    llm = tiny.build_llama(tmp_path / "llm", tiny.tokenizer(image_token=False), layers=1)
+    args = vqa_args(ns, tmp, q, tmp_path / "t.jsonl")
+    args[args.index("--checkpoint") + 1] = str(llm.flax_dir)
+    assert main(args) == 1
+    assert "a text-only LLM" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == []  # no run record left
+    assert not (tmp_path / "t.jsonl").exists() and not any(p.name.startswith("s3") for p in tmp_path.iterdir())

@@ -4,10 +4,12 @@ small files in each real format."""
 import base64
 import io
 import json
+import random
 
 import pytest
 from PIL import Image
 
+from vlguard_jax.data.records import RecordError
 from vlguard_jax.evaluate import vqa_scoring as vs
 from vlguard_jax.evaluate.__main__ import main
 from vlguard_jax.evaluate.answer_norm import normalize, soft_accuracy
@@ -67,10 +69,14 @@ def test_sqa_accuracy_and_img_accuracy(tmp_path):
         ans("p4", "The answer is D. The answer is A.", "<image>\nQ"),  # two matches: FAILED
         ans("p6", "D", "Q"),
     ]  # D is no option of 3: wrong
-    # p5 has no answer: FAILED, prompt 'Unknown'. Right: p1, p2, p3 of 6; with an image: p1, p3 of p1, p3, p4
-    r = vs.sqa(answers, tmp_path)
-    assert (r["correct"], r["count"], r["img_correct"], r["img_count"]) == (3, 6, 2, 3)
-    assert r["accuracy"] == pytest.approx(50.0) and r["img_accuracy"] == pytest.approx(200 / 3)
+    # p5 has no answer: an error, unless partial: then right are p1, p2, p3 of the 5 answered; with
+    # an image: p1, p3 of p1, p3, p4
+    with pytest.raises(RecordError, match=r"answers: 1 of 6 questions have no answer \(e\.g\. 'p5'\)"):
+        vs.sqa(answers, tmp_path)
+    r = vs.sqa(answers, tmp_path, allow_partial=True)
+    assert (r["correct"], r["count"], r["img_correct"], r["img_count"]) == (3, 5, 2, 3)
+    assert r["accuracy"] == pytest.approx(60.0) and r["img_accuracy"] == pytest.approx(200 / 3)
+    assert r["coverage"] == {"answered": 5, "questions": 6}
 
 
 def test_pope_per_category(tmp_path):
@@ -90,7 +96,7 @@ def test_pope_per_category(tmp_path):
         "I do not think so",
         "Yes, definitely. No doubt.",
     ]  # yes, no, yes
-    r = vs.pope([ans(i, t) for i, t in enumerate(texts)], tmp_path / "q.jsonl", tmp_path / "coco")
+    r = vs.pope([ans(i, t) for i, t in enumerate(texts)], tmp_path / "q.jsonl", tmp_path / "coco")["by_category"]
     # adversarial: TP 1, TN 1, FN 1 -> acc 2/3, precision 1, recall 1/2, F1 2/3, yes 1/3
     a = r["adversarial"]
     assert (a["accuracy"], a["precision"], a["recall"], a["yes_ratio"]) == pytest.approx((2 / 3, 1.0, 0.5, 1 / 3))
@@ -146,7 +152,7 @@ def test_mme_scores_acc_and_acc_plus(tmp_path):
     assert r["subtasks"] == pytest.approx({"existence": 125.0, "artwork": 50.0, "code_reasoning": 200.0})
     assert r["perception"] == pytest.approx(175.0) and r["cognition"] == pytest.approx(200.0)
     assert "OCR" in r["perception_missing"]
-    with pytest.raises(Exception, match="no ground truth for 'existence/9.jpg'"):
+    with pytest.raises(RecordError, match="question_id 'existence/9.jpg' is not a question of this benchmark"):
         vs.mme([ans("existence/9.jpg", "yes", "Is there a dog?" + yn)], base)
 
 
@@ -175,7 +181,7 @@ def test_textvqa_and_gqa(tmp_path):
     }
     (tmp_path / "gqa.json").write_text(json.dumps(questions))
     r = vs.gqa([ans("q1", "Yes."), ans("q2", "Right"), ans("q3", "red")], tmp_path / "gqa.json")
-    assert r == {"accuracy": 50.0, "n": 2}
+    assert r == {"accuracy": 50.0, "n": 2, "coverage": {"answered": 2, "questions": 2}}
 
 
 def png_b64() -> str:
@@ -231,9 +237,9 @@ def test_mmbench_circular_accuracy(tmp_path):
         ans(1, "B", round_id=1, options=["11", "12", "10"], option_char=["B", "C", "A"]),
         ans(1, "A", round_id=2, options=["12", "10", "11"], option_char=["C", "A", "B"]),
     ]
-    assert vs.mmbench(rounds, tsv)["circular_accuracy"] == 100.0
+    assert vs.mmbench(rounds, tsv, allow_partial=True)["circular_accuracy"] == 100.0
     rounds[2]["text"] = "B"
-    assert vs.mmbench(rounds, tsv)["circular_accuracy"] == 0.0
+    assert vs.mmbench(rounds, tsv, allow_partial=True)["circular_accuracy"] == 0.0
 
 
 def test_upload_files(tmp_path):
@@ -245,7 +251,7 @@ def test_upload_files(tmp_path):
     assert rows[0] == ("index", "question", "A", "B", "C", "D", "prediction", "answer", "split")
     assert rows[1][:7] == (0, "What colour?", "green", "red", "blue", "black", "B") and rows[2][6] is None
     with pytest.raises(Exception, match="row 0 has no answer"):
-        vs.mmbench([ans(0, "B")], tsv)
+        vs.mmbench([ans(0, "B")], tsv, allow_partial=True)
     jsonl(tmp_path / "viz.jsonl", [{"question_id": i, "image": f"VizWiz_test_{i}.jpg", "text": "?"} for i in range(2)])
     vs.vizwiz_upload([ans(0, "A red Cup."), ans(1, "unanswerable")], tmp_path / "viz.jsonl", tmp_path / "viz.json")
     assert json.loads((tmp_path / "viz.json").read_text()) == [
@@ -272,6 +278,126 @@ def test_score_command_prints_the_metrics(tmp_path, capsys):
         )
         == 0
     )
-    assert json.loads(capsys.readouterr().out) == {"accuracy": 50.0, "n": 2}
+    assert json.loads(capsys.readouterr().out) == {
+        "accuracy": 50.0,
+        "n": 2,
+        "coverage": {"answered": 2, "questions": 2},
+    }
     assert main(["score", "--benchmark", "pope", "--answers", str(tmp_path / "a.jsonl")]) == 2
     assert "--benchmark pope needs --question-file" in capsys.readouterr().err
+
+
+def scorer_cases(tmp_path):
+    """{benchmark: (score(answers, allow_partial), a full answers list)} on the small files above."""
+    sqa = tmp_path / "sqa"
+    sqa.mkdir()
+    problems = {f"p{i}": {"choices": ["a", "b"], "answer": i % 2} for i in range(4)}
+    (sqa / "problems.json").write_text(json.dumps(problems))
+    (sqa / "pid_splits.json").write_text(json.dumps({"test": list(problems)}))
+    pope = tmp_path / "pope"
+    (pope / "coco").mkdir(parents=True)
+    cats = ["adversarial"] * 3 + ["random"] * 3
+    jsonl(
+        pope / "q.jsonl",
+        [{"question_id": i, "image": f"{i}.jpg", "text": "?", "category": c} for i, c in enumerate(cats)],
+    )
+    jsonl(
+        pope / "coco" / "coco_pope_adversarial.json",
+        [{"label": x, "image": f"{i}.jpg"} for i, x in enumerate(("yes", "no", "yes"))],
+    )
+    jsonl(
+        pope / "coco" / "coco_pope_random.json",
+        [{"label": x, "image": f"{i + 3}.jpg"} for i, x in enumerate(("no", "no", "yes"))],
+    )
+    mme = mme_folder(tmp_path / "MME")
+    yn = " Please answer yes or no."
+    wp = "\nAnswer the question using a single word or phrase."
+    mme_answers = [
+        ans("existence/1.jpg", "Yes", "Is there a train?" + yn),
+        ans("existence/1.jpg", "Yes", "Is there a bed?" + yn),
+        ans("existence/2.jpg", "Yes", "Is there a cat?" + yn),
+        ans("existence/2.jpg", "No", "Is there a car?" + yn),
+        ans("artwork/7.jpg", "yes", "Is this by Monet?" + wp),
+        ans("artwork/7.jpg", "no", "Is this by Goya?" + yn),
+        ans("code_reasoning/3.png", "yes", "Does it print 1?" + yn),
+        ans("code_reasoning/3.png", "yes", "Does it print 2?" + yn),
+    ]
+    tv = {"data": [{"image_id": f"i{k}", "question": f"What {k}?", "answers": [str(k)] * 10} for k in range(4)]}
+    (tmp_path / "tv.json").write_text(json.dumps(tv))
+    gqa = {f"q{k}": {"answer": "yes" if k % 2 else "no"} for k in range(4)}
+    (tmp_path / "gqa.json").write_text(json.dumps(gqa))
+    tsv = mmbench_tsv(tmp_path / "dev.tsv")
+    return {
+        "sqa": (lambda a, p: vs.sqa(a, sqa, allow_partial=p), [ans(f"p{i}", "AB"[i % 3 % 2], "Q") for i in range(4)]),
+        "pope": (
+            lambda a, p: vs.pope(a, pope / "q.jsonl", pope / "coco", allow_partial=p),
+            [ans(i, t) for i, t in enumerate(["Yes", "No", "No", "Yes", "No", "Yes"])],
+        ),
+        "mme": (lambda a, p: vs.mme(a, mme, allow_partial=p), mme_answers),
+        "textvqa": (
+            lambda a, p: vs.textvqa(a, tmp_path / "tv.json", allow_partial=p),
+            [ans(f"i{k}", str(k * (k % 2)), f"What {k}?" + wp) for k in range(4)],
+        ),
+        "gqa": (
+            lambda a, p: vs.gqa(a, tmp_path / "gqa.json", allow_partial=p),
+            [ans(f"q{k}", "yes") for k in range(4)],
+        ),
+        "mmbench": (
+            lambda a, p: vs.mmbench(a, tsv, allow_partial=p),
+            [ans(0, "B"), ans(1000000, "B"), ans(1, "C"), ans(1000001, "B")],
+        ),
+    }
+
+
+SCORERS = ("sqa", "pope", "mme", "textvqa", "gqa", "mmbench")
+
+
+@pytest.mark.parametrize("name", SCORERS)
+def test_every_scorer_pairs_answers_by_question_id_not_by_position(tmp_path, name):
+    score, answers = scorer_cases(tmp_path)[name]
+    full = score(answers, False)
+    for seed in range(3):
+        shuffled = list(answers)
+        random.Random(seed).shuffle(shuffled)
+        assert score(shuffled, False) == full
+    assert full["coverage"] == {"answered": len(answers), "questions": len(answers)}
+
+
+@pytest.mark.parametrize("name", SCORERS)
+def test_every_scorer_refuses_missing_extra_duplicate_and_no_answers(tmp_path, name):
+    score, answers = scorer_cases(tmp_path)[name]
+    with pytest.raises(RecordError, match=r"questions have no answer .*pass --allow-partial"):
+        score(answers[:-1], False)
+    partial = score(answers[:-1], True)
+    assert partial["coverage"] == {"answered": len(answers) - 1, "questions": len(answers)}
+    assert partial == score(list(reversed(answers[:-1])), True)
+    with pytest.raises(RecordError, match="is answered more than once"):
+        score(answers + answers[:1], True)
+    stray = dict(answers[0], question_id="another/benchmark.jpg" if name == "mme" else 987654)
+    with pytest.raises(RecordError, match="is not a question of this benchmark's question file"):
+        score(answers + [stray], True)
+    with pytest.raises(RecordError, match="no answers to score"):
+        score([], True)
+
+
+def test_score_command_names_the_answers_file_and_allows_partial_on_request(tmp_path, capsys):
+    questions = {"q1": {"answer": "yes"}, "q2": {"answer": "no"}}
+    (tmp_path / "gqa.json").write_text(json.dumps(questions))
+    jsonl(tmp_path / "a.jsonl", [ans("q1", "yes")])
+    args = [
+        "score",
+        "--benchmark",
+        "gqa",
+        "--answers",
+        str(tmp_path / "a.jsonl"),
+        "--questions",
+        str(tmp_path / "gqa.json"),
+    ]
+    assert main(args) == 1
+    assert "a.jsonl: 1 of 2 questions have no answer (e.g. 'q2')" in capsys.readouterr().err
+    assert main(args + ["--allow-partial"]) == 0
+    assert json.loads(capsys.readouterr().out)["coverage"] == {"answered": 1, "questions": 2}
+    (tmp_path / "empty.jsonl").write_text("")
+    args[args.index("--answers") + 1] = str(tmp_path / "empty.jsonl")
+    assert main(args) == 1
+    assert "empty.jsonl: no answers to score" in capsys.readouterr().err

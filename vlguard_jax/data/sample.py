@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from vlguard_jax.errors import ArgumentParser, cli
+from vlguard_jax.io import storage
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -253,6 +254,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="write over a sample dataset already in DST")
     a = p.parse_args(argv)
+    storage.local_only(a.dst, "--dst")
     existing = [path for path in sample_paths(a.dst).values() if path.exists()]
     if existing and not a.overwrite:
         raise FileExistsError(f"{existing[0]} already exists; choose a new --dst (or pass --overwrite)")

@@ -39,8 +39,8 @@ from vlguard_jax.evaluate.suite import run_suite
 from vlguard_jax.generate import load_generator
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
 from vlguard_jax.io import storage
-from vlguard_jax.io.files import check_output, read_json, write_json
-from vlguard_jax.io.loading import fingerprint
+from vlguard_jax.io.files import check_output, read_json, sha256_file, write_json
+from vlguard_jax.io.loading import fingerprint, peek
 
 
 def out_dir(text: str) -> str:
@@ -197,6 +197,11 @@ def score_answers_main(argv) -> int:
     p.add_argument("--benchmark", required=True, choices=SCORED)
     p.add_argument("--answers", required=True, help="answers .jsonl (LLaVA's format)")
     p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="score only the answered questions (an interrupted run); the output says how many of how many",
+    )
+    p.add_argument(
         "--base-dir",
         help="sqa: the ScienceQA folder (problems.json, pid_splits.json); mme: MME_Benchmark_release_version",
     )
@@ -226,22 +231,23 @@ def score_answers_main(argv) -> int:
         p.error(f"--benchmark {a.benchmark} needs --{missing[0].replace('_', '-')}")
     answers = vqa_scoring.read_answers(a.answers)
     grades = a.grades_file or str(Path(a.answers).with_suffix(".grades.json"))
+    partial = dict(allow_partial=a.allow_partial, source=a.answers)
     if a.benchmark == "sqa":
-        result = vqa_scoring.sqa(answers, a.base_dir, a.split)
+        result = vqa_scoring.sqa(answers, a.base_dir, a.split, **partial)
     elif a.benchmark == "pope":
-        result = vqa_scoring.pope(answers, a.question_file, a.annotation_dir)
+        result = vqa_scoring.pope(answers, a.question_file, a.annotation_dir, **partial)
     elif a.benchmark == "mme":
-        result = vqa_scoring.mme(answers, a.base_dir)
+        result = vqa_scoring.mme(answers, a.base_dir, **partial)
     elif a.benchmark == "textvqa":
-        result = vqa_scoring.textvqa(answers, a.annotation_file)
+        result = vqa_scoring.textvqa(answers, a.annotation_file, **partial)
     elif a.benchmark == "gqa":
-        result = vqa_scoring.gqa(answers, a.questions)
+        result = vqa_scoring.gqa(answers, a.questions, **partial)
     elif a.benchmark == "mmbench" and a.upload_file:
         result = {"upload": str(vqa_scoring.mmbench_upload(answers, a.question_file, a.upload_file))}
     elif a.benchmark == "mmbench":
-        result = vqa_scoring.mmbench(answers, a.question_file)
+        result = vqa_scoring.mmbench(answers, a.question_file, **partial)
     elif a.benchmark == "vizwiz":
-        result = {"upload": str(vqa_scoring.vizwiz_upload(answers, a.question_file, a.upload_file))}
+        result = {"upload": str(vqa_scoring.vizwiz_upload(answers, a.question_file, a.upload_file, a.answers))}
     elif a.benchmark == "mmvet":
         result = gpt_graders.mm_vet(answers, a.annotation_file, grades)
     else:
@@ -272,8 +278,14 @@ def vqa_main(argv) -> int:
     p.add_argument("--dtype", choices=DTYPES, help="compute dtype; default float32 on a CPU, bfloat16 elsewhere")
     p.add_argument("--limit", type=at_least(1), help="only the first N questions")
     a = p.parse_args(argv)
-    questions = vqa.read_questions(a.question_file, a.single_pred_prompt, a.all_rounds)[: a.limit]
-    path = Path(a.answers_file)
+    path = storage.local_only(a.answers_file, "--answers-file")
+    if path.resolve() == Path(a.question_file).resolve():
+        raise UsageError(f"--answers-file {path}: the question file itself; answer into another file")
+    every = vqa.read_questions(a.question_file, a.single_pred_prompt, a.all_rounds)
+    questions = every[: a.limit]
+    config, _ = peek(a.checkpoint)
+    if config.vision is None:
+        raise ValueError(f"{a.checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
     max_new = a.max_new_tokens or vqa.MAX_NEW_TOKENS[Path(a.question_file).suffix]
     settings = {
         "conv_mode": a.conv_mode,
@@ -282,15 +294,20 @@ def vqa_main(argv) -> int:
         "dtype": a.dtype,
         "pad": True,
     }
+    questions_id = {"file": str(Path(a.question_file).resolve()), "sha256": sha256_file(a.question_file)}
     claim_output(
         None,
         path,
-        {"checkpoint": a.checkpoint, "fingerprint": fingerprint(a.checkpoint), "protocol": settings, "seed": 0},
+        {
+            "checkpoint": a.checkpoint,
+            "fingerprint": fingerprint(a.checkpoint),
+            "protocol": settings,
+            "seed": 0,
+            "questions": questions_id,
+        },
         print,
     )
     gen, loaded = load_generator(a.checkpoint, batch_size=a.batch_size, dtype=jnp.dtype(a.dtype) if a.dtype else None)
-    if loaded.config.vision is None:
-        raise ValueError(f"{a.checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
     answers = vqa.answer(
         gen,
         loaded,
@@ -300,6 +317,7 @@ def vqa_main(argv) -> int:
         conv_mode=a.conv_mode,
         max_new_tokens=max_new,
         model_id=Path(a.checkpoint).name,
+        order=every,
     )
     print(f"wrote {len(answers)} answers to {path}")
     return 0

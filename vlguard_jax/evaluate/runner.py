@@ -238,8 +238,9 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
 
 def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
     """An --out holds one checkpoint's answers, and each responses file one protocol's: each file
-    has a `.run.json` beside it recording both. Resuming with another checkpoint or other settings
-    is refused, naming both. `out` None checks the one file alone."""
+    has a `.run.json` beside it recording both (and, where `record` has them, the questions). A
+    resume with another checkpoint or other settings is refused, naming both. `out` None checks
+    the one file alone (an answers file): there a file with no record is refused too."""
     side = path.with_name(path.stem + ".run.json")
     for other in sorted(out.glob("*/*.run.json")) if out is not None else []:
         saved = json.loads(other.read_text())
@@ -248,21 +249,32 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
                 f"{out}: holds answers of {saved['checkpoint']} ({other}); this run evaluates "
                 f"{record['checkpoint']}, another checkpoint. Use another --out"
             )
+    where = "--out" if out is not None else "--answers-file"
     if side.exists():
         saved = json.loads(side.read_text())
-        changed = {k: (saved.get(k), record[k]) for k in ("protocol", "seed") if saved.get(k) != record[k]}
-        if "protocol" in changed:
-            a, b = changed["protocol"]
-            changed = {k: (a.get(k), b.get(k)) for k in b if a.get(k) != b.get(k)} | (
-                {"seed": changed["seed"]} if "seed" in changed else {}
+        if saved.get("fingerprint") != record["fingerprint"]:
+            raise ValueError(
+                f"{path}: holds answers of {saved.get('checkpoint')}; this run answers with "
+                f"{record['checkpoint']}, another checkpoint. Use another {where}"
             )
+        keys = [k for k in ("protocol", "seed", "questions") if k in record or k in saved]
+        changed = {k: (saved.get(k), record.get(k)) for k in keys if saved.get(k) != record.get(k)}
+        a, b = changed.get("protocol", (None, None))
+        if isinstance(a, dict) and isinstance(b, dict):
+            del changed["protocol"]
+            changed = {k: (a.get(k), b.get(k)) for k in b if a.get(k) != b.get(k)} | changed
         if changed:
             diff = ", ".join(f"{k} {x!r} there, {y!r} now" for k, (x, y) in changed.items())
             raise ValueError(
                 f"{path}: its responses were generated with other settings ({diff}); use another "
-                "--out, or the same settings to resume"
+                f"{where}, or the same settings to resume"
             )
     elif path.exists():
+        if out is None:
+            raise ValueError(
+                f"{path}: has no record ({side.name}) of the checkpoint, questions and settings that wrote "
+                "it; move it away or choose another --answers-file"
+            )
         log(f"warning: {path} has no record of the checkpoint and settings that wrote it; resuming it as this run's")
     write_json(side, record)
 

@@ -41,6 +41,7 @@ from vlguard_jax.data.conversation import IMAGE_TAG, turns
 from vlguard_jax.data.records import RecordError, load_json_list, record_label, validate_llava
 from vlguard_jax.evaluate import llamaguard, provenance
 from vlguard_jax.generate import Sampling, load_generator, response_text
+from vlguard_jax.io import storage
 from vlguard_jax.io.files import append_jsonl, atomic_write_json, check_output, resume_jsonl, sha256_file
 from vlguard_jax.io.loading import peek
 
@@ -252,6 +253,7 @@ def describe(counts: dict) -> str:
 
 def screen(judge_checkpoint, src, dst, batch_size: int = 8, log=print, prompt: str = "llama-recipes") -> dict | None:
     """Screen SRC into DST; under several processes, the counts come back on process 0 only."""
+    storage.local_only(dst, "--dst")
     src, dst = Path(src), check_output(dst, src)
     llamaguard.check(judge_checkpoint)
     records = _load(src)

@@ -55,6 +55,7 @@ SAFETY = {
     "advbench/suffix": Safety("advbench", ("advbench/harmful_behaviors.csv",), (("attack", "suffix"),)),
     "figstep": Safety("figstep", ("figstep/safebench.csv",)),
 }
+IMAGE_SETS = ("vlguard", "figstep")  # safety sets whose prompts come with an image
 HELPFULNESS = {
     "sqa": Helpfulness(
         "scienceqa/llava_test_CQM-A.json",
@@ -102,22 +103,36 @@ LAYOUT = {
 }
 
 
-def score(name: str, answers: list[dict], root: Path, upload_dir: Path, grades: Path) -> dict:
-    """A helpfulness benchmark's metrics (or upload file) from its answers."""
+def score(
+    name: str, answers: list[dict], root: Path, upload_dir: Path, grades: Path, allow_partial: bool = False
+) -> dict:
+    """A helpfulness benchmark's metrics (or upload file) from its answers (`allow_partial`: a
+    --limit run, which answers the first questions only)."""
+    src = f"{name} answers"
     if name == "sqa":
-        return vqa_scoring.sqa(answers, root / "scienceqa")
+        return vqa_scoring.sqa(answers, root / "scienceqa", allow_partial=allow_partial, source=src)
     if name == "pope":
-        m = vqa_scoring.pope(answers, root / "pope/llava_pope_test.jsonl", root / "pope/coco")
-        f1s = [c["f1"] for c in m.values() if c["f1"] is not None]
-        return {"by_category": m, "f1": 100 * sum(f1s) / len(f1s) if f1s else None}
+        m = vqa_scoring.pope(
+            answers, root / "pope/llava_pope_test.jsonl", root / "pope/coco", allow_partial=allow_partial, source=src
+        )
+        f1s = [c["f1"] for c in m["by_category"].values() if c["f1"] is not None]
+        return dict(m, f1=100 * sum(f1s) / len(f1s) if f1s else None)
     if name == "mme":
-        return vqa_scoring.mme(answers, root / "MME/MME_Benchmark_release_version")
+        return vqa_scoring.mme(
+            answers, root / "MME/MME_Benchmark_release_version", allow_partial=allow_partial, source=src
+        )
     if name == "textvqa":
-        return vqa_scoring.textvqa(answers, root / "textvqa/TextVQA_0.5.1_val.json")
+        return vqa_scoring.textvqa(
+            answers, root / "textvqa/TextVQA_0.5.1_val.json", allow_partial=allow_partial, source=src
+        )
     if name == "gqa":
-        return vqa_scoring.gqa(answers, root / "gqa/data/testdev_balanced_questions.json")
+        return vqa_scoring.gqa(
+            answers, root / "gqa/data/testdev_balanced_questions.json", allow_partial=allow_partial, source=src
+        )
     if name == "mmbench":
-        return vqa_scoring.mmbench(answers, root / HELPFULNESS["mmbench"].questions)
+        return vqa_scoring.mmbench(
+            answers, root / HELPFULNESS["mmbench"].questions, allow_partial=allow_partial, source=src
+        )
     if name == "vizwiz":
         dst = vqa_scoring.vizwiz_upload(answers, root / HELPFULNESS["vizwiz"].questions, upload_dir / "vizwiz.json")
         return {"upload": str(dst), "n": len(answers)}
@@ -135,8 +150,9 @@ def score(name: str, answers: list[dict], root: Path, upload_dir: Path, grades: 
     raise ValueError(f"unknown helpfulness benchmark {name!r}")
 
 
-def plan(root: Path, only: list[str] | None) -> tuple[list[str], dict[str, str]]:
-    """(benchmarks to run, {benchmark: why it is skipped})."""
+def plan(root: Path, only: list[str] | None, text_only: bool = False) -> tuple[list[str], dict[str, str]]:
+    """(benchmarks to run, {benchmark: why it is skipped}). A text-only LLM runs the text-only
+    safety sets alone (the paper's base-LLM rows)."""
     names = list(SAFETY) + list(HELPFULNESS)
     unknown = [n for n in only or [] if n not in names]
     if unknown:
@@ -151,7 +167,9 @@ def plan(root: Path, only: list[str] | None) -> tuple[list[str], dict[str, str]]
         if only and name not in only:
             continue
         missing = [f for f in LAYOUT[name] if not (root / f).exists()]
-        if missing:
+        if text_only and (name in HELPFULNESS or SAFETY[name].benchmark in IMAGE_SETS):
+            skipped[name] = "a text-only LLM: this benchmark asks about images"
+        elif missing:
             skipped[name] = f"missing {root / missing[0]}"
         elif name in HELPFULNESS and HELPFULNESS[name].judged and not judge:
             skipped[name] = "GPT-4 graded: set VLGUARD_JUDGE_URL and VLGUARD_JUDGE_MODEL"
@@ -200,12 +218,16 @@ def _run_suite(
 ) -> dict:
     if not root.is_dir():
         raise FileNotFoundError(f"--data-root {root}: no such directory")
-    todo, skipped = plan(root, only)
+    config, tokenizer = peek(checkpoint)
+    todo, skipped = plan(root, only, text_only=config.vision is None)
     for name, why in skipped.items():
         log(f"skipping {name}: {why}")
     if not todo:
-        raise FileNotFoundError(f"{root}: none of the suite's files are there (see the README's layout)")
-    config, tokenizer = peek(checkpoint)
+        raise FileNotFoundError(
+            f"{root}: none of the suite's files are there (see the README's layout)"
+            if config.vision is not None or not only
+            else f"--only {','.join(only)}: nothing a text-only LLM can run ({checkpoint})"
+        )
     protocol = protocol.resolved(config, tokenizer)
     generator = load_generator(checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype))
     for name in todo:
@@ -264,7 +286,7 @@ def _helpfulness(
     )
     (out / "upload").mkdir(parents=True, exist_ok=True)
     (out / "grades").mkdir(parents=True, exist_ok=True)
-    metrics = score(name, answers, root, out / "upload", out / "grades")
+    metrics = score(name, answers, root, out / "upload", out / "grades", allow_partial=limit is not None)
     summary = read_json(out / SUMMARY, {})
     summary[f"helpfulness/{name}"] = dict(
         metrics,

@@ -34,7 +34,7 @@ from vlguard_jax.data.images import ImageError, load_pixels, pixels
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.generate import Sampling, response_text
 from vlguard_jax.generate.prompts import prompt_ids_of_text
-from vlguard_jax.io.files import append_jsonl, read_jsonl, resume_jsonl
+from vlguard_jax.io.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl
 
 SINGLE_PRED = "Answer with the option's letter from the given choices directly."
 OPTIONS = ("A", "B", "C", "D")
@@ -126,16 +126,25 @@ def _mmbench(path: Path, single_pred: bool, all_rounds: bool) -> list[Question]:
 
 
 def read_questions(path, single_pred: bool = False, all_rounds: bool = False) -> list[Question]:
+    """The questions of a file, each once: a question id given twice is an error naming it (its
+    answers could not be told apart)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such question file")
     if path.suffix == ".jsonl":
-        return _jsonl(path)
-    if path.suffix == ".json":
-        return _science(path, single_pred)
-    if path.suffix == ".tsv":
-        return _mmbench(path, single_pred, all_rounds)
-    raise ValueError(f"{path}: a question file is .jsonl (LLaVA's), .json (ScienceQA) or .tsv (MMBench)")
+        questions = _jsonl(path)
+    elif path.suffix == ".json":
+        questions = _science(path, single_pred)
+    elif path.suffix == ".tsv":
+        questions = _mmbench(path, single_pred, all_rounds)
+    else:
+        raise ValueError(f"{path}: a question file is .jsonl (LLaVA's), .json (ScienceQA) or .tsv (MMBench)")
+    seen = set()
+    for q in questions:
+        if q.key in seen:
+            raise RecordError(f"{path}: question_id {q.qid!r} appears more than once")
+        seen.add(q.key)
+    return questions
 
 
 def question_pixels(q: Question, image_folder, size: int):
@@ -180,12 +189,23 @@ def answer(
     max_new_tokens: int = 128,
     model_id: str = "model",
     log=print,
+    order: list[Question] | None = None,
 ) -> list[dict]:
     """Answer every question the answers file lacks, a batch at a time (appended as it goes), then
-    leave the file in question order. Returns its lines."""
+    leave the file in question order. Returns the lines of `questions`. `order` (default:
+    `questions`) is the whole question file: answers to its questions beyond `questions` (an
+    earlier run's, with a larger limit) are kept; an answer to a question it lacks is an error."""
     path = Path(answers_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {(a["question_id"], a.get("round_id")): a for a in resume_jsonl(path)}
+    order = questions if order is None else order
+    known = {q.key for q in order}
+    stray = [k for k in done if k not in known]
+    if stray:
+        raise ValueError(
+            f"{path}: holds {len(stray)} answers to questions not in the question file "
+            f"(e.g. question_id {stray[0][0]!r}); answer into another --answers-file"
+        )
     todo = [q for q in questions if q.key not in done]
     if done:
         log(f"{path}: {len(questions) - len(todo)} answers already there, {len(todo)} to go")
@@ -209,9 +229,7 @@ def answer(
         bar.update(len(chunk))
         bar.set_postfix(tok_s=f"{n_tokens / max(time.perf_counter() - t0, 1e-9):.1f}")
     bar.close()
-    ordered = [done[q.key] for q in questions]
-    if [(a["question_id"], a.get("round_id")) for a in read_jsonl(path)] != [q.key for q in questions]:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(a, ensure_ascii=False) + "\n" for a in ordered), encoding="utf-8")
-        tmp.replace(path)
-    return ordered
+    kept = [done[q.key] for q in order if q.key in done]
+    if [(a["question_id"], a.get("round_id")) for a in read_jsonl(path)] != [q.key for q in order if q.key in done]:
+        atomic_write_text(path, "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in kept))
+    return [done[q.key] for q in questions]

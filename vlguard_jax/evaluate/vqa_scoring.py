@@ -11,6 +11,12 @@ number the matching LLaVA scorer (or the benchmark's official one) gives on the 
 - mmbench (dev): circular accuracy: a question (index mod 1e6) counts only if every one of its
   rows and rounds is right. Letters are read as stated in `option_letter`.
 - vizwiz, mmbench test: no public answers; the upload files LLaVA's converters write.
+
+Every scorer pairs each answer with its own question through `question_id` (and the question
+file), never by position in the answers file: the same answers in any order give the same numbers.
+An empty answers file, an answer twice, or an answer to a question the benchmark does not hold is
+an error naming it; a question with no answer too, unless `allow_partial`: then only the answered
+questions are scored, and `coverage` says how many of how many.
 """
 
 from __future__ import annotations
@@ -49,6 +55,32 @@ MME_WORD_PHRASE = "Answer the question using a single word or phrase."
 MME_YES_NO = "Please answer yes or no."
 
 
+def pair(answers: list[dict], expected: list, key, source, allow_partial: bool = False) -> tuple[dict, dict]:
+    """({question key: its answer}, coverage) for the `expected` keys (in their order); `key(answer)`
+    is an answer's question key, or None for a question the benchmark does not hold."""
+    if not answers:
+        raise RecordError(f"{source}: no answers to score")
+    by: dict = {}
+    for a in answers:
+        k = key(a)
+        if k is None:
+            raise RecordError(
+                f"{source}: question_id {a['question_id']!r} is not a question of this benchmark's question file "
+                "(answers of another benchmark?)"
+            )
+        if k in by:
+            raise RecordError(f"{source}: question_id {a['question_id']!r} is answered more than once")
+        by[k] = a
+    missing = [k for k in expected if k not in by]
+    if missing and not allow_partial:
+        raise RecordError(
+            f"{source}: {len(missing)} of {len(expected)} questions have no answer (e.g. {missing[0]!r}); "
+            "pass --allow-partial to score only the answered ones"
+        )
+    coverage = {"answered": len(expected) - len(missing), "questions": len(expected)}
+    return {k: by[k] for k in expected if k in by}, coverage
+
+
 def read_answers(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -80,14 +112,16 @@ def sqa_letter(text: str) -> str:
     return found[0] if len(found) == 1 else "FAILED"
 
 
-def sqa(answers: list[dict], base_dir, split: str = "test") -> dict:
+def sqa(answers: list[dict], base_dir, split: str = "test", allow_partial: bool = False, source="answers") -> dict:
     base = Path(base_dir)
     split_ids = _json(base / "pid_splits.json")[split]
     problems = _json(base / "problems.json")
-    by_id = {a["question_id"]: a for a in answers}
+    ids = set(split_ids)
+    by_id, coverage = pair(
+        answers, split_ids, lambda a: a["question_id"] if a["question_id"] in ids else None, source, allow_partial
+    )
     correct = img_correct = img_total = 0
-    for pid in split_ids:
-        answer = by_id.get(pid, {"text": "FAILED", "prompt": "Unknown"})
+    for pid, answer in by_id.items():
         choices = problems[pid]["choices"]
         letter = sqa_letter(answer["text"])
         right = letter in SQA_OPTIONS[: len(choices)] and SQA_OPTIONS.index(letter) == problems[pid]["answer"]
@@ -96,12 +130,13 @@ def sqa(answers: list[dict], base_dir, split: str = "test") -> dict:
             img_total += 1
             img_correct += right
     return {
-        "accuracy": 100 * correct / len(split_ids),
+        "accuracy": 100 * correct / len(by_id),
         "img_accuracy": 100 * img_correct / img_total if img_total else None,
         "correct": correct,
-        "count": len(split_ids),
+        "count": len(by_id),
         "img_correct": img_correct,
         "img_count": img_total,
+        "coverage": coverage,
     }
 
 
@@ -112,21 +147,35 @@ def pope_says_no(text: str) -> bool:
     return "No" in words or "not" in words or "no" in words
 
 
-def pope(answers: list[dict], question_file, annotation_dir) -> dict:
-    questions = {q["question_id"]: q for q in read_jsonl(question_file)}
-    out = {}
+def pope(answers: list[dict], question_file, annotation_dir, allow_partial: bool = False, source="answers") -> dict:
+    """Each question's label is the annotation line at its place among its category's questions
+    (LLaVA's question file lists them in the annotation files' order; the images must agree)."""
+    questions = read_jsonl(question_file)
+    labels: dict = {}
+    categories = []
     for f in sorted(Path(annotation_dir).iterdir()):
         if not (f.name.startswith("coco_pope_") and f.name.endswith(".json")):
             raise RecordError(f"{f}: not a POPE annotation file (coco_pope_<category>.json)")
         category = f.name[len("coco_pope_") : -len(".json")]
-        labels = [json.loads(line)["label"] != "no" for line in f.read_text().splitlines() if line.strip()]
-        try:
-            preds = [
-                not pope_says_no(a["text"]) for a in answers if questions[a["question_id"]]["category"] == category
-            ]
-        except KeyError as e:
-            raise RecordError(f"{question_file}: no question {e.args[0]!r}, which the answers name") from None
-        pairs = list(zip(preds, labels))  # LLaVA zips in file order
+        categories.append(category)
+        lines = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        mine = [q for q in questions if q.get("category") == category]
+        if len(mine) != len(lines):
+            raise RecordError(f"{f}: {len(lines)} labels for the {len(mine)} {category!r} questions of {question_file}")
+        for n, (q, line) in enumerate(zip(mine, lines), 1):
+            if "image" in line and line["image"] != q["image"]:
+                raise RecordError(
+                    f"{f}: label {n} is for image {line['image']!r}, but question "
+                    f"{q['question_id']!r} of {question_file} shows {q['image']!r}"
+                )
+            labels[q["question_id"]] = (category, line["label"] != "no")
+    by_id, coverage = pair(
+        answers, list(labels), lambda a: a["question_id"] if a["question_id"] in labels else None, source, allow_partial
+    )
+    out: dict[str, Any] = {}
+    for category in categories:
+        pairs = [(not pope_says_no(a["text"]), labels[q][1]) for q, a in by_id.items() if labels[q][0] == category]
+        preds = [p for p, _ in pairs]
         tp = sum(p and y for p, y in pairs)
         fp = sum(p and not y for p, y in pairs)
         tn = sum(not p and not y for p, y in pairs)
@@ -142,7 +191,7 @@ def pope(answers: list[dict], question_file, annotation_dir) -> dict:
             "f1": f1,
             "yes_ratio": sum(preds) / len(preds) if preds else None,
         }
-    return out
+    return {"by_category": out, "coverage": coverage}
 
 
 # ---- MME ---------------------------------------------------------------------------------------
@@ -166,27 +215,36 @@ def mme_label(text: str) -> str:
     return "yes" if "yes" in text[:4] else "no" if "no" in text[:4] else "other"
 
 
-def mme(answers: list[dict], base_dir) -> dict:
-    gt = mme_ground_truth(base_dir)
-    rows = collections.defaultdict(list)
-    for a in answers:
-        category = str(a["question_id"]).split("/")[0]
-        file = str(a["question_id"]).split("/")[-1].split(".")[0] + ".txt"
-        prompt = a["prompt"]
-        if MME_WORD_PHRASE in prompt:
-            prompt = prompt.replace(MME_WORD_PHRASE, "").strip()
-        if MME_YES_NO not in prompt:
-            prompt = prompt + " " + MME_YES_NO
-            if (category, file, prompt) not in gt:
-                prompt = prompt.replace(" " + MME_YES_NO, "  " + MME_YES_NO)
+def mme_key(a: dict, gt: dict):
+    """The ground-truth key (category, answer file, question) an answer is for, or None."""
+    category = str(a["question_id"]).split("/")[0]
+    file = str(a["question_id"]).split("/")[-1].split(".")[0] + ".txt"
+    prompt = a["prompt"]
+    if MME_WORD_PHRASE in prompt:
+        prompt = prompt.replace(MME_WORD_PHRASE, "").strip()
+    if MME_YES_NO not in prompt:
+        prompt = prompt + " " + MME_YES_NO
         if (category, file, prompt) not in gt:
-            raise RecordError(f"{base_dir}: no ground truth for {a['question_id']!r}: {prompt!r}")
-        rows[category].append((gt[category, file, prompt].lower(), mme_label(a["text"])))
+            prompt = prompt.replace(" " + MME_YES_NO, "  " + MME_YES_NO)
+    return (category, file, prompt) if (category, file, prompt) in gt else None
+
+
+def mme(answers: list[dict], base_dir, allow_partial: bool = False, source="answers") -> dict:
+    """acc+ pairs an image's two questions: answers are taken in the ground truth's order, so the
+    pairs are the images' whatever the answers file's order."""
+    gt = mme_ground_truth(base_dir)
+    by_key, coverage = pair(answers, list(gt), lambda a: mme_key(a, gt), source, allow_partial)
+    rows = collections.defaultdict(list)
+    for k, a in by_key.items():
+        rows[k[0]].append((k[1], gt[k].lower(), mme_label(a["text"])))
     scores = {}
-    for category, pairs in rows.items():
-        chunks = [pairs[i : i + 2] for i in range(0, len(pairs), 2)]
+    for category, found in rows.items():
+        pairs = [(g, p) for _, g, p in found]
+        images = collections.defaultdict(list)
+        for image, g, p in found:
+            images[image].append(g == p)
         acc = sum(g == p for g, p in pairs) / len(pairs)
-        acc_plus = sum(all(g == p for g, p in c) for c in chunks) / len(chunks)
+        acc_plus = sum(all(c) for c in images.values()) / len(images)
         scores[category] = 100 * acc + 100 * acc_plus
     out: dict[str, Any] = {"subtasks": dict(sorted(scores.items()))}
     for group, tasks in MME_TASKS.items():
@@ -194,6 +252,7 @@ def mme(answers: list[dict], base_dir) -> dict:
         missing = [t for t in tasks if t not in scores]
         if missing:
             out[f"{group}_missing"] = missing
+    out["coverage"] = coverage
     return out
 
 
@@ -214,27 +273,31 @@ def textvqa_question(prompt: str) -> str:
     return question.lower()
 
 
-def textvqa(answers: list[dict], annotation_file) -> dict:
+def textvqa(answers: list[dict], annotation_file, allow_partial: bool = False, source="answers") -> dict:
     data = _json(annotation_file)["data"]
     by_key = {(d["image_id"], d["question"].lower()): d for d in data}
-    scores = []
-    for a in answers:
-        key = (a["question_id"], textvqa_question(a["prompt"]))
-        if key not in by_key:
-            raise RecordError(f"{annotation_file}: no annotation for image {key[0]!r}, question {key[1]!r}")
-        scores.append(soft_accuracy(a["text"], by_key[key]["answers"]))
-    return {"accuracy": 100 * sum(scores) / len(scores), "n": len(scores)}
+
+    def key(a):
+        k = (a["question_id"], textvqa_question(a["prompt"]))
+        return k if k in by_key else None
+
+    answered, coverage = pair(answers, list(by_key), key, source, allow_partial)
+    scores = [soft_accuracy(a["text"], by_key[k]["answers"]) for k, a in answered.items()]
+    return {"accuracy": 100 * sum(scores) / len(scores), "n": len(scores), "coverage": coverage}
 
 
-def gqa(answers: list[dict], questions_file) -> dict:
-    questions = _json(questions_file)
-    predictions = {str(a["question_id"]): a["text"].rstrip(".").lower() for a in answers}
-    scored = [(qid, q) for qid, q in questions.items() if q.get("isBalanced", True)]
-    missing = [qid for qid, _ in scored if qid not in predictions]
-    if missing:
-        raise RecordError(f"{len(missing)} questions of {questions_file} have no answer, e.g. {missing[0]!r}")
-    correct = sum(predictions[qid] == q["answer"] for qid, q in scored)
-    return {"accuracy": 100 * correct / len(scored), "n": len(scored)}
+def gqa(answers: list[dict], questions_file, allow_partial: bool = False, source="answers") -> dict:
+    every = _json(questions_file)
+    questions = {qid: q for qid, q in every.items() if q.get("isBalanced", True)}  # GQA scores these
+    answered, coverage = pair(
+        answers,
+        list(questions),
+        lambda a: str(a["question_id"]) if str(a["question_id"]) in every else None,
+        source,
+        allow_partial,
+    )
+    correct = sum(a["text"].rstrip(".").lower() == questions[qid]["answer"] for qid, a in answered.items())
+    return {"accuracy": 100 * correct / len(answered), "n": len(answered), "coverage": coverage}
 
 
 # ---- MMBench -----------------------------------------------------------------------------------
@@ -257,13 +320,20 @@ def option_letter(text: str, options: dict) -> str | None:
     return same[0] if len(same) == 1 else None
 
 
-def mmbench(answers: list[dict], question_file) -> dict:
+def mmbench(answers: list[dict], question_file, allow_partial: bool = False, source="answers") -> dict:
     rows = {int(r["index"]): r for r in mmbench_rows(question_file)}
+    rounds = {(int(a["question_id"]), a.get("round_id", 0)) for a in answers if int(a["question_id"]) in rows}
+    expected = [(i, 0) for i in rows] + sorted(k for k in rounds if k[1] != 0)  # rotations asked are expected
+    answered, coverage = pair(
+        answers,
+        expected,
+        lambda a: (int(a["question_id"]), a.get("round_id", 0)) if int(a["question_id"]) in rows else None,
+        source,
+        allow_partial,
+    )
     groups = collections.defaultdict(list)
-    for a in answers:
-        row = rows.get(int(a["question_id"]))
-        if row is None:
-            raise RecordError(f"{question_file}: no row with index {a['question_id']!r}, which the answers name")
+    for (index, _), a in answered.items():
+        row = rows[index]
         if not row.get("answer", "").strip():
             raise RecordError(
                 f"{question_file}: row {row['index']} has no answer (a test split: write the upload "
@@ -280,6 +350,7 @@ def mmbench(answers: list[dict], question_file) -> dict:
         "accuracy": 100 * sum(first) / len(first),
         "questions": len(groups),
         "answers": sum(map(len, groups.values())),
+        "coverage": coverage,
     }
 
 
@@ -314,12 +385,12 @@ def _cell(value):
         return value
 
 
-def vizwiz_upload(answers: list[dict], question_file, dst) -> Path:
-    """LLaVA's `convert_vizwiz_for_submission.py`: [{image, answer (EvalAI-normalised)}] per question."""
-    by_id = {a["question_id"]: a["text"] for a in answers}
-    questions = read_jsonl(question_file)
-    missing = [q["question_id"] for q in questions if q["question_id"] not in by_id]
-    if missing:
-        raise RecordError(f"{len(missing)} questions of {question_file} have no answer, e.g. {missing[0]!r}")
-    atomic_write_json(dst, [{"image": q["image"], "answer": normalize(by_id[q["question_id"]])} for q in questions])
+def vizwiz_upload(answers: list[dict], question_file, dst, source="answers") -> Path:
+    """LLaVA's `convert_vizwiz_for_submission.py`: [{image, answer (EvalAI-normalised)}] per question
+    (every question: the server scores the whole split)."""
+    questions = {q["question_id"]: q for q in read_jsonl(question_file)}
+    by_id, _ = pair(
+        answers, list(questions), lambda a: a["question_id"] if a["question_id"] in questions else None, source
+    )
+    atomic_write_json(dst, [{"image": q["image"], "answer": normalize(by_id[i]["text"])} for i, q in questions.items()])
     return Path(dst)

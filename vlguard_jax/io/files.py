@@ -15,6 +15,18 @@ from typing import Any, cast
 from vlguard_jax.io import storage
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def readable(path, directory: bool = False) -> None:
+    """Give a file or directory made by `tempfile` (mode 0600 or 0700) the mode a plain `open` or
+    `mkdir` would, under the process's umask: outputs stay readable to the colleagues it allows."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_json(path, data, **dump_kw) -> None:
     """A JSON file written to a temporary file beside `path` and renamed over it: readers see the
     old file or the new one, never half of one. In object storage one object write is that."""
@@ -23,12 +35,28 @@ def atomic_write_json(path, data, **dump_kw) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(data, **dump_kw))
         return
-    path = Path(path)
+    path = storage.local(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, **dump_kw)
+        readable(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """A local text file written to a temporary file beside `path` and renamed over it."""
+    path = storage.local(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -42,7 +70,7 @@ def atomic_dir(dst, overwrite: bool = False) -> _AtomicDir | _RemoteDir:
     local temporary directory, its completion marker last (see `storage`)."""
     if storage.is_remote(dst):
         return _RemoteDir(dst, overwrite)
-    return _AtomicDir(Path(dst), overwrite)
+    return _AtomicDir(storage.local(dst), overwrite)
 
 
 class _RemoteDir:
@@ -74,6 +102,7 @@ class _AtomicDir:
             raise FileExistsError(f"{self.dst} already exists; choose a new destination (or pass --overwrite)")
         self.dst.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dst.name}.tmp-", dir=self.dst.parent))
+        readable(self.tmp, directory=True)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb):
@@ -150,7 +179,7 @@ def check_output(dst, *inputs, overwrite: bool = False) -> Path:
         where = _canonical(src)
         if out == where or out.startswith(where + "/") or where.startswith(out + "/"):
             raise ValueError(f"{dst}: the output would overwrite or sit inside the input {src}; write elsewhere")
-    exists = storage.is_complete(dst) if storage.is_remote(dst) else Path(dst).exists()
+    exists = storage.is_complete(dst) if storage.is_remote(dst) else storage.local(dst).exists()
     if exists and not overwrite:
         raise FileExistsError(f"{dst} already exists; choose a new destination (or pass --overwrite)")
     return storage.as_path(dst)
@@ -193,7 +222,7 @@ def resume_jsonl(path) -> list[dict]:
 
 def append_jsonl(path, rows) -> None:
     """Append rows as JSON lines, on disk before returning."""
-    with open(path, "a", encoding="utf-8") as f:
+    with open(storage.local(path), "a", encoding="utf-8") as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         f.flush()
         os.fsync(f.fileno())

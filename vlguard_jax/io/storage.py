@@ -53,6 +53,27 @@ def is_remote(path) -> bool:
     return str(path).startswith(REMOTE)
 
 
+def local(path) -> Path:
+    """A local path, never a bucket path that a `pathlib.Path` has turned into a local one
+    (`Path("s3://b/x")` is `s3:/b/x`, a directory `s3:` in the working directory): that is a bug in
+    the caller, raised as one, before anything is written."""
+    text = str(path)
+    if text.startswith(REMOTE) or text.startswith(tuple(s[:-1] for s in REMOTE)):
+        raise RuntimeError(f"{text}: a bucket path reached a local file operation")
+    return Path(path)
+
+
+def local_only(path, flag: str) -> Path:
+    """The local path given for `flag`, or a one-line error for a bucket path: for outputs that are
+    appended to as they grow, which objects in a bucket cannot be."""
+    if is_remote(path):
+        raise ValueError(
+            f"{flag} {path}: this output is written locally only (it is appended to as the run goes); "
+            "write it to a local path and copy it to the bucket when the run is done"
+        )
+    return local(path)
+
+
 def as_path(path) -> Path:
     """A `pathlib.Path` for a local path; for a remote one an `epath.Path`, which has the same
     methods (those this code uses), so both are typed as `Path`. Remove directories with `rmtree`
@@ -60,7 +81,7 @@ def as_path(path) -> Path:
     if is_remote(path):
         configure()
         return cast(Path, epath.Path(str(path)))
-    return Path(path)
+    return local(path)
 
 
 def rmtree(path) -> None:
