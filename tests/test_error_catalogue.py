@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import jax
 import psutil
 import pytest
+from PIL import Image
 
 from conversion.flax_to_hf import main as flax_to_hf_main
 from conversion.hf_to_flax import main as hf_to_flax_main
@@ -28,13 +30,14 @@ from tests.train import common
 from tests.train.test_loop import REPO, config_file, run_env, train_cmd
 from vlguard_jax.data import mixture
 from vlguard_jax.data.convert_vlguard import main as convert_vlguard_main
-from vlguard_jax.data.images import ImageError, open_rgb
+from vlguard_jax.data.images import ImageError, load_pixels, open_rgb
 from vlguard_jax.data.preprocess import TokenizationError, encode
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.sample import main as sample_main
 from vlguard_jax.errors import ConfigError, ResourceError, cli
 from vlguard_jax.evaluate.__main__ import main as evaluate_main
 from vlguard_jax.generate import Sampling, load_generator
+from vlguard_jax.io.files import atomic_dir, atomic_write_json, atomic_write_text
 from vlguard_jax.train.defaults import base_config
 from vlguard_jax.train.loop import run as train
 from vlguard_jax.train.validate import check, flat_keys, unknown_key
@@ -175,6 +178,59 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
         open_rgb(png_header(tmp_path / "bomb.png", 100_000, 100_000))
     with pytest.raises(ImageError, match=r"112x84 pixels, over the limit of 1,000"):
         open_rgb(png_header(tmp_path / "small.png", 112, 84), max_pixels=1000)
+
+
+def test_a_thin_image_is_refused_before_padding_or_resizing_makes_it_huge(tmp_path):
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (1, 60_000), (9, 9, 9)).save(thin)
+    assert thin.stat().st_size < 2_000 and open_rgb(thin).size == (1, 60_000)  # under the pixel limit
+    with pytest.raises(ImageError) as e:
+        load_pixels(tmp_path, "thin.png", 28, pad=True)
+    assert str(e.value) == (
+        f"{thin}: 1x60000 pixels; padding it to a 60000x60000 square would make over 89,478,485 pixels "
+        "(data.max_image_pixels); refused"
+    )
+    with pytest.raises(ImageError, match=r"thin.png: 1x60000 pixels; resizing it would make over 89,478,485"):
+        load_pixels(tmp_path, "thin.png", 336, pad=False)
+    Image.new("RGB", (20, 2_000), (9, 9, 9)).save(tmp_path / "tall.png")  # a long image within bounds works
+    assert load_pixels(tmp_path, "tall.png", 28, pad=True).shape == (3, 28, 28)
+
+
+def test_outputs_written_through_temporary_files_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "summary.json", {"a": 1})
+        atomic_write_text(tmp_path / "answers.jsonl", "{}\n")
+        with atomic_dir(tmp_path / "ckpt") as d:
+            (d / "f").write_text("x")
+        os.umask(0o077)
+        atomic_write_json(tmp_path / "private.json", {})
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "summary.json") == mode(tmp_path / "answers.jsonl") == 0o644
+    assert mode(tmp_path / "ckpt") == 0o755 and mode(tmp_path / "private.json") == 0o600
+
+
+@pytest.mark.parametrize(
+    "flags,line",
+    [
+        (["--temperature", "nan"], "error: --temperature must be a finite number at least 0 (0: greedy), got nan"),
+        (["--temperature", "-1"], "error: --temperature must be a finite number at least 0 (0: greedy), got -1.0"),
+        (["--top-p", "0"], "error: --top-p must be in (0, 1] (1: off), got 0.0"),
+        (["--top-p", "-1"], "error: --top-p must be in (0, 1] (1: off), got -1.0"),
+        (["--top-k", "-5"], "error: --top-k must be at least 0 (0: off), got -5"),
+        (
+            ["--min-new-tokens", "10", "--max-new-tokens", "3"],
+            "error: --min-new-tokens 10 is more than --max-new-tokens 3",
+        ),
+    ],
+)
+def test_sampling_flags_out_of_range_are_refused_before_the_model_loads(tmp_path, capsys, flags, line):
+    from vlguard_jax.generate.__main__ import main as generate_main
+
+    assert generate_main(["--checkpoint", str(tmp_path / "none"), "--prompt", "hi", *flags]) == 1
+    assert error_line(capsys) == line
 
 
 def test_turns_that_do_not_alternate_name_the_record():

@@ -14,6 +14,7 @@ from tests.evaluate.test_vqa_scoring import jsonl, mmbench_tsv
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate import suite
 from vlguard_jax.evaluate.__main__ import main
+from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import Protocol
 from vlguard_jax.evaluate.suite import LAYOUT, run_suite
 from vlguard_jax.generate import sampler
@@ -135,7 +136,11 @@ def test_suite_command_writes_table_2(env, capsys):
         == 0
     )
     md = (tmp / "cli" / "report" / "report.md").read_text()
-    assert "| checkpoint | model | VLGuard unsafes (ASR %, lower is better) | ScienceQA-IMG (higher is better) |" in md
+    assert (
+        "| checkpoint | model | dtype | VLGuard unsafes (ASR %, lower is better) | ScienceQA-IMG (higher is better) |"
+        in md
+    )
+    assert "| float32 |" in md  # the compute dtype the answers were generated in
     assert (tmp / "cli" / "report" / "report.png").stat().st_size > 1000
     capsys.readouterr()
     assert (
@@ -155,7 +160,7 @@ def test_suite_command_writes_table_2(env, capsys):
         == 0
     )
     md = (tmp / "cmp" / "report.md").read_text()
-    assert md.count("| before | VLLM |") == 1 and md.count("| after | VLLM |") == 1
+    assert md.count("| before | VLLM | float32 |") == 1 and md.count("| after | VLLM | float32 |") == 1
     assert (
         main(
             [
@@ -173,3 +178,57 @@ def test_suite_command_writes_table_2(env, capsys):
         == 1
     )
     assert "--only 'mmlu': not a suite benchmark" in capsys.readouterr().err
+
+
+def test_the_suite_reports_the_judges_win_rate_when_configured_and_says_so_when_not(env, monkeypatch):
+    from tests.judge_stub import reply, serve
+
+    ns, root, tmp = env
+    test = json.loads((root / "vlguard" / "test.json").read_text())
+    refs = [
+        {"image": r["image"], "instruction": p["safe_instruction"], "response": "Reference."}
+        for r in test
+        if r["safe"]
+        for p in r["instr-resp"]
+        if "safe_instruction" in p
+    ]
+    kw = dict(only=["vlguard/safe_safes"], limit=2, protocol=Protocol(batch_size=4), max_new_tokens=3)
+    logs = []
+    summary = run_suite(ns.flax_dir, root, tmp / "no_judge", log=logs.append, **kw)
+    assert "judge" not in summary["vlguard/safe_safes"] and any("token F1 only" in x for x in logs)
+    write_report([tmp / "no_judge"], tmp / "no_judge_report")
+    md = (tmp / "no_judge_report" / "report.md").read_text()
+    assert "VLGuard safe-safes F1 (higher is better)" in md and "not the paper's metric" in md
+    assert "win rate" not in md.split("\n\n")[2]  # no win-rate column in the table
+    (root / "vlguard" / "gpt4_safe_safes.json").write_text(json.dumps(refs))
+    try:
+        with serve(lambda body: reply("m"), monkeypatch) as asked:
+            summary = run_suite(ns.flax_dir, root, tmp / "judged", log=lambda *_: None, **kw)
+    finally:
+        (root / "vlguard" / "gpt4_safe_safes.json").unlink()
+    judge = summary["vlguard/safe_safes"]["judge"]
+    assert judge["protocol"] == "gpt4_evaluator" and judge["n"] == 2 and judge["win_rate"] == 1.0 and len(asked) == 2
+    write_report([tmp / "judged"], tmp / "judged_report")
+    md = (tmp / "judged_report" / "report.md").read_text()
+    assert "VLGuard safe-safes win rate (higher is better)" in md and "not the paper's metric" not in md
+
+
+def test_a_text_only_llm_runs_the_text_only_sets_and_skips_the_rest_with_the_reason(env, tmp_path):
+    _, root, _ = env
+    llm = tiny.build_llama(tmp_path / "llm", tiny.tokenizer(image_token=False), layers=1)
+    logs = []
+    summary = run_suite(
+        llm.flax_dir,
+        root,
+        tmp_path / "out",
+        limit=2,
+        protocol=Protocol(batch_size=4),
+        max_new_tokens=3,
+        log=logs.append,
+    )
+    assert {"advbench/vanilla", "advbench/suffix"} <= set(summary)
+    assert summary["advbench/vanilla"]["model"] == "llm"
+    why = "a text-only LLM: this benchmark asks about images"
+    for name in ("vlguard/unsafes", "sqa", "pope", "mmbench", "figstep"):
+        assert summary["skipped"][name] == why, name
+    assert not (tmp_path / "out" / "vlguard").exists() and not (tmp_path / "out" / "answers").exists()

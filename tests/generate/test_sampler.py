@@ -152,3 +152,10 @@ def test_cli_json_lines(built, tmp_path, capsys):
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     assert cli(["--checkpoint", str(built.flax_dir), "--prompts-file", str(tmp_path / "bad.jsonl")]) == 1
     assert "bad.jsonl: line 1" in capsys.readouterr().err
+
+
+def test_auto_dtype_is_the_authors_float16_on_a_gpu():
+    from vlguard_jax.generate import auto_dtype
+
+    assert (auto_dtype("gpu"), auto_dtype("tpu"), auto_dtype("cpu")) == ("float16", "bfloat16", "float32")
+    assert auto_dtype() == "float32"  # this machine

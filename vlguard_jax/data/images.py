@@ -99,7 +99,24 @@ def clip_preprocess(img: Image.Image, size: int) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1), np.float32)
 
 
-def pixels(img: Image.Image, size: int, pad: bool) -> np.ndarray:
+def check_work_size(img: Image.Image, size: int, pad: bool, name: object, max_pixels: int = MAX_PIXELS) -> None:
+    """Refuse an image whose intermediate would be over `max_pixels`, before it is made: padding
+    makes a max(w, h) square, and the resize before the crop a `size` x `size * long / short`
+    image. A thin image under the pixel limit (1x60000 is 60,000 pixels) would otherwise take
+    gigabytes there."""
+    w, h = img.size
+    padded = max(w, h) ** 2 if pad else w * h
+    short, long = (w, h) if w <= h else (h, w)
+    resized = size * size * long / short if not pad else size * size
+    if max(padded, resized) > max_pixels:
+        what = f"padding it to a {max(w, h)}x{max(w, h)} square" if padded > max_pixels else "resizing it"
+        raise ImageError(
+            f"{name}: {w}x{h} pixels; {what} would make over {max_pixels:,} pixels (data.max_image_pixels); refused"
+        )
+
+
+def pixels(img: Image.Image, size: int, pad: bool, name: object = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    check_work_size(img, size, pad, name, max_pixels)
     return clip_preprocess(expand2square(img) if pad else img, size)
 
 
@@ -107,4 +124,5 @@ def load_pixels(
     root, relative: str, size: int, pad: bool, alpha: str = "drop", max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
     """Resolve under `root`, decode and preprocess one image."""
-    return pixels(open_rgb(resolve(root, relative), alpha, max_pixels), size, pad)
+    path = resolve(root, relative)
+    return pixels(open_rgb(path, alpha, max_pixels), size, pad, path, max_pixels)

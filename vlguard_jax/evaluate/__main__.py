@@ -36,7 +36,7 @@ from vlguard_jax.evaluate.runner import (
 from vlguard_jax.evaluate.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
 from vlguard_jax.evaluate.scoring import is_refusal
 from vlguard_jax.evaluate.suite import run_suite
-from vlguard_jax.generate import load_generator
+from vlguard_jax.generate import auto_dtype, load_generator
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
 from vlguard_jax.io import storage
 from vlguard_jax.io.files import check_output, read_json, sha256_file, write_json
@@ -77,8 +77,9 @@ def evaluate_main(argv) -> int:
     )
     p.add_argument(
         "--dtype",
-        choices=DTYPES,
-        help="compute dtype (the authors': float16); default float32 on a CPU, bfloat16 on an accelerator",
+        choices=("auto",) + DTYPES,
+        default="auto",
+        help="compute dtype; auto: float16 on a GPU (the authors'), bfloat16 on a TPU, float32 on a CPU",
     )
     p.add_argument(
         "--text-image",
@@ -275,7 +276,12 @@ def vqa_main(argv) -> int:
         "(128 for .jsonl, model_vqa_loader; pass 1024 for MM-Vet and LLaVA-Bench, model_vqa)",
     )
     p.add_argument("--batch-size", type=at_least(1), default=8)
-    p.add_argument("--dtype", choices=DTYPES, help="compute dtype; default float32 on a CPU, bfloat16 elsewhere")
+    p.add_argument(
+        "--dtype",
+        choices=("auto",) + DTYPES,
+        default="auto",
+        help="compute dtype; auto: float16 on a GPU (the authors'), bfloat16 on a TPU, float32 on a CPU",
+    )
     p.add_argument("--limit", type=at_least(1), help="only the first N questions")
     a = p.parse_args(argv)
     path = storage.local_only(a.answers_file, "--answers-file")
@@ -287,11 +293,12 @@ def vqa_main(argv) -> int:
     if config.vision is None:
         raise ValueError(f"{a.checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
     max_new = a.max_new_tokens or vqa.MAX_NEW_TOKENS[Path(a.question_file).suffix]
+    dtype = auto_dtype() if a.dtype == "auto" else a.dtype
     settings = {
         "conv_mode": a.conv_mode,
         "max_new_tokens": max_new,
         "single_pred_prompt": a.single_pred_prompt,
-        "dtype": a.dtype,
+        "dtype": dtype,
         "pad": True,
     }
     questions_id = {"file": str(Path(a.question_file).resolve()), "sha256": sha256_file(a.question_file)}
@@ -307,7 +314,7 @@ def vqa_main(argv) -> int:
         },
         print,
     )
-    gen, loaded = load_generator(a.checkpoint, batch_size=a.batch_size, dtype=jnp.dtype(a.dtype) if a.dtype else None)
+    gen, loaded = load_generator(a.checkpoint, batch_size=a.batch_size, dtype=jnp.dtype(dtype))
     answers = vqa.answer(
         gen,
         loaded,
@@ -334,7 +341,12 @@ def suite_main(argv) -> int:
     p.add_argument("--only", help="comma-separated benchmarks, e.g. vlguard/unsafes,sqa,pope")
     p.add_argument("--limit", type=at_least(1), help="only the first N items of each benchmark")
     p.add_argument("--batch-size", type=at_least(1), default=8)
-    p.add_argument("--dtype", choices=DTYPES)
+    p.add_argument(
+        "--dtype",
+        choices=("auto",) + DTYPES,
+        default="auto",
+        help="compute dtype; auto: float16 on a GPU (the authors'), bfloat16 on a TPU, float32 on a CPU",
+    )
     p.add_argument("--font", help="figstep: FreeMonoBold.ttf path")
     p.add_argument(
         "--max-new-tokens",

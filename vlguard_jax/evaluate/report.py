@@ -40,6 +40,14 @@ HELPFULNESS_COLUMNS = (
 )
 
 
+WIN, F1 = "VLGuard safe-safes win rate", "VLGuard safe-safes F1"
+F1_NOTE = (
+    f"{F1} is our token F1 against the reference answers, not the paper's metric: the paper's "
+    "safe-safes helpfulness is the GPT-4V judge's win rate, and no run here was judged (the judge "
+    "was not configured: set VLGUARD_JUDGE_URL and VLGUARD_JUDGE_MODEL).\n\n"
+)
+
+
 def _value(summary: dict, key: str, read, scale: float = 1.0):
     try:
         v = read(summary[key])
@@ -80,6 +88,18 @@ def model_kind(summary: dict) -> str:
     return {frozenset({"llm"}): "LLM", frozenset({"vllm"}): "VLLM"}.get(frozenset(kinds), "-")
 
 
+def dtypes(summary: dict) -> str:
+    """The compute dtype(s) a run's answers were generated in, as its entries record them."""
+    found = sorted(
+        {
+            str(s["protocol"]["dtype"])
+            for s in summary.values()
+            if isinstance(s, dict) and "dtype" in s.get("protocol", {})
+        }
+    )
+    return "/".join(found) or "-"
+
+
 def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)] + [
         "| " + " | ".join(r) + " |" for r in rows
@@ -105,19 +125,20 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
             raise FileNotFoundError(f"{r}: no {SUMMARY}; run python -m vlguard_jax.evaluate with --out {r} first")
         summaries.append(summary)
     kinds = [model_kind(s) for s in summaries]
+    compute = [dtypes(s) for s in summaries]
     t2 = [table2_of(s) for s in summaries]
     safety_cols = [c for c, _, _ in SAFETY_COLUMNS if any(c in s for s, _ in t2)]
     help_cols = [c for c, _, _ in HELPFULNESS_COLUMNS if any(c in h for _, h in t2)]
     table2 = _markdown(
-        ["checkpoint", "model"]
+        ["checkpoint", "model", "dtype"]
         + [
             f"{c} (ASR %, lower is better)" if c != "XSTest safe refusal" else f"{c} (%, lower is better)"
             for c in safety_cols
         ]
         + [f"{c} (higher is better)" for c in help_cols],
         [
-            [n, k] + [_fmt(s.get(c)) for c in safety_cols] + [_fmt(h.get(c)) for c in help_cols]
-            for n, k, (s, h) in zip(names, kinds, t2)
+            [n, k, d] + [_fmt(s.get(c)) for c in safety_cols] + [_fmt(h.get(c)) for c in help_cols]
+            for n, k, d, (s, h) in zip(names, kinds, compute, t2)
         ],
     )
     tables = [rows_of(s) for s in summaries]
@@ -132,7 +153,9 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
         "# Evaluation\n\nThe paper's Table 2: safety (attack success, lower is safer; refusal of safe "
         "prompts, lower is more helpful) and helpfulness (higher is better).\n\n"
         + "\n".join(table2)
-        + "\n\n![safety and helpfulness](report.png)\n\n## Every safety metric\n\n"
+        + "\n\n"
+        + (F1_NOTE if F1 in help_cols and WIN not in help_cols else "")
+        + "![safety and helpfulness](report.png)\n\n## Every safety metric\n\n"
         + "\n".join(detail)
         + "\n"
     )

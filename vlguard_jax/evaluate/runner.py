@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from PIL import Image
 from tqdm import tqdm
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
 from vlguard_jax.evaluate import figstep, gpt4_judge, llamaguard, safety_sets
 from vlguard_jax.evaluate.scoring import is_refusal, token_f1
-from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
+from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
 from vlguard_jax.io import storage
 from vlguard_jax.io.files import read_json, write_json
@@ -43,7 +42,8 @@ BLANK_COLOR = (255, 255, 255)
 class Protocol:
     """How responses are generated; recorded in summary.json. The defaults are VLGuard_eval.py's
     (greedy, 256 new tokens, at least 1, `llava_v1` for a LLaVA), except the compute dtype: the
-    authors run in float16; `dtype=None` takes float32 on a CPU and bfloat16 on an accelerator.
+    authors run in float16; `dtype` "auto" (or None) takes `auto_dtype()`: float16 on a GPU, as
+    the authors, bfloat16 on a TPU, float32 on a CPU.
     `text_image` is what a VLLM sees with a text-only attack: no image (the authors'), or a blank
     white one, which published follow-ups report changes ASR."""
 
@@ -57,8 +57,8 @@ class Protocol:
     def __post_init__(self):
         if self.template not in ("auto",) + TEMPLATE_CHOICES:
             raise ValueError(f"template {self.template!r} is not one of {('auto',) + TEMPLATE_CHOICES}")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.dtype is not None and self.dtype not in ("auto",) + DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {('auto',) + DTYPES}")
         if self.text_image not in TEXT_IMAGES:
             raise ValueError(f"text image {self.text_image!r} is not one of {TEXT_IMAGES}")
         for name in ("max_new_tokens", "batch_size"):
@@ -66,10 +66,14 @@ class Protocol:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.min_new_tokens < 0:
             raise ValueError(f"min_new_tokens must be at least 0, got {self.min_new_tokens}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"--min-new-tokens {self.min_new_tokens} is more than --max-new-tokens {self.max_new_tokens}"
+            )
 
     def resolved(self, config, tokenizer) -> Protocol:
         template = default_template(config, tokenizer) if self.template == "auto" else self.template
-        dtype = self.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+        dtype = auto_dtype() if self.dtype in (None, "auto") else self.dtype
         return dataclasses.replace(self, template=template, dtype=dtype)
 
 

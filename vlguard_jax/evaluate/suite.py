@@ -55,7 +55,8 @@ SAFETY = {
     "advbench/suffix": Safety("advbench", ("advbench/harmful_behaviors.csv",), (("attack", "suffix"),)),
     "figstep": Safety("figstep", ("figstep/safebench.csv",)),
 }
-IMAGE_SETS = ("vlguard", "figstep")  # safety sets whose prompts come with an image
+IMAGE_SETS = ("vlguard", "figstep")
+WIN_RATE_REFERENCES = "vlguard/gpt4_safe_safes.json"  # the release's GPT-4V answers, for the win rate  # safety sets whose prompts come with an image
 HELPFULNESS = {
     "sqa": Helpfulness(
         "scienceqa/llava_test_CQM-A.json",
@@ -241,7 +242,15 @@ def _run_suite(
             )
             safety = dataclasses.replace(protocol, max_new_tokens=max_new_tokens or protocol.max_new_tokens)
             spec = Evaluation(
-                checkpoint, s.benchmark, out, font=font, limit=limit, protocol=safety, **files, **dict(s.kw)
+                checkpoint,
+                s.benchmark,
+                out,
+                font=font,
+                limit=limit,
+                protocol=safety,
+                **files,
+                **dict(s.kw),
+                **(_win_rate(root, log) if name == "vlguard/safe_safes" else {}),
             )
             run(spec, generator=generator, log=log)
         else:
@@ -251,6 +260,22 @@ def _run_suite(
     summary["skipped"] = skipped
     write_json(out / SUMMARY, summary)
     return summary
+
+
+def _win_rate(root: Path, log) -> dict:
+    """The paper's safe-safes helpfulness: the GPT-4V judge's win rate against the reference
+    answers, asked as `evaluate --judge openai-compatible` asks, when the judge is configured and
+    the references are in the data root; else the token F1 alone, and the log says why."""
+    references = root / WIN_RATE_REFERENCES
+    try:
+        judge_settings()
+    except JudgeNotConfigured:
+        log("vlguard/safe_safes: the judge is not configured (VLGUARD_JUDGE_URL, VLGUARD_JUDGE_MODEL): token F1 only")
+        return {}
+    if not references.is_file():
+        log(f"vlguard/safe_safes: no {references} (the reference answers): token F1 only, no win rate")
+        return {}
+    return {"judge": "openai-compatible", "references": references}
 
 
 def _helpfulness(

@@ -154,7 +154,7 @@ def question_pixels(q: Question, image_folder, size: int):
             img = Image.open(io.BytesIO(base64.b64decode(q.image_b64))).convert("RGB")
         except (ValueError, UnidentifiedImageError, OSError) as e:
             raise ImageError(f"question {q.qid}: cannot decode its base64 image ({e})") from None
-        return pixels(img, size, pad=True)
+        return pixels(img, size, pad=True, name=f"question {q.qid}")
     if q.image is None:
         return None
     if image_folder is None:

@@ -7,17 +7,25 @@ from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
 from vlguard_jax.generate.sampler import Generator, Sampling
 from vlguard_jax.io.loading import load_model
 
-__all__ = ["Generator", "Sampling", "prompt_ids", "prompt_text", "response_text", "load_generator"]
+__all__ = ["Generator", "Sampling", "auto_dtype", "prompt_ids", "prompt_text", "response_text", "load_generator"]
+
+
+def auto_dtype(backend: str | None = None) -> str:
+    """The compute dtype `--dtype auto` means: float16 on a GPU (the authors' choice in LLaVA's
+    and VLGuard's evaluation scripts; greedy answers change with the dtype), bfloat16 on a TPU
+    (which has no fast float16), float32 on a CPU."""
+    backend = backend or jax.default_backend()
+    return {"gpu": "float16", "cuda": "float16", "rocm": "float16", "tpu": "bfloat16"}.get(backend, "float32")
 
 
 def load_generator(
     checkpoint, *, dtype=None, mesh=None, batch_size: int = 8, bucket: int = 64, scan_layers: bool | str = "auto"
 ):
     """(Generator, Loaded) for a converted checkpoint or a training workdir. `dtype` defaults to
-    float32 on CPU and bfloat16 elsewhere; `scan_layers` runs the decoder layers scanned ("auto":
+    `auto_dtype()`; `scan_layers` runs the decoder layers scanned ("auto":
     for deep LLaVA models, where it cuts compile time; see models.stacking)."""
-    if dtype is None:
-        dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+    if dtype is None or dtype == "auto":
+        dtype = jnp.dtype(auto_dtype())
     loaded = load_model(checkpoint, mesh=mesh, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
     if loaded.tokenizer is None:
         raise FileNotFoundError(f"{checkpoint}: no tokenizer files next to the weights")

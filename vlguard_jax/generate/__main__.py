@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
             if image and m.config.vision is None:
                 raise ValueError(f"{a.checkpoint} is a text-only model and takes no image")
             vision = m.config.vision
-            pix.append(pixels(open_rgb(image), vision.image_size, a.pad_image) if image and vision else None)
+            pix.append(pixels(open_rgb(image), vision.image_size, a.pad_image, image) if image and vision else None)
             ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), a.template))
         except ValueError as e:
             raise ValueError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
@@ -35,10 +36,20 @@ class Sampling:
     min_new_tokens: int = 0  # EOS is masked until this many tokens are out (transformers' rule)
 
     def __post_init__(self):
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"--temperature must be a finite number at least 0 (0: greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"--top-k must be at least 0 (0: off), got {self.top_k}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
+            raise ValueError(f"--top-p must be in (0, 1] (1: off), got {self.top_p}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+            raise ValueError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.min_new_tokens < 0:
-            raise ValueError(f"min_new_tokens must be at least 0, got {self.min_new_tokens}")
+            raise ValueError(f"--min-new-tokens must be at least 0, got {self.min_new_tokens}")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"--min-new-tokens {self.min_new_tokens} is more than --max-new-tokens {self.max_new_tokens}"
+            )
 
 
 def choose(logits, key, s: Sampling):
