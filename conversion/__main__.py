@@ -17,6 +17,9 @@ COMMANDS = {"hf-to-flax": hf_to_flax.main, "flax-to-hf": flax_to_hf.main, "assem
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--help"], ["-h"]):
+        print((__doc__ or "").strip())
+        return 0
     if not argv or argv[0] not in COMMANDS:
         got = f"unknown command {argv[0]!r}; " if argv and not argv[0].startswith("-") else ""
         print(

@@ -17,7 +17,6 @@ output appears only when complete.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from conversion.hf_to_flax import (
     write_side_files,
 )
 from conversion.reader import CheckpointError, TensorSource
-from vlguard_jax.errors import cli
+from vlguard_jax.errors import ArgumentParser, cli
 from vlguard_jax.io import storage
 from vlguard_jax.io.files import check_output
 from vlguard_jax.models.config import LlavaConfig, text_from_hf, vision_from_hf
@@ -149,7 +148,7 @@ def assemble(llm, vision_tower, projector, dst, dtype: str = "bfloat16", overwri
 
 @cli
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m conversion.assemble", description=(__doc__ or "").split("\n\n")[1])
+    p = ArgumentParser(prog="python -m conversion.assemble", description=(__doc__ or "").split("\n\n")[1])
     p.add_argument("--llm", required=True, help="base LLM directory (LlamaForCausalLM, e.g. vicuna-7b-v1.5)")
     p.add_argument("--vision-tower", required=True, help="CLIP directory (e.g. clip-vit-large-patch14-336)")
     p.add_argument("--projector", required=True, help="stage-1 mm_projector.bin or .safetensors")

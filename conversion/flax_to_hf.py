@@ -12,7 +12,6 @@ peft` writes a PEFT adapter directory (LoRA factors and projector) for the base 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -23,12 +22,14 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 from safetensors.numpy import save_file
-from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
+
+# The PIL processor: the one transformers falls back to without torchvision, saved as CLIPImageProcessor.
+from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaProcessor
 
 from conversion import layouts, peft_adapter
 from conversion.hf_to_flax import DTYPES
 from conversion.reader import CheckpointError
-from vlguard_jax.errors import cli
+from vlguard_jax.errors import ArgumentParser, cli
 from vlguard_jax.io import runs, storage
 from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
 from vlguard_jax.io.files import atomic_dir, check_output
@@ -104,7 +105,7 @@ def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str)
     # Read from the copies in DST: the source may be in a bucket.
     if (dst / "tokenizer_config.json").exists() and (dst / "preprocessor_config.json").exists():
         processor = LlavaProcessor(
-            image_processor=CLIPImageProcessor.from_pretrained(dst, local_files_only=True),
+            image_processor=CLIPImageProcessorPil.from_pretrained(dst, local_files_only=True),
             tokenizer=AutoTokenizer.from_pretrained(dst, local_files_only=True),
             patch_size=config.vision.patch_size,
             vision_feature_select_strategy=config.vision_feature_select_strategy,
@@ -200,7 +201,7 @@ def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_b
 
 @cli
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m conversion.flax_to_hf", description=(__doc__ or "").split("\n\n")[1])
+    p = ArgumentParser(prog="python -m conversion.flax_to_hf", description=(__doc__ or "").split("\n\n")[1])
     p.add_argument("--src", required=True, help="vlguard-jax checkpoint directory")
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")

@@ -9,7 +9,6 @@ anything is written.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -20,11 +19,13 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-from transformers import AutoTokenizer, CLIPImageProcessor
+
+# The PIL processor: the one transformers falls back to without torchvision, saved as CLIPImageProcessor.
+from transformers import AutoTokenizer, CLIPImageProcessorPil
 
 from conversion import layouts
 from conversion.reader import CheckpointError, TensorSource
-from vlguard_jax.errors import cli
+from vlguard_jax.errors import ArgumentParser, cli
 from vlguard_jax.io import storage
 from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
 from vlguard_jax.io.files import atomic_dir, check_output
@@ -138,7 +139,13 @@ def check_plan(plan: list[Entry], hint=lambda entry: "") -> None:
         if layouts.flax_shape(got, e.transform) != e.shape:
             raise CheckpointError(
                 f"{e.source.index[e.name]}: tensor {e.name!r} has shape {got}, "
-                f"expected {e.shape} as {e.path} for this config{hint(e)}"
+                f"expected {layouts.source_shape(e.shape, e.transform)} for {e.path} in this config{hint(e)}"
+            )
+        kind = e.source.dtypes.get(e.name, "float")
+        if not kind.startswith(("float", "bfloat", "F", "BF")):
+            raise CheckpointError(
+                f"{e.source.index[e.name]}: tensor {e.name!r} is {kind}, not floating point: a quantised "
+                "checkpoint cannot be converted (its values would be cast as they are); use the float release"
             )
 
 
@@ -175,9 +182,9 @@ def write_side_files(src: Path, vision_tower: Path | None, dst: Path, config, to
             shutil.copy2(vision_tower / "preprocessor_config.json", dst / "preprocessor_config.json")
         else:
             size = config.vision.image_size
-            CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(
-                dst
-            )
+            CLIPImageProcessorPil(
+                size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+            ).save_pretrained(dst)
 
 
 def write_checkpoint(
@@ -235,7 +242,7 @@ def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: i
 
 @cli
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m conversion.hf_to_flax", description=(__doc__ or "").split("\n\n")[1])
+    p = ArgumentParser(prog="python -m conversion.hf_to_flax", description=(__doc__ or "").split("\n\n")[1])
     p.add_argument("--src", required=True, help="llava-hf or original LLaVA checkpoint directory")
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")

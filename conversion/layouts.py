@@ -146,6 +146,15 @@ def flax_shape(shape: tuple, transform: str | None) -> tuple:
     return tuple(shape)
 
 
+def source_shape(flax: tuple, transform: str | None) -> str:
+    """The PyTorch shape that `flax_shape` maps to `flax`, as a message shows it."""
+    if transform == "linear":
+        return f"{tuple(reversed(flax))} (PyTorch's [out, in] layout)"
+    if transform == "patch":
+        return f"({flax[1]}, 3, k, k) with 3*k*k = {flax[0]} (PyTorch's conv layout)"
+    return str(tuple(flax))
+
+
 def to_flax(array: np.ndarray, transform: str | None) -> np.ndarray:
     if transform == "linear":
         return array.T

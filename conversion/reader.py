@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+NESTED = ("model", "state_dict")
 
 
 def _torch(f: Path):
@@ -53,12 +54,14 @@ class TensorSource:
             raise CheckpointError(f"{path}: no such directory or file")
         self.index: dict[str, Path] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, str] = {}  # as the file names it: safetensors' F32, BF16, I8 ...; torch's float32 ...
         for f in self.files:
-            for name, shape in self._list(f):
+            for name, shape, dtype in self._list(f):
                 if name in self.index:
                     raise CheckpointError(f"{f}: tensor {name!r} also appears in {self.index[name]}")
                 self.index[name] = f
                 self.shapes[name] = shape
+                self.dtypes[name] = dtype
 
     def _weight_files(self) -> list[Path]:
         for idx in INDEX_FILES:
@@ -83,10 +86,10 @@ class TensorSource:
         if f.suffix == ".safetensors":
             try:
                 with safe_open(os.fspath(f), "numpy") as h:
-                    return [(k, tuple(h.get_slice(k).get_shape())) for k in h.keys()]
+                    return [(k, tuple(h.get_slice(k).get_shape()), h.get_slice(k).get_dtype()) for k in h.keys()]
             except (SafetensorError, OSError) as e:
                 raise CheckpointError(f"{f}: cannot read safetensors header ({e})") from None
-        return [(k, tuple(v.shape)) for k, v in self._load_bin(f).items()]
+        return [(k, tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in self._load_bin(f).items()]
 
     def _load_bin(self, f: Path) -> dict:
         if self._bin_cache is not None and self._bin_cache[0] == f:
@@ -98,6 +101,16 @@ class TensorSource:
             raise CheckpointError(f"{f}: cannot load with torch.load(weights_only=True): {e}") from None
         if not isinstance(sd, dict):
             raise CheckpointError(f"{f}: expected a state dict, found {type(sd).__name__}")
+        for wrapper in NESTED:  # a state dict saved inside {"model": ...}, as some releases ship
+            if isinstance(sd.get(wrapper), dict) and not any(isinstance(v, torch.Tensor) for v in sd.values()):
+                sd = sd[wrapper]
+                break
+        bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(
+                f"{f}: entry {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor "
+                f"(a state dict holds tensors, or one of {NESTED} holding them)"
+            )
         self._bin_cache = (f, sd)
         return sd
 

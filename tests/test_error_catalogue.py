@@ -212,6 +212,31 @@ def test_outputs_written_through_temporary_files_honour_the_umask(tmp_path):
     assert mode(tmp_path / "ckpt") == 0o755 and mode(tmp_path / "private.json") == 0o600
 
 
+def test_converters_without_arguments_say_one_line_and_help_lists_them(capsys):
+    from conversion.__main__ import main as convert_main
+
+    for argv, line in (
+        ([], "error: vlguard-convert: choose one of hf-to-flax, flax-to-hf, assemble (then --help for its flags)"),
+        (
+            ["assemble"],
+            "error: python -m conversion.assemble: the following arguments are required: --llm, "
+            "--vision-tower, --projector, --dst",
+        ),
+        (["hf-to-flax"], "error: python -m conversion.hf_to_flax: the following arguments are required: --src, --dst"),
+        (["flax-to-hf"], "error: python -m conversion.flax_to_hf: the following arguments are required: --src, --dst"),
+    ):
+        assert convert_main(argv) == 2
+        assert capsys.readouterr().err == line + "\n"
+    assert convert_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"`{c}`" in out for c in ("hf-to-flax", "flax-to-hf", "assemble"))
+    # a fresh process too: nothing its imports print comes before the one line
+    done = subprocess.run(
+        [sys.executable, "-m", "conversion", "assemble"], cwd=REPO, env=run_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+
+
 @pytest.mark.parametrize(
     "flags,line",
     [
@@ -289,6 +314,11 @@ def test_a_live_workdir_refuses_a_second_run_and_a_stale_lock_is_taken_over(env,
         f"{tmp / 'busy' / '.lock'}: taking over the stale lock of process {gone.pid} on {socket.gethostname()}"
     ]
     assert not (tmp / "busy" / ".lock").exists()  # released on the way out
+    # a new workdir refused before anything was written is not left behind, empty, as if a run were there
+    c.workdir = str(tmp / "never")
+    with pytest.raises(FileNotFoundError, match="no_such_checkpoint: no model_config.json"):
+        train(c, log_fn=lambda *_: None)
+    assert not (tmp / "never").exists() and (tmp / "busy").is_dir()
 
 
 @pytest.mark.slow

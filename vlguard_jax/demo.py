@@ -77,7 +77,7 @@ def random_checkpoint(dst: Path, cfg, paths: dict) -> Path:
     params = init_params(LlavaModel(config), jax.random.key(cfg.seed))
     size = config.vision.image_size
     save_checkpoint(dst, config, params, tokenizer=tok)
-    transformers.CLIPImageProcessor(
+    transformers.CLIPImageProcessorPil(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     ).save_pretrained(dst)
     return dst

@@ -117,8 +117,8 @@ def test_projector_that_does_not_fit_names_file_and_tensor(parts, tmp_path):
     torch.save(wrong, tmp_path / "p.bin")
     _fails(
         tmp_path,
-        r"p\.bin: tensor 'model\.mm_projector\.0\.weight' has shape \(64, 32\), expected \(32, 48\) "
-        r"as projector/linear_1/kernel .*tower's 32-wide features to the LLM's hidden size 48",
+        r"p\.bin: tensor 'model\.mm_projector\.0\.weight' has shape \(64, 32\), expected \(48, 32\) \(PyTorch's "
+        r"\[out, in\] layout\) for projector/linear_1/kernel .*tower's 32-wide features to the LLM's hidden size 48",
         proj=tmp_path / "p.bin",
         parts=parts,
     )
@@ -133,6 +133,30 @@ def test_projector_that_does_not_fit_names_file_and_tensor(parts, tmp_path):
     _fails(
         tmp_path, r"r\.bin: unexpected tensor 'model\.mm_projector\.4\.weight'", proj=tmp_path / "r.bin", parts=parts
     )
+
+
+def test_projectors_nested_transposed_or_quantised(parts, tmp_path):
+    torch.save({"model": dict(parts.proj), "epoch": 3}, tmp_path / "nested.bin")  # as some releases ship it
+    assemble(parts.llm_dir, parts.clip_dir, tmp_path / "nested.bin", tmp_path / "ok", "float32")
+    assert (tmp_path / "ok").is_dir()
+    flipped = dict(parts.proj, **{"model.mm_projector.0.weight": parts.proj["model.mm_projector.0.weight"].T.clone()})
+    torch.save(flipped, tmp_path / "t.bin")
+    _fails(
+        tmp_path,
+        r"t\.bin: tensor 'model\.mm_projector\.0\.weight' has shape \(32, 48\), expected \(48, 32\) \(PyTorch's",
+        proj=tmp_path / "t.bin",
+        parts=parts,
+    )
+    quantised = dict(parts.proj, **{"model.mm_projector.2.weight": torch.zeros(48, 48, dtype=torch.int8)})
+    torch.save(quantised, tmp_path / "i.bin")
+    _fails(
+        tmp_path,
+        r"i\.bin: tensor 'model\.mm_projector\.2\.weight' is int8, not floating point",
+        proj=tmp_path / "i.bin",
+        parts=parts,
+    )
+    torch.save({"model": dict(parts.proj), "step": torch.zeros(1), "opt": [1]}, tmp_path / "odd.bin")
+    _fails(tmp_path, r"odd\.bin: entry 'model' is a dict, not a tensor", proj=tmp_path / "odd.bin", parts=parts)
 
 
 def test_unknown_or_missing_parts_are_named(parts, tmp_path):

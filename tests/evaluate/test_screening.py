@@ -266,5 +266,6 @@ def test_two_processes_give_what_one_gives(env):
     assert dst.read_text() == one.read_text()
     assert flagged(dst) == flagged(one)
     for p in range(2):  # each process judged its own half
-        lines = dst.with_name(f"clean.verdicts.{p}-of-2.jsonl").read_text().splitlines()
+        header, *lines = dst.with_name(f"clean.verdicts.{p}-of-2.jsonl").read_text().splitlines()
+        assert json.loads(header)["provenance"]["source"] == str(src.resolve())
         assert sorted(json.loads(x)["index"] for x in lines) == list(range(5 * p, 5 * p + 5))

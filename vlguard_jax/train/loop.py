@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import threading
 import time
@@ -213,16 +214,28 @@ def run(cfg, log_fn=None) -> dict:
     maybe_initialize_distributed()
     check_config(cfg)
     workdir = storage.as_path(cfg.workdir)
+    fresh = not storage.is_remote(cfg.workdir) and not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
-    except ValueError as e:
-        raise ConfigError(f"config.mesh.shape: {e}") from None
     main = jax.process_index() == 0
-    say = log_fn or (lambda s: print(s, flush=True) if main else None)
-    with Lock(workdir, say) if main else contextlib.nullcontext(), Preemption() as preemption:
-        result = _run(cfg, workdir, mesh, say, preemption)
-    return result
+    try:
+        try:
+            mesh = sharding.make_mesh(tuple(cfg.mesh.shape))
+        except ValueError as e:
+            raise ConfigError(f"config.mesh.shape: {e}") from None
+        say = log_fn or (lambda s: print(s, flush=True) if main else None)
+        with Lock(workdir, say) if main else contextlib.nullcontext(), Preemption() as preemption:
+            return _run(cfg, workdir, mesh, say, preemption)
+    except BaseException:
+        if fresh and main:
+            _remove_if_empty(workdir)
+        raise
+
+
+def _remove_if_empty(workdir: Path) -> None:
+    """A run refused before it wrote anything leaves no workdir behind (only empty directories
+    were made: the workdir and its checkpoints folder)."""
+    if workdir.is_dir() and not any(p.is_file() for p in workdir.rglob("*")):
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @dataclasses.dataclass
