@@ -224,11 +224,12 @@ def run(cfg, log_fn=None) -> dict:
             raise ConfigError(f"config.mesh.shape: {e}") from None
         say = log_fn or (lambda s: print(s, flush=True) if main else None)
         with Lock(workdir, say) if main else contextlib.nullcontext(), Preemption() as preemption:
-            return _run(cfg, workdir, mesh, say, preemption)
+            result = _run(cfg, workdir, mesh, say, preemption)
     except BaseException:
         if fresh and main:
             _remove_if_empty(workdir)
         raise
+    return result
 
 
 def _remove_if_empty(workdir: Path) -> None:
