@@ -249,3 +249,32 @@ def test_answers_files_refuse_duplicate_ids_inputs_buckets_and_text_only_models(
     assert "a text-only LLM" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") == []  # no run record left
     assert not (tmp_path / "t.jsonl").exists() and not any(p.name.startswith("s3") for p in tmp_path.iterdir())
+
+
+def test_image_modes_counts_the_images_llavas_scripts_pad_differently(tmp_path, capsys):
+    from vlguard_jax.evaluate import image_modes
+
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (30, 20)).save(tmp_path / "rgb_wide.png")
+    Image.new("RGBA", (30, 20)).save(tmp_path / "rgba_wide.png")
+    Image.new("P", (30, 20)).save(tmp_path / "sub" / "palette_wide.png")
+    Image.new("P", (20, 20)).save(tmp_path / "palette_square.png")
+    Image.new("L", (20, 30)).save(tmp_path / "sub" / "grey_tall.jpg")
+    Image.new("CMYK", (20, 30)).save(tmp_path / "cmyk_tall.jpg")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "notes.txt").write_text("skipped")
+    assert image_modes.main([str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == 6 and out["by_mode"] == {"CMYK": 1, "L": 1, "P": 2, "RGB": 1, "RGBA": 1}
+    assert out["differ"] == 3 and out["differ_by_mode"] == {"CMYK": 1, "L": 1, "P": 1}
+    assert out["unreadable"] == [str(tmp_path / "broken.png")]
+    # what the count stands for: LLaVA's pad-then-convert differs from ours exactly there
+    for name, same in (("rgba_wide.png", True), ("sub/palette_wide.png", False), ("palette_square.png", True)):
+        img = Image.open(tmp_path / name)
+        side = max(img.size)
+        theirs = img  # LLaVA's expand2square: a square image as it is, else padded in its own mode
+        if img.size[0] != img.size[1]:
+            theirs = Image.new(img.mode, (side, side), (122, 116, 104))
+            theirs.paste(img, ((side - img.size[0]) // 2, (side - img.size[1]) // 2))
+        ours = pixels(img.convert("RGB"), 28, pad=True)
+        assert np.array_equal(pixels(theirs.convert("RGB"), 28, pad=False), ours) == same, name

@@ -221,13 +221,38 @@ def mmbench_tsv(path, answer=True):
     return path
 
 
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("B", "B"),
+        ("The answer is B.", "B"),  # the local rule used to mark these wrong; the server's takes them
+        ("I think B", "B"),
+        ("(C) blue", "C"),
+        ("**D**", "D"),
+        ("A", "A"),
+        ("A. green", "A"),
+        ("A green apple is on it", "A"),  # 'A' may be the article: the option text decides
+        ("A red apple is on it", "B"),
+        ("A cat sits on a mat", None),  # the article, and no option's text
+        ("B or C", None),  # two letters, no option text
+        ("blue", "C"),
+        ("It is blue or red", None),  # two option texts
+        ("Z", None),
+        ("Cannot determine the answer", None),
+        ("", None),
+    ],
+)
+def test_mmbench_options_are_read_by_the_servers_rules(text, expected):
+    assert vs.option_letter(text, {"A": "green", "B": "red", "C": "blue", "D": "black"}) == expected
+
+
 def test_mmbench_circular_accuracy(tmp_path):
     tsv = mmbench_tsv(tmp_path / "dev.tsv")
     answers = [
         ans(0, "B"),
         ans(1000000, "A"),  # question 0: right in both rotations
         ans(1, "C. 12"),
-        ans(1000001, "The answer is B"),
+        ans(1000001, "I am not sure"),
     ]  # question 1: the second names no option
     r = vs.mmbench(answers, tsv)
     assert (r["circular_accuracy"], r["accuracy"], r["questions"], r["answers"]) == (50.0, 100.0, 2, 4)

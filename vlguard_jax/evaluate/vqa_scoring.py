@@ -9,7 +9,9 @@ number the matching LLaVA scorer (or the benchmark's official one) gives on the 
 - textvqa: `eval_textvqa.py`, the EvalAI soft accuracy (answer_norm.py).
 - gqa: `convert_gqa_for_eval.py` (trailing '.' stripped, lower-cased) then GQA's exact match.
 - mmbench (dev): circular accuracy: a question (index mod 1e6) counts only if every one of its
-  rows and rounds is right. Letters are read as stated in `option_letter`.
+  rows and rounds is right. Letters are read by the server's rule-based extraction
+  (`option_letter`) without its ChatGPT fallback, so the local figure is approximate: an answer
+  the rules cannot place counts wrong here. The upload file is the faithful route.
 - vizwiz, mmbench test: no public answers; the upload files LLaVA's converters write.
 
 Every scorer pairs each answer with its own question through `question_id` (and the question
@@ -307,17 +309,35 @@ def mmbench_rows(path) -> list[dict]:
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+# OpenCompass's MMBench evaluation (VLMEvalKit's `can_infer`): refusals it maps to Z, no option.
+MMBENCH_REFUSALS = (
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
+)
+
+
 def option_letter(text: str, options: dict) -> str | None:
-    """The option an answer names: the bare letter; a letter opening it ('B.', '(B)', 'B ...');
-    else the one option whose text it is (case and a final '.' aside). None when it names none."""
-    text = text.strip()
-    if text in options:
-        return text
-    m = re.match(r"^\(?([A-Z])(?:[).:]|\s|$)", text)
-    if m and m.group(1) in options:
-        return m.group(1)
-    same = [k for k, v in options.items() if v.strip().rstrip(".").lower() == text.rstrip(".").lower()]
-    return same[0] if len(same) == 1 else None
+    """The option an answer names, by the MMBench server's rule-based extraction (`can_infer`),
+    without its ChatGPT fallback: after `.()[],:;!*#{}` become spaces, exactly one option letter
+    among the words (unless an 'A' there may be the article: more than three words); else, but
+    for a lone 'Z', the one option whose text the answer contains (case aside). None: a refusal,
+    Z, or no single option."""
+    if any(r in text for r in MMBENCH_REFUSALS):
+        return None
+    words = text
+    for c in ".()[],:;!*#{}":
+        words = words.replace(c, " ")
+    splits = words.split()
+    named = [k for k in options if k in splits]
+    if len(named) == 1 and not ("A" in splits and len(splits) > 3):
+        return named[0]
+    if not named and "Z" in splits:  # the server's "none of these"
+        return None
+    low = text.lower()  # the article guard, no letter, or several: the option texts
+    found = [k for k, v in options.items() if str(v).lower() in low]
+    return found[0] if len(found) == 1 else None
 
 
 def mmbench(answers: list[dict], question_file, allow_partial: bool = False, source="answers") -> dict:
@@ -351,6 +371,8 @@ def mmbench(answers: list[dict], question_file, allow_partial: bool = False, sou
         "questions": len(groups),
         "answers": sum(map(len, groups.values())),
         "coverage": coverage,
+        "approximate": "OpenCompass's rule-based option matching without its ChatGPT fallback; "
+        "submit the upload file for the official figure",
     }
 
 
