@@ -45,3 +45,27 @@ def test_leading_gpt_turn_is_dropped_and_order_enforced():
         turns([{"from": "human", "value": "Q"}, {"from": "human", "value": "Q"}])
     with pytest.raises(ValueError, match="unknown template 'alpaca'"):
         get_template("alpaca")
+
+
+def test_image_tags_follow_llavas_preprocess_multimodal():
+    from vlguard_jax.data.conversation import image_tags
+
+    def rec(*texts, img=True):
+        conv = [{"from": "human" if k % 2 == 0 else "gpt", "value": t} for k, t in enumerate(texts)]
+        return {"id": "r", **({"image": "a.jpg"} if img else {}), "conversations": conv}
+
+    one = rec("<image>\nQ", "A")
+    assert image_tags(one) is one  # matching: as it is
+    assert image_tags(rec("Q", "A", img=False)) == rec("Q", "A", img=False)
+    untagged = image_tags(rec("Q", "A"))
+    assert "image" not in untagged and untagged["image_tags"] == "image_tag_missing"
+    literal = image_tags(rec("what is <image>?", "a tag", img=False))
+    assert literal["conversations"][0]["value"] == "what is <image>?" and literal["image_tags"] == "literal_image_tag"
+    collapsed = image_tags(rec(" look <image> here <image> ", "Yes."))
+    assert collapsed["conversations"][0]["value"] == "<image>\nlook  here" and collapsed["image"] == "a.jpg"
+    two = image_tags(rec("<image> Q1", "A1", "Q2 <image>", "A2"))
+    assert [t["value"] for t in two["conversations"]] == ["<image>\nQ1", "A1", "Q2", "A2"]
+    assert two["image_tags"] == "image_tags_collapsed"
+    # text-only turns keep a literal tag where it is; image turns move it first
+    assert turns(rec("say <image> now", "ok", img=False)["conversations"], image=False)[0] == (0, "say <image> now")
+    assert turns(rec("say <image> now", "ok")["conversations"])[0] == (0, "<image>\nsay  now")

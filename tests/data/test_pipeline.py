@@ -379,3 +379,84 @@ def test_other_processes_wait_for_process_0s_store(sample, tok, model_cfg, tmp_p
     ):
         prepare(data_cfg(sample), tok, model_cfg, tmp_path / "w", lay, log=logs.append)
     assert "waiting for process 0 to build the token store" in logs[0]
+
+
+def test_the_training_set_is_llavas_every_image_tag_case_and_truncation(sample, tok, model_cfg, tmp_path):
+    """LLaVA trains on every record of a mix but the ones preprocess_v1 masks: a literal `<image>`
+    in a text-only record is text, an image record without a tag trains text-only, several tags
+    collapse to one, and samples cut at max_length keep their first positions (image tokens and
+    all), even with no supervised token left. Each case is counted in the data report."""
+    from vlguard_jax.data.preprocess import Encoder, plain_tokenizer
+
+    image = json.loads(sample["helpful"].read_text())[0]["image"]
+    n_img = model_cfg.num_image_tokens
+
+    def rec(rid, *texts, img=True):
+        conv = [{"from": "human" if k % 2 == 0 else "gpt", "value": t} for k, t in enumerate(texts)]
+        return {"id": rid, **({"image": image} if img else {}), "conversations": conv}
+
+    filler = "The market opened early and the vendors set up their stalls. " * 12
+    mix = [
+        rec("normal", "<image>\nWhat is shown?", "A cat."),
+        rec("text", "Tell a story.", "Once upon a time.", img=False),
+        rec("literal", "What does <image> mean in HTML?", "It is a tag.", img=False),
+        rec("untagged", "Describe it.", "A dog."),
+        rec("two_in_one", "<image> look <image> here", "Yes."),
+        rec("two_turns", "<image> first?", "One.", "<image> second?", "Two."),
+        rec("masked", "Q</s>more", "A."),  # LLaVA's round split fails: it masks the sample
+        rec("cut_image", filler, "Fine.", "<image>\nAnd now?", "Done."),
+        rec("cut_all", "<image>\n" + filler + filler, "Too late."),
+    ]
+    image_id = model_cfg.image_token_index
+    probe = Encoder(tok, image_id, n_img, max_length=10**6)
+    lengths = {r["id"]: len(probe(r)["input_ids"]) for r in mix if r["id"] != "masked"}
+    first_image = int(np.flatnonzero(probe(mix[7])["input_ids"] == image_id)[0])
+    max_length = first_image + 2  # two of cut_image's image tokens fit
+    assert max(v for k, v in lengths.items() if not k.startswith("cut")) <= max_length < lengths["cut_all"]
+    path = tmp_path / "mix.json"
+    path.write_text(json.dumps(mix))
+    logs = []
+    rows = prepare(
+        data_cfg(sample, recipe="llava", llava=str(path), on_bad_record="skip", max_length=max_length),
+        tok,
+        model_cfg,
+        tmp_path / "w",
+        Layout(global_batch=4, epochs=1, seed=0, max_length=max_length),
+        log=logs.append,
+    )
+    store = rows.store
+    assert sorted(store.names) == sorted(r["id"] for r in mix if r["id"] != "masked")
+    assert store.composition["llava"] == {
+        "total": 8,
+        "text_only": 3,
+        "literal_image_tag": 1,
+        "image_tag_missing": 1,
+        "image_tags_collapsed": 2,
+    }
+    assert store.truncated == {"at max_length": 2, "image tokens cut": 1, "no supervised token left (no loss)": 1}
+    assert any("truncated at max_length: 2" in line for line in logs), logs
+    ex = {name: store.example(i) for i, name in enumerate(store.names)}
+    runs = {name: int((ex[name][0] == image_id).sum()) for name in ex}
+    assert runs == {
+        "normal": n_img,
+        "text": 0,
+        "literal": 0,
+        "untagged": 0,
+        "two_in_one": n_img,
+        "two_turns": n_img,
+        "cut_image": 2,
+        "cut_all": n_img,
+    }
+    # the literal tag is text, tokenized as the base LLM's tokenizer (no <image> token) does
+    words = plain_tokenizer(tok)("What does <image> mean in HTML?").input_ids[1:]
+    assert image_id not in words and len(words) > 7  # '<image>' as several ordinary tokens
+    ids = ex["literal"][0].tolist()
+    assert image_id not in ids and any(ids[i : i + len(words)] == words for i in range(len(ids)))
+    assert store.has_image.tolist() == [name not in ("text", "literal", "untagged") for name in store.names]
+    # cut samples: the first max_length positions; the one left without a reply costs no loss
+    assert len(ex["cut_image"][0]) == len(ex["cut_all"][0]) == max_length
+    assert (ex["cut_all"][1] == IGNORE).all() and (ex["cut_image"][1] != IGNORE).any()
+    assert store.lengths[store.names.index("cut_image")] == max_length
+    batches = collect(iter(dataset(rows)), rows.steps)
+    assert sum(len(b["input_ids"]) for b in batches) == 8
+    assert all(b["input_ids"].shape[1] <= max_length for b in batches)

@@ -118,28 +118,34 @@ def test_supervised_text_decodes_to_the_replies(tok):
     ).replace(" ", "")
 
 
-def test_truncation_drops_and_counts(tok):
+def record(rid, conversations) -> dict:
+    """A LLaVA record; one with an image when its text holds a tag (as the records tested hold)."""
+    return {"id": rid, "conversations": conversations} | ({"image": "x.jpg"} if "<image>" in str(conversations) else {})
+
+
+def test_truncation_keeps_the_first_max_length_positions_as_llava_and_counts(tok):
     image_id = tok.convert_tokens_to_ids("<image>")
-    full = Encoder(tok, image_id, N_IMG, max_length=4096)({"id": "a", "conversations": SAMPLES["multi turn"]})
+    r = record("a", SAMPLES["multi turn"])
+    full = Encoder(tok, image_id, N_IMG, max_length=4096)(r)
     first_label = int(np.flatnonzero(full["labels"] != IGNORE)[0])
     image_pos = int(np.flatnonzero(full["input_ids"] == image_id)[-1])
     # Cut inside the first reply: kept, with only the labels that fit.
     enc = Encoder(tok, image_id, N_IMG, max_length=first_label + 2)
-    out = enc({"id": "a", "conversations": SAMPLES["multi turn"]})
+    out = enc(r)
     assert len(out["input_ids"]) == first_label + 2 and (out["labels"] != IGNORE).sum() == 2
     np.testing.assert_array_equal(out["labels"], full["labels"][: first_label + 2])
-    # Cut before any reply: dropped and counted.
-    assert (
-        enc.__class__(tok, image_id, N_IMG, max_length=first_label)({"id": "a", "conversations": SAMPLES["multi turn"]})
-        is None
-    )
-    # Cut through the image tokens: dropped and counted.
-    enc2 = Encoder(tok, image_id, N_IMG, max_length=image_pos)
-    assert enc2({"id": "a", "conversations": SAMPLES["multi turn"]}) is None
-    assert enc2.drops == {"image tokens cut by max_length": 1}
-    enc3 = Encoder(tok, image_id, N_IMG, max_length=first_label)
-    enc3({"id": "a", "conversations": SAMPLES["multi turn"]})
-    assert enc3.drops == {"no supervised token within max_length": 1}
+    assert enc.truncated == {"at max_length": 1} and enc.drops == {}
+    # Cut before any reply: kept (LLaVA trains on it; it costs no loss), and counted.
+    enc = Encoder(tok, image_id, N_IMG, max_length=first_label)
+    out = enc(r)
+    assert len(out["input_ids"]) == first_label and (out["labels"] == IGNORE).all()
+    assert enc.truncated == {"at max_length": 1, "no supervised token left (no loss)": 1}
+    # Cut through the image tokens: the first of them kept, as LLaVA truncates the embedded sequence.
+    enc = Encoder(tok, image_id, N_IMG, max_length=image_pos)
+    out = enc(r)
+    np.testing.assert_array_equal(out["input_ids"], full["input_ids"][:image_pos])
+    assert (out["input_ids"] == image_id).sum() == N_IMG - 1 and enc.drops == {}
+    assert enc.truncated == {"at max_length": 1, "image tokens cut": 1, "no supervised token left (no loss)": 1}
 
 
 MASKED_BY_LLAVA = {
@@ -161,7 +167,7 @@ def test_samples_llava_masks_raise_naming_sample_and_turn(tok, name):
     conversations, reason = MASKED_BY_LLAVA[name]
     image_id = tok.convert_tokens_to_ids("<image>")
     with pytest.raises(TokenizationError, match=re.escape(f"train.json: record 'x': {reason}")):
-        Encoder(tok, image_id, N_IMG)({"id": "x", "conversations": conversations}, "train.json: record 'x'")
+        Encoder(tok, image_id, N_IMG)(record("x", conversations), "train.json: record 'x'")
     if "empty" not in name:  # LLaVA's own arithmetic on the same text: the sample is masked
         assert not llava_arithmetic(tok, conversations, image_id)[2]
 
@@ -252,7 +258,7 @@ def test_one_pass_finds_a_token_across_a_turn_boundary_and_the_rule_decides():
     pieces = [("USER: hi ASSISTANT:", False), (" yes</s>", True)]
     assert encode_batch(Merging(), [pieces], 5, 2) == [0]
     enc = Encoder(Merging(), 5, 2, template="vicuna_v1")
-    [got] = enc.encode_many([{"conversations": SAMPLES["one turn"]}], ["sample 'bad-7'"])
+    [got] = enc.encode_many([record(None, SAMPLES["one turn"])], ["sample 'bad-7'"])
     with pytest.raises(TokenizationError) as want:
         encode(Merging(), SAMPLES["one turn"], image_token_index=5, num_image_tokens=2, sample="sample 'bad-7'")
     assert isinstance(got, TokenizationError) and str(got) == str(want.value)
@@ -263,12 +269,11 @@ def test_one_pass_equals_the_turn_by_turn_rule(tok, name):
     image_id = tok.convert_tokens_to_ids("<image>")
     exact = Encoder(tok, image_id, N_IMG, max_length=40)
     fast = Encoder(tok, image_id, N_IMG, max_length=40, exact_every=10**9)
-    records = [{"id": name, "conversations": SAMPLES[name]}] * 2
+    records = [record(name, SAMPLES[name])] * 2
     for want, got in zip([exact(r) for r in records], fast.encode_many(records, [name, name])):
-        assert (want is None) == (got is None)
-        for k in want or {}:
+        for k in want:
             np.testing.assert_array_equal(got[k], want[k])
-    assert fast.drops == exact.drops
+    assert fast.drops == exact.drops and fast.truncated == exact.truncated
 
 
 def test_a_one_pass_disagreement_is_an_error_whatever_the_mode(tok, monkeypatch):
@@ -279,7 +284,7 @@ def test_a_one_pass_disagreement_is_an_error_whatever_the_mode(tok, monkeypatch)
     image_id = tok.convert_tokens_to_ids("<image>")
     one_pass = t.encode_batch
     monkeypatch.setattr(t, "encode_batch", lambda *a: [(i, np.roll(lab, 1)) for i, lab in one_pass(*a)])
-    records = [{"id": str(i), "conversations": SAMPLES["multi turn"]} for i in range(3)]
+    records = [record(str(i), SAMPLES["multi turn"]) for i in range(3)]
     with pytest.raises(TokenizationError, match="'a'.*disagrees with the turn-by-turn rule"):
         Encoder(tok, image_id, N_IMG, exact_every=10).encode_many(records, ["sample 'a'", "b", "c"])
 
@@ -304,7 +309,7 @@ def test_real_vlguard_train_tokenizes_by_the_rule(tok, shared_data):
     image_id = tok.convert_tokens_to_ids("<image>")
     enc = Encoder(tok, image_id, 576, max_length=2048)
     outs = [enc(r) for r in records]
-    assert enc.drops == {} and all(o is not None for o in outs)
+    assert enc.drops == {} and enc.truncated == {}
     fast = Encoder(tok, image_id, 576, max_length=2048, exact_every=10**9)
     for o, f in zip(outs, fast.encode_many(records, [r["id"] for r in records])):
         np.testing.assert_array_equal(f["input_ids"], o["input_ids"])

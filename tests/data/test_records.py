@@ -72,14 +72,6 @@ def test_malformed_json_names_file_and_position(tmp_path):
     [
         ({"id": "t", "conversations": []}, r"'t' \(#0\): 'conversations' must be a non-empty list"),
         ({"id": "t", "conversations": [{"from": "bot", "value": "x"}]}, r"'t' \(#0\): conversations\[0\] must be"),
-        (
-            {"id": "t", "conversations": [{"from": "human", "value": "<image>x"}]},
-            r"'t' \(#0\): 1 <image> tag\(s\) for no image",
-        ),
-        (
-            {"id": "t", "image": "a.png", "conversations": [{"from": "human", "value": "x"}]},
-            r"'t' \(#0\): 0 <image> tag\(s\) for one image",
-        ),
         ({"conversations": [{"from": "human", "value": "x"}]}, r"#0: missing field 'id'"),
     ],
 )

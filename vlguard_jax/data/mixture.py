@@ -18,6 +18,7 @@ import dataclasses
 
 import numpy as np
 
+from vlguard_jax.data.conversation import image_tags
 from vlguard_jax.data.convert_vlguard import to_llava
 from vlguard_jax.data.records import (
     RecordError,
@@ -49,7 +50,7 @@ class Streamed:
         report, self._reported = not self._reported, True
         for i, r in enumerate(iter_json_list(self.path)):
             try:
-                yield validate_llava(r, self.path, i)
+                yield image_tags(validate_llava(r, self.path, i))
             except RecordError as e:
                 if self.bad is None or self.bad.mode == "raise":
                     raise
@@ -70,16 +71,23 @@ class Records:
                 yield dict(r, source=s)
 
 
+def count(c: collections.Counter, r: dict) -> None:
+    """Count one record into its source's composition."""
+    c["total"] += 1
+    if "safe" in r:
+        c["safe" if r["safe"] else "unsafe"] += 1
+    if "image" not in r:
+        c["text_only"] += 1
+    if "image_tags" in r:  # see conversation.image_tags
+        c[r["image_tags"]] += 1
+
+
 def composition(records, sources: list[Source]) -> dict:
-    """{source: {"total", "safe", "unsafe", "text_only"}}; `safe` counts VLGuard's flag only."""
+    """{source: {"total", "safe", "unsafe", "text_only", and each kind of `image_tags`}}; `safe`
+    counts VLGuard's flag only."""
     out = {s.name: collections.Counter() for s in sources}
     for r in records:
-        c = out[sources[r["source"]].name]
-        c["total"] += 1
-        if "safe" in r:
-            c["safe" if r["safe"] else "unsafe"] += 1
-        if "image" not in r:
-            c["text_only"] += 1
+        count(out[sources[r["source"]].name], r)
     return {k: dict(v) for k, v in out.items()}
 
 
@@ -134,7 +142,7 @@ def load_vlguard_as_llava(path, seed: int = 0, bad=None) -> list[dict]:
     records = load_json_list(path)
     if records and isinstance(records[0], dict) and "instr-resp" in records[0]:
         return to_llava(_valid(records, validate_vlguard, path, bad), seed)
-    return _valid(records, validate_llava, path, bad)
+    return [image_tags(r) for r in _valid(records, validate_llava, path, bad)]
 
 
 def draw_helpful(records, n: int, seed: int, path="<llava>") -> list[dict]:

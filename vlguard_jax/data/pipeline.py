@@ -190,7 +190,7 @@ def dataset(rows: Rows, workers: int = 0, prefetch: int = 2) -> grain.IterDatase
     return it
 
 
-STORE_VERSION = 2  # raise when the store's format or the tokenization rule changes
+STORE_VERSION = 3  # raise when the store's format or the tokenization rule changes
 STORE_WAIT_S = 4 * 3600
 
 
@@ -292,6 +292,13 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
         f"tokenized: {len(store)} examples kept"
         + ("; dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(drops.items())) if drops else ", none dropped")
     )
+    truncated = store.truncated
+    if truncated:
+        log(
+            f"truncated at max_length: {truncated.get('at max_length', 0)} (kept, as LLaVA: "
+            + ", ".join(f"{k} {v}" for k, v in truncated.items() if k != "at max_length")
+            + ")"
+        )
     if bad.mode == "skip":
         log(f"bad records skipped so far: {len(bad.entries())} (listed in {bad.path})")
     if len(store) == 0:

@@ -12,16 +12,23 @@
   `</s>` or ` ASSISTANT: ` (LLaVA's round split goes wrong), or a tokenizer merging across a turn
   boundary (LLaVA's lengths disagree). LLaVA masks such samples whole and goes on; the store
   (`data.on_bad_record`) raises or skips and lists them.
-- Truncation to `max_length`; a sample with no supervised token left, or whose image tokens would
-  be cut, is dropped and counted by `Encoder`.
+- Truncation to `max_length`, of the sequence with its image tokens expanded, as LLaVA truncates
+  the embedded sequence: a sample keeps its first `max_length` positions even where that cuts its
+  image tokens or leaves no supervised token (which then costs no loss). `Encoder` counts them.
+- A text-only record is tokenized as LLaVA tokenizes it: without the `<image>` token, which is a
+  special token only in the converted checkpoint's tokenizer, so a literal `<image>` in its text
+  is ordinary text (`plain_tokenizer`).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 
 import numpy as np
+import tokenizers
+import transformers
 
 from vlguard_jax.data.conversation import IMAGE_TAG, get_template, render, turns
 
@@ -37,8 +44,23 @@ class TokenizationError(ValueError):
         self.sample, self.reason = sample, reason
 
 
-def tokenize_with_images(tokenizer, text: str, image_token_index: int, num_image_tokens: int) -> list[int]:
-    """LLaVA's `tokenizer_image_token`, with each tag expanded to `num_image_tokens` ids."""
+def plain_tokenizer(tokenizer):
+    """The tokenizer without `<image>` as an added token: the base LLM's (Vicuna's), which LLaVA
+    tokenizes text-only records with. Ids are unchanged (the token was appended last)."""
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    data["added_tokens"] = [t for t in data.get("added_tokens", []) if t["content"] != IMAGE_TAG]
+    plain = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizers.Tokenizer.from_str(json.dumps(data)))
+    plain.bos_token_id, plain.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return plain
+
+
+def tokenize_with_images(
+    tokenizer, text: str, image_token_index: int, num_image_tokens: int, image: bool = True
+) -> list[int]:
+    """LLaVA's `tokenizer_image_token`, with each tag expanded to `num_image_tokens` ids; without
+    `image`, the plain tokenization of the text (a text-only record)."""
+    if not image:
+        return tokenizer(text).input_ids
     chunks = [tokenizer(c).input_ids for c in text.split(IMAGE_TAG)]
     bos = tokenizer.bos_token_id
     offset = 1 if chunks and chunks[0] and chunks[0][0] == bos else 0
@@ -91,11 +113,11 @@ def llava_rounds_fault(template, msgs: list[tuple[int, str]]) -> str | None:
     return None
 
 
-def checked_pieces(conversations: list[dict], template, sample: str) -> list[tuple[str, bool]]:
+def checked_pieces(conversations: list[dict], template, sample: str, image: bool = True) -> list[tuple[str, bool]]:
     """The conversation's turn pieces (`segments`), or TokenizationError for a sample LLaVA would
     not train on as a conversation."""
     try:
-        msgs = turns(conversations)
+        msgs = turns(conversations, image)
     except ValueError as e:
         raise TokenizationError(sample, str(e)) from None
     if not msgs:
@@ -114,13 +136,15 @@ def encode(
     image_token_index: int,
     num_image_tokens: int,
     sample: str = "<sample>",
+    image: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, labels) as int32 arrays, untruncated, by the turn-by-turn rule: each turn
     boundary's prefix must tokenize to a prefix of the whole prompt's ids. A sample LLaVA would
-    mask raises TokenizationError."""
+    mask raises TokenizationError. `image` False: a text-only record (tags stay text; pass the
+    `plain_tokenizer`)."""
     template = get_template(template) if isinstance(template, str) else template
-    pieces = checked_pieces(conversations, template, sample)
-    whole = tokenize_with_images(tokenizer, "".join(t for t, _ in pieces), image_token_index, num_image_tokens)
+    pieces = checked_pieces(conversations, template, sample, image)
+    whole = tokenize_with_images(tokenizer, "".join(t for t, _ in pieces), image_token_index, num_image_tokens, image)
     labels = np.full(len(whole), IGNORE, np.int32)
     prefix, start = "", 0
     for k, (text, supervised) in enumerate(pieces):
@@ -128,7 +152,7 @@ def encode(
         ids = (
             whole
             if k == len(pieces) - 1
-            else tokenize_with_images(tokenizer, prefix, image_token_index, num_image_tokens)
+            else tokenize_with_images(tokenizer, prefix, image_token_index, num_image_tokens, image)
         )
         if ids != whole[: len(ids)] or len(ids) < start:
             raise TokenizationError(
@@ -139,7 +163,10 @@ def encode(
         if supervised:
             labels[start : len(ids)] = whole[start : len(ids)]
         start = len(ids)
-    return np.asarray(whole, np.int32), labels
+    whole = np.asarray(whole, np.int32)
+    if image:
+        labels[whole == image_token_index] = IGNORE  # an image in a reply is no target (LLaVA's rule)
+    return whole, labels
 
 
 def encode_batch(
@@ -225,23 +252,33 @@ class Encoder:
     template: str = "vicuna_v1"
     exact_every: int = 1000
     drops: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    truncated: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     _seen: int = 0
+    _plain: object = None
 
-    def __call__(self, record: dict, where: str | None = None) -> dict | None:
-        """{'input_ids', 'labels'} (int32, length <= max_length), or None for a sample cut away by
-        `max_length`. A sample LLaVA would mask raises TokenizationError naming `where`."""
+    def _tokenizer_for(self, record: dict):
+        if "image" in record or IMAGE_TAG not in json.dumps(record["conversations"], ensure_ascii=False):
+            return self.tokenizer
+        if self._plain is None:
+            self._plain = plain_tokenizer(self.tokenizer)
+        return self._plain
+
+    def __call__(self, record: dict, where: str | None = None) -> dict:
+        """{'input_ids', 'labels'} (int32, length <= max_length). A sample LLaVA would mask raises
+        TokenizationError naming `where`."""
         ids, labels = encode(
-            self.tokenizer,
+            self._tokenizer_for(record),
             record["conversations"],
             template=self.template,
             image_token_index=self.image_token_index,
             num_image_tokens=self.num_image_tokens,
             sample=where or f"sample {record.get('id', '<no id>')!r}",
+            image="image" in record,
         )
         return self._fit(ids, labels)
 
     def encode_many(self, records: list[dict], wheres: list[str]) -> list:
-        """Per record: the dict `__call__` gives, None, or the TokenizationError it would raise."""
+        """Per record: the dict `__call__` gives, or the TokenizationError it would raise."""
         if not getattr(self.tokenizer, "is_fast", False):
             out = []
             for r, w in zip(records, wheres):
@@ -254,6 +291,12 @@ class Encoder:
         out: list = [None] * len(records)
         todo: list = []
         for k, (r, w) in enumerate(zip(records, wheres)):
+            if self._tokenizer_for(r) is not self.tokenizer:  # a literal tag: the one-pass path splits on it
+                try:
+                    out[k] = self(r, w)
+                except TokenizationError as e:
+                    out[k] = e
+                continue
             try:
                 todo.append((k, checked_pieces(r["conversations"], template, w)))
             except TokenizationError as e:
@@ -280,6 +323,7 @@ class Encoder:
             image_token_index=self.image_token_index,
             num_image_tokens=self.num_image_tokens,
             sample=where,
+            image="image" in record,
         )
         if not (np.array_equal(ids, fast[0]) and np.array_equal(labels, fast[1])):
             raise TokenizationError(
@@ -288,13 +332,14 @@ class Encoder:
                 "sample; this tokenizer's offsets cannot be trusted for labels",
             )
 
-    def _fit(self, ids: np.ndarray, labels: np.ndarray) -> dict | None:
-        images = np.flatnonzero(ids == self.image_token_index)
-        if len(images) and images[-1] >= self.max_length:
-            self.drops["image tokens cut by max_length"] += 1
-            return None
-        ids, labels = ids[: self.max_length], labels[: self.max_length]
-        if not (labels != IGNORE).any():
-            self.drops["no supervised token within max_length"] += 1
-            return None
+    def _fit(self, ids: np.ndarray, labels: np.ndarray) -> dict:
+        """The first `max_length` positions, as LLaVA keeps them; what was cut is counted."""
+        if len(ids) > self.max_length:
+            self.truncated["at max_length"] += 1
+            images = np.flatnonzero(ids == self.image_token_index)
+            if len(images) and images[-1] >= self.max_length:
+                self.truncated["image tokens cut"] += 1
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+            if not (labels != IGNORE).any():
+                self.truncated["no supervised token left (no loss)"] += 1
         return {"input_ids": ids, "labels": labels}

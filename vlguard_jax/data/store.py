@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from vlguard_jax.data.images import ImageError, resolve
 from vlguard_jax.data.mixture import check_nonempty
+from vlguard_jax.data.mixture import count as mixture_count
 from vlguard_jax.data.preprocess import IGNORE, TokenizationError
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.io import storage
@@ -67,9 +68,11 @@ class _Writer:
 
     def __init__(self, dst: Path):
         self.ids, self.sup = open(dst / "ids.bin", "wb"), open(dst / "supervised.bin", "wb")
-        self.offsets, self.source, self.images, self.names = [0], [], [], []
+        self.offsets, self.source, self.images, self.names, self.runs = [0], [], [], [], []
 
-    def add(self, x: np.ndarray, s: np.ndarray, record: dict) -> None:
+    def add(self, x: np.ndarray, s: np.ndarray, record: dict, run: int) -> None:
+        """One example, its image run stored as one marker of `run` tokens."""
+        self.runs.append(run)
         self.ids.write(np.ascontiguousarray(x, np.int32).tobytes())
         self.sup.write(np.ascontiguousarray(s, np.bool_).tobytes())
         self.offsets.append(self.offsets[-1] + len(x))
@@ -82,6 +85,7 @@ class _Writer:
         self.sup.close()
         np.save(dst / "offsets.npy", np.asarray(self.offsets, np.int64))
         np.save(dst / "source.npy", np.asarray(self.source, np.int16))
+        np.save(dst / "image_run.npy", np.asarray(self.runs, np.int32))
 
 
 def build_store(
@@ -114,15 +118,11 @@ def build_store(
                 pos = np.flatnonzero(x == img_id)
                 if len(pos):
                     keep[pos[1:]] = False  # one marker per image run
-                    if len(pos) != n_img:
+                    # fewer only where max_length cut the run, at the end (LLaVA keeps such samples)
+                    if len(pos) > n_img or (len(pos) < n_img and pos[-1] != len(x) - 1):
                         raise RecordError(f"{where}: {len(pos)} image tokens, expected {n_img}")
-                out.add(x[keep], s[keep], r)
-                c = counts[mixture.sources[r["source"]].name]
-                c["total"] += 1
-                if "safe" in r:
-                    c["safe" if r["safe"] else "unsafe"] += 1
-                if "image" not in r:
-                    c["text_only"] += 1
+                out.add(x[keep], s[keep], r, len(pos))
+                mixture_count(counts[mixture.sources[r["source"]].name], r)
 
         def batches():
             nonlocal skipped
@@ -171,12 +171,14 @@ def build_store(
         drops = dict(encoder.drops)
         if skipped:
             drops["bad record skipped"] = skipped
+        truncated = dict(encoder.truncated)
         (tmp / "meta.json").write_text(
             json.dumps(
                 {
                     "images": out.images,
                     "ids": out.names,
                     "drops": drops,
+                    "truncated": truncated,
                     "composition": composition,
                     "tokens": out.offsets[-1],
                     "num_image_tokens": n_img,
@@ -199,10 +201,12 @@ class TokenStore:
         self.offsets = np.load(self.path / "offsets.npy")
         self.source = np.load(self.path / "source.npy")
         self.images, self.names, self.drops = meta["images"], meta["ids"], meta["drops"]
+        self.truncated = meta.get("truncated", {})
         self.composition = meta["composition"]
         self.num_image_tokens, self.image_token_index = meta["num_image_tokens"], meta["image_token_index"]
         has_image = np.array([bool(i) for i in self.images], bool)
-        self.lengths = np.diff(self.offsets) + has_image * (self.num_image_tokens - 1)
+        self.runs = np.load(self.path / "image_run.npy")  # image tokens per example (its marker's run)
+        self.lengths = np.diff(self.offsets) + np.maximum(self.runs - 1, 0)
         self.has_image = has_image
 
     def __len__(self) -> int:
@@ -212,7 +216,7 @@ class TokenStore:
         """(input_ids, labels) with the image run expanded."""
         a, b = self.offsets[i], self.offsets[i + 1]
         x, s = np.asarray(self.ids[a:b]), np.asarray(self.supervised[a:b])
-        if self.has_image[i]:
-            reps = np.where(x == self.image_token_index, self.num_image_tokens, 1)
+        if self.runs[i]:
+            reps = np.where(x == self.image_token_index, self.runs[i], 1)
             x, s = np.repeat(x, reps), np.repeat(s, reps)
         return x, np.where(s, x, IGNORE).astype(np.int32)
