@@ -207,3 +207,30 @@ def test_scanned_layers_carry_lora_factors(built):
     )
     for k in ("lora_a", "lora_b"):
         np.testing.assert_allclose(gb[k], ga[k], rtol=1e-5, atol=1e-5 * np.abs(ga[k]).max())
+
+
+def test_lora_dropout_draws_the_same_masks_scanned_and_unrolled(built):
+    """Each layer's dropout key is split from the one 'dropout' rng whatever the form, so a run
+    may switch `scan_layers` on resume with the paper's dropout (0.05) on; the masks are real
+    (another key gives other logits)."""
+    from flax import traverse_util
+
+    from vlguard_jax.models import init_params
+    from vlguard_jax.models.layers import LoraSpec
+
+    ids, mask, pixels = tiny.batch(built.cfg, built.tok)
+    px = jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))
+    m = load_model(built.flax_dir, dtype=jnp.float32)
+    model = m.model.clone(lora=LoraSpec(4, 8.0, 0.3))
+    flat = traverse_util.flatten_dict(init_params(model, jax.random.key(1)))
+    rng = np.random.default_rng(0)
+    flat = {k: (jnp.asarray(rng.normal(size=v.shape), v.dtype) if k[-1] == "lora_b" else v) for k, v in flat.items()}
+    params = traverse_util.unflatten_dict(flat)
+    scanned = model.clone(scan_layers=True)
+    stacked = dict(params, language_model=stack_layers(params["language_model"], 3))
+    run = lambda mod, p, key: mod.apply({"params": p}, jnp.asarray(ids), px, rngs={"dropout": key})[0]
+    a, b = run(model, params, jax.random.key(7)), run(scanned, stacked, jax.random.key(7))
+    assert tiny.rel_err(np.asarray(b), np.asarray(a), mask) <= 1e-5
+    plain = model.apply({"params": params}, jnp.asarray(ids), px)[0]  # no rng: no dropout
+    assert tiny.rel_err(np.asarray(a), np.asarray(plain), mask) > 1e-3
+    assert tiny.rel_err(np.asarray(run(model, params, jax.random.key(8))), np.asarray(a), mask) > 1e-3

@@ -168,13 +168,14 @@ def test_sigterm_checkpoints_the_step_and_a_restart_is_bit_exact(env, reference)
 def test_a_checkpoint_resumes_in_the_other_layer_form(env):
     """Checkpoints hold the layers in the form the run used. A run resumed with the other
     `model.scan_layers` converts the state at restore (both ways) and goes on as a run that
-    never changed form would."""
+    never changed form would, LoRA dropout on at the paper's 0.05 (both forms draw its masks
+    alike)."""
     from vlguard_jax.io.runs import load_run, read_latest
     from vlguard_jax.models.stacking import is_stacked
     from vlguard_jax.train.loop import run
 
     ns, tmp = env
-    kw = dict(total_steps=4, checkpoint_every=1, keep_checkpoints=4)
+    kw = dict(total_steps=4, checkpoint_every=1, keep_checkpoints=4, **{"lora.dropout": 0.05})
     cfg = lambda work, form: common.config(ns, work, **kw, **{"model.scan_layers": form})
     run(cfg(tmp / "form_ref", "off"), log_fn=lambda _: None)
     work = tmp / "form_mixed"

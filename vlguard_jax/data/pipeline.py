@@ -294,11 +294,8 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
     )
     truncated = store.truncated
     if truncated:
-        log(
-            f"truncated at max_length: {truncated.get('at max_length', 0)} (kept, as LLaVA: "
-            + ", ".join(f"{k} {v}" for k, v in truncated.items() if k != "at max_length")
-            + ")"
-        )
+        detail = "".join(f", {k} {v}" for k, v in truncated.items() if k != "at max_length")
+        log(f"truncated at max_length: {truncated.get('at max_length', 0)} (kept, as LLaVA does{detail})")
     if bad.mode == "skip":
         log(f"bad records skipped so far: {len(bad.entries())} (listed in {bad.path})")
     if len(store) == 0:

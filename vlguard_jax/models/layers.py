@@ -74,7 +74,8 @@ def param_with_axes(module: nn.Module, name: str, init, shape, dtype, axes) -> j
 
 class Dense(nn.Module):
     """y = x @ kernel (+ bias) (+ LoRA); kernel is [in, out] with logical `axes`. LoRA dropout
-    runs only when a 'dropout' rng is given (training)."""
+    runs only when a `dropout_key` is given (training): the caller derives it from the layer's
+    key, so that scanned and unrolled layers draw the same masks."""
 
     features: int
     axes: tuple[str | None, str | None]
@@ -84,7 +85,7 @@ class Dense(nn.Module):
     lora: LoraSpec | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         kernel = param_with_axes(
             self, "kernel", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype, self.axes
         )
@@ -109,8 +110,8 @@ class Dense(nn.Module):
                 self, "lora_b", nn.initializers.zeros, (r, self.features), jnp.float32, ("lora_rank", self.axes[1])
             )
             h = x.astype(self.dtype)
-            if self.lora.dropout > 0 and self.has_rng("dropout"):
-                keep = jax.random.bernoulli(self.make_rng("dropout"), 1 - self.lora.dropout, h.shape)
+            if self.lora.dropout > 0 and dropout_key is not None:
+                keep = jax.random.bernoulli(dropout_key, 1 - self.lora.dropout, h.shape)
                 h = jnp.where(keep, h / (1 - self.lora.dropout), 0).astype(self.dtype)
             delta: jax.Array = lora_delta(h, a.astype(self.dtype), b.astype(self.dtype), self.lora.scale)
             y = y + delta

@@ -35,6 +35,11 @@ def _lora(spec: LoraSpec | None, name: str) -> LoraSpec | None:
     return spec.wants(name) if spec is not None else None
 
 
+def _key(key: jax.Array | None, k: int) -> jax.Array | None:
+    """The k-th child of a dropout key (None stays None: no dropout)."""
+    return None if key is None else jax.random.fold_in(key, k)
+
+
 def rope_inv_freq(c: TextConfig) -> np.ndarray:
     """Inverse frequencies in float32, computed as transformers does (default or llama3 rule)."""
     dim = c.head_dim
@@ -135,27 +140,27 @@ class LlamaAttention(nn.Module):
     lora: LoraSpec | None = None
 
     @nn.compact
-    def __call__(self, x, rope, mask, layer_cache, cache_index):
+    def __call__(self, x, rope, mask, layer_cache, cache_index, dropout_key=None):
         c = self.config
         b, t, _ = x.shape
         kw: dict[str, Any] = dict(use_bias=c.attention_bias, dtype=self.dtype, param_dtype=self.param_dtype)
         q = Dense(
             c.num_attention_heads * c.head_dim, ("embed", "heads"), name="q_proj", lora=_lora(self.lora, "q_proj"), **kw
-        )(x)
+        )(x, _key(dropout_key, 0))
         k = Dense(
             c.num_key_value_heads * c.head_dim,
             ("embed", "kv_heads"),
             name="k_proj",
             lora=_lora(self.lora, "k_proj"),
             **kw,
-        )(x)
+        )(x, _key(dropout_key, 1))
         v = Dense(
             c.num_key_value_heads * c.head_dim,
             ("embed", "kv_heads"),
             name="v_proj",
             lora=_lora(self.lora, "v_proj"),
             **kw,
-        )(x)
+        )(x, _key(dropout_key, 2))
         q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
         k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)
         v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
@@ -174,7 +179,9 @@ class LlamaAttention(nn.Module):
         else:
             o = attention(q, k, v, mask=mask, is_causal=mask is None, implementation=self.attn_impl)
         o = o.reshape(b, t, c.num_attention_heads * c.head_dim)
-        out = Dense(c.hidden_size, ("heads", "embed"), name="o_proj", lora=_lora(self.lora, "o_proj"), **kw)(o)
+        out = Dense(c.hidden_size, ("heads", "embed"), name="o_proj", lora=_lora(self.lora, "o_proj"), **kw)(
+            o, _key(dropout_key, 3)
+        )
         return out, new_cache
 
 
@@ -185,15 +192,19 @@ class LlamaMLP(nn.Module):
     lora: LoraSpec | None = None
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, dropout_key=None):
         c = self.config
         kw: dict[str, Any] = dict(use_bias=c.mlp_bias, dtype=self.dtype, param_dtype=self.param_dtype)
         gate = Dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", lora=_lora(self.lora, "gate_proj"), **kw)(
-            x
+            x, _key(dropout_key, 0)
         )
-        up = Dense(c.intermediate_size, ("embed", "mlp"), name="up_proj", lora=_lora(self.lora, "up_proj"), **kw)(x)
+        up = Dense(c.intermediate_size, ("embed", "mlp"), name="up_proj", lora=_lora(self.lora, "up_proj"), **kw)(
+            x, _key(dropout_key, 1)
+        )
         h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return Dense(c.hidden_size, ("mlp", "embed"), name="down_proj", lora=_lora(self.lora, "down_proj"), **kw)(h)
+        return Dense(c.hidden_size, ("mlp", "embed"), name="down_proj", lora=_lora(self.lora, "down_proj"), **kw)(
+            h, _key(dropout_key, 2)
+        )
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -204,16 +215,18 @@ class LlamaDecoderLayer(nn.Module):
     lora: LoraSpec | None = None
 
     @nn.compact
-    def __call__(self, x, rope, mask, layer_cache, cache_index):
+    def __call__(self, x, rope, mask, layer_cache, cache_index, dropout_key=None):
+        """`dropout_key`: this layer's LoRA dropout key (None: no dropout), one per layer whatever
+        the form (see LlamaForCausalLM.dropout_keys)."""
         c = self.config
         kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
         h, new_cache = LlamaAttention(c, attn_impl=self.attn_impl, lora=self.lora, name="self_attn", **kw)(
-            h, rope, mask, layer_cache, cache_index
+            h, rope, mask, layer_cache, cache_index, _key(dropout_key, 0)
         )
         x = x + h
         h = RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
-        x = constrain(x + LlamaMLP(c, lora=self.lora, name="mlp", **kw)(h), ACT)
+        x = constrain(x + LlamaMLP(c, lora=self.lora, name="mlp", **kw)(h, _key(dropout_key, 1)), ACT)
         return x, new_cache
 
 
@@ -266,7 +279,7 @@ class LlamaForCausalLM(nn.Module):
                 layer_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),  # pyright: ignore[reportArgumentType] (flax annotates int; a tuple per argument is documented)
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0),  # pyright: ignore[reportArgumentType] (flax annotates int; a tuple per argument is documented)
                 length=c.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(c, attn_impl=self.attn_impl, lora=self.lora, name="layers", **kw)
@@ -305,17 +318,27 @@ class LlamaForCausalLM(nn.Module):
             new_valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
             cache = dataclasses.replace(cache, valid=jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, index)))
         mask = attention_mask(t, attn_mask, cache)
+        keys = self.dropout_keys()
         if self.scan_layers:
-            x, new_layers = self.layers(x, rope, mask, None if cache is None else cache.layers, index)
+            x, new_layers = self.layers(x, rope, mask, None if cache is None else cache.layers, index, keys)
         else:
             new_layers = []
             for i, layer in enumerate(self.layers):
-                x, layer_cache = layer(x, rope, mask, None if cache is None else cache.layers[i], index)
+                key = None if keys is None else keys[i]
+                x, layer_cache = layer(x, rope, mask, None if cache is None else cache.layers[i], index, key)
                 new_layers.append(layer_cache)
         x = self.norm(x)
         if cache is not None:
             cache = dataclasses.replace(cache, layers=new_layers, index=index + t)
         return x, cache
+
+    def dropout_keys(self) -> jax.Array | None:
+        """One LoRA dropout key per decoder layer [L], split from the 'dropout' rng (training), or
+        None. Layer i gets keys[i] scanned or unrolled, so both forms draw the same masks and a run
+        may switch form on resume."""
+        if self.lora is None or self.lora.dropout <= 0 or not self.has_rng("dropout"):
+            return None
+        return jax.random.split(self.make_rng("dropout"), self.config.num_hidden_layers)
 
     def logits(self, hidden):
         if self.config.tie_word_embeddings:
