@@ -32,6 +32,10 @@ DEFERRED = {
     ("conversion.reader", "torch"): "optional: only .bin (pickled) checkpoints need it",
     ("vlguard_jax.io.orbax_s3", "orbax.checkpoint._src.path"): "orbax internals: only runs in s3:// depend on them",
     ("vlguard_jax.io.orbax_s3", "orbax.checkpoint._src.serialization"): "as above",
+    ("vlguard_jax.io.storage", "botocore.exceptions"): "optional: the [remote] extra's clients, for bucket paths only",
+    ("vlguard_jax.io.storage", "botocore.session"): "as above",
+    ("vlguard_jax.io.storage", "google.auth"): "as above",
+    ("vlguard_jax.io.storage", "google.auth.exceptions"): "as above",
 }
 
 

@@ -355,3 +355,36 @@ def test_an_s3_step_uploaded_whole_by_an_earlier_version_is_kept_and_resumable(e
     _, b = final_params(work)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_a_missing_bucket_is_named_and_never_created(emu, scheme, monkeypatch, capsys):
+    import fsspec
+
+    from vlguard_jax.evaluate.__main__ import main
+
+    monkeypatch.setattr(storage, "_CHECKED", set())
+    args = ["--checkpoint", "ckpt", "--benchmark", "xstest", "--data", "x.csv", "--out", f"{scheme}://nobkt/out"]
+    assert main(args) == 1
+    assert capsys.readouterr().err == (
+        f"error: {scheme}://nobkt/out: the bucket {scheme}://nobkt does not exist; create it first (none is created "
+        "for you)\n"
+    )
+    with pytest.raises(FileNotFoundError):
+        fsspec.filesystem(scheme).info("nobkt")
+    assert emu.refused() == []
+
+
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_assemble_writes_its_checkpoint_into_a_bucket(emu, scheme, tmp_path):
+    from conversion.assemble import main
+    from tests import tiny
+    from vlguard_jax.io.loading import load_model
+
+    parts = tiny.llava_parts(tmp_path)
+    dst = f"{scheme}://bkt/assembled"
+    args = ["--llm", str(parts.llm_dir), "--vision-tower", str(parts.clip_dir), "--projector", str(parts.proj_file)]
+    assert main([*args, "--dst", dst, "--dtype", "float32"]) == 0
+    assert storage.is_complete(dst)
+    assert load_model(dst).config.text.num_hidden_layers == parts.llm.config.num_hidden_layers
+    assert emu.refused() == []

@@ -26,6 +26,8 @@ import fsspec.config
 import jax
 from etils import epath
 
+from vlguard_jax.errors import UserError
+
 REMOTE = ("gs://", "s3://")
 COMPLETE = "COMPLETE"
 
@@ -51,6 +53,53 @@ configure()
 
 def is_remote(path) -> bool:
     return str(path).startswith(REMOTE)
+
+
+class StorageError(UserError):
+    """A bucket that cannot be used: no credentials, unreachable, or missing."""
+
+
+_CHECKED: set = set()  # buckets found usable by this process
+
+
+def check_bucket(path) -> None:
+    """Before a process first uses a bucket: its credentials are there (looked up as the clients
+    look them up, in seconds) and the bucket exists. A missing bucket is never created: an error
+    names it. Each failure is one line naming the variables to set."""
+    scheme, rest = str(path).split("://", 1)
+    bucket = f"{scheme}://{rest.split('/', 1)[0]}"
+    if bucket in _CHECKED:
+        return
+    try:  # the [remote] extra's clients: local paths need none
+        import botocore.exceptions
+        import botocore.session
+        import google.auth
+        import google.auth.exceptions
+    except ImportError:
+        raise StorageError(f"{path}: bucket paths need the [remote] extra: pip install 'vlguard-jax[remote]'") from None
+    client_errors = (OSError, botocore.exceptions.BotoCoreError, google.auth.exceptions.GoogleAuthError)
+    if scheme == "s3" and botocore.session.get_session().get_credentials() is None:
+        raise StorageError(
+            f"{path}: no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
+            "and AWS_ENDPOINT_URL for an S3-compatible store other than AWS"
+        )
+    if scheme == "gs" and not os.environ.get("STORAGE_EMULATOR_HOST"):
+        try:
+            google.auth.default()
+        except google.auth.exceptions.DefaultCredentialsError:
+            raise StorageError(
+                f"{path}: no Google Cloud credentials: set GOOGLE_APPLICATION_CREDENTIALS (or run gcloud auth "
+                "application-default login), or STORAGE_EMULATOR_HOST for an emulator"
+            ) from None
+    try:
+        fsspec.filesystem(scheme).info(bucket.split("://", 1)[1])  # exists() would take an error for "no"
+    except FileNotFoundError:
+        raise StorageError(
+            f"{path}: the bucket {bucket} does not exist; create it first (none is created for you)"
+        ) from None
+    except client_errors as e:
+        raise StorageError(f"{path}: cannot reach {bucket} ({type(e).__name__}: {' '.join(str(e).split())})") from None
+    _CHECKED.add(bucket)
 
 
 def local(path) -> Path:
@@ -80,6 +129,7 @@ def as_path(path) -> Path:
     below: pathlib has no method for it."""
     if is_remote(path):
         configure()
+        check_bucket(path)
         return cast(Path, epath.Path(str(path)))
     return local(path)
 
