@@ -30,6 +30,24 @@ def test_a_ratio_over_about_zero_is_undefined_and_its_target_not_met():
     assert demo.table(rates(1.0, 0.8), rates(0.0, 0.7))[1]["helpfulness_ratio>=0.9"] is False
 
 
+def test_a_stage_1_model_with_f1_0_gives_an_undefined_ratio_and_a_target_not_met(tmp_path, monkeypatch):
+    """The whole demo around a stage-1 model that answers nothing right (F1 0, as after the
+    sweep's 2-step stage 1): its report says undefined and not met, never a huge ratio met."""
+    c = demo_config.get_config()
+    c.workdir = str(tmp_path / "demo")
+    monkeypatch.setattr(demo, "train", lambda cfg, log_fn=None: {"step": 400, "loss": 1.0})
+    monkeypatch.setattr(demo, "save_run_checkpoint", lambda src, dst: dst.mkdir())
+    scores = {"stage1_model": rates(1.0, 0.0), "stage2": rates(0.0, 0.37)}
+    monkeypatch.setattr(demo, "evaluate", lambda checkpoint, out, cfg, paths: scores[checkpoint.name])
+    monkeypatch.setattr(demo, "write_report", lambda runs, out, names: (out.mkdir(parents=True) or out / "r.md", None))
+    summary = run_demo(c, log=lambda *_: None)
+    targets = json.loads((tmp_path / "demo" / "report" / "demo.json").read_text())["targets"]
+    assert targets == summary["targets"] and targets["helpfulness_ratio"] is None
+    assert targets["helpfulness_ratio>=0.9"] is False
+    md = (tmp_path / "demo" / "report" / "demo.md").read_text()
+    assert "| helpfulness ratio after/before (F1 37.0 / 0.0) | | undefined (F1 before about 0) |" in md
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_a_preempted_stage_stops_the_demo_and_nothing_is_exported(tmp_path, monkeypatch, stage):
     c = demo_config.get_config()
