@@ -58,7 +58,7 @@ def test_shape_mismatch(built, tmp_path):
         src,
         tmp_path,
         r"model\.safetensors: tensor 'multi_modal_projector\.linear_1\.weight' has "
-        r"shape \(7, 7\), expected .* as projector/linear_1/kernel",
+        r"shape \(7, 7\), expected \(48, 32\) \(PyTorch's \[out, in\] layout\) for projector/linear_1/kernel",
     )
 
 

@@ -90,7 +90,7 @@ def test_min_new_tokens_bans_eos_as_transformers_does(built, gen):
         ours = g2(ids, pix, Sampling(max_new_tokens=6, min_new_tokens=min_new))
         assert ours == hf_generate(built, ids, pix, 6, eos=eos, min_new=min_new)
         assert all(eos not in r[:min_new] for r in ours) and ours[0][0] != eos
-    with pytest.raises(ValueError, match="max_new_tokens must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="--max-new-tokens must be at least 1, got 0"):
         Sampling(max_new_tokens=0)
 
 

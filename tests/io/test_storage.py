@@ -184,7 +184,7 @@ def test_the_suite_and_its_report_write_to_a_bucket_and_resume_there(env, emu, s
         == 0
     )
     md = storage.as_path(f"{scheme}://bkt/report/report.md").read_text()
-    assert md.count("| before | VLLM | 0.0 |") == 1 and md.count("| after | VLLM | 0.0 |") == 1
+    assert md.count("| before | VLLM | float32 | 0.0 |") == 1 and md.count("| after | VLLM | float32 | 0.0 |") == 1
     assert storage.as_path(f"{scheme}://bkt/report/report.png").read_bytes()[:4] == b"\x89PNG"
     assert emu.refused() == []
 
