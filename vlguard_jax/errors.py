@@ -31,6 +31,13 @@ class ResourceError(UserError):
 
 
 USER_ERRORS = (ValueError, OSError, UserError)
+# The errors of an environment the user controls that a library raises as its own types (a bucket
+# client's connection and credential errors), registered by the layer that uses the library.
+ENVIRONMENT_ERRORS: list[type[BaseException]] = []
+
+
+def register_environment_errors(*types: type[BaseException]) -> None:
+    ENVIRONMENT_ERRORS.extend(t for t in types if t not in ENVIRONMENT_ERRORS)
 
 
 def debugging(argv) -> bool:
@@ -103,7 +110,7 @@ def cli(main: Callable[[list[str]], int]) -> Command:
             _quiet_echoes()
         try:
             return main(argv) or 0
-        except USER_ERRORS as e:
+        except (*USER_ERRORS, *ENVIRONMENT_ERRORS) as e:
             if debug:
                 raise
             return report(e) + isinstance(e, UsageError)

@@ -26,7 +26,7 @@ import fsspec.config
 import jax
 from etils import epath
 
-from vlguard_jax.errors import UserError
+from vlguard_jax.errors import UserError, register_environment_errors
 
 REMOTE = ("gs://", "s3://")
 COMPLETE = "COMPLETE"
@@ -78,6 +78,7 @@ def check_bucket(path) -> None:
     except ImportError:
         raise StorageError(f"{path}: bucket paths need the [remote] extra: pip install 'vlguard-jax[remote]'") from None
     client_errors = (OSError, botocore.exceptions.BotoCoreError, google.auth.exceptions.GoogleAuthError)
+    register_environment_errors(*client_errors[1:])  # a store that fails mid-run: one line, not a bug
     if scheme == "s3" and botocore.session.get_session().get_credentials() is None:
         raise StorageError(
             f"{path}: no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
