@@ -239,7 +239,8 @@ def _token_at(encoding, p: int, length: int) -> tuple[int, bool]:
 
 @dataclasses.dataclass
 class Encoder:
-    """Tokenizes records for training and counts what it drops (`drops`), never silently.
+    """Tokenizes records for training and counts what `max_length` cuts (`truncated`); it drops
+    nothing (a sample LLaVA would mask raises TokenizationError).
 
     `encode_many` tokenizes a batch at once with a fast tokenizer (`encode_batch`), and checks
     every `exact_every`-th sample against the turn-by-turn rule (`encode`): a disagreement is an
@@ -251,13 +252,12 @@ class Encoder:
     max_length: int = 2048
     template: str = "vicuna_v1"
     exact_every: int = 1000
-    drops: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     truncated: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     _seen: int = 0
     _plain: object = None
 
     def _tokenizer_for(self, record: dict):
-        if "image" in record or IMAGE_TAG not in json.dumps(record["conversations"], ensure_ascii=False):
+        if "image" in record or not any(IMAGE_TAG in t["value"] for t in record["conversations"]):
             return self.tokenizer
         if self._plain is None:
             self._plain = plain_tokenizer(self.tokenizer)

@@ -23,13 +23,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--src", required=True, help="LLaVA-format JSON (e.g. llava_v1_5_mix665k.json)")
     p.add_argument("--dst", required=True, help="the clean file to write (must not exist)")
     p.add_argument("--batch-size", type=at_least(1), default=8)
-    p.add_argument(
-        "--llamaguard-prompt",
-        choices=llamaguard.PROMPTS,
-        default="llama-recipes",
-        help="llama-recipes = Meta's prompt, one BOS in front (the default); chat-template = the ids exactly "
-        "as the tokenizer's chat template writes them (the model card's example)",
-    )
+    llamaguard.add_prompt_argument(p)
     a = p.parse_args(argv)
     maybe_initialize_distributed()
     counts = screening.screen(a.judge_checkpoint, a.src, a.dst, a.batch_size, prompt=a.llamaguard_prompt)

@@ -168,9 +168,7 @@ def build_store(
         out.close(tmp)
         composition = {k: dict(v) for k, v in counts.items()}
         check_nonempty(composition, mixture.sources, getattr(mixture, "recipe", "this"), bad.mode == "skip")
-        drops = dict(encoder.drops)
-        if skipped:
-            drops["bad record skipped"] = skipped
+        drops = {"bad record skipped": skipped} if skipped else {}
         truncated = dict(encoder.truncated)
         (tmp / "meta.json").write_text(
             json.dumps(

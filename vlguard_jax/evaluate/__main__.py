@@ -19,9 +19,8 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from vlguard_jax.errors import ArgumentParser, UsageError, at_least, cli
-from vlguard_jax.evaluate import gpt_graders, safety_sets, vqa, vqa_scoring
+from vlguard_jax.evaluate import gpt_graders, llamaguard, safety_sets, vqa, vqa_scoring
 from vlguard_jax.evaluate.gpt4_judge import ORDERS
-from vlguard_jax.evaluate.llamaguard import PROMPTS
 from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import (
     DTYPES,
@@ -50,6 +49,15 @@ def out_dir(text: str) -> str:
     return text
 
 
+def add_dtype(p: ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=("auto",) + DTYPES,
+        default="auto",
+        help="compute dtype; auto: float16 on a GPU (the authors'), bfloat16 on a TPU, float32 on a CPU",
+    )
+
+
 def evaluate_main(argv) -> int:
     p = ArgumentParser(prog="python -m vlguard_jax.evaluate", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
@@ -75,12 +83,7 @@ def evaluate_main(argv) -> int:
         default=1,
         help="EOS is banned before this many tokens (the authors': 1, so no reply is empty)",
     )
-    p.add_argument(
-        "--dtype",
-        choices=("auto",) + DTYPES,
-        default="auto",
-        help="compute dtype; auto: float16 on a GPU (the authors'), bfloat16 on a TPU, float32 on a CPU",
-    )
+    add_dtype(p)
     p.add_argument(
         "--text-image",
         choices=TEXT_IMAGES,
@@ -98,13 +101,7 @@ def evaluate_main(argv) -> int:
     )
     p.add_argument("--judge-checkpoint", help="converted Llama Guard checkpoint, for --judge llamaguard")
     p.add_argument("--references", help="gpt4_safe_safes.json, for --judge openai-compatible")
-    p.add_argument(
-        "--llamaguard-prompt",
-        choices=PROMPTS,
-        default="llama-recipes",
-        help="llamaguard: llama-recipes = Meta's prompt, one BOS in front (the default); chat-template = "
-        "the ids exactly as the tokenizer's chat template writes them (the model card's example)",
-    )
+    llamaguard.add_prompt_argument(p)
     p.add_argument(
         "--judge-orders",
         type=int,
@@ -276,12 +273,7 @@ def vqa_main(argv) -> int:
         "(128 for .jsonl, model_vqa_loader; pass 1024 for MM-Vet and LLaVA-Bench, model_vqa)",
     )
     p.add_argument("--batch-size", type=at_least(1), default=8)
-    p.add_argument(
-        "--dtype",
-        choices=("auto",) + DTYPES,
-        default="auto",
-        help="compute dtype; auto: float16 on a GPU (the authors'), bfloat16 on a TPU, float32 on a CPU",
-    )
+    add_dtype(p)
     p.add_argument("--limit", type=at_least(1), help="only the first N questions")
     a = p.parse_args(argv)
     path = storage.local_only(a.answers_file, "--answers-file")
@@ -341,12 +333,7 @@ def suite_main(argv) -> int:
     p.add_argument("--only", help="comma-separated benchmarks, e.g. vlguard/unsafes,sqa,pope")
     p.add_argument("--limit", type=at_least(1), help="only the first N items of each benchmark")
     p.add_argument("--batch-size", type=at_least(1), default=8)
-    p.add_argument(
-        "--dtype",
-        choices=("auto",) + DTYPES,
-        default="auto",
-        help="compute dtype; auto: float16 on a GPU (the authors'), bfloat16 on a TPU, float32 on a CPU",
-    )
+    add_dtype(p)
     p.add_argument("--font", help="figstep: FreeMonoBold.ttf path")
     p.add_argument(
         "--max-new-tokens",

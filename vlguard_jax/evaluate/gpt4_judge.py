@@ -26,7 +26,7 @@ from pathlib import Path
 
 from vlguard_jax.data.images import resolve
 from vlguard_jax.evaluate import provenance
-from vlguard_jax.io.files import atomic_write_json, read_json
+from vlguard_jax.io.files import atomic_write_json
 
 # gpt4_evaluator.py's `system_image`, sent as the user message's text.
 PROMPT = """
@@ -172,10 +172,7 @@ def win_rate(items, responses: dict, references: dict, images, path, orders: int
         raise ValueError(f"{len(missing)} reference items have no response, e.g. {missing[0]!r}")
     name = f"openai-compatible:{model}"
     current = {"judge": name, "url": url, "protocol": "gpt4_evaluator"}
-    saved_file = read_json(path, None)
-    if saved_file is not None:
-        provenance.check(path, saved_file.get("provenance") if isinstance(saved_file, dict) else None, current)
-    saved = saved_file["choices"] if saved_file is not None else {}
+    saved = provenance.load(path, current, "choices")
     for item in judged:
         ref, ours = references[item.key], responses[item.key]
         content = provenance.digest(

@@ -19,7 +19,7 @@ from pathlib import Path
 from vlguard_jax.evaluate import provenance
 from vlguard_jax.generate import Sampling, load_generator, response_text
 from vlguard_jax.io.converted import MODEL_CONFIG
-from vlguard_jax.io.files import fingerprint, read_json, write_json
+from vlguard_jax.io.files import fingerprint, write_json
 from vlguard_jax.io.loading import load_tokenizer
 from vlguard_jax.models import load_config
 
@@ -58,6 +58,17 @@ def check(checkpoint) -> None:
             f"{path}: the tokenizer has no chat template; Llama Guard's tokenizer carries "
             "its classification prompt as one"
         )
+
+
+def add_prompt_argument(parser) -> None:
+    """`--llamaguard-prompt`, for the commands that run the judge (evaluate, data.screen)."""
+    parser.add_argument(
+        "--llamaguard-prompt",
+        choices=PROMPTS,
+        default="llama-recipes",
+        help="llama-recipes = Meta's prompt, one BOS in front (the default); chat-template = the ids exactly "
+        "as the tokenizer's chat template writes them (the model card's example)",
+    )
 
 
 def check_prompt(prompt: str) -> str:
@@ -103,10 +114,7 @@ def judge(checkpoint, items, responses: dict, path, *, batch_size: int = 8, prom
     answered items judged unsafe."""
     check(checkpoint)
     current = identity(checkpoint, prompt)
-    saved_file = read_json(path, None)
-    if saved_file is not None:
-        provenance.check(path, saved_file.get("provenance") if isinstance(saved_file, dict) else None, current)
-    saved = saved_file["verdicts"] if saved_file is not None else {}
+    saved = provenance.load(path, current, "verdicts")
     answered = [i for i in items if i.key in responses]
     hashes = {i.key: provenance.digest(conversation(i, responses[i.key])) for i in answered}
     todo = [i for i in answered if saved.get(i.key, {}).get("conversation") != hashes[i.key]]

@@ -9,6 +9,7 @@ import hashlib
 import json
 
 from vlguard_jax.errors import UserError
+from vlguard_jax.io.files import read_json
 
 
 class ProvenanceError(UserError):
@@ -19,6 +20,16 @@ def digest(content) -> str:
     """A short hash of JSON-able content (a conversation, a judged pair), stable across runs."""
     text = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load(path, current: dict, field: str) -> dict:
+    """The saved entries under `field` of a judge's JSON file ({"provenance", field: {...}}), empty
+    when there is none; a file made by another judge, protocol or source is refused (`check`)."""
+    saved = read_json(path, None)
+    if saved is None:
+        return {}
+    check(path, saved.get("provenance") if isinstance(saved, dict) else None, current)
+    return saved[field]
 
 
 def check(path, saved: dict | None, current: dict) -> None:

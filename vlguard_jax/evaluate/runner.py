@@ -256,7 +256,7 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
     where = "--out" if out is not None else "--answers-file"
     if side.exists():
         saved = json.loads(side.read_text())
-        if saved.get("fingerprint") != record["fingerprint"]:
+        if out is None and saved.get("fingerprint") != record["fingerprint"]:  # with an --out, checked above
             raise ValueError(
                 f"{path}: holds answers of {saved.get('checkpoint')}; this run answers with "
                 f"{record['checkpoint']}, another checkpoint. Use another {where}"

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,14 @@ from vlguard_jax.data.records import RecordError, load_json_list, record_label, 
 from vlguard_jax.evaluate import llamaguard, provenance
 from vlguard_jax.generate import Sampling, load_generator, response_text
 from vlguard_jax.io import storage
-from vlguard_jax.io.files import append_jsonl, atomic_write_json, check_output, resume_jsonl, sha256_file
+from vlguard_jax.io.files import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    check_output,
+    resume_jsonl,
+    sha256_file,
+)
 from vlguard_jax.io.loading import peek
 
 # Llama Guard 1 (the paper's judge) names its categories O1-O6; later versions use S-codes.
@@ -139,7 +145,7 @@ def judge_slice(
     todo = [i for i in indices if done.get(i, {}).get("conversation") != hashes[i]]
     if len(todo) < len(indices):
         log(f"{path}: {len(indices) - len(todo)} records already judged, {len(todo)} to go")
-    if not path.exists() or not resume_jsonl(path):
+    if not path.exists() or path.stat().st_size == 0:  # saved_verdicts cut any torn line already
         path.write_text(json.dumps({"provenance": current}, ensure_ascii=False) + "\n", encoding="utf-8")
     if not todo:
         return
@@ -213,8 +219,8 @@ def merge(records: list[dict], dst, current: dict) -> dict:
     flagged = [verdicts[i] for i in range(len(records)) if verdicts[i]["verdict"] != "safe"]
     keep = [r for i, r in enumerate(records) if verdicts[i]["verdict"] != "unsafe"]
     flagged_path = paths["flagged"]
-    tmp = flagged_path.with_name(f".{flagged_path.name}.tmp")
-    tmp.write_text(
+    atomic_write_text(
+        flagged_path,
         "".join(
             json.dumps(
                 {k: v[k] for k in ("index", "id", "verdict", "categories")}
@@ -224,9 +230,7 @@ def merge(records: list[dict], dst, current: dict) -> dict:
             + "\n"
             for v in flagged
         ),
-        encoding="utf-8",
     )
-    os.replace(tmp, flagged_path)
     atomic_write_json(paths["clean"], keep, ensure_ascii=False)
     by_category = collections.Counter(c for v in flagged for c in v["categories"])
     reasons = collections.Counter(v.get("reason") for v in flagged if v["verdict"] is None)

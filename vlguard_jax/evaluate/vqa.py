@@ -197,7 +197,8 @@ def answer(
     earlier run's, with a larger limit) are kept; an answer to a question it lacks is an error."""
     path = Path(answers_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {(a["question_id"], a.get("round_id")): a for a in resume_jsonl(path)}
+    key = lambda a: (a["question_id"], a.get("round_id"))  # noqa: E731
+    done = {key(a): a for a in resume_jsonl(path)}
     order = questions if order is None else order
     known = {q.key for q in order}
     stray = [k for k in done if k not in known]
@@ -230,6 +231,6 @@ def answer(
         bar.set_postfix(tok_s=f"{n_tokens / max(time.perf_counter() - t0, 1e-9):.1f}")
     bar.close()
     kept = [done[q.key] for q in order if q.key in done]
-    if [(a["question_id"], a.get("round_id")) for a in read_jsonl(path)] != [q.key for q in order if q.key in done]:
+    if [key(a) for a in read_jsonl(path)] != [key(a) for a in kept]:
         atomic_write_text(path, "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in kept))
     return [done[q.key] for q in questions]

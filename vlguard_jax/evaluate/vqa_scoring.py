@@ -57,15 +57,24 @@ MME_WORD_PHRASE = "Answer the question using a single word or phrase."
 MME_YES_NO = "Please answer yes or no."
 
 
-def pair(answers: list[dict], expected: list, key, source, allow_partial: bool = False) -> tuple[dict, dict]:
-    """({question key: its answer}, coverage) for the `expected` keys (in their order); `key(answer)`
-    is an answer's question key, or None for a question the benchmark does not hold."""
+def pair(
+    answers: list[dict],
+    expected: list,
+    source,
+    allow_partial: bool = False,
+    key=lambda a: a["question_id"],
+    known=None,
+) -> tuple[dict, dict]:
+    """({question key: its answer}, coverage) for the `expected` keys (in their order). `key(answer)`
+    is an answer's question key; `known` (default: `expected`) the keys of every question the
+    benchmark holds."""
     if not answers:
         raise RecordError(f"{source}: no answers to score")
+    known = set(expected) if known is None else known
     by: dict = {}
     for a in answers:
         k = key(a)
-        if k is None:
+        if k not in known:
             raise RecordError(
                 f"{source}: question_id {a['question_id']!r} is not a question of this benchmark's question file "
                 "(answers of another benchmark?)"
@@ -118,10 +127,7 @@ def sqa(answers: list[dict], base_dir, split: str = "test", allow_partial: bool 
     base = Path(base_dir)
     split_ids = _json(base / "pid_splits.json")[split]
     problems = _json(base / "problems.json")
-    ids = set(split_ids)
-    by_id, coverage = pair(
-        answers, split_ids, lambda a: a["question_id"] if a["question_id"] in ids else None, source, allow_partial
-    )
+    by_id, coverage = pair(answers, split_ids, source, allow_partial)
     correct = img_correct = img_total = 0
     for pid, answer in by_id.items():
         choices = problems[pid]["choices"]
@@ -171,9 +177,7 @@ def pope(answers: list[dict], question_file, annotation_dir, allow_partial: bool
                     f"{q['question_id']!r} of {question_file} shows {q['image']!r}"
                 )
             labels[q["question_id"]] = (category, line["label"] != "no")
-    by_id, coverage = pair(
-        answers, list(labels), lambda a: a["question_id"] if a["question_id"] in labels else None, source, allow_partial
-    )
+    by_id, coverage = pair(answers, list(labels), source, allow_partial)
     out: dict[str, Any] = {}
     for category in categories:
         pairs = [(not pope_says_no(a["text"]), labels[q][1]) for q, a in by_id.items() if labels[q][0] == category]
@@ -235,7 +239,7 @@ def mme(answers: list[dict], base_dir, allow_partial: bool = False, source="answ
     """acc+ pairs an image's two questions: answers are taken in the ground truth's order, so the
     pairs are the images' whatever the answers file's order."""
     gt = mme_ground_truth(base_dir)
-    by_key, coverage = pair(answers, list(gt), lambda a: mme_key(a, gt), source, allow_partial)
+    by_key, coverage = pair(answers, list(gt), source, allow_partial, key=lambda a: mme_key(a, gt))
     rows = collections.defaultdict(list)
     for k, a in by_key.items():
         rows[k[0]].append((k[1], gt[k].lower(), mme_label(a["text"])))
@@ -279,11 +283,9 @@ def textvqa(answers: list[dict], annotation_file, allow_partial: bool = False, s
     data = _json(annotation_file)["data"]
     by_key = {(d["image_id"], d["question"].lower()): d for d in data}
 
-    def key(a):
-        k = (a["question_id"], textvqa_question(a["prompt"]))
-        return k if k in by_key else None
-
-    answered, coverage = pair(answers, list(by_key), key, source, allow_partial)
+    answered, coverage = pair(
+        answers, list(by_key), source, allow_partial, key=lambda a: (a["question_id"], textvqa_question(a["prompt"]))
+    )
     scores = [soft_accuracy(a["text"], by_key[k]["answers"]) for k, a in answered.items()]
     return {"accuracy": 100 * sum(scores) / len(scores), "n": len(scores), "coverage": coverage}
 
@@ -292,11 +294,7 @@ def gqa(answers: list[dict], questions_file, allow_partial: bool = False, source
     every = _json(questions_file)
     questions = {qid: q for qid, q in every.items() if q.get("isBalanced", True)}  # GQA scores these
     answered, coverage = pair(
-        answers,
-        list(questions),
-        lambda a: str(a["question_id"]) if str(a["question_id"]) in every else None,
-        source,
-        allow_partial,
+        answers, list(questions), source, allow_partial, key=lambda a: str(a["question_id"]), known=set(every)
     )
     correct = sum(a["text"].rstrip(".").lower() == questions[qid]["answer"] for qid, a in answered.items())
     return {"accuracy": 100 * correct / len(answered), "n": len(answered), "coverage": coverage}
@@ -345,11 +343,7 @@ def mmbench(answers: list[dict], question_file, allow_partial: bool = False, sou
     rounds = {(int(a["question_id"]), a.get("round_id", 0)) for a in answers if int(a["question_id"]) in rows}
     expected = [(i, 0) for i in rows] + sorted(k for k in rounds if k[1] != 0)  # rotations asked are expected
     answered, coverage = pair(
-        answers,
-        expected,
-        lambda a: (int(a["question_id"]), a.get("round_id", 0)) if int(a["question_id"]) in rows else None,
-        source,
-        allow_partial,
+        answers, expected, source, allow_partial, key=lambda a: (int(a["question_id"]), a.get("round_id", 0))
     )
     groups = collections.defaultdict(list)
     for (index, _), a in answered.items():
@@ -411,8 +405,6 @@ def vizwiz_upload(answers: list[dict], question_file, dst, source="answers") -> 
     """LLaVA's `convert_vizwiz_for_submission.py`: [{image, answer (EvalAI-normalised)}] per question
     (every question: the server scores the whole split)."""
     questions = {q["question_id"]: q for q in read_jsonl(question_file)}
-    by_id, _ = pair(
-        answers, list(questions), lambda a: a["question_id"] if a["question_id"] in questions else None, source
-    )
+    by_id, _ = pair(answers, list(questions), source)
     atomic_write_json(dst, [{"image": q["image"], "answer": normalize(by_id[i]["text"])} for i, q in questions.items()])
     return Path(dst)

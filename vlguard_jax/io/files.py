@@ -35,21 +35,12 @@ def atomic_write_json(path, data, **dump_kw) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(data, **dump_kw))
         return
-    path = storage.local(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, **dump_kw)
-        readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, **dump_kw))
 
 
 def atomic_write_text(path, text: str) -> None:
-    """A local text file written to a temporary file beside `path` and renamed over it."""
+    """A local UTF-8 text file written to a temporary file beside `path` and renamed over it, with
+    the mode a plain write would give it."""
     path = storage.local(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
