@@ -15,3 +15,17 @@ def seen(monkeypatch):
 
     monkeypatch.setattr(sampler.Generator, "__call__", spy)
     return calls
+
+
+@pytest.fixture()
+def judged(monkeypatch):
+    """How many prompts the generator was given, per call (records judged, by a judge)."""
+    count = []
+    original = sampler.Generator.__call__
+
+    def spy(self, prompts, *a, **k):
+        count.append(len(prompts))
+        return original(self, prompts, *a, **k)
+
+    monkeypatch.setattr(sampler.Generator, "__call__", spy)
+    return count

@@ -10,7 +10,6 @@ from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate import llamaguard, runner
 from vlguard_jax.evaluate.__main__ import main
 from vlguard_jax.evaluate.safety_sets import Item
-from vlguard_jax.generate import sampler
 from vlguard_jax.io.files import fingerprint
 
 
@@ -143,7 +142,7 @@ def test_judging_resumes_and_another_judge_or_prompt_is_refused(env, tmp_path, m
     )
 
 
-def test_a_verdict_is_reused_only_for_the_conversation_it_judged(env, tmp_path, monkeypatch):
+def test_a_verdict_is_reused_only_for_the_conversation_it_judged(env, tmp_path, judged):
     _, judges, _, _ = env
     judge = judges["unsafe"].flax_dir
     items = [Item(f"k{i}", f"question {i}") for i in range(3)]
@@ -154,17 +153,10 @@ def test_a_verdict_is_reused_only_for_the_conversation_it_judged(env, tmp_path, 
     saved["verdicts"]["k0"]["verdict"] = "safe"  # marks what was reused
     saved["verdicts"]["k1"]["verdict"] = "safe"
     path.write_text(json.dumps(saved))
-    asked = []
-    original = sampler.Generator.__call__
-
-    def spy(self, prompts, *a, **k):
-        asked.append(len(prompts))
-        return original(self, prompts, *a, **k)
-
-    monkeypatch.setattr(sampler.Generator, "__call__", spy)
+    judged.clear()
     # k1's response changed since it was judged: judged again; k0's is reused as saved
     out = llamaguard.judge(judge, items, dict(responses, k1="another reply"), path)
-    assert asked == [1] and (out["safe"], out["unsafe"]) == (1, 2)
+    assert judged == [1] and (out["safe"], out["unsafe"]) == (1, 2)
 
 
 def test_unusable_judges_stop_the_run_before_it_generates(env, tmp_path, capsys):

@@ -56,20 +56,6 @@ def env(tmp_path_factory):
     return judge, src, tmp
 
 
-@pytest.fixture()
-def judged(monkeypatch):
-    """How many records the generator was asked to judge."""
-    count = []
-    original = sampler.Generator.__call__
-
-    def spy(self, prompts, *a, **k):
-        count.append(len(prompts))
-        return original(self, prompts, *a, **k)
-
-    monkeypatch.setattr(sampler.Generator, "__call__", spy)
-    return count
-
-
 def args(env, dst, *extra):
     judge, src, _ = env
     return [

@@ -133,20 +133,30 @@ def mme_folder(root):
     return root
 
 
+WORD_OR_PHRASE = "\nAnswer the question using a single word or phrase."
+
+
+def mme_answers(*texts) -> list[dict]:
+    """One answer per question of `mme_folder`, in its order, with these replies."""
+    yn, wp = " Please answer yes or no.", WORD_OR_PHRASE
+    questions = [
+        ("existence/1.jpg", "Is there a train?" + yn),
+        ("existence/1.jpg", "Is there a bed?" + yn),
+        ("existence/2.jpg", "Is there a cat?" + yn),
+        ("existence/2.jpg", "Is there a car?" + yn),
+        # the prompt without the yes/no instruction: found under the answer file's double space
+        ("artwork/7.jpg", "Is this by Monet?" + wp),
+        ("artwork/7.jpg", "Is this by Goya?" + yn),
+        ("code_reasoning/3.png", "Does it print 1?" + yn),
+        ("code_reasoning/3.png", "Does it print 2?" + yn),
+    ]
+    return [ans(qid, text, prompt) for (qid, prompt), text in zip(questions, texts, strict=True)]
+
+
 def test_mme_scores_acc_and_acc_plus(tmp_path):
     base = mme_folder(tmp_path / "MME_Benchmark_release_version")
-    yn, wp = " Please answer yes or no.", "\nAnswer the question using a single word or phrase."
-    answers = [
-        ans("existence/1.jpg", "Yes", "Is there a train?" + yn),
-        ans("existence/1.jpg", "no, there is no bed", "Is there a bed?" + yn),
-        ans("existence/2.jpg", "There is.", "Is there a cat?" + yn),
-        ans("existence/2.jpg", "No", "Is there a car?" + yn),
-        # the prompt without the yes/no instruction: found under the answer file's double space
-        ans("artwork/7.jpg", "yes", "Is this by Monet?" + wp),
-        ans("artwork/7.jpg", "Yes", "Is this by Goya?" + yn),
-        ans("code_reasoning/3.png", "no", "Does it print 1?" + yn),
-        ans("code_reasoning/3.png", "yes", "Does it print 2?" + yn),
-    ]
+    yn = " Please answer yes or no."
+    answers = mme_answers("Yes", "no, there is no bed", "There is.", "No", "yes", "Yes", "no", "yes")
     r = vs.mme(answers, base)
     # existence: 3 of 4 right (75), one image with both right of 2 (50): 125; artwork 50 + 0; code 100 + 100
     assert r["subtasks"] == pytest.approx({"existence": 125.0, "artwork": 50.0, "code_reasoning": 200.0})
@@ -335,18 +345,6 @@ def scorer_cases(tmp_path):
         [{"label": x, "image": f"{i + 3}.jpg"} for i, x in enumerate(("no", "no", "yes"))],
     )
     mme = mme_folder(tmp_path / "MME")
-    yn = " Please answer yes or no."
-    wp = "\nAnswer the question using a single word or phrase."
-    mme_answers = [
-        ans("existence/1.jpg", "Yes", "Is there a train?" + yn),
-        ans("existence/1.jpg", "Yes", "Is there a bed?" + yn),
-        ans("existence/2.jpg", "Yes", "Is there a cat?" + yn),
-        ans("existence/2.jpg", "No", "Is there a car?" + yn),
-        ans("artwork/7.jpg", "yes", "Is this by Monet?" + wp),
-        ans("artwork/7.jpg", "no", "Is this by Goya?" + yn),
-        ans("code_reasoning/3.png", "yes", "Does it print 1?" + yn),
-        ans("code_reasoning/3.png", "yes", "Does it print 2?" + yn),
-    ]
     tv = {"data": [{"image_id": f"i{k}", "question": f"What {k}?", "answers": [str(k)] * 10} for k in range(4)]}
     (tmp_path / "tv.json").write_text(json.dumps(tv))
     gqa = {f"q{k}": {"answer": "yes" if k % 2 else "no"} for k in range(4)}
@@ -358,10 +356,13 @@ def scorer_cases(tmp_path):
             lambda a, p: vs.pope(a, pope / "q.jsonl", pope / "coco", allow_partial=p),
             [ans(i, t) for i, t in enumerate(["Yes", "No", "No", "Yes", "No", "Yes"])],
         ),
-        "mme": (lambda a, p: vs.mme(a, mme, allow_partial=p), mme_answers),
+        "mme": (
+            lambda a, p: vs.mme(a, mme, allow_partial=p),
+            mme_answers("Yes", "Yes", "Yes", "No", "yes", "no", "yes", "yes"),
+        ),
         "textvqa": (
             lambda a, p: vs.textvqa(a, tmp_path / "tv.json", allow_partial=p),
-            [ans(f"i{k}", str(k * (k % 2)), f"What {k}?" + wp) for k in range(4)],
+            [ans(f"i{k}", str(k * (k % 2)), f"What {k}?" + WORD_OR_PHRASE) for k in range(4)],
         ),
         "gqa": (
             lambda a, p: vs.gqa(a, tmp_path / "gqa.json", allow_partial=p),
