@@ -2,6 +2,9 @@
 are for the full-size demo; see the README for a real run.)"""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -68,7 +71,7 @@ def test_a_preempted_stage_stops_the_demo_and_nothing_is_exported(tmp_path, monk
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
+def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, caplog):
     c = demo_config.get_config()
     c.workdir = str(tmp_path / "demo")
     c.total_steps = 3
@@ -87,6 +90,8 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
     assert set(summary["before"]) == set(summary["after"]) == {"unsafes", "safe_unsafes", "safe_safes"}
     assert summary["before"]["unsafes"]["n"] == 32 and "helpfulness_f1" in summary["after"]["safe_safes"]
     assert "| ASR unsafes (%) |" in "\n".join(logs)
+    # A clean run warns about nothing (orbax once warned of a missing metadata file per load).
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
     # The targets follow from the measured rates (whichever way they came out).
     b, a = summary["before"], summary["after"]
     ratio = demo.ratio(a["safe_safes"]["helpfulness_f1"], b["safe_safes"]["helpfulness_f1"])
@@ -101,3 +106,17 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
     # Rerunning resumes every stage instead of starting again.
     again = run_demo(c, log=lambda *_: None)
     assert again["after"] == summary["after"]
+
+
+def test_importing_the_package_without_torch_prints_no_pytorch_advice():
+    """transformers advises at import that PyTorch is absent; a new user without torch would read
+    that as a fault. (sys.modules["torch"] = None makes torch look absent to transformers.)"""
+    hide = "import sys; sys.modules['torch'] = None; "
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}  # our import sets it
+
+    def run(code: str):
+        return subprocess.run([sys.executable, "-c", hide + code], capture_output=True, text=True, env=env)
+
+    assert "PyTorch was not found" in run("import transformers").stderr  # the advice this test is about
+    ours = run("import vlguard_jax.demo")
+    assert ours.returncode == 0 and "PyTorch was not found" not in ours.stderr, ours.stderr

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
 
 from vlguard_jax.io import orbax_s3, storage
@@ -60,12 +61,14 @@ def read_latest(workdir, step: int | None = None):
         if not steps:
             raise FileNotFoundError(f"{workdir}: no finished training checkpoint under {root}")
         step = steps[-1]
-    path = orbax_s3.orbax_path(root / str(step))
+    path = epath.Path(orbax_s3.orbax_path(root / str(step))) / "state"
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    ckptr = ocp.StandardCheckpointer()
-    meta_tree = ckptr.metadata(f"{path}/state").item_metadata
+    # The item's handler, not a Checkpointer: the step-level metadata file a Checkpointer looks for
+    # belongs to the step directory (CheckpointManager writes it there), and its absence warns.
+    handler = ocp.StandardCheckpointHandler()
+    meta_tree = handler.metadata(path)
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta_tree)
-    state = ckptr.restore(f"{path}/state", target)
+    state = handler.restore(path, args=ocp.args.StandardRestore(target))
     return step, state, read_meta(workdir, step)
 
 
