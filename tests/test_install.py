@@ -63,6 +63,10 @@ def test_console_scripts_and_configs_by_name(tmp_path):
     assert out.returncode == 2 and "hf-to-flax, flax-to-hf, assemble" in out.stderr
     out = outside(tmp_path, str(BIN / "vlguard-evaluate"), "--help")
     assert out.returncode == 0 and "--benchmark" in out.stdout, out.stderr
+    for script in ("vlguard-train", "vlguard-demo"):  # usage names the script the user typed
+        out = outside(tmp_path, str(BIN / script), "--help")
+        assert out.returncode == 0 and out.stdout.startswith(f"usage: {script} "), (script, out.stdout, out.stderr)
+        assert "posthoc_lora_7b" in out.stdout and "optim.{" in out.stdout, out.stdout
 
 
 def test_package_data_is_installed(tmp_path):

@@ -176,7 +176,12 @@ def run_demo(cfg, log=print) -> dict:
 
 @cli
 def main(argv: list[str]) -> int:
-    config = parse([sys.argv[0]] + argv, default="demo")
+    config = parse(
+        [sys.argv[0]] + argv,
+        default="demo",
+        module="vlguard_jax.demo",
+        summary="The paper's effect end to end on the built-in sample data, on CPU (see the README).",
+    )
     logging.set_verbosity(logging.WARNING)  # orbax logs every save and load at INFO
     run_demo(config)
     return 0

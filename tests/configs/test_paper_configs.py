@@ -56,3 +56,19 @@ def test_a_config_is_found_by_path_or_by_its_shipped_name(tmp_path):
         r"are \['demo', 'mixed_full_13b', .*'posthoc_lora_7b'\]",
     ):
         find_config("posthoc_lora_8b")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_the_shipped_configs_and_the_key_groups(flag, capsys):
+    with pytest.raises(SystemExit) as stop:
+        parse(["python -m vlguard_jax.train", flag])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: python -m vlguard_jax.train --config NAME_OR_FILE [--config.KEY=VALUE ...]")
+    assert "demo, mixed_full_13b, mixed_full_7b" in text and "posthoc_lora_7b" in text
+    assert "  optim.{b1, b2, eps, grad_clip, lr, projector_lr," in text and "  lora.{alpha, dropout, rank, targets}" in text
+    with pytest.raises(SystemExit):  # with a default config, its own groups (the demo's block) are listed
+        parse(["/usr/bin/vlguard-demo", "--config.seed=3", flag], default="demo", module="vlguard_jax.demo")
+    text = capsys.readouterr().out
+    assert text.startswith("usage: vlguard-demo [--config NAME_OR_FILE]") and "(default: demo)" in text
+    assert "  demo.{eval_batch, max_new_tokens," in text

@@ -14,7 +14,7 @@ from vlguard_jax.train.loop import run
 
 @cli
 def main(argv: list[str]) -> int:
-    config = parse([sys.argv[0]] + argv)
+    config = parse([sys.argv[0]] + argv, summary="Trains, or resumes when the workdir already holds checkpoints.")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save and load at INFO
     run(config)
     return 0

@@ -50,19 +50,51 @@ def find_config(name: str) -> str:
         return name
     shipped = resources.files("configs") / (name if name.endswith(".py") else f"{name}.py")
     if not shipped.is_file():
-        known = sorted(
-            p.name[:-3]
-            for p in resources.files("configs").iterdir()
-            if p.name.endswith(".py") and not p.name.startswith("_")
-        )
-        raise ConfigError(f"--config {name}: neither a file nor a shipped config; those are {known}")
+        raise ConfigError(f"--config {name}: neither a file nor a shipped config; those are {shipped_configs()}")
     return str(shipped)
 
 
-def parse(argv: list[str], default: str | None = None):
+def shipped_configs() -> list[str]:
+    return sorted(
+        p.name[:-3]
+        for p in resources.files("configs").iterdir()
+        if p.name.endswith(".py") and not p.name.startswith("_")
+    )
+
+
+def program(argv0: str, module: str) -> str:
+    """The command as the user typed it: the console script's name, or `python -m MODULE`."""
+    name = os.path.basename(argv0)
+    return name if name.startswith("vlguard-") else f"python -m {module}"
+
+
+def help_text(prog: str, summary: str, default: str | None) -> str:
+    """`--help`: usage, the shipped configs and every `--config.KEY` group with its keys."""
+    from vlguard_jax.train.defaults import base_config  # only for the help text
+
+    base = load_config_file(find_config(default)) if default else base_config()
+    config = "[--config NAME_OR_FILE]" if default else "--config NAME_OR_FILE"
+    lines = [
+        f"usage: {prog} {config} [--config.KEY=VALUE ...]",
+        *(["", summary] if summary else []),
+        "",
+        f"--config: a file with get_config(), or a shipped config's name{f' (default: {default})' if default else ''}:",
+        "  " + ", ".join(shipped_configs()),
+        "--config.KEY=VALUE overrides one setting; the keys, by group:",
+    ]
+    top = [k for k, v in base.items() if not hasattr(v, "items")]
+    lines.append("  " + ", ".join(top))
+    lines += [f"  {k}.{{{', '.join(v.keys())}}}" for k, v in base.items() if hasattr(v, "items")]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str], default: str | None = None, module: str = "vlguard_jax.train", summary: str = ""):
     """argv (program name first) -> the config, its overrides applied. `default` is the config
-    file when argv names none."""
+    file when argv names none. `-h`/`--help` prints the help and exits 0."""
     argv = list(argv)
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        print(help_text(program(argv[0], module), summary, default))
+        raise SystemExit(0)
     path = config_path(argv[1:])
     if path is None:
         if default is None:
