@@ -110,10 +110,33 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
-def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path]:
+def chart(names: list, t2: list, safety_cols: list, help_cols: list):
+    """Table 2 as bars, each labelled with its value: a 0.0 bar reads 0.0, a missing one "n/a"."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, 0.9 * (len(safety_cols) + len(help_cols)) * len(names)), 4.8))
+    for ax, cols, part, title in (
+        (axes[0], safety_cols, 0, "Safety: ASR % (lower is better)"),
+        (axes[1], help_cols, 1, "Helpfulness (higher is better)"),
+    ):
+        width = 0.8 / len(names)
+        for k, (name, row) in enumerate(zip(names, t2)):
+            values = [row[part].get(c) for c in cols]
+            bars = ax.bar([i + k * width for i in range(len(cols))], [v or 0 for v in values], width, label=name)
+            ax.bar_label(bars, labels=[_fmt(v) if v is not None else "n/a" for v in values], fontsize=6, padding=1)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cols))], cols, rotation=45, ha="right", fontsize=7)
+        ax.set_title(title, fontsize=9)
+        if part == 0:
+            ax.set_ylim(0, 105)  # room for the labels over a 100.0 bar
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path]:
     import matplotlib.pyplot as plt
 
     runs = [storage.as_path(r) for r in runs]
@@ -159,20 +182,7 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
         + "\n".join(detail)
         + "\n"
     )
-    fig, axes = plt.subplots(1, 2, figsize=(max(10, 0.9 * (len(safety_cols) + len(help_cols)) * len(names)), 4.8))
-    for ax, cols, part, title in (
-        (axes[0], safety_cols, 0, "Safety: ASR % (lower is better)"),
-        (axes[1], help_cols, 1, "Helpfulness (higher is better)"),
-    ):
-        width = 0.8 / len(names)
-        for k, (name, row) in enumerate(zip(names, t2)):
-            ax.bar([i + k * width for i in range(len(cols))], [row[part].get(c, 0) for c in cols], width, label=name)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cols))], cols, rotation=45, ha="right", fontsize=7)
-        ax.set_title(title, fontsize=9)
-        if part == 0:
-            ax.set_ylim(0, 100)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    fig = chart(names, t2, safety_cols, help_cols)
     png = out / "report.png"
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)
