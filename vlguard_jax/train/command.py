@@ -17,6 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from vlguard_jax.errors import ConfigError
+from vlguard_jax.train.defaults import base_config
 from vlguard_jax.train.validate import flat_keys, unknown_key
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_config()", lock_config=True)
@@ -70,8 +71,6 @@ def program(argv0: str, module: str) -> str:
 
 def help_text(prog: str, summary: str, default: str | None) -> str:
     """`--help`: usage, the shipped configs and every `--config.KEY` group with its keys."""
-    from vlguard_jax.train.defaults import base_config  # only for the help text
-
     base = load_config_file(find_config(default)) if default else base_config()
     config = "[--config NAME_OR_FILE]" if default else "--config NAME_OR_FILE"
     lines = [
