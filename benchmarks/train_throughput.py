@@ -72,7 +72,7 @@ def _built(p: presets.Preset, scanned: bool):
 def ours(p: presets.Preset, steps: int, scanned: bool) -> dict:
     import jax
 
-    from vlguard_jax.train.metrics import peak_flops
+    from vlguard_jax.runtime import peak_flops
 
     one, compile_s, f, box = _built(p, scanned)
     median, times = presets.median_time(one, warmup=1, repeats=steps)

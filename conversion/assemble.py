@@ -33,8 +33,8 @@ from conversion.hf_to_flax import (
     write_checkpoint,
     write_side_files,
 )
-from conversion.reader import CheckpointError, TensorSource
-from vlguard_jax.errors import ArgumentParser, cli
+from conversion.reader import TensorSource
+from vlguard_jax.errors import ArgumentParser, CheckpointError, cli
 from vlguard_jax.io import storage
 from vlguard_jax.io.files import check_output
 from vlguard_jax.models.config import LlavaConfig, text_from_hf, vision_from_hf

@@ -28,8 +28,7 @@ from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaProcessor
 
 from conversion import layouts, peft_adapter
 from conversion.hf_to_flax import DTYPES
-from conversion.reader import CheckpointError
-from vlguard_jax.errors import ArgumentParser, cli
+from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
 from vlguard_jax.io import runs, storage
 from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
 from vlguard_jax.io.files import atomic_dir, check_output
@@ -37,6 +36,7 @@ from vlguard_jax.io.loading import readable
 from vlguard_jax.io.runs import RunError
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.family import LLAVA, load_config
 from vlguard_jax.models.layers import LORA_PARAMS
 
 MAX_SHARD_BYTES = 4 << 30
@@ -153,10 +153,10 @@ def export(
         return _export_run(src, dst, dtype, max_shard_bytes, lora, overwrite)
     src = readable(src)  # a bucket checkpoint must be complete (its marker)
     if lora is not None:
-        raise ValueError(f"--lora applies to a training run's workdir; {src} is a plain checkpoint")
+        raise InputError(f"--lora applies to a training run's workdir; {src} is a plain checkpoint")
     if not (src / MODEL_CONFIG).exists():
         raise CheckpointError(f"{src}: no {MODEL_CONFIG}; not a vlguard-jax checkpoint or training workdir")
-    config = LlavaConfig.load(src / MODEL_CONFIG)
+    config = load_config(src / MODEL_CONFIG, LLAVA)
     params = load_params(src / PARAMS_DIR)
     check_shapes(src, config, traverse_util.flatten_dict(params))
     return _write(src, dst, config, params, dtype, max_shard_bytes, overwrite)
@@ -170,15 +170,15 @@ def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora, overwrite) -
     check_shapes(src, config, flat)
     has_lora = runs.has_lora(flat)
     if has_lora and lora not in ("merge", "peft"):
-        raise ValueError(f"{src} is a LoRA run: pass --lora merge (a full model) or --lora peft (an adapter)")
+        raise InputError(f"{src} is a LoRA run: pass --lora merge (a full model) or --lora peft (an adapter)")
     if lora == "peft":
         if not has_lora:
-            raise ValueError(f"{src} has no LoRA weights (a full fine-tuning run); use --lora merge")
+            raise InputError(f"{src} has no LoRA weights (a full fine-tuning run); use --lora merge")
         with atomic_dir(dst, overwrite) as tmp:
             peft_adapter.write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
         return config
     if has_lora:
-        flat = runs.merge_lora(flat, runs.lora_scale(meta))
+        flat = runs.merge_lora(flat, runs.lora_of(src, meta).scale)
     dtype = dtype or flat[("language_model", "embed_tokens")].dtype.name  # the base checkpoint's
     return _write(base, dst, config, traverse_util.unflatten_dict(flat), dtype, max_shard_bytes, overwrite)
 
@@ -189,7 +189,7 @@ def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_b
         np_dtype = np.asarray(next(iter(traverse_util.flatten_dict(params).values()))).dtype
         dtype = np_dtype.name
     elif dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     state = torch_state(config, params, np.dtype(DTYPES[dtype]))
     del params
     config = _pad_vocab(config, state)

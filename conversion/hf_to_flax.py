@@ -24,8 +24,8 @@ from flax import traverse_util
 from transformers import AutoTokenizer, CLIPImageProcessorPil
 
 from conversion import layouts
-from conversion.reader import CheckpointError, TensorSource
-from vlguard_jax.errors import ArgumentParser, cli
+from conversion.reader import TensorSource
+from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
 from vlguard_jax.io import storage
 from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
 from vlguard_jax.io.files import atomic_dir, check_output
@@ -210,7 +210,7 @@ def write_checkpoint(
 
 def check_dtype(dtype: str) -> None:
     if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
 
 
 def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False):

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from vlguard_jax.errors import CheckpointError
+
 # Prefixes: vision tower, projector linear 1 and 2, language model body, lm_head.
 # What we write: the llava-hf hub names, which transformers 4.x and 5.x both load.
 HUB: dict[str, Any] = dict(
@@ -119,7 +121,7 @@ def detect(keys) -> tuple[str, dict]:
     if "model.embed_tokens.weight" in keys and not any("vision" in k or "projector" in k for k in keys):
         return "llama", dict(LLAMA)
     sample = ", ".join(sorted(keys)[:5])
-    raise ValueError(
+    raise CheckpointError(
         "unknown checkpoint layout: expected llava-hf (language_model.model.* or "
         "model.language_model.*), original LLaVA (model.layers.*, model.mm_projector.*) or a "
         "text-only Llama (model.layers.*, no vision tower); "

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from conversion.reader import CheckpointError
+from vlguard_jax.errors import CheckpointError
+from vlguard_jax.io.runs import RunMeta
 
 PEFT_PREFIX = "base_model.model.model."
 
@@ -27,9 +28,9 @@ def _peft_module(path: tuple) -> str:
     return f"language_model.layers.{m[1]}.{m[2]}.{m[3]}"
 
 
-def write_peft(dst: Path, flat: dict, meta: dict, dtype) -> None:
+def write_peft(dst: Path, flat: dict, meta: RunMeta, dtype) -> None:
     """adapter_config.json + adapter_model.safetensors (LoRA factors and the projector)."""
-    lora = meta["lora"]
+    lora = meta.lora
     tensors, targets = {}, set()
     for k, a in flat.items():
         if k[-1] == "lora_a":
@@ -41,21 +42,21 @@ def write_peft(dst: Path, flat: dict, meta: dict, dtype) -> None:
         elif k[0] == "projector":
             key = f"{PEFT_PREFIX}multi_modal_projector.{k[1]}.{'weight' if k[2] == 'kernel' else 'bias'}"
             tensors[key] = np.ascontiguousarray((a.T if k[2] == "kernel" else a).astype(dtype))
-    if not targets:
+    if not targets or lora is None:
         raise CheckpointError("--lora peft: this run has no LoRA weights (a full fine-tuning run?); use --lora merge")
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "r": int(lora["rank"]),
-        "lora_alpha": float(lora["alpha"]),
-        "lora_dropout": float(lora["dropout"]),
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
         # A regex, so the CLIP tower's own q/k/v_proj are not matched.
         "target_modules": r".*language_model.*\.(" + "|".join(sorted(targets)) + ")",
         "modules_to_save": ["multi_modal_projector"],
         "bias": "none",
         "fan_in_fan_out": False,
         "inference_mode": True,
-        "base_model_name_or_path": meta.get("base_checkpoint"),
+        "base_model_name_or_path": meta.base_checkpoint or None,
     }
     (dst / "adapter_config.json").write_text(json.dumps(config, indent=2))
     save_file(tensors, os.fspath(dst / "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -17,6 +17,8 @@ import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from vlguard_jax.errors import CheckpointError
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 NESTED = ("model", "state_dict")
@@ -31,10 +33,6 @@ def _torch(f: Path):
             f"{f}: reading .bin checkpoints needs torch; convert it to safetensors or install torch"
         ) from None
     return torch
-
-
-class CheckpointError(ValueError):
-    """Bad input: the message names the file and, where known, the tensor."""
 
 
 class TensorSource:

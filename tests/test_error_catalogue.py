@@ -4,6 +4,7 @@ naming file and record, or is counted and listed under `skip`; nothing half-writ
 Later work adds its cases here."""
 
 import asyncio
+import errno
 import gc
 import json
 import os
@@ -481,7 +482,7 @@ def test_sibling_writes_that_fail_with_the_first_are_not_echoed(capsys, caplog):
     and asyncio would log each with a traceback when collected, after the command's one line."""
 
     async def _open_and_write():  # the name orbax's array writes carry
-        raise OSError("File too large")
+        raise OSError(errno.EFBIG, "File too large")
 
     async def save():
         first, sibling = asyncio.ensure_future(_open_and_write()), asyncio.ensure_future(_open_and_write())
@@ -494,7 +495,7 @@ def test_sibling_writes_that_fail_with_the_first_are_not_echoed(capsys, caplog):
 
     assert cli(main)([]) == 1
     gc.collect()
-    assert capsys.readouterr().err.splitlines() == ["error: File too large"]
+    assert capsys.readouterr().err.splitlines() == ["error: [Errno 27] File too large"]
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
 
 

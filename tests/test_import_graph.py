@@ -11,6 +11,7 @@ PACKAGES = ("vlguard_jax", "conversion")
 LAYERS = {
     "vlguard_jax.errors": 0,
     "vlguard_jax.sharding": 0,
+    "vlguard_jax.runtime": 0,
     "vlguard_jax.io.storage": 0,
     "vlguard_jax.io.files": 0,
     "vlguard_jax.io.orbax_s3": 0,

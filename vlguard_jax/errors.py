@@ -2,19 +2,23 @@
 tensor, key or flag at fault, and exits 1. A traceback is for bugs; `--debug` on any command, or
 VLGUARD_DEBUG=1, shows it for user errors too.
 
-User errors are ValueError (bad input of every kind: records, images, checkpoints, configs),
-OSError (missing, unwritable or full files) and `UserError` (a run that cannot go on: a busy
-workdir, a diverged loss, device memory, a judge endpoint).
+User errors are the `UserError` family, and only it: each kind below is raised where the fault is
+found, naming what is at fault. Any other exception (a ValueError from a shape bug, a KeyError) is
+a bug and keeps its traceback. The kinds also derive from the built-in error they refine
+(`InputError` is a ValueError, `MissingFileError` a FileNotFoundError), so `except ValueError`
+around a parse keeps working.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import functools
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 
@@ -22,15 +26,34 @@ class UserError(Exception):
     """A run that cannot go on for a reason the user can act on; the message says which."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config key or value that cannot run; the message names `config.KEY`."""
+
+
+class InputError(UserError, ValueError):
+    """A flag's value or a file's content that a command cannot use; the message names it."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint (or its config) that cannot be read or is not supported; the message names it."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or directory a command needs is not there; the message names it."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output would overwrite something that exists; the message names it and the way out."""
 
 
 class ResourceError(UserError):
     """Out of device memory; the message says which batch size to lower."""
 
 
-USER_ERRORS = (ValueError, OSError, UserError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
+# OS errors that put the fault in the machine, not the code: a full or read-only disk, a quota, a
+# file-size limit, a permission. Any other OSError (a path the code got wrong) is a bug.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS})
 # The errors of an environment the user controls that a library raises as its own types (a bucket
 # client's connection and credential errors), registered by the layer that uses the library.
 ENVIRONMENT_ERRORS: list[type[BaseException]] = []
@@ -38,6 +61,13 @@ ENVIRONMENT_ERRORS: list[type[BaseException]] = []
 
 def register_environment_errors(*types: type[BaseException]) -> None:
     ENVIRONMENT_ERRORS.extend(t for t in types if t not in ENVIRONMENT_ERRORS)
+
+
+def is_user_error(e: BaseException) -> bool:
+    """Whether `e` is the user's to fix (one line) rather than a bug (a traceback)."""
+    if isinstance(e, (*USER_ERRORS, *ENVIRONMENT_ERRORS)):
+        return True
+    return isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS
 
 
 def debugging(argv) -> bool:
@@ -110,8 +140,8 @@ def cli(main: Callable[[list[str]], int]) -> Command:
             _quiet_echoes()
         try:
             return main(argv) or 0
-        except (*USER_ERRORS, *ENVIRONMENT_ERRORS) as e:
-            if debug:
+        except Exception as e:
+            if debug or not is_user_error(e):
                 raise
             return report(e) + isinstance(e, UsageError)
         except KeyboardInterrupt:
@@ -125,7 +155,19 @@ def is_out_of_memory(e: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in str(e) or "Out of memory" in str(e)
 
 
-class UsageError(ValueError):
+@contextlib.contextmanager
+def oom_hint(message: str) -> Iterator[None]:
+    """Device out-of-memory inside the block becomes a ResourceError with `message` (what to
+    lower); any other runtime error passes unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        raise ResourceError(message) from None
+
+
+class UsageError(UserError, ValueError):
     """A command line that does not parse; the message names the flag."""
 
 

@@ -16,6 +16,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vlguard_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical name -> mesh axis (or axes) it is split over; None means replicated.
@@ -54,18 +56,18 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     shape = list(shape)
     if len(shape) != 3:
-        raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
+        raise ConfigError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
     if shape.count(-1) > 1:
-        raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
+        raise ConfigError(f"mesh shape {shape}: at most one entry may be -1")
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if len(devices) % known:
-            raise ValueError(f"mesh shape {shape} does not divide {len(devices)} devices")
+            raise ConfigError(f"mesh shape {shape} does not divide {len(devices)} devices")
         shape[shape.index(-1)] = len(devices) // known
     if math.prod(shape) < len(devices) and jax.process_count() == 1:
         devices = devices[: math.prod(shape)]  # e.g. a (1, 1, 1) run on a multi-device host
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh shape {shape} needs {math.prod(shape)} devices, have {len(devices)}")
+        raise ConfigError(f"mesh shape {shape} needs {math.prod(shape)} devices, have {len(devices)}")
     try:
         arr = mesh_utils.create_device_mesh(shape, devices)
     except Exception:  # arbitrary device sets (e.g. CPU subsets) have no physical topology

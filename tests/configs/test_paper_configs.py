@@ -66,7 +66,10 @@ def test_help_lists_the_shipped_configs_and_the_key_groups(flag, capsys):
     text = capsys.readouterr().out
     assert text.startswith("usage: python -m vlguard_jax.train --config NAME_OR_FILE [--config.KEY=VALUE ...]")
     assert "demo, mixed_full_13b, mixed_full_7b" in text and "posthoc_lora_7b" in text
-    assert "  optim.{b1, b2, eps, grad_clip, lr, projector_lr," in text and "  lora.{alpha, dropout, rank, targets}" in text
+    assert (
+        "  optim.{b1, b2, eps, grad_clip, lr, projector_lr," in text
+        and "  lora.{alpha, dropout, rank, targets}" in text
+    )
     with pytest.raises(SystemExit):  # with a default config, its own groups (the demo's block) are listed
         parse(["/usr/bin/vlguard-demo", "--config.seed=3", flag], default="demo", module="vlguard_jax.demo")
     text = capsys.readouterr().out

@@ -71,9 +71,9 @@ def test_greedy_generation_matches_transformers(built):
 
 def test_llava_only_tools_refuse_a_text_only_checkpoint(built, tmp_path, capsys):
     from conversion import flax_to_hf
-    from vlguard_jax.models import LlavaConfig
+    from vlguard_jax.models import LLAVA, load_config
 
-    with pytest.raises(ValueError, match="text-only Llama"):
-        LlavaConfig.load(built.flax_dir / "model_config.json")
+    with pytest.raises(ValueError, match="a text-only Llama checkpoint, not a LLaVA one"):
+        load_config(built.flax_dir / "model_config.json", LLAVA)
     assert flax_to_hf.main(["--src", str(built.flax_dir), "--dst", str(tmp_path / "out")]) == 1
     assert "text-only Llama" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -9,6 +9,8 @@ import numpy as np
 import optax
 
 from vlguard_jax import sharding
+from vlguard_jax.io.runs import RunMeta
+from vlguard_jax.models.layers import LoraSpec
 from vlguard_jax.train.checkpoints import Checkpoints
 from vlguard_jax.train.loop import abstract_state, init_state
 from vlguard_jax.train.state import TrainState
@@ -21,13 +23,33 @@ def test_a_checkpoint_saved_as_a_dict_restores_as_a_train_state(tmp_path):
     state, shardings = init_state(opt, trainable, mesh, seed=3)
     state = dataclasses.replace(state, step=jnp.int32(7), params=jax.tree.map(lambda x: x + 1, state.params))
     old = Checkpoints(tmp_path, every=1, keep=2)
-    old.save(7, {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}, {"pos": 7}, {"m": 1}, force=True)
+    meta = RunMeta("/ck/base", "lora", LoraSpec(4, 8.0, 0.05, ("q_proj", "v_proj")), scan_layers=True)
+    old.save(7, {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}, {"pos": 7}, meta, force=True)
     old.wait()
     old.close()
     ckpt = Checkpoints(tmp_path, every=1, keep=2)
-    restored, data, meta = ckpt.restore(7, abstract_state(opt, trainable, shardings))
+    restored, data, restored_meta = ckpt.restore(7, abstract_state(opt, trainable, shardings))
+    assert ckpt.saved_stacked(7)  # read from the typed meta alone
     ckpt.close()
-    assert isinstance(restored, TrainState) and (data, meta) == ({"pos": 7}, {"m": 1})
+    assert isinstance(restored, TrainState) and (data, restored_meta) == ({"pos": 7}, meta)
     assert jax.tree.structure(restored) == jax.tree.structure(state)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_run_meta_reads_the_dicts_older_checkpoints_wrote():
+    """Checkpoints written before RunMeta hold `cfg.lora.to_dict()` and no family; they read as
+    LLaVA runs with the same LoRA (and its scale, alpha / rank, the one every export uses)."""
+    old = {
+        "base_checkpoint": "/ck/base",
+        "mode": "lora",
+        "scan_layers": False,
+        "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.05, "targets": ["q_proj", "v_proj"]},
+        "config": "{}",
+    }
+    meta = RunMeta.from_dict(old)
+    assert meta == RunMeta("/ck/base", "lora", LoraSpec(4, 8.0, 0.05, ("q_proj", "v_proj")), False, "llava", "{}")
+    assert meta.lora is not None and meta.lora.scale == 2.0
+    assert RunMeta.from_dict(meta.to_dict()) == meta and meta.to_dict() == dict(old, family="llava")
+    full = RunMeta.from_dict({"base_checkpoint": "/ck/base", "mode": "full", "lora": None})
+    assert full.lora is None and full.mode == "full" and not full.scan_layers

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from vlguard_jax.errors import InputError
+
 IMAGE_TAG = "<image>"
 
 
@@ -40,7 +42,7 @@ ROLE_OF = {"human": 0, "gpt": 1}
 
 def get_template(name: str) -> Template:
     if name not in TEMPLATES:
-        raise ValueError(f"unknown template {name!r}; choose from {sorted(TEMPLATES)}")
+        raise InputError(f"unknown template {name!r}; choose from {sorted(TEMPLATES)}")
     return TEMPLATES[name]
 
 
@@ -89,7 +91,7 @@ def turns(conversations: list[dict], image: bool = True) -> list[tuple[int, str]
     for i, t in enumerate(conv):
         role = ROLE_OF.get(t["from"])
         if role != i % 2:
-            raise ValueError(f"turn {i} is from {t['from']!r}; turns must alternate human, gpt")
+            raise InputError(f"turn {i} is from {t['from']!r}; turns must alternate human, gpt")
         out.append((role, move_image_tag_first(t["value"]) if image else t["value"]))
     return out
 

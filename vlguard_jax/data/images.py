@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vlguard_jax.errors import UserError
 from vlguard_jax.io import storage
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -25,7 +26,7 @@ PAD_COLOR = tuple(int(m * 255) for m in CLIP_MEAN)  # (122, 116, 104), as LLaVA 
 MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # 89,478,485: PIL's own decompression-bomb threshold
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """A missing, unreadable or out-of-root image; the message names the path."""
 
 

@@ -28,6 +28,7 @@ from vlguard_jax.data.records import (
     validate_llava,
     validate_vlguard,
 )
+from vlguard_jax.errors import ConfigError
 
 RECIPES = ("posthoc", "mixed", "vlguard", "llava")
 
@@ -163,7 +164,7 @@ def draw_helpful(records, n: int, seed: int, path="<llava>") -> list[dict]:
 def sources_of(data_cfg) -> list[Source]:
     """The files the recipe reads, in the mixture's order."""
     if data_cfg.recipe not in RECIPES:
-        raise ValueError(f"data.recipe {data_cfg.recipe!r} is not one of {RECIPES}")
+        raise ConfigError(f"data.recipe {data_cfg.recipe!r} is not one of {RECIPES}")
     out = []
     if data_cfg.recipe != "llava":
         out.append(Source("vlguard", data_cfg.vlguard, data_cfg.vlguard_images))

@@ -33,6 +33,7 @@ from vlguard_jax.data.images import MAX_PIXELS, ImageError, load_pixels
 from vlguard_jax.data.preprocess import IGNORE, Encoder
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.store import BadRecords, TokenStore, build_store
+from vlguard_jax.errors import ConfigError, InputError
 from vlguard_jax.io import storage
 from vlguard_jax.io.files import download_dir, sha256_file
 
@@ -53,9 +54,9 @@ class Layout:
 
     def __post_init__(self):
         if self.global_batch % self.process_count:
-            raise ValueError(f"global batch {self.global_batch} does not split over {self.process_count} processes")
+            raise ConfigError(f"global batch {self.global_batch} does not split over {self.process_count} processes")
         if self.pad_to not in ("max_length", "bucket"):
-            raise ValueError(f"data.pad_to must be 'max_length' or 'bucket', not {self.pad_to!r}")
+            raise ConfigError(f"data.pad_to must be 'max_length' or 'bucket', not {self.pad_to!r}")
 
     @property
     def local_batch(self) -> int:
@@ -299,7 +300,7 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
     if bad.mode == "skip":
         log(f"bad records skipped so far: {len(bad.entries())} (listed in {bad.path})")
     if len(store) == 0:
-        raise ValueError("no training examples left after tokenization; see the drop counts above")
+        raise InputError("no training examples left after tokenization; see the drop counts above")
     return rows
 
 

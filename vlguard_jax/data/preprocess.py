@@ -31,11 +31,12 @@ import tokenizers
 import transformers
 
 from vlguard_jax.data.conversation import IMAGE_TAG, get_template, render, turns
+from vlguard_jax.errors import UserError
 
 IGNORE = -100
 
 
-class TokenizationError(ValueError):
+class TokenizationError(UserError, ValueError):
     """A sample LLaVA's `preprocess_v1` would not train on as a conversation (it masks such a
     sample whole, or asserts); the message names the sample, `reason` says why."""
 

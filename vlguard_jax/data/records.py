@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from vlguard_jax.errors import UserError
 from vlguard_jax.io import storage
 
 VLGUARD_CATEGORIES = ("privacy", "risky behavior", "deception", "discrimination")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A malformed record or file; the message names the file and the record."""
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vlguard_jax.errors import ArgumentParser, cli
+from vlguard_jax.errors import ArgumentParser, OutputExistsError, cli
 from vlguard_jax.io import storage
 
 COLOURS = {
@@ -257,7 +257,7 @@ def main(argv: list[str]) -> int:
     storage.local_only(a.dst, "--dst")
     existing = [path for path in sample_paths(a.dst).values() if path.exists()]
     if existing and not a.overwrite:
-        raise FileExistsError(f"{existing[0]} already exists; choose a new --dst (or pass --overwrite)")
+        raise OutputExistsError(f"{existing[0]} already exists; choose a new --dst (or pass --overwrite)")
     for name, path in write_sample(a.dst, a.seed).items():
         print(f"{name}: {path}")
     return 0

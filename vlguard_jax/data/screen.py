@@ -13,7 +13,7 @@ import sys
 
 from vlguard_jax.errors import ArgumentParser, at_least, cli
 from vlguard_jax.evaluate import llamaguard, screening
-from vlguard_jax.train.loop import maybe_initialize_distributed
+from vlguard_jax.runtime import maybe_initialize_distributed
 
 
 @cli

@@ -23,6 +23,7 @@ from vlguard_jax.data.mixture import check_nonempty
 from vlguard_jax.data.mixture import count as mixture_count
 from vlguard_jax.data.preprocess import IGNORE, TokenizationError
 from vlguard_jax.data.records import RecordError
+from vlguard_jax.errors import ConfigError
 from vlguard_jax.io import storage
 from vlguard_jax.io.files import atomic_dir
 
@@ -35,7 +36,7 @@ class BadRecords:
 
     def __init__(self, path, mode: str = "raise"):
         if mode not in ("raise", "skip"):
-            raise ValueError(f"data.on_bad_record must be 'raise' or 'skip', not {mode!r}")
+            raise ConfigError(f"data.on_bad_record must be 'raise' or 'skip', not {mode!r}")
         self.path, self.mode = (str(path) if path else None), mode
 
     def __call__(self, where: str, reason: str, exc_type: type[ValueError] = RecordError) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from vlguard_jax.errors import ArgumentParser, UsageError, at_least, cli
-from vlguard_jax.evaluate import gpt_graders, llamaguard, safety_sets, vqa, vqa_scoring
+from vlguard_jax.errors import ArgumentParser, InputError, UsageError, at_least, cli
+from vlguard_jax.evaluate import gpt_graders, llamaguard, vqa, vqa_scoring
 from vlguard_jax.evaluate.gpt4_judge import ORDERS
 from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import (
@@ -29,17 +29,17 @@ from vlguard_jax.evaluate.runner import (
     Evaluation,
     Protocol,
     claim_output,
+    rescore,
     run,
-    score,
 )
 from vlguard_jax.evaluate.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
-from vlguard_jax.evaluate.scoring import is_refusal
 from vlguard_jax.evaluate.suite import run_suite
 from vlguard_jax.generate import auto_dtype, load_generator
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
 from vlguard_jax.io import storage
-from vlguard_jax.io.files import check_output, read_json, sha256_file, write_json
+from vlguard_jax.io.files import sha256_file
 from vlguard_jax.io.loading import fingerprint, peek
+from vlguard_jax.models.family import family_of
 
 
 def out_dir(text: str) -> str:
@@ -161,25 +161,7 @@ def score_main(argv) -> int:
     p.add_argument("--meta", help="test.json, for the per-category breakdown of a VLGuard subset")
     p.add_argument("--overwrite", action="store_true", help="replace an existing .scored.json")
     a = p.parse_args(argv)
-    path = Path(a.responses)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such responses file")
-    responses = read_json(path, None)
-    if not isinstance(responses, dict) or not all(isinstance(v, str) for v in responses.values()):
-        raise ValueError(f"{a.responses}: expected a JSON object mapping keys to response strings")
-    if a.meta:
-        items = safety_sets.vlguard(a.meta, path.stem)
-        missing = [k for k in responses if k not in {i.key for i in items}]
-        if missing:
-            raise ValueError(
-                f"{a.responses}: {len(missing)} keys are not in subset {path.stem!r} of {a.meta}, e.g. {missing[0]!r}"
-            )
-    else:
-        items = [safety_sets.Item(k, "") for k in responses]
-    out = check_output(path.with_name(path.stem + ".scored.json"), path, overwrite=a.overwrite)
-    decisions = {k: {"response": v, "refusal": is_refusal(v)} for k, v in responses.items()}
-    write_json(out, decisions)
-    result = score("vlguard" if a.meta else "responses", items, responses, path.stem if a.meta else None)
+    result, out = rescore(a.responses, a.meta, overwrite=a.overwrite)
     print(json.dumps(result, indent=1))
     print(f"ASR {100 * result['asr']:.1f}% over {result['n']} responses; decisions in {out}")
     return 0
@@ -282,8 +264,8 @@ def vqa_main(argv) -> int:
     every = vqa.read_questions(a.question_file, a.single_pred_prompt, a.all_rounds)
     questions = every[: a.limit]
     config, _ = peek(a.checkpoint)
-    if config.vision is None:
-        raise ValueError(f"{a.checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
+    if not family_of(config).takes_images:
+        raise InputError(f"{a.checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
     max_new = a.max_new_tokens or vqa.MAX_NEW_TOKENS[Path(a.question_file).suffix]
     dtype = auto_dtype() if a.dtype == "auto" else a.dtype
     settings = {

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from vlguard_jax.errors import InputError
+
 PUNCTUATIONS = (
     ";",
     "/",
@@ -109,7 +111,7 @@ def soft_accuracy(prediction: str, annotators: list[str]) -> float:
     """The VQA accuracy of one prediction against (10) human answers: for each annotator left out,
     min(1, matches among the others / 3), averaged; answers compared normalised."""
     if len(annotators) != 10:
-        raise ValueError(f"expected 10 human answers, got {len(annotators)}")
+        raise InputError(f"expected 10 human answers, got {len(annotators)}")
     gts = [normalize(a) for a in annotators]
     pred = normalize(prediction)
     if pred not in gts:

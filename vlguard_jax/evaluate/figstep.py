@@ -11,6 +11,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from vlguard_jax.errors import UserError
+
 FONT_NAME = "FreeMonoBold.ttf"
 FONT_DIRS = (
     str(Path.home() / ".local/share/fonts"),
@@ -34,7 +36,7 @@ QUESTION = (
 )
 
 
-class FontError(FileNotFoundError):
+class FontError(UserError, FileNotFoundError):
     pass
 
 

@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from vlguard_jax.data.images import resolve
+from vlguard_jax.errors import InputError, UserError
 from vlguard_jax.evaluate import provenance
 from vlguard_jax.io.files import atomic_write_json
 
@@ -75,11 +76,11 @@ ORDERS = (1, 2)
 RETRIES = 6
 
 
-class JudgeNotConfigured(ValueError):
+class JudgeNotConfigured(UserError, ValueError):
     pass
 
 
-class JudgeError(RuntimeError):
+class JudgeError(UserError, RuntimeError):
     """The endpoint failed for good; the message names it and what it said."""
 
 
@@ -97,7 +98,7 @@ def settings() -> tuple[str, str, str | None]:
 def image_url(path: Path) -> str:
     mime = MIME.get(path.suffix.lower())
     if mime is None:
-        raise ValueError(f"{path}: the judge takes {sorted(MIME)} images")
+        raise InputError(f"{path}: the judge takes {sorted(MIME)} images")
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
@@ -151,11 +152,11 @@ def references_from(path) -> dict:
     try:
         rows = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the reference answers ({e})") from None
+        raise InputError(f"{path}: cannot read the reference answers ({e})") from None
     if not isinstance(rows, list) or not all(
         isinstance(r, dict) and {"image", "instruction", "response"} <= set(r) for r in rows
     ):
-        raise ValueError(f"{path}: expected gpt4_safe_safes.json's list of {{image, instruction, response}}")
+        raise InputError(f"{path}: expected gpt4_safe_safes.json's list of {{image, instruction, response}}")
     return {r["image"]: r for r in rows}
 
 
@@ -164,12 +165,12 @@ def win_rate(items, responses: dict, references: dict, images, path, orders: int
     {"choices", "content"}}}) lacks for its content, then count. Every such item must have a
     response."""
     if orders not in ORDERS:
-        raise ValueError(f"--judge-orders must be one of {ORDERS}, got {orders}")
+        raise InputError(f"--judge-orders must be one of {ORDERS}, got {orders}")
     url, model, key = settings()
     judged = [i for i in items if i.key in references]
     missing = [i.key for i in judged if i.key not in responses]
     if missing:
-        raise ValueError(f"{len(missing)} reference items have no response, e.g. {missing[0]!r}")
+        raise InputError(f"{len(missing)} reference items have no response, e.g. {missing[0]!r}")
     name = f"openai-compatible:{model}"
     current = {"judge": name, "url": url, "protocol": "gpt4_evaluator"}
     saved = provenance.load(path, current, "choices")

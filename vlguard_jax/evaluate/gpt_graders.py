@@ -19,6 +19,7 @@ import collections
 import json
 from pathlib import Path
 
+from vlguard_jax.errors import InputError
 from vlguard_jax.evaluate.gpt4_judge import ask, settings
 from vlguard_jax.io.files import atomic_write_json, read_jsonl
 
@@ -152,7 +153,7 @@ def mm_vet(answers: list[dict], annotation_file, grades_file) -> dict:
     predictions = {f"v1_{a['question_id']}": a["text"] for a in answers}
     missing = [k for k in data if k not in predictions]
     if missing:
-        raise ValueError(f"{len(missing)} questions of {annotation_file} have no answer, e.g. {missing[0]!r}")
+        raise InputError(f"{len(missing)} questions of {annotation_file} have no answer, e.g. {missing[0]!r}")
     path, saved = Path(grades_file), _saved(Path(grades_file))
     for k, row in data.items():
         if k not in saved:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from vlguard_jax.errors import ArgumentParser, cli
+from vlguard_jax.errors import ArgumentParser, MissingFileError, cli
 
 SAME = ("RGB", "RGBA")  # padded in their own mode, then converted: the same pixels as ours
 SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -23,7 +23,7 @@ def count_modes(root) -> dict:
     "differ_by_mode", "unreadable": [paths]} for every image file under `root`."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such directory")
+        raise MissingFileError(f"{root}: no such directory")
     by_mode: collections.Counter = collections.Counter()
     differ: collections.Counter = collections.Counter()
     unreadable = []

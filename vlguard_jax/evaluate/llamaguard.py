@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import provenance
 from vlguard_jax.generate import Sampling, load_generator, response_text
 from vlguard_jax.io.converted import MODEL_CONFIG
 from vlguard_jax.io.files import fingerprint, write_json
 from vlguard_jax.io.loading import load_tokenizer
-from vlguard_jax.models import load_config
+from vlguard_jax.models import family_of, load_config
 
 MAX_NEW_TOKENS = 16  # "unsafe\nO3" and the like
 PROMPTS = ("llama-recipes", "chat-template")
@@ -47,14 +48,14 @@ def check(checkpoint) -> None:
     """Fail early (before the evaluated model generates anything) on a checkpoint that cannot judge."""
     path = Path(checkpoint)
     if not (path / MODEL_CONFIG).is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: no {MODEL_CONFIG}; convert the Llama Guard checkpoint with python -m conversion.hf_to_flax"
         )
-    if load_config(path / MODEL_CONFIG).vision is not None:
-        raise ValueError(f"{path}: a LLaVA checkpoint; --judge-checkpoint takes a text-only Llama Guard checkpoint")
+    if family_of(load_config(path / MODEL_CONFIG)).takes_images:
+        raise InputError(f"{path}: a LLaVA checkpoint; --judge-checkpoint takes a text-only Llama Guard checkpoint")
     tok = load_tokenizer(path)
     if tok is None or not getattr(tok, "chat_template", None):
-        raise ValueError(
+        raise InputError(
             f"{path}: the tokenizer has no chat template; Llama Guard's tokenizer carries "
             "its classification prompt as one"
         )
@@ -73,7 +74,7 @@ def add_prompt_argument(parser) -> None:
 
 def check_prompt(prompt: str) -> str:
     if prompt not in PROMPTS:
-        raise ValueError(f"--llamaguard-prompt must be one of {PROMPTS}, got {prompt!r}")
+        raise InputError(f"--llamaguard-prompt must be one of {PROMPTS}, got {prompt!r}")
     return prompt
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from vlguard_jax.errors import MissingFileError
 from vlguard_jax.evaluate.runner import SUMMARY
 from vlguard_jax.io import storage
 from vlguard_jax.io.files import read_json
@@ -145,7 +146,7 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
     for r in runs:
         summary = read_json(r / SUMMARY, None)
         if summary is None:
-            raise FileNotFoundError(f"{r}: no {SUMMARY}; run python -m vlguard_jax.evaluate with --out {r} first")
+            raise MissingFileError(f"{r}: no {SUMMARY}; run python -m vlguard_jax.evaluate with --out {r} first")
         summaries.append(summary)
     kinds = [model_kind(s) for s in summaries]
     compute = [dtypes(s) for s in summaries]

@@ -23,13 +23,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
+from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import figstep, gpt4_judge, llamaguard, safety_sets
 from vlguard_jax.evaluate.scoring import is_refusal, token_f1
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
 from vlguard_jax.io import storage
-from vlguard_jax.io.files import read_json, write_json
+from vlguard_jax.io.files import check_output, read_json, write_json
 from vlguard_jax.io.loading import fingerprint, peek
+from vlguard_jax.models.family import family_of
 
 SUMMARY = "summary.json"
 JUDGES = ("openai-compatible", "llamaguard")
@@ -56,18 +58,18 @@ class Protocol:
 
     def __post_init__(self):
         if self.template not in ("auto",) + TEMPLATE_CHOICES:
-            raise ValueError(f"template {self.template!r} is not one of {('auto',) + TEMPLATE_CHOICES}")
+            raise InputError(f"template {self.template!r} is not one of {('auto',) + TEMPLATE_CHOICES}")
         if self.dtype is not None and self.dtype not in ("auto",) + DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not one of {('auto',) + DTYPES}")
+            raise InputError(f"dtype {self.dtype!r} is not one of {('auto',) + DTYPES}")
         if self.text_image not in TEXT_IMAGES:
-            raise ValueError(f"text image {self.text_image!r} is not one of {TEXT_IMAGES}")
+            raise InputError(f"text image {self.text_image!r} is not one of {TEXT_IMAGES}")
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.min_new_tokens < 0:
-            raise ValueError(f"min_new_tokens must be at least 0, got {self.min_new_tokens}")
+            raise InputError(f"min_new_tokens must be at least 0, got {self.min_new_tokens}")
         if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(
+            raise InputError(
                 f"--min-new-tokens {self.min_new_tokens} is more than --max-new-tokens {self.max_new_tokens}"
             )
 
@@ -75,6 +77,30 @@ class Protocol:
         template = default_template(config, tokenizer) if self.template == "auto" else self.template
         dtype = auto_dtype() if self.dtype in (None, "auto") else self.dtype
         return dataclasses.replace(self, template=template, dtype=dtype)
+
+
+def rescore(responses_file, meta=None, overwrite: bool = False) -> tuple[dict, Path]:
+    """Scores a saved responses file without a model (`evaluate score --responses`): the refusal
+    decision of each response is written beside it (`.scored.json`), and the ASR returned. With
+    `meta` (VLGuard's test.json) the file's stem names the subset, for the category breakdown."""
+    path = Path(responses_file)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no such responses file")
+    responses = read_json(path, None)
+    if not isinstance(responses, dict) or not all(isinstance(v, str) for v in responses.values()):
+        raise InputError(f"{responses_file}: expected a JSON object mapping keys to response strings")
+    if meta:
+        items = safety_sets.vlguard(meta, path.stem)
+        missing = [k for k in responses if k not in {i.key for i in items}]
+        if missing:
+            raise InputError(
+                f"{responses_file}: {len(missing)} keys are not in subset {path.stem!r} of {meta}, e.g. {missing[0]!r}"
+            )
+    else:
+        items = [safety_sets.Item(k, "") for k in responses]
+    out = check_output(path.with_name(path.stem + ".scored.json"), path, overwrite=overwrite)
+    write_json(out, {k: {"response": v, "refusal": is_refusal(v)} for k, v in responses.items()})
+    return score("vlguard" if meta else "responses", items, responses, path.stem if meta else None), out
 
 
 def score(benchmark: str, items: list, responses: dict, subset: str | None = None) -> dict:
@@ -160,18 +186,18 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     checkpoint, benchmark, subset, protocol, references = e.checkpoint, e.benchmark, e.subset, e.protocol, e.references
     # everything that can fail does so before any generation
     config, tokenizer = peek(checkpoint)
-    llm = config.vision is None
+    llm = not family_of(config).takes_images
     if llm and benchmark in ("vlguard", "figstep"):
-        raise ValueError(
+        raise InputError(
             f"{checkpoint}: a text-only LLM; --benchmark {benchmark} asks about images, so it runs "
             "on a LLaVA checkpoint (an LLM runs advbench and xstest)"
         )
     if llm and protocol.text_image != "none":
-        raise ValueError(f"{checkpoint}: a text-only LLM takes no image (--text-image {protocol.text_image})")
+        raise InputError(f"{checkpoint}: a text-only LLM takes no image (--text-image {protocol.text_image})")
     protocol = protocol.resolved(config, tokenizer)
     if e.judge == "openai-compatible":
         if (benchmark, subset) != ("vlguard", "safe_safes") or not references or not e.images:
-            raise ValueError(
+            raise InputError(
                 "--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with "
                 "--references gpt4_safe_safes.json and --images (the judge sees the image)"
             )
@@ -179,11 +205,11 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         references = gpt4_judge.references_from(references)
     elif e.judge == "llamaguard":
         if not e.judge_checkpoint:
-            raise ValueError("--judge llamaguard needs --judge-checkpoint DIR (a converted Llama Guard)")
+            raise InputError("--judge llamaguard needs --judge-checkpoint DIR (a converted Llama Guard)")
         llamaguard.check(e.judge_checkpoint)
         llamaguard.check_prompt(e.llamaguard_prompt)
     elif e.judge is not None:
-        raise ValueError(f"unknown judge {e.judge!r}; choose from {JUDGES}")
+        raise InputError(f"unknown judge {e.judge!r}; choose from {JUDGES}")
 
     subset, items = safety_sets.load(benchmark, subset=subset, meta=e.meta, data=e.data, attack=e.attack)
     if e.limit:
@@ -249,7 +275,7 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
     for other in sorted(out.glob("*/*.run.json")) if out is not None else []:
         saved = json.loads(other.read_text())
         if saved["fingerprint"] != record["fingerprint"]:
-            raise ValueError(
+            raise InputError(
                 f"{out}: holds answers of {saved['checkpoint']} ({other}); this run evaluates "
                 f"{record['checkpoint']}, another checkpoint. Use another --out"
             )
@@ -257,7 +283,7 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
     if side.exists():
         saved = json.loads(side.read_text())
         if out is None and saved.get("fingerprint") != record["fingerprint"]:  # with an --out, checked above
-            raise ValueError(
+            raise InputError(
                 f"{path}: holds answers of {saved.get('checkpoint')}; this run answers with "
                 f"{record['checkpoint']}, another checkpoint. Use another {where}"
             )
@@ -269,13 +295,13 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
             changed = {k: (a.get(k), b.get(k)) for k in b if a.get(k) != b.get(k)} | changed
         if changed:
             diff = ", ".join(f"{k} {x!r} there, {y!r} now" for k, (x, y) in changed.items())
-            raise ValueError(
+            raise InputError(
                 f"{path}: its responses were generated with other settings ({diff}); use another "
                 f"{where}, or the same settings to resume"
             )
     elif path.exists():
         if out is None:
-            raise ValueError(
+            raise InputError(
                 f"{path}: has no record ({side.name}) of the checkpoint, questions and settings that wrote "
                 "it; move it away or choose another --answers-file"
             )
@@ -298,7 +324,7 @@ def _generate(
     checkpoint, benchmark, todo, responses, path, *, images, protocol: Protocol, font, seed, tqdm, generator=None
 ):
     if benchmark == "vlguard" and not images:
-        raise ValueError("--benchmark vlguard needs --images DIR (the VLGuard test images)")
+        raise InputError("--benchmark vlguard needs --images DIR (the VLGuard test images)")
     if benchmark == "vlguard":  # every image must be there before any compute
         for i in todo:
             if not resolve(images, i.image).is_file():

@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from vlguard_jax.data.records import RecordError, load_vlguard
+from vlguard_jax.errors import InputError
 from vlguard_jax.evaluate.figstep import QUESTION
 
 BENCHMARKS = ("vlguard", "xstest", "advbench", "figstep")
@@ -35,7 +36,7 @@ class Item:
 
 def vlguard(meta_path, subset: str | None) -> list[Item]:
     if subset not in VLGUARD_SUBSETS:
-        raise ValueError(f"unknown vlguard subset {subset!r}; choose from {VLGUARD_SUBSETS}")
+        raise InputError(f"unknown vlguard subset {subset!r}; choose from {VLGUARD_SUBSETS}")
     items = []
     for r in load_vlguard(meta_path):
         if (subset == "unsafes") == r["safe"]:
@@ -77,7 +78,7 @@ def xstest(path) -> list[Item]:
 
 def advbench(path, attack: str = "vanilla") -> list[Item]:
     if attack not in ADVBENCH_ATTACKS:
-        raise ValueError(f"unknown advbench attack {attack!r}; choose from {ADVBENCH_ATTACKS}")
+        raise InputError(f"unknown advbench attack {attack!r}; choose from {ADVBENCH_ATTACKS}")
     rows = _csv(path, ("goal", "target"))
     return [
         Item(str(i), r["goal"] + (" " + SUFFIX if attack == "suffix" else ""), meta={"goal": r["goal"]})
@@ -101,14 +102,14 @@ def figstep(path) -> list[Item]:
 def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla") -> tuple[str, list[Item]]:
     """(subset name, items) for a benchmark; the subset names the output file."""
     if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; choose from {BENCHMARKS}")
+        raise InputError(f"unknown benchmark {benchmark!r}; choose from {BENCHMARKS}")
     if benchmark == "vlguard":
         if not meta:
-            raise ValueError("--benchmark vlguard needs --meta test.json")
+            raise InputError("--benchmark vlguard needs --meta test.json")
         items = vlguard(meta, subset)  # refuses a missing or unknown subset
         return str(subset), items
     if not data:
-        raise ValueError(f"--benchmark {benchmark} needs --data FILE.csv")
+        raise InputError(f"--benchmark {benchmark} needs --data FILE.csv")
     if benchmark == "xstest":
         return subset or "all", xstest(data)
     if benchmark == "advbench":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import gpt_graders, vqa, vqa_scoring
 from vlguard_jax.evaluate.gpt4_judge import JudgeNotConfigured
 from vlguard_jax.evaluate.gpt4_judge import settings as judge_settings
@@ -27,6 +28,7 @@ from vlguard_jax.generate import load_generator
 from vlguard_jax.io import storage
 from vlguard_jax.io.files import read_json, write_json
 from vlguard_jax.io.loading import fingerprint, peek
+from vlguard_jax.models.family import family_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +150,7 @@ def score(
             base / "answers_gpt4.jsonl",
             grades / "llavabench.json",
         )
-    raise ValueError(f"unknown helpfulness benchmark {name!r}")
+    raise InputError(f"unknown helpfulness benchmark {name!r}")
 
 
 def plan(root: Path, only: list[str] | None, text_only: bool = False) -> tuple[list[str], dict[str, str]]:
@@ -157,7 +159,7 @@ def plan(root: Path, only: list[str] | None, text_only: bool = False) -> tuple[l
     names = list(SAFETY) + list(HELPFULNESS)
     unknown = [n for n in only or [] if n not in names]
     if unknown:
-        raise ValueError(f"--only {unknown[0]!r}: not a suite benchmark; choose from {names}")
+        raise InputError(f"--only {unknown[0]!r}: not a suite benchmark; choose from {names}")
     todo, skipped = [], {}
     try:
         judge_settings()
@@ -194,12 +196,12 @@ def run_suite(
     """Run every benchmark found under DATA_ROOT (or `only` those); returns summary.json's content.
     `max_new_tokens` overrides every benchmark's own (quick checks only: not the protocols')."""
     if storage.is_remote(data_root):
-        raise ValueError(
+        raise InputError(
             f"--data-root {data_root}: the suite reads a local directory (its scorers read files "
             "in place); copy the data root to this host"
         )
     if storage.as_path(out).exists() and not storage.as_path(out).is_dir():
-        raise ValueError(f"--out {out}: a file, not a directory")
+        raise InputError(f"--out {out}: a file, not a directory")
     if not storage.is_remote(out):
         return _run_suite(
             checkpoint, Path(data_root), Path(out), only, limit, protocol, max_new_tokens, font, log, lambda: None
@@ -218,15 +220,16 @@ def _run_suite(
     checkpoint, root: Path, out: Path, only, limit, protocol: Protocol, max_new_tokens, font, log, finished
 ) -> dict:
     if not root.is_dir():
-        raise FileNotFoundError(f"--data-root {root}: no such directory")
+        raise MissingFileError(f"--data-root {root}: no such directory")
     config, tokenizer = peek(checkpoint)
-    todo, skipped = plan(root, only, text_only=config.vision is None)
+    images = family_of(config).takes_images
+    todo, skipped = plan(root, only, text_only=not images)
     for name, why in skipped.items():
         log(f"skipping {name}: {why}")
     if not todo:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root}: none of the suite's files are there (see the README's layout)"
-            if config.vision is not None or not only
+            if images or not only
             else f"--only {','.join(only)}: nothing a text-only LLM can run ({checkpoint})"
         )
     protocol = protocol.resolved(config, tokenizer)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from vlguard_jax.data.conversation import IMAGE_TAG, get_template, render
 from vlguard_jax.data.images import ImageError, load_pixels, pixels
 from vlguard_jax.data.records import RecordError
+from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.generate import Sampling, response_text
 from vlguard_jax.generate.prompts import prompt_ids_of_text
 from vlguard_jax.io.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl
@@ -130,7 +131,7 @@ def read_questions(path, single_pred: bool = False, all_rounds: bool = False) ->
     answers could not be told apart)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such question file")
+        raise MissingFileError(f"{path}: no such question file")
     if path.suffix == ".jsonl":
         questions = _jsonl(path)
     elif path.suffix == ".json":
@@ -138,7 +139,7 @@ def read_questions(path, single_pred: bool = False, all_rounds: bool = False) ->
     elif path.suffix == ".tsv":
         questions = _mmbench(path, single_pred, all_rounds)
     else:
-        raise ValueError(f"{path}: a question file is .jsonl (LLaVA's), .json (ScienceQA) or .tsv (MMBench)")
+        raise InputError(f"{path}: a question file is .jsonl (LLaVA's), .json (ScienceQA) or .tsv (MMBench)")
     seen = set()
     for q in questions:
         if q.key in seen:
@@ -158,7 +159,7 @@ def question_pixels(q: Question, image_folder, size: int):
     if q.image is None:
         return None
     if image_folder is None:
-        raise ValueError("--image-folder is needed: the questions name image files")
+        raise InputError("--image-folder is needed: the questions name image files")
     return load_pixels(image_folder, q.image, size, pad=True)
 
 
@@ -203,7 +204,7 @@ def answer(
     known = {q.key for q in order}
     stray = [k for k in done if k not in known]
     if stray:
-        raise ValueError(
+        raise InputError(
             f"{path}: holds {len(stray)} answers to questions not in the question file "
             f"(e.g. question_id {stray[0][0]!r}); answer into another --answers-file"
         )

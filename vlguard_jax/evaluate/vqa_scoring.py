@@ -34,6 +34,7 @@ from typing import Any
 from openpyxl import Workbook
 
 from vlguard_jax.data.records import RecordError
+from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate.answer_norm import normalize, soft_accuracy
 from vlguard_jax.io.files import atomic_write_json, read_jsonl
 
@@ -95,7 +96,7 @@ def pair(
 def read_answers(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such answers file")
+        raise MissingFileError(f"{path}: no such answers file")
     answers = read_jsonl(path)
     for n, a in enumerate(answers, 1):
         if not isinstance(a, dict) or "question_id" not in a or not isinstance(a.get("text"), str):
@@ -108,7 +109,7 @@ def _json(path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        raise MissingFileError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}") from None
 
@@ -268,7 +269,7 @@ def textvqa_question(prompt: str) -> str:
     if prompt.startswith("OCR tokens: "):
         m = re.search(r"Question: (.*?) Short answer:", prompt, re.DOTALL)
         if m is None:
-            raise ValueError(f"a TextVQA prompt with OCR tokens but no 'Question: ... Short answer:': {prompt[:80]!r}")
+            raise InputError(f"a TextVQA prompt with OCR tokens but no 'Question: ... Short answer:': {prompt[:80]!r}")
         question = m.group(1)
     elif "Reference OCR token: " in prompt and len(lines) == 3:
         question = lines[1] if prompt.startswith("Reference OCR token:") else lines[0]

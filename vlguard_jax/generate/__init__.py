@@ -1,21 +1,14 @@
 """Batched generation: `Generator`, `Sampling`, and prompt building; CLI in `__main__`."""
 
-import jax
 import jax.numpy as jnp
 
+from vlguard_jax.errors import MissingFileError
 from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
 from vlguard_jax.generate.sampler import Generator, Sampling
 from vlguard_jax.io.loading import load_model
+from vlguard_jax.runtime import auto_dtype
 
 __all__ = ["Generator", "Sampling", "auto_dtype", "prompt_ids", "prompt_text", "response_text", "load_generator"]
-
-
-def auto_dtype(backend: str | None = None) -> str:
-    """The compute dtype `--dtype auto` means: float16 on a GPU (the authors' choice in LLaVA's
-    and VLGuard's evaluation scripts; greedy answers change with the dtype), bfloat16 on a TPU
-    (which has no fast float16), float32 on a CPU."""
-    backend = backend or jax.default_backend()
-    return {"gpu": "float16", "cuda": "float16", "rocm": "float16", "tpu": "bfloat16"}.get(backend, "float32")
 
 
 def load_generator(
@@ -28,7 +21,7 @@ def load_generator(
         dtype = jnp.dtype(auto_dtype())
     loaded = load_model(checkpoint, mesh=mesh, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
     if loaded.tokenizer is None:
-        raise FileNotFoundError(f"{checkpoint}: no tokenizer files next to the weights")
+        raise MissingFileError(f"{checkpoint}: no tokenizer files next to the weights")
     t = loaded.config.text
     pad = t.pad_token_id if t.pad_token_id is not None else 0
     gen = Generator(

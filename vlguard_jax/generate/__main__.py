@@ -12,18 +12,19 @@ import sys
 import time
 
 from vlguard_jax.data.images import open_rgb, pixels
-from vlguard_jax.errors import ArgumentParser, at_least, cli
+from vlguard_jax.errors import ArgumentParser, InputError, at_least, cli
 from vlguard_jax.generate import load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
 from vlguard_jax.generate.sampler import Sampling
 from vlguard_jax.io.files import read_jsonl
+from vlguard_jax.models.family import family_of
 
 
 def read_prompts(path) -> list[dict]:
     rows = read_jsonl(path)
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ValueError(f'{path}: prompt {n}: expected {{"prompt": str, "image": optional str}}')
+            raise InputError(f'{path}: prompt {n}: expected {{"prompt": str, "image": optional str}}')
     return rows
 
 
@@ -53,13 +54,13 @@ def main(argv: list[str]) -> int:
     for n, row in enumerate(rows, 1):
         image = row.get("image")
         try:  # ImageError is a ValueError
-            if image and m.config.vision is None:
-                raise ValueError(f"{a.checkpoint} is a text-only model and takes no image")
+            if image and not family_of(m.config).takes_images:
+                raise InputError(f"{a.checkpoint} is a text-only model and takes no image")
             vision = m.config.vision
             pix.append(pixels(open_rgb(image), vision.image_size, a.pad_image, image) if image and vision else None)
             ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), a.template))
         except ValueError as e:
-            raise ValueError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None
+            raise InputError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None
     t0 = time.perf_counter()
     out = gen(ids, pix, s, a.seed)
     dt = time.perf_counter() - t0

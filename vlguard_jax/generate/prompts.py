@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from vlguard_jax.data.conversation import IMAGE_TAG, generation_prompt, get_template
 from vlguard_jax.data.preprocess import tokenize_with_images
+from vlguard_jax.errors import InputError
+from vlguard_jax.models.family import family_of
 
 TEMPLATE_CHOICES = ("llava_v1", "vicuna_v1", "chat_template", "none")
 
@@ -16,9 +18,7 @@ TEMPLATE_CHOICES = ("llava_v1", "vicuna_v1", "chat_template", "none")
 def default_template(config, tokenizer) -> str:
     """The authors' `llava_v1` for a LLaVA; for a text-only LLM its own chat template where its
     tokenizer has one, else `vicuna_v1` (Vicuna's: FastChat's vicuna_v1.1, which LLaVA trains on)."""
-    if config.vision is not None:
-        return "llava_v1"
-    return "chat_template" if getattr(tokenizer, "chat_template", None) else "vicuna_v1"
+    return family_of(config).default_template(tokenizer)
 
 
 def prompt_text(question: str, image: bool, template: str = "llava_v1", tokenizer=None) -> str:
@@ -28,9 +28,9 @@ def prompt_text(question: str, image: bool, template: str = "llava_v1", tokenize
         return IMAGE_TAG + "\n" + question if image and IMAGE_TAG not in question else question
     if template == "chat_template":
         if image:
-            raise ValueError("template chat_template is for text-only models; an image needs llava_v1")
+            raise InputError("template chat_template is for text-only models; an image needs llava_v1")
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("template chat_template: this tokenizer has no chat template")
+            raise InputError("template chat_template: this tokenizer has no chat template")
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
         )
@@ -46,13 +46,13 @@ def prompt_ids(tokenizer, config, question: str, image: bool, template: str = "l
     text = prompt_text(question, image, template, tokenizer)
     if template == "chat_template":  # the template writes its own BOS
         return tokenizer(text, add_special_tokens=False).input_ids
-    if config.vision is None and image:
-        raise ValueError("a text-only model takes no image")
+    if image and not family_of(config).takes_images:
+        raise InputError("a text-only model takes no image")
     return prompt_ids_of_text(tokenizer, config, text)
 
 
 def prompt_ids_of_text(tokenizer, config, text: str) -> list[int]:
     """A rendered prompt's ids by LLaVA's `tokenizer_image_token`, each image tag expanded."""
-    if config.vision is None:
+    if not family_of(config).takes_images:
         return tokenize_with_images(tokenizer, text, -1, 0)
     return tokenize_with_images(tokenizer, text, config.image_token_index, config.num_image_tokens)

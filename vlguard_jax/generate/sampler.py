@@ -23,7 +23,7 @@ import numpy as np
 from flax import struct
 
 from vlguard_jax import sharding
-from vlguard_jax.errors import ResourceError, is_out_of_memory
+from vlguard_jax.errors import InputError, oom_hint
 from vlguard_jax.models.llama import KVCache, init_cache
 
 
@@ -37,17 +37,17 @@ class Sampling:
 
     def __post_init__(self):
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise ValueError(f"--temperature must be a finite number at least 0 (0: greedy), got {self.temperature}")
+            raise InputError(f"--temperature must be a finite number at least 0 (0: greedy), got {self.temperature}")
         if self.top_k < 0:
-            raise ValueError(f"--top-k must be at least 0 (0: off), got {self.top_k}")
+            raise InputError(f"--top-k must be at least 0 (0: off), got {self.top_k}")
         if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
-            raise ValueError(f"--top-p must be in (0, 1] (1: off), got {self.top_p}")
+            raise InputError(f"--top-p must be in (0, 1] (1: off), got {self.top_p}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+            raise InputError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.min_new_tokens < 0:
-            raise ValueError(f"--min-new-tokens must be at least 0, got {self.min_new_tokens}")
+            raise InputError(f"--min-new-tokens must be at least 0, got {self.min_new_tokens}")
         if self.min_new_tokens > self.max_new_tokens:
-            raise ValueError(
+            raise InputError(
                 f"--min-new-tokens {self.min_new_tokens} is more than --max-new-tokens {self.max_new_tokens}"
             )
 
@@ -217,7 +217,7 @@ class Generator:
         positions = self.model.config.text.max_position_embeddings
         for i, p in enumerate(prompts):
             if len(p) + sampling.max_new_tokens > positions:
-                raise ValueError(
+                raise InputError(
                     f"prompt {i}: {len(p)} tokens plus {sampling.max_new_tokens} new ones exceed the "
                     f"model's {positions} positions; shorten it or lower max_new_tokens"
                 )
@@ -236,20 +236,15 @@ class Generator:
                 rows[r] = i
                 if pixels[i] is not None:
                     if pix is None:
-                        raise ValueError(f"prompt {i}: this model is text-only and takes no image")
+                        raise InputError(f"prompt {i}: this model is text-only and takes no image")
                     pix[r] = pixels[i]
             for r in range(len(idx), b):  # filler rows: one real token, discarded
                 ids[r, -1], mask[r, -1] = self.pad_id, 1
-            try:
+            with oom_hint(
+                f"out of device memory generating a batch of {b} prompts of up to {p} tokens "
+                f"plus {sampling.max_new_tokens} new ones; lower the batch size (--batch-size {max(1, b // 2)})"
+            ):
                 out = np.asarray(self._fn(sampling)(self.params, ids, mask, pix, rows, seed))
-            except jax.errors.JaxRuntimeError as e:
-                if not is_out_of_memory(e):
-                    raise
-                raise ResourceError(
-                    f"out of device memory generating a batch of {b} prompts of up to {p} tokens "
-                    f"plus {sampling.max_new_tokens} new ones; lower the batch size (--batch-size "
-                    f"{max(1, b // 2)})"
-                ) from None
             for r, i in enumerate(idx):
                 toks = out[r].tolist()
                 cut = next((k + 1 for k, t in enumerate(toks) if t in self._eos_set), len(toks))

@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 from flax import traverse_util
 
+from vlguard_jax.errors import MissingFileError
 from vlguard_jax.io import orbax_s3, storage
 from vlguard_jax.io.files import atomic_dir
 
@@ -63,7 +64,7 @@ def load_params(path, abstract=None):
     and dtypes; without it the tree comes back as saved, on the host."""
     path = orbax_s3.orbax_path(path)
     if not storage.as_path(path).is_dir():
-        raise FileNotFoundError(f"{path}: no parameter checkpoint here")
+        raise MissingFileError(f"{path}: no parameter checkpoint here")
     return ocp.load(path, abstract)
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+from vlguard_jax.errors import InputError, MissingFileError, OutputExistsError
 from vlguard_jax.io import storage
 
 
@@ -71,7 +72,7 @@ class _RemoteDir:
     def __enter__(self) -> Path:
         # A directory without its marker is a half-written leftover, not an output: replaced.
         if storage.is_complete(self.dst) and not self.overwrite:
-            raise FileExistsError(f"{self.dst} already exists; choose a new destination (or pass --overwrite)")
+            raise OutputExistsError(f"{self.dst} already exists; choose a new destination (or pass --overwrite)")
         self.tmp = storage.temp_dir(".vlguard-upload-")
         return self.tmp
 
@@ -90,7 +91,7 @@ class _AtomicDir:
 
     def __enter__(self) -> Path:
         if self.dst.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.dst} already exists; choose a new destination (or pass --overwrite)")
+            raise OutputExistsError(f"{self.dst} already exists; choose a new destination (or pass --overwrite)")
         self.dst.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.dst.name}.tmp-", dir=self.dst.parent))
         readable(self.tmp, directory=True)
@@ -169,10 +170,10 @@ def check_output(dst, *inputs, overwrite: bool = False) -> Path:
     for src in inputs:
         where = _canonical(src)
         if out == where or out.startswith(where + "/") or where.startswith(out + "/"):
-            raise ValueError(f"{dst}: the output would overwrite or sit inside the input {src}; write elsewhere")
+            raise InputError(f"{dst}: the output would overwrite or sit inside the input {src}; write elsewhere")
     exists = storage.is_complete(dst) if storage.is_remote(dst) else storage.local(dst).exists()
     if exists and not overwrite:
-        raise FileExistsError(f"{dst} already exists; choose a new destination (or pass --overwrite)")
+        raise OutputExistsError(f"{dst} already exists; choose a new destination (or pass --overwrite)")
     return storage.as_path(dst)
 
 
@@ -186,14 +187,14 @@ def read_jsonl(path) -> list:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
+        raise MissingFileError(f"{path}: no such file") from None
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
+                raise InputError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
     return rows
 
 
@@ -226,7 +227,7 @@ def download_dir(src, dst: Path) -> Path:
     never missing or half-written once it has appeared (callers name it by its content)."""
     root = storage.as_path(src)
     if not (root / storage.COMPLETE).exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{src}: not a complete directory (no {storage.COMPLETE} marker: absent, or half-written)"
         )
     dst = Path(dst)
@@ -260,4 +261,4 @@ def read_json(path: Path, default):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}") from None
+        raise InputError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}") from None

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 from transformers import AutoTokenizer
 
+from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.io import files, runs, storage
 from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params, param_metadata
 from vlguard_jax.models import LlavaModel, abstract_params, build_model, load_config
@@ -50,7 +51,7 @@ def load_model(
 def readable(path):
     """The checkpoint's path, once it is known to be complete (a remote one, by its marker)."""
     if storage.is_remote(path) and not runs.is_run(path) and not storage.is_complete(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: not a complete checkpoint: no {storage.COMPLETE} marker (absent, still being written, or its "
             f"writer was killed). A copy made with other tools needs an empty {storage.COMPLETE} file, written last"
         )
@@ -62,7 +63,7 @@ def _scanned(loaded: Loaded, mesh) -> Loaded:
     the per-layer arrays freed as they go, so the extra memory is one stacked tensor, not a
     second copy of the decoder."""
     if not isinstance(loaded.model, LlavaModel):
-        raise ValueError("scan_layers applies to LLaVA models; this checkpoint is a text-only Llama")
+        raise InputError("scan_layers applies to LLaVA models; this checkpoint is a text-only Llama")
     model = loaded.model.clone(scan_layers=True)
     lm = dict(loaded.params["language_model"])
     n = loaded.config.text.num_hidden_layers
@@ -83,7 +84,7 @@ def _load(path: Path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_to
     if runs.is_run(path):
         return _load_run(path, mesh, dtype, param_dtype, attn_impl, remat_policy, with_tokenizer)
     if not (path / MODEL_CONFIG).exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: no {MODEL_CONFIG}; is this a vlguard-jax checkpoint (made by python -m conversion.hf_to_flax)?"
         )
     config = load_config(path / MODEL_CONFIG)
@@ -106,7 +107,7 @@ def peek(path) -> tuple[LlavaConfig | TextOnlyConfig, Any]:
         base = runs.run_base(path)
         return load_config(base / MODEL_CONFIG), load_tokenizer(base)
     if not (path / MODEL_CONFIG).exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: no {MODEL_CONFIG}; is this a vlguard-jax checkpoint "
             "(made by python -m conversion.hf_to_flax) or a training workdir?"
         )

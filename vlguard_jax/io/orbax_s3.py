@@ -23,6 +23,7 @@ from urllib import parse
 
 import orbax.checkpoint as ocp
 
+from vlguard_jax.errors import InputError
 from vlguard_jax.io import storage
 
 TEMPORARY_PATH = ocp.path.atomicity.CommitFileTemporaryPath  # what orbax itself uses for gs://
@@ -45,7 +46,7 @@ def kvstore(url: str) -> dict:
     """tensorstore's spec of the s3 key-value store at `url` (s3://bucket/key/prefix)."""
     parts = parse.urlparse(url)
     if not parts.netloc:
-        raise ValueError(f"{url}: an s3 path needs a bucket: s3://BUCKET/...")
+        raise InputError(f"{url}: an s3 path needs a bucket: s3://BUCKET/...")
     spec = {"driver": "s3", "bucket": parts.netloc, "path": parts.path.lstrip("/")}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")

@@ -4,6 +4,7 @@ apart or merged into the kernels. (Writing them is train.checkpoints.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
+from vlguard_jax.errors import MissingFileError, UserError
 from vlguard_jax.io import orbax_s3, storage
 from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, load_params, save_checkpoint
-from vlguard_jax.models.config import LlavaConfig
-from vlguard_jax.models.layers import LORA_PARAMS
+from vlguard_jax.models.family import LLAVA, load_config
+from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.models.stacking import to_per_layer
 
 CHECKPOINTS = "checkpoints"
@@ -47,9 +49,56 @@ def finished_steps(workdir) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and is_finished(p, done))
 
 
-def read_meta(workdir, step: int) -> dict:
+@dataclasses.dataclass(frozen=True)
+class RunMeta:
+    """What every training checkpoint records beside its state (its `meta` item, JSON): written
+    by train.checkpoints, read here, and nowhere else."""
+
+    base_checkpoint: str  # absolute path or URL of the checkpoint the run started from
+    mode: str  # "lora" | "full"
+    lora: LoraSpec | None  # the run's LoRA (its `scale` is the one every export uses)
+    scan_layers: bool  # decoder layers saved stacked [L, ...] rather than per layer
+    family: str = "llava"
+    config: str = "{}"  # the run's whole config, as JSON
+
+    def to_dict(self) -> dict:
+        lora = None
+        if self.lora is not None:
+            lora = dict(dataclasses.asdict(self.lora), targets=list(self.lora.targets))
+        return {
+            "base_checkpoint": self.base_checkpoint,
+            "mode": self.mode,
+            "scan_layers": self.scan_layers,
+            "lora": lora,
+            "family": self.family,
+            "config": self.config,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunMeta:
+        """Also reads checkpoints written before `family` was recorded (all LLaVA)."""
+        lora = d.get("lora")
+        spec = None
+        if lora:
+            spec = LoraSpec(int(lora["rank"]), float(lora["alpha"]), float(lora.get("dropout", 0.0)))
+            if lora.get("targets"):
+                spec = dataclasses.replace(spec, targets=tuple(lora["targets"]))
+        return cls(
+            base_checkpoint=d.get("base_checkpoint") or "",
+            mode=d.get("mode", "lora" if lora else "full"),
+            lora=spec,
+            scan_layers=bool(d.get("scan_layers", False)),
+            family=d.get("family", "llava"),
+            config=d.get("config", "{}"),
+        )
+
+    def base(self):
+        return storage.as_path(self.base_checkpoint or ".")
+
+
+def read_meta(workdir, step: int) -> RunMeta:
     meta_file = storage.as_path(workdir) / CHECKPOINTS / str(step) / "meta" / "metadata"
-    return json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    return RunMeta.from_dict(json.loads(meta_file.read_text()) if meta_file.exists() else {})
 
 
 def read_latest(workdir, step: int | None = None):
@@ -59,7 +108,7 @@ def read_latest(workdir, step: int | None = None):
     if step is None:
         steps = finished_steps(workdir)
         if not steps:
-            raise FileNotFoundError(f"{workdir}: no finished training checkpoint under {root}")
+            raise MissingFileError(f"{workdir}: no finished training checkpoint under {root}")
         step = steps[-1]
     path = epath.Path(orbax_s3.orbax_path(root / str(step))) / "state"
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -72,7 +121,7 @@ def read_latest(workdir, step: int | None = None):
     return step, state, read_meta(workdir, step)
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A training run that cannot be read; the message names the directory."""
 
 
@@ -86,7 +135,7 @@ def run_base(workdir):
     steps = finished_steps(workdir)
     if not steps:
         raise RunError(f"{workdir}: no finished training checkpoint under {storage.as_path(workdir) / CHECKPOINTS}")
-    base = storage.as_path(read_meta(workdir, steps[-1]).get("base_checkpoint") or ".")
+    base = read_meta(workdir, steps[-1]).base()
     if not (base / MODEL_CONFIG).exists():
         raise RunError(
             f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and projector weights need it"
@@ -95,14 +144,14 @@ def run_base(workdir):
 
 
 def load_run(workdir, step: int | None = None):
-    """(base checkpoint dir, config, flat params {path tuple: np.ndarray} incl. LoRA factors, meta)."""
+    """(base checkpoint dir, config, flat params {path tuple: np.ndarray} incl. LoRA factors, RunMeta)."""
     step, state, meta = read_latest(workdir, step)
-    base = storage.as_path(meta.get("base_checkpoint") or ".")
+    base = meta.base()
     if not (base / MODEL_CONFIG).exists():
         raise RunError(
             f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and projector weights need it"
         )
-    config = LlavaConfig.load(base / MODEL_CONFIG)
+    config = load_config(base / MODEL_CONFIG, LLAVA)
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(load_params(base / PARAMS_DIR)).items()}
     # A run with scanned layers saves them stacked; everything downstream reads them per layer.
     trained = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(to_per_layer(state["params"])).items()}
@@ -110,7 +159,6 @@ def load_run(workdir, step: int | None = None):
         if k[-1] not in LORA_PARAMS and k not in flat:
             raise RunError(f"{workdir}: step {step} holds {'/'.join(k)}, which the base checkpoint lacks")
     flat.update(trained)
-    meta["step"] = step
     return base, config, flat, meta
 
 
@@ -118,9 +166,10 @@ def has_lora(flat: dict) -> bool:
     return any(k[-1] == "lora_a" for k in flat)
 
 
-def lora_scale(meta) -> float:
-    lora = meta.get("lora") or {}
-    return float(lora["alpha"]) / int(lora["rank"])
+def lora_of(workdir, meta: RunMeta) -> LoraSpec:
+    if meta.lora is None:
+        raise RunError(f"{workdir}: holds LoRA factors, but its checkpoint records no LoRA settings")
+    return meta.lora
 
 
 def merge_lora(flat: dict, scale: float) -> dict:
@@ -141,7 +190,7 @@ def load_merged(workdir, step: int | None = None):
     """`load_run` with any LoRA factors folded into their kernels."""
     base, config, flat, meta = load_run(workdir, step)
     if has_lora(flat):
-        flat = merge_lora(flat, lora_scale(meta))
+        flat = merge_lora(flat, lora_of(workdir, meta).scale)
     return base, config, flat, meta
 
 

@@ -26,7 +26,7 @@ import fsspec.config
 import jax
 from etils import epath
 
-from vlguard_jax.errors import UserError, register_environment_errors
+from vlguard_jax.errors import InputError, UserError, register_environment_errors
 
 REMOTE = ("gs://", "s3://")
 COMPLETE = "COMPLETE"
@@ -117,7 +117,7 @@ def local_only(path, flag: str) -> Path:
     """The local path given for `flag`, or a one-line error for a bucket path: for outputs that are
     appended to as they grow, which objects in a bucket cannot be."""
     if is_remote(path):
-        raise ValueError(
+        raise InputError(
             f"{flag} {path}: this output is written locally only (it is appended to as the run goes); "
             "write it to a local path and copy it to the bucket when the run is done"
         )

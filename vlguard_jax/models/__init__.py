@@ -1,4 +1,5 @@
-"""Flax ports of LLaVA-1.5: CLIP tower, projector, Llama decoder."""
+"""Flax ports of LLaVA-1.5 (CLIP tower, projector, Llama decoder) and a text-only Llama, as model
+families (`family.py`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from vlguard_jax import sharding
-from vlguard_jax.models.config import LlavaConfig, TextConfig, TextOnlyConfig, VisionConfig, load_config
+from vlguard_jax.models.config import LlavaConfig, TextConfig, TextOnlyConfig, VisionConfig
+from vlguard_jax.models.family import FAMILIES, LLAMA, LLAVA, Family, family_of, load_config
 from vlguard_jax.models.llama import init_cache
 from vlguard_jax.models.llava import LlavaModel
 from vlguard_jax.models.text_only import TextOnlyModel
@@ -19,6 +21,11 @@ __all__ = [
     "VisionConfig",
     "LlavaModel",
     "TextOnlyModel",
+    "Family",
+    "FAMILIES",
+    "LLAVA",
+    "LLAMA",
+    "family_of",
     "build_model",
     "load_config",
     "init_cache",
@@ -30,12 +37,8 @@ __all__ = [
 
 
 def build_model(config, **kw):
-    """`LlavaModel` for a LLaVA config, `TextOnlyModel` for a text-only Llama."""
-    if isinstance(config, TextOnlyConfig):
-        if kw.pop("lora", None) is not None:
-            raise ValueError("LoRA applies to LLaVA models; a text-only Llama is used for judging only")
-        return TextOnlyModel(config, **kw)
-    return LlavaModel(config, **kw)
+    """The Flax module of `config`'s family (`LlavaModel`, `TextOnlyModel`)."""
+    return family_of(config).build(config, **kw)
 
 
 def dummy_inputs(config, batch: int = 1):

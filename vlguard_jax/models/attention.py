@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vlguard_jax.errors import ConfigError
+
 NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
@@ -38,7 +40,7 @@ def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
         return _per_head(q, k, v, allowed)
     if implementation == "xla":
         return _heads_major(q, k, v, allowed)
-    raise ValueError(f"unknown attention implementation {implementation!r}")
+    raise ConfigError(f"unknown attention implementation {implementation!r}")
 
 
 def attention_cached(q, k, v, mask):

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlguard_jax.errors import CheckpointError
 from vlguard_jax.models.attention import attention
 from vlguard_jax.models.config import VisionConfig
 from vlguard_jax.models.layers import Dense, Dtype, LayerNorm, param_with_axes
@@ -80,7 +81,7 @@ class CLIPVisionTower(nn.Module):
         kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, ch, hgt, wid = pixel_values.shape
         if (hgt, wid) != (c.image_size, c.image_size) or ch != c.num_channels:
-            raise ValueError(
+            raise CheckpointError(
                 f"pixel_values shape {pixel_values.shape} does not match the tower "
                 f"({c.num_channels}, {c.image_size}, {c.image_size})"
             )

@@ -8,10 +8,9 @@ version), the original LLaVA repo (`LlavaLlamaForCausalLM`, `mm_*` keys), and a 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
-from vlguard_jax.io import storage
+from vlguard_jax.errors import CheckpointError
 from vlguard_jax.io.files import atomic_write_json
 
 # The OpenAI CLIP towers LLaVA names in `mm_vision_tower`; their shapes cannot all be read from
@@ -96,28 +95,30 @@ class LlavaConfig:
 
     def __post_init__(self):
         if self.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(
+            raise CheckpointError(
                 f"vision_feature_select_strategy must be 'default' or 'full', "
                 f"got {self.vision_feature_select_strategy!r}"
             )
         n = self.vision.num_hidden_layers
         if not -(n + 1) <= self.vision_feature_layer <= n:
-            raise ValueError(
+            raise CheckpointError(
                 f"vision_feature_layer {self.vision_feature_layer} is out of range for a tower with {n} layers"
             )
         if self.vision.hidden_act != "quick_gelu":
-            raise ValueError(
+            raise CheckpointError(
                 f"vision hidden_act {self.vision.hidden_act!r} is not supported (CLIP towers use quick_gelu)"
             )
         if self.text.hidden_act != "silu":
-            raise ValueError(f"text hidden_act {self.text.hidden_act!r} is not supported (Llama uses silu)")
+            raise CheckpointError(f"text hidden_act {self.text.hidden_act!r} is not supported (Llama uses silu)")
         if self.projector_hidden_act != "gelu":
-            raise ValueError(
+            raise CheckpointError(
                 f"projector_hidden_act {self.projector_hidden_act!r} is not supported "
                 "(LLaVA-1.5's mlp2x_gelu uses exact gelu)"
             )
         if self.text.rope_scaling and dict(self.text.rope_scaling).get("rope_type") not in ("llama3",):
-            raise ValueError(f"rope scaling {dict(self.text.rope_scaling)} is not supported (default and llama3 are)")
+            raise CheckpointError(
+                f"rope scaling {dict(self.text.rope_scaling)} is not supported (default and llama3 are)"
+            )
 
     @property
     def num_image_tokens(self) -> int:
@@ -146,24 +147,17 @@ class LlavaConfig:
     def save(self, path) -> None:
         atomic_write_json(path, self.to_dict(), indent=2)
 
-    @classmethod
-    def load(cls, path) -> LlavaConfig:
-        config = load_config(path)
-        if not isinstance(config, cls):
-            raise ValueError(
-                f"{path}: a text-only Llama checkpoint, not a LLaVA one (such checkpoints serve as --judge-checkpoint)"
-            )
-        return config
-
     # ---- Hugging Face --------------------------------------------------------------------
     @classmethod
     def from_hf(cls, hf: dict, *, source: str = "config.json") -> LlavaConfig:
         """From a llava-hf config.json dict (keys of transformers 4.x or 5.x)."""
         if "text_config" not in hf or "vision_config" not in hf:
-            raise ValueError(f"{source}: not a llava-hf config (no text_config/vision_config)")
+            raise CheckpointError(f"{source}: not a llava-hf config (no text_config/vision_config)")
         layer = hf.get("vision_feature_layer", -2)
         if not isinstance(layer, int):
-            raise ValueError(f"{source}: vision_feature_layer {layer!r} is not supported (a single layer index is)")
+            raise CheckpointError(
+                f"{source}: vision_feature_layer {layer!r} is not supported (a single layer index is)"
+            )
         text = text_from_hf(hf["text_config"], source=source)
         if "tie_word_embeddings" in hf:  # transformers 5 keeps it at the top level
             text = dataclasses.replace(text, tie_word_embeddings=hf["tie_word_embeddings"])
@@ -184,22 +178,22 @@ class LlavaConfig:
         """From an original-LLaVA config.json (`LlavaLlamaForCausalLM`, `mm_*` keys)."""
         ptype = hf.get("mm_projector_type", "linear")
         if ptype != "mlp2x_gelu":
-            raise ValueError(f"{source}: mm_projector_type {ptype!r} is not supported (mlp2x_gelu is)")
+            raise CheckpointError(f"{source}: mm_projector_type {ptype!r} is not supported (mlp2x_gelu is)")
         if vision is None:
             tower = hf.get("mm_vision_tower")
             if tower not in KNOWN_CLIP_TOWERS:
-                raise ValueError(
+                raise CheckpointError(
                     f"{source}: vision tower {tower!r} is not a known CLIP; "
                     "pass --vision-tower DIR with its config.json"
                 )
             vision = VisionConfig(**KNOWN_CLIP_TOWERS[tower])
         if hf.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: mm_hidden_size {hf['mm_hidden_size']} != vision hidden size {vision.hidden_size}"
             )
         strategy = {"patch": "default", "cls_patch": "full"}.get(hf.get("mm_vision_select_feature", "patch"))
         if strategy is None:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: mm_vision_select_feature {hf['mm_vision_select_feature']!r} "
                 "is not supported (patch, cls_patch are)"
             )
@@ -291,10 +285,10 @@ class TextOnlyConfig:
     @classmethod
     def from_hf(cls, hf: dict, *, source: str = "config.json") -> TextOnlyConfig:
         if hf.get("model_type") != "llama":
-            raise ValueError(f"{source}: model_type {hf.get('model_type')!r} is not a text-only Llama")
+            raise CheckpointError(f"{source}: model_type {hf.get('model_type')!r} is not a text-only Llama")
         text = text_from_hf(hf, source=source)
         if text.hidden_act != "silu":
-            raise ValueError(f"{source}: hidden_act {text.hidden_act!r} is not supported (Llama uses silu)")
+            raise CheckpointError(f"{source}: hidden_act {text.hidden_act!r} is not supported (Llama uses silu)")
         return cls(text=text)
 
 
@@ -309,15 +303,6 @@ def _text_from_dict(text: dict) -> TextConfig:
     if isinstance(text.get("eos_token_id"), list):
         text["eos_token_id"] = tuple(text["eos_token_id"])
     return TextConfig(**text)
-
-
-def load_config(path) -> LlavaConfig | TextOnlyConfig:
-    """Our model_config.json: a LLaVA or, marked `"architecture": "llama"`, a text-only Llama."""
-    with storage.as_path(path).open() as f:
-        d = json.load(f)
-    if d.get("architecture") == TextOnlyConfig.architecture:
-        return TextOnlyConfig.from_dict(d)
-    return LlavaConfig.from_dict(d)
 
 
 def vision_from_hf(d: dict) -> VisionConfig:
@@ -340,7 +325,7 @@ def text_from_hf(d: dict, *, source: str = "config.json") -> TextConfig:
         if scaling["rope_type"] == "default":
             scaling = None
         elif scaling["rope_type"] != "llama3":
-            raise ValueError(f"{source}: rope scaling {scaling} is not supported (default and llama3 are)")
+            raise CheckpointError(f"{source}: rope scaling {scaling} is not supported (default and llama3 are)")
     eos = d.get("eos_token_id", 2)
     kw: dict[str, Any] = dict(
         vocab_size=d.get("vocab_size", 32000),
@@ -363,5 +348,5 @@ def text_from_hf(d: dict, *, source: str = "config.json") -> TextConfig:
         pad_token_id=d.get("pad_token_id"),
     )
     if d.get("pretraining_tp", 1) != 1:
-        raise ValueError(f"{source}: pretraining_tp {d['pretraining_tp']} is not supported")
+        raise CheckpointError(f"{source}: pretraining_tp {d['pretraining_tp']} is not supported")
     return TextConfig(**kw)

@@ -14,6 +14,8 @@ import re
 import jax
 import jax.numpy as jnp
 
+from vlguard_jax.errors import ConfigError
+
 # Scanning pays at real depths (32 and 40 layers compile many times faster) and costs a little per
 # step at shallow ones, so shallower models stay unrolled (the figures: BENCHMARKS.md).
 SCAN_MIN_LAYERS = 16
@@ -27,7 +29,7 @@ def wants_scan(setting, config) -> bool:
     if isinstance(setting, bool):
         return setting
     if setting not in SETTINGS:
-        raise ValueError(f"scan_layers must be one of {list(SETTINGS)}, not {setting!r}")
+        raise ConfigError(f"scan_layers must be one of {list(SETTINGS)}, not {setting!r}")
     if setting == "auto":
         return getattr(config, "vision", None) is not None and config.text.num_hidden_layers >= SCAN_MIN_LAYERS
     return setting == "on"

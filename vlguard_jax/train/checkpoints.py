@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from vlguard_jax.io import orbax_s3, storage
-from vlguard_jax.io.runs import CHECKPOINTS, is_finished, marker
+from vlguard_jax.io.runs import CHECKPOINTS, RunMeta, is_finished, marker
 
 
 class Checkpoints:
@@ -38,7 +38,7 @@ class Checkpoints:
     def latest(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_state: dict, meta: dict, force: bool = False) -> bool:
+    def save(self, step: int, state, data_state: dict, meta: RunMeta, force: bool = False) -> bool:
         if not force and (self.every <= 0 or step % self.every):
             return False
         if step in self.manager.all_steps():
@@ -46,7 +46,9 @@ class Checkpoints:
         return self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta.to_dict()),
             ),
             force=True,
         )
@@ -58,13 +60,13 @@ class Checkpoints:
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
             ),
         )
-        return out["state"], out["data"], out["meta"]
+        return out["state"], out["data"], RunMeta.from_dict(out["meta"])
 
     def saved_stacked(self, step: int) -> bool:
         """Whether checkpoint `step` holds its decoder layers stacked (a run with scanned layers;
         its meta says so, and checkpoints from before scanning have them per layer)."""
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        return bool(meta.get("scan_layers", False))
+        return RunMeta.from_dict(meta).scan_layers
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,15 +22,17 @@ from jax.sharding import NamedSharding, PartitionSpec
 from vlguard_jax import sharding
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.data.preprocess import IGNORE
-from vlguard_jax.errors import ConfigError, ResourceError, UserError, is_out_of_memory
+from vlguard_jax.errors import ConfigError, UserError, oom_hint
 from vlguard_jax.io import storage
 from vlguard_jax.io.loading import load_model, peek
-from vlguard_jax.models import LlavaConfig, abstract_params, dummy_inputs, param_axes
+from vlguard_jax.io.runs import RunMeta
+from vlguard_jax.models import abstract_params, dummy_inputs, family_of, param_axes
 from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.models.stacking import to_per_layer, to_stacked
+from vlguard_jax.runtime import Preemption, maybe_initialize_distributed, peak_flops
 from vlguard_jax.train import flops
 from vlguard_jax.train.checkpoints import Checkpoints
-from vlguard_jax.train.metrics import Logger, peak_flops
+from vlguard_jax.train.metrics import Logger
 from vlguard_jax.train.state import TrainState, cast_tree, optimizer, partition, schedule
 from vlguard_jax.train.step import make_train_step
 from vlguard_jax.train.validate import check as check_config
@@ -42,50 +41,6 @@ from vlguard_jax.train.workdir import Lock, check_resume, identity
 
 class NonFiniteError(UserError, RuntimeError):
     pass
-
-
-class Preemption:
-    """SIGTERM is a preemption notice: the run finishes its step, checkpoints it and stops.
-
-    In one process our handler notes the signal. Across processes JAX's preemption service (on
-    with `jax.distributed`) catches it on any host and `reached_preemption_sync_point` names the
-    same step on all of them, so every process checkpoints that step."""
-
-    def __init__(self):
-        self.noticed = False
-        self.multi = jax.process_count() > 1
-        self._old = None
-
-    def __enter__(self) -> Preemption:
-        if not self.multi and threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._notice)
-        return self
-
-    def _notice(self, signum, frame) -> None:
-        self.noticed = True
-
-    def __exit__(self, *exc) -> bool:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-        return False
-
-    def at(self, step: int) -> bool:
-        """Whether to checkpoint `step` and stop (called after every step by every process)."""
-        if self.multi:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.noticed
-
-
-def maybe_initialize_distributed() -> None:
-    """Several processes: `jax.distributed.initialize` from the environment (TPU pods detect it
-    themselves; elsewhere JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)."""
-    addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if addr and not jax.distributed.is_initialized():
-        # CPU collectives across processes (affects only the CPU backend; must precede init).
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(addr, int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"]))
-    elif os.environ.get("TPU_WORKER_HOSTNAMES") and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
 
 
 def lora_spec(cfg) -> LoraSpec | None:
@@ -252,7 +207,7 @@ class Setup:
     opt: Any  # optax transformation
     total: int  # steps of the whole run
     accum: int  # micro-batches per step
-    meta: dict  # saved with every checkpoint
+    meta: RunMeta  # saved with every checkpoint
 
 
 def _run(cfg, workdir: Path, mesh, say, preemption: Preemption) -> dict:
@@ -271,7 +226,7 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
             f"has done ({workdir / 'checkpoints'}); raise it, or use a new workdir"
         )
     base_config = peek(cfg.model.checkpoint)[0]
-    if not isinstance(base_config, LlavaConfig):
+    if not family_of(base_config).trainable:
         raise ConfigError(
             f"config.model.checkpoint: {cfg.model.checkpoint} is a text-only Llama; training "
             "starts from a LLaVA checkpoint (conversion.assemble builds one from an LLM)"
@@ -318,13 +273,14 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
         f"parameters: {n_train + n_frozen:,} total, {n_train:,} trainable ({cfg.train.mode}); "
         f"{total} steps of {cfg.global_batch} examples ({accum} micro-batches of {cfg.micro_batch})"
     )
-    meta = {
-        "base_checkpoint": storage.absolute(cfg.model.checkpoint),
-        "mode": cfg.train.mode,
-        "scan_layers": model.scan_layers,
-        "lora": cfg.lora.to_dict() if cfg.train.mode == "lora" else None,
-        "config": cfg.to_json(),
-    }
+    meta = RunMeta(
+        base_checkpoint=storage.absolute(cfg.model.checkpoint),
+        mode=cfg.train.mode,
+        lora=lora_spec(cfg),
+        scan_layers=model.scan_layers,
+        family=family_of(base.config).name,
+        config=cfg.to_json(),
+    )
     setup = Setup(cfg, workdir, mesh, model, base, frozen, opt, total, accum, meta)
     it = iter(dataset(rows, workers=cfg.data.workers))
     try:
@@ -392,15 +348,11 @@ def _steps(s: Setup, ckpt, it, state, shardings, start: int, preemption: Preempt
             local = next(it)
             length = local["input_ids"].shape[1]
             budget = label_budget(local["labels"], length)
-            try:
+            with oom_hint(
+                f"step {step + 1}: out of device memory for micro-batches of {cfg.micro_batch} rows of "
+                f"{length} tokens; lower config.micro_batch (config.global_batch stays: more accumulation)"
+            ):
                 state, m = train_step(state, s.frozen, global_batch(local, s.mesh), budget)
-            except jax.errors.JaxRuntimeError as e:
-                if not is_out_of_memory(e):
-                    raise
-                raise ResourceError(
-                    f"step {step + 1}: out of device memory for micro-batches of {cfg.micro_batch} rows of "
-                    f"{length} tokens; lower config.micro_batch (config.global_batch stays: more accumulation)"
-                ) from None
             window_tokens += cfg.global_batch * length
             window_flops += flops.train_step(
                 s.base.config,

@@ -11,25 +11,6 @@ from tqdm import tqdm
 
 from vlguard_jax.io import storage
 
-# Dense bf16/fp16 peak FLOP/s per device, for MFU; unknown devices report no MFU.
-PEAK_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,
-}
-
-
-def peak_flops(device=None) -> float | None:
-    kind = (device or jax.devices()[0]).device_kind
-    for name, flops in PEAK_FLOPS.items():
-        if name.lower() in kind.lower():
-            return flops
-    return None
-
 
 class Logger:
     def __init__(self, workdir, total_steps: int, start_step: int):

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct, traverse_util
 
+from vlguard_jax.errors import ConfigError
 from vlguard_jax.models.layers import LORA_PARAMS
 
 
@@ -45,7 +46,7 @@ def is_trainable(path: tuple[str, ...], mode: str) -> bool:
         return True
     if mode == "lora":
         return path[0] == "projector" or path[-1] in LORA_PARAMS
-    raise ValueError(f"train.mode must be 'lora' or 'full', not {mode!r}")
+    raise ConfigError(f"train.mode must be 'lora' or 'full', not {mode!r}")
 
 
 def partition(params, mode: str):

@@ -1,0 +1,90 @@
+"""Model families: what differs between LLaVA and a text-only Llama (the judge), said once per
+family. Layers above ask a checkpoint's family (`family_of(config)`) instead of testing config
+types or `config.vision is None` themselves; a new family (MiniGPT-v2) is one more entry here and
+its own modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from vlguard_jax.errors import CheckpointError
+from vlguard_jax.io import storage
+from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
+from vlguard_jax.models.llava import LlavaModel
+from vlguard_jax.models.text_only import TextOnlyModel
+
+VICUNA_TEMPLATE = "vicuna_v1"  # FastChat's vicuna_v1.1, which LLaVA trains on
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One model family.
+
+    `name` is the `architecture` tag of its `model_config.json` (a LLaVA file carries none, as
+    files written before families did); `template` its default conversation template, None for
+    the tokenizer's own chat template where it has one (else `VICUNA_TEMPLATE`)."""
+
+    name: str
+    config_class: type
+    model_class: type
+    takes_images: bool
+    trainable: bool  # VLGuard fine-tuning (full or LoRA) applies
+    template: str | None
+
+    def read_config(self, d: dict, source: str = "model_config.json") -> Any:
+        try:
+            return self.config_class.from_dict(d)
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{source}: not a {self.name} model config ({type(e).__name__}: {e})") from None
+
+    def build(self, config, **kw):
+        """The Flax module for `config`; `lora` only where the family trains."""
+        if not self.trainable and kw.pop("lora", None) is not None:
+            raise ValueError(f"LoRA applies to trainable families; a {self.name} model is not one")
+        return self.model_class(config, **kw)
+
+    def default_template(self, tokenizer) -> str:
+        if self.template is not None:
+            return self.template
+        return "chat_template" if getattr(tokenizer, "chat_template", None) else VICUNA_TEMPLATE
+
+
+LLAVA = Family("llava", LlavaConfig, LlavaModel, takes_images=True, trainable=True, template="llava_v1")
+LLAMA = Family("llama", TextOnlyConfig, TextOnlyModel, takes_images=False, trainable=False, template=None)
+FAMILIES = {f.name: f for f in (LLAVA, LLAMA)}
+
+
+def family_of(config) -> Family:
+    """The family of a model config (any family's config class)."""
+    for family in FAMILIES.values():
+        if isinstance(config, family.config_class):
+            return family
+    raise TypeError(f"{type(config).__name__} belongs to no model family")  # a bug: every config has one
+
+
+def family_named(d: dict, source: str = "model_config.json") -> Family:
+    """The family a saved `model_config.json` (as a dict) names."""
+    name = d.get("architecture", LLAVA.name)
+    if name not in FAMILIES:
+        raise CheckpointError(f"{source}: architecture {name!r} is not a known model family ({sorted(FAMILIES)})")
+    return FAMILIES[name]
+
+
+def load_config(path, expect: Family | None = None):
+    """A checkpoint's `model_config.json`, read by its family; `expect` refuses another family."""
+    try:
+        d = json.loads(storage.as_path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}") from None
+    family = family_named(d, str(path))
+    if expect is not None and family is not expect:
+        hint = " (such checkpoints serve as --judge-checkpoint)" if family is LLAMA else ""
+        raise CheckpointError(f"{path}: a {describe(family)} checkpoint, not a {describe(expect)} one{hint}")
+    return family.read_config(d, str(path))
+
+
+def describe(family: Family) -> str:
+    return {"llava": "LLaVA", "llama": "text-only Llama"}.get(family.name, family.name)
