@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from absl import flags
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
 from vlguard_jax.errors import ConfigError
 from vlguard_jax.train.defaults import base_config
@@ -81,9 +81,9 @@ def help_text(prog: str, summary: str, default: str | None) -> str:
         "  " + ", ".join(shipped_configs()),
         "--config.KEY=VALUE overrides one setting; the keys, by group:",
     ]
-    top = [k for k, v in base.items() if not hasattr(v, "items")]
+    top = [k for k, v in base.items() if not isinstance(v, ConfigDict)]
     lines.append("  " + ", ".join(top))
-    lines += [f"  {k}.{{{', '.join(v.keys())}}}" for k, v in base.items() if hasattr(v, "items")]
+    lines += [f"  {k}.{{{', '.join(v.keys())}}}" for k, v in base.items() if isinstance(v, ConfigDict)]
     return "\n".join(lines)
 
 
