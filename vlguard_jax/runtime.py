@@ -32,10 +32,9 @@ class Preemption:
     def _notice(self, signum, frame) -> None:
         self.noticed = True
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
-        return False
 
     def at(self, step: int) -> bool:
         """Whether to checkpoint `step` and stop (called after every step by every process)."""

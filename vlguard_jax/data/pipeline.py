@@ -244,10 +244,10 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
     bad_name = (
         "bad_records.jsonl" if not remote or layout.process_index == 0 else f"bad_records.{layout.process_index}.jsonl"
     )
-    if remote:
-        mirror = storage.mirror_for(workdir)
+    mirror = storage.mirror_for(workdir) if remote else None
+    if mirror is not None:
         mirror.pull([bad_name])
-    bad = BadRecords((mirror.local if remote else workdir) / bad_name, data_cfg.on_bad_record)
+    bad = BadRecords((mirror.local if mirror is not None else workdir) / bad_name, data_cfg.on_bad_record)
     sources = mixture.sources_of(data_cfg)
     for s in sources:
         if not storage.as_path(s.path).is_file():
@@ -274,7 +274,7 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
         _wait_for(store_dir, log, ready)
         if remote:
             download_dir(store_dir, local_dir)  # unless a process on this host has copied it
-    if remote:
+    if mirror is not None:
         mirror.sync()
     store_dir = local_dir
     rows = Rows(

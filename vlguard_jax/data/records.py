@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 from vlguard_jax.errors import UserError
 from vlguard_jax.io import storage
@@ -64,7 +64,7 @@ def iter_json_list(path, chunk_chars: int = 1 << 24):
                     return
                 fill()
 
-        def fail(msg, at):
+        def fail(msg, at) -> NoReturn:
             line = lines + buf.count("\n", 0, at) + 1
             newline = buf.rfind("\n", 0, at)
             column = at - newline if newline >= 0 else column0 + at + 1

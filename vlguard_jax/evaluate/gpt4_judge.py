@@ -124,6 +124,7 @@ def ask(url: str, key: str | None, body: dict, sleep=time.sleep) -> str:
     server errors are retried with backoff; anything else, or too many failures, is JudgeError."""
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
     data = json.dumps(body).encode()
+    detail = ""
     for attempt in range(RETRIES):
         req = urllib.request.Request(f"{url}/chat/completions", data=data, headers=headers)
         try:

@@ -227,6 +227,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     todo = [i for i in items if i.key not in responses]
     if len(todo) < len(items):
         log(f"{path}: {len(items) - len(todo)} responses already there, {len(todo)} to generate")
+    font = e.font
     if todo:
         font = _figstep_font(e.font, log) if benchmark == "figstep" else e.font
         _generate(

@@ -124,14 +124,13 @@ class Lock:
             except FileNotFoundError:
                 return
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:
         self._stop.set()
         try:
             if self._holder() == self._me:
                 self.path.unlink()
         except OSError:
             pass
-        return False
 
 
 def identity(cfg, model_config) -> dict:
