@@ -15,10 +15,10 @@ def get_config():
     c = base_config()
     c.workdir = "runs/demo"
     c.seed = 0
-    c.total_steps = 400
+    c.total_steps = 500
     c.global_batch = 16
     c.micro_batch = 16
-    c.checkpoint_every = 200
+    c.checkpoint_every = 250
     c.log_every = 15
     c.loss_chunk = 256
     c.model.dtype = "float32"
@@ -38,13 +38,19 @@ def get_config():
     c.data.vlguard, c.data.vlguard_images = "runs/demo/data/train.json", "runs/demo/data/images"
     c.data.llava, c.data.llava_images = "runs/demo/data/helpful.json", "runs/demo/data/images"
     c.data.recipe = "posthoc"
-    c.data.helpful_samples = 64
+    # A sixteenth of the stage-2 mix: the sample helpfulness rows are 15% compliant answers to harmful
+    # requests (so that stage 1 turns unsafe at this size), far more than LLaVA's data holds; 32 of
+    # them brought ~5 such answers against the 128 refusals and the tiny model learned the wording
+    # that told them apart, failing seeds 6 and 9 (BENCHMARKS.md).
+    c.data.helpful_samples = 8
     c.data.max_length = 192
     c.data.bucket = 32
     c.data.workers = 0
 
     c.demo = ml_collections.ConfigDict()
-    c.demo.vocab_size = 640
+    c.demo.train_records = 128  # VLGuard-format train split; half safe images
+    c.demo.test_records = 128  # the held-out split: 64 prompts per evaluated subset
+    c.demo.vocab_size = 1024  # whole words, as a real tokenizer has: the system prompt is 24 tokens, not 88
     c.demo.vision = dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14
     )

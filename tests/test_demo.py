@@ -88,7 +88,7 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, caplog):
     for name in ("report.md", "report.png", "demo.md", "demo.json"):
         assert (report / name).exists(), name
     assert set(summary["before"]) == set(summary["after"]) == {"unsafes", "safe_unsafes", "safe_safes"}
-    assert summary["before"]["unsafes"]["n"] == 32 and "helpfulness_f1" in summary["after"]["safe_safes"]
+    assert summary["before"]["unsafes"]["n"] == 64 and "helpfulness_f1" in summary["after"]["safe_safes"]
     assert "| ASR unsafes (%) |" in "\n".join(logs)
     # A clean run warns about nothing (orbax once warned of a missing metadata file per load).
     assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []

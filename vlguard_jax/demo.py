@@ -145,7 +145,7 @@ def run_demo(cfg, log=print) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     paths = sample_paths(root / "data")
     if not all(paths[k].exists() for k in ("train", "test", "helpful")):
-        write_sample(root / "data", seed=cfg.seed)
+        write_sample(root / "data", seed=cfg.seed, n_train=cfg.demo.train_records, n_test=cfg.demo.test_records)
     base = random_checkpoint(root / "stage0_random", cfg, paths)
     s1, s2 = stage_configs(cfg, root, paths, base)
     log("== stage 1: instruction tuning on data that complies with harmful requests")
