@@ -3,6 +3,8 @@ other exception is a bug and reaches the user with its traceback."""
 
 import errno
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -99,3 +101,12 @@ def test_oom_hint_names_what_to_lower_and_passes_other_errors():
     with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
         with oom_hint("lower the batch"):
             raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+
+def test_a_closed_pipe_stops_quietly():
+    """`vlguard-... --help | head -1`: the reader went away; no error line, no traceback."""
+    code = "from vlguard_jax.errors import cli\ncli(lambda argv: [print('x' * 80) for _ in range(100000)] and 0)([])"
+    out = subprocess.run(
+        f'{sys.executable} -c "{code}" | head -1', shell=True, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout == "x" * 80 + "\n" and out.stderr == ""

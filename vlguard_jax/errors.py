@@ -140,6 +140,9 @@ def cli(main: Callable[[list[str]], int]) -> Command:
             _quiet_echoes()
         try:
             return main(argv) or 0
+        except BrokenPipeError:  # `... | head` closed our stdout: stop quietly, as a pipeline expects
+            sys.stdout = open(os.devnull, "w")  # kept open: the exit flush writes here
+            return 141
         except Exception as e:
             if debug or not is_user_error(e):
                 raise
