@@ -110,3 +110,16 @@ def test_a_closed_pipe_stops_quietly():
         f'{sys.executable} -c "{code}" | head -1', shell=True, capture_output=True, text=True, timeout=120
     )
     assert out.stdout == "x" * 80 + "\n" and out.stderr == ""
+
+
+def test_tensorstore_s_failed_write_naming_a_full_disk_is_one_line(capsys):
+    """tensorstore reports a file write the disk refused as a ValueError carrying the errno."""
+    full = ValueError(
+        'OUT_OF_RANGE: Error writing "w/c/0" in OCDBT database at local file "/ck/": Failed to write 376942 '
+        "bytes to file 4: File too large [os_error_code='27']"
+    )
+    assert cli(lambda argv: (_ for _ in ()).throw(full))([]) == 1
+    assert capsys.readouterr().err.startswith("error: OUT_OF_RANGE: Error writing")
+    other = ValueError("INVALID_ARGUMENT: bad spec [os_error_code='5']")  # EIO: not the user's to fix
+    with pytest.raises(ValueError):
+        cli(lambda argv: (_ for _ in ()).throw(other))([])

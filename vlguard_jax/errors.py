@@ -17,6 +17,7 @@ import errno
 import functools
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -63,11 +64,18 @@ def register_environment_errors(*types: type[BaseException]) -> None:
     ENVIRONMENT_ERRORS.extend(t for t in types if t not in ENVIRONMENT_ERRORS)
 
 
+# tensorstore (orbax's array writer) reports a failed file write as a ValueError naming the errno.
+_TENSORSTORE_OS_ERROR = re.compile(r"\[os_error_code='(\d+)'\]")
+
+
 def is_user_error(e: BaseException) -> bool:
     """Whether `e` is the user's to fix (one line) rather than a bug (a traceback)."""
     if isinstance(e, (*USER_ERRORS, *ENVIRONMENT_ERRORS)):
         return True
-    return isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS
+    if isinstance(e, OSError):
+        return e.errno in ENVIRONMENT_ERRNOS
+    code = _TENSORSTORE_OS_ERROR.search(str(e)) if isinstance(e, ValueError) else None
+    return code is not None and int(code[1]) in ENVIRONMENT_ERRNOS
 
 
 def debugging(argv) -> bool:
