@@ -28,6 +28,7 @@ class Family:
     the tokenizer's own chat template where it has one (else `VICUNA_TEMPLATE`)."""
 
     name: str
+    label: str  # how messages name it
     config_class: type
     model_class: type
     takes_images: bool
@@ -52,8 +53,10 @@ class Family:
         return "chat_template" if getattr(tokenizer, "chat_template", None) else VICUNA_TEMPLATE
 
 
-LLAVA = Family("llava", LlavaConfig, LlavaModel, takes_images=True, trainable=True, template="llava_v1")
-LLAMA = Family("llama", TextOnlyConfig, TextOnlyModel, takes_images=False, trainable=False, template=None)
+LLAVA = Family("llava", "LLaVA", LlavaConfig, LlavaModel, takes_images=True, trainable=True, template="llava_v1")
+LLAMA = Family(
+    "llama", "text-only Llama", TextOnlyConfig, TextOnlyModel, takes_images=False, trainable=False, template=None
+)
 FAMILIES = {f.name: f for f in (LLAVA, LLAMA)}
 
 
@@ -82,9 +85,5 @@ def load_config(path, expect: Family | None = None):
     family = family_named(d, str(path))
     if expect is not None and family is not expect:
         hint = " (such checkpoints serve as --judge-checkpoint)" if family is LLAMA else ""
-        raise CheckpointError(f"{path}: a {describe(family)} checkpoint, not a {describe(expect)} one{hint}")
+        raise CheckpointError(f"{path}: a {family.label} checkpoint, not a {expect.label} one{hint}")
     return family.read_config(d, str(path))
-
-
-def describe(family: Family) -> str:
-    return {"llava": "LLaVA", "llama": "text-only Llama"}.get(family.name, family.name)
