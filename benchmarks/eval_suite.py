@@ -28,7 +28,7 @@ def build(p: presets.Preset, root: Path) -> tuple[Path, Path]:
     import jax
 
     from conversion.flax_to_hf import export
-    from vlguard_jax.io.converted import save_checkpoint
+    from vlguard_jax.checkpoints.converted import save_checkpoint
     from vlguard_jax.models import LlavaModel
     from vlguard_jax.sharding import make_mesh
 

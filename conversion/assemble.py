@@ -34,10 +34,10 @@ from conversion.hf_to_flax import (
     write_side_files,
 )
 from conversion.reader import TensorSource
+from vlguard_jax import storage
 from vlguard_jax.errors import ArgumentParser, CheckpointError, cli
-from vlguard_jax.io import storage
-from vlguard_jax.io.files import check_output
 from vlguard_jax.models.config import LlavaConfig, text_from_hf, vision_from_hf
+from vlguard_jax.storage.files import check_output
 
 # LLaVA-1.5's fine-tuning settings (scripts/v1_5/finetune*.sh).
 SELECT_LAYER = -2

@@ -28,16 +28,16 @@ from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaProcessor
 
 from conversion import layouts, peft_adapter
 from conversion.hf_to_flax import DTYPES
+from vlguard_jax import storage
+from vlguard_jax.checkpoints import runs
+from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
+from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
-from vlguard_jax.io import runs, storage
-from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
-from vlguard_jax.io.files import atomic_dir, check_output
-from vlguard_jax.io.loading import readable
-from vlguard_jax.io.runs import RunError
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig
-from vlguard_jax.models.family import LLAVA, load_config
+from vlguard_jax.models.family import LLAVA
 from vlguard_jax.models.layers import LORA_PARAMS
+from vlguard_jax.storage.files import atomic_dir, check_output
 
 MAX_SHARD_BYTES = 4 << 30
 
@@ -147,26 +147,25 @@ def export(
     lora: str | None = None,
     overwrite: bool = False,
 ) -> LlavaConfig:
-    src, dst = storage.as_path(src), storage.as_path(dst)
-    check_output(dst, src, overwrite=overwrite)
-    if runs.is_run(src):
-        return _export_run(src, dst, dtype, max_shard_bytes, lora, overwrite)
-    src = readable(src)  # a bucket checkpoint must be complete (its marker)
+    dst = storage.as_path(dst)
+    check_output(dst, storage.as_path(src), overwrite=overwrite)
+    ref = resolve_checkpoint(src)  # a bucket checkpoint must be complete (its marker)
+    if ref.family is not LLAVA:
+        raise CheckpointError(f"{src}: a {ref.family.label} checkpoint, not a {LLAVA.label} one")
+    if ref.kind == "run":
+        return _export_run(ref.path, dst, dtype, max_shard_bytes, lora, overwrite)
+    src = ref.path
     if lora is not None:
         raise InputError(f"--lora applies to a training run's workdir; {src} is a plain checkpoint")
-    if not (src / MODEL_CONFIG).exists():
-        raise CheckpointError(f"{src}: no {MODEL_CONFIG}; not a vlguard-jax checkpoint or training workdir")
-    config = load_config(src / MODEL_CONFIG, LLAVA)
+    config = ref.config
+    assert isinstance(config, LlavaConfig)  # its family is LLaVA
     params = load_params(src / PARAMS_DIR)
     check_shapes(src, config, traverse_util.flatten_dict(params))
     return _write(src, dst, config, params, dtype, max_shard_bytes, overwrite)
 
 
 def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora, overwrite) -> LlavaConfig:
-    try:
-        base, config, flat, meta = runs.load_run(src)
-    except RunError as e:
-        raise CheckpointError(str(e)) from None
+    base, config, flat, meta = runs.load_run(src)
     check_shapes(src, config, flat)
     has_lora = runs.has_lora(flat)
     if has_lora and lora not in ("merge", "peft"):

@@ -25,12 +25,12 @@ from transformers import AutoTokenizer, CLIPImageProcessorPil
 
 from conversion import layouts
 from conversion.reader import TensorSource
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
 from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
-from vlguard_jax.io import storage
-from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
-from vlguard_jax.io.files import atomic_dir, check_output
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
+from vlguard_jax.storage.files import atomic_dir, check_output
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
 

@@ -1,4 +1,4 @@
-"""A training run as a PEFT adapter (reading runs and merging LoRA live in `vlguard_jax.io.runs`).
+"""A training run as a PEFT adapter (reading runs and merging LoRA live in `vlguard_jax.checkpoints.runs`).
 
 PEFT key names are those of transformers 5's `LlavaForConditionalGeneration` modules
 (`base_model.model.model.language_model.layers.N.self_attn.q_proj.lora_A.weight`); the projector
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from vlguard_jax.checkpoints.runs import RunMeta
 from vlguard_jax.errors import CheckpointError
-from vlguard_jax.io.runs import RunMeta
 
 PEFT_PREFIX = "base_model.model.model."
 

@@ -38,7 +38,7 @@ from vlguard_jax.data.sample import main as sample_main
 from vlguard_jax.errors import ConfigError, ResourceError, cli
 from vlguard_jax.evaluate.__main__ import main as evaluate_main
 from vlguard_jax.generate import Sampling, load_generator
-from vlguard_jax.io.files import atomic_dir, atomic_write_json, atomic_write_text
+from vlguard_jax.storage.files import atomic_dir, atomic_write_json, atomic_write_text
 from vlguard_jax.train.defaults import base_config
 from vlguard_jax.train.loop import run as train
 from vlguard_jax.train.validate import check, flat_keys, unknown_key

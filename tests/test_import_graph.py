@@ -12,10 +12,8 @@ LAYERS = {
     "vlguard_jax.errors": 0,
     "vlguard_jax.sharding": 0,
     "vlguard_jax.runtime": 0,
-    "vlguard_jax.io.storage": 0,
-    "vlguard_jax.io.files": 0,
-    "vlguard_jax.io.orbax_s3": 0,
-    "vlguard_jax.io": 1,  # converted checkpoints, training workdirs read as models, loading
+    "vlguard_jax.storage": 0,  # paths in buckets, atomic writes, orbax in s3://
+    "vlguard_jax.checkpoints": 1,  # converted checkpoints, training runs written and read, loading
     "vlguard_jax.models": 1,
     "vlguard_jax.data": 1,
     "vlguard_jax.train": 2,
@@ -31,12 +29,18 @@ DEFERRED = {
     ("vlguard_jax.evaluate.report", "matplotlib"): "pyplot: 0.7 s to import (2-core VM); only write_report draws",
     ("vlguard_jax.evaluate.report", "matplotlib.pyplot"): "as above",
     ("conversion.reader", "torch"): "optional: only .bin (pickled) checkpoints need it",
-    ("vlguard_jax.io.orbax_s3", "orbax.checkpoint._src.path"): "orbax internals: only runs in s3:// depend on them",
-    ("vlguard_jax.io.orbax_s3", "orbax.checkpoint._src.serialization"): "as above",
-    ("vlguard_jax.io.storage", "botocore.exceptions"): "optional: the [remote] extra's clients, for bucket paths only",
-    ("vlguard_jax.io.storage", "botocore.session"): "as above",
-    ("vlguard_jax.io.storage", "google.auth"): "as above",
-    ("vlguard_jax.io.storage", "google.auth.exceptions"): "as above",
+    (
+        "vlguard_jax.storage.orbax_s3",
+        "orbax.checkpoint._src.path",
+    ): "orbax internals: only runs in s3:// depend on them",
+    ("vlguard_jax.storage.orbax_s3", "orbax.checkpoint._src.serialization"): "as above",
+    (
+        "vlguard_jax.storage.paths",
+        "botocore.exceptions",
+    ): "optional: the [remote] extra's clients, for bucket paths only",
+    ("vlguard_jax.storage.paths", "botocore.session"): "as above",
+    ("vlguard_jax.storage.paths", "google.auth"): "as above",
+    ("vlguard_jax.storage.paths", "google.auth.exceptions"): "as above",
 }
 
 
@@ -144,7 +148,7 @@ def test_imports_sit_at_the_top_of_modules():
 def test_the_checker_sees_what_it_checks():
     """The graph is the real one: known edges are in it, and the table covers every module."""
     graph = edges()
-    assert "vlguard_jax.io.runs" in graph["vlguard_jax.io.loading"]
+    assert "vlguard_jax.checkpoints.runs" in graph["vlguard_jax.checkpoints.loading"]
     assert "vlguard_jax.models.llama" in graph["vlguard_jax.models.llava"]
     assert "vlguard_jax.evaluate.runner" in graph["vlguard_jax.evaluate.suite"]
     assert len(MODULES) > 60 and all(isinstance(layer(m), int) for m in MODULES)

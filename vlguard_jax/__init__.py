@@ -9,7 +9,7 @@ import os
 # safetensors), so a new user would read it as a fault. Set the variable to "" to see advice again.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from vlguard_jax.io.loading import load_model
+from vlguard_jax.checkpoints.loading import load_model
 from vlguard_jax.models import LlavaConfig, LlavaModel
 from vlguard_jax.sharding import make_mesh
 

@@ -25,14 +25,14 @@ import jax
 import transformers
 from absl import logging
 
+from vlguard_jax.checkpoints.converted import save_checkpoint
+from vlguard_jax.checkpoints.runs import save_run_checkpoint
 from vlguard_jax.data.conversation import TEMPLATES
 from vlguard_jax.data.sample import sample_paths, write_sample
 from vlguard_jax.data.sample_tokenizer import build_tokenizer
 from vlguard_jax.errors import UserError, cli
 from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
-from vlguard_jax.io.converted import save_checkpoint
-from vlguard_jax.io.runs import save_run_checkpoint
 from vlguard_jax.models import LlavaModel, init_params
 from vlguard_jax.models.config import LlavaConfig, TextConfig, VisionConfig
 from vlguard_jax.train.command import parse

@@ -61,7 +61,7 @@ def test_merge_and_peft_exports_agree(lora_run):
 def test_merged_export_matches_the_flax_model_with_adapters(lora_run):
     """Our model with unmerged LoRA factors == transformers on the merged export."""
     ns, tmp = lora_run
-    from vlguard_jax.io.runs import load_run
+    from vlguard_jax.checkpoints.runs import load_run
     from vlguard_jax.models import LlavaModel
     from vlguard_jax.models.layers import LoraSpec
 

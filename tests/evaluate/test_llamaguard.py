@@ -10,7 +10,7 @@ from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate import llamaguard, runner
 from vlguard_jax.evaluate.__main__ import main
 from vlguard_jax.evaluate.safety_sets import Item
-from vlguard_jax.io.files import fingerprint
+from vlguard_jax.storage.files import fingerprint
 
 
 @pytest.mark.parametrize(

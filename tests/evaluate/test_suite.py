@@ -11,6 +11,9 @@ from PIL import Image
 
 from tests import tiny
 from tests.evaluate.test_vqa_scoring import jsonl, mmbench_tsv
+from vlguard_jax import storage
+from vlguard_jax.checkpoints import ref as ref_module
+from vlguard_jax.checkpoints import runs
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate import suite
 from vlguard_jax.evaluate.__main__ import main
@@ -18,6 +21,7 @@ from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import Protocol
 from vlguard_jax.evaluate.suite import LAYOUT, run_suite
 from vlguard_jax.generate import sampler
+from vlguard_jax.storage import files
 
 
 def data_root(root):
@@ -111,6 +115,33 @@ def test_suite_runs_what_it_finds_with_one_model_and_resumes(env, monkeypatch):
     generated.clear()
     assert run_suite(ns.flax_dir, root, tmp / "out", **kw) == json.loads((tmp / "out" / "summary.json").read_text())
     assert generated == []  # everything was there
+
+
+def test_the_suite_decides_what_its_checkpoint_is_once(env, monkeypatch):
+    """From the command line to the weights, the checkpoint path is probed, its config read and
+    its tokenizer loaded once each (`checkpoints.ref`), however many benchmarks run."""
+    ns, root, tmp = env
+    ckpt = str(ns.flax_dir)
+    counts = {"as_path": 0, "is_run": 0, "load_config": 0, "load_tokenizer": 0, "fingerprint": 0}
+
+    def count(module, name, on_checkpoint=True):
+        real = getattr(module, name)
+
+        def counted(path, *a, **k):  # a decision is taken on the path as given, a string
+            counts[name] += not on_checkpoint or (path == ckpt if name == "as_path" else str(path) == ckpt)
+            return real(path, *a, **k)
+
+        monkeypatch.setattr(module, name, counted)
+
+    count(storage, "as_path")
+    count(runs, "is_run")
+    count(ref_module, "load_config", on_checkpoint=False)
+    count(ref_module, "load_tokenizer", on_checkpoint=False)
+    count(files, "fingerprint")
+    out = tmp / "walk"
+    args = ["suite", "--checkpoint", ckpt, "--data-root", str(root), "--out", str(out), "--limit", "1"]
+    assert main([*args, "--max-new-tokens", "2", "--only", "vlguard/unsafes,advbench/vanilla,sqa,pope"]) == 0
+    assert counts == {"as_path": 1, "is_run": 1, "load_config": 1, "load_tokenizer": 1, "fingerprint": 1}
 
 
 def test_suite_command_writes_table_2(env, capsys):

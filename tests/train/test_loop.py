@@ -61,7 +61,7 @@ def run_env(**extra):
 
 
 def final_params(workdir):
-    from vlguard_jax.io.runs import read_latest
+    from vlguard_jax.checkpoints.runs import read_latest
 
     step, state, _ = read_latest(workdir)
     return step, jax.tree.leaves(jax.tree.map(np.asarray, state["params"]))
@@ -170,7 +170,7 @@ def test_a_checkpoint_resumes_in_the_other_layer_form(env):
     `model.scan_layers` converts the state at restore (both ways) and goes on as a run that
     never changed form would, LoRA dropout on at the paper's 0.05 (both forms draw its masks
     alike)."""
-    from vlguard_jax.io.runs import load_run, read_latest
+    from vlguard_jax.checkpoints.runs import load_run, read_latest
     from vlguard_jax.models.stacking import is_stacked
     from vlguard_jax.train.loop import run
 

@@ -31,7 +31,7 @@ def batches(ns, tmp, cfg, n=3):
         pad_to=cfg.data.pad_to,
         bucket=cfg.data.bucket,
     )
-    from vlguard_jax.io.loading import load_model
+    from vlguard_jax.checkpoints.loading import load_model
 
     base = load_model(ns.flax_dir, dtype=jnp.float32)
     rows = prepare(cfg.data, base.tokenizer, base.config, tmp / "data", lay, log=lambda *_: None)
@@ -79,7 +79,7 @@ def test_lora_split_and_only_trainables_change(env):
     after, b = flat(state.params), flat(before)
     assert all(not np.array_equal(after[k], b[k]) for k in b if k.endswith("lora_b") or k.startswith("projector"))
     # The frozen base is bit-identical to the checkpoint.
-    from vlguard_jax.io.loading import load_model
+    from vlguard_jax.checkpoints.loading import load_model
 
     base = flat(load_model(ns.flax_dir, dtype=jnp.float32).params)
     fz = flat(frozen)

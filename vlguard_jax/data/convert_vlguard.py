@@ -14,7 +14,7 @@ import sys
 
 from vlguard_jax.data.records import load_vlguard
 from vlguard_jax.errors import ArgumentParser, cli
-from vlguard_jax.io.files import atomic_write_json, check_output
+from vlguard_jax.storage.files import atomic_write_json, check_output
 
 
 def _turns(pair: dict, key: str, with_image: bool) -> list[dict]:

@@ -28,14 +28,14 @@ from typing import cast
 import grain
 import numpy as np
 
+from vlguard_jax import storage
 from vlguard_jax.data import mixture
 from vlguard_jax.data.images import MAX_PIXELS, ImageError, load_pixels
 from vlguard_jax.data.preprocess import IGNORE, Encoder
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.store import BadRecords, TokenStore, build_store
 from vlguard_jax.errors import ConfigError, InputError
-from vlguard_jax.io import storage
-from vlguard_jax.io.files import download_dir, sha256_file
+from vlguard_jax.storage.files import download_dir, sha256_file
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, NoReturn
 
+from vlguard_jax import storage
 from vlguard_jax.errors import UserError
-from vlguard_jax.io import storage
 
 VLGUARD_CATEGORIES = ("privacy", "risky behavior", "deception", "discrimination")
 

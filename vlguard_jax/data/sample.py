@@ -21,8 +21,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from vlguard_jax import storage
 from vlguard_jax.errors import ArgumentParser, OutputExistsError, cli
-from vlguard_jax.io import storage
 
 COLOURS = {
     "red": (220, 40, 40),

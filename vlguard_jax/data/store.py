@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vlguard_jax import storage
 from vlguard_jax.data.images import ImageError, resolve
 from vlguard_jax.data.mixture import check_nonempty
 from vlguard_jax.data.mixture import count as mixture_count
 from vlguard_jax.data.preprocess import IGNORE, TokenizationError
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.errors import ConfigError
-from vlguard_jax.io import storage
-from vlguard_jax.io.files import atomic_dir
+from vlguard_jax.storage.files import atomic_dir
 
 STORE_FILES = ("ids.bin", "supervised.bin", "offsets.npy", "source.npy", "meta.json")
 

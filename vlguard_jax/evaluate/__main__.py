@@ -18,6 +18,8 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.errors import ArgumentParser, InputError, UsageError, at_least, cli
 from vlguard_jax.evaluate import gpt_graders, llamaguard, vqa, vqa_scoring
 from vlguard_jax.evaluate.gpt4_judge import ORDERS
@@ -36,10 +38,7 @@ from vlguard_jax.evaluate.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, VLGUA
 from vlguard_jax.evaluate.suite import run_suite
 from vlguard_jax.generate import auto_dtype, load_generator
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
-from vlguard_jax.io import storage
-from vlguard_jax.io.files import sha256_file
-from vlguard_jax.io.loading import fingerprint, peek
-from vlguard_jax.models.family import family_of
+from vlguard_jax.storage.files import sha256_file
 
 
 def out_dir(text: str) -> str:
@@ -263,8 +262,8 @@ def vqa_main(argv) -> int:
         raise UsageError(f"--answers-file {path}: the question file itself; answer into another file")
     every = vqa.read_questions(a.question_file, a.single_pred_prompt, a.all_rounds)
     questions = every[: a.limit]
-    config, _ = peek(a.checkpoint)
-    if not family_of(config).takes_images:
+    checkpoint = resolve_checkpoint(a.checkpoint)
+    if not checkpoint.family.takes_images:
         raise InputError(f"{a.checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
     max_new = a.max_new_tokens or vqa.MAX_NEW_TOKENS[Path(a.question_file).suffix]
     dtype = auto_dtype() if a.dtype == "auto" else a.dtype
@@ -281,14 +280,14 @@ def vqa_main(argv) -> int:
         path,
         {
             "checkpoint": a.checkpoint,
-            "fingerprint": fingerprint(a.checkpoint),
+            "fingerprint": checkpoint.fingerprint,
             "protocol": settings,
             "seed": 0,
             "questions": questions_id,
         },
         print,
     )
-    gen, loaded = load_generator(a.checkpoint, batch_size=a.batch_size, dtype=jnp.dtype(dtype))
+    gen, loaded = load_generator(checkpoint, batch_size=a.batch_size, dtype=jnp.dtype(dtype))
     answers = vqa.answer(
         gen,
         loaded,
@@ -333,7 +332,7 @@ def suite_main(argv) -> int:
         max_new_tokens=a.max_new_tokens,
         font=a.font,
     )
-    md, png = write_report([a.out], storage.as_path(a.out) / "report", [storage.as_path(a.checkpoint).name])
+    md, png = write_report([a.out], storage.as_path(a.out) / "report", [Path(a.checkpoint).name])
     print(md.read_text())
     print(f"summary: {storage.as_path(a.out) / 'summary.json'}; report: {md}, {png}; skipped: {summary.get('skipped')}")
     return 0

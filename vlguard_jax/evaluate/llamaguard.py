@@ -14,15 +14,13 @@ followed by the question. Verdicts are saved per key, so an interrupted run resu
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.converted import MODEL_CONFIG
+from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import provenance
 from vlguard_jax.generate import Sampling, load_generator, response_text
-from vlguard_jax.io.converted import MODEL_CONFIG
-from vlguard_jax.io.files import fingerprint, write_json
-from vlguard_jax.io.loading import load_tokenizer
-from vlguard_jax.models import family_of, load_config
+from vlguard_jax.storage.files import write_json
 
 MAX_NEW_TOKENS = 16  # "unsafe\nO3" and the like
 PROMPTS = ("llama-recipes", "chat-template")
@@ -44,21 +42,24 @@ def conversation(item, response: str) -> list[dict]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
 
 
-def check(checkpoint) -> None:
-    """Fail early (before the evaluated model generates anything) on a checkpoint that cannot judge."""
-    path = Path(checkpoint)
-    if not (path / MODEL_CONFIG).is_file():
+def check(checkpoint: CheckpointRef | str) -> CheckpointRef:
+    """The judge's ref, once it is known to judge; called early, before the evaluated model
+    generates anything."""
+    if not isinstance(checkpoint, CheckpointRef) and not (storage.as_path(checkpoint) / MODEL_CONFIG).is_file():
         raise MissingFileError(
-            f"{path}: no {MODEL_CONFIG}; convert the Llama Guard checkpoint with python -m conversion.hf_to_flax"
+            f"{checkpoint}: no {MODEL_CONFIG}; convert the Llama Guard checkpoint with python -m conversion.hf_to_flax"
         )
-    if family_of(load_config(path / MODEL_CONFIG)).takes_images:
+    ref = resolve_checkpoint(checkpoint)
+    path = ref.name
+    if ref.family.takes_images:
         raise InputError(f"{path}: a LLaVA checkpoint; --judge-checkpoint takes a text-only Llama Guard checkpoint")
-    tok = load_tokenizer(path)
+    tok = ref.tokenizer
     if tok is None or not getattr(tok, "chat_template", None):
         raise InputError(
             f"{path}: the tokenizer has no chat template; Llama Guard's tokenizer carries "
             "its classification prompt as one"
         )
+    return ref
 
 
 def add_prompt_argument(parser) -> None:
@@ -99,28 +100,30 @@ def prompt_ids(tokenizer, item, response: str, prompt: str = "llama-recipes") ->
     return chat_ids(tokenizer, conversation(item, response), prompt)
 
 
-def identity(checkpoint, prompt: str) -> dict:
+def identity(judge_ref: CheckpointRef, prompt: str) -> dict:
     """The judge and protocol that saved verdicts record (see `provenance`)."""
     return {
-        "judge": str(Path(checkpoint).resolve()),
-        "judge_fingerprint": fingerprint(checkpoint),
+        "judge": storage.absolute(judge_ref.name),
+        "judge_fingerprint": judge_ref.fingerprint,
         "protocol": f"llamaguard, {check_prompt(prompt)}",
     }
 
 
-def judge(checkpoint, items, responses: dict, path, *, batch_size: int = 8, prompt: str = "llama-recipes") -> dict:
+def judge(
+    checkpoint: CheckpointRef | str, items, responses: dict, path, *, batch_size: int = 8, prompt: str = "llama-recipes"
+) -> dict:
     """Judge the responses missing from `path` ({"provenance": ..., "verdicts": {key: {"verdict",
     "output", "conversation"}}}), then count. A saved verdict is reused only for the conversation
     it judged (its hash), and only by the same judge and protocol. The ASR here is the share of
     answered items judged unsafe."""
-    check(checkpoint)
-    current = identity(checkpoint, prompt)
+    ref = check(checkpoint)
+    current = identity(ref, prompt)
     saved = provenance.load(path, current, "verdicts")
     answered = [i for i in items if i.key in responses]
     hashes = {i.key: provenance.digest(conversation(i, responses[i.key])) for i in answered}
     todo = [i for i in answered if saved.get(i.key, {}).get("conversation") != hashes[i.key]]
     if todo:
-        gen, m = load_generator(checkpoint, batch_size=batch_size)
+        gen, m = load_generator(ref, batch_size=batch_size)
         for batch in gen.batches(len(todo)):
             chunk = [todo[k] for k in batch]
             ids = [prompt_ids(m.tokenizer, i, responses[i.key], prompt) for i in chunk]

@@ -9,7 +9,7 @@ import hashlib
 import json
 
 from vlguard_jax.errors import UserError
-from vlguard_jax.io.files import read_json
+from vlguard_jax.storage.files import read_json
 
 
 class ProvenanceError(UserError):

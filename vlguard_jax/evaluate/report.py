@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from vlguard_jax import storage
 from vlguard_jax.errors import MissingFileError
 from vlguard_jax.evaluate.runner import SUMMARY
-from vlguard_jax.io import storage
-from vlguard_jax.io.files import read_json
+from vlguard_jax.storage.files import read_json
 
 # Table 2's columns: (label, summary entry, how to read the percentage)
 SAFETY_COLUMNS = (

@@ -22,16 +22,16 @@ import jax.numpy as jnp
 from PIL import Image
 from tqdm import tqdm
 
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import figstep, gpt4_judge, llamaguard, safety_sets
 from vlguard_jax.evaluate.scoring import is_refusal, token_f1
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
-from vlguard_jax.io import storage
-from vlguard_jax.io.files import check_output, read_json, write_json
-from vlguard_jax.io.loading import fingerprint, peek
 from vlguard_jax.models.family import family_of
+from vlguard_jax.storage.files import check_output, read_json, write_json
 
 SUMMARY = "summary.json"
 JUDGES = ("openai-compatible", "llamaguard")
@@ -148,7 +148,8 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
 class Evaluation:
     """One safety evaluation: which checkpoint answers which prompts, how, and into where.
 
-    checkpoint: a converted checkpoint or a training workdir.
+    checkpoint: a converted checkpoint or a training workdir (a path, resolved by `run`, or its
+      CheckpointRef).
     benchmark, subset: a safety set and its subset (see safety_sets; None takes its default).
     out: the output directory, local, gs:// or s3://: OUT/<benchmark>/<subset>.json and summary.json.
     meta, images: VLGuard's test.json and its image folder. data: the AdvBench, XSTest or FigStep
@@ -160,7 +161,7 @@ class Evaluation:
         verdicts, from `judge_checkpoint`, prompted as `llamaguard_prompt` says).
     """
 
-    checkpoint: Any
+    checkpoint: CheckpointRef | str
     benchmark: str
     out: Any
     subset: str | None = None
@@ -183,9 +184,10 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     """Generate what is missing from OUT/<benchmark>/<subset>.json, then score it (and judge it,
     with a judge). `generator`: a (Generator, Loaded) pair already loaded for this checkpoint
     (the suite's), else one is loaded when there is anything to generate."""
-    checkpoint, benchmark, subset, protocol, references = e.checkpoint, e.benchmark, e.subset, e.protocol, e.references
+    benchmark, subset, protocol, references = e.benchmark, e.subset, e.protocol, e.references
     # everything that can fail does so before any generation
-    config, tokenizer = peek(checkpoint)
+    checkpoint = resolve_checkpoint(e.checkpoint)
+    config, tokenizer = checkpoint.config, checkpoint.tokenizer
     llm = not family_of(config).takes_images
     if llm and benchmark in ("vlguard", "figstep"):
         raise InputError(
@@ -195,6 +197,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     if llm and protocol.text_image != "none":
         raise InputError(f"{checkpoint}: a text-only LLM takes no image (--text-image {protocol.text_image})")
     protocol = protocol.resolved(config, tokenizer)
+    judge_ref = None
     if e.judge == "openai-compatible":
         if (benchmark, subset) != ("vlguard", "safe_safes") or not references or not e.images:
             raise InputError(
@@ -206,7 +209,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     elif e.judge == "llamaguard":
         if not e.judge_checkpoint:
             raise InputError("--judge llamaguard needs --judge-checkpoint DIR (a converted Llama Guard)")
-        llamaguard.check(e.judge_checkpoint)
+        judge_ref = llamaguard.check(e.judge_checkpoint)
         llamaguard.check_prompt(e.llamaguard_prompt)
     elif e.judge is not None:
         raise InputError(f"unknown judge {e.judge!r}; choose from {JUDGES}")
@@ -220,7 +223,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     claim_output(
         out,
         path,
-        {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint), "protocol": settings, "seed": e.seed},
+        {"checkpoint": str(checkpoint), "fingerprint": checkpoint.fingerprint, "protocol": settings, "seed": e.seed},
         log,
     )
     responses = read_json(path, {})
@@ -252,7 +255,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         )
     elif e.judge == "llamaguard":
         result["judge"] = llamaguard.judge(
-            e.judge_checkpoint,
+            judge_ref or e.judge_checkpoint,
             items,
             responses,
             out / benchmark / f"{subset}.llamaguard.json",
@@ -322,7 +325,18 @@ def _figstep_font(font, log) -> str:
 
 
 def _generate(
-    checkpoint, benchmark, todo, responses, path, *, images, protocol: Protocol, font, seed, tqdm, generator=None
+    checkpoint: CheckpointRef,
+    benchmark,
+    todo,
+    responses,
+    path,
+    *,
+    images,
+    protocol: Protocol,
+    font,
+    seed,
+    tqdm,
+    generator=None,
 ):
     if benchmark == "vlguard" and not images:
         raise InputError("--benchmark vlguard needs --images DIR (the VLGuard test images)")

@@ -36,12 +36,13 @@ import jax
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.ref import CheckpointRef
 from vlguard_jax.data.conversation import IMAGE_TAG, turns
 from vlguard_jax.data.records import RecordError, load_json_list, record_label, validate_llava
 from vlguard_jax.evaluate import llamaguard, provenance
 from vlguard_jax.generate import Sampling, load_generator, response_text
-from vlguard_jax.io import storage
-from vlguard_jax.io.files import (
+from vlguard_jax.storage.files import (
     append_jsonl,
     atomic_write_json,
     atomic_write_text,
@@ -49,7 +50,6 @@ from vlguard_jax.io.files import (
     resume_jsonl,
     sha256_file,
 )
-from vlguard_jax.io.loading import peek
 
 # Llama Guard 1 (the paper's judge) names its categories O1-O6; later versions use S-codes.
 LLAMA_GUARD_1 = {
@@ -76,11 +76,9 @@ def outputs(dst) -> dict[str, Any]:
     }
 
 
-def identity(src, judge_checkpoint, prompt: str) -> dict:
+def identity(src, judge: CheckpointRef, prompt: str) -> dict:
     """What this run's verdicts are judged from (the first line of each verdict file)."""
-    return {"source": str(Path(src).resolve()), "source_sha256": sha256_file(src)} | llamaguard.identity(
-        judge_checkpoint, prompt
-    )
+    return {"source": str(Path(src).resolve()), "source_sha256": sha256_file(src)} | llamaguard.identity(judge, prompt)
 
 
 def saved_verdicts(dst, current: dict) -> dict[int, dict]:
@@ -128,7 +126,7 @@ def _load(src) -> list[dict]:
 
 
 def judge_slice(
-    judge_checkpoint,
+    judge: CheckpointRef,
     records: list[dict],
     indices: range,
     dst,
@@ -149,7 +147,7 @@ def judge_slice(
         path.write_text(json.dumps({"provenance": current}, ensure_ascii=False) + "\n", encoding="utf-8")
     if not todo:
         return
-    config, tokenizer = peek(judge_checkpoint)
+    config, tokenizer = judge.config, judge.tokenizer
     if llamaguard.judges_last_turn_only(tokenizer):
         several = [i for i in todo if sum(r == 1 for r, _ in turns(records[i]["conversations"])) > 1]
         if several:
@@ -180,7 +178,7 @@ def judge_slice(
     todo = sorted((i for i in todo if i not in long), key=lambda i: len(prompts[i]))  # less padding
     if not todo:
         return
-    gen, m = load_generator(judge_checkpoint, batch_size=batch_size)
+    gen, m = load_generator(judge, batch_size=batch_size)
     bar = tqdm(total=len(todo), desc="screening", unit="record", dynamic_ncols=True)
     for batch in gen.batches(len(todo)):
         chunk = [todo[k] for k in batch]
@@ -259,16 +257,16 @@ def screen(judge_checkpoint, src, dst, batch_size: int = 8, log=print, prompt: s
     """Screen SRC into DST; under several processes, the counts come back on process 0 only."""
     storage.local_only(dst, "--dst")
     src, dst = Path(src), check_output(dst, src)
-    llamaguard.check(judge_checkpoint)
+    judge = llamaguard.check(judge_checkpoint)
     records = _load(src)
     if not records:
         raise RecordError(f"{src}: no records to screen")
-    current = identity(src, judge_checkpoint, prompt)
+    current = identity(src, judge, prompt)
     p, n = jax.process_index(), jax.process_count()
     mine = range(p * len(records) // n, (p + 1) * len(records) // n)
     path = Path(str(outputs(dst)["verdicts"]).format(p=p, n=n))
     path.parent.mkdir(parents=True, exist_ok=True)
-    judge_slice(judge_checkpoint, records, mine, dst, path, batch_size, current, prompt, log)
+    judge_slice(judge, records, mine, dst, path, batch_size, current, prompt, log)
     if n > 1:
         multihost_utils.sync_global_devices("vlguard_jax screen: every slice judged")
     if p != 0:

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import gpt_graders, vqa, vqa_scoring
 from vlguard_jax.evaluate.gpt4_judge import JudgeNotConfigured
 from vlguard_jax.evaluate.gpt4_judge import settings as judge_settings
 from vlguard_jax.evaluate.runner import SUMMARY, Evaluation, Protocol, claim_output, run
 from vlguard_jax.generate import load_generator
-from vlguard_jax.io import storage
-from vlguard_jax.io.files import read_json, write_json
-from vlguard_jax.io.loading import fingerprint, peek
 from vlguard_jax.models.family import family_of
+from vlguard_jax.storage.files import read_json, write_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +182,7 @@ def plan(root: Path, only: list[str] | None, text_only: bool = False) -> tuple[l
 
 
 def run_suite(
-    checkpoint,
+    checkpoint: CheckpointRef | str,
     data_root,
     out,
     *,
@@ -202,6 +202,7 @@ def run_suite(
         )
     if storage.as_path(out).exists() and not storage.as_path(out).is_dir():
         raise InputError(f"--out {out}: a file, not a directory")
+    checkpoint = resolve_checkpoint(checkpoint)
     if not storage.is_remote(out):
         return _run_suite(
             checkpoint, Path(data_root), Path(out), only, limit, protocol, max_new_tokens, font, log, lambda: None
@@ -217,11 +218,20 @@ def run_suite(
 
 
 def _run_suite(
-    checkpoint, root: Path, out: Path, only, limit, protocol: Protocol, max_new_tokens, font, log, finished
+    checkpoint: CheckpointRef,
+    root: Path,
+    out: Path,
+    only,
+    limit,
+    protocol: Protocol,
+    max_new_tokens,
+    font,
+    log,
+    finished,
 ) -> dict:
     if not root.is_dir():
         raise MissingFileError(f"--data-root {root}: no such directory")
-    config, tokenizer = peek(checkpoint)
+    config, tokenizer = checkpoint.config, checkpoint.tokenizer
     images = family_of(config).takes_images
     todo, skipped = plan(root, only, text_only=not images)
     for name, why in skipped.items():
@@ -282,7 +292,7 @@ def _win_rate(root: Path, log) -> dict:
 
 
 def _helpfulness(
-    name, checkpoint, root: Path, out: Path, generator, protocol: Protocol, limit, max_new_tokens, log
+    name, checkpoint: CheckpointRef, root: Path, out: Path, generator, protocol: Protocol, limit, max_new_tokens, log
 ) -> None:
     h = HELPFULNESS[name]
     questions = vqa.read_questions(root / h.questions, single_pred=h.single_pred)[:limit]
@@ -298,7 +308,7 @@ def _helpfulness(
     claim_output(
         out,
         path,
-        {"checkpoint": str(checkpoint), "fingerprint": fingerprint(checkpoint), "protocol": settings, "seed": 0},
+        {"checkpoint": str(checkpoint), "fingerprint": checkpoint.fingerprint, "protocol": settings, "seed": 0},
         log,
     )
     gen, loaded = generator
@@ -309,7 +319,7 @@ def _helpfulness(
         path,
         image_folder=root / h.images if h.images else None,
         max_new_tokens=max_new,
-        model_id=Path(checkpoint).name,
+        model_id=Path(checkpoint.name).name,
         log=log,
     )
     (out / "upload").mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from vlguard_jax.data.records import RecordError
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.generate import Sampling, response_text
 from vlguard_jax.generate.prompts import prompt_ids_of_text
-from vlguard_jax.io.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl
+from vlguard_jax.storage.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl
 
 SINGLE_PRED = "Answer with the option's letter from the given choices directly."
 OPTIONS = ("A", "B", "C", "D")

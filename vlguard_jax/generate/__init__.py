@@ -2,10 +2,10 @@
 
 import jax.numpy as jnp
 
+from vlguard_jax.checkpoints.loading import load_model
 from vlguard_jax.errors import MissingFileError
 from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
 from vlguard_jax.generate.sampler import Generator, Sampling
-from vlguard_jax.io.loading import load_model
 from vlguard_jax.runtime import auto_dtype
 
 __all__ = ["Generator", "Sampling", "auto_dtype", "prompt_ids", "prompt_text", "response_text", "load_generator"]

@@ -16,8 +16,8 @@ from vlguard_jax.errors import ArgumentParser, InputError, at_least, cli
 from vlguard_jax.generate import load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
 from vlguard_jax.generate.sampler import Sampling
-from vlguard_jax.io.files import read_jsonl
 from vlguard_jax.models.family import family_of
+from vlguard_jax.storage.files import read_jsonl
 
 
 def read_prompts(path) -> list[dict]:

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from vlguard_jax.errors import CheckpointError
-from vlguard_jax.io.files import atomic_write_json
+from vlguard_jax.storage.files import atomic_write_json
 
 # The OpenAI CLIP towers LLaVA names in `mm_vision_tower`; their shapes cannot all be read from
 # the weights (the head count is not), so they are listed here.

@@ -10,8 +10,8 @@ import dataclasses
 import json
 from typing import Any
 
+from vlguard_jax import storage
 from vlguard_jax.errors import CheckpointError
-from vlguard_jax.io import storage
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
 from vlguard_jax.models.llava import LlavaModel
 from vlguard_jax.models.text_only import TextOnlyModel

@@ -19,19 +19,19 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vlguard_jax import sharding
+from vlguard_jax import sharding, storage
+from vlguard_jax.checkpoints.loading import load_model
+from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
+from vlguard_jax.checkpoints.runs import RunMeta
+from vlguard_jax.checkpoints.training import Checkpoints
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.data.preprocess import IGNORE
 from vlguard_jax.errors import ConfigError, UserError, oom_hint
-from vlguard_jax.io import storage
-from vlguard_jax.io.loading import load_model, peek
-from vlguard_jax.io.runs import RunMeta
 from vlguard_jax.models import abstract_params, dummy_inputs, family_of, param_axes
 from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.models.stacking import to_per_layer, to_stacked
 from vlguard_jax.runtime import Preemption, maybe_initialize_distributed, peak_flops
 from vlguard_jax.train import flops
-from vlguard_jax.train.checkpoints import Checkpoints
 from vlguard_jax.train.metrics import Logger
 from vlguard_jax.train.state import TrainState, cast_tree, optimizer, partition, schedule
 from vlguard_jax.train.step import make_train_step
@@ -49,12 +49,13 @@ def lora_spec(cfg) -> LoraSpec | None:
     return LoraSpec(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, tuple(cfg.lora.targets))
 
 
-def build_params(cfg, mesh):
+def build_params(cfg, mesh, checkpoint: CheckpointRef | None = None):
     """(model, trainable, frozen, axes): base weights restored sharded (frozen ones in the compute
-    dtype), LoRA factors freshly initialised, trainable weights in float32."""
+    dtype), LoRA factors freshly initialised, trainable weights in float32. `checkpoint`: the
+    base, resolved from `cfg.model.checkpoint` when not given."""
     dtype = jnp.dtype(cfg.model.dtype)
     base = load_model(
-        cfg.model.checkpoint,
+        checkpoint or cfg.model.checkpoint,
         mesh=mesh,
         dtype=dtype,
         param_dtype=dtype,
@@ -225,8 +226,8 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
             f"config.total_steps: {cfg.total_steps} is below the {latest} steps this workdir's run "
             f"has done ({workdir / 'checkpoints'}); raise it, or use a new workdir"
         )
-    base_config = peek(cfg.model.checkpoint)[0]
-    if not family_of(base_config).trainable:
+    checkpoint = resolve_checkpoint(cfg.model.checkpoint)
+    if not checkpoint.family.trainable:
         raise ConfigError(
             f"config.model.checkpoint: {cfg.model.checkpoint} is a text-only Llama; training "
             "starts from a LLaVA checkpoint (conversion.assemble builds one from an LLM)"
@@ -234,12 +235,12 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
     if jax.process_index() == 0:  # a new run records its identity; a resume must match it
         check_resume(
             workdir,
-            identity(cfg, base_config),
+            identity(cfg, checkpoint),
             latest is None or cfg.allow_resume_changes,
             say if latest is not None else (lambda _: None),
         )
     with sharding.use_mesh(mesh):
-        model, base, trainable, frozen, _ = build_params(cfg, mesh)
+        model, base, trainable, frozen, _ = build_params(cfg, mesh, checkpoint)
     layout = Layout(
         global_batch=cfg.global_batch,
         epochs=cfg.epochs,

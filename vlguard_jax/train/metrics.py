@@ -9,7 +9,7 @@ import jax
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from vlguard_jax.io import storage
+from vlguard_jax import storage
 
 
 class Logger:

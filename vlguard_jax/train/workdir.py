@@ -18,9 +18,10 @@ import socket
 import threading
 import time
 
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.ref import CheckpointRef
 from vlguard_jax.errors import ConfigError, UserError
-from vlguard_jax.io import storage
-from vlguard_jax.io.files import atomic_write_json, fingerprint, sha256_file
+from vlguard_jax.storage.files import atomic_write_json, sha256_file
 from vlguard_jax.train.validate import SOURCES
 
 LOCK = ".lock"
@@ -133,12 +134,12 @@ class Lock:
             pass
 
 
-def identity(cfg, model_config) -> dict:
+def identity(cfg, base: CheckpointRef) -> dict:
     """What the run's checkpoints are a function of (see the module doc)."""
     d = cfg.data
     return {
-        "base_checkpoint": fingerprint(cfg.model.checkpoint),
-        "model": model_config.to_dict(),
+        "base_checkpoint": base.fingerprint,
+        "model": base.config.to_dict(),
         "mode": cfg.train.mode,
         "lora": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.lora.to_dict().items()}
         if cfg.train.mode == "lora"

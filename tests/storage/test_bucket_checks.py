@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from vlguard_jax import storage
 from vlguard_jax.evaluate.__main__ import main
-from vlguard_jax.io import storage
+from vlguard_jax.storage import paths
 
 pytest.importorskip("botocore")
 pytest.importorskip("google.auth")
@@ -34,7 +35,7 @@ def no_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_GCE_CHECK", "True")
     monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
     monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
-    monkeypatch.setattr(storage, "_CHECKED", set())
+    monkeypatch.setattr(paths, "_CHECKED", set())
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 from flax import traverse_util
 
+from vlguard_jax import storage
 from vlguard_jax.errors import MissingFileError
-from vlguard_jax.io import orbax_s3, storage
-from vlguard_jax.io.files import atomic_dir
+from vlguard_jax.storage import orbax_s3
+from vlguard_jax.storage.files import atomic_dir
 
 PARAMS_DIR = "params"
 MODEL_CONFIG = "model_config.json"

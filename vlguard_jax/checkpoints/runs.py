@@ -1,6 +1,6 @@
 """A training run's outputs (`workdir`) read as a model: which checkpoints are finished, the
 latest one's trainable weights on top of the base checkpoint the run names, with LoRA factors kept
-apart or merged into the kernels. (Writing them is train.checkpoints.)"""
+apart or merged into the kernels. (Writing them is checkpoints.training.)"""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, load_params, save_checkpoint
 from vlguard_jax.errors import MissingFileError, UserError
-from vlguard_jax.io import orbax_s3, storage
-from vlguard_jax.io.converted import MODEL_CONFIG, PARAMS_DIR, load_params, save_checkpoint
 from vlguard_jax.models.family import LLAVA, load_config
 from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.models.stacking import to_per_layer
+from vlguard_jax.storage import orbax_s3
 
 CHECKPOINTS = "checkpoints"
 COMMIT_MARKER = "commit_success.txt"  # orbax's, in gs:// and s3://
@@ -52,7 +53,7 @@ def finished_steps(workdir) -> list[int]:
 @dataclasses.dataclass(frozen=True)
 class RunMeta:
     """What every training checkpoint records beside its state (its `meta` item, JSON): written
-    by train.checkpoints, read here, and nowhere else."""
+    by checkpoints.training, read here, and nowhere else."""
 
     base_checkpoint: str  # absolute path or URL of the checkpoint the run started from
     mode: str  # "lora" | "full"
@@ -135,7 +136,12 @@ def run_base(workdir):
     steps = finished_steps(workdir)
     if not steps:
         raise RunError(f"{workdir}: no finished training checkpoint under {storage.as_path(workdir) / CHECKPOINTS}")
-    base = read_meta(workdir, steps[-1]).base()
+    return existing_base(workdir, read_meta(workdir, steps[-1]))
+
+
+def existing_base(workdir, meta: RunMeta) -> Path:
+    """The base checkpoint `meta` names, which must still exist."""
+    base = meta.base()
     if not (base / MODEL_CONFIG).exists():
         raise RunError(
             f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and projector weights need it"
@@ -146,11 +152,7 @@ def run_base(workdir):
 def load_run(workdir, step: int | None = None):
     """(base checkpoint dir, config, flat params {path tuple: np.ndarray} incl. LoRA factors, RunMeta)."""
     step, state, meta = read_latest(workdir, step)
-    base = meta.base()
-    if not (base / MODEL_CONFIG).exists():
-        raise RunError(
-            f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and projector weights need it"
-        )
+    base = existing_base(workdir, meta)
     config = load_config(base / MODEL_CONFIG, LLAVA)
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(load_params(base / PARAMS_DIR)).items()}
     # A run with scanned layers saves them stacked; everything downstream reads them per layer.

@@ -1,11 +1,11 @@
-"""orbax's array specs for s3:// paths (io.orbax_s3): tensorstore's s3 driver, pointed at the
+"""orbax's array specs for s3:// paths (storage.orbax_s3): tensorstore's s3 driver, pointed at the
 endpoint and region of the standard variables; gs:// and local paths keep orbax's own specs.
 (Writing and reading through them, by several processes, is in test_storage.py.)"""
 
 import pytest
 from orbax.checkpoint._src.serialization import tensorstore_utils
 
-from vlguard_jax.io import orbax_s3
+from vlguard_jax.storage import orbax_s3
 
 
 @pytest.fixture

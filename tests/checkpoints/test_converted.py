@@ -4,7 +4,7 @@ directory (orbax itself takes absolute paths only)."""
 import jax.numpy as jnp
 import numpy as np
 
-from vlguard_jax.io.converted import load_params, param_metadata, save_checkpoint
+from vlguard_jax.checkpoints.converted import load_params, param_metadata, save_checkpoint
 from vlguard_jax.models import LlavaConfig, TextConfig, VisionConfig
 
 

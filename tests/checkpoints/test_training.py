@@ -9,9 +9,9 @@ import numpy as np
 import optax
 
 from vlguard_jax import sharding
-from vlguard_jax.io.runs import RunMeta
+from vlguard_jax.checkpoints.runs import RunMeta
+from vlguard_jax.checkpoints.training import Checkpoints
 from vlguard_jax.models.layers import LoraSpec
-from vlguard_jax.train.checkpoints import Checkpoints
 from vlguard_jax.train.loop import abstract_state, init_state
 from vlguard_jax.train.state import TrainState
 

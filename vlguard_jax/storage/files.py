@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
+from vlguard_jax import storage
 from vlguard_jax.errors import InputError, MissingFileError, OutputExistsError
-from vlguard_jax.io import storage
 
 
 def _umask() -> int:

@@ -23,8 +23,8 @@ from urllib import parse
 
 import orbax.checkpoint as ocp
 
+from vlguard_jax import storage
 from vlguard_jax.errors import InputError
-from vlguard_jax.io import storage
 
 TEMPORARY_PATH = ocp.path.atomicity.CommitFileTemporaryPath  # what orbax itself uses for gs://
 _PATCHED = "_vlguard_s3"

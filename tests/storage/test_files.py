@@ -1,10 +1,11 @@
-"""Copies of complete directories to this host (io.files.download_dir): several processes of one
+"""Copies of complete directories to this host (storage.files.download_dir): several processes of one
 host may copy the same directory at once, and the copy in place is never missing or partial.
 The source here is a local directory with its marker; buckets are in test_storage.py."""
 
 import pytest
 
-from vlguard_jax.io import files, storage
+from vlguard_jax import storage
+from vlguard_jax.storage import files
 
 
 @pytest.fixture

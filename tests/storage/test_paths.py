@@ -17,7 +17,8 @@ import pytest
 from tests import emulators
 from tests.train import common
 from tests.train.test_loop import REPO, config_file, final_params, finish, run_env, start_two, train_cmd
-from vlguard_jax.io import files, storage
+from vlguard_jax import storage
+from vlguard_jax.storage import files, paths
 
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("moto")
@@ -70,7 +71,7 @@ def test_tensorstore_sent_outside_loopback_reaches_only_the_counted_stand_in(emu
 
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_a_remote_directory_is_complete_only_with_its_marker(emu, scheme):
-    from vlguard_jax.io.files import atomic_dir
+    from vlguard_jax.storage.files import atomic_dir
 
     dst = f"{scheme}://bkt/dirs/out"
     with pytest.raises(RuntimeError):
@@ -104,7 +105,7 @@ def emu_tmp(emu):
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_a_converted_checkpoint_in_a_bucket_loads_as_the_local_one(env, emu, scheme):
     from conversion.hf_to_flax import convert
-    from vlguard_jax.io.loading import load_model
+    from vlguard_jax.checkpoints.loading import load_model
 
     ns, _ = env
     dst = f"{scheme}://bkt/ckpt/tiny"
@@ -243,7 +244,7 @@ def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu, referenc
     """Data and images in the bucket (the base checkpoint's bucket reads are tested above); SIGKILL
     as soon as step 4's checkpoint starts to appear; the restart ends where an uninterrupted local
     run ends, and flax_to_hf exports from the bucket what it exports from the local run. In s3://,
-    orbax writes through tensorstore's s3 driver (io.orbax_s3)."""
+    orbax writes through tensorstore's s3 driver (storage.orbax_s3)."""
     from conversion.flax_to_hf import export
 
     ns, tmp = env
@@ -304,7 +305,7 @@ def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(env, emu,
     host (one cache: the token store is copied there once). Both processes write their shards of
     each checkpoint to the bucket; a notice on process 1 alone checkpoints one step, and the
     restart ends where an uninterrupted local run of two processes ends."""
-    from vlguard_jax.io.runs import finished_steps
+    from vlguard_jax.checkpoints.runs import finished_steps
 
     ns, tmp = env
     cfg = remote_config(ns, tmp, scheme, f"two_{scheme}", **TWO)
@@ -340,8 +341,8 @@ def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(env, emu,
 def test_an_s3_step_uploaded_whole_by_an_earlier_version_is_kept_and_resumable(emu, reference):
     """vlguard-jax used to stage s3 checkpoints locally and upload each, `COMPLETE` last (no
     orbax marker): such a step is finished, and a new run adopts it rather than deleting it."""
-    from vlguard_jax.io.runs import COMMIT_MARKER, finished_steps
-    from vlguard_jax.train.checkpoints import Checkpoints
+    from vlguard_jax.checkpoints.runs import COMMIT_MARKER, finished_steps
+    from vlguard_jax.checkpoints.training import Checkpoints
 
     work = "s3://bkt/runs/old"
     storage.upload_dir(reference / "checkpoints" / "4", f"{work}/checkpoints/4")
@@ -363,7 +364,7 @@ def test_a_missing_bucket_is_named_and_never_created(emu, scheme, monkeypatch, c
 
     from vlguard_jax.evaluate.__main__ import main
 
-    monkeypatch.setattr(storage, "_CHECKED", set())
+    monkeypatch.setattr(paths, "_CHECKED", set())
     args = ["--checkpoint", "ckpt", "--benchmark", "xstest", "--data", "x.csv", "--out", f"{scheme}://nobkt/out"]
     assert main(args) == 1
     assert capsys.readouterr().err == (
@@ -379,7 +380,7 @@ def test_a_missing_bucket_is_named_and_never_created(emu, scheme, monkeypatch, c
 def test_assemble_writes_its_checkpoint_into_a_bucket(emu, scheme, tmp_path):
     from conversion.assemble import main
     from tests import tiny
-    from vlguard_jax.io.loading import load_model
+    from vlguard_jax.checkpoints.loading import load_model
 
     parts = tiny.llava_parts(tmp_path)
     dst = f"{scheme}://bkt/assembled"
@@ -413,7 +414,7 @@ def test_a_store_that_dies_mid_run_is_one_line_naming_the_path(env, emu, tmp_pat
         ]  # fmt: skip
         script = (
             "import os, signal, sys\n"
-            "from vlguard_jax.io import storage\n"
+            "from vlguard_jax import storage\n"
             "from vlguard_jax.evaluate.__main__ import main\n"
             "storage.check_bucket('s3://dying/out')\n"
             f"os.kill({moto.pid}, signal.SIGKILL)\n"

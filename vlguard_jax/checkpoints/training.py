@@ -2,9 +2,9 @@
 optimizer state, step, rng), the data iterator's position, and run metadata (the base
 checkpoint, LoRA settings). Saves are asynchronous and atomic: orbax writes to a temporary
 directory and renames it on commit (on a filesystem) or writes `commit_success.txt` last (gs://
-and s3://, see io.orbax_s3), so a killed run never leaves a checkpoint that restores. In a bucket,
+and s3://, see storage.orbax_s3), so a killed run never leaves a checkpoint that restores. In a bucket,
 every process writes its own shards of each array. Reading a workdir's checkpoints (which steps
-are finished, the latest state) lives in io.runs, below training.
+are finished, the latest state) lives in checkpoints.runs, below training.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from vlguard_jax.io import orbax_s3, storage
-from vlguard_jax.io.runs import CHECKPOINTS, RunMeta, is_finished, marker
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.runs import CHECKPOINTS, RunMeta, is_finished, marker
+from vlguard_jax.storage import orbax_s3
 
 
 class Checkpoints:

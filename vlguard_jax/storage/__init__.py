@@ -1,0 +1,47 @@
+"""Storage, layer 0: paths that may be in buckets (`paths`, whose API this package re-exports),
+atomic writes and JSON files (`files`), and orbax's arrays in s3:// (`orbax_s3`). Every output
+path of every command goes through here."""
+
+from vlguard_jax.storage.paths import (
+    COMPLETE,
+    REMOTE,
+    Mirror,
+    StorageError,
+    absolute,
+    as_path,
+    check_bucket,
+    configure,
+    copy_file,
+    is_complete,
+    is_remote,
+    local,
+    local_cache,
+    local_only,
+    mirror_for,
+    rmtree,
+    temp_dir,
+    upload_dir,
+    walk_files,
+)
+
+__all__ = [
+    "COMPLETE",
+    "REMOTE",
+    "Mirror",
+    "StorageError",
+    "absolute",
+    "as_path",
+    "check_bucket",
+    "configure",
+    "copy_file",
+    "is_complete",
+    "is_remote",
+    "local",
+    "local_cache",
+    "local_only",
+    "mirror_for",
+    "rmtree",
+    "temp_dir",
+    "upload_dir",
+    "walk_files",
+]
