@@ -11,7 +11,7 @@ from vlguard_jax.checkpoints.loading import load_model
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.checkpoints.runs import RunError, RunMeta
 from vlguard_jax.checkpoints.training import Checkpoints
-from vlguard_jax.errors import MissingFileError, UserError
+from vlguard_jax.errors import InputError, MissingFileError, UserError
 from vlguard_jax.models.family import LLAVA
 from vlguard_jax.models.layers import LoraSpec
 from vlguard_jax.storage import files
@@ -78,3 +78,11 @@ def test_what_is_not_a_checkpoint_is_one_line_naming_it(model, tmp_path):
     with pytest.raises(RunError, match="no finished training checkpoint"):
         resolve_checkpoint(tmp_path / "empty")
     assert issubclass(RunError, UserError) and isinstance(resolve_checkpoint(model.flax_dir), CheckpointRef)
+
+
+def test_a_text_only_llama_is_its_own_family_and_does_not_scan(tmp_path):
+    judge = resolve_checkpoint(tiny.build_llama(tmp_path / "guard").flax_dir)
+    assert (judge.kind, judge.family.name, judge.family.scannable) == ("converted", "llama", False)
+    assert not load_model(judge, scan_layers="auto").model.scan_layers
+    with pytest.raises(InputError, match="a text-only Llama checkpoint; its decoder layers do not run scanned"):
+        load_model(judge, scan_layers="on")

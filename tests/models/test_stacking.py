@@ -1,5 +1,7 @@
 """The decoder's two weight forms: per layer (disk, converters) and stacked (scanned layers)."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +9,20 @@ import optax
 import pytest
 
 from tests import tiny
+from vlguard_jax.checkpoints.loading import load_model
+from vlguard_jax.errors import ConfigError
+from vlguard_jax.generate import load_generator
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
-from vlguard_jax.models.stacking import SCAN_MIN_LAYERS, is_stacked, to_per_layer, to_stacked, wants_scan
+from vlguard_jax.models.stacking import (
+    DEFAULT_SCAN,
+    SCAN_MIN_LAYERS,
+    ScanLayers,
+    is_stacked,
+    to_per_layer,
+    to_stacked,
+    wants_scan,
+)
+from vlguard_jax.train.defaults import base_config
 
 
 def params(n=3):
@@ -76,5 +90,23 @@ def test_auto_scans_deep_llava_models_only():
     assert wants_scan("on", shallow) and not wants_scan("off", deep) and wants_scan(True, shallow)
     text_only = TextOnlyConfig(text=deep.text)
     assert not wants_scan("auto", text_only)
-    with pytest.raises(ValueError, match="scan_layers must be one of"):
+    with pytest.raises(ConfigError, match=r"scan_layers must be one of \['auto', 'on', 'off'\], not 'yes'"):
         wants_scan("yes", deep)
+
+
+def test_scan_layers_is_one_setting_with_one_default():
+    """The config, `load_model` and `load_generator` take the same enum, with the same default."""
+    assert [ScanLayers.of(x) for x in ("auto", "on", "off", True, False, ScanLayers.ON)] == [
+        ScanLayers.AUTO,
+        ScanLayers.ON,
+        ScanLayers.OFF,
+        ScanLayers.ON,
+        ScanLayers.OFF,
+        ScanLayers.ON,
+    ]
+    defaults = {
+        "config": base_config().model.scan_layers,
+        "load_model": inspect.signature(load_model).parameters["scan_layers"].default,
+        "load_generator": inspect.signature(load_generator).parameters["scan_layers"].default,
+    }
+    assert defaults == dict.fromkeys(defaults, DEFAULT_SCAN) and DEFAULT_SCAN is ScanLayers.AUTO

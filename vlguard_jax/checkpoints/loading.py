@@ -14,9 +14,9 @@ from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.converted import PARAMS_DIR, load_params, param_metadata
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError
-from vlguard_jax.models import LlavaModel, abstract_params, build_model
+from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
-from vlguard_jax.models.stacking import wants_scan
+from vlguard_jax.models.stacking import DEFAULT_SCAN, ScanLayers, wants_scan
 
 
 class Loaded(NamedTuple):
@@ -34,21 +34,23 @@ def load_model(
     attn_impl=None,
     remat_policy: str = "none",
     with_tokenizer: bool = True,
-    scan_layers: bool | str = False,
+    scan_layers: ScanLayers | str | bool = DEFAULT_SCAN,
 ) -> Loaded:
     """Load a converted checkpoint (written by `conversion.hf_to_flax`) or a training workdir's
     latest step; a path is resolved here (`checkpoints.ref`), a ref is used as it is.
 
     `dtype` is the compute dtype; `param_dtype` defaults to the dtype the checkpoint was saved in.
     With a `mesh`, every parameter is restored directly into its sharded layout: no host ever
-    holds the whole model. `scan_layers` (True/"on", False/"off", or "auto": on for deep LLaVA
-    models, see models.stacking) gives a model with scanned decoder layers, its per-layer weights
-    stacked once after they are read (the format on disk stays per layer).
+    holds the whole model. `scan_layers` ("auto": on for deep LLaVA models, see models.stacking;
+    "on", "off") gives a model with scanned decoder layers, its per-layer weights stacked once
+    after they are read (the format on disk stays per layer).
     """
     ref = resolve_checkpoint(checkpoint)
     load = _load_run if ref.kind == "run" else _load_converted
     model, params = load(ref, mesh, dtype, param_dtype, attn_impl, remat_policy)
     loaded = Loaded(model, params, ref.config, ref.tokenizer if with_tokenizer else None)
+    if ScanLayers.of(scan_layers) is ScanLayers.ON and not ref.family.scannable:
+        raise InputError(f"{ref.name}: a {ref.family.label} checkpoint; its decoder layers do not run scanned")
     return _scanned(loaded, mesh) if wants_scan(scan_layers, loaded.config) else loaded
 
 
@@ -56,8 +58,6 @@ def _scanned(loaded: Loaded, mesh) -> Loaded:
     """The loaded model with scanned layers. The weights are stacked one tensor name at a time and
     the per-layer arrays freed as they go, so the extra memory is one stacked tensor, not a
     second copy of the decoder."""
-    if not isinstance(loaded.model, LlavaModel):
-        raise InputError("scan_layers applies to LLaVA models; this checkpoint is a text-only Llama")
     model = loaded.model.clone(scan_layers=True)
     lm = dict(loaded.params["language_model"])
     n = loaded.config.text.num_hidden_layers

@@ -3,16 +3,24 @@
 import jax.numpy as jnp
 
 from vlguard_jax.checkpoints.loading import load_model
+from vlguard_jax.checkpoints.ref import CheckpointRef
 from vlguard_jax.errors import MissingFileError
 from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
 from vlguard_jax.generate.sampler import Generator, Sampling
+from vlguard_jax.models.stacking import DEFAULT_SCAN, ScanLayers
 from vlguard_jax.runtime import auto_dtype
 
 __all__ = ["Generator", "Sampling", "auto_dtype", "prompt_ids", "prompt_text", "response_text", "load_generator"]
 
 
 def load_generator(
-    checkpoint, *, dtype=None, mesh=None, batch_size: int = 8, bucket: int = 64, scan_layers: bool | str = "auto"
+    checkpoint: CheckpointRef | str,
+    *,
+    dtype=None,
+    mesh=None,
+    batch_size: int = 8,
+    bucket: int = 64,
+    scan_layers: ScanLayers | str = DEFAULT_SCAN,
 ):
     """(Generator, Loaded) for a converted checkpoint or a training workdir. `dtype` defaults to
     `auto_dtype()`; `scan_layers` runs the decoder layers scanned ("auto":

@@ -129,9 +129,7 @@ class Decoder:
         model, s = self.model, self.sampling
         b, p = ids.shape
         positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
-        cache = init_cache(
-            model.config.text, b, p + s.max_new_tokens, self.cache_dtype, stacked=getattr(model, "scan_layers", False)
-        )
+        cache = init_cache(model.config.text, b, p + s.max_new_tokens, self.cache_dtype, stacked=model.scan_layers)
         hidden, cache = model.apply(
             {"params": params}, ids, pixels, attention_mask=mask, positions=positions, cache=cache, return_hidden=True
         )

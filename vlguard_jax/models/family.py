@@ -34,6 +34,7 @@ class Family:
     takes_images: bool
     trainable: bool  # VLGuard fine-tuning (full or LoRA) applies
     template: str | None
+    scannable: bool = False  # its decoder layers can run scanned over stacked weights (models.stacking)
 
     def read_config(self, d: dict, source: str = "model_config.json") -> Any:
         try:
@@ -53,7 +54,9 @@ class Family:
         return "chat_template" if getattr(tokenizer, "chat_template", None) else VICUNA_TEMPLATE
 
 
-LLAVA = Family("llava", "LLaVA", LlavaConfig, LlavaModel, takes_images=True, trainable=True, template="llava_v1")
+LLAVA = Family(
+    "llava", "LLaVA", LlavaConfig, LlavaModel, takes_images=True, trainable=True, template="llava_v1", scannable=True
+)
 LLAMA = Family(
     "llama", "text-only Llama", TextOnlyConfig, TextOnlyModel, takes_images=False, trainable=False, template=None
 )

@@ -9,30 +9,50 @@ moments inside optax's states, shape trees) between the two forms.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import re
 
 import jax
 import jax.numpy as jnp
 
 from vlguard_jax.errors import ConfigError
+from vlguard_jax.models.family import family_of
 
 # Scanning pays at real depths (32 and 40 layers compile many times faster) and costs a little per
 # step at shallow ones, so shallower models stay unrolled (the figures: BENCHMARKS.md).
 SCAN_MIN_LAYERS = 16
-SETTINGS = ("auto", "on", "off")
+
+
+class ScanLayers(enum.StrEnum):
+    """The one setting for the decoder's form (config.model.scan_layers, `load_model`,
+    `load_generator`, the benchmarks); a model holds the decision, a bool."""
+
+    AUTO = "auto"  # on from SCAN_MIN_LAYERS layers, where the family can scan
+    ON = "on"
+    OFF = "off"
+
+    @classmethod
+    def of(cls, setting: ScanLayers | str | bool) -> ScanLayers:
+        """The setting from its name; True and False read as on and off."""
+        if isinstance(setting, bool):
+            return cls.ON if setting else cls.OFF
+        try:
+            return cls(setting)
+        except ValueError:
+            raise ConfigError(f"scan_layers must be one of {list(SETTINGS)}, not {setting!r}") from None
+
+
+SETTINGS = tuple(s.value for s in ScanLayers)
+DEFAULT_SCAN = ScanLayers.AUTO
 _LAYER = re.compile(r"layers_(\d+)$")
 
 
-def wants_scan(setting, config) -> bool:
-    """Whether to scan the decoder layers of `config` (a LlavaConfig) for `setting`: "on",
-    "off", or "auto" (on from SCAN_MIN_LAYERS layers). Booleans are taken as on and off."""
-    if isinstance(setting, bool):
-        return setting
-    if setting not in SETTINGS:
-        raise ConfigError(f"scan_layers must be one of {list(SETTINGS)}, not {setting!r}")
-    if setting == "auto":
-        return getattr(config, "vision", None) is not None and config.text.num_hidden_layers >= SCAN_MIN_LAYERS
-    return setting == "on"
+def wants_scan(setting: ScanLayers | str | bool, config) -> bool:
+    """Whether to scan the decoder layers of `config` (a LlavaConfig or TextOnlyConfig)."""
+    setting = ScanLayers.of(setting)
+    if setting is ScanLayers.AUTO:
+        return family_of(config).scannable and config.text.num_hidden_layers >= SCAN_MIN_LAYERS
+    return setting is ScanLayers.ON
 
 
 def _map_language_model(tree, fn):

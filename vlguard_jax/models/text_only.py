@@ -17,6 +17,7 @@ class TextOnlyModel(nn.Module):
     param_dtype: Dtype = jnp.float32
     attn_impl: str | None = None
     remat_policy: str = "none"
+    scan_layers: bool = False  # always per layer (its family is not scannable); LlavaModel's interface
 
     def setup(self):
         self.language_model = LlamaForCausalLM(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from vlguard_jax.models.stacking import DEFAULT_SCAN
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -28,7 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"  # compute dtype, and the dtype frozen weights are kept in
     c.model.attn_impl = "auto"
     c.model.remat = "full"  # per decoder layer: none | full | dots | dots_all
-    c.model.scan_layers = "auto"  # auto | on | off: one scanned layer (auto: from 16 layers; models.stacking)
+    c.model.scan_layers = (
+        DEFAULT_SCAN.value
+    )  # auto | on | off: one scanned layer (auto: from 16 layers; models.stacking)
 
     c.train = ml_collections.ConfigDict()
     c.train.mode = "lora"  # lora | full (the vision tower is always frozen)

@@ -61,7 +61,7 @@ def build_params(cfg, mesh, checkpoint: CheckpointRef | None = None):
         param_dtype=dtype,
         attn_impl=cfg.model.attn_impl,
         remat_policy=cfg.model.remat,
-        scan_layers=cfg.model.get("scan_layers", "off"),
+        scan_layers=cfg.model.scan_layers,
     )
     model = base.model.clone(lora=lora_spec(cfg))
     params = base.params
