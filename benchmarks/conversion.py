@@ -26,7 +26,7 @@ def write_checkpoint(path: Path, cfg, tokenizer, shard_bytes: int = 400 * MB) ->
     from flax import traverse_util
     from safetensors.numpy import save_file
 
-    from conversion import layouts
+    from vlguard_jax.conversion import layouts
     from vlguard_jax.models import LlavaModel, abstract_params
     from vlguard_jax.models.config import LlavaConfig
 
@@ -97,7 +97,7 @@ def main(argv=None) -> dict:
         script = textwrap.dedent(f"""
             import json, time
             from benchmarks.conversion import make_checkpoint
-            from conversion.hf_to_flax import convert
+            from vlguard_jax.conversion.hf_to_flax import convert
             make_checkpoint(__import__("pathlib").Path({str(tmp / "warm")!r}), 0.01)
             convert({str(tmp / "warm")!r}, {str(tmp / "warm_out")!r}, "float32")
             status = lambda k: int(dict(l.split(":", 1) for l in open("/proc/self/status"))[k].split()[0]) * 1024

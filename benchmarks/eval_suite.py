@@ -27,8 +27,8 @@ def build(p: presets.Preset, root: Path) -> tuple[Path, Path]:
     """A random checkpoint of the preset's shapes, converted (ours) and exported (the peer's)."""
     import jax
 
-    from conversion.flax_to_hf import export
     from vlguard_jax.checkpoints.converted import save_checkpoint
+    from vlguard_jax.conversion.flax_to_hf import export
     from vlguard_jax.models import LlavaModel
     from vlguard_jax.sharding import make_mesh
 

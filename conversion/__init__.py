@@ -1,1 +1,2 @@
-"""Weight converters between Hugging Face / original LLaVA checkpoints and vlguard-jax."""
+"""The converters live in `vlguard_jax.conversion`; this package keeps `python -m conversion.NAME`
+and `python -m conversion COMMAND` working (each module here only runs the real command)."""

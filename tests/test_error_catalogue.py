@@ -24,11 +24,11 @@ import psutil
 import pytest
 from PIL import Image
 
-from conversion.flax_to_hf import main as flax_to_hf_main
-from conversion.hf_to_flax import main as hf_to_flax_main
 from tests import tiny
 from tests.train import common
 from tests.train.test_loop import REPO, config_file, run_env, train_cmd
+from vlguard_jax.conversion.flax_to_hf import main as flax_to_hf_main
+from vlguard_jax.conversion.hf_to_flax import main as hf_to_flax_main
 from vlguard_jax.data import mixture
 from vlguard_jax.data.convert_vlguard import main as convert_vlguard_main
 from vlguard_jax.data.images import ImageError, load_pixels, open_rgb
@@ -214,7 +214,7 @@ def test_outputs_written_through_temporary_files_honour_the_umask(tmp_path):
 
 
 def test_converters_without_arguments_say_one_line_and_help_lists_them(capsys):
-    from conversion.__main__ import main as convert_main
+    from vlguard_jax.conversion.__main__ import main as convert_main
 
     for argv, line in (
         ([], "error: vlguard-convert: choose one of hf-to-flax, flax-to-hf, assemble (then --help for its flags)"),
@@ -464,7 +464,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(env, tmp_path):
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))\n"
-        "from conversion.hf_to_flax import main\n"
+        "from vlguard_jax.conversion.hf_to_flax import main\n"
         f"sys.exit(main(['--src', {str(ns.hf_dir)!r}, '--dst', {str(tmp_path / 'out')!r}, '--dtype', 'float32']))\n"
     )
     out = subprocess.run(

@@ -19,7 +19,8 @@ LAYERS = {
     "vlguard_jax.train": 2,
     "vlguard_jax.generate": 2,
     "vlguard_jax.evaluate": 3,
-    "conversion": 3,
+    "vlguard_jax.conversion": 3,
+    "conversion": 4,  # thin shims: `python -m conversion.NAME` runs vlguard_jax.conversion.NAME
     "vlguard_jax": 4,  # the package's public surface
     "vlguard_jax.demo": 4,
     "vlguard_jax.data.screen": 4,  # the front door of evaluate.screening
@@ -28,7 +29,7 @@ LAYERS = {
 DEFERRED = {
     ("vlguard_jax.evaluate.report", "matplotlib"): "pyplot: 0.7 s to import (2-core VM); only write_report draws",
     ("vlguard_jax.evaluate.report", "matplotlib.pyplot"): "as above",
-    ("conversion.reader", "torch"): "optional: only .bin (pickled) checkpoints need it",
+    ("vlguard_jax.conversion.reader", "torch"): "optional: only .bin (pickled) checkpoints need it",
     (
         "vlguard_jax.storage.orbax_s3",
         "orbax.checkpoint._src.path",

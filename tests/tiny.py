@@ -120,7 +120,7 @@ def build(tmp: Path, *, scale=5.0, seed=0, dtype="float32", **cfg_kw):
     """A tiny HF LLaVA saved under tmp/hf and converted to tmp/flax. Returns a namespace."""
     from types import SimpleNamespace
 
-    from conversion.hf_to_flax import convert
+    from vlguard_jax.conversion.hf_to_flax import convert
 
     tok = tokenizer()
     cfg = hf_config(tok, **cfg_kw)
@@ -318,7 +318,7 @@ def build_llama(tmp: Path, tok=None, dtype="float32", **kw):
     """A tiny text-only Llama saved under tmp/hf and converted to tmp/flax."""
     from types import SimpleNamespace
 
-    from conversion.hf_to_flax import convert
+    from vlguard_jax.conversion.hf_to_flax import convert
 
     tok = tok or guard_tokenizer()
     model = llama_model(tok, **kw)

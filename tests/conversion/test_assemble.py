@@ -10,10 +10,10 @@ import pytest
 import torch
 import transformers
 
-from conversion.assemble import assemble, main
-from conversion.reader import CheckpointError
 from tests import tiny
 from vlguard_jax import load_model
+from vlguard_jax.conversion.assemble import assemble, main
+from vlguard_jax.conversion.reader import CheckpointError
 
 
 def hf_reference(parts):

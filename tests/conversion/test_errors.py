@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conversion.flax_to_hf import main as flax_to_hf_main
-from conversion.hf_to_flax import convert, main
-from conversion.reader import CheckpointError
 from tests import tiny
+from vlguard_jax.conversion.flax_to_hf import main as flax_to_hf_main
+from vlguard_jax.conversion.hf_to_flax import convert, main
+from vlguard_jax.conversion.reader import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_bin_with_arbitrary_pickle_is_refused(built, tmp_path):
 
 def test_failure_mid_stream_leaves_nothing(built, tmp_path, monkeypatch):
     """Headers pass the checks but a tensor fails to read halfway through the write."""
-    from conversion.reader import TensorSource
+    from vlguard_jax.conversion.reader import TensorSource
 
     real, calls = TensorSource.get, []
 

@@ -8,9 +8,9 @@ import pytest
 import transformers
 from flax import traverse_util
 
-from conversion.flax_to_hf import export, main
 from tests import tiny
 from tests.train import common
+from vlguard_jax.conversion.flax_to_hf import export, main
 from vlguard_jax.train.loop import run
 
 

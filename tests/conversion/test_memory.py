@@ -36,7 +36,7 @@ def test_peak_rss_is_bounded_by_largest_tensor(tmp_path):
     script = textwrap.dedent(f"""
         import json, tempfile
         from tests import tiny
-        from conversion.hf_to_flax import convert
+        from vlguard_jax.conversion.hf_to_flax import convert
         tiny.build(tempfile.mkdtemp())
         def status(key):
             return int(dict(l.split(":", 1) for l in open("/proc/self/status"))[key].split()[0]) * 1024

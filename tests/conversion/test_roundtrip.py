@@ -9,12 +9,12 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-from conversion import layouts
-from conversion.flax_to_hf import export
-from conversion.hf_to_flax import convert
-from conversion.hf_to_flax import main as hf_to_flax_main
 from tests import tiny
 from vlguard_jax import load_model
+from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion.flax_to_hf import export
+from vlguard_jax.conversion.hf_to_flax import convert
+from vlguard_jax.conversion.hf_to_flax import main as hf_to_flax_main
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def _original_layout(built, d, with_tower=True, vocab_has_image_row=True):
     """An original-LLaVA checkpoint made from the tiny HF model through layouts.ORIGINAL."""
     d.mkdir()
     m = load_model(built.flax_dir, dtype=jnp.float32)
-    from conversion.flax_to_hf import torch_state
+    from vlguard_jax.conversion.flax_to_hf import torch_state
 
     hub = torch_state(m.config, m.params, np.float32)
     # hub names -> original names: the same rules with the other prefixes

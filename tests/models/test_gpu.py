@@ -38,7 +38,7 @@ def test_cudnn_attention_matches_xla_in_bfloat16(built):
 
 
 def test_float32_parity_on_gpu(built, tmp_path):
-    from conversion.hf_to_flax import convert
+    from vlguard_jax.conversion.hf_to_flax import convert
 
     convert(built.hf_dir, tmp_path / "f32", "float32")
     ids, mask, pixels = tiny.batch(built.cfg, built.tok)

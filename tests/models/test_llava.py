@@ -68,7 +68,7 @@ def test_bfloat16_within_documented_bound(built, tmp_path):
 
     import torch
 
-    from conversion.hf_to_flax import convert
+    from vlguard_jax.conversion.hf_to_flax import convert
 
     if built.cfg.text_config.num_hidden_layers == 5:
         pytest.skip("three variants suffice for the bfloat16 bound")

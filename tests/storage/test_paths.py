@@ -104,8 +104,8 @@ def emu_tmp(emu):
 
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_a_converted_checkpoint_in_a_bucket_loads_as_the_local_one(env, emu, scheme):
-    from conversion.hf_to_flax import convert
     from vlguard_jax.checkpoints.loading import load_model
+    from vlguard_jax.conversion.hf_to_flax import convert
 
     ns, _ = env
     dst = f"{scheme}://bkt/ckpt/tiny"
@@ -245,7 +245,7 @@ def test_training_in_a_bucket_killed_and_resumed_is_bit_exact(env, emu, referenc
     as soon as step 4's checkpoint starts to appear; the restart ends where an uninterrupted local
     run ends, and flax_to_hf exports from the bucket what it exports from the local run. In s3://,
     orbax writes through tensorstore's s3 driver (storage.orbax_s3)."""
-    from conversion.flax_to_hf import export
+    from vlguard_jax.conversion.flax_to_hf import export
 
     ns, tmp = env
     remote = remote_config(ns, tmp, scheme, f"remote_{scheme}", **KW)
@@ -378,9 +378,9 @@ def test_a_missing_bucket_is_named_and_never_created(emu, scheme, monkeypatch, c
 
 @pytest.mark.parametrize("scheme", ["gs", "s3"])
 def test_assemble_writes_its_checkpoint_into_a_bucket(emu, scheme, tmp_path):
-    from conversion.assemble import main
     from tests import tiny
     from vlguard_jax.checkpoints.loading import load_model
+    from vlguard_jax.conversion.assemble import main
 
     parts = tiny.llava_parts(tmp_path)
     dst = f"{scheme}://bkt/assembled"

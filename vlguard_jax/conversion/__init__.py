@@ -1,0 +1,1 @@
+"""Weight converters between Hugging Face / original LLaVA checkpoints and vlguard-jax."""

@@ -1,0 +1,34 @@
+"""`vlguard-convert COMMAND [ARGS]` (also `python -m conversion COMMAND [ARGS]`), one front door to
+the converters, each of which also runs as `python -m conversion.NAME`:
+
+- `hf-to-flax`: a llava-hf, original-LLaVA or Llama checkpoint to vlguard-jax (conversion.hf_to_flax);
+- `flax-to-hf`: a vlguard-jax checkpoint or training run to Hugging Face or PEFT (conversion.flax_to_hf);
+- `assemble`: the mixed recipe's start from Vicuna, CLIP and the stage-1 projector (conversion.assemble).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from vlguard_jax.conversion import assemble, flax_to_hf, hf_to_flax
+
+COMMANDS = {"hf-to-flax": hf_to_flax.main, "flax-to-hf": flax_to_hf.main, "assemble": assemble.main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--help"], ["-h"]):
+        print((__doc__ or "").strip())
+        return 0
+    if not argv or argv[0] not in COMMANDS:
+        got = f"unknown command {argv[0]!r}; " if argv and not argv[0].startswith("-") else ""
+        print(
+            f"error: vlguard-convert: {got}choose one of {', '.join(COMMANDS)} (then --help for its flags)",
+            file=sys.stderr,
+        )
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

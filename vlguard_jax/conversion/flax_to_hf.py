@@ -1,0 +1,216 @@
+"""`python -m conversion.flax_to_hf --src CKPT|WORKDIR --dst DIR [--dtype ...] [--lora merge|peft]`
+
+Writes a vlguard-jax checkpoint, or the latest checkpoint of a training run (a `workdir`), as a
+llava-hf directory: sharded safetensors with an index,
+`config.json`, `generation_config.json`, the tokenizer and the processor files, so that
+`LlavaForConditionalGeneration.from_pretrained(DIR)` and `AutoProcessor.from_pretrained(DIR)` work.
+Key names are the llava-hf hub names, which transformers 4.x and 5.x both load.
+
+For a LoRA run, `--lora merge` folds the adapters into the weights (a full model) and `--lora
+peft` writes a PEFT adapter directory (LoRA factors and projector) for the base model instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+from safetensors.numpy import save_file
+
+# The PIL processor: the one transformers falls back to without torchvision, saved as CLIPImageProcessor.
+from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaProcessor
+
+from vlguard_jax import storage
+from vlguard_jax.checkpoints import runs
+from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
+from vlguard_jax.checkpoints.ref import resolve_checkpoint
+from vlguard_jax.conversion import layouts, peft_adapter
+from vlguard_jax.conversion.hf_to_flax import DTYPES
+from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
+from vlguard_jax.models import abstract_params, build_model
+from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.family import LLAVA
+from vlguard_jax.models.layers import LORA_PARAMS
+from vlguard_jax.storage.files import atomic_dir, check_output
+
+MAX_SHARD_BYTES = 4 << 30
+
+
+def torch_state(config: LlavaConfig, params, dtype) -> dict[str, np.ndarray]:
+    """Our parameter tree -> {hub name: array} (PyTorch layouts, in `dtype`)."""
+    v = config.vision
+    patch_shape = (v.hidden_size, v.num_channels, v.patch_size, v.patch_size)
+    out = {}
+    for path, array in traverse_util.flatten_dict(params, sep="/").items():
+        name, transform = layouts.torch_name(path, layouts.HUB)
+        out[name] = np.ascontiguousarray(layouts.to_torch(np.asarray(array), transform, patch_shape).astype(dtype))
+    return out
+
+
+def _pad_vocab(config: LlavaConfig, state: dict) -> LlavaConfig:
+    """transformers looks the image token up in the embedding table, so the table must cover it.
+    Checkpoints converted from the original LLaVA put `<image>` one past the vocabulary: add
+    rows (zeros; the image rows of the embedding are always overwritten by image features)."""
+    t = config.text
+    if config.image_token_index < t.vocab_size:
+        return config
+    new = -(-(config.image_token_index + 1) // 64) * 64
+    for key in (layouts.HUB["lm"] + "embed_tokens.weight", layouts.HUB["lm_head"] + "weight"):
+        if key in state:
+            a = state[key]
+            state[key] = np.concatenate([a, np.zeros((new - a.shape[0], a.shape[1]), a.dtype)])
+    return config.replace(text=dataclasses.replace(t, vocab_size=new))
+
+
+def write_safetensors(state: dict, dst: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+    shards, current, size = [], {}, 0
+    for name, a in state.items():
+        if current and size + a.nbytes > max_shard_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name] = a
+        size += a.nbytes
+    shards.append(current)
+    if len(shards) == 1:
+        save_file(shards[0], os.fspath(dst / "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.fspath(dst / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+    total = sum(a.nbytes for a in state.values())
+    (dst / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
+
+
+def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str) -> None:
+    hf = config.to_hf()
+    hf["dtype"] = dtype_name
+    (dst / "config.json").write_text(json.dumps(hf, indent=2))
+    copy_side_files(src, dst)
+    if not (dst / "generation_config.json").exists():
+        t = config.text
+        eos = list(t.eos_token_id) if isinstance(t.eos_token_id, tuple) else t.eos_token_id
+        (dst / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": t.bos_token_id, "eos_token_id": eos, "pad_token_id": t.pad_token_id}, indent=2)
+        )
+    # Read from the copies in DST: the source may be in a bucket.
+    if (dst / "tokenizer_config.json").exists() and (dst / "preprocessor_config.json").exists():
+        processor = LlavaProcessor(
+            image_processor=CLIPImageProcessorPil.from_pretrained(dst, local_files_only=True),
+            tokenizer=AutoTokenizer.from_pretrained(dst, local_files_only=True),
+            patch_size=config.vision.patch_size,
+            vision_feature_select_strategy=config.vision_feature_select_strategy,
+            num_additional_image_tokens=1,
+        )
+        processor.save_pretrained(dst)
+
+
+def check_shapes(src: Path, config: LlavaConfig, flat: dict) -> None:
+    """Every tensor has the shape the config gives it (LoRA factors: their kernel's in and out),
+    and none is missing or extra: a checkpoint whose config disagrees with its weights is refused."""
+    want: dict[tuple, Any] = traverse_util.flatten_dict(abstract_params(build_model(config)))
+    for key, spec in want.items():
+        if key not in flat:
+            raise CheckpointError(f"{src}: tensor {'/'.join(key)} is missing; {MODEL_CONFIG} describes it")
+        if tuple(flat[key].shape) != tuple(spec.shape):
+            raise CheckpointError(
+                f"{src}: tensor {'/'.join(key)} has shape {tuple(flat[key].shape)}, but "
+                f"{MODEL_CONFIG} gives {tuple(spec.shape)}"
+            )
+    for key, a in flat.items():
+        if key[-1] in LORA_PARAMS:
+            kernel = want.get(key[:-1] + ("kernel",))
+            dim = 0 if key[-1] == "lora_a" else 1
+            if kernel is None or a.shape[dim] != kernel.shape[dim]:
+                raise CheckpointError(
+                    f"{src}: LoRA factor {'/'.join(key)} of shape {tuple(a.shape)} does not fit "
+                    f"its kernel {None if kernel is None else tuple(kernel.shape)}"
+                )
+        elif key not in want:
+            raise CheckpointError(f"{src}: tensor {'/'.join(key)} is not in the model {MODEL_CONFIG} describes")
+
+
+def export(
+    src,
+    dst,
+    dtype: str | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    lora: str | None = None,
+    overwrite: bool = False,
+) -> LlavaConfig:
+    dst = storage.as_path(dst)
+    check_output(dst, storage.as_path(src), overwrite=overwrite)
+    ref = resolve_checkpoint(src)  # a bucket checkpoint must be complete (its marker)
+    if ref.family is not LLAVA:
+        raise CheckpointError(f"{src}: a {ref.family.label} checkpoint, not a {LLAVA.label} one")
+    if ref.kind == "run":
+        return _export_run(ref.path, dst, dtype, max_shard_bytes, lora, overwrite)
+    src = ref.path
+    if lora is not None:
+        raise InputError(f"--lora applies to a training run's workdir; {src} is a plain checkpoint")
+    config = ref.config
+    assert isinstance(config, LlavaConfig)  # its family is LLaVA
+    params = load_params(src / PARAMS_DIR)
+    check_shapes(src, config, traverse_util.flatten_dict(params))
+    return _write(src, dst, config, params, dtype, max_shard_bytes, overwrite)
+
+
+def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora, overwrite) -> LlavaConfig:
+    base, config, flat, meta = runs.load_run(src)
+    check_shapes(src, config, flat)
+    has_lora = runs.has_lora(flat)
+    if has_lora and lora not in ("merge", "peft"):
+        raise InputError(f"{src} is a LoRA run: pass --lora merge (a full model) or --lora peft (an adapter)")
+    if lora == "peft":
+        if not has_lora:
+            raise InputError(f"{src} has no LoRA weights (a full fine-tuning run); use --lora merge")
+        with atomic_dir(dst, overwrite) as tmp:
+            peft_adapter.write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
+        return config
+    if has_lora:
+        flat = runs.merge_lora(flat, runs.lora_of(src, meta).scale)
+    dtype = dtype or flat[("language_model", "embed_tokens")].dtype.name  # the base checkpoint's
+    return _write(base, dst, config, traverse_util.unflatten_dict(flat), dtype, max_shard_bytes, overwrite)
+
+
+def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_bytes, overwrite) -> LlavaConfig:
+    """`params` -> a llava-hf directory; side files (tokenizer, processor) come from `src`."""
+    if dtype is None:
+        np_dtype = np.asarray(next(iter(traverse_util.flatten_dict(params).values()))).dtype
+        dtype = np_dtype.name
+    elif dtype not in DTYPES:
+        raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    state = torch_state(config, params, np.dtype(DTYPES[dtype]))
+    del params
+    config = _pad_vocab(config, state)
+    with atomic_dir(dst, overwrite) as tmp:
+        write_safetensors(state, tmp, max_shard_bytes)
+        write_side_files(src, tmp, config, dtype)
+    return config
+
+
+@cli
+def main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m conversion.flax_to_hf", description=(__doc__ or "").split("\n\n")[1])
+    p.add_argument("--src", required=True, help="vlguard-jax checkpoint directory")
+    p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="default: the checkpoint's dtype")
+    p.add_argument("--lora", choices=("merge", "peft"), help="for a LoRA training run: merged model or PEFT adapter")
+    a = p.parse_args(argv)
+    export(a.src, a.dst, a.dtype, lora=a.lora, overwrite=a.overwrite)
+    print(f"wrote {a.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

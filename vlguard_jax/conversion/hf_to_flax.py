@@ -1,0 +1,259 @@
+"""`python -m conversion.hf_to_flax --src SRC --dst DST [--dtype bfloat16|float32] [--vision-tower DIR]`
+
+Converts a llava-hf or original-LLaVA PyTorch checkpoint into a vlguard-jax checkpoint directory:
+`params/` (orbax), `model_config.json`, and the tokenizer and preprocessor files. A text-only
+`LlamaForCausalLM` (such as Llama Guard, for `--judge llamaguard`) converts the same way, without a
+tower. Tensors stream one at a time; every key and shape is checked against the model before
+anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+# The PIL processor: the one transformers falls back to without torchvision, saved as CLIPImageProcessor.
+from transformers import AutoTokenizer, CLIPImageProcessorPil
+
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
+from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion.reader import TensorSource
+from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
+from vlguard_jax.models import abstract_params, build_model
+from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
+from vlguard_jax.storage.files import atomic_dir, check_output
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
+
+
+def read_json(path: Path) -> dict:
+    """A config file; a missing or malformed one is a CheckpointError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+
+
+def read_source(src: Path) -> tuple[dict, TensorSource, str, dict]:
+    """(config.json, its tensors, their layout, the layout's key prefixes), from headers only."""
+    hf = read_json(src / "config.json")
+    source = TensorSource(src)
+    try:
+        layout, prefixes = layouts.detect(source.keys())
+    except ValueError as e:
+        raise CheckpointError(f"{src}: {e}") from None
+    return hf, source, layout, prefixes
+
+
+def _plan(src: Path, vision_tower: Path | None):
+    """Reads configs and tensor headers; returns (config, tensor sources, prefixes, layout, and for
+    the original layout its tokenizer with `<image>` added, else None)."""
+    hf, source, layout, prefixes = read_source(src)
+    vision_source, tokenizer = source, None
+    if layout == "llama":
+        try:
+            config = TextOnlyConfig.from_hf(hf, source=str(src / "config.json"))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        return config, source, vision_source, prefixes, layout, tokenizer
+    if layout == "original":
+        inside = any(k.startswith(prefixes["vision"]) for k in source.keys())
+        vision_cfg = None
+        if vision_tower is not None:
+            vision_cfg = vision_from_hf(read_json(vision_tower / "config.json"))
+            if not inside:
+                vision_source = TensorSource(vision_tower)
+                prefixes["vision"] = layouts.clip_tower_prefix(vision_source.keys())
+                if prefixes["vision"] is None:
+                    raise CheckpointError(
+                        f"{vision_tower}: no CLIP vision tower weights (vision_model.embeddings.patch_embedding.weight)"
+                    )
+        elif not inside:
+            raise CheckpointError(
+                f"{src}: the CLIP tower weights are not in this checkpoint; "
+                "pass --vision-tower DIR (a CLIP model directory)"
+            )
+        tokenizer = tokenizer_with_image_token(src)
+        config = LlavaConfig.from_original_llava(
+            hf, vision_cfg, tokenizer.convert_tokens_to_ids("<image>"), source=str(src / "config.json")
+        )
+    else:
+        if "text_config" not in hf:
+            raise CheckpointError(f"{src / 'config.json'}: llava-hf weights but not a llava-hf config")
+        config = LlavaConfig.from_hf(hf, source=str(src / "config.json"))
+    return config, source, vision_source, prefixes, layout, tokenizer
+
+
+def tokenizer_with_image_token(src: Path):
+    """The original LLaVA splices images at id -200 and its tokenizer has no `<image>`; we add the
+    token to the tokenizer, which gives it the next free id."""
+    try:
+        tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{src}: cannot load the tokenizer ({e})") from None
+    tok.add_tokens(["<image>"], special_tokens=True)
+    return tok
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One parameter of ours and the PyTorch tensor it is read from."""
+
+    path: str  # ours, '/'-joined
+    source: TensorSource
+    name: str  # the PyTorch name in `source`
+    transform: str | None
+    shape: tuple  # ours (flax layout)
+
+
+def tensor_plan(config, prefixes: dict, dtype, source_for) -> list[Entry]:
+    """Every parameter of the model for `config`, with its tensor; `source_for(path)` names the
+    TensorSource that holds it."""
+    shapes: dict[str, Any] = traverse_util.flatten_dict(
+        abstract_params(build_model(config, param_dtype=dtype)), sep="/"
+    )
+    plan = []
+    for path, s in shapes.items():
+        name, transform = layouts.torch_name(path, prefixes)
+        plan.append(Entry(path, source_for(path), name, transform, tuple(s.shape)))
+    return plan
+
+
+def check_plan(plan: list[Entry], hint=lambda entry: "") -> None:
+    """Every tensor is there with the shape its parameter needs; errors name file and tensor."""
+    for e in plan:
+        if e.name not in e.source.shapes:
+            raise CheckpointError(f"{e.source.dir}: missing tensor {e.name!r} (for {e.path})")
+        got = e.source.shapes[e.name]
+        if layouts.flax_shape(got, e.transform) != e.shape:
+            raise CheckpointError(
+                f"{e.source.index[e.name]}: tensor {e.name!r} has shape {got}, "
+                f"expected {layouts.source_shape(e.shape, e.transform)} for {e.path} in this config{hint(e)}"
+            )
+        kind = e.source.dtypes.get(e.name, "float")
+        if not kind.startswith(("float", "bfloat", "F", "BF")):
+            raise CheckpointError(
+                f"{e.source.index[e.name]}: tensor {e.name!r} is {kind}, not floating point: a quantised "
+                "checkpoint cannot be converted (its values would be cast as they are); use the float release"
+            )
+
+
+def check_unused(source: TensorSource, plan: list[Entry], what: str, ignore=lambda name: False) -> None:
+    """No tensor of `source` is left over, but buffers and what `ignore` says."""
+    used = {e.name for e in plan if e.source is source}
+    extra = [k for k in source.keys() if k not in used and not layouts.IGNORED.search(k) and not ignore(k)]
+    if extra:
+        raise CheckpointError(
+            f"{source.index[extra[0]]}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all) for {what}"
+        )
+
+
+def _check(plan, source: TensorSource, vision_source: TensorSource, config: LlavaConfig | TextOnlyConfig, layout: str):
+    check_plan(plan)
+
+    def ignore(name):
+        if config.text.tie_word_embeddings and name.endswith("lm_head.weight"):
+            return True
+        # a tower given separately wins over any inside
+        return vision_source is not source and name.startswith(layouts.ORIGINAL["vision"])
+
+    check_unused(source, [e for e in plan if e.source is source], f"layout {layout}", ignore)
+
+
+def write_side_files(src: Path, vision_tower: Path | None, dst: Path, config, tokenizer) -> None:
+    """Tokenizer (`tokenizer` if given, else SRC's), SRC's generation and processor files, and a
+    CLIP image processor (the tower's, or one for its image size)."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(dst)
+    copy_side_files(src, dst)
+    if config.vision is not None and not (dst / "preprocessor_config.json").exists():
+        if vision_tower is not None and (vision_tower / "preprocessor_config.json").exists():
+            shutil.copy2(vision_tower / "preprocessor_config.json", dst / "preprocessor_config.json")
+        else:
+            size = config.vision.image_size
+            CLIPImageProcessorPil(
+                size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+            ).save_pretrained(dst)
+
+
+def write_checkpoint(
+    plan: list[Entry], dst: Path, config, dtype: str, side_files, flush_bytes: int = 64 << 20, overwrite: bool = False
+):
+    """Stream the plan's tensors into DST (atomic), then the config and `side_files(tmp_dir)`."""
+    np_dtype = np.dtype(DTYPES[dtype])
+    with atomic_dir(dst, overwrite) as tmp:
+        writer = StreamingWriter(tmp / PARAMS_DIR)
+        pending = 0
+        for e in plan:
+            array = np.ascontiguousarray(layouts.to_flax(e.source.get(e.name), e.transform), dtype=np_dtype)
+            writer.add(tuple(e.path.split("/")), array)
+            pending += array.nbytes
+            del array
+            if pending >= flush_bytes:
+                writer.flush()
+                pending = 0
+        writer.finalize()
+        config.save(tmp / MODEL_CONFIG)
+        side_files(tmp)
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+
+
+def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False):
+    """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config."""
+    src, dst = Path(src), storage.as_path(dst)
+    vision_tower = Path(vision_tower) if vision_tower else None
+    check_dtype(dtype)
+    check_output(dst, src, *([vision_tower] if vision_tower else []), overwrite=overwrite)
+    config, source, vision_source, prefixes, layout, tokenizer = _plan(src, vision_tower)
+    separate = vision_source is not source
+    plan = tensor_plan(
+        config,
+        prefixes,
+        DTYPES[dtype],
+        lambda path: vision_source if separate and path.startswith("vision_tower/") else source,
+    )
+    _check(plan, source, vision_source, config, layout)
+    write_checkpoint(
+        plan,
+        dst,
+        config,
+        dtype,
+        lambda tmp: write_side_files(src, vision_tower, tmp, config, tokenizer),
+        flush_bytes,
+        overwrite,
+    )
+    return config
+
+
+@cli
+def main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="python -m conversion.hf_to_flax", description=(__doc__ or "").split("\n\n")[1])
+    p.add_argument("--src", required=True, help="llava-hf or original LLaVA checkpoint directory")
+    p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--vision-tower", help="CLIP directory, for original-LLaVA checkpoints without the tower")
+    a = p.parse_args(argv)
+    config = convert(a.src, a.dst, a.dtype, a.vision_tower, overwrite=a.overwrite)
+    tower = f"{config.vision.num_hidden_layers}-layer CLIP" if config.vision else "text only"
+    print(f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, {tower}, dtype {a.dtype}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
