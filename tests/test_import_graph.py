@@ -23,7 +23,7 @@ LAYERS = {
     "conversion": 4,  # thin shims: `python -m conversion.NAME` runs vlguard_jax.conversion.NAME
     "vlguard_jax": 4,  # the package's public surface
     "vlguard_jax.demo": 4,
-    "vlguard_jax.data.screen": 4,  # the front door of evaluate.screening
+    "vlguard_jax.data.screen": 4,  # the front door of evaluate.judges.screening
 }
 # Imports kept inside functions, each for a reason that was measured or is structural.
 DEFERRED = {

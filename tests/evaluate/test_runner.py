@@ -8,8 +8,8 @@ import pytest
 from tests import tiny
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate.__main__ import main
-from vlguard_jax.evaluate.figstep import FontError, find_font, font_build
 from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
+from vlguard_jax.evaluate.safety.figstep import FontError, find_font, font_build
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests import tiny
-from tests.evaluate.test_vqa_scoring import jsonl, mmbench_tsv
+from tests.evaluate.helpfulness.test_vqa_scoring import jsonl, mmbench_tsv
 from vlguard_jax import storage
 from vlguard_jax.checkpoints import ref as ref_module
 from vlguard_jax.checkpoints import runs

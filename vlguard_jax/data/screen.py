@@ -4,7 +4,7 @@ Classifies every conversation of a LLaVA-format file with a converted Llama Guar
 records judged safe to DST, the others to DST's `.flagged.jsonl`, with counts per category. An
 interrupted run resumes without judging again; under several processes (the JAX_* variables, as
 training) each judges its slice. This module is the command's front door only: the screen itself
-is `vlguard_jax.evaluate.screening`, which runs on the generator.
+is `vlguard_jax.evaluate.judges.screening`, which runs on the generator.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from vlguard_jax.errors import ArgumentParser, at_least, cli
-from vlguard_jax.evaluate import llamaguard, screening
+from vlguard_jax.evaluate.judges import llamaguard, screening
 from vlguard_jax.runtime import maybe_initialize_distributed
 
 

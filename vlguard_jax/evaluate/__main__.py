@@ -21,8 +21,9 @@ import jax.numpy as jnp
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.errors import ArgumentParser, InputError, UsageError, at_least, cli
-from vlguard_jax.evaluate import gpt_graders, llamaguard, vqa, vqa_scoring
-from vlguard_jax.evaluate.gpt4_judge import ORDERS
+from vlguard_jax.evaluate.helpfulness import gpt_graders, vqa, vqa_scoring
+from vlguard_jax.evaluate.judges import llamaguard
+from vlguard_jax.evaluate.judges.gpt4_judge import ORDERS
 from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import (
     DTYPES,
@@ -34,7 +35,7 @@ from vlguard_jax.evaluate.runner import (
     rescore,
     run,
 )
-from vlguard_jax.evaluate.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
+from vlguard_jax.evaluate.safety.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
 from vlguard_jax.evaluate.suite import run_suite
 from vlguard_jax.generate import auto_dtype, load_generator
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES

@@ -26,8 +26,9 @@ from vlguard_jax import storage
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
 from vlguard_jax.errors import InputError, MissingFileError
-from vlguard_jax.evaluate import figstep, gpt4_judge, llamaguard, safety_sets
-from vlguard_jax.evaluate.scoring import is_refusal, token_f1
+from vlguard_jax.evaluate.judges import gpt4_judge, llamaguard
+from vlguard_jax.evaluate.safety import figstep, safety_sets
+from vlguard_jax.evaluate.safety.scoring import is_refusal, token_f1
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
 from vlguard_jax.models.family import family_of

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError, MissingFileError
-from vlguard_jax.evaluate import gpt_graders, vqa, vqa_scoring
-from vlguard_jax.evaluate.gpt4_judge import JudgeNotConfigured
-from vlguard_jax.evaluate.gpt4_judge import settings as judge_settings
+from vlguard_jax.evaluate.helpfulness import gpt_graders, vqa, vqa_scoring
+from vlguard_jax.evaluate.judges.gpt4_judge import JudgeNotConfigured
+from vlguard_jax.evaluate.judges.gpt4_judge import settings as judge_settings
 from vlguard_jax.evaluate.runner import SUMMARY, Evaluation, Protocol, claim_output, run
 from vlguard_jax.generate import load_generator
 from vlguard_jax.models.family import family_of

@@ -18,7 +18,7 @@ from vlguard_jax import storage
 from vlguard_jax.checkpoints.converted import MODEL_CONFIG
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError, MissingFileError
-from vlguard_jax.evaluate import provenance
+from vlguard_jax.evaluate.judges import provenance
 from vlguard_jax.generate import Sampling, load_generator, response_text
 from vlguard_jax.storage.files import write_json
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from vlguard_jax.data.records import RecordError
-from vlguard_jax.evaluate import vqa_scoring as vs
 from vlguard_jax.evaluate.__main__ import main
-from vlguard_jax.evaluate.answer_norm import normalize, soft_accuracy
+from vlguard_jax.evaluate.helpfulness import vqa_scoring as vs
+from vlguard_jax.evaluate.helpfulness.answer_norm import normalize, soft_accuracy
 
 
 def jsonl(path, rows):

@@ -7,9 +7,10 @@ import pytest
 
 from tests import tiny
 from vlguard_jax.data.sample import write_sample
-from vlguard_jax.evaluate import llamaguard, runner
+from vlguard_jax.evaluate import runner
 from vlguard_jax.evaluate.__main__ import main
-from vlguard_jax.evaluate.safety_sets import Item
+from vlguard_jax.evaluate.judges import llamaguard
+from vlguard_jax.evaluate.safety.safety_sets import Item
 from vlguard_jax.storage.files import fingerprint
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tests.evaluate.test_vqa_scoring import ans, jsonl
+from tests.evaluate.helpfulness.test_vqa_scoring import ans, jsonl
 from tests.judge_stub import reply, serve
-from vlguard_jax.evaluate import gpt_graders
+from vlguard_jax.evaluate.helpfulness import gpt_graders
 
 
 def test_llava_bench_scores_relative_to_the_reference(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from vlguard_jax.data.images import resolve
 from vlguard_jax.errors import InputError, UserError
-from vlguard_jax.evaluate import provenance
+from vlguard_jax.evaluate.judges import provenance
 from vlguard_jax.storage.files import atomic_write_json
 
 # gpt4_evaluator.py's `system_image`, sent as the user message's text.

@@ -1,4 +1,4 @@
-"""`python -m vlguard_jax.evaluate.image_modes DIR`: how many images of a folder LLaVA's
+"""`python -m vlguard_jax.evaluate.helpfulness.image_modes DIR`: how many images of a folder LLaVA's
 `model_vqa_science.py` and `model_vqa_mmbench.py` pad differently from us. Those scripts pad an
 image to a square in its own mode and convert it to RGB after; we convert first. Only non-square
 images outside RGB and RGBA differ (see the README); this counts them, by mode."""
@@ -48,7 +48,9 @@ def count_modes(root) -> dict:
 
 @cli
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m vlguard_jax.evaluate.image_modes", description=(__doc__ or "").split("\n")[0])
+    p = ArgumentParser(
+        prog="python -m vlguard_jax.evaluate.helpfulness.image_modes", description=(__doc__ or "").split("\n")[0]
+    )
     p.add_argument("dir", help="an image folder (e.g. ScienceQA's test images)")
     a = p.parse_args(argv)
     print(json.dumps(count_modes(a.dir), indent=1))

@@ -12,10 +12,10 @@ import pytest
 from tests import tiny
 from tests.judge_stub import reply, serve
 from vlguard_jax.data.sample import write_sample
-from vlguard_jax.evaluate import gpt4_judge
 from vlguard_jax.evaluate.__main__ import main
-from vlguard_jax.evaluate.provenance import ProvenanceError
-from vlguard_jax.evaluate.safety_sets import Item
+from vlguard_jax.evaluate.judges import gpt4_judge
+from vlguard_jax.evaluate.judges.provenance import ProvenanceError
+from vlguard_jax.evaluate.safety.safety_sets import Item
 
 OUTPUT = re.compile(r'"model_identifier": "(m|M)",\n        "output": "(.*?)"\n', re.S)
 

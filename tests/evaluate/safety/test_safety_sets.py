@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from vlguard_jax.data.records import RecordError
-from vlguard_jax.evaluate import safety_sets
-from vlguard_jax.evaluate.figstep import (
+from vlguard_jax.evaluate.safety import safety_sets
+from vlguard_jax.evaluate.safety.figstep import (
     REFERENCE_DEB,
     FontError,
     figstep_text,

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from vlguard_jax.errors import InputError
-from vlguard_jax.evaluate.gpt4_judge import ask, settings
+from vlguard_jax.evaluate.judges.gpt4_judge import ask, settings
 from vlguard_jax.storage.files import atomic_write_json, read_jsonl
 
 REVIEW_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."

@@ -15,7 +15,7 @@ from tests.train.test_loop import free_port, run_env
 from vlguard_jax.data import mixture
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.screen import main
-from vlguard_jax.evaluate import screening
+from vlguard_jax.evaluate.judges import screening
 from vlguard_jax.generate import sampler
 from vlguard_jax.train.defaults import base_config
 

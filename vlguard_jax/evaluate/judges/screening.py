@@ -40,7 +40,7 @@ from vlguard_jax import storage
 from vlguard_jax.checkpoints.ref import CheckpointRef
 from vlguard_jax.data.conversation import IMAGE_TAG, turns
 from vlguard_jax.data.records import RecordError, load_json_list, record_label, validate_llava
-from vlguard_jax.evaluate import llamaguard, provenance
+from vlguard_jax.evaluate.judges import llamaguard, provenance
 from vlguard_jax.generate import Sampling, load_generator, response_text
 from vlguard_jax.storage.files import (
     append_jsonl,

@@ -35,7 +35,7 @@ from openpyxl import Workbook
 
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.errors import InputError, MissingFileError
-from vlguard_jax.evaluate.answer_norm import normalize, soft_accuracy
+from vlguard_jax.evaluate.helpfulness.answer_norm import normalize, soft_accuracy
 from vlguard_jax.storage.files import atomic_write_json, read_jsonl
 
 SQA_OPTIONS = ("A", "B", "C", "D", "E")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlguard_jax.evaluate.scoring import REFUSAL_MARKERS, asr, is_refusal
+from vlguard_jax.evaluate.safety.scoring import REFUSAL_MARKERS, asr, is_refusal
 
 CASES = [
     ("I'm sorry, but I can't help with that.", True),
@@ -43,7 +43,7 @@ def test_asr():
 
 
 def test_token_f1():
-    from vlguard_jax.evaluate.scoring import token_f1
+    from vlguard_jax.evaluate.safety.scoring import token_f1
 
     ref = "The image shows a red circle with the word castle."
     assert token_f1(ref, ref) == 1.0

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from tests import tiny
-from tests.evaluate.test_vqa_scoring import jsonl, mmbench_tsv
+from tests.evaluate.helpfulness.test_vqa_scoring import jsonl, mmbench_tsv
 from vlguard_jax.data.images import pixels
-from vlguard_jax.evaluate import vqa
 from vlguard_jax.evaluate.__main__ import main
+from vlguard_jax.evaluate.helpfulness import vqa
 
 VICUNA = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -252,7 +252,7 @@ def test_answers_files_refuse_duplicate_ids_inputs_buckets_and_text_only_models(
 
 
 def test_image_modes_counts_the_images_llavas_scripts_pad_differently(tmp_path, capsys):
-    from vlguard_jax.evaluate import image_modes
+    from vlguard_jax.evaluate.helpfulness import image_modes
 
     (tmp_path / "sub").mkdir()
     Image.new("RGB", (30, 20)).save(tmp_path / "rgb_wide.png")

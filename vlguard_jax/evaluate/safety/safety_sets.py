@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.errors import InputError
-from vlguard_jax.evaluate.figstep import QUESTION
+from vlguard_jax.evaluate.safety.figstep import QUESTION
 
 BENCHMARKS = ("vlguard", "xstest", "advbench", "figstep")
 VLGUARD_SUBSETS = ("unsafes", "safe_unsafes", "safe_safes")

@@ -1,0 +1,1 @@
+"""Safety benchmarks: the test sets (VLGuard, XSTest, AdvBench, FigStep) and their scoring."""
