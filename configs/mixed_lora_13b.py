@@ -1,10 +1,7 @@
-"""Mixed VLGuard LoRA on 13B: the 7B recipe (mixed_lora_7b) from Vicuna-13B-v1.5 and the 13B
-stage-1 projector; LLaVA-1.5 trains both sizes with the same values."""
+"""The paper's mixed lora config on LLaVA-1.5-13B: configs/paper.py with "13b,lora,mixed"."""
 
-from configs import mixed_lora_7b
+from configs import paper
 
 
 def get_config():
-    c = mixed_lora_7b.get_config()
-    c.model.checkpoint = "checkpoints/llava-1.5-13b-pretrain-flax"
-    return c
+    return paper.get_config("13b,lora,mixed")

@@ -1,9 +1,7 @@
-"""Post-hoc VLGuard LoRA on LLaVA-1.5-13B: the 7B recipe (posthoc_lora_7b) on the 13B checkpoint."""
+"""The paper's posthoc lora config on LLaVA-1.5-13B: configs/paper.py with "13b,lora,posthoc"."""
 
-from configs import posthoc_lora_7b
+from configs import paper
 
 
 def get_config():
-    c = posthoc_lora_7b.get_config()
-    c.model.checkpoint = "checkpoints/llava-1.5-13b-flax"
-    return c
+    return paper.get_config("13b,lora,posthoc")

@@ -1,14 +1,7 @@
-"""Post-hoc VLGuard LoRA on LLaVA-1.5-7B: VLGuard train + 5,000 LLaVA samples, 3 epochs."""
+"""The paper's posthoc lora config on LLaVA-1.5-7B: configs/paper.py with "7b,lora,posthoc"."""
 
-from vlguard_jax.train.defaults import base_config
+from configs import paper
 
 
 def get_config():
-    c = base_config()
-    c.model.checkpoint = "checkpoints/llava-1.5-7b-flax"
-    c.data.recipe = "posthoc"
-    c.epochs = 3
-    c.train.mode = "lora"
-    c.optim.lr = 2e-4
-    c.optim.projector_lr = 2e-5
-    return c
+    return paper.get_config("7b,lora,posthoc")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vlguard_jax.errors import ConfigError
-from vlguard_jax.train.command import find_config, parse
+from vlguard_jax.train.command import find_config, load_config_file, parse
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,6 +56,22 @@ def test_a_config_is_found_by_path_or_by_its_shipped_name(tmp_path):
         r"are \['demo', 'mixed_full_13b', .*'posthoc_lora_7b'\]",
     ):
         find_config("posthoc_lora_8b")
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_each_named_config_is_the_parameterised_one(name):
+    """One source for the eight: posthoc_lora_7b is `--config paper:7b,lora,posthoc`."""
+    recipe, mode, size = name.split("_")
+    by_arg = find_config(f"paper:{size},{mode},{recipe}")
+    assert by_arg == f"{find_config('paper')}:{size},{mode},{recipe}"
+    assert load_config_file(find_config(name)).to_dict() == load_config_file(by_arg).to_dict()
+
+
+def test_a_bad_paper_argument_or_key_is_one_error_naming_it():
+    with pytest.raises(ConfigError, match=r"--config paper:7b,lora: expected SIZE,MODE,RECIPE"):
+        parse(["prog", "--config", "paper:7b,lora"])
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        parse(["prog", "--config", "paper:13b,full,mixed", "--config.optim.lrr=1"])
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

@@ -1,5 +1,6 @@
 """The training command line, shared by `python -m vlguard_jax.train` and the demo:
-`--config FILE` (a big_vision-style `get_config()` file, or the name of one in `configs/`) with
+`--config FILE` (a big_vision-style `get_config()` file, or the name of one in `configs/`; `FILE:ARG`
+calls `get_config(ARG)`, as in `--config paper:7b,lora,posthoc`) with
 `--config.KEY=VALUE` overrides. A
 misspelt key, a file that does not load or a value of the wrong type is a `ConfigError` naming it.
 """
@@ -24,17 +25,27 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with ge
 OVERRIDE = re.compile(r"--config\.([\w.]+)(=|$)")
 
 
-def load_config_file(path: str):
-    """The config a file's get_config() returns; a file that fails to load names itself."""
-    spec = importlib.util.spec_from_file_location("vlguard_user_config", path)
-    if spec is None or spec.loader is None or not Path(path).is_file():
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """`FILE` or `FILE:ARG` (ARG passed to get_config, as ml_collections' config_flags does)."""
+    path, sep, arg = spec.partition(":")
+    return path, (arg if sep else None)
+
+
+def load_config_file(spec: str):
+    """The config a file's get_config() (or get_config(ARG), for `FILE:ARG`) returns; a file that
+    fails to load names itself."""
+    path, arg = split_spec(spec)
+    loader = importlib.util.spec_from_file_location("vlguard_user_config", path)
+    if loader is None or loader.loader is None or not Path(path).is_file():
         raise ConfigError(f"--config {path}: no such config file")
-    module = importlib.util.module_from_spec(spec)
+    module = importlib.util.module_from_spec(loader)
     try:
-        spec.loader.exec_module(module)
-        return module.get_config()
+        loader.loader.exec_module(module)
+        return module.get_config() if arg is None else module.get_config(arg)
+    except ConfigError:
+        raise
     except Exception as e:  # the user's file: any exception is its own
-        raise ConfigError(f"--config {path}: cannot load it ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"--config {spec}: cannot load it ({type(e).__name__}: {e})") from None
 
 
 def config_path(args: list[str]) -> str | None:
@@ -44,15 +55,17 @@ def config_path(args: list[str]) -> str | None:
     return path
 
 
-def find_config(name: str) -> str:
-    """A config file by path, or by the name of one shipped in `configs/` (`posthoc_lora_7b`), so
-    that an installed package finds its configs outside the repository."""
+def find_config(spec: str) -> str:
+    """A config file by path, or by the name of one shipped in `configs/` (`posthoc_lora_7b`, or
+    `paper:7b,lora,posthoc` with its argument), so that an installed package finds its configs
+    outside the repository."""
+    name, arg = split_spec(spec)
     if Path(name).is_file() or "/" in name or os.sep in name:
-        return name
+        return spec
     shipped = resources.files("configs") / (name if name.endswith(".py") else f"{name}.py")
     if not shipped.is_file():
         raise ConfigError(f"--config {name}: neither a file nor a shipped config; those are {shipped_configs()}")
-    return str(shipped)
+    return str(shipped) if arg is None else f"{shipped}:{arg}"
 
 
 def shipped_configs() -> list[str]:
