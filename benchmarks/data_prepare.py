@@ -86,15 +86,15 @@ def tokenizer_for(words: list[str]):
 
 def prepare_once(data_cfg: dict, tokenizer_dir: str, workdir: str) -> dict:
     """One start, alone in a fresh process: (seconds, examples, peak RSS of that process)."""
-    import ml_collections
     from transformers import AutoTokenizer
 
+    from vlguard_jax.data.config import DataConfig
     from vlguard_jax.data.pipeline import Layout, prepare
     from vlguard_jax.models.config import LlavaConfig
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model_cfg = LlavaConfig(image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
-    cfg = ml_collections.ConfigDict(data_cfg)
+    cfg = DataConfig.from_config(data_cfg)
     layout = Layout(
         global_batch=128, epochs=1, max_length=cfg.max_length, pad_to="bucket", bucket=128, group_by_modality=True
     )

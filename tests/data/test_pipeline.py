@@ -9,13 +9,13 @@ import sys
 import textwrap
 from pathlib import Path
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests import tiny
 from vlguard_jax.data import mixture
+from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.images import ImageError
 from vlguard_jax.data.pipeline import Layout, dataset, epoch_order, prepare, steps_for
 from vlguard_jax.data.preprocess import IGNORE, TokenizationError
@@ -39,9 +39,9 @@ def model_cfg(tok):
     return LlavaConfig.from_hf(tiny.hf_config(tok).to_dict())
 
 
-def data_cfg(sample, **kw):
-    c = ml_collections.ConfigDict(
-        dict(
+def data_cfg(sample, **kw) -> DataConfig:
+    return DataConfig(
+        **dict(
             recipe="posthoc",
             vlguard=str(sample["train"]),
             vlguard_images=str(sample["images"]),
@@ -54,9 +54,8 @@ def data_cfg(sample, **kw):
             pad_image=True,
             on_bad_record="raise",
         )
+        | kw
     )
-    c.update(kw)
-    return c
 
 
 def collect(it, n):

@@ -9,6 +9,7 @@ from flax import traverse_util
 
 from tests.train import common
 from vlguard_jax import sharding
+from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.pipeline import Layout, dataset, prepare
 from vlguard_jax.models.stacking import to_per_layer
 from vlguard_jax.train.loop import build_params, global_batch
@@ -34,7 +35,9 @@ def batches(ns, tmp, cfg, n=3):
     from vlguard_jax.checkpoints.loading import load_model
 
     base = load_model(ns.flax_dir, dtype=jnp.float32)
-    rows = prepare(cfg.data, base.tokenizer, base.config, tmp / "data", lay, log=lambda *_: None)
+    rows = prepare(
+        DataConfig.from_config(cfg.data), base.tokenizer, base.config, tmp / "data", lay, log=lambda *_: None
+    )
     it = iter(dataset(rows))
     return [next(it) for _ in range(n)]
 

@@ -18,6 +18,7 @@ import dataclasses
 
 import numpy as np
 
+from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.conversation import image_tags
 from vlguard_jax.data.convert_vlguard import to_llava
 from vlguard_jax.data.records import (
@@ -161,7 +162,7 @@ def draw_helpful(records, n: int, seed: int, path="<llava>") -> list[dict]:
     return drawn
 
 
-def sources_of(data_cfg) -> list[Source]:
+def sources_of(data_cfg: DataConfig) -> list[Source]:
     """The files the recipe reads, in the mixture's order."""
     if data_cfg.recipe not in RECIPES:
         raise ConfigError(f"data.recipe {data_cfg.recipe!r} is not one of {RECIPES}")
@@ -173,14 +174,14 @@ def sources_of(data_cfg) -> list[Source]:
     return out
 
 
-def build(data_cfg, bad=None) -> Mixture:
+def build(data_cfg: DataConfig, bad=None) -> Mixture:
     """From the config's `data` block: recipe, vlguard/vlguard_images, llava/llava_images,
     helpful_samples, helpful_seed, convert_seed. `bad`: None raises on a bad record."""
     recipe = data_cfg.recipe
     sources, parts = sources_of(data_cfg), []
     for source in sources:
         if source.name == "vlguard":
-            parts.append(load_vlguard_as_llava(data_cfg.vlguard, data_cfg.get("convert_seed", 0), bad))
+            parts.append(load_vlguard_as_llava(data_cfg.vlguard, data_cfg.convert_seed, bad))
             continue
         rows = Streamed(data_cfg.llava, bad)
         if recipe == "posthoc":

@@ -30,6 +30,7 @@ import numpy as np
 
 from vlguard_jax import storage
 from vlguard_jax.data import mixture
+from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.images import MAX_PIXELS, ImageError, load_pixels
 from vlguard_jax.data.preprocess import IGNORE, Encoder
 from vlguard_jax.data.records import RecordError
@@ -203,11 +204,11 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256((text + extra).encode()).hexdigest()
 
 
-def store_key(data_cfg, tokenizer, model_cfg, sources) -> str:
+def store_key(data_cfg: DataConfig, tokenizer, model_cfg, sources) -> str:
     """The store's name: a hash of the data files' contents, the tokenizer and every setting the
     tokens depend on. An unchanged run finds its store; any change builds another."""
     settings = {
-        k: data_cfg.get(k)
+        k: getattr(data_cfg, k)
         for k in (
             "recipe",
             "helpful_samples",
@@ -229,8 +230,8 @@ def store_key(data_cfg, tokenizer, model_cfg, sources) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) -> Rows:
-    """Config `data` block -> the token store (built once, by process 0, or found) -> rows.
+def prepare(data_cfg: DataConfig, tokenizer, model_cfg, workdir, layout: Layout, log=print) -> Rows:
+    """The `data` settings -> the token store (built once, by process 0, or found) -> rows.
 
     Reads data.{recipe, vlguard, vlguard_images, llava, llava_images, helpful_samples,
     helpful_seed, max_length, template, pad_image, on_bad_record}. The composition and the drops
@@ -284,7 +285,7 @@ def prepare(data_cfg, tokenizer, model_cfg, workdir, layout: Layout, log=print) 
         data_cfg.pad_image,
         layout,
         bad,
-        data_cfg.get("max_image_pixels", MAX_PIXELS),
+        data_cfg.max_image_pixels,
     )
     store = rows.store
     log(mixture.describe(store.composition))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from vlguard_jax.data.config import DataConfig
 from vlguard_jax.models.stacking import DEFAULT_SCAN
 
 
@@ -56,22 +57,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.shape = (1, -1, 1)  # (data, fsdp, tensor); -1 takes the remaining devices
 
-    c.data = ml_collections.ConfigDict()
-    c.data.recipe = "posthoc"  # posthoc | mixed | vlguard | llava
-    c.data.vlguard = "data/vlguard/train.json"
-    c.data.vlguard_images = "data/vlguard/images"
-    c.data.llava = "data/llava_v1_5_mix665k.json"
-    c.data.llava_images = "data/llava_images"
-    c.data.helpful_samples = 5000
-    c.data.helpful_seed = 0
-    c.data.convert_seed = 0
-    c.data.max_length = 2048
-    c.data.template = "vicuna_v1"
-    c.data.pad_image = True  # LLaVA-1.5 image_aspect_ratio=pad
-    c.data.pad_to = "bucket"  # bucket | max_length
-    c.data.bucket = 128
-    c.data.group_by_modality = True
-    c.data.workers = 4
-    c.data.on_bad_record = "raise"  # raise | skip (skipped records go to WORKDIR/bad_records.jsonl)
-    c.data.max_image_pixels = 89_478_485  # larger images are bad records, refused before decoding (PIL's limit)
+    c.data = ml_collections.ConfigDict(DataConfig().to_dict())  # typed, with its defaults: data/config.py
     return c

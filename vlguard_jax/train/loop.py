@@ -24,6 +24,7 @@ from vlguard_jax.checkpoints.loading import load_model
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.checkpoints.runs import RunMeta
 from vlguard_jax.checkpoints.training import Checkpoints
+from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.data.preprocess import IGNORE
 from vlguard_jax.errors import ConfigError, UserError, oom_hint
@@ -252,7 +253,7 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    rows = prepare(cfg.data, base.tokenizer, base.config, workdir, layout, log=say)
+    rows = prepare(DataConfig.from_config(cfg.data), base.tokenizer, base.config, workdir, layout, log=say)
     total = cfg.total_steps if cfg.total_steps > 0 else steps_for(len(rows.store), layout)
     if latest is not None and latest > total:
         raise ConfigError(

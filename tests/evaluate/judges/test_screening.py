@@ -13,6 +13,7 @@ import pytest
 from tests import tiny
 from tests.train.test_loop import free_port, run_env
 from vlguard_jax.data import mixture
+from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.screen import main
 from vlguard_jax.evaluate.judges import screening
@@ -92,7 +93,7 @@ def test_screen_keeps_the_safe_records_and_lists_the_rest(env, capsys, judged):
     # the clean file is a mix like any other
     c = base_config().data
     c.recipe, c.llava, c.llava_images = "llava", str(dst), str(tmp)
-    assert mixture.build(c).composition()["llava"]["total"] == 7
+    assert mixture.build(DataConfig.from_config(c)).composition()["llava"]["total"] == 7
 
 
 def test_an_interrupted_screen_resumes_without_judging_again(env, capsys, judged):
