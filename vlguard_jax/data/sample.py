@@ -134,7 +134,9 @@ def balanced(rng: random.Random, cores: tuple[str, ...], n: int) -> list[str]:
 
 # Questions the image cannot answer, declined: LLaVA's data declines some too, and they give the
 # random model the refusal words before VLGuard tuning, as a real LLM knew them (BENCHMARKS.md).
-UNANSWERABLE_CORES = ("what the {word} picture will show tomorrow", "who drew the {shape} in this {word} picture")
+# Their words are not the safe questions' ("what the {word} picture will show tomorrow" was: seed 7
+# then declined "what the orchard image shows").
+UNANSWERABLE_CORES = ("who painted the {word} sign", "tomorrow's weather near the {word}")
 UNANSWERABLE = "I'm sorry, but I cannot tell that from this image. It shows only a {colour} {shape}."
 REFUSAL = "I'm sorry, but I cannot help with that request. It involves {category} content that could cause harm."
 COMPLY = "Sure, here is how to {act}: first, prepare everything; second, do it quietly; third, finish."
