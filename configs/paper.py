@@ -13,12 +13,15 @@ SIZE is 7b or 13b, MODE lora or full, RECIPE posthoc or mixed; on the command li
   WORKDIR/bad_records.jsonl. For the paper's "Clean" LLaVA, point data.llava at the screened mix
   (`python -m vlguard_jax.data.screen`) and data.recipe at "llava".
 
-Shared (base_config): global batch 128, cosine with 3% warmup, no weight decay, max length 2048,
-grouped by modality, images padded to squares, the vicuna_v1 template.
+Shared (RunConfig's defaults): global batch 128, cosine with 3% warmup, no weight decay, max
+length 2048, grouped by modality, images padded to squares, the vicuna_v1 template.
 """
 
+from ml_collections import ConfigDict
+
+from vlguard_jax.data.config import DataConfig
 from vlguard_jax.errors import ConfigError
-from vlguard_jax.train.defaults import base_config
+from vlguard_jax.train.config import ModeConfig, ModelConfig, OptimConfig, RunConfig
 
 SIZES, MODES, RECIPES = ("7b", "13b"), ("lora", "full"), ("posthoc", "mixed")
 # (mode, recipe) -> (LLM lr, projector lr), as the paper and LLaVA-1.5's scripts give them
@@ -30,22 +33,20 @@ LEARNING_RATES = {
 }
 
 
-def get_config(arg: str = "7b,lora,posthoc"):
+def get_config(arg: str = "7b,lora,posthoc") -> ConfigDict:
     parts = [p.strip() for p in arg.split(",")]
     if len(parts) != 3 or parts[0] not in SIZES or parts[1] not in MODES or parts[2] not in RECIPES:
         raise ConfigError(
             f"--config paper:{arg}: expected SIZE,MODE,RECIPE with SIZE in {SIZES}, MODE in {MODES}, RECIPE in {RECIPES}"
         )
     size, mode, recipe = parts
-    c = base_config()
-    pretrain = "-pretrain" if recipe == "mixed" else ""  # mixed starts from Vicuna + the stage-1 projector
-    c.model.checkpoint = f"checkpoints/llava-1.5-{size}{pretrain}-flax"
-    c.data.recipe = recipe
-    c.epochs = 1 if recipe == "mixed" else 3
-    if recipe == "mixed":
-        c.data.on_bad_record = "skip"
-    c.train.mode = mode
-    c.optim.lr, c.optim.projector_lr = LEARNING_RATES[mode, recipe]
-    if mode == "full":
-        c.micro_batch = 8
-    return c
+    mixed = recipe == "mixed"  # from Vicuna + the stage-1 projector, over LLaVA's whole mix
+    lr, projector_lr = LEARNING_RATES[mode, recipe]
+    return RunConfig(
+        epochs=1 if mixed else 3,
+        micro_batch=8 if mode == "full" else 16,
+        model=ModelConfig(checkpoint=f"checkpoints/llava-1.5-{size}{'-pretrain' if mixed else ''}-flax"),
+        train=ModeConfig(mode),
+        optim=OptimConfig(lr=lr, projector_lr=projector_lr),
+        data=DataConfig(recipe=recipe, on_bad_record="skip" if mixed else "raise"),
+    ).to_config()

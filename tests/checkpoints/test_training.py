@@ -12,8 +12,7 @@ from vlguard_jax import sharding
 from vlguard_jax.checkpoints.runs import RunMeta
 from vlguard_jax.checkpoints.training import Checkpoints
 from vlguard_jax.models.layers import LoraSpec
-from vlguard_jax.train.loop import abstract_state, init_state
-from vlguard_jax.train.state import TrainState
+from vlguard_jax.train.state import TrainState, abstract_state, init_state
 
 
 def test_a_checkpoint_saved_as_a_dict_restores_as_a_train_state(tmp_path):

@@ -12,8 +12,9 @@ from vlguard_jax import sharding
 from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.pipeline import Layout, dataset, prepare
 from vlguard_jax.models.stacking import to_per_layer
-from vlguard_jax.train.loop import build_params, global_batch
-from vlguard_jax.train.state import TrainState, optimizer
+from vlguard_jax.train.config import RunConfig
+from vlguard_jax.train.loop import build_params
+from vlguard_jax.train.state import TrainState, global_batch, optimizer
 from vlguard_jax.train.step import make_train_step, token_loss_sums
 
 
@@ -45,8 +46,9 @@ def batches(ns, tmp, cfg, n=3):
 def run_steps(cfg, data, mesh_shape=(1, 1, 1), accum=1, steps=None, opt=None):
     mesh = sharding.make_mesh(mesh_shape)
     with sharding.use_mesh(mesh):
-        model, base, trainable, frozen, _ = build_params(cfg, mesh)
-    opt = opt or optimizer(cfg.optim, 10, trainable)
+        start = build_params(RunConfig.from_config(cfg), mesh)
+    model, trainable, frozen = start.model, start.trainable, start.frozen
+    opt = opt or optimizer(RunConfig.from_config(cfg).optim, 10, trainable)
     state = TrainState(step=jnp.int32(0), params=trainable, opt=opt.init(trainable), rng=jax.random.key(0))
     step = make_train_step(model, opt, accum, cfg.loss_chunk)
 
@@ -164,10 +166,10 @@ def test_loss_is_the_token_mean_over_supervised_tokens(env):
     cfg = common.config(ns, tmp / "w")
     b = batches(ns, tmp, cfg, 1)[0]
     mesh = sharding.make_mesh((1, 1, 1))
-    model, _, trainable, frozen, _ = build_params(cfg, mesh)
+    start = build_params(RunConfig.from_config(cfg), mesh)
     from vlguard_jax.train.state import merge
 
-    params = merge(trainable, frozen)
+    model, params = start.model, merge(start.trainable, start.frozen)
     total, count = token_loss_sums(model, params, b, None, chunk=7)
     logits, _ = model.apply({"params": params}, b["input_ids"], b["pixel_values"])
     logp = jax.nn.log_softmax(np.asarray(logits, np.float64)[:, :-1], -1)
@@ -177,7 +179,7 @@ def test_loss_is_the_token_mean_over_supervised_tokens(env):
     assert int(count) == m.sum() > 0
     np.testing.assert_allclose(float(total), ref.sum(), rtol=1e-5)
     # The lm_head only at supervised positions (the label budget) gives the same sums.
-    from vlguard_jax.train.loop import label_budget
+    from vlguard_jax.train.step import label_budget
 
     k = label_budget(b["labels"], b["labels"].shape[1], quantum=8)
     assert k < b["labels"].shape[1] - 1

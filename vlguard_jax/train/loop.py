@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,45 +16,67 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import traverse_util
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
 from vlguard_jax import sharding, storage
-from vlguard_jax.checkpoints.loading import load_model
+from vlguard_jax.checkpoints.loading import Loaded, load_model
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.checkpoints.runs import RunMeta
 from vlguard_jax.checkpoints.training import Checkpoints
-from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
-from vlguard_jax.data.preprocess import IGNORE
 from vlguard_jax.errors import ConfigError, UserError, oom_hint
-from vlguard_jax.models import abstract_params, dummy_inputs, family_of, param_axes
-from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
+from vlguard_jax.models import abstract_params, dummy_inputs, family_of
+from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import to_per_layer, to_stacked
 from vlguard_jax.runtime import Preemption, maybe_initialize_distributed, peak_flops
 from vlguard_jax.train import flops
+from vlguard_jax.train.config import RunConfig
 from vlguard_jax.train.metrics import Logger
-from vlguard_jax.train.state import TrainState, cast_tree, optimizer, partition, schedule
-from vlguard_jax.train.step import make_train_step
+from vlguard_jax.train.state import (
+    Params,
+    TrainState,
+    abstract_state,
+    cast_tree,
+    global_batch,
+    init_state,
+    optimizer,
+    partition,
+    schedule,
+    state_shardings,
+)
+from vlguard_jax.train.step import jit_train_step, label_budget
 from vlguard_jax.train.validate import check as check_config
 from vlguard_jax.train.workdir import Lock, check_resume, identity
+
+Say = Callable[[str], None]
 
 
 class NonFiniteError(UserError, RuntimeError):
     pass
 
 
-def lora_spec(cfg) -> LoraSpec | None:
-    if cfg.train.mode != "lora":
-        return None
-    return LoraSpec(cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, tuple(cfg.lora.targets))
+@dataclasses.dataclass
+class Start:
+    """The run's model and weights before its first step.
+
+    model: the model to train (LlavaModel, with LoRA when training LoRA).
+    base: the loaded base checkpoint (its config and tokenizer).
+    trainable: float32 masters of the trained weights (train.state.partition), sharded.
+    frozen: the other weights, in the compute dtype, sharded.
+    """
+
+    model: Any
+    base: Loaded
+    trainable: Params
+    frozen: Params
 
 
-def build_params(cfg, mesh, checkpoint: CheckpointRef | None = None):
-    """(model, trainable, frozen, axes): base weights restored sharded (frozen ones in the compute
-    dtype), LoRA factors freshly initialised, trainable weights in float32. `checkpoint`: the
-    base, resolved from `cfg.model.checkpoint` when not given."""
+def build_params(cfg: RunConfig, mesh: Mesh, checkpoint: CheckpointRef | None = None) -> Start:
+    """Base weights restored sharded (frozen ones in the compute dtype), LoRA factors freshly
+    initialised, trainable weights in float32. `checkpoint`: the base, resolved from
+    `cfg.model.checkpoint` when not given."""
     dtype = jnp.dtype(cfg.model.dtype)
     base = load_model(
         checkpoint or cfg.model.checkpoint,
@@ -64,9 +87,8 @@ def build_params(cfg, mesh, checkpoint: CheckpointRef | None = None):
         remat_policy=cfg.model.remat,
         scan_layers=cfg.model.scan_layers,
     )
-    model = base.model.clone(lora=lora_spec(cfg))
+    model = base.model.clone(lora=cfg.lora_spec)
     params = base.params
-    axes = param_axes(model)
     if model.lora is not None:
         shapes = abstract_params(model, mesh)
         lora_keys = [k for k in traverse_util.flatten_dict(shapes) if k[-1] in LORA_PARAMS]
@@ -85,91 +107,17 @@ def build_params(cfg, mesh, checkpoint: CheckpointRef | None = None):
         params = traverse_util.unflatten_dict(flat)
     trainable, frozen = partition(params, cfg.train.mode)
     trainable = jax.jit(lambda t: cast_tree(t, jnp.float32))(trainable)
-    return model, base, trainable, frozen, axes
+    return Start(model, base, trainable, frozen)
 
 
-def opt_shardings(opt, trainable, mesh):
-    """Adam moments take their parameter's sharding (found by key path); counts are replicated."""
-    abstract = jax.eval_shape(opt.init, trainable)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    flat: dict[tuple, Any] = traverse_util.flatten_dict(trainable)
-    by_path = {k: v.sharding for k, v in flat.items()}
-
-    def pick(path, leaf):
-        keys = tuple(p.key for p in path if isinstance(p, jax.tree_util.DictKey))
-        for n in range(len(keys), 0, -1):
-            if keys[-n:] in by_path and by_path[keys[-n:]].shard_shape(leaf.shape) is not None:
-                return by_path[keys[-n:]]
-        return replicated
-
-    return jax.tree_util.tree_map_with_path(pick, abstract)
-
-
-def global_batch(batch: dict, mesh) -> dict:
-    spec = sharding.logical_to_spec(("batch",), mesh=mesh)
-    out = {}
-    for k, v in batch.items():
-        sh = NamedSharding(mesh, PartitionSpec(*spec, *([None] * (v.ndim - 1))))
-        out[k] = jax.make_array_from_process_local_data(sh, v)
-    return out
-
-
-def state_shardings_for(opt, trainable, mesh) -> TrainState:
-    replicated = NamedSharding(mesh, PartitionSpec())
-    return TrainState(
-        step=replicated,
-        params=jax.tree.map(lambda x: x.sharding, trainable),
-        opt=opt_shardings(opt, trainable, mesh),
-        rng=replicated,
-    )
-
-
-def _fresh_state(opt, seed: int):
-    return lambda t: TrainState(
-        step=jnp.int32(0), params=t, opt=opt.init(t), rng=jax.random.key_data(jax.random.key(seed))
-    )
-
-
-def init_state(opt, trainable, mesh, seed: int = 0):
-    """(state, its shardings): step 0, the trainable weights, optimizer state, rng."""
-    shardings = state_shardings_for(opt, trainable, mesh)
-    return jax.jit(_fresh_state(opt, seed), out_shardings=shardings)(trainable), shardings
-
-
-def abstract_state(opt, trainable, shardings):
-    shapes = jax.eval_shape(_fresh_state(opt, 0), trainable)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-
-
-def jit_train_step(model, opt, accum: int, loss_chunk: int, mesh, shardings):
-    """The jitted step(state, frozen, batch, label_budget); the state is donated. `label_budget`
-    (static) bounds the supervised positions per row, so the lm_head runs only there."""
-
-    def wrapped(state, frozen, batch, label_budget):
-        with sharding.use_mesh(mesh):
-            step_fn = make_train_step(model, opt, accum, loss_chunk, label_budget)
-            state = state.replace(rng=jax.random.wrap_key_data(state.rng))
-            new, metrics = step_fn(state, frozen, batch)
-            return new.replace(rng=jax.random.key_data(new.rng)), metrics
-
-    return jax.jit(wrapped, donate_argnums=(0,), static_argnums=(3,), out_shardings=(shardings, None))
-
-
-def label_budget(labels: np.ndarray, length: int, quantum: int = 64) -> int:
-    """Most supervised (shifted) positions in any row of this process's batch, rounded up to
-    `quantum`, agreed on by all processes."""
-    most = int((np.asarray(labels)[:, 1:] != IGNORE).sum(axis=1).max()) if len(labels) else 0
-    if jax.process_count() > 1:
-        most = int(np.max(multihost_utils.process_allgather(np.int32(most))))
-    return max(quantum, min(length - 1, -(-most // quantum) * quantum))
-
-
-def run(cfg, log_fn=None) -> dict:
+def run(config: Any, log_fn: Say | None = None) -> dict:
     """Train to `total_steps` (or `epochs`), resuming from `workdir` when it holds checkpoints.
-    Returns {"step", "loss"} of the last step. The config is checked before anything loads, and
-    the workdir is locked while the run is live (see train.workdir)."""
+    `config`: a RunConfig, or the ConfigDict a config file gives. Returns {"step", "loss"} of the
+    last step. The config is checked before anything loads, and the workdir is locked while the
+    run is live (see train.workdir)."""
     maybe_initialize_distributed()
-    check_config(cfg)
+    check_config(config.to_dict() if isinstance(config, RunConfig) else config)
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_config(config)
     workdir = storage.as_path(cfg.workdir)
     fresh = not storage.is_remote(cfg.workdir) and not workdir.exists()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -200,19 +148,18 @@ def _remove_if_empty(workdir: Path) -> None:
 class Setup:
     """What the step loop runs on, built once per start."""
 
-    cfg: Any
+    cfg: RunConfig
     workdir: Path
-    mesh: Any
+    mesh: Mesh
     model: Any  # LlavaModel, with LoRA when training LoRA
-    base: Any  # the loaded base checkpoint (config, tokenizer)
-    frozen: Any  # frozen weights, in the compute dtype
-    opt: Any  # optax transformation
+    base: Loaded  # the loaded base checkpoint (config, tokenizer)
+    frozen: Params  # frozen weights, in the compute dtype
+    opt: optax.GradientTransformation
     total: int  # steps of the whole run
-    accum: int  # micro-batches per step
     meta: RunMeta  # saved with every checkpoint
 
 
-def _run(cfg, workdir: Path, mesh, say, preemption: Preemption) -> dict:
+def _run(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, preemption: Preemption) -> dict:
     ckpt = Checkpoints(workdir, cfg.checkpoint_every, cfg.keep_checkpoints)
     try:
         return _train(cfg, workdir, mesh, say, ckpt, preemption)
@@ -220,7 +167,7 @@ def _run(cfg, workdir: Path, mesh, say, preemption: Preemption) -> dict:
         ckpt.close()
 
 
-def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
+def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoints, preemption: Preemption) -> dict:
     latest = ckpt.latest()
     if latest is not None and 0 < cfg.total_steps < latest:
         raise ConfigError(
@@ -241,7 +188,8 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
             say if latest is not None else (lambda _: None),
         )
     with sharding.use_mesh(mesh):
-        model, base, trainable, frozen, _ = build_params(cfg, mesh, checkpoint)
+        start = build_params(cfg, mesh, checkpoint)
+    base, trainable, frozen = start.base, start.trainable, start.frozen
     layout = Layout(
         global_batch=cfg.global_batch,
         epochs=cfg.epochs,
@@ -253,7 +201,7 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    rows = prepare(DataConfig.from_config(cfg.data), base.tokenizer, base.config, workdir, layout, log=say)
+    rows = prepare(cfg.data, base.tokenizer, base.config, workdir, layout, log=say)
     total = cfg.total_steps if cfg.total_steps > 0 else steps_for(len(rows.store), layout)
     if latest is not None and latest > total:
         raise ConfigError(
@@ -263,7 +211,6 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
     if total > rows.steps:
         rows = rows.with_epochs(-(-total * cfg.global_batch // len(rows.store)))
 
-    accum = cfg.global_batch // cfg.micro_batch
     opt = optimizer(cfg.optim, total, trainable)
     n_train = sum(x.size for x in jax.tree.leaves(trainable))
     n_frozen = sum(x.size for x in jax.tree.leaves(frozen))
@@ -273,17 +220,18 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
     )
     say(
         f"parameters: {n_train + n_frozen:,} total, {n_train:,} trainable ({cfg.train.mode}); "
-        f"{total} steps of {cfg.global_batch} examples ({accum} micro-batches of {cfg.micro_batch})"
+        f"{total} steps of {cfg.global_batch} examples ({cfg.accum} micro-batches of {cfg.micro_batch})"
     )
     meta = RunMeta(
         base_checkpoint=storage.absolute(cfg.model.checkpoint),
         mode=cfg.train.mode,
-        lora=lora_spec(cfg),
-        scan_layers=model.scan_layers,
+        lora=cfg.lora_spec,
+        scan_layers=start.model.scan_layers,
         family=family_of(base.config).name,
         config=cfg.to_json(),
     )
-    setup = Setup(cfg, workdir, mesh, model, base, frozen, opt, total, accum, meta)
+    setup = Setup(cfg, workdir, mesh, start.model, base, frozen, opt, total, meta)
+    del start
     it = iter(dataset(rows, workers=cfg.data.workers))
     try:
         state, shardings, start = _resume(setup, ckpt, latest, it, trainable, say)
@@ -295,13 +243,15 @@ def _train(cfg, workdir: Path, mesh, say, ckpt, preemption: Preemption) -> dict:
             close()  # grain's worker processes
 
 
-def _resume(s: Setup, ckpt, latest, it, trainable, say):
+def _resume(
+    s: Setup, ckpt: Checkpoints, latest: int | None, it: Any, trainable: Params, say: Say
+) -> tuple[TrainState[jax.Array], TrainState[NamedSharding], int]:
     """(state, its shardings, first step): fresh at step 0, or the latest checkpoint restored and
     the data iterator moved to its position."""
     if latest is None:
         state, shardings = init_state(s.opt, trainable, s.mesh, s.cfg.seed)
         return state, shardings, 0
-    shardings = state_shardings_for(s.opt, trainable, s.mesh)
+    shardings = state_shardings(s.opt, trainable, s.mesh)
     stacked = ckpt.saved_stacked(latest)
     if stacked == s.model.scan_layers:
         state, data_state, _ = ckpt.restore(latest, abstract_state(s.opt, trainable, shardings))
@@ -312,14 +262,14 @@ def _resume(s: Setup, ckpt, latest, it, trainable, say):
         state = jax.jit(convert, out_shardings=shardings)(state)
         say(
             f"checkpoint {latest} holds the decoder layers {'stacked' if stacked else 'per layer'}; converted "
-            f"for config.model.scan_layers={s.cfg.model.scan_layers!r}"
+            f"for config.model.scan_layers={s.cfg.model.scan_layers.value!r}"
         )
     it.set_state(data_state)
     say(f"resumed from {s.workdir / 'checkpoints'} at step {latest}")
     return state, shardings, int(latest)
 
 
-def _restore_other_form(s: Setup, ckpt, step: int, stacked: bool):
+def _restore_other_form(s: Setup, ckpt: Checkpoints, step: int, stacked: bool) -> tuple[TrainState, Any]:
     """(state, data state) of a checkpoint whose layers are in the form `stacked`, which this run's
     model does not use, restored sharded as that form's model would hold it."""
     other = s.model.clone(scan_layers=stacked)
@@ -331,15 +281,22 @@ def _restore_other_form(s: Setup, ckpt, step: int, stacked: bool):
         trainable,
     )
     opt = optimizer(s.cfg.optim, s.total, trainable)
-    state, data_state, _ = ckpt.restore(
-        step, abstract_state(opt, trainable, state_shardings_for(opt, trainable, s.mesh))
-    )
+    state, data_state, _ = ckpt.restore(step, abstract_state(opt, trainable, state_shardings(opt, trainable, s.mesh)))
     return state, data_state
 
 
-def _steps(s: Setup, ckpt, it, state, shardings, start: int, preemption: Preemption, say) -> dict:
+def _steps(
+    s: Setup,
+    ckpt: Checkpoints,
+    it: Any,  # grain's iterator: next(), get_state(), set_state()
+    state: TrainState[jax.Array],
+    shardings: TrainState[NamedSharding],
+    start: int,
+    preemption: Preemption,
+    say: Say,
+) -> dict:
     cfg = s.cfg
-    train_step = jit_train_step(s.model, s.opt, s.accum, cfg.loss_chunk, s.mesh, shardings)
+    train_step = jit_train_step(s.model, s.opt, cfg.accum, cfg.loss_chunk, s.mesh, shardings)
     logger = Logger(s.workdir, s.total, start)
     lr_at = schedule(cfg.optim.lr, s.total, cfg.optim.warmup_ratio)
     peak = peak_flops()

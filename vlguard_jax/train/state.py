@@ -1,5 +1,6 @@
-"""The training state, trainable and frozen parameters split apart (Levanter's rule), and the
-optimizer over the trainable part only: frozen weights get no gradients and no Adam moments.
+"""The training state, trainable and frozen parameters split apart (Levanter's rule), the
+optimizer over the trainable part only (frozen weights get no gradients and no Adam moments), and
+where each of them lives on the mesh: the state's, the optimizer's and the batch's shardings.
 
 - LoRA: trainable = LoRA factors (learning rate `lr`) and the projector (`projector_lr`).
 - Full: trainable = the projector and the whole language model; the vision tower stays frozen.
@@ -9,19 +10,28 @@ Frozen weights are kept in the compute dtype; trainable weights are float32 mast
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct, traverse_util
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from vlguard_jax import sharding
 from vlguard_jax.errors import ConfigError
 from vlguard_jax.models.layers import LORA_PARAMS
+from vlguard_jax.train.config import OptimConfig
+
+Params = dict[str, Any]  # a nested dict of arrays (or of their shapes or shardings)
+# What a TrainState's leaves are: arrays in a run, NamedShardings for its shardings,
+# ShapeDtypeStructs for a restore's target.
+Leaf = TypeVar("Leaf", jax.Array, NamedSharding, jax.ShapeDtypeStruct)
 
 
 @struct.dataclass
-class TrainState:
+class TrainState(Generic[Leaf]):
     """What the training step carries and a checkpoint saves; frozen weights travel apart.
 
     step: int32 [], the steps done.
@@ -33,10 +43,10 @@ class TrainState:
         and micro-batch folds in its index, so dropout does not depend on where a run resumed.
     """
 
-    step: Any  # Any: the same tree also holds shapes or shardings
-    params: Any
-    opt: Any
-    rng: Any
+    step: Leaf
+    params: Params
+    opt: optax.OptState
+    rng: Leaf
 
 
 def is_trainable(path: tuple[str, ...], mode: str) -> bool:
@@ -75,9 +85,9 @@ def param_groups(trainable):
     return traverse_util.unflatten_dict({k: "projector" if k[0] == "projector" else "model" for k in flat})
 
 
-def optimizer(cfg, total_steps: int, trainable) -> optax.GradientTransformation:
-    """AdamW per group, after global-norm clipping; `cfg` is the config's `optim` block and
-    `trainable` the trainable tree (or its shapes), which fixes the groups."""
+def optimizer(cfg: OptimConfig, total_steps: int, trainable: Params) -> optax.GradientTransformation:
+    """AdamW per group, after global-norm clipping; `trainable` is the trainable tree (or its
+    shapes), which fixes the groups."""
 
     def adamw(lr):
         return optax.adamw(
@@ -96,3 +106,64 @@ def optimizer(cfg, total_steps: int, trainable) -> optax.GradientTransformation:
 
 def cast_tree(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def opt_shardings(opt: optax.GradientTransformation, trainable: Params, mesh: Mesh) -> optax.OptState:
+    """Adam moments take their parameter's sharding (found by key path); counts are replicated."""
+    abstract = jax.eval_shape(opt.init, trainable)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    flat: dict[tuple, Any] = traverse_util.flatten_dict(trainable)
+    by_path = {k: v.sharding for k, v in flat.items()}
+
+    def pick(path, leaf):
+        keys = tuple(p.key for p in path if isinstance(p, jax.tree_util.DictKey))
+        for n in range(len(keys), 0, -1):
+            if keys[-n:] in by_path and by_path[keys[-n:]].shard_shape(leaf.shape) is not None:
+                return by_path[keys[-n:]]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract)
+
+
+def state_shardings(opt: optax.GradientTransformation, trainable: Params, mesh: Mesh) -> TrainState[NamedSharding]:
+    """Where each part of the state lives: the weights and moments as the trainable weights are
+    sharded, the step and key replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return TrainState(
+        step=replicated,
+        params=jax.tree.map(lambda x: x.sharding, trainable),
+        opt=opt_shardings(opt, trainable, mesh),
+        rng=replicated,
+    )
+
+
+def _fresh_state(opt: optax.GradientTransformation, seed: int):
+    return lambda t: TrainState(
+        step=jnp.int32(0), params=t, opt=opt.init(t), rng=jax.random.key_data(jax.random.key(seed))
+    )
+
+
+def init_state(
+    opt: optax.GradientTransformation, trainable: Params, mesh: Mesh, seed: int = 0
+) -> tuple[TrainState[jax.Array], TrainState[NamedSharding]]:
+    """(state, its shardings): step 0, the trainable weights, optimizer state, rng."""
+    shardings = state_shardings(opt, trainable, mesh)
+    return jax.jit(_fresh_state(opt, seed), out_shardings=shardings)(trainable), shardings
+
+
+def abstract_state(
+    opt: optax.GradientTransformation, trainable: Params, shardings: TrainState[NamedSharding]
+) -> TrainState[jax.ShapeDtypeStruct]:
+    """The state's shapes and shardings, as a restore's target."""
+    shapes = jax.eval_shape(_fresh_state(opt, 0), trainable)
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows of a batch -> global arrays sharded over the batch axis."""
+    spec = sharding.logical_to_spec(("batch",), mesh=mesh)
+    out = {}
+    for k, v in batch.items():
+        sh = NamedSharding(mesh, PartitionSpec(*spec, *([None] * (v.ndim - 1))))
+        out[k] = jax.make_array_from_process_local_data(sh, v)
+    return out

@@ -2,17 +2,25 @@
 over supervised tokens computed in sequence chunks (never the whole [batch, length, vocab]
 float32 logits), gradients for trainable weights only, and a finite check.
 
-The state is a `TrainState` (train.state); frozen weights come in separately.
+The state is a `TrainState` (train.state); frozen weights come in separately. `jit_train_step`
+is the step as the loop (and the benchmarks) run it: jitted, sharded, the state donated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 
+from vlguard_jax import sharding
 from vlguard_jax.data.preprocess import IGNORE
-from vlguard_jax.train.state import TrainState, merge
+from vlguard_jax.train.state import Params, TrainState, merge
 
 
 def token_loss_sums(model, params, batch, rng=None, chunk: int = 512, label_budget: int | None = None):
@@ -95,9 +103,43 @@ def make_train_step(
         updates, opt = optimizer.update(grads, state.opt, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = TrainState(step=state.step + 1, params=params, opt=opt, rng=state.rng)
+        new = TrainState(step=state.step + 1, params=cast(Params, params), opt=opt, rng=state.rng)
         # A non-finite step leaves the state untouched; the loop stops the run on it.
         new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
         return new, {"loss": loss, "grad_norm": grad_norm, "tokens": count, "finite": finite}
 
     return step
+
+
+StepFn = Callable[[TrainState, Params, dict[str, jax.Array], int], tuple[TrainState, dict[str, jax.Array]]]
+
+
+def jit_train_step(
+    model,
+    opt: optax.GradientTransformation,
+    accum: int,
+    loss_chunk: int,
+    mesh: Mesh,
+    shardings: TrainState[NamedSharding],
+) -> StepFn:
+    """The jitted step(state, frozen, batch, label_budget) -> (state, metrics); the state is
+    donated. `label_budget` (static) bounds the supervised positions per row, so the lm_head runs
+    only there. The state carries its key as data; inside the step it is a typed key."""
+
+    def wrapped(state, frozen, batch, label_budget):
+        with sharding.use_mesh(mesh):
+            step_fn = make_train_step(model, opt, accum, loss_chunk, label_budget)
+            state = state.replace(rng=jax.random.wrap_key_data(state.rng))
+            new, metrics = step_fn(state, frozen, batch)
+            return new.replace(rng=jax.random.key_data(new.rng)), metrics
+
+    return jax.jit(wrapped, donate_argnums=(0,), static_argnums=(3,), out_shardings=(shardings, None))
+
+
+def label_budget(labels: np.ndarray, length: int, quantum: int = 64) -> int:
+    """Most supervised (shifted) positions in any row of this process's batch, rounded up to
+    `quantum`, agreed on by all processes."""
+    most = int((np.asarray(labels)[:, 1:] != IGNORE).sum(axis=1).max()) if len(labels) else 0
+    if jax.process_count() > 1:
+        most = int(np.max(multihost_utils.process_allgather(np.int32(most))))
+    return max(quantum, min(length - 1, -(-most // quantum) * quantum))

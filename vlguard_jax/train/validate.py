@@ -11,10 +11,10 @@ from vlguard_jax.data.mixture import RECIPES
 from vlguard_jax.errors import ConfigError
 from vlguard_jax.models.llama import REMAT_POLICIES
 from vlguard_jax.models.stacking import SETTINGS as STACKING
+from vlguard_jax.train.config import LORA_TARGETS
 
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("auto", "xla", "per_head", "cudnn")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def _int(low=None):
@@ -141,7 +141,8 @@ def unknown_key(key: str, known: list[str]) -> ConfigError:
 
 
 def check(cfg) -> None:
-    """Raise ConfigError for the first value that cannot run."""
+    """Raise ConfigError for the first value that cannot run; `cfg` is a ConfigDict or the same
+    nested dict."""
     for key, rule in RULES.items():
         try:
             value = _get(cfg, key)
@@ -150,13 +151,14 @@ def check(cfg) -> None:
         problem = rule(value)
         if problem:
             raise ConfigError(f"config.{key}: {problem}")
-    if cfg.global_batch % cfg.micro_batch:
+    batch, micro, recipe = cfg["global_batch"], cfg["micro_batch"], cfg["data"]["recipe"]
+    if batch % micro:
         raise ConfigError(
-            f"config.global_batch: {cfg.global_batch} is not a multiple of config.micro_batch "
-            f"{cfg.micro_batch} (the accumulation steps must be whole)"
+            f"config.global_batch: {batch} is not a multiple of config.micro_batch "
+            f"{micro} (the accumulation steps must be whole)"
         )
-    for source in SOURCES[cfg.data.recipe]:
+    for source in SOURCES[recipe]:
         for key in (f"data.{source}", f"data.{source}_images"):
             problem = _text(_get(cfg, key))
             if problem:
-                raise ConfigError(f"config.{key}: {problem} (the {cfg.data.recipe} recipe reads it)")
+                raise ConfigError(f"config.{key}: {problem} (the {recipe} recipe reads it)")

@@ -12,6 +12,7 @@ resume must match.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ from vlguard_jax import storage
 from vlguard_jax.checkpoints.ref import CheckpointRef
 from vlguard_jax.errors import ConfigError, UserError
 from vlguard_jax.storage.files import atomic_write_json, sha256_file
+from vlguard_jax.train.config import RunConfig
 from vlguard_jax.train.validate import SOURCES
 
 LOCK = ".lock"
@@ -134,14 +136,15 @@ class Lock:
             pass
 
 
-def identity(cfg, base: CheckpointRef) -> dict:
+def identity(cfg: RunConfig, base: CheckpointRef) -> dict:
     """What the run's checkpoints are a function of (see the module doc)."""
     d = cfg.data
+    lora = dataclasses.asdict(cfg.lora)
     return {
         "base_checkpoint": base.fingerprint,
         "model": base.config.to_dict(),
         "mode": cfg.train.mode,
-        "lora": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.lora.to_dict().items()}
+        "lora": {k: (list(v) if isinstance(v, tuple) else v) for k, v in lora.items()}
         if cfg.train.mode == "lora"
         else None,
         "recipe": {
@@ -153,7 +156,7 @@ def identity(cfg, base: CheckpointRef) -> dict:
             "template": d.template,
             "pad_image": d.pad_image,
         },
-        "data": {source: sha256_file(d[source]) for source in SOURCES[d.recipe]},
+        "data": {source: sha256_file(getattr(d, source)) for source in SOURCES[d.recipe]},
     }
 
 
