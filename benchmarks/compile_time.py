@@ -1,6 +1,6 @@
 """`python -m benchmarks.compile_time --preset 7b --layers 4,8,16,32 [--forms scanned,unrolled] [--json]`
 
-Compile time of the trainer's LoRA step (`train.loop.jit_train_step`, with the preset's
+Compile time of the trainer's LoRA step (`vlguard_jax.train.jit_train_step`, with the preset's
 accumulation and remat) and of the generator (`Generator`'s jitted prefill + decode loop), for
 the preset's shapes at each decoder depth, with the layers scanned and unrolled. Inputs are
 abstract (ShapeDtypeStructs with shardings): each program is lowered and compiled, nothing is
@@ -16,16 +16,19 @@ import dataclasses
 import json
 import time
 
+import jax
+import jax.numpy as jnp
+
 from benchmarks import presets
+from vlguard_jax import sharding, train
+from vlguard_jax.generate import Generator, Sampling
+from vlguard_jax.models import LlavaModel, abstract_params
+from vlguard_jax.models.layers import LoraSpec
 
 FORMS = ("scanned", "unrolled")
 
 
 def _model(p: presets.Preset, scanned: bool):
-    import jax.numpy as jnp
-
-    from vlguard_jax.models import LlavaModel
-    from vlguard_jax.models.layers import LoraSpec
 
     dtype = jnp.dtype(p.dtype)
     return LlavaModel(
@@ -49,24 +52,16 @@ def _timed(jitted, *args) -> dict:
 
 
 def train_step(p: presets.Preset, scanned: bool) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from vlguard_jax import sharding
-    from vlguard_jax.models import abstract_params
-    from vlguard_jax.train.defaults import base_config
-    from vlguard_jax.train.loop import abstract_state, jit_train_step, label_budget, state_shardings_for
-    from vlguard_jax.train.state import optimizer, partition
 
     mesh = sharding.make_mesh((1, -1, 1))
     model = _model(p, scanned)
-    trainable, frozen = partition(abstract_params(model, mesh), "lora")
+    trainable, frozen = train.partition(abstract_params(model, mesh), "lora")
     trainable = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding), trainable)
-    opt = optimizer(base_config().optim, 1000, trainable)
-    shardings = state_shardings_for(opt, trainable, mesh)
-    state = abstract_state(opt, trainable, shardings)
+    opt = train.optimizer(train.RunConfig().optim, 1000, trainable)
+    shardings = train.state_shardings(opt, trainable, mesh)
+    state = train.abstract_state(opt, trainable, shardings)
     local = presets.train_batch(dataclasses.replace(p, batch=1))
-    budget = label_budget(local["labels"], p.length)
+    budget = train.label_budget(local["labels"], p.length)
     rows = sharding.logical_to_spec(("batch",), mesh=mesh)
     batch = {
         k: jax.ShapeDtypeStruct(
@@ -76,16 +71,11 @@ def train_step(p: presets.Preset, scanned: bool) -> dict:
         )
         for k, v in local.items()
     }
-    step = jit_train_step(model, opt, presets.accum_steps(p), 512, mesh, shardings)
+    step = train.jit_train_step(model, opt, presets.accum_steps(p), 512, mesh, shardings)
     return _timed(step, state, frozen, batch, budget)
 
 
 def generator(p: presets.Preset, scanned: bool) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from vlguard_jax.generate import Generator, Sampling
-    from vlguard_jax.models import abstract_params
 
     model = _model(p, scanned).clone(lora=None)
     params = abstract_params(model)
@@ -108,14 +98,13 @@ PROGRAMS = {"train_step": train_step, "generator": generator}
 
 
 def main(argv=None) -> dict:
-    a = argparse.ArgumentParser(prog="python -m benchmarks.compile_time", description=__doc__.split("\n")[0])
+    a = argparse.ArgumentParser(prog="python -m benchmarks.compile_time", description=(__doc__ or "").split("\n")[0])
     a.add_argument("--preset", default="7b", choices=sorted(presets.PRESETS))
     a.add_argument("--layers", default="4,8,16,32", help="comma-separated decoder depths")
     a.add_argument("--forms", default=",".join(FORMS), help="scanned, unrolled or both")
     a.add_argument("--programs", default=",".join(PROGRAMS), help="train_step, generator or both")
     a.add_argument("--json", action="store_true")
     args = a.parse_args(argv)
-    import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
     depths = [int(x) for x in args.layers.split(",")]

@@ -16,6 +16,14 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import transformers
+from flax import traverse_util
+from safetensors.numpy import save_file
+
+from vlguard_jax.conversion import layouts
+from vlguard_jax.data.sample_tokenizer import build_tokenizer
+from vlguard_jax.models import LlavaModel, abstract_params
+from vlguard_jax.models.config import LlavaConfig
 
 MB = 1 << 20
 
@@ -23,12 +31,6 @@ MB = 1 << 20
 def write_checkpoint(path: Path, cfg, tokenizer, shard_bytes: int = 400 * MB) -> tuple[int, int]:
     """A random float32 llava-hf checkpoint for `cfg` (a transformers LlavaConfig), written shard
     by shard under the hub key names. Returns (total bytes, largest tensor bytes)."""
-    from flax import traverse_util
-    from safetensors.numpy import save_file
-
-    from vlguard_jax.conversion import layouts
-    from vlguard_jax.models import LlavaModel, abstract_params
-    from vlguard_jax.models.config import LlavaConfig
 
     path.mkdir(parents=True)
     (path / "config.json").write_text(cfg.to_json_string())
@@ -55,9 +57,6 @@ def write_checkpoint(path: Path, cfg, tokenizer, shard_bytes: int = 400 * MB) ->
 
 def make_checkpoint(path: Path, size_gb: float) -> tuple[int, int]:
     """About `size_gb` of decoder layers at 2048 wide; returns (total bytes, largest tensor bytes)."""
-    import transformers
-
-    from vlguard_jax.data.sample_tokenizer import build_tokenizer
 
     tok = build_tokenizer(["a chat between a user and an assistant"] * 4, vocab_size=300)
     layers = max(1, int(size_gb * 1024 / 112))  # ~112 MB per decoder layer at these widths
@@ -85,7 +84,7 @@ def make_checkpoint(path: Path, size_gb: float) -> tuple[int, int]:
 
 
 def main(argv=None) -> dict:
-    a = argparse.ArgumentParser(prog="python -m benchmarks.conversion", description=__doc__.split("\n")[0])
+    a = argparse.ArgumentParser(prog="python -m benchmarks.conversion", description=(__doc__ or "").split("\n")[0])
     a.add_argument("--size-gb", type=float, default=1.2)
     a.add_argument("--json", action="store_true")
     args = a.parse_args(argv)

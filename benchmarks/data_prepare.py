@@ -26,6 +26,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from PIL import Image
+from transformers import AutoTokenizer
+
+from benchmarks.presets import in_child
+from vlguard_jax.data.config import DataConfig
+from vlguard_jax.data.conversation import TEMPLATES
+from vlguard_jax.data.pipeline import Layout, prepare
+from vlguard_jax.data.sample import write_sample
+from vlguard_jax.data.sample_tokenizer import build_tokenizer
+from vlguard_jax.models.config import LlavaConfig
+
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "so", "vi", "de", "pa", "ho", "zu", "ba", "ge", "fi", "qu", "wy", "xo")
 EXCHANGES = ((1, 1, 0.35), (2, 4, 0.30), (5, 10, 0.25), (11, 20, 0.08), (21, 30, 0.02))
 
@@ -75,8 +86,6 @@ def write_mix(path: Path, n: int, seed: int = 0) -> None:
 
 
 def tokenizer_for(words: list[str]):
-    from vlguard_jax.data.conversation import TEMPLATES
-    from vlguard_jax.data.sample_tokenizer import build_tokenizer
 
     rng = random.Random(1)
     corpus = [t.system for t in TEMPLATES.values()] + ["USER: ASSISTANT:"] * 100
@@ -86,11 +95,6 @@ def tokenizer_for(words: list[str]):
 
 def prepare_once(data_cfg: dict, tokenizer_dir: str, workdir: str) -> dict:
     """One start, alone in a fresh process: (seconds, examples, peak RSS of that process)."""
-    from transformers import AutoTokenizer
-
-    from vlguard_jax.data.config import DataConfig
-    from vlguard_jax.data.pipeline import Layout, prepare
-    from vlguard_jax.models.config import LlavaConfig
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     model_cfg = LlavaConfig(image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
@@ -109,7 +113,7 @@ def prepare_once(data_cfg: dict, tokenizer_dir: str, workdir: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.data_prepare", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.data_prepare", description=(__doc__ or "").split("\n\n")[1])
     p.add_argument("--records", type=int, default=665000)
     p.add_argument(
         "--vlguard",
@@ -118,11 +122,6 @@ def main(argv=None) -> dict:
     )
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    from PIL import Image
-
-    from benchmarks.presets import in_child
-    from vlguard_jax.data.sample import write_sample
-    from vlguard_jax.train.defaults import base_config
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -137,10 +136,14 @@ def main(argv=None) -> dict:
             (tmp / "vlguard_images" / r["image"]).parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (8, 8)).save(tmp / "vlguard_images" / r["image"])
         setup_s = time.perf_counter() - t0
-        c = base_config().data
-        c.recipe, c.vlguard, c.llava = "mixed", str(vlguard), str(tmp / "mix.json")
-        c.vlguard_images, c.llava_images = str(tmp / "vlguard_images"), str(tmp / "images")
-        c.on_bad_record = "skip"
+        c = DataConfig(
+            recipe="mixed",
+            vlguard=str(vlguard),
+            llava=str(tmp / "mix.json"),
+            vlguard_images=str(tmp / "vlguard_images"),
+            llava_images=str(tmp / "images"),
+            on_bad_record="skip",
+        )
         first = in_child(prepare_once, c.to_dict(), str(tmp / "tokenizer"), str(tmp / "work"))
         second = in_child(prepare_once, c.to_dict(), str(tmp / "tokenizer"), str(tmp / "work"))
         out = {

@@ -16,8 +16,18 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 
 from benchmarks import presets
+from vlguard_jax import load_model
+from vlguard_jax.checkpoints.converted import save_checkpoint
+from vlguard_jax.conversion.flax_to_hf import export
+from vlguard_jax.generate import Generator, Sampling
+from vlguard_jax.models import LlavaModel
+from vlguard_jax.sharding import make_mesh
 
 NEW_TOKENS = 256
 NO_EOS = -1
@@ -25,12 +35,6 @@ NO_EOS = -1
 
 def build(p: presets.Preset, root: Path) -> tuple[Path, Path]:
     """A random checkpoint of the preset's shapes, converted (ours) and exported (the peer's)."""
-    import jax
-
-    from vlguard_jax.checkpoints.converted import save_checkpoint
-    from vlguard_jax.conversion.flax_to_hf import export
-    from vlguard_jax.models import LlavaModel
-    from vlguard_jax.sharding import make_mesh
 
     dtype = jax.numpy.dtype(p.dtype)
     model = LlavaModel(p.config, dtype=dtype, param_dtype=dtype)
@@ -42,11 +46,6 @@ def build(p: presets.Preset, root: Path) -> tuple[Path, Path]:
 
 
 def ours(p: presets.Preset, ckpt: Path, items: int) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from vlguard_jax import load_model
-    from vlguard_jax.generate import Generator, Sampling
 
     ids, pix = presets.gen_prompts(dataclasses.replace(p, gen_batch=items))
     t0 = time.perf_counter()
@@ -76,7 +75,8 @@ def peer(p: presets.Preset, hf_dir: str, items: int) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[p.dtype]
     t0 = time.perf_counter()
-    model = transformers.LlavaForConditionalGeneration.from_pretrained(hf_dir, dtype=dtype).to(device).eval()
+    model: Any = transformers.LlavaForConditionalGeneration.from_pretrained(hf_dir, dtype=dtype)
+    model = model.to(device).eval()
     loaded = time.perf_counter()
     for x, image in zip(ids, pix):  # VLGuard_eval.py: one prompt at a time
         with torch.inference_mode():

@@ -11,13 +11,18 @@ from __future__ import annotations
 import json
 import time
 
+import jax
+import jax.numpy as jnp
+
 from benchmarks import presets
+from vlguard_jax import sharding
+from vlguard_jax.generate import Generator, Sampling
+from vlguard_jax.models import LlavaModel
 
 NO_EOS = -1  # never produced, so every row runs the full length
 
 
 def weight_bytes(params) -> int:
-    import jax
 
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
 
@@ -41,12 +46,6 @@ def decode_floor(p: presets.Preset, lm_bytes: int, cache_len: int, bandwidth: fl
 
 
 def ours(p: presets.Preset, repeats: int) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from vlguard_jax import sharding
-    from vlguard_jax.generate import Generator, Sampling
-    from vlguard_jax.models import LlavaModel
 
     dtype = jnp.dtype(p.dtype)
     mesh = sharding.make_mesh((1, -1, 1))

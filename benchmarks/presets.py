@@ -4,11 +4,20 @@ LLaVA-1.5 (CLIP ViT-L/14-336 + Vicuna) in bfloat16, for GPUs and TPUs; `--layers
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
+import functools
+import multiprocessing
+import sys
 import time
+from typing import Any, cast
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from vlguard_jax import sharding
+from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LlavaConfig, TextConfig, VisionConfig
 
 
@@ -219,14 +228,13 @@ _T0 = time.perf_counter()
 
 def log(msg: str) -> None:
     """Progress on stderr (stdout carries the --json line)."""
-    import sys
 
     print(f"[{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
-def arg_parser(prog: str, doc: str, count: str, count_help: str) -> argparse.ArgumentParser:
+def arg_parser(prog: str, doc: str | None, count: str, count_help: str) -> argparse.ArgumentParser:
     """The flags both throughput benchmarks take; `count` names the timed repetitions (at least 5)."""
-    a = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    a = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n")[0])
     a.add_argument("--preset", default="small", choices=sorted(PRESETS))
     a.add_argument("--peer", default="none", choices=("torch", "none"))
     a.add_argument("--layers", type=int, help="decoder layers (shrinks 7b/13b for a CPU check)")
@@ -250,8 +258,6 @@ def in_child(fn, *args):
     """fn(*args) in a fresh spawned process, for the PyTorch peer. Each side then runs alone: in
     one process, whichever ran first left its thread pool spinning (torch's OpenMP slowed our CPU
     step from 1.8 to 2.2 s), and on a GPU the child's memory is all given back when it exits."""
-    import concurrent.futures
-    import multiprocessing
 
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
@@ -271,7 +277,6 @@ def median_time(fn, warmup: int = 1, repeats: int = 5) -> tuple[float, list[floa
 def matmul_flops_per_s(dtype: str = "float32", n: int | None = None) -> float:
     """Measured dense matmul throughput of the default device (the compute floor's denominator),
     on random data: zeros can run faster than real data."""
-    import jax
 
     n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
@@ -284,8 +289,6 @@ def matmul_flops_per_s(dtype: str = "float32", n: int | None = None) -> float:
 def memory_bytes_per_s(nbytes: int | None = None) -> float:
     """Measured device memory bandwidth: an elementwise pass over a large array, counting the
     bytes read plus the bytes written (the memory floor's denominator)."""
-    import jax
-    import jax.numpy as jnp
 
     nbytes = nbytes or (256 << 20 if jax.default_backend() == "cpu" else 4 << 30)
     a = jax.random.normal(jax.random.key(0), (nbytes // 4,), jnp.float32)
@@ -300,13 +303,6 @@ def random_params(model, mesh, seed: int = 0):
     jitted program per distinct (shape, dtype, sharding). `init_params` (a jitted `model.init`,
     exact initialisers) took 226 s for the 7b preset on an H100 before any timing; this is 12 s
     against 31 s for `--preset 7b --layers 1` on a 2-core CPU. Values do not change the timing."""
-    import functools
-
-    import jax
-    import jax.numpy as jnp
-
-    from vlguard_jax import sharding
-    from vlguard_jax.models import abstract_params
 
     with sharding.use_mesh(mesh):
         leaves, treedef = jax.tree.flatten(abstract_params(model, mesh))
@@ -329,7 +325,8 @@ def hf_model(p: Preset):
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[p.dtype]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
-        model = transformers.LlavaForConditionalGeneration(hf_config(p)).to(dtype)
+        model: Any = transformers.LlavaForConditionalGeneration(hf_config(p))
+        model = model.to(dtype)
     return model, device, dtype
 
 
@@ -362,5 +359,5 @@ def hf_config(p: Preset):
         ),
         image_token_index=c.image_token_index,
         vision_feature_layer=c.vision_feature_layer,
-        vision_feature_select_strategy=c.vision_feature_select_strategy,
+        vision_feature_select_strategy=cast(Any, c.vision_feature_select_strategy),
     )

@@ -1,6 +1,6 @@
 """`python -m benchmarks.train_throughput --preset small|7b|13b [--peer torch|none] [--scan_layers auto|on|off|ab] [--json]`
 
-Times the trainer's own jitted LoRA step (`vlguard_jax.train.loop.jit_train_step`) on its real
+Times the trainer's own jitted LoRA step (`vlguard_jax.train.jit_train_step`) on its real
 sharded state: random base weights in the compute dtype, float32 LoRA and projector, AdamW
 moments for those only. Median of >= 5 steps after compilation; compilation timed separately.
 With `--peer torch`, transformers' LlavaForConditionalGeneration + PEFT LoRA (same targets, rank,
@@ -12,25 +12,23 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any, cast
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import presets
+from vlguard_jax import sharding, train
+from vlguard_jax.models import LlavaModel
+from vlguard_jax.models.layers import LoraSpec
 from vlguard_jax.models.stacking import wants_scan
+from vlguard_jax.runtime import peak_flops
+from vlguard_jax.train import flops
 
 
 def _built(p: presets.Preset, scanned: bool):
     """(one timed step as a closure, its compile time, the model's FLOPs per step, the budget)."""
-    import jax
-    import jax.numpy as jnp
-
-    from vlguard_jax import sharding
-    from vlguard_jax.models import LlavaModel
-    from vlguard_jax.models.layers import LoraSpec
-    from vlguard_jax.train import flops
-    from vlguard_jax.train.defaults import base_config
-    from vlguard_jax.train.loop import global_batch, init_state, jit_train_step, label_budget
-    from vlguard_jax.train.state import cast_tree, optimizer, partition
 
     dtype = jnp.dtype(p.dtype)
     mesh = sharding.make_mesh((1, -1, 1))
@@ -44,17 +42,17 @@ def _built(p: presets.Preset, scanned: bool):
         scan_layers=scanned,
     )
     params = presets.random_params(model, mesh)
-    trainable, frozen = partition(params, "lora")
+    trainable, frozen = train.partition(params, "lora")
     presets.log(f"ours ({'scanned' if scanned else 'unrolled'}): parameters initialised")
-    trainable = jax.jit(lambda t: cast_tree(t, jnp.float32))(trainable)
-    opt = optimizer(base_config().optim, 1000, trainable)  # the paper's LoRA optimizer settings
-    state, shardings = init_state(opt, trainable, mesh)
+    trainable = jax.jit(lambda t: train.cast_tree(t, jnp.float32))(trainable)
+    opt = train.optimizer(train.RunConfig().optim, 1000, trainable)  # the paper's LoRA optimizer settings
+    state, shardings = train.init_state(opt, trainable, mesh)
     del trainable, params
-    step = jit_train_step(model, opt, presets.accum_steps(p), 512, mesh, shardings)
+    step = train.jit_train_step(model, opt, presets.accum_steps(p), 512, mesh, shardings)
     local = presets.train_batch(p)
-    budget = label_budget(local["labels"], p.length)
-    batch = global_batch(local, mesh)
-    box = {"state": state}
+    budget = train.label_budget(local["labels"], p.length)
+    batch = train.global_batch(local, mesh)
+    box: dict[str, Any] = {"state": state}
 
     def one():
         box["state"], metrics = step(box["state"], frozen, batch, budget)
@@ -70,9 +68,6 @@ def _built(p: presets.Preset, scanned: bool):
 
 
 def ours(p: presets.Preset, steps: int, scanned: bool) -> dict:
-    import jax
-
-    from vlguard_jax.runtime import peak_flops
 
     one, compile_s, f, box = _built(p, scanned)
     median, times = presets.median_time(one, warmup=1, repeats=steps)
@@ -134,7 +129,7 @@ def peer(p: presets.Preset, steps: int) -> dict:
         model,
         peft.LoraConfig(
             r=p.lora_rank,
-            lora_alpha=p.lora_alpha,
+            lora_alpha=cast(Any, p.lora_alpha),  # peft types it int; it takes any number
             lora_dropout=0.0,
             target_modules=targets,
             modules_to_save=["multi_modal_projector"],

@@ -1,12 +1,12 @@
-"""The layers of the house (docs/ARCHITECTURE.md), checked on the import graph of `vlguard_jax` and
-`conversion`: a module imports only from its own layer or below, there are no cycles, no private
+"""The layers of the house (docs/ARCHITECTURE.md), checked on the import graph of `vlguard_jax`,
+`conversion`, `configs` and `benchmarks`: a module imports only from its own layer or below, there are no cycles, no private
 name crosses a module boundary, and imports sit at the top of modules."""
 
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("vlguard_jax", "conversion")
+PACKAGES = ("vlguard_jax", "conversion", "configs", "benchmarks")
 # (module or package, layer); the longest match wins.
 LAYERS = {
     "vlguard_jax.errors": 0,
@@ -24,6 +24,8 @@ LAYERS = {
     "vlguard_jax": 4,  # the package's public surface
     "vlguard_jax.demo": 4,
     "vlguard_jax.data.screen": 4,  # the front door of evaluate.judges.screening
+    "configs": 5,  # get_config() files: RunConfig's blocks, read by the train command by path
+    "benchmarks": 5,  # the public API, timed
 }
 # Imports kept inside functions, each for a reason that was measured or is structural.
 DEFERRED = {
@@ -42,6 +44,17 @@ DEFERRED = {
     ("vlguard_jax.storage.paths", "botocore.session"): "as above",
     ("vlguard_jax.storage.paths", "google.auth"): "as above",
     ("vlguard_jax.storage.paths", "google.auth.exceptions"): "as above",
+    # The PyTorch peers: torch and peft come with the [test] extra only, and each peer runs in a
+    # spawned child (benchmarks.presets.in_child), so ours never shares a process with torch.
+    ("benchmarks.presets", "torch"): "optional: the peer's child only",
+    ("benchmarks.presets", "transformers"): "the peer's model, built beside torch in its child",
+    ("benchmarks.train_throughput", "torch"): "optional: the peer's child only",
+    ("benchmarks.train_throughput", "peft"): "optional: the peer's child only",
+    ("benchmarks.generate_throughput", "torch"): "optional: the peer's child only",
+    ("benchmarks.generate_throughput", "numpy"): "beside torch in the peer",
+    ("benchmarks.eval_suite", "torch"): "optional: the peer's child only",
+    ("benchmarks.eval_suite", "transformers"): "beside torch in the peer",
+    ("benchmarks.eval_suite", "numpy"): "beside torch in the peer",
 }
 
 
@@ -152,11 +165,18 @@ def test_the_checker_sees_what_it_checks():
     assert "vlguard_jax.checkpoints.runs" in graph["vlguard_jax.checkpoints.loading"]
     assert "vlguard_jax.models.llama" in graph["vlguard_jax.models.llava"]
     assert "vlguard_jax.evaluate.runner" in graph["vlguard_jax.evaluate.suite"]
+    assert "vlguard_jax.train" in graph["benchmarks.train_throughput"]
+    assert "vlguard_jax.train.config" in graph["configs.paper"]
     assert len(MODULES) > 60 and all(isinstance(layer(m), int) for m in MODULES)
 
 
 def test_the_code_map_names_every_module():
     """docs/ARCHITECTURE.md's code map keeps up with the package: a new module is named there."""
     text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
-    leaves = {n.rsplit(".", 1)[-1] for n, f in MODULES.items() if f.stem not in ("__init__", "__main__")}
+    leaves = {
+        n.rsplit(".", 1)[-1]
+        for n, f in MODULES.items()
+        if f.stem not in ("__init__", "__main__") and n.split(".")[0] in ("vlguard_jax", "conversion")
+    }
+    assert "configs/" in text and "benchmarks/" in text
     assert sorted(m for m in leaves if f"{m}.py" not in text and f"{m}/" not in text) == []
