@@ -12,16 +12,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-import jax.numpy as jnp
-
 from vlguard_jax import storage
-from vlguard_jax.checkpoints.ref import resolve_checkpoint
-from vlguard_jax.errors import ArgumentParser, InputError, UsageError, at_least, cli
-from vlguard_jax.evaluate.helpfulness import gpt_graders, vqa, vqa_scoring
+from vlguard_jax.errors import ArgumentParser, UsageError, at_least, cli
+from vlguard_jax.evaluate.helpfulness import scorers, vqa
 from vlguard_jax.evaluate.judges import llamaguard
 from vlguard_jax.evaluate.judges.gpt4_judge import ORDERS
 from vlguard_jax.evaluate.report import write_report
@@ -31,15 +29,12 @@ from vlguard_jax.evaluate.runner import (
     TEXT_IMAGES,
     Evaluation,
     Protocol,
-    claim_output,
     rescore,
     run,
 )
 from vlguard_jax.evaluate.safety.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
 from vlguard_jax.evaluate.suite import run_suite
-from vlguard_jax.generate import auto_dtype, load_generator
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
-from vlguard_jax.storage.files import sha256_file
 
 
 def out_dir(text: str) -> str:
@@ -148,9 +143,6 @@ def evaluate_main(argv) -> int:
     return 0
 
 
-SCORED = ("sqa", "pope", "mme", "textvqa", "gqa", "mmbench", "vizwiz", "mmvet", "llavabench")
-
-
 def score_main(argv) -> int:
     if "--benchmark" in argv or any(a.startswith("--benchmark=") for a in argv):
         return score_answers_main(argv)
@@ -174,7 +166,7 @@ def score_answers_main(argv) -> int:
         prog="python -m vlguard_jax.evaluate score --benchmark",
         description="score helpfulness answers as LLaVA's scorers do",
     )
-    p.add_argument("--benchmark", required=True, choices=SCORED)
+    p.add_argument("--benchmark", required=True, choices=scorers.SCORED)
     p.add_argument("--answers", required=True, help="answers .jsonl (LLaVA's format)")
     p.add_argument(
         "--allow-partial",
@@ -195,43 +187,12 @@ def score_answers_main(argv) -> int:
     p.add_argument("--upload-file", help="vizwiz, mmbench test: where to write the test server's upload file")
     p.add_argument("--grades-file", help="mmvet, llavabench: where the judge's grades are kept (resumable)")
     a = p.parse_args(argv)
-    needs = {
-        "sqa": ("base_dir",),
-        "pope": ("question_file", "annotation_dir"),
-        "mme": ("base_dir",),
-        "textvqa": ("annotation_file",),
-        "gqa": ("questions",),
-        "mmbench": ("question_file",),
-        "vizwiz": ("question_file", "upload_file"),
-        "mmvet": ("annotation_file",),
-        "llavabench": ("question_file", "context", "reference"),
-    }[a.benchmark]
-    missing = [n for n in needs if getattr(a, n) is None]
-    if missing:
-        p.error(f"--benchmark {a.benchmark} needs --{missing[0].replace('_', '-')}")
-    answers = vqa_scoring.read_answers(a.answers)
-    grades = a.grades_file or str(Path(a.answers).with_suffix(".grades.json"))
-    partial = dict(allow_partial=a.allow_partial, source=a.answers)
-    if a.benchmark == "sqa":
-        result = vqa_scoring.sqa(answers, a.base_dir, a.split, **partial)
-    elif a.benchmark == "pope":
-        result = vqa_scoring.pope(answers, a.question_file, a.annotation_dir, **partial)
-    elif a.benchmark == "mme":
-        result = vqa_scoring.mme(answers, a.base_dir, **partial)
-    elif a.benchmark == "textvqa":
-        result = vqa_scoring.textvqa(answers, a.annotation_file, **partial)
-    elif a.benchmark == "gqa":
-        result = vqa_scoring.gqa(answers, a.questions, **partial)
-    elif a.benchmark == "mmbench" and a.upload_file:
-        result = {"upload": str(vqa_scoring.mmbench_upload(answers, a.question_file, a.upload_file))}
-    elif a.benchmark == "mmbench":
-        result = vqa_scoring.mmbench(answers, a.question_file, **partial)
-    elif a.benchmark == "vizwiz":
-        result = {"upload": str(vqa_scoring.vizwiz_upload(answers, a.question_file, a.upload_file, a.answers))}
-    elif a.benchmark == "mmvet":
-        result = gpt_graders.mm_vet(answers, a.annotation_file, grades)
-    else:
-        result = gpt_graders.llava_bench(answers, a.question_file, a.context, a.reference, grades)
+    fields = {f.name for f in dataclasses.fields(scorers.ScoreInputs)}
+    inputs = scorers.ScoreInputs(**{k: v for k, v in vars(a).items() if k in fields})
+    lacking = scorers.missing(a.benchmark, inputs)
+    if lacking is not None:
+        p.error(f"--benchmark {a.benchmark} needs --{lacking.replace('_', '-')}")
+    result = scorers.score(a.benchmark, inputs)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -258,49 +219,20 @@ def vqa_main(argv) -> int:
     add_dtype(p)
     p.add_argument("--limit", type=at_least(1), help="only the first N questions")
     a = p.parse_args(argv)
-    path = storage.local_only(a.answers_file, "--answers-file")
-    if path.resolve() == Path(a.question_file).resolve():
-        raise UsageError(f"--answers-file {path}: the question file itself; answer into another file")
-    every = vqa.read_questions(a.question_file, a.single_pred_prompt, a.all_rounds)
-    questions = every[: a.limit]
-    checkpoint = resolve_checkpoint(a.checkpoint)
-    if not checkpoint.family.takes_images:
-        raise InputError(f"{a.checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
-    max_new = a.max_new_tokens or vqa.MAX_NEW_TOKENS[Path(a.question_file).suffix]
-    dtype = auto_dtype() if a.dtype == "auto" else a.dtype
-    settings = {
-        "conv_mode": a.conv_mode,
-        "max_new_tokens": max_new,
-        "single_pred_prompt": a.single_pred_prompt,
-        "dtype": dtype,
-        "pad": True,
-    }
-    questions_id = {"file": str(Path(a.question_file).resolve()), "sha256": sha256_file(a.question_file)}
-    claim_output(
-        None,
-        path,
-        {
-            "checkpoint": a.checkpoint,
-            "fingerprint": checkpoint.fingerprint,
-            "protocol": settings,
-            "seed": 0,
-            "questions": questions_id,
-        },
-        print,
-    )
-    gen, loaded = load_generator(checkpoint, batch_size=a.batch_size, dtype=jnp.dtype(dtype))
-    answers = vqa.answer(
-        gen,
-        loaded,
-        questions,
-        path,
+    answers = vqa.answer_question_file(
+        a.checkpoint,
+        a.question_file,
+        a.answers_file,
         image_folder=a.image_folder,
         conv_mode=a.conv_mode,
-        max_new_tokens=max_new,
-        model_id=Path(a.checkpoint).name,
-        order=every,
+        single_pred_prompt=a.single_pred_prompt,
+        all_rounds=a.all_rounds,
+        max_new_tokens=a.max_new_tokens,
+        batch_size=a.batch_size,
+        dtype=a.dtype,
+        limit=a.limit,
     )
-    print(f"wrote {len(answers)} answers to {path}")
+    print(f"wrote {len(answers)} answers to {a.answers_file}")
     return 0
 
 

@@ -26,16 +26,20 @@ import time
 import uuid
 from pathlib import Path
 
+import jax.numpy as jnp
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from vlguard_jax import storage
+from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.data.conversation import IMAGE_TAG, get_template, render
 from vlguard_jax.data.images import ImageError, load_pixels, pixels
 from vlguard_jax.data.records import RecordError
-from vlguard_jax.errors import InputError, MissingFileError
-from vlguard_jax.generate import Sampling, response_text
+from vlguard_jax.errors import InputError, MissingFileError, UsageError
+from vlguard_jax.evaluate.runner import claim_output
+from vlguard_jax.generate import Sampling, auto_dtype, load_generator, response_text
 from vlguard_jax.generate.prompts import prompt_ids_of_text
-from vlguard_jax.storage.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl
+from vlguard_jax.storage.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl, sha256_file
 
 SINGLE_PRED = "Answer with the option's letter from the given choices directly."
 OPTIONS = ("A", "B", "C", "D")
@@ -235,3 +239,65 @@ def answer(
     if [key(a) for a in read_jsonl(path)] != [key(a) for a in kept]:
         atomic_write_text(path, "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in kept))
     return [done[q.key] for q in questions]
+
+
+def answer_question_file(
+    checkpoint: str,
+    question_file: str,
+    answers_file: str,
+    *,
+    image_folder: str | None = None,
+    conv_mode: str = "vicuna_v1",
+    single_pred_prompt: bool = False,
+    all_rounds: bool = False,
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
+    dtype: str = "auto",
+    limit: int | None = None,
+    log=print,
+) -> list[dict]:
+    """`evaluate vqa`: a checkpoint answers a LLaVA question file into `answers_file` (LLaVA's
+    format), resumable; the file records what answered (checkpoint fingerprint, protocol, the
+    question file's hash), and a run with other settings is refused. `max_new_tokens` defaults to
+    the LLaVA script's for the question file (MAX_NEW_TOKENS)."""
+    path = storage.local_only(answers_file, "--answers-file")
+    if path.resolve() == Path(question_file).resolve():
+        raise UsageError(f"--answers-file {path}: the question file itself; answer into another file")
+    every = read_questions(question_file, single_pred_prompt, all_rounds)
+    ref = resolve_checkpoint(checkpoint)
+    if not ref.family.takes_images:
+        raise InputError(f"{checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
+    max_new = max_new_tokens or MAX_NEW_TOKENS[Path(question_file).suffix]
+    dtype = auto_dtype() if dtype == "auto" else dtype
+    settings = {
+        "conv_mode": conv_mode,
+        "max_new_tokens": max_new,
+        "single_pred_prompt": single_pred_prompt,
+        "dtype": dtype,
+        "pad": True,
+    }
+    claim_output(
+        None,
+        path,
+        {
+            "checkpoint": checkpoint,
+            "fingerprint": ref.fingerprint,
+            "protocol": settings,
+            "seed": 0,
+            "questions": {"file": str(Path(question_file).resolve()), "sha256": sha256_file(question_file)},
+        },
+        log,
+    )
+    gen, loaded = load_generator(ref, batch_size=batch_size, dtype=jnp.dtype(dtype))
+    return answer(
+        gen,
+        loaded,
+        every[:limit],
+        path,
+        image_folder=image_folder,
+        conv_mode=conv_mode,
+        max_new_tokens=max_new,
+        model_id=Path(checkpoint).name,
+        log=log,
+        order=every,
+    )
