@@ -58,7 +58,13 @@ def test_a_training_run_names_its_base(model, tmp_path):
     assert (ref.kind, ref.path, ref.base) == ("run", tmp_path / "run", model.flax_dir)
     assert ref.config == resolve_checkpoint(model.flax_dir).config  # the base's
     step_dir = tmp_path / "run" / "checkpoints" / "4"
+    assert ref.step == 4
     assert ref.fingerprint == f"{files.fingerprint(model.flax_dir)}+4:{files.fingerprint(step_dir)}"
+    # The step is listed once: a checkpoint the run finishes later is not this ref's.
+    write_run(tmp_path / "run", model.flax_dir, steps=(6,))
+    assert ref.step == 4 and resolve_checkpoint(tmp_path / "run").step == 6
+    with pytest.raises(ValueError, match="has no steps"):
+        resolve_checkpoint(model.flax_dir).step
 
 
 def test_load_model_reads_the_refs_config_and_tokenizer(model, monkeypatch):

@@ -88,8 +88,9 @@ def _load_converted(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, rem
 
 
 def _load_run(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, remat_policy):
-    """A training workdir: its latest checkpoint over its base, LoRA merged into the kernels."""
-    flat = runs.load_merged(ref.path)[2]
+    """A training workdir: its latest checkpoint (the ref's step) over its base, LoRA merged into
+    the kernels."""
+    flat = runs.load_merged(ref.path, ref.step)[2]
     param_dtype = param_dtype or flat[("language_model", "embed_tokens")].dtype
     model = build_model(
         ref.config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, remat_policy=remat_policy

@@ -58,14 +58,23 @@ class CheckpointRef:
         return load_tokenizer(self.base)
 
     @functools.cached_property
-    def fingerprint(self) -> str:
-        """The weights' content fingerprint (files.fingerprint); for a run, its latest finished
-        step's together with its base's. Computed once."""
-        if self.kind == "converted":
-            return files.fingerprint(self.path)
+    def step(self) -> int:
+        """A run's latest finished step, listed once: the weights loaded and the fingerprint are
+        that step's even if the run writes another meanwhile."""
+        if self.kind != "run":
+            raise ValueError(f"{self.name}: a converted checkpoint has no steps")
         step = max(runs.finished_steps(self.path), default=None)
         if step is None:
             raise runs.RunError(f"{self.name}: no finished training checkpoint under {self.path / runs.CHECKPOINTS}")
+        return step
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The weights' content fingerprint (files.fingerprint); for a run, its step's together
+        with its base's. Computed once."""
+        if self.kind == "converted":
+            return files.fingerprint(self.path)
+        step = self.step
         return f"{files.fingerprint(self.base)}+{step}:{files.fingerprint(self.path / runs.CHECKPOINTS / str(step))}"
 
     def __str__(self) -> str:

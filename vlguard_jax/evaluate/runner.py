@@ -254,9 +254,9 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         result["judge"] = gpt4_judge.win_rate(
             items, responses, references, e.images, out / benchmark / f"{subset}.judge.json", e.judge_orders
         )
-    elif e.judge == "llamaguard":
+    elif judge_ref is not None:  # --judge llamaguard, checked above
         result["judge"] = llamaguard.judge(
-            judge_ref or e.judge_checkpoint,
+            judge_ref,
             items,
             responses,
             out / benchmark / f"{subset}.llamaguard.json",

@@ -45,11 +45,14 @@ def conversation(item, response: str) -> list[dict]:
 def check(checkpoint: CheckpointRef | str) -> CheckpointRef:
     """The judge's ref, once it is known to judge; called early, before the evaluated model
     generates anything."""
-    if not isinstance(checkpoint, CheckpointRef) and not (storage.as_path(checkpoint) / MODEL_CONFIG).is_file():
+    try:
+        ref = resolve_checkpoint(checkpoint)
+    except MissingFileError as e:
+        if f"no {MODEL_CONFIG}" not in str(e):
+            raise
         raise MissingFileError(
             f"{checkpoint}: no {MODEL_CONFIG}; convert the Llama Guard checkpoint with python -m conversion.hf_to_flax"
-        )
-    ref = resolve_checkpoint(checkpoint)
+        ) from None
     path = ref.name
     if ref.family.takes_images:
         raise InputError(f"{path}: a LLaVA checkpoint; --judge-checkpoint takes a text-only Llama Guard checkpoint")
