@@ -217,7 +217,10 @@ def test_converters_without_arguments_say_one_line_and_help_lists_them(capsys):
     from vlguard_jax.conversion.__main__ import main as convert_main
 
     for argv, line in (
-        ([], "error: vlguard-convert: choose one of hf-to-flax, flax-to-hf, assemble (then --help for its flags)"),
+        (
+            [],
+            "error: vlguard-convert: choose one of hf-to-flax, flax-to-hf, assemble, minigptv2 (then --help for its flags)",
+        ),
         (
             ["assemble"],
             "error: python -m conversion.assemble: the following arguments are required: --llm, "

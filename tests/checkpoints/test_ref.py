@@ -64,7 +64,7 @@ def test_a_training_run_names_its_base(model, tmp_path):
     write_run(tmp_path / "run", model.flax_dir, steps=(6,))
     assert ref.step == 4 and resolve_checkpoint(tmp_path / "run").step == 6
     with pytest.raises(ValueError, match="has no steps"):
-        resolve_checkpoint(model.flax_dir).step
+        _ = resolve_checkpoint(model.flax_dir).step
 
 
 def test_load_model_reads_the_refs_config_and_tokenizer(model, monkeypatch):

@@ -3,7 +3,8 @@
 Our paths are '/'-joined keys of the Flax parameter tree, e.g.
 `language_model/layers_3/self_attn/q_proj/kernel`. Each rule rewrites a path into the PyTorch name
 for a layout and says how the tensor is transformed (`linear`: torch [out, in] <-> kernel [in, out];
-`patch`: conv weight [D, C, p, p] <-> kernel [C*p*p, D]).
+`patch`: conv weight [D, C, p, p] <-> kernel [C*p*p, D]; `squeeze`: EVA's [1, 1, D] and [1, N, D]
+<-> [D] and [N, D]).
 """
 
 from __future__ import annotations
@@ -50,7 +51,18 @@ PROJECTOR_CANDIDATES = (
     ("0.", "2."),
 )
 
-# (pattern on our path, PyTorch name with {vision}/{lm}/{proj1}/{proj2}/{lm_head}, transform)
+# MiniGPT-v2 (Vision-CAIR/MiniGPT-4): the model's state dict (minigptv2_checkpoint.pth and our
+# export), where the tower sits under `visual_encoder.` and the LLM under peft's wrapper (peft-0.2.0
+# LoRA names, no `.default`). eva_vit_g.pth holds the tower alone, unprefixed (`eva=""`).
+MINIGPTV2: dict[str, Any] = dict(
+    vision="",
+    proj=("", ""),
+    eva="visual_encoder.",
+    lm="llama_model.base_model.model.model.",
+    lm_head="llama_model.base_model.model.lm_head.",
+)
+
+# (pattern on our path, PyTorch name with {vision}/{lm}/{proj1}/{proj2}/{lm_head}/{eva}, transform)
 RULES = (
     (r"vision_tower/patch_embedding/kernel", "{vision}embeddings.patch_embedding.weight", "patch"),
     (r"vision_tower/class_embedding", "{vision}embeddings.class_embedding", None),
@@ -75,6 +87,21 @@ RULES = (
     ),
     (r"language_model/norm/weight", "{lm}norm.weight", None),
     (r"language_model/lm_head/kernel", "{lm_head}weight", "linear"),
+    (r"language_model/layers_(\d+)/self_attn/(\w+)/lora_a", r"{lm}layers.\1.self_attn.\2.lora_A.weight", "linear"),
+    (r"language_model/layers_(\d+)/self_attn/(\w+)/lora_b", r"{lm}layers.\1.self_attn.\2.lora_B.weight", "linear"),
+    # MiniGPT-v2: the EVA tower, ln_vision and llama_proj
+    (r"vision_tower/patch_embed/kernel", "{eva}patch_embed.proj.weight", "patch"),
+    (r"vision_tower/patch_embed/bias", "{eva}patch_embed.proj.bias", None),
+    (r"vision_tower/(cls_token|pos_embed)", r"{eva}\1", "squeeze"),
+    (r"vision_tower/blocks_(\d+)/(norm[12])/(weight|bias)", r"{eva}blocks.\1.\2.\3", None),
+    (r"vision_tower/blocks_(\d+)/attn/(qkv|proj)/kernel", r"{eva}blocks.\1.attn.\2.weight", "linear"),
+    (r"vision_tower/blocks_(\d+)/attn/proj/bias", r"{eva}blocks.\1.attn.proj.bias", None),
+    (r"vision_tower/blocks_(\d+)/attn/(q_bias|v_bias)", r"{eva}blocks.\1.attn.\2", None),
+    (r"vision_tower/blocks_(\d+)/(fc[12])/kernel", r"{eva}blocks.\1.mlp.\2.weight", "linear"),
+    (r"vision_tower/blocks_(\d+)/(fc[12])/bias", r"{eva}blocks.\1.mlp.\2.bias", None),
+    (r"ln_vision/(weight|bias)", r"ln_vision.\1", None),
+    (r"llama_proj/(kernel)", "llama_proj.weight", "linear"),
+    (r"llama_proj/bias", "llama_proj.bias", None),
 )
 _COMPILED = tuple((re.compile(p + "$"), r, t) for p, r, t in RULES)
 
@@ -90,6 +117,7 @@ def torch_name(path: str, prefixes: dict) -> tuple[str, str | None]:
         proj1=prefixes["proj"][0],
         proj2=prefixes["proj"][1],
         lm_head=prefixes["lm_head"],
+        eva=prefixes.get("eva", ""),
     )
     for pattern, repl, transform in _COMPILED:
         if pattern.match(path):
@@ -145,6 +173,8 @@ def flax_shape(shape: tuple, transform: str | None) -> tuple:
         return tuple(reversed(shape))
     if transform == "patch":
         return (int(np.prod(shape[1:])), shape[0])
+    if transform == "squeeze":
+        return tuple(d for d in shape if d != 1)
     return tuple(shape)
 
 
@@ -162,6 +192,8 @@ def to_flax(array: np.ndarray, transform: str | None) -> np.ndarray:
         return array.T
     if transform == "patch":
         return array.reshape(array.shape[0], -1).T
+    if transform == "squeeze":  # EVA's cls_token [1, 1, D] and pos_embed [1, N, D]
+        return array.reshape(flax_shape(array.shape, transform))
     return array
 
 
@@ -170,4 +202,6 @@ def to_torch(array: np.ndarray, transform: str | None, patch_shape: tuple | None
         return array.T
     if transform == "patch":
         return array.T.reshape(patch_shape)
+    if transform == "squeeze":
+        return array.reshape((1,) * (3 - array.ndim) + array.shape)
     return array

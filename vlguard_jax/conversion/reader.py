@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 from vlguard_jax.errors import CheckpointError
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")  # .bin and .pth: torch pickles
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 NESTED = ("model", "state_dict")
 
@@ -30,7 +30,7 @@ def _torch(f: Path):
         import torch
     except ImportError:
         raise CheckpointError(
-            f"{f}: reading .bin checkpoints needs torch; convert it to safetensors or install torch"
+            f"{f}: reading .bin and .pth checkpoints needs torch; convert it to safetensors or install torch"
         ) from None
     return torch
 
@@ -43,7 +43,7 @@ class TensorSource:
         self._bin_cache: tuple[Path, dict] | None = None
         if path.is_file():
             if path.suffix not in WEIGHT_SUFFIXES:
-                raise CheckpointError(f"{path}: not a weight file (*.safetensors or *.bin)")
+                raise CheckpointError(f"{path}: not a weight file (*.safetensors, *.bin or *.pth)")
             self.dir, self.files = path.parent, [path]
         elif path.is_dir():
             self.dir = path

@@ -29,7 +29,7 @@ from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate.judges import gpt4_judge, llamaguard
 from vlguard_jax.evaluate.safety import figstep, safety_sets
 from vlguard_jax.evaluate.safety.scoring import is_refusal, token_f1
-from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
+from vlguard_jax.generate import Sampling, auto_dtype, check_generates, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
 from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import check_output, read_json, write_json
@@ -187,7 +187,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     (the suite's), else one is loaded when there is anything to generate."""
     benchmark, subset, protocol, references = e.benchmark, e.subset, e.protocol, e.references
     # everything that can fail does so before any generation
-    checkpoint = resolve_checkpoint(e.checkpoint)
+    checkpoint = check_generates(resolve_checkpoint(e.checkpoint))
     config, tokenizer = checkpoint.config, checkpoint.tokenizer
     llm = not family_of(config).takes_images
     if llm and benchmark in ("vlguard", "figstep"):

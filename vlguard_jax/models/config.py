@@ -136,12 +136,12 @@ class LlavaConfig:
 
     # ---- our own JSON (written next to converted checkpoints) -------------------------------
     def to_dict(self) -> dict:
-        return dict(dataclasses.asdict(self), text=_text_to_dict(self.text))
+        return dict(dataclasses.asdict(self), text=text_to_dict(self.text))
 
     @classmethod
     def from_dict(cls, d: dict) -> LlavaConfig:
         d = dict(d)
-        text = _text_from_dict(d.pop("text"))
+        text = text_from_dict(d.pop("text"))
         return cls(vision=VisionConfig(**d.pop("vision")), text=text, **d)
 
     def save(self, path) -> None:
@@ -273,11 +273,11 @@ class TextOnlyConfig:
     architecture = "llama"
 
     def to_dict(self) -> dict:
-        return {"architecture": self.architecture, "text": _text_to_dict(self.text)}
+        return {"architecture": self.architecture, "text": text_to_dict(self.text)}
 
     @classmethod
     def from_dict(cls, d: dict) -> TextOnlyConfig:
-        return cls(text=_text_from_dict(d["text"]))
+        return cls(text=text_from_dict(d["text"]))
 
     def save(self, path) -> None:
         atomic_write_json(path, self.to_dict(), indent=2)
@@ -292,11 +292,11 @@ class TextOnlyConfig:
         return cls(text=text)
 
 
-def _text_to_dict(text: TextConfig) -> dict:
+def text_to_dict(text: TextConfig) -> dict:
     return dict(dataclasses.asdict(text), rope_scaling=text.rope_scaling_dict)
 
 
-def _text_from_dict(text: dict) -> TextConfig:
+def text_from_dict(text: dict) -> TextConfig:
     text = dict(text)
     if text.get("rope_scaling"):
         text["rope_scaling"] = tuple(sorted(text["rope_scaling"].items()))

@@ -1,7 +1,7 @@
 """Model families: what differs between LLaVA and a text-only Llama (the judge), said once per
 family. Layers above ask a checkpoint's family (`family_of(config)`) instead of testing config
-types or `config.vision is None` themselves; a new family (MiniGPT-v2) is one more entry here and
-its own modules.
+types or `config.vision is None` themselves; a new family is one more entry here and its own
+modules (MiniGPT-v2: `eva.py`, `minigptv2.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from vlguard_jax import storage
 from vlguard_jax.errors import CheckpointError
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
 from vlguard_jax.models.llava import LlavaModel
+from vlguard_jax.models.minigptv2 import MiniGPTv2Config, MiniGPTv2Model
 from vlguard_jax.models.text_only import TextOnlyModel
 
 VICUNA_TEMPLATE = "vicuna_v1"  # FastChat's vicuna_v1.1, which LLaVA trains on
@@ -35,6 +36,7 @@ class Family:
     trainable: bool  # VLGuard fine-tuning (full or LoRA) applies
     template: str | None
     scannable: bool = False  # its decoder layers can run scanned over stacked weights (models.stacking)
+    generates: bool = True  # its prompts and image transform are wired into generation and evaluation
 
     def read_config(self, d: dict, source: str = "model_config.json") -> Any:
         try:
@@ -60,7 +62,20 @@ LLAVA = Family(
 LLAMA = Family(
     "llama", "text-only Llama", TextOnlyConfig, TextOnlyModel, takes_images=False, trainable=False, template=None
 )
-FAMILIES = {f.name: f for f in (LLAVA, LLAMA)}
+# Loads, converts and runs forward with parity; its template, image transform and training are not
+# wired into the commands yet, so those refuse it by name.
+MINIGPTV2 = Family(
+    "minigptv2",
+    "MiniGPT-v2",
+    MiniGPTv2Config,
+    MiniGPTv2Model,
+    takes_images=True,
+    trainable=False,
+    template="minigptv2",
+    scannable=True,
+    generates=False,
+)
+FAMILIES = {f.name: f for f in (LLAVA, LLAMA, MINIGPTV2)}
 
 
 def family_of(config) -> Family:

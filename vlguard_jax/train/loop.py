@@ -177,8 +177,8 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
     checkpoint = resolve_checkpoint(cfg.model.checkpoint)
     if not checkpoint.family.trainable:
         raise ConfigError(
-            f"config.model.checkpoint: {cfg.model.checkpoint} is a text-only Llama; training "
-            "starts from a LLaVA checkpoint (conversion.assemble builds one from an LLM)"
+            f"config.model.checkpoint: {cfg.model.checkpoint} is a {checkpoint.family.label} checkpoint; "
+            "training starts from a LLaVA checkpoint (conversion.assemble builds one from an LLM)"
         )
     if jax.process_index() == 0:  # a new run records its identity; a resume must match it
         check_resume(

@@ -1,0 +1,119 @@
+"""`vlguard-convert minigptv2` from the three files MiniGPT-v2's authors load: a Llama directory,
+`eva_vit_g.pth` (float16, one block more than the model builds) and the stage-3
+`minigptv2_checkpoint.pth` ({"model": ...}, no ln_vision). The converted checkpoint loads with
+`load_model` and gives the reference's logits (tests/minigptv2_reference.py, with the authors'
+position resize and LoRA through peft); bad parts are refused naming file and tensor."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import peft
+import pytest
+import torch
+
+from tests import minigptv2_reference as ref
+from tests import tiny
+from vlguard_jax import load_model
+from vlguard_jax.conversion.__main__ import main as convert_cli
+from vlguard_jax.conversion.minigptv2 import convert
+from vlguard_jax.errors import CheckpointError
+from vlguard_jax.models.family import MINIGPTV2
+
+WIDTH, PATCH = 176, 56  # at 448 px: an 8x8 grid, 16 visual tokens; the file's grid is 4x4 (224 px)
+
+
+@dataclasses.dataclass
+class Parts:
+    llm: object
+    eva: object
+    ckpt: object
+    reference: ref.MiniGPTv2
+
+
+def write_parts(tmp, *, proj_in=4 * WIDTH, drop=()) -> Parts:
+    tok = tiny.tokenizer(image_token=False)
+    llama = tiny.llama_model(tok, layers=2, heads=4, kv_heads=4, scale=1.0)
+    llama.save_pretrained(tmp / "llm")
+    tok.save_pretrained(tmp / "llm")
+    file_eva = ref.EvaViT(WIDTH, 3, 2, 352, 224, PATCH)  # three blocks in the file, two built
+    ref.randomize_(file_eva, seed=1)
+    eva_sd = {k: v.detach().half() for k, v in file_eva.state_dict().items()}  # stored in float16
+    torch.save(eva_sd, tmp / "eva_vit_g.pth")
+    # The reference as the authors build it: 448 px, two blocks, the float16 weights read back,
+    # pos_embed resized by F.interpolate (eva_vit.interpolate_pos_embed).
+    eva = ref.EvaViT(WIDTH, 2, 2, 352, 448, PATCH)
+    sd = {k: v.float() for k, v in eva_sd.items() if not k.startswith("blocks.2.")}
+    grid = sd["pos_embed"][:, 1:].reshape(1, 4, 4, WIDTH).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False)
+    sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], grid.permute(0, 2, 3, 1).reshape(1, 64, WIDTH)], dim=1)
+    eva.load_state_dict(sd)
+    lora = peft.LoraConfig(r=64, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    model = ref.MiniGPTv2(eva, llama, lora).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # ln_vision stays as initialised (it is not in the stage-3 file)
+        model.llama_proj.weight.copy_(0.05 * torch.randn(model.llama_proj.weight.shape, generator=g))
+        for name, p in model.llama_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    stage3 = {k: v for k, v in ref.state_dict(model).items() if k.startswith("llama_proj.") or "lora_" in k}
+    stage3 = {k: torch.tensor(v) for k, v in stage3.items() if k not in drop}
+    if proj_in != 4 * WIDTH:
+        stage3["llama_proj.weight"] = torch.zeros(64, proj_in)
+    torch.save({"model": stage3, "optimizer": {"state": {}}, "epoch": 3}, tmp / "minigptv2_checkpoint.pth")
+    return Parts(tmp / "llm", tmp / "eva_vit_g.pth", tmp / "minigptv2_checkpoint.pth", model)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    return write_parts(tmp_path_factory.mktemp("minigptv2"))
+
+
+def test_the_converted_checkpoint_gives_the_references_logits(parts, tmp_path, capsys):
+    said = []
+    config = convert(parts.llm, parts.eva, parts.ckpt, tmp_path / "ck", dtype="float32", log=said.append)
+    v = config.vision
+    assert (v.num_hidden_layers, v.hidden_size, v.num_attention_heads, v.grid) == (2, WIDTH, 2, 8)
+    assert config.num_image_tokens == 16 and config.image_token_index == config.text.vocab_size
+    assert any("no ln_vision" in s for s in said)
+    m = load_model(tmp_path / "ck", dtype=jnp.float32)
+    assert isinstance(m.config, type(config)) and m.model.lora is None  # LoRA merged
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(size=(1, 3, 448, 448)).astype(np.float32)
+    before, after = rng.integers(3, 300, size=(1, 6)), rng.integers(3, 300, size=(1, 5))
+    ids = np.concatenate([before, np.full((1, 16), config.image_token_index), after], axis=1)
+    ours, _ = m.model.apply({"params": m.params}, jnp.asarray(ids), jnp.asarray(pixels))
+    with torch.no_grad():
+        theirs = parts.reference.logits(torch.tensor(before), torch.tensor(pixels), torch.tensor(after)).numpy()
+    assert np.abs(np.asarray(ours) - theirs).max() <= 1e-4 * np.abs(theirs).max()
+    # The same through the front door, which refuses an existing DST without --overwrite.
+    args = ["minigptv2", "--llm", str(parts.llm), "--vision-tower", str(parts.eva), "--checkpoint", str(parts.ckpt)]
+    assert convert_cli([*args, "--dst", str(tmp_path / "ck"), "--dtype", "float32"]) == 1
+    assert "exists" in capsys.readouterr().err
+    assert convert_cli([*args, "--dst", str(tmp_path / "ck"), "--dtype", "float32", "--overwrite"]) == 0
+    assert "2-block EVA (176 wide, 2 heads) at 448 px, 16 visual tokens" in capsys.readouterr().out
+
+
+def test_generation_refuses_it_by_name_until_its_template_is_built(parts, tmp_path):
+    from vlguard_jax.errors import InputError
+    from vlguard_jax.generate import load_generator
+
+    convert(parts.llm, parts.eva, parts.ckpt, tmp_path / "ck", dtype="float32", log=lambda _: None)
+    with pytest.raises(InputError, match="a MiniGPT-v2 checkpoint; generation and evaluation"):
+        load_generator(str(tmp_path / "ck"))
+    assert MINIGPTV2.name in (tmp_path / "ck" / "model_config.json").read_text()
+
+
+def test_parts_that_do_not_fit_are_named(tmp_path):
+    bad = write_parts(tmp_path / "wide", proj_in=4 * WIDTH + 4)
+    with pytest.raises(
+        CheckpointError,
+        match=r"minigptv2_checkpoint.pth: tensor 'llama_proj.weight' has shape "
+        r"\(64, 708\); the parts do not fit: the tower's width 176 x 4 = 704",
+    ):
+        convert(bad.llm, bad.eva, bad.ckpt, tmp_path / "out", log=lambda _: None)
+    factor = "llama_model.base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+    missing = write_parts(tmp_path / "missing", drop=(factor,))
+    with pytest.raises(CheckpointError, match=rf"minigptv2_checkpoint.pth: missing tensor '{factor}'"):
+        convert(missing.llm, missing.eva, missing.ckpt, tmp_path / "out", log=lambda _: None)
+    assert not (tmp_path / "out").exists()  # nothing half-written
