@@ -5,20 +5,26 @@
 position resize and LoRA through peft); bad parts are refused naming file and tensor."""
 
 import dataclasses
+import json
 
 import jax.numpy as jnp
 import numpy as np
 import peft
 import pytest
 import torch
+import transformers
+from PIL import Image
 
 from tests import minigptv2_reference as ref
 from tests import tiny
 from vlguard_jax import load_model
 from vlguard_jax.conversion.__main__ import main as convert_cli
 from vlguard_jax.conversion.minigptv2 import convert
+from vlguard_jax.data.images import squash_preprocess
+from vlguard_jax.data.sample import write_sample
 from vlguard_jax.errors import CheckpointError
-from vlguard_jax.models.family import MINIGPTV2
+from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
+from vlguard_jax.generate import Sampling, load_generator, prompt_ids
 
 WIDTH, PATCH = 176, 56  # at 448 px: an 8x8 grid, 16 visual tokens; the file's grid is 4x4 (224 px)
 
@@ -94,14 +100,63 @@ def test_the_converted_checkpoint_gives_the_references_logits(parts, tmp_path, c
     assert "2-block EVA (176 wide, 2 heads) at 448 px, 16 visual tokens" in capsys.readouterr().out
 
 
-def test_generation_refuses_it_by_name_until_its_template_is_built(parts, tmp_path):
-    from vlguard_jax.errors import InputError
-    from vlguard_jax.generate import load_generator
+def test_prompt_ids_are_the_authors_two_bos_then_the_segments(parts, tmp_path):
+    """`<s>[INST] <Img><ImageHere></Img> Q [/INST]` cut at the image: the first segment with the
+    tokenizer's BOS (and `<s>` read as a second), the rest without (minigpt_base.get_context_emb)."""
+    config = convert(parts.llm, parts.eva, parts.ckpt, tmp_path / "ck", dtype="float32", log=lambda _: None)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "ck")
+    ids = prompt_ids(tok, config, "What is shown in the image?", True, "minigptv2")
+    first = tok("<s>[INST] <Img>", add_special_tokens=True).input_ids
+    rest = tok("</Img> What is shown in the image? [/INST]", add_special_tokens=False).input_ids
+    assert first[:2] == [tok.bos_token_id] * 2
+    assert ids == first + [config.image_token_index] * config.num_image_tokens + rest
+    assert tok.pad_token == "$$"
 
+
+def test_greedy_generation_is_the_references(parts, tmp_path):
+    config = convert(parts.llm, parts.eva, parts.ckpt, tmp_path / "ck", dtype="float32", log=lambda _: None)
+    gen, m = load_generator(str(tmp_path / "ck"), dtype=jnp.float32, batch_size=2)
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (300, 200, 3), dtype=np.uint8))
+    pixels = squash_preprocess(image, 448)
+    questions = ["What is shown in the image?", "Sure, here is how to do it step by step"]
+    prompts = [prompt_ids(m.tokenizer, config, q, True, "minigptv2") for q in questions]
+    ours = gen(prompts, [pixels, pixels], Sampling(max_new_tokens=8))
+    for ids, got in zip(prompts, ours):
+        k = ids.index(config.image_token_index)
+        before, after = ids[:k], ids[k + config.num_image_tokens :]
+        with torch.no_grad():
+            embeds = parts.reference.embeds(torch.tensor([before]), torch.tensor(pixels[None]), torch.tensor([after]))
+            theirs = parts.reference.llama_model.generate(
+                inputs_embeds=embeds,
+                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long),
+                max_new_tokens=8,
+                num_beams=1,
+                do_sample=False,
+                min_length=1,
+                repetition_penalty=1.0,
+                pad_token_id=0,
+            )
+        assert list(got) == theirs[0].tolist() and len(got) >= 2
+
+
+def test_a_vlguard_evaluation_runs_on_it(parts, tmp_path):
     convert(parts.llm, parts.eva, parts.ckpt, tmp_path / "ck", dtype="float32", log=lambda _: None)
-    with pytest.raises(InputError, match="a MiniGPT-v2 checkpoint; generation and evaluation"):
-        load_generator(str(tmp_path / "ck"))
-    assert MINIGPTV2.name in (tmp_path / "ck" / "model_config.json").read_text()
+    sample = write_sample(tmp_path / "sample", n_train=8, n_test=8, n_helpful=8)
+    e = Evaluation(
+        str(tmp_path / "ck"),
+        "vlguard",
+        tmp_path / "eval",
+        subset="unsafes",
+        meta=sample["test"],
+        images=sample["images"],
+        limit=3,
+        protocol=Protocol(max_new_tokens=4, batch_size=2, dtype="float32"),
+    )
+    result = run(e, log=lambda *_: None)
+    assert result["n"] == 3 and 0.0 <= result["asr"] <= 1.0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())["vlguard/unsafes"]
+    assert summary["protocol"]["template"] == "minigptv2" and summary["model"] == "vllm"
+    assert len(json.loads((tmp_path / "eval" / "vlguard" / "unsafes.json").read_text())) == 3
 
 
 def test_parts_that_do_not_fit_are_named(tmp_path):

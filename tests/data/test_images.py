@@ -116,3 +116,20 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
     (tmp_path / "trunc2.png").write_bytes(good.read_bytes()[:200])
     with pytest.raises(ImageError, match="trunc2.png: cannot decode"):
         open_rgb(tmp_path / "trunc2.png")
+
+
+def test_minigptv2_squashes_the_whole_image_into_the_square():
+    """BLIP-2's processor: Resize((size, size), BICUBIC), ToTensor, Normalize(CLIP's mean, std):
+    no crop and no pad, so a wide image's left and right halves stay the square's halves."""
+    from vlguard_jax.data.images import CLIP_MEAN, CLIP_STD, pixels
+
+    img = Image.new("RGB", (80, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (40, 0, 80, 20))  # left half red, right half blue
+    x = pixels(img, 16, pad=True, transform="squash")  # `pad` does not apply
+    assert x.shape == (3, 16, 16) and x.dtype == np.float32
+    red = (np.array([1.0, 0.0, 0.0], np.float32) - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)
+    blue = (np.array([0.0, 0.0, 1.0], np.float32) - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)
+    np.testing.assert_allclose(x[:, :, 0], np.broadcast_to(red[:, None], (3, 16)), atol=1e-6)
+    np.testing.assert_allclose(x[:, :, -1], np.broadcast_to(blue[:, None], (3, 16)), atol=1e-6)
+    expected = np.asarray(img.resize((16, 16), Image.Resampling.BICUBIC), np.float32) / 255
+    np.testing.assert_allclose(x, ((expected - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1), atol=1e-5)

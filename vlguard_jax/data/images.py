@@ -100,6 +100,18 @@ def clip_preprocess(img: Image.Image, size: int) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1), np.float32)
 
 
+def squash_preprocess(img: Image.Image, size: int) -> np.ndarray:
+    """[3, size, size] float32: resized to a size x size square whatever its aspect ratio (bicubic;
+    no crop, no pad), then CLIP's mean and std. BLIP-2's processor, which MiniGPT-v2 trains and
+    evaluates with (`Resize((size, size), BICUBIC)`, `ToTensor`, `Normalize`)."""
+    x = np.asarray(img.resize((size, size), Image.Resampling.BICUBIC), np.float32) * np.float32(1 / 255)
+    x = (x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1), np.float32)
+
+
+IMAGE_TRANSFORMS = ("clip", "squash")  # a model family's image transform (models.family)
+
+
 def check_work_size(img: Image.Image, size: int, pad: bool, name: object, max_pixels: int = MAX_PIXELS) -> None:
     """Refuse an image whose intermediate would be over `max_pixels`, before it is made: padding
     makes a max(w, h) square, and the resize before the crop a `size` x `size * long / short`
@@ -116,14 +128,33 @@ def check_work_size(img: Image.Image, size: int, pad: bool, name: object, max_pi
         )
 
 
-def pixels(img: Image.Image, size: int, pad: bool, name: object = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def pixels(
+    img: Image.Image,
+    size: int,
+    pad: bool,
+    name: object = "image",
+    max_pixels: int = MAX_PIXELS,
+    transform: str = "clip",
+) -> np.ndarray:
+    """One image as the model takes it. `transform`: "clip" (LLaVA's: CLIP's processor, after
+    padding to a square when `pad`) or "squash" (MiniGPT-v2's; `pad` does not apply)."""
+    if transform == "squash":
+        return squash_preprocess(img, size)
+    if transform != "clip":
+        raise NotImplementedError(f"image transform {transform!r} is not one of {IMAGE_TRANSFORMS}")  # a bug
     check_work_size(img, size, pad, name, max_pixels)
     return clip_preprocess(expand2square(img) if pad else img, size)
 
 
 def load_pixels(
-    root, relative: str, size: int, pad: bool, alpha: str = "drop", max_pixels: int = MAX_PIXELS
+    root,
+    relative: str,
+    size: int,
+    pad: bool,
+    alpha: str = "drop",
+    max_pixels: int = MAX_PIXELS,
+    transform: str = "clip",
 ) -> np.ndarray:
     """Resolve under `root`, decode and preprocess one image."""
     path = resolve(root, relative)
-    return pixels(open_rgb(path, alpha, max_pixels), size, pad, path, max_pixels)
+    return pixels(open_rgb(path, alpha, max_pixels), size, pad, path, max_pixels, transform)

@@ -29,7 +29,7 @@ from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate.judges import gpt4_judge, llamaguard
 from vlguard_jax.evaluate.safety import figstep, safety_sets
 from vlguard_jax.evaluate.safety.scoring import is_refusal, token_f1
-from vlguard_jax.generate import Sampling, auto_dtype, check_generates, load_generator, prompt_ids, response_text
+from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
 from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import check_output, read_json, write_json
@@ -187,7 +187,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     (the suite's), else one is loaded when there is anything to generate."""
     benchmark, subset, protocol, references = e.benchmark, e.subset, e.protocol, e.references
     # everything that can fail does so before any generation
-    checkpoint = check_generates(resolve_checkpoint(e.checkpoint))
+    checkpoint = resolve_checkpoint(e.checkpoint)
     config, tokenizer = checkpoint.config, checkpoint.tokenizer
     llm = not family_of(config).takes_images
     if llm and benchmark in ("vlguard", "figstep"):
@@ -347,15 +347,16 @@ def _generate(
                 raise ImageError(f"{resolve(images, i.image)}: image file not found (record {i.meta['id']!r})")
     gen, m = generator or load_generator(checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype))
     size = m.config.vision.image_size if m.config.vision is not None else 0  # 0: a text-only LLM
-    blank = pixels(Image.new("RGB", (size, size), BLANK_COLOR), size, pad=False) if size else None
+    transform = family_of(m.config).image_transform
+    blank = pixels(Image.new("RGB", (size, size), BLANK_COLOR), size, pad=False, transform=transform) if size else None
 
     def pix(item):
         if not size:
             return None
         if item.image:
-            return load_pixels(images, item.image, size, pad=False)
+            return load_pixels(images, item.image, size, pad=False, transform=transform)
         if item.render is not None:
-            return pixels(figstep.render(item.render, font), size, pad=False)
+            return pixels(figstep.render(item.render, font), size, pad=False, transform=transform)
         return blank if protocol.text_image == "blank" else None
 
     sampling = Sampling(max_new_tokens=protocol.max_new_tokens, min_new_tokens=protocol.min_new_tokens)

@@ -3,8 +3,8 @@
 import jax.numpy as jnp
 
 from vlguard_jax.checkpoints.loading import load_model
-from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
-from vlguard_jax.errors import InputError, MissingFileError
+from vlguard_jax.checkpoints.ref import CheckpointRef
+from vlguard_jax.errors import MissingFileError
 from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
 from vlguard_jax.generate.sampler import Generator, Sampling
 from vlguard_jax.models.stacking import DEFAULT_SCAN, ScanLayers
@@ -14,22 +14,11 @@ __all__ = [
     "Generator",
     "Sampling",
     "auto_dtype",
-    "check_generates",
     "prompt_ids",
     "prompt_text",
     "response_text",
     "load_generator",
 ]
-
-
-def check_generates(checkpoint: CheckpointRef) -> CheckpointRef:
-    """The ref, if its family's prompts and image transform are wired into generation."""
-    if not checkpoint.family.generates:
-        raise InputError(
-            f"{checkpoint.name}: a {checkpoint.family.label} checkpoint; generation and evaluation with its own "
-            "template and image transform are not built yet (load_model loads it)"
-        )
-    return checkpoint
 
 
 def load_generator(
@@ -44,7 +33,6 @@ def load_generator(
     """(Generator, Loaded) for a converted checkpoint or a training workdir. `dtype` defaults to
     `auto_dtype()`; `scan_layers` runs the decoder layers scanned ("auto":
     for deep LLaVA models, where it cuts compile time; see models.stacking)."""
-    checkpoint = check_generates(resolve_checkpoint(checkpoint))
     if dtype is None or dtype == "auto":
         dtype = jnp.dtype(auto_dtype())
     loaded = load_model(checkpoint, mesh=mesh, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)

@@ -57,7 +57,12 @@ def main(argv: list[str]) -> int:
             if image and not family_of(m.config).takes_images:
                 raise InputError(f"{a.checkpoint} is a text-only model and takes no image")
             vision = m.config.vision
-            pix.append(pixels(open_rgb(image), vision.image_size, a.pad_image, image) if image and vision else None)
+            transform = family_of(m.config).image_transform
+            pix.append(
+                pixels(open_rgb(image), vision.image_size, a.pad_image, image, transform=transform)
+                if image and vision
+                else None
+            )
             ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), a.template))
         except ValueError as e:
             raise InputError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None

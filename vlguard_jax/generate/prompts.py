@@ -3,7 +3,10 @@ generation prompt (`... USER: <image>\\nQ ASSISTANT:`), tokenized by LLaVA's
 `tokenizer_image_token` rule with each image tag expanded to `num_image_tokens` ids.
 
 `chat_template` renders one user turn with the tokenizer's own chat template (a text-only LLM
-that ships one); `none` uses the text verbatim."""
+that ships one); `none` uses the text verbatim. `minigptv2` is MiniGPT-v2's evaluation prompt
+(`CONV_VISION_minigptv2` with `prepare_texts`): `<s>[INST] <Img><image></Img> Q [/INST]`. Its
+`<s>` is text the tokenizer reads as BOS, after the BOS it adds: the authors' ids start with two
+BOS, and so do these (the image splits the prompt as their `<ImageHere>` does)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from vlguard_jax.data.preprocess import tokenize_with_images
 from vlguard_jax.errors import InputError
 from vlguard_jax.models.family import family_of
 
-TEMPLATE_CHOICES = ("llava_v1", "vicuna_v1", "chat_template", "none")
+TEMPLATE_CHOICES = ("llava_v1", "vicuna_v1", "minigptv2", "chat_template", "none")
 
 
 def default_template(config, tokenizer) -> str:
@@ -26,6 +29,8 @@ def prompt_text(question: str, image: bool, template: str = "llava_v1", tokenize
     question = question.replace(IMAGE_TAG, "").strip() if template != "none" else question
     if template == "none":
         return IMAGE_TAG + "\n" + question if image and IMAGE_TAG not in question else question
+    if template == "minigptv2":
+        return f"<s>[INST] {f'<Img>{IMAGE_TAG}</Img> ' if image else ''}{question} [/INST]"
     if template == "chat_template":
         if image:
             raise InputError("template chat_template is for text-only models; an image needs llava_v1")

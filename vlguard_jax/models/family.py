@@ -36,7 +36,7 @@ class Family:
     trainable: bool  # VLGuard fine-tuning (full or LoRA) applies
     template: str | None
     scannable: bool = False  # its decoder layers can run scanned over stacked weights (models.stacking)
-    generates: bool = True  # its prompts and image transform are wired into generation and evaluation
+    image_transform: str = "clip"  # data.images: "clip" (CLIP's processor, LLaVA) or "squash" (MiniGPT-v2)
 
     def read_config(self, d: dict, source: str = "model_config.json") -> Any:
         try:
@@ -62,8 +62,8 @@ LLAVA = Family(
 LLAMA = Family(
     "llama", "text-only Llama", TextOnlyConfig, TextOnlyModel, takes_images=False, trainable=False, template=None
 )
-# Loads, converts and runs forward with parity; its template, image transform and training are not
-# wired into the commands yet, so those refuse it by name.
+# Converts, loads, generates and evaluates with its own template and image transform; training is
+# not wired in yet, so it refuses it by name.
 MINIGPTV2 = Family(
     "minigptv2",
     "MiniGPT-v2",
@@ -73,7 +73,7 @@ MINIGPTV2 = Family(
     trainable=False,
     template="minigptv2",
     scannable=True,
-    generates=False,
+    image_transform="squash",
 )
 FAMILIES = {f.name: f for f in (LLAVA, LLAMA, MINIGPTV2)}
 

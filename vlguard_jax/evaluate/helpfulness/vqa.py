@@ -39,6 +39,7 @@ from vlguard_jax.errors import InputError, MissingFileError, UsageError
 from vlguard_jax.evaluate.runner import claim_output
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, response_text
 from vlguard_jax.generate.prompts import prompt_ids_of_text
+from vlguard_jax.models.family import LLAVA, family_of
 from vlguard_jax.storage.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl, sha256_file
 
 SINGLE_PRED = "Answer with the option's letter from the given choices directly."
@@ -152,19 +153,20 @@ def read_questions(path, single_pred: bool = False, all_rounds: bool = False) ->
     return questions
 
 
-def question_pixels(q: Question, image_folder, size: int):
-    """LLaVA-1.5's padded pixels of a question's image, or None."""
+def question_pixels(q: Question, image_folder, size: int, transform: str = "clip"):
+    """The pixels of a question's image (LLaVA-1.5's padded ones, or the family's `transform`), or
+    None."""
     if q.image_b64 is not None:
         try:
             img = Image.open(io.BytesIO(base64.b64decode(q.image_b64))).convert("RGB")
         except (ValueError, UnidentifiedImageError, OSError) as e:
             raise ImageError(f"question {q.qid}: cannot decode its base64 image ({e})") from None
-        return pixels(img, size, pad=True, name=f"question {q.qid}")
+        return pixels(img, size, pad=True, name=f"question {q.qid}", transform=transform)
     if q.image is None:
         return None
     if image_folder is None:
         raise InputError("--image-folder is needed: the questions name image files")
-    return load_pixels(image_folder, q.image, size, pad=True)
+    return load_pixels(image_folder, q.image, size, pad=True, transform=transform)
 
 
 def answer_line(q: Question, text: str, model_id: str) -> dict:
@@ -216,13 +218,13 @@ def answer(
     if done:
         log(f"{path}: {len(questions) - len(todo)} answers already there, {len(todo)} to go")
     template = get_template(conv_mode)
-    size = loaded.config.vision.image_size
+    size, transform = loaded.config.vision.image_size, family_of(loaded.config).image_transform
     sampling = Sampling(max_new_tokens=max_new_tokens)
     bar = tqdm(total=len(todo), desc="answering", unit="question", dynamic_ncols=True)
     t0, n_tokens = time.perf_counter(), 0
     for batch in gen.batches(len(todo)):
         chunk = [todo[k] for k in batch]
-        pix = [question_pixels(q, image_folder, size) for q in chunk]
+        pix = [question_pixels(q, image_folder, size, transform) for q in chunk]
         ids = [
             prompt_ids_of_text(loaded.tokenizer, loaded.config, render(template, [(0, q.text), (1, None)]))
             for q in chunk
@@ -267,6 +269,10 @@ def answer_question_file(
     ref = resolve_checkpoint(checkpoint)
     if not ref.family.takes_images:
         raise InputError(f"{checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
+    if ref.family is not LLAVA:  # --conv-mode holds LLaVA's templates only
+        raise InputError(
+            f"{checkpoint}: a {ref.family.label} checkpoint; vqa asks LLaVA's questions in LLaVA's templates"
+        )
     max_new = max_new_tokens or MAX_NEW_TOKENS[Path(question_file).suffix]
     dtype = auto_dtype() if dtype == "auto" else dtype
     settings = {
