@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 from transformers import AutoTokenizer
@@ -85,7 +86,7 @@ def write_mix(path: Path, n: int, seed: int = 0) -> None:
         f.write("]")
 
 
-def tokenizer_for(words: list[str]):
+def tokenizer_for(words: list[str]) -> Any:
 
     rng = random.Random(1)
     corpus = [t.system for t in TEMPLATES.values()] + ["USER: ASSISTANT:"] * 100

@@ -212,7 +212,7 @@ def train_batch(p: Preset, seed: int = 0) -> dict:
     return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
 
 
-def gen_prompts(p: Preset, seed: int = 0):
+def gen_prompts(p: Preset, seed: int = 0) -> tuple[list[list[int]], list[np.ndarray]]:
     c = p.config
     rng = np.random.default_rng(seed)
     ids = [
@@ -254,7 +254,7 @@ def measure(out: dict, ours, peer, p: Preset, n: int, with_peer: bool) -> dict:
     return out
 
 
-def in_child(fn, *args):
+def in_child(fn, *args) -> Any:
     """fn(*args) in a fresh spawned process, for the PyTorch peer. Each side then runs alone: in
     one process, whichever ran first left its thread pool spinning (torch's OpenMP slowed our CPU
     step from 1.8 to 2.2 s), and on a GPU the child's memory is all given back when it exits."""
@@ -298,7 +298,7 @@ def memory_bytes_per_s(nbytes: int | None = None) -> float:
     return 2 * a.nbytes / t
 
 
-def random_params(model, mesh, seed: int = 0):
+def random_params(model, mesh, seed: int = 0) -> Any:
     """Random weights for timing, N(0, 0.02) in each parameter's dtype and sharding, one small
     jitted program per distinct (shape, dtype, sharding). `init_params` (a jitted `model.init`,
     exact initialisers) took 226 s for the 7b preset on an H100 before any timing; this is 12 s
@@ -315,7 +315,7 @@ def random_params(model, mesh, seed: int = 0):
     return treedef.unflatten([make(x.shape, x.dtype, x.sharding)(k) for x, k in zip(leaves, keys)])
 
 
-def hf_model(p: Preset):
+def hf_model(p: Preset) -> tuple[Any, str, Any]:
     """(random transformers LlavaForConditionalGeneration of the preset's shapes, device, dtype),
     built on the device: a 7B model initialised on the host takes minutes."""
     import torch
@@ -330,7 +330,7 @@ def hf_model(p: Preset):
     return model, device, dtype
 
 
-def hf_config(p: Preset):
+def hf_config(p: Preset) -> Any:
     """The same shapes as a transformers LlavaConfig, for the PyTorch peer."""
     import transformers
 

@@ -19,7 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import jax
 import transformers
@@ -83,7 +83,7 @@ def random_checkpoint(dst: Path, cfg, paths: dict) -> Path:
     return dst
 
 
-def stage_configs(cfg, root: Path, paths: dict, base: Path):
+def stage_configs(cfg, root: Path, paths: dict, base: Path) -> tuple[Any, Any]:
     s1 = copy.deepcopy(cfg)
     s1.workdir = str(root / "stage1")
     s1.model.checkpoint = str(base)

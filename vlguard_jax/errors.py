@@ -20,7 +20,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 
 class UserError(Exception):
@@ -185,11 +185,11 @@ class UsageError(UserError, ValueError):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one `error:` line (exit status 2) instead of usage and exit."""
 
-    def error(self, message):
+    def error(self, message) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
 
 
-def at_least(low: int):
+def at_least(low: int) -> Callable[[str], int]:
     """An argparse type: an integer of at least `low`."""
 
     def parse(text: str) -> int:

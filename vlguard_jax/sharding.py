@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -106,7 +107,7 @@ def logical_to_spec(
 
 
 @contextlib.contextmanager
-def use_mesh(mesh: Mesh | None):
+def use_mesh(mesh: Mesh | None) -> Iterator[Mesh | None]:
     """Make `constrain` inside model code shard activations over `mesh`."""
     token = _current_mesh.set(mesh)
     try:
@@ -128,7 +129,7 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def tree_shardings(axes_tree, shapes_tree, mesh: Mesh):
+def tree_shardings(axes_tree, shapes_tree, mesh: Mesh) -> Any:
     """NamedShardings for a tree of logical axes tuples, given matching shapes."""
     return jax.tree.map(
         lambda axes, s: NamedSharding(mesh, logical_to_spec(axes, s.shape, mesh)),

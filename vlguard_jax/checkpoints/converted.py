@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -60,7 +61,7 @@ def save_checkpoint(dst, config, params, side_files_from=None, tokenizer=None) -
     return Path(dst)
 
 
-def load_params(path, abstract=None):
+def load_params(path, abstract=None) -> Any:
     """Restore a parameter tree. `abstract` (ShapeDtypeStructs, with shardings) sets the layout
     and dtypes; without it the tree comes back as saved, on the host."""
     path = orbax_s3.orbax_path(path)
@@ -69,7 +70,7 @@ def load_params(path, abstract=None):
     return ocp.load(path, abstract)
 
 
-def param_metadata(path):
+def param_metadata(path) -> Any:
     """The saved tree's shapes and dtypes, without reading any tensor."""
     return ocp.metadata(orbax_s3.orbax_path(path)).metadata
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -93,7 +94,7 @@ class RunMeta:
             config=d.get("config", "{}"),
         )
 
-    def base(self):
+    def base(self) -> Path:
         return storage.as_path(self.base_checkpoint or ".")
 
 
@@ -102,7 +103,7 @@ def read_meta(workdir, step: int) -> RunMeta:
     return RunMeta.from_dict(json.loads(meta_file.read_text()) if meta_file.exists() else {})
 
 
-def read_latest(workdir, step: int | None = None):
+def read_latest(workdir, step: int | None = None) -> tuple[int, Any, RunMeta]:
     """(step, state, meta) of a training checkpoint, read onto this host's first device whatever
     topology wrote it (for export and inspection)."""
     root = storage.as_path(workdir) / CHECKPOINTS
@@ -131,7 +132,7 @@ def is_run(path) -> bool:
     return (path / CHECKPOINTS).is_dir() and not (path / MODEL_CONFIG).exists()
 
 
-def run_base(workdir):
+def run_base(workdir) -> Path:
     """The base checkpoint a run names, from its latest checkpoint's metadata (no tensor read)."""
     steps = finished_steps(workdir)
     if not steps:
@@ -149,7 +150,7 @@ def existing_base(workdir, meta: RunMeta) -> Path:
     return base
 
 
-def load_run(workdir, step: int | None = None):
+def load_run(workdir, step: int | None = None) -> tuple[Path, Any, dict, RunMeta]:
     """(base checkpoint dir, config, flat params {path tuple: np.ndarray} incl. LoRA factors, RunMeta)."""
     step, state, meta = read_latest(workdir, step)
     base = existing_base(workdir, meta)
@@ -188,7 +189,7 @@ def merge_lora(flat: dict, scale: float) -> dict:
     return out
 
 
-def load_merged(workdir, step: int | None = None):
+def load_merged(workdir, step: int | None = None) -> tuple[Path, Any, dict, RunMeta]:
     """`load_run` with any LoRA factors folded into their kernels."""
     base, config, flat, meta = load_run(workdir, step)
     if has_lora(flat):

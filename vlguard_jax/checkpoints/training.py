@@ -9,6 +9,8 @@ are finished, the latest state) lives in checkpoints.runs, below training.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
@@ -54,7 +56,7 @@ class Checkpoints:
             force=True,
         )
 
-    def restore(self, step: int, abstract_state):
+    def restore(self, step: int, abstract_state) -> tuple[Any, Any, RunMeta]:
         out = self.manager.restore(
             step,
             args=ocp.args.Composite(

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from vlguard_jax import storage
 from vlguard_jax.conversion import layouts
 from vlguard_jax.conversion.hf_to_flax import (
     DTYPES,
+    Entry,
     check_dtype,
     check_plan,
     check_unused,
@@ -81,7 +83,7 @@ def _projector(path: Path) -> tuple[TensorSource, tuple[str, str]]:
     return source, prefixes
 
 
-def plan(llm, vision_tower, projector, dtype: str = "bfloat16"):
+def plan(llm, vision_tower, projector, dtype: str = "bfloat16") -> tuple[LlavaConfig, list[Entry], Any]:
     """(config, tensor plan, tokenizer with `<image>`): everything checked, nothing written."""
     llm, vision_tower, projector = Path(llm), Path(vision_tower), Path(projector)
     for what, p in (("--llm", llm), ("--vision-tower", vision_tower)):

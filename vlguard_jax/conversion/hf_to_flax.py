@@ -95,7 +95,7 @@ def _plan(src: Path, vision_tower: Path | None):
     return config, source, vision_source, prefixes, layout, tokenizer
 
 
-def tokenizer_with_image_token(src: Path):
+def tokenizer_with_image_token(src: Path) -> Any:
     """The original LLaVA splices images at id -200 and its tokenizer has no `<image>`; we add the
     token to the tokenizer, which gives it the next free id."""
     try:
@@ -189,7 +189,7 @@ def write_side_files(src: Path, vision_tower: Path | None, dst: Path, config, to
 
 def write_checkpoint(
     plan: list[Entry], dst: Path, config, dtype: str, side_files, flush_bytes: int = 64 << 20, overwrite: bool = False
-):
+) -> None:
     """Stream the plan's tensors into DST (atomic), then the config and `side_files(tmp_dir)`."""
     np_dtype = np.dtype(DTYPES[dtype])
     with atomic_dir(dst, overwrite) as tmp:
@@ -213,7 +213,9 @@ def check_dtype(dtype: str) -> None:
         raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
 
 
-def convert(src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False):
+def convert(
+    src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False
+) -> LlavaConfig | TextOnlyConfig:
     """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config."""
     src, dst = Path(src), storage.as_path(dst)
     vision_tower = Path(vision_tower) if vision_tower else None

@@ -93,7 +93,9 @@ def tower_config(src: TensorSource, heads: int | None) -> EvaConfig:
     )
 
 
-def plan(llm, vision_tower, checkpoint, dtype: str = "bfloat16", vision_heads: int | None = None, log=print):
+def plan(
+    llm, vision_tower, checkpoint, dtype: str = "bfloat16", vision_heads: int | None = None, log=print
+) -> tuple[MiniGPTv2Config, list[Entry], Any]:
     """(config, tensor plan, tokenizer): everything checked, nothing written."""
     llm, vision_tower, checkpoint = Path(llm), Path(vision_tower), Path(checkpoint)
     if not llm.is_dir():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import KeysView
 from pathlib import Path
 
 import ml_dtypes
@@ -112,7 +113,7 @@ class TensorSource:
         self._bin_cache = (f, sd)
         return sd
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
         return self.index.keys()
 
     def get(self, name: str) -> np.ndarray:

@@ -30,7 +30,7 @@ class ImageError(UserError, ValueError):
     """A missing, unreadable or out-of-root image; the message names the path."""
 
 
-def resolve(root, relative: str):
+def resolve(root, relative: str) -> Path:
     """`root/relative`, refusing absolute paths and anything that escapes the root (`..`, links;
     in a bucket, which has no links, `..` after normalisation)."""
     if os.path.isabs(relative) or storage.is_remote(relative):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+from typing import Any
 
 import numpy as np
 import tokenizers
@@ -45,7 +46,7 @@ class TokenizationError(UserError, ValueError):
         self.sample, self.reason = sample, reason
 
 
-def plain_tokenizer(tokenizer):
+def plain_tokenizer(tokenizer) -> Any:
     """The tokenizer without `<image>` as an added token: the base LLM's (Vicuna's), which LLaVA
     tokenizes text-only records with. Ids are unchanged (the token was appended last)."""
     data = json.loads(tokenizer.backend_tokenizer.to_str())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from vlguard_jax import storage
@@ -32,7 +33,7 @@ def load_json_list(path) -> list[dict]:
     return data
 
 
-def iter_json_list(path, chunk_chars: int = 1 << 24):
+def iter_json_list(path, chunk_chars: int = 1 << 24) -> Iterator[Any]:
     """The elements of a JSON file holding a list, one at a time, read in chunks: a 1 GB mix never
     sits in memory whole (as text or as objects). Malformed JSON is reported with its line, as
     `load_json_list` does."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 from vlguard_jax import storage
 from vlguard_jax.errors import MissingFileError
@@ -111,7 +112,7 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
-def chart(names: list, t2: list, safety_cols: list, help_cols: list):
+def chart(names: list, t2: list, safety_cols: list, help_cols: list) -> Any:
     """Table 2 as bars, each labelled with its value: a 0.0 bar reads 0.0, a missing one "n/a"."""
     import matplotlib
 

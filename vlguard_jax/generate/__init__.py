@@ -2,7 +2,7 @@
 
 import jax.numpy as jnp
 
-from vlguard_jax.checkpoints.loading import load_model
+from vlguard_jax.checkpoints.loading import Loaded, load_model
 from vlguard_jax.checkpoints.ref import CheckpointRef
 from vlguard_jax.errors import MissingFileError
 from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
@@ -29,7 +29,7 @@ def load_generator(
     batch_size: int = 8,
     bucket: int = 64,
     scan_layers: ScanLayers | str = DEFAULT_SCAN,
-):
+) -> tuple[Generator, Loaded]:
     """(Generator, Loaded) for a converted checkpoint or a training workdir. `dtype` defaults to
     `auto_dtype()`; `scan_layers` runs the decoder layers scanned ("auto":
     for deep LLaVA models, where it cuts compile time; see models.stacking)."""

@@ -52,7 +52,7 @@ class Sampling:
             )
 
 
-def choose(logits, key, s: Sampling):
+def choose(logits, key, s: Sampling) -> jax.Array:
     """Next token per row from float32 logits [B, V]; `key` holds one key per row."""
     if s.temperature <= 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -71,7 +71,7 @@ def choose(logits, key, s: Sampling):
     return jax.vmap(jax.random.categorical)(key, logits).astype(jnp.int32)
 
 
-def ban_eos(logits, eos, step, s: Sampling):
+def ban_eos(logits, eos, step, s: Sampling) -> jax.Array:
     """EOS at -inf while fewer than `min_new_tokens` tokens have been generated (`step` of them)."""
     if s.min_new_tokens <= 0:
         return logits
@@ -117,12 +117,12 @@ class Decoder:
         state = self.prefill(params, ids, mask, pixels, row_ids, seed)
         return jax.lax.while_loop(self.running, lambda st: self.step(params, row_ids, seed, st), state).out
 
-    def keys(self, seed, row_ids, step):
+    def keys(self, seed, row_ids, step) -> jax.Array:
         """One key per row, from (seed, row id, step): a row's draws do not depend on its batch."""
         base = jax.random.key(seed)
         return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base, r), step))(row_ids)
 
-    def next_token(self, logits, keys, step):
+    def next_token(self, logits, keys, step) -> jax.Array:
         return choose(ban_eos(logits, self.eos, step, self.sampling), keys, self.sampling)
 
     def prefill(self, params, ids, mask, pixels, row_ids, seed) -> DecodeState:
@@ -145,7 +145,7 @@ class Decoder:
             position=positions[:, -1] + 1,
         )
 
-    def running(self, state: DecodeState):
+    def running(self, state: DecodeState) -> jax.Array:
         return (state.step < self.sampling.max_new_tokens) & ~jnp.all(state.done)
 
     def step(self, params, row_ids, seed, state: DecodeState) -> DecodeState:
@@ -203,7 +203,7 @@ class Generator:
 
         return jax.jit(run)
 
-    def batches(self, n: int):
+    def batches(self, n: int) -> list[list[int]]:
         return [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
 
     def __call__(

@@ -3,6 +3,8 @@ families (`family.py`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -36,12 +38,12 @@ __all__ = [
 ]
 
 
-def build_model(config, **kw):
+def build_model(config, **kw) -> nn.Module:
     """The Flax module of `config`'s family (`LlavaModel`, `TextOnlyModel`)."""
     return family_of(config).build(config, **kw)
 
 
-def dummy_inputs(config, batch: int = 1):
+def dummy_inputs(config, batch: int = 1) -> tuple[jax.Array, jax.Array | None]:
     """Inputs that touch every parameter (one image row), for `init` and shape tracing."""
     if config.vision is None:
         return jnp.ones((batch, 2), jnp.int32), None
@@ -59,13 +61,13 @@ def _boxed_init(model, rng):
     return model.init(rng, ids, pixels)["params"]
 
 
-def param_axes(model):
+def param_axes(model) -> Any:
     """Tree of logical axis-name tuples, one per parameter."""
     boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
     return jax.tree.map(lambda b: tuple(b.names), boxed, is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
 
 
-def abstract_params(model, mesh=None):
+def abstract_params(model, mesh=None) -> Any:
     """ShapeDtypeStructs of the parameters, with shardings when a mesh is given."""
     boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
     shapes = nn.unbox(boxed)
@@ -75,7 +77,7 @@ def abstract_params(model, mesh=None):
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def init_params(model, rng, mesh=None):
+def init_params(model, rng, mesh=None) -> Any:
     """Random parameters, created directly in their sharded layout when a mesh is given."""
     init = lambda r: nn.unbox(_boxed_init(model, r))
     if mesh is None:

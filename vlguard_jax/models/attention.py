@@ -20,7 +20,7 @@ from vlguard_jax.errors import ConfigError
 NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
+def attention(q, k, v, *, mask=None, is_causal=False, implementation=None) -> jax.Array:
     """q [B, T, H, D], k and v [B, S, KV, D] (GQA when KV < H) -> [B, T, H, D].
     `mask`: boolean, broadcastable to [B, 1, T, S]. `implementation`: see the module doc; None
     means "auto"."""
@@ -43,7 +43,7 @@ def attention(q, k, v, *, mask=None, is_causal=False, implementation=None):
     raise ConfigError(f"unknown attention implementation {implementation!r}")
 
 
-def attention_cached(q, k, v, mask):
+def attention_cached(q, k, v, mask) -> jax.Array:
     """Attention over a KV cache kept heads-major: q [B, T, H, D], keys and values [B, KV, S, D],
     boolean `mask` broadcastable to [B, 1, T, S]. The same arithmetic as `attention`. Keys stay
     heads-major rather than transposed: decode is faster so on a GPU (BENCHMARKS.md)."""

@@ -21,7 +21,7 @@ from vlguard_jax.sharding import constrain
 ACT = ("batch", "length", "act_embed")
 
 
-def quick_gelu(x):
+def quick_gelu(x) -> jax.Array:
     return x * jax.nn.sigmoid(1.702 * x)
 
 

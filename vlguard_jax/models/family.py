@@ -44,7 +44,7 @@ class Family:
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"{source}: not a {self.name} model config ({type(e).__name__}: {e})") from None
 
-    def build(self, config, **kw):
+    def build(self, config, **kw) -> Any:
         """The Flax module for `config`; `lora` only where the family trains."""
         if not self.trainable and kw.pop("lora", None) is not None:
             raise ValueError(f"LoRA applies to trainable families; a {self.name} model is not one")
@@ -94,7 +94,7 @@ def family_named(d: dict, source: str = "model_config.json") -> Family:
     return FAMILIES[name]
 
 
-def load_config(path, expect: Family | None = None):
+def load_config(path, expect: Family | None = None) -> Any:
     """A checkpoint's `model_config.json`, read by its family; `expect` refuses another family."""
     try:
         d = json.loads(storage.as_path(path).read_text())

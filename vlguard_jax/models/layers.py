@@ -40,7 +40,7 @@ class LoraSpec:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def lora_delta(h, a, b, scale: float):
+def lora_delta(h, a, b, scale: float) -> jax.Array:
     """scale * (h @ a) @ b, with a backward pass that flattens the token axes first, so each
     gradient is one plain 2-D matmul. Autodiff's form (a contraction over batch and length at
     once) is much slower on XLA's CPU backend for these thin rank-r factors."""

@@ -58,7 +58,7 @@ def rope_inv_freq(c: TextConfig) -> np.ndarray:
     return inv
 
 
-def rope_tables(positions, inv_freq, dtype):
+def rope_tables(positions, inv_freq, dtype) -> tuple[jax.Array, jax.Array]:
     """(cos, sin) of [B, T, head_dim] for `apply_rope`, computed once per forward for every layer.
     The barrier asks XLA to keep them materialised rather than evaluate sin and cos again in each
     q and k product, for every layer and head; the CPU pipeline drops it (see static_rope_tables)."""
@@ -67,7 +67,7 @@ def rope_tables(positions, inv_freq, dtype):
     return jax.lax.optimization_barrier((jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)))
 
 
-def static_rope_tables(t: int, inv_freq, dtype):
+def static_rope_tables(t: int, inv_freq, dtype) -> tuple[jax.Array, jax.Array]:
     """`rope_tables` for positions 0..t-1 of every row (training, scoring), evaluated while tracing
     and so compiled in as constants [1, t, head_dim], the same values. On the CPU the barrier above
     does not survive XLA's pipeline: it fuses sin and cos into every per-head slice of q and k and
@@ -76,7 +76,7 @@ def static_rope_tables(t: int, inv_freq, dtype):
         return rope_tables(jnp.arange(t)[None], inv_freq, dtype)
 
 
-def apply_rope(x, rope):
+def apply_rope(x, rope) -> jax.Array:
     """x: [B, T, N, H]; rope: `rope_tables` for its positions."""
     cos, sin = (t[:, :, None, :] for t in rope)
     half = x.shape[-1] // 2
@@ -230,7 +230,7 @@ class LlamaDecoderLayer(nn.Module):
         return x, new_cache
 
 
-def attention_mask(t: int, attn_mask, cache: KVCache | None):
+def attention_mask(t: int, attn_mask, cache: KVCache | None) -> jax.Array | None:
     """Boolean [B, 1, T, S] mask, or None when plain causal attention is exact.
 
     Without a cache and without padding information, right-padded rows need only the causal mask:
@@ -258,7 +258,7 @@ class LlamaForCausalLM(nn.Module):
     lora: LoraSpec | None = None
     scan_layers: bool = False  # one scanned layer over stacked weights: compile time flat in depth
 
-    def setup(self):
+    def setup(self) -> None:
         c = self.config
         kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.embed_tokens = param_with_axes(
@@ -292,7 +292,7 @@ class LlamaForCausalLM(nn.Module):
         if not c.tie_word_embeddings:
             self.lm_head = Dense(c.vocab_size, ("embed", "vocab"), **kw)
 
-    def embed(self, input_ids):
+    def embed(self, input_ids) -> jax.Array:
         # Ids outside the vocabulary (an image placeholder such as -200) read row 0; the caller
         # overwrites those positions.
         ids = constrain(
@@ -340,7 +340,7 @@ class LlamaForCausalLM(nn.Module):
             return None
         return jax.random.split(self.make_rng("dropout"), self.config.num_hidden_layers)
 
-    def logits(self, hidden):
+    def logits(self, hidden) -> jax.Array:
         if self.config.tie_word_embeddings:
             w = self.embed_tokens.astype(self.dtype).T
             out = jnp.dot(hidden.astype(self.dtype), w)

@@ -37,7 +37,7 @@ class Projector(nn.Module):
         return Dense(c.text.hidden_size, ("mlp", "embed"), name="linear_2", **kw)(x)
 
 
-def scatter_image_features(embeds, input_ids, features, image_token_index):
+def scatter_image_features(embeds, input_ids, features, image_token_index) -> jax.Array:
     """Put features[b, k] at the k-th image token of row b. embeds [B,T,D], features [B,P,D]."""
     is_image = input_ids == image_token_index
     k = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
@@ -54,7 +54,7 @@ class LlavaModel(nn.Module):
     lora: LoraSpec | None = None  # on the language model only; the tower is always frozen
     scan_layers: bool = False
 
-    def setup(self):
+    def setup(self) -> None:
         c = self.config
         kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.vision_tower = CLIPVisionTower(
@@ -70,7 +70,7 @@ class LlavaModel(nn.Module):
             **kw,
         )
 
-    def image_features(self, pixel_values):
+    def image_features(self, pixel_values) -> jax.Array:
         """[B, C, H, W] -> projected features [B, num_image_tokens, text hidden]."""
         h = self.vision_tower(pixel_values)
         if self.config.vision_feature_select_strategy == "default":
@@ -89,5 +89,5 @@ class LlavaModel(nn.Module):
         h, cache = self.language_model(x, positions, attention_mask, cache)
         return (h if return_hidden else self.language_model.logits(h)), cache
 
-    def logits(self, hidden):
+    def logits(self, hidden) -> jax.Array:
         return self.language_model.logits(hidden)

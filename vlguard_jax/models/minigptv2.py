@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vlguard_jax.errors import CheckpointError
@@ -81,7 +82,7 @@ class MiniGPTv2Model(nn.Module):
     lora: LoraSpec | None = None  # on the language model only; the tower and ln_vision are frozen
     scan_layers: bool = False
 
-    def setup(self):
+    def setup(self) -> None:
         c = self.config
         kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.vision_tower = EvaVisionTower(c.vision, attn_impl=self.attn_impl, **kw)
@@ -96,7 +97,7 @@ class MiniGPTv2Model(nn.Module):
             **kw,
         )
 
-    def image_features(self, pixel_values):
+    def image_features(self, pixel_values) -> jax.Array:
         """[B, C, H, W] -> [B, num_image_tokens, text hidden]."""
         h = self.ln_vision(self.vision_tower(pixel_values))[:, 1:]
         b, n, d = h.shape
@@ -114,5 +115,5 @@ class MiniGPTv2Model(nn.Module):
         h, cache = self.language_model(x, positions, attention_mask, cache)
         return (h if return_hidden else self.language_model.logits(h)), cache
 
-    def logits(self, hidden):
+    def logits(self, hidden) -> jax.Array:
         return self.language_model.logits(hidden)

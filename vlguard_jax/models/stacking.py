@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import re
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -97,12 +98,12 @@ def _unstack(lm: dict, num_layers: int | None) -> dict:
     return {**rest, **{f"layers_{i}": jax.tree.map(lambda x, i=i: x[i], layers) for i in range(n)}}
 
 
-def to_stacked(tree):
+def to_stacked(tree) -> Any:
     """Per-layer form -> stacked form (trees already stacked pass through)."""
     return _map_language_model(tree, _stack)
 
 
-def to_per_layer(tree, num_layers: int | None = None):
+def to_per_layer(tree, num_layers: int | None = None) -> Any:
     """Stacked form -> per-layer form (trees already per layer pass through). `num_layers` is
     needed only where a stacked subtree holds no arrays (optax's masked-out moments)."""
     return _map_language_model(tree, lambda lm: _unstack(lm, num_layers))

@@ -4,6 +4,7 @@ loader and converters serve it unchanged. Its parameters are `language_model/...
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from vlguard_jax.models.config import TextOnlyConfig
@@ -19,7 +20,7 @@ class TextOnlyModel(nn.Module):
     remat_policy: str = "none"
     scan_layers: bool = False  # always per layer (its family is not scannable); LlavaModel's interface
 
-    def setup(self):
+    def setup(self) -> None:
         self.language_model = LlamaForCausalLM(
             self.config.text,
             attn_impl=self.attn_impl,
@@ -37,5 +38,5 @@ class TextOnlyModel(nn.Module):
         h, cache = self.language_model(x, positions, attention_mask, cache)
         return (h if return_hidden else self.language_model.logits(h)), cache
 
-    def logits(self, hidden):
+    def logits(self, hidden) -> jax.Array:
         return self.language_model.logits(hidden)

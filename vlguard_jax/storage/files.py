@@ -254,7 +254,7 @@ def write_json(path: Path, data) -> None:
     atomic_write_json(path, data, indent=1, ensure_ascii=False)
 
 
-def read_json(path: Path, default):
+def read_json(path: Path, default) -> Any:
     path = storage.as_path(path)
     if not path.exists():
         return default

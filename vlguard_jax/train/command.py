@@ -31,7 +31,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return path, (arg if sep else None)
 
 
-def load_config_file(spec: str):
+def load_config_file(spec: str) -> ConfigDict:
     """The config a file's get_config() (or get_config(ARG), for `FILE:ARG`) returns; a file that
     fails to load names itself."""
     path, arg = split_spec(spec)
@@ -100,7 +100,9 @@ def help_text(prog: str, summary: str, default: str | None) -> str:
     return "\n".join(lines)
 
 
-def parse(argv: list[str], default: str | None = None, module: str = "vlguard_jax.train", summary: str = ""):
+def parse(
+    argv: list[str], default: str | None = None, module: str = "vlguard_jax.train", summary: str = ""
+) -> ConfigDict:
     """argv (program name first) -> the config, its overrides applied. `default` is the config
     file when argv names none. `-h`/`--help` prints the help and exits 0."""
     argv = list(argv)

@@ -59,7 +59,7 @@ def is_trainable(path: tuple[str, ...], mode: str) -> bool:
     raise ConfigError(f"train.mode must be 'lora' or 'full', not {mode!r}")
 
 
-def partition(params, mode: str):
+def partition(params, mode: str) -> tuple[Params, Params]:
     """(trainable, frozen) nested dicts that `merge` puts back together."""
     flat = traverse_util.flatten_dict(params)
     train = {k: v for k, v in flat.items() if is_trainable(k, mode)}
@@ -67,19 +67,19 @@ def partition(params, mode: str):
     return traverse_util.unflatten_dict(train), traverse_util.unflatten_dict(frozen)
 
 
-def merge(trainable, frozen):
+def merge(trainable, frozen) -> Params:
     flat = traverse_util.flatten_dict(frozen)
     flat.update(traverse_util.flatten_dict(trainable))
     return traverse_util.unflatten_dict(flat)
 
 
-def schedule(peak: float, total_steps: int, warmup_ratio: float):
+def schedule(peak: float, total_steps: int, warmup_ratio: float) -> optax.Schedule:
     """Linear warmup over ceil(ratio * total) steps, then cosine to 0 at `total_steps` (HF's rule)."""
     warmup = math.ceil(total_steps * warmup_ratio)
     return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 0), max(total_steps, warmup + 1), 0.0)
 
 
-def param_groups(trainable):
+def param_groups(trainable) -> Params:
     """'projector' or 'model' per trainable leaf: the projector has its own learning rate."""
     flat = traverse_util.flatten_dict(trainable)
     return traverse_util.unflatten_dict({k: "projector" if k[0] == "projector" else "model" for k in flat})
@@ -104,7 +104,7 @@ def optimizer(cfg: OptimConfig, total_steps: int, trainable: Params) -> optax.Gr
     )
 
 
-def cast_tree(tree, dtype):
+def cast_tree(tree, dtype) -> Any:
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 

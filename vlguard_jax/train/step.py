@@ -8,6 +8,7 @@ is the step as the loop (and the benchmarks) run it: jitted, sharded, the state 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import cast
 
@@ -23,7 +24,9 @@ from vlguard_jax.data.preprocess import IGNORE
 from vlguard_jax.train.state import Params, TrainState, merge
 
 
-def token_loss_sums(model, params, batch, rng=None, chunk: int = 512, label_budget: int | None = None):
+def token_loss_sums(
+    model, params, batch, rng=None, chunk: int = 512, label_budget: int | None = None
+) -> tuple[jax.Array, jax.Array]:
     """(sum of token cross-entropies, number of supervised tokens) for one micro-batch.
 
     With `label_budget` K, each row's supervised positions are gathered first (stable order) and
@@ -66,7 +69,7 @@ def make_train_step(
     accum_steps: int,
     loss_chunk: int = 512,
     label_budget: int | None = None,
-):
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """step(state, frozen, batch) -> (state, metrics). `batch` holds the global batch [B, ...];
     it is cut into `accum_steps` micro-batches of rows i, i + accum, i + 2*accum, ... so every
     device keeps its own rows."""
@@ -129,9 +132,9 @@ def jit_train_step(
     def wrapped(state, frozen, batch, label_budget):
         with sharding.use_mesh(mesh):
             step_fn = make_train_step(model, opt, accum, loss_chunk, label_budget)
-            state = state.replace(rng=jax.random.wrap_key_data(state.rng))
+            state = dataclasses.replace(state, rng=jax.random.wrap_key_data(state.rng))
             new, metrics = step_fn(state, frozen, batch)
-            return new.replace(rng=jax.random.key_data(new.rng)), metrics
+            return dataclasses.replace(new, rng=jax.random.key_data(new.rng)), metrics
 
     return jax.jit(wrapped, donate_argnums=(0,), static_argnums=(3,), out_shardings=(shardings, None))
 

@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -153,7 +154,7 @@ def read_questions(path, single_pred: bool = False, all_rounds: bool = False) ->
     return questions
 
 
-def question_pixels(q: Question, image_folder, size: int, transform: str = "clip"):
+def question_pixels(q: Question, image_folder, size: int, transform: str = "clip") -> np.ndarray | None:
     """The pixels of a question's image (LLaVA-1.5's padded ones, or the family's `transform`), or
     None."""
     if q.image_b64 is not None:

@@ -222,7 +222,7 @@ def mme_label(text: str) -> str:
     return "yes" if "yes" in text[:4] else "no" if "no" in text[:4] else "other"
 
 
-def mme_key(a: dict, gt: dict):
+def mme_key(a: dict, gt: dict) -> tuple | None:
     """The ground-truth key (category, answer file, question) an answer is for, or None."""
     category = str(a["question_id"]).split("/")[0]
     file = str(a["question_id"]).split("/")[-1].split(".")[0] + ".txt"
