@@ -68,8 +68,8 @@ def evaluate_main(argv) -> int:
         "--template",
         choices=("auto",) + TEMPLATE_CHOICES,
         default="auto",
-        help="auto: llava_v1 for a LLaVA (the authors'); for a text-only LLM its tokenizer's chat "
-        "template, else vicuna_v1",
+        help="auto: llava_v1 for a LLaVA (the authors'), minigptv2 for a MiniGPT-v2; for a text-only LLM "
+        "its tokenizer's chat template, else vicuna_v1",
     )
     p.add_argument("--max-new-tokens", type=at_least(1), default=256)
     p.add_argument(

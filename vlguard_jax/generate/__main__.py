@@ -14,7 +14,7 @@ import time
 from vlguard_jax.data.images import open_rgb, pixels
 from vlguard_jax.errors import ArgumentParser, InputError, at_least, cli
 from vlguard_jax.generate import load_generator, prompt_ids, response_text
-from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
+from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
 from vlguard_jax.generate.sampler import Sampling
 from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import read_jsonl
@@ -36,7 +36,13 @@ def main(argv: list[str]) -> int:
     src.add_argument("--prompt")
     src.add_argument("--prompts-file")
     p.add_argument("--image")
-    p.add_argument("--template", choices=TEMPLATE_CHOICES, default="llava_v1")
+    p.add_argument(
+        "--template",
+        choices=("auto", *TEMPLATE_CHOICES),
+        default="auto",
+        help="auto: the checkpoint family's (llava_v1 for a LLaVA, minigptv2 for a MiniGPT-v2; a text-only "
+        "LLM's chat template, else vicuna_v1)",
+    )
     p.add_argument("--max-new-tokens", type=at_least(1), default=256)
     p.add_argument("--min-new-tokens", type=at_least(0), default=0, help="EOS is banned before this many tokens")
     p.add_argument("--temperature", type=float, default=0.0)
@@ -50,6 +56,7 @@ def main(argv: list[str]) -> int:
     rows = read_prompts(a.prompts_file) if a.prompts_file else [{"prompt": a.prompt, "image": a.image}]
     s = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.min_new_tokens)
     gen, m = load_generator(a.checkpoint, batch_size=a.batch_size)
+    template = default_template(m.config, m.tokenizer) if a.template == "auto" else a.template
     ids, pix = [], []
     for n, row in enumerate(rows, 1):
         image = row.get("image")
@@ -63,7 +70,7 @@ def main(argv: list[str]) -> int:
                 if image and vision
                 else None
             )
-            ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), a.template))
+            ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), template))
         except ValueError as e:
             raise InputError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None
     t0 = time.perf_counter()
