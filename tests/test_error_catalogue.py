@@ -219,7 +219,8 @@ def test_converters_without_arguments_say_one_line_and_help_lists_them(capsys):
     for argv, line in (
         (
             [],
-            "error: vlguard-convert: choose one of hf-to-flax, flax-to-hf, assemble, minigptv2 (then --help for its flags)",
+            "error: vlguard-convert: choose one of hf-to-flax, flax-to-hf, assemble, minigptv2, flax-to-minigptv2 "
+            "(then --help for its flags)",
         ),
         (
             ["assemble"],

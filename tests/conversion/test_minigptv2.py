@@ -25,6 +25,7 @@ from vlguard_jax.data.sample import write_sample
 from vlguard_jax.errors import CheckpointError
 from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
 from vlguard_jax.generate import Sampling, load_generator, prompt_ids
+from vlguard_jax.models.minigptv2 import LORA
 
 WIDTH, PATCH = 176, 56  # at 448 px: an 8x8 grid, 16 visual tokens; the file's grid is 4x4 (224 px)
 
@@ -75,15 +76,17 @@ def parts(tmp_path_factory):
     return write_parts(tmp_path_factory.mktemp("minigptv2"))
 
 
-def test_the_converted_checkpoint_gives_the_references_logits(parts, tmp_path, capsys):
+@pytest.mark.parametrize("lora", ["keep", "merge"])
+def test_the_converted_checkpoint_gives_the_references_logits(parts, tmp_path, capsys, lora):
     said = []
-    config = convert(parts.llm, parts.eva, parts.ckpt, tmp_path / "ck", dtype="float32", log=said.append)
+    config = convert(parts.llm, parts.eva, parts.ckpt, tmp_path / "ck", "float32", lora, log=said.append)
     v = config.vision
     assert (v.num_hidden_layers, v.hidden_size, v.num_attention_heads, v.grid) == (2, WIDTH, 2, 8)
     assert config.num_image_tokens == 16 and config.image_token_index == config.text.vocab_size
     assert any("no ln_vision" in s for s in said)
     m = load_model(tmp_path / "ck", dtype=jnp.float32)
-    assert isinstance(m.config, type(config)) and m.model.lora is None  # LoRA merged
+    assert isinstance(m.config, type(config))
+    assert m.model.lora == (LORA if lora == "keep" else None)  # kept factors: the model applies them
     rng = np.random.default_rng(0)
     pixels = rng.normal(size=(1, 3, 448, 448)).astype(np.float32)
     before, after = rng.integers(3, 300, size=(1, 6)), rng.integers(3, 300, size=(1, 5))
@@ -92,12 +95,34 @@ def test_the_converted_checkpoint_gives_the_references_logits(parts, tmp_path, c
     with torch.no_grad():
         theirs = parts.reference.logits(torch.tensor(before), torch.tensor(pixels), torch.tensor(after)).numpy()
     assert np.abs(np.asarray(ours) - theirs).max() <= 1e-4 * np.abs(theirs).max()
+    if lora == "merge":
+        return
     # The same through the front door, which refuses an existing DST without --overwrite.
     args = ["minigptv2", "--llm", str(parts.llm), "--vision-tower", str(parts.eva), "--checkpoint", str(parts.ckpt)]
     assert convert_cli([*args, "--dst", str(tmp_path / "ck"), "--dtype", "float32"]) == 1
     assert "exists" in capsys.readouterr().err
     assert convert_cli([*args, "--dst", str(tmp_path / "ck"), "--dtype", "float32", "--overwrite"]) == 0
-    assert "2-block EVA (176 wide, 2 heads) at 448 px, 16 visual tokens" in capsys.readouterr().out
+    assert "2-block EVA (176 wide, 2 heads) at 448 px, 16 visual tokens, LoRA kept" in capsys.readouterr().out
+
+
+def test_flax_to_minigptv2_writes_back_every_tensor_of_the_authors_checkpoint(parts, tmp_path, capsys):
+    convert(parts.llm, parts.eva, parts.ckpt, tmp_path / "ck", dtype="float32", log=lambda _: None)
+    dst = tmp_path / "out" / "minigptv2_checkpoint.pth"
+    assert convert_cli(["flax-to-minigptv2", "--src", str(tmp_path / "ck"), "--dst", str(dst)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    original = torch.load(parts.ckpt, weights_only=True)["model"]
+    written = torch.load(dst, weights_only=True)
+    assert list(written) == ["model"]
+    # ln_vision was not in the authors' file: written as loaded (1 and 0), besides every tensor they had.
+    assert set(written["model"]) == set(original) | {"ln_vision.weight", "ln_vision.bias"}
+    for name, tensor in original.items():
+        assert torch.equal(written["model"][name], tensor.float()), name
+    assert torch.equal(written["model"]["ln_vision.weight"], torch.ones(WIDTH))
+    assert [p.name for p in dst.parent.iterdir()] == [dst.name]  # no temporary file left
+    merged = tmp_path / "merged"
+    convert(parts.llm, parts.eva, parts.ckpt, merged, dtype="float32", lora="merge", log=lambda _: None)
+    assert convert_cli(["flax-to-minigptv2", "--src", str(merged), "--dst", str(tmp_path / "m.pth")]) == 1
+    assert "convert with --lora keep" in capsys.readouterr().err
 
 
 def test_prompt_ids_are_the_authors_two_bos_then_the_segments(parts, tmp_path):

@@ -5,20 +5,23 @@ the converters, each of which also runs as `python -m conversion.NAME`:
 - `flax-to-hf`: a vlguard-jax checkpoint or training run to Hugging Face or PEFT (conversion.flax_to_hf);
 - `assemble`: the mixed recipe's start from Vicuna, CLIP and the stage-1 projector (conversion.assemble);
 - `minigptv2`: MiniGPT-v2 from Llama-2-chat, eva_vit_g.pth and the stage-3 checkpoint
-  (vlguard_jax.conversion.minigptv2).
+  (vlguard_jax.conversion.minigptv2);
+- `flax-to-minigptv2`: a MiniGPT-v2 checkpoint back to the authors' stage-3 `.pth`
+  (vlguard_jax.conversion.flax_to_minigptv2).
 """
 
 from __future__ import annotations
 
 import sys
 
-from vlguard_jax.conversion import assemble, flax_to_hf, hf_to_flax, minigptv2
+from vlguard_jax.conversion import assemble, flax_to_hf, flax_to_minigptv2, hf_to_flax, minigptv2
 
 COMMANDS = {
     "hf-to-flax": hf_to_flax.main,
     "flax-to-hf": flax_to_hf.main,
     "assemble": assemble.main,
     "minigptv2": minigptv2.main,
+    "flax-to-minigptv2": flax_to_minigptv2.main,
 }
 
 

@@ -134,7 +134,7 @@ def check_plan(plan: list[Entry], hint=lambda entry: "") -> None:
     """Every tensor is there with the shape its parameter needs; errors name file and tensor."""
     for e in plan:
         if e.name not in e.source.shapes:
-            raise CheckpointError(f"{e.source.dir}: missing tensor {e.name!r} (for {e.path})")
+            raise CheckpointError(f"{e.source.path}: missing tensor {e.name!r} (for {e.path})")
         got = e.source.shapes[e.name]
         if layouts.flax_shape(got, e.transform) != e.shape:
             raise CheckpointError(

@@ -1,5 +1,5 @@
 """`vlguard-convert minigptv2 --llm DIR --vision-tower eva_vit_g.pth --checkpoint minigptv2_checkpoint.pth
---dst DST [--dtype ...] [--lora merge] [--vision-heads N] [--overwrite]`
+--dst DST [--dtype ...] [--lora keep|merge] [--vision-heads N] [--overwrite]`
 
 A MiniGPT-v2 checkpoint from the three files its authors' code loads (Vision-CAIR/MiniGPT-4):
 - the LLM, a Hugging Face `LlamaForCausalLM` (Llama-2-7b-chat-hf), safetensors or `.bin`;
@@ -12,13 +12,16 @@ A MiniGPT-v2 checkpoint from the three files its authors' code loads (Vision-CAI
   frozen and not saved there; without it the weight is 1 and the bias 0, as initialised, and the
   log says so.
 
-`--lora merge` folds the factors into the q/v kernels (W + alpha/r * B A, r 64, alpha 16). Every
+`--lora keep` (the default) keeps the q/v LoRA factors (r 64, alpha 16) beside the kernels, as the
+authors' model holds them, and the config records the LoRA; `--lora merge` folds them into the
+kernels (W + alpha/r * B A). Every
 tensor is checked (name, shape, that the parts fit) before anything is written; the output
 appears only when complete. `.pth` files are read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 from collections.abc import Callable
@@ -50,7 +53,7 @@ from vlguard_jax.models.minigptv2 import LORA, MiniGPTv2Config, MiniGPTv2Model
 from vlguard_jax.storage.files import check_output
 
 IMAGE_SIZE = 448  # minigpt_v2.yaml's image_size
-LORA_MODES = ("merge",)
+LORA_MODES = ("merge", "keep")
 _BLOCK = re.compile(r"blocks\.(\d+)\.norm1\.weight$")
 
 
@@ -60,7 +63,7 @@ class ArraySource(TensorSource):
     they derive from, for messages."""
 
     def __init__(self, where: Path, arrays: dict[str, tuple[tuple, Callable[[], np.ndarray]]]):
-        self.dir, self.files = where, [where]
+        self.path, self.dir, self.files = where, where, [where]
         self._arrays = {k: fn for k, (_, fn) in arrays.items()}
         self.index = {k: where for k in arrays}
         self.shapes = {k: tuple(shape) for k, (shape, _) in arrays.items()}
@@ -94,9 +97,16 @@ def tower_config(src: TensorSource, heads: int | None) -> EvaConfig:
 
 
 def plan(
-    llm, vision_tower, checkpoint, dtype: str = "bfloat16", vision_heads: int | None = None, log=print
+    llm,
+    vision_tower,
+    checkpoint,
+    dtype: str = "bfloat16",
+    vision_heads: int | None = None,
+    log=print,
+    lora: str = "merge",
 ) -> tuple[MiniGPTv2Config, list[Entry], Any]:
-    """(config, tensor plan, tokenizer): everything checked, nothing written."""
+    """(config, tensor plan, tokenizer): everything checked, nothing written. `lora`: "merge" folds
+    the factors into the kernels, "keep" keeps them beside them (the config records the LoRA)."""
     llm, vision_tower, checkpoint = Path(llm), Path(vision_tower), Path(checkpoint)
     if not llm.is_dir():
         raise CheckpointError(f"{llm}: no such directory (--llm)")
@@ -137,7 +147,9 @@ def plan(
         ones, zeros = (lambda: np.ones(width, np.float32)), (lambda: np.zeros(width, np.float32))
         norm = ArraySource(checkpoint, {"ln_vision.weight": ((width,), ones), "ln_vision.bias": ((width,), zeros)})
     entries, folded = [], set()
-    model = MiniGPTv2Model(config)
+    if lora == "keep":
+        config = dataclasses.replace(config, lora=LORA)
+    model = MiniGPTv2Model(config, lora=config.lora)
     for path, shape in _flat_shapes(model).items():
         name, transform = layouts.torch_name(path, ours)
         if path.startswith("vision_tower/"):
@@ -146,14 +158,14 @@ def plan(
                 source, transform = positions, None
         elif path.startswith("ln_vision/"):
             source = norm
-        elif path.startswith("llama_proj/"):
+        elif path.startswith("llama_proj/") or path.endswith(("/lora_a", "/lora_b")):
             source = ckpt
         else:
             name, transform = layouts.torch_name(path, prefixes)
             source = llm_src
-            lora = re.match(r"language_model/layers_(\d+)/self_attn/(q_proj|v_proj)/kernel$", path)
-            if lora:
-                source, factors = _merged(llm_src, ckpt, name, lora, ours, checkpoint)
+            folds = re.match(r"language_model/layers_(\d+)/self_attn/(q_proj|v_proj)/kernel$", path)
+            if folds and lora == "merge":
+                source, factors = _merged(llm_src, ckpt, name, folds, ours, checkpoint)
                 folded.update((name, *factors))
         entries.append(Entry(path, source, name, transform, shape))
     check_plan(entries, lambda e: "")
@@ -209,7 +221,7 @@ def convert(
     checkpoint,
     dst,
     dtype: str = "bfloat16",
-    lora: str = "merge",
+    lora: str = "keep",
     vision_heads: int | None = None,
     overwrite: bool = False,
     log=print,
@@ -217,9 +229,9 @@ def convert(
     """Write DST (which must not exist unless `overwrite`) from the three files; returns the config."""
     check_dtype(dtype)
     if lora not in LORA_MODES:
-        raise InputError(f"--lora {lora}: MiniGPT-v2's LoRA converts merged (--lora merge) for now")
+        raise InputError(f"--lora must be one of {LORA_MODES}, got {lora!r}")
     check_output(dst, llm, vision_tower, checkpoint, overwrite=overwrite)
-    config, entries, tokenizer = plan(llm, vision_tower, checkpoint, dtype, vision_heads, log)
+    config, entries, tokenizer = plan(llm, vision_tower, checkpoint, dtype, vision_heads, log, lora)
     write_checkpoint(
         entries,
         storage.as_path(dst),
@@ -239,7 +251,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--checkpoint", required=True, help="minigptv2_checkpoint.pth (stage 3)")
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
-    p.add_argument("--lora", default="merge", choices=LORA_MODES, help="fold the q/v LoRA factors into the kernels")
+    p.add_argument(
+        "--lora",
+        default="keep",
+        choices=LORA_MODES,
+        help="keep: the q/v LoRA factors stay beside the kernels, as the authors' model holds them (training "
+        "continues from them; flax-to-minigptv2 writes them back); merge: folded into the kernels",
+    )
     p.add_argument("--vision-heads", type=int, help="the tower's heads (default: width / 88, ViT-g's head size)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
     a = p.parse_args(argv)
@@ -248,7 +266,7 @@ def main(argv: list[str]) -> int:
     print(
         f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, {v.num_hidden_layers}-block EVA "
         f"({v.hidden_size} wide, {v.num_attention_heads} heads) at {v.image_size} px, "
-        f"{config.num_image_tokens} visual tokens, LoRA merged, dtype {a.dtype}"
+        f"{config.num_image_tokens} visual tokens, LoRA {'kept' if config.lora else 'merged'}, dtype {a.dtype}"
     )
     return 0
 

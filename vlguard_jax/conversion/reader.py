@@ -13,6 +13,7 @@ import os
 import struct
 from collections.abc import KeysView
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -25,8 +26,9 @@ INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 NESTED = ("model", "state_dict")
 
 
-def _torch(f: Path):
-    """torch, which only `.bin` (pickled) checkpoints need: an optional dependency, imported here."""
+def torch_module(f: Path) -> Any:
+    """torch, which only `.bin` and `.pth` (pickled) checkpoints need: an optional dependency,
+    imported here. `f` names the file in the message when it is missing."""
     try:
         import torch
     except ImportError:
@@ -41,6 +43,7 @@ class TensorSource:
 
     def __init__(self, path):
         path = Path(path)
+        self.path = path  # as given: the directory, or the one weight file
         self._bin_cache: tuple[Path, dict] | None = None
         if path.is_file():
             if path.suffix not in WEIGHT_SUFFIXES:
@@ -93,7 +96,7 @@ class TensorSource:
     def _load_bin(self, f: Path) -> dict:
         if self._bin_cache is not None and self._bin_cache[0] == f:
             return self._bin_cache[1]
-        torch = _torch(f)
+        torch = torch_module(f)
         try:
             sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # torch raises many types for corrupt or unsafe pickles
@@ -125,7 +128,7 @@ class TensorSource:
                         return _read_bf16(f, name)
                     return h.get_tensor(name)
             t = self._load_bin(f)[name]
-            torch = _torch(f)
+            torch = torch_module(f)
             if t.dtype == torch.bfloat16:
                 return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
             return t.numpy().copy()

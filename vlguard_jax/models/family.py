@@ -45,10 +45,12 @@ class Family:
             raise CheckpointError(f"{source}: not a {self.name} model config ({type(e).__name__}: {e})") from None
 
     def build(self, config, **kw) -> Any:
-        """The Flax module for `config`; `lora` only where the family trains."""
-        if not self.trainable and kw.pop("lora", None) is not None:
+        """The Flax module for `config`; `lora` only where the family trains. A config that carries
+        its own LoRA (a MiniGPT-v2 converted with its factors kept) builds with it."""
+        lora = kw.pop("lora", None)
+        if not self.trainable and lora is not None:
             raise ValueError(f"LoRA applies to trainable families; a {self.name} model is not one")
-        return self.model_class(config, **kw)
+        return self.model_class(config, lora=lora or getattr(config, "lora", None), **kw)
 
     def default_template(self, tokenizer) -> str:
         if self.template is not None:

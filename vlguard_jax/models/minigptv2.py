@@ -40,6 +40,7 @@ class MiniGPTv2Config:
     image_token_index: int = 32000  # the vocabulary size: a placeholder id, never embedded
     merge: int = 4  # consecutive patches joined into one visual token
     ln_vision_eps: float = 1e-5  # ln_vision is a plain nn.LayerNorm (eps 1e-5), run in float32
+    lora: LoraSpec | None = None  # the checkpoint's own LoRA factors, kept beside the base weights
     architecture = "minigptv2"
 
     def __post_init__(self):
@@ -60,12 +61,15 @@ class MiniGPTv2Config:
             "image_token_index": self.image_token_index,
             "merge": self.merge,
             "ln_vision_eps": self.ln_vision_eps,
+            "lora": dataclasses.asdict(self.lora) if self.lora is not None else None,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> MiniGPTv2Config:
         d = {k: v for k, v in d.items() if k != "architecture"}
-        return cls(vision=EvaConfig(**d.pop("vision")), text=text_from_dict(d.pop("text")), **d)
+        lora = d.pop("lora", None)
+        lora = LoraSpec(**{**lora, "targets": tuple(lora["targets"])}) if lora else None
+        return cls(vision=EvaConfig(**d.pop("vision")), text=text_from_dict(d.pop("text")), lora=lora, **d)
 
     def save(self, path) -> None:
         atomic_write_json(path, self.to_dict(), indent=2)

@@ -1,0 +1,91 @@
+"""`vlguard-convert flax-to-minigptv2 --src CKPT --dst minigptv2_checkpoint.pth [--dtype ...] [--overwrite]`
+
+A MiniGPT-v2 checkpoint in its authors' format: `{"model": state_dict}` holding what their stage-3
+training saves, `llama_proj`, `ln_vision` and the LoRA factors on q_proj and v_proj under their
+(peft-0.2.0) names, so their demo and evaluation scripts load it over Llama-2-chat and
+eva_vit_g.pth. The source must hold its LoRA factors (`vlguard-convert minigptv2 --lora keep`).
+Written with torch.save to a temporary file beside DST and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+from vlguard_jax.checkpoints.converted import PARAMS_DIR, load_params
+from vlguard_jax.checkpoints.ref import resolve_checkpoint
+from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion.reader import torch_module
+from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
+from vlguard_jax.models.family import MINIGPTV2
+from vlguard_jax.storage.files import check_output
+
+DTYPES = ("float32", "float16", "bfloat16")
+SAVED = ("llama_proj/", "ln_vision/")  # with the LoRA factors: what stage 3 trains and saves
+
+
+def state_dict(params: Any) -> dict[str, np.ndarray]:
+    """The authors' stage-3 state dict (PyTorch layouts, float32) from our parameter tree."""
+    flat: dict[str, Any] = traverse_util.flatten_dict(params, sep="/")
+    out = {}
+    for path, value in flat.items():
+        if path.startswith(SAVED) or path.endswith(("/lora_a", "/lora_b")):
+            name, transform = layouts.torch_name(path, layouts.MINIGPTV2)
+            out[name] = np.ascontiguousarray(layouts.to_torch(np.asarray(value, np.float32), transform))
+    return out
+
+
+def export(src, dst, dtype: str = "float32", overwrite: bool = False) -> dict[str, np.ndarray]:
+    """Write DST (refused when it exists, unless `overwrite`); returns the state dict written."""
+    if dtype not in DTYPES:
+        raise InputError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    ref = resolve_checkpoint(src)
+    if ref.family is not MINIGPTV2:
+        raise CheckpointError(f"{src}: a {ref.family.label} checkpoint, not a {MINIGPTV2.label} one")
+    if ref.kind != "converted":
+        raise InputError(
+            f"{src}: a training run; MiniGPT-v2 runs are not trained yet, so export a converted checkpoint"
+        )
+    if getattr(ref.config, "lora", None) is None:
+        raise InputError(
+            f"{src}: its LoRA was merged into the kernels (--lora merge), so the authors' factors cannot be written; "
+            "convert with --lora keep"
+        )
+    dst = Path(dst)
+    check_output(dst, src, overwrite=overwrite)
+    sd = state_dict(load_params(ref.path / PARAMS_DIR))
+    torch = torch_module(dst)
+    tensors = {k: torch.from_numpy(v).to(getattr(torch, dtype)) for k, v in sd.items()}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    os.close(fd)
+    try:
+        torch.save({"model": tensors}, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return sd
+
+
+@cli
+def main(argv: list[str]) -> int:
+    p = ArgumentParser(prog="vlguard-convert flax-to-minigptv2", description=(__doc__ or "").split("\n\n")[1])
+    p.add_argument("--src", required=True, help="a MiniGPT-v2 checkpoint converted with --lora keep")
+    p.add_argument("--dst", required=True, help="the .pth to write (must not exist unless --overwrite)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
+    a = p.parse_args(argv)
+    sd = export(a.src, a.dst, a.dtype, a.overwrite)
+    print(f"wrote {a.dst}: {len(sd)} tensors (llama_proj, ln_vision, LoRA on q_proj and v_proj), {a.dtype}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
