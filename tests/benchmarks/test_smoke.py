@@ -61,3 +61,13 @@ def test_train_flops_count_lora_honestly():
     all_heads = flops.train_step(p.config, 8, 256, "lora", 16)
     assert lora < full < 1.5 * lora and lora < all_heads
     assert 250e9 < lora < 400e9  # the estimate for this preset: about 330-370 GFLOP
+
+
+def test_eva_tower_benchmark_reports_its_fields(capsys):
+    from benchmarks import eva_tower
+
+    out = eva_tower.main(["--size", "tiny", "--dtype", "float32", "--json"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    assert out["blocks"] == 2 and len(out["forward_s_all"]) >= 5 and out["images_per_s"] > 0
+    # ViT-g at 448 px: about 2.26 TFLOP per image with the projection (the 2.25).
+    assert 2.2e12 < eva_tower.tower_flops(eva_tower.SIZES["g"]) < 2.3e12
