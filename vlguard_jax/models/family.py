@@ -50,7 +50,8 @@ class Family:
         lora = kw.pop("lora", None)
         if not self.trainable and lora is not None:
             raise ValueError(f"LoRA applies to trainable families; a {self.name} model is not one")
-        return self.model_class(config, lora=lora or getattr(config, "lora", None), **kw)
+        lora = lora or getattr(config, "lora", None)
+        return self.model_class(config, **kw) if lora is None else self.model_class(config, lora=lora, **kw)
 
     def default_template(self, tokenizer) -> str:
         if self.template is not None:
