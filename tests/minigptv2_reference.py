@@ -1,5 +1,6 @@
 """A PyTorch reference for MiniGPT-v2, written from the published architecture (Vision-CAIR/MiniGPT-4:
-`minigpt4/models/eva_vit.py`, `minigpt_v2.py`, `minigpt_base.py`), for parity tests. The authors'
+`minigpt4/models/eva_vit.py`, `minigpt_v2.py`, `minigpt_base.py`), for parity tests, and the
+authors' three files built from it (`write_parts`). The authors'
 package needs timm and torchvision, which do not load here; this is our own code with their module
 names, so `state_dict()` has their key names. The LLM is transformers' `LlamaForCausalLM` under
 peft's LoRA, as theirs is.
@@ -7,10 +8,16 @@ peft's LoRA, as theirs is.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+import peft
 import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
+
+from tests import tiny
 
 
 class Attention(nn.Module):
@@ -91,8 +98,6 @@ class MiniGPTv2(nn.Module):
         self.ln_vision = nn.LayerNorm(dim)
         self.llama_proj = nn.Linear(4 * dim, llama.config.hidden_size)
         if lora is not None:
-            import peft
-
             llama = peft.get_peft_model(llama, lora)
         self.llama_model = llama
 
@@ -128,3 +133,47 @@ def state_dict(model: nn.Module) -> dict:
     return {
         k.replace(".default", "").replace(".base_layer", ""): v.detach().numpy() for k, v in model.state_dict().items()
     }
+
+
+WIDTH, PATCH = 176, 56  # at 448 px: an 8x8 grid, 16 visual tokens; the file's grid is 4x4 (224 px)
+
+
+@dataclasses.dataclass
+class Parts:
+    llm: Path
+    eva: Path
+    ckpt: Path
+    reference: MiniGPTv2
+
+
+def write_parts(tmp, *, proj_in=4 * WIDTH, drop=()) -> Parts:
+    tok = tiny.tokenizer(image_token=False)
+    llama = tiny.llama_model(tok, layers=2, heads=4, kv_heads=4, scale=1.0)
+    llama.save_pretrained(tmp / "llm")
+    tok.save_pretrained(tmp / "llm")
+    file_eva = EvaViT(WIDTH, 3, 2, 352, 224, PATCH)  # three blocks in the file, two built
+    randomize_(file_eva, seed=1)
+    eva_sd = {k: v.detach().half() for k, v in file_eva.state_dict().items()}  # stored in float16
+    torch.save(eva_sd, tmp / "eva_vit_g.pth")
+    # The reference as the authors build it: 448 px, two blocks, the float16 weights read back,
+    # pos_embed resized by F.interpolate (eva_vit.interpolate_pos_embed).
+    eva = EvaViT(WIDTH, 2, 2, 352, 448, PATCH)
+    sd = {k: v.float() for k, v in eva_sd.items() if not k.startswith("blocks.2.")}
+    grid = sd["pos_embed"][:, 1:].reshape(1, 4, 4, WIDTH).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False)
+    sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], grid.permute(0, 2, 3, 1).reshape(1, 64, WIDTH)], dim=1)
+    eva.load_state_dict(sd)
+    lora = peft.LoraConfig(r=64, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    model = MiniGPTv2(eva, llama, lora).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # ln_vision stays as initialised (it is not in the stage-3 file)
+        model.llama_proj.weight.copy_(0.05 * torch.randn(model.llama_proj.weight.shape, generator=g))
+        for name, p in model.llama_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    stage3 = {k: v for k, v in state_dict(model).items() if k.startswith("llama_proj.") or "lora_" in k}
+    stage3 = {k: torch.tensor(v) for k, v in stage3.items() if k not in drop}
+    if proj_in != 4 * WIDTH:
+        stage3["llama_proj.weight"] = torch.zeros(64, proj_in)
+    torch.save({"model": stage3, "optimizer": {"state": {}}, "epoch": 3}, tmp / "minigptv2_checkpoint.pth")
+    return Parts(tmp / "llm", tmp / "eva_vit_g.pth", tmp / "minigptv2_checkpoint.pth", model)

@@ -4,19 +4,16 @@
 `load_model` and gives the reference's logits (tests/minigptv2_reference.py, with the authors'
 position resize and LoRA through peft); bad parts are refused naming file and tensor."""
 
-import dataclasses
 import json
 
 import jax.numpy as jnp
 import numpy as np
-import peft
 import pytest
 import torch
 import transformers
 from PIL import Image
 
-from tests import minigptv2_reference as ref
-from tests import tiny
+from tests.minigptv2_reference import WIDTH, write_parts
 from vlguard_jax import load_model
 from vlguard_jax.conversion.__main__ import main as convert_cli
 from vlguard_jax.conversion.minigptv2 import convert
@@ -26,49 +23,6 @@ from vlguard_jax.errors import CheckpointError
 from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
 from vlguard_jax.generate import Sampling, load_generator, prompt_ids
 from vlguard_jax.models.minigptv2 import LORA
-
-WIDTH, PATCH = 176, 56  # at 448 px: an 8x8 grid, 16 visual tokens; the file's grid is 4x4 (224 px)
-
-
-@dataclasses.dataclass
-class Parts:
-    llm: object
-    eva: object
-    ckpt: object
-    reference: ref.MiniGPTv2
-
-
-def write_parts(tmp, *, proj_in=4 * WIDTH, drop=()) -> Parts:
-    tok = tiny.tokenizer(image_token=False)
-    llama = tiny.llama_model(tok, layers=2, heads=4, kv_heads=4, scale=1.0)
-    llama.save_pretrained(tmp / "llm")
-    tok.save_pretrained(tmp / "llm")
-    file_eva = ref.EvaViT(WIDTH, 3, 2, 352, 224, PATCH)  # three blocks in the file, two built
-    ref.randomize_(file_eva, seed=1)
-    eva_sd = {k: v.detach().half() for k, v in file_eva.state_dict().items()}  # stored in float16
-    torch.save(eva_sd, tmp / "eva_vit_g.pth")
-    # The reference as the authors build it: 448 px, two blocks, the float16 weights read back,
-    # pos_embed resized by F.interpolate (eva_vit.interpolate_pos_embed).
-    eva = ref.EvaViT(WIDTH, 2, 2, 352, 448, PATCH)
-    sd = {k: v.float() for k, v in eva_sd.items() if not k.startswith("blocks.2.")}
-    grid = sd["pos_embed"][:, 1:].reshape(1, 4, 4, WIDTH).permute(0, 3, 1, 2)
-    grid = torch.nn.functional.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False)
-    sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :1], grid.permute(0, 2, 3, 1).reshape(1, 64, WIDTH)], dim=1)
-    eva.load_state_dict(sd)
-    lora = peft.LoraConfig(r=64, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
-    model = ref.MiniGPTv2(eva, llama, lora).eval()
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():  # ln_vision stays as initialised (it is not in the stage-3 file)
-        model.llama_proj.weight.copy_(0.05 * torch.randn(model.llama_proj.weight.shape, generator=g))
-        for name, p in model.llama_model.named_parameters():
-            if "lora_" in name:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    stage3 = {k: v for k, v in ref.state_dict(model).items() if k.startswith("llama_proj.") or "lora_" in k}
-    stage3 = {k: torch.tensor(v) for k, v in stage3.items() if k not in drop}
-    if proj_in != 4 * WIDTH:
-        stage3["llama_proj.weight"] = torch.zeros(64, proj_in)
-    torch.save({"model": stage3, "optimizer": {"state": {}}, "epoch": 3}, tmp / "minigptv2_checkpoint.pth")
-    return Parts(tmp / "llm", tmp / "eva_vit_g.pth", tmp / "minigptv2_checkpoint.pth", model)
 
 
 @pytest.fixture(scope="module")

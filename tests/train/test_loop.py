@@ -14,8 +14,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import torch
 
 from tests.train import common
+from vlguard_jax import sharding
 
 pytestmark = pytest.mark.slow
 
@@ -324,3 +326,31 @@ def test_two_processes_preempted_on_one_host_resume_bit_exact(env, two_processes
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
     assert [x["loss"] for x in metrics(two_ref)][step:] == [x["loss"] for x in metrics(work)][step:]
+
+
+def test_a_checkpoint_with_its_own_lora_trains_from_its_factors(tmp_path):
+    """A MiniGPT-v2 converted with --lora keep: the run's LoRA starts from the checkpoint's factors
+    (the authors' stage 3), llama_proj trains at the projector's rate, the tower and ln_vision stay
+    frozen; a run whose LoRA is not the checkpoint's is refused naming config.lora."""
+    from tests.minigptv2_reference import write_parts
+    from vlguard_jax.conversion.minigptv2 import convert
+    from vlguard_jax.errors import ConfigError
+    from vlguard_jax.train.config import RunConfig
+    from vlguard_jax.train.loop import build_params
+
+    parts = write_parts(tmp_path)
+    convert(parts.llm, parts.eva, parts.ckpt, tmp_path / "ck", dtype="float32", log=lambda _: None)
+    c = RunConfig().to_config()
+    c.model.checkpoint, c.model.dtype, c.model.attn_impl, c.model.remat = str(tmp_path / "ck"), "float32", "xla", "none"
+    c.lora.rank, c.lora.alpha, c.lora.targets = 64, 16.0, ("q_proj", "v_proj")
+    mesh = sharding.make_mesh((1, 1, 1))
+    start = build_params(RunConfig.from_config(c), mesh)
+    assert set(start.trainable) == {"llama_proj", "language_model"}
+    assert set(start.frozen) >= {"vision_tower", "ln_vision", "language_model"}
+    a = np.asarray(start.trainable["language_model"]["layers_1"]["self_attn"]["v_proj"]["lora_a"])
+    theirs = torch.load(parts.ckpt, weights_only=True)["model"]
+    factor = theirs["llama_model.base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight"].numpy()
+    np.testing.assert_array_equal(a, factor.T)  # the authors' factor, not a fresh draw
+    c.lora.rank = 32
+    with pytest.raises(ConfigError, match=r"config.lora: rank 32, alpha 16.0 .* carries LoRA factors of rank 64"):
+        build_params(RunConfig.from_config(c), mesh)

@@ -49,16 +49,28 @@ class LoraConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW per parameter group (train.state.optimizer)."""
+    """AdamW per parameter group (train.state.optimizer), with a learning-rate schedule:
+
+    - "hf" (LLaVA's, through the HF Trainer): linear warmup from 0 over ceil(warmup_ratio * steps)
+      steps, then cosine to 0 at the last step.
+    - "lavis" (MiniGPT-v2's LinearWarmupCosineLRScheduler): linear warmup from `warmup_start_lr`
+      over `warmup_steps` steps, then min_lr + (peak - min_lr) (1 + cos(pi t / steps)) / 2, with
+      t counted from the run's first step.
+    """
 
     lr: float = 2e-4
     projector_lr: float = 2e-5
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = 0.03  # "hf"
     grad_clip: float = 1.0
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
+    schedule: str = "hf"  # hf | lavis
+    warmup_steps: int = 0  # "lavis"
+    warmup_start_lr: float = 0.0  # "lavis"
+    min_lr: float = 0.0  # "lavis"
+    decay_matrices_only: bool = False  # weight decay on weight matrices only, not biases or norms (LAVIS's rule)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from vlguard_jax.checkpoints.training import Checkpoints
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.errors import ConfigError, UserError, oom_hint
 from vlguard_jax.models import abstract_params, dummy_inputs, family_of
-from vlguard_jax.models.layers import LORA_PARAMS
+from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.models.stacking import to_per_layer, to_stacked
 from vlguard_jax.runtime import Preemption, maybe_initialize_distributed, peak_flops
 from vlguard_jax.train import flops
@@ -75,7 +75,8 @@ class Start:
 
 def build_params(cfg: RunConfig, mesh: Mesh, checkpoint: CheckpointRef | None = None) -> Start:
     """Base weights restored sharded (frozen ones in the compute dtype), LoRA factors freshly
-    initialised, trainable weights in float32. `checkpoint`: the base, resolved from
+    initialised (or the checkpoint's own, where it carries them: a MiniGPT-v2 converted with
+    --lora keep), trainable weights in float32. `checkpoint`: the base, resolved from
     `cfg.model.checkpoint` when not given."""
     dtype = jnp.dtype(cfg.model.dtype)
     base = load_model(
@@ -89,7 +90,10 @@ def build_params(cfg: RunConfig, mesh: Mesh, checkpoint: CheckpointRef | None = 
     )
     model = base.model.clone(lora=cfg.lora_spec)
     params = base.params
-    if model.lora is not None:
+    own = base.model.lora  # the checkpoint's LoRA: training continues from its factors
+    if own is not None:
+        _check_own_lora(cfg, own, checkpoint or cfg.model.checkpoint)
+    elif model.lora is not None:
         shapes = abstract_params(model, mesh)
         lora_keys = [k for k in traverse_util.flatten_dict(shapes) if k[-1] in LORA_PARAMS]
 
@@ -142,6 +146,23 @@ def _remove_if_empty(workdir: Path) -> None:
     were made: the workdir and its checkpoints folder)."""
     if workdir.is_dir() and not any(p.is_file() for p in workdir.rglob("*")):
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_own_lora(cfg: RunConfig, own: LoraSpec, where) -> None:
+    """A checkpoint with its own LoRA factors trains them as they are: the run's LoRA must be
+    theirs (rank, alpha, targets; the dropout is the run's)."""
+    spec = cfg.lora_spec
+    if spec is None:
+        raise ConfigError(
+            f"config.train.mode: {where} carries LoRA factors ({own.rank} on {', '.join(own.targets)}); full "
+            "fine-tuning needs them merged (vlguard-convert minigptv2 --lora merge), or train.mode=lora"
+        )
+    if (spec.rank, spec.alpha, tuple(spec.targets)) != (own.rank, own.alpha, tuple(own.targets)):
+        raise ConfigError(
+            f"config.lora: rank {spec.rank}, alpha {spec.alpha} on {list(spec.targets)}, but {where} carries LoRA "
+            f"factors of rank {own.rank}, alpha {own.alpha} on {list(own.targets)}; training continues from "
+            "them, so set config.lora to match"
+        )
 
 
 @dataclasses.dataclass
@@ -298,7 +319,7 @@ def _steps(
     cfg = s.cfg
     train_step = jit_train_step(s.model, s.opt, cfg.accum, cfg.loss_chunk, s.mesh, shardings)
     logger = Logger(s.workdir, s.total, start)
-    lr_at = schedule(cfg.optim.lr, s.total, cfg.optim.warmup_ratio)
+    lr_at = schedule(cfg.optim.lr, s.total, cfg.optim)
     peak = peak_flops()
     last = {"step": start, "loss": None}
     window_t, window_tokens, window_flops = time.perf_counter(), 0, 0.0

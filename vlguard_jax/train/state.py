@@ -49,13 +49,20 @@ class TrainState(Generic[Leaf]):
     rng: Leaf
 
 
+# Top-level parts of a model's parameters: the vision side stays frozen (MiniGPT-v2's ln_vision
+# with its tower), and the projection between the two (LLaVA's projector, MiniGPT-v2's
+# llama_proj) trains in both modes, at its own learning rate.
+FROZEN_PARTS = ("vision_tower", "ln_vision")
+PROJECTORS = ("projector", "llama_proj")
+
+
 def is_trainable(path: tuple[str, ...], mode: str) -> bool:
-    if path[0] == "vision_tower":
+    if path[0] in FROZEN_PARTS:
         return False
     if mode == "full":
         return True
     if mode == "lora":
-        return path[0] == "projector" or path[-1] in LORA_PARAMS
+        return path[0] in PROJECTORS or path[-1] in LORA_PARAMS
     raise ConfigError(f"train.mode must be 'lora' or 'full', not {mode!r}")
 
 
@@ -73,16 +80,32 @@ def merge(trainable, frozen) -> Params:
     return traverse_util.unflatten_dict(flat)
 
 
-def schedule(peak: float, total_steps: int, warmup_ratio: float) -> optax.Schedule:
-    """Linear warmup over ceil(ratio * total) steps, then cosine to 0 at `total_steps` (HF's rule)."""
-    warmup = math.ceil(total_steps * warmup_ratio)
+def schedule(peak: float, total_steps: int, cfg: OptimConfig) -> optax.Schedule:
+    """The learning rate at each step, for a group whose peak is `peak` (OptimConfig's rules)."""
+    if cfg.schedule == "lavis":
+        warmup, start, floor = cfg.warmup_steps, cfg.warmup_start_lr, cfg.min_lr
+
+        def lavis(step):
+            ramp = start + (peak - start) * step / max(warmup, 1)
+            cosine = floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * step / max(total_steps, 1)))
+            return jnp.where(step < warmup, jnp.minimum(ramp, peak), cosine)
+
+        return lavis
+    warmup = math.ceil(total_steps * cfg.warmup_ratio)
     return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 0), max(total_steps, warmup + 1), 0.0)
+
+
+def decays(params: Params) -> Params:
+    """True for the weight matrices (kernels, LoRA factors, embeddings), False for biases and norm
+    weights, by name: whether the layers are stacked or not (LAVIS decays ndim >= 2, no biases)."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({k: k[-1] not in ("bias", "weight") for k in flat})
 
 
 def param_groups(trainable) -> Params:
     """'projector' or 'model' per trainable leaf: the projector has its own learning rate."""
     flat = traverse_util.flatten_dict(trainable)
-    return traverse_util.unflatten_dict({k: "projector" if k[0] == "projector" else "model" for k in flat})
+    return traverse_util.unflatten_dict({k: "projector" if k[0] in PROJECTORS else "model" for k in flat})
 
 
 def optimizer(cfg: OptimConfig, total_steps: int, trainable: Params) -> optax.GradientTransformation:
@@ -91,11 +114,12 @@ def optimizer(cfg: OptimConfig, total_steps: int, trainable: Params) -> optax.Gr
 
     def adamw(lr):
         return optax.adamw(
-            schedule(lr, total_steps, cfg.warmup_ratio),
+            schedule(lr, total_steps, cfg),
             b1=cfg.b1,
             b2=cfg.b2,
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
+            mask=decays if cfg.decay_matrices_only else None,
         )
 
     return optax.chain(

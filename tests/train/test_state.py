@@ -1,0 +1,54 @@
+"""The optimizer's rules: the two learning-rate schedules at steps worked out by hand, and weight
+decay on weight matrices only when asked (LAVIS's rule), whatever the layers' form."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlguard_jax.train.config import OptimConfig
+from vlguard_jax.train.state import optimizer, schedule
+
+
+def test_the_lavis_schedule_warms_up_then_follows_the_whole_runs_cosine():
+    """MiniGPT-v2's stage 3: 1e-6 -> 1e-5 over the warmup, then a cosine over all the steps (t from
+    the first step) down to 1e-6."""
+    cfg = OptimConfig(schedule="lavis", warmup_steps=10, warmup_start_lr=1e-6, min_lr=1e-6)
+    lr = schedule(1e-5, 100, cfg)
+    expected = {
+        0: 1e-6,
+        5: 1e-6 + 9e-6 * 5 / 10,
+        10: 1e-6 + 9e-6 * 0.5 * (1 + math.cos(math.pi * 0.1)),  # 9.780e-6: below the peak already
+        50: 1e-6 + 9e-6 * 0.5,
+        100: 1e-6,
+    }
+    for step, value in expected.items():
+        assert float(lr(step)) == pytest.approx(value, rel=1e-6), step
+
+
+def test_the_hf_schedule_is_unchanged():
+    lr = schedule(2e-4, 100, OptimConfig(warmup_ratio=0.03))
+    assert float(lr(0)) == 0.0 and float(lr(3)) == pytest.approx(2e-4)
+    assert float(lr(3 + 97 // 2)) == pytest.approx(2e-4 * 0.5 * (1 + math.cos(math.pi * (97 // 2) / 97)), rel=1e-5)
+
+
+@pytest.mark.parametrize("only", [False, True])
+def test_weight_decay_on_matrices_only_when_asked(only):
+    params = {
+        "projector": {"linear_1": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}},
+        "language_model": {
+            "layers": {"self_attn": {"q_proj": {"lora_a": jnp.ones((3, 2, 2)), "bias": jnp.ones((3, 2))}}},
+            "norm": {"weight": jnp.ones(2)},
+        },
+    }
+    cfg = OptimConfig(lr=0.1, projector_lr=0.1, weight_decay=0.5, warmup_ratio=0.0, decay_matrices_only=only)
+    opt = optimizer(cfg, 10, params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = opt.update(zeros, opt.init(params), params)
+    moved = {
+        "/".join(k.key for k in path): bool(np.any(u != 0)) for path, u in jax.tree_util.tree_leaves_with_path(updates)
+    }
+    matrices = {"projector/linear_1/kernel", "language_model/layers/self_attn/q_proj/lora_a"}
+    assert {k for k, v in moved.items() if v} == (matrices if only else set(moved))
