@@ -32,11 +32,7 @@ LLM_WIDTH = 4096  # llama_proj's output: Llama-2-7b's width
 
 def tower_flops(v: EvaConfig, merge: int = 4, out: int = LLM_WIDTH) -> float:
     """Model FLOPs of one image through the tower and the projection (2 per multiply-add)."""
-    n, d, m = v.num_patches + 1, v.hidden_size, v.intermediate_size
-    per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * m
-    patch = 2 * v.num_patches * (v.num_channels * v.patch_size**2) * d
-    proj = 2 * (v.num_patches // merge) * (merge * d) * out
-    return float(v.num_hidden_layers * per_block + patch + proj)
+    return v.forward_flops() + 2.0 * (v.num_patches // merge) * (merge * v.hidden_size) * out
 
 
 def run(size: str, batch: int, dtype: str, blocks: int | None, repeats: int) -> dict:

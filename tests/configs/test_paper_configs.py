@@ -53,7 +53,7 @@ def test_a_config_is_found_by_path_or_by_its_shipped_name(tmp_path):
     with pytest.raises(
         ConfigError,
         match=r"--config posthoc_lora_8b: neither a file nor a shipped config; those "
-        r"are \['demo', 'mixed_full_13b', .*'posthoc_lora_7b'\]",
+        r"are \['demo', 'minigptv2_posthoc_lora', 'mixed_full_13b', .*'posthoc_lora_7b'\]",
     ):
         find_config("posthoc_lora_8b")
 
@@ -81,9 +81,9 @@ def test_help_lists_the_shipped_configs_and_the_key_groups(flag, capsys):
     assert stop.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: python -m vlguard_jax.train --config NAME_OR_FILE [--config.KEY=VALUE ...]")
-    assert "demo, mixed_full_13b, mixed_full_7b" in text and "posthoc_lora_7b" in text
+    assert "demo, minigptv2_posthoc_lora, mixed_full_13b" in text and "posthoc_lora_7b" in text
     assert (
-        "  optim.{b1, b2, eps, grad_clip, lr, projector_lr," in text
+        "  optim.{b1, b2, decay_matrices_only, eps, grad_clip, lr, min_lr, projector_lr," in text
         and "  lora.{alpha, dropout, rank, targets}" in text
     )
     with pytest.raises(SystemExit):  # with a default config, its own groups (the demo's block) are listed
@@ -91,3 +91,26 @@ def test_help_lists_the_shipped_configs_and_the_key_groups(flag, capsys):
     text = capsys.readouterr().out
     assert text.startswith("usage: vlguard-demo [--config NAME_OR_FILE]") and "(default: demo)" in text
     assert "  demo.{eval_batch, max_new_tokens," in text
+
+
+def test_the_minigptv2_config_carries_its_authors_stage3_settings():
+    """train_configs/minigptv2_finetune.yaml and minigpt_v2.py, as the config's docstring lists."""
+    from vlguard_jax.train.config import RunConfig
+    from vlguard_jax.train.validate import check
+
+    c = load_config_file(find_config("minigptv2_posthoc_lora"))
+    c.workdir = "runs/minigptv2"
+    check(c)
+    r = RunConfig.from_config(c)
+    assert (r.lora.rank, r.lora.alpha, r.lora.dropout, r.lora.targets) == (64, 16.0, 0.05, ("q_proj", "v_proj"))
+    o = r.optim
+    assert (o.lr, o.projector_lr, o.min_lr, o.warmup_start_lr, o.warmup_steps) == (1e-5, 1e-5, 1e-6, 1e-6, 1000)
+    assert (o.schedule, o.weight_decay, o.decay_matrices_only, o.grad_clip, o.b1, o.b2) == (
+        "lavis",
+        0.05,
+        True,
+        0.0,
+        0.9,
+        0.999,
+    )
+    assert (r.data.template, r.data.pad_image, r.data.recipe, r.train.mode) == ("minigptv2", False, "posthoc", "lora")

@@ -52,3 +52,14 @@ def test_weight_decay_on_matrices_only_when_asked(only):
     }
     matrices = {"projector/linear_1/kernel", "language_model/layers/self_attn/q_proj/lora_a"}
     assert {k for k, v in moved.items() if v} == (matrices if only else set(moved))
+
+
+def test_grad_clip_zero_is_off():
+    params = {"language_model": {"w": {"kernel": jnp.ones((2, 2))}}}
+    grads = {"language_model": {"w": {"kernel": jnp.full((2, 2), 100.0)}}}
+    for clip, clipped in ((1.0, True), (0.0, False)):
+        opt = optimizer(OptimConfig(lr=1.0, warmup_ratio=0.0, grad_clip=clip), 10, params)
+        # Adam's moments after one step: 0.1 g and 0.001 g^2, of g clipped to norm 1 or not.
+        _, state = opt.update(grads, opt.init(params), params)
+        norms = [float(jnp.abs(x).max()) for x in jax.tree.leaves(state) if hasattr(x, "shape") and x.shape == (2, 2)]
+        assert (max(norms) <= 1.0) == clipped, (clip, norms)

@@ -90,11 +90,9 @@ def _load_converted(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, rem
 def _load_run(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, remat_policy):
     """A training workdir: its latest checkpoint (the ref's step) over its base, LoRA merged into
     the kernels."""
-    flat = runs.load_merged(ref.path, ref.step)[2]
+    _, config, flat, _ = runs.load_merged(ref.path, ref.step)
     param_dtype = param_dtype or flat[("language_model", "embed_tokens")].dtype
-    model = build_model(
-        ref.config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, remat_policy=remat_policy
-    )
+    model = build_model(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, remat_policy=remat_policy)
     abstract = abstract_params(model, mesh)
     host = traverse_util.unflatten_dict({k: v.astype(param_dtype) for k, v in flat.items()})
     if mesh is None:

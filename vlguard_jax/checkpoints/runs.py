@@ -19,7 +19,7 @@ from flax import traverse_util
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, load_params, save_checkpoint
 from vlguard_jax.errors import MissingFileError, UserError
-from vlguard_jax.models.family import LLAVA, load_config
+from vlguard_jax.models.family import load_config
 from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.models.stacking import to_per_layer
 from vlguard_jax.storage import orbax_s3
@@ -154,7 +154,7 @@ def load_run(workdir, step: int | None = None) -> tuple[Path, Any, dict, RunMeta
     """(base checkpoint dir, config, flat params {path tuple: np.ndarray} incl. LoRA factors, RunMeta)."""
     step, state, meta = read_latest(workdir, step)
     base = existing_base(workdir, meta)
-    config = load_config(base / MODEL_CONFIG, LLAVA)
+    config = load_config(base / MODEL_CONFIG)
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(load_params(base / PARAMS_DIR)).items()}
     # A run with scanned layers saves them stacked; everything downstream reads them per layer.
     trained = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(to_per_layer(state["params"])).items()}
@@ -190,10 +190,13 @@ def merge_lora(flat: dict, scale: float) -> dict:
 
 
 def load_merged(workdir, step: int | None = None) -> tuple[Path, Any, dict, RunMeta]:
-    """`load_run` with any LoRA factors folded into their kernels."""
+    """`load_run` with any LoRA factors folded into their kernels; the config then carries no LoRA
+    of its own (a MiniGPT-v2 base converted with its factors kept)."""
     base, config, flat, meta = load_run(workdir, step)
     if has_lora(flat):
         flat = merge_lora(flat, lora_of(workdir, meta).scale)
+        if getattr(config, "lora", None) is not None:
+            config = dataclasses.replace(config, lora=None)
     return base, config, flat, meta
 
 

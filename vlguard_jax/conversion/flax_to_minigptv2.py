@@ -3,7 +3,8 @@
 A MiniGPT-v2 checkpoint in its authors' format: `{"model": state_dict}` holding what their stage-3
 training saves, `llama_proj`, `ln_vision` and the LoRA factors on q_proj and v_proj under their
 (peft-0.2.0) names, so their demo and evaluation scripts load it over Llama-2-chat and
-eva_vit_g.pth. The source must hold its LoRA factors (`vlguard-convert minigptv2 --lora keep`).
+eva_vit_g.pth. The source is a converted checkpoint that holds its LoRA factors (`vlguard-convert
+minigptv2 --lora keep`), or a training run from one (its latest step's factors and llama_proj).
 Written with torch.save to a temporary file beside DST and renamed when complete.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.converted import PARAMS_DIR, load_params
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.conversion import layouts
@@ -48,10 +50,6 @@ def export(src, dst, dtype: str = "float32", overwrite: bool = False) -> dict[st
     ref = resolve_checkpoint(src)
     if ref.family is not MINIGPTV2:
         raise CheckpointError(f"{src}: a {ref.family.label} checkpoint, not a {MINIGPTV2.label} one")
-    if ref.kind != "converted":
-        raise InputError(
-            f"{src}: a training run; MiniGPT-v2 runs are not trained yet, so export a converted checkpoint"
-        )
     if getattr(ref.config, "lora", None) is None:
         raise InputError(
             f"{src}: its LoRA was merged into the kernels (--lora merge), so the authors' factors cannot be written; "
@@ -59,7 +57,11 @@ def export(src, dst, dtype: str = "float32", overwrite: bool = False) -> dict[st
         )
     dst = Path(dst)
     check_output(dst, src, overwrite=overwrite)
-    sd = state_dict(load_params(ref.path / PARAMS_DIR))
+    if ref.kind == "run":  # its latest step's trained factors and llama_proj over its base
+        params = traverse_util.unflatten_dict(runs.load_run(ref.path, ref.step)[2])
+    else:
+        params = load_params(ref.path / PARAMS_DIR)
+    sd = state_dict(params)
     torch = torch_module(dst)
     tensors = {k: torch.from_numpy(v).to(getattr(torch, dtype)) for k, v in sd.items()}
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,7 @@ def export(src, dst, dtype: str = "float32", overwrite: bool = False) -> dict[st
 @cli
 def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="vlguard-convert flax-to-minigptv2", description=(__doc__ or "").split("\n\n")[1])
-    p.add_argument("--src", required=True, help="a MiniGPT-v2 checkpoint converted with --lora keep")
+    p.add_argument("--src", required=True, help="a MiniGPT-v2 checkpoint converted with --lora keep, or a run from one")
     p.add_argument("--dst", required=True, help="the .pth to write (must not exist unless --overwrite)")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")

@@ -21,7 +21,7 @@ class DataConfig:
     helpful_seed: int = 0
     convert_seed: int = 0  # the authors' VLGuard -> LLaVA conversion draws an instruction per image
     max_length: int = 2048
-    template: str = "vicuna_v1"
+    template: str = "vicuna_v1"  # or minigptv2 (MiniGPT-v2's training rule: data/minigptv2_tokens.py)
     pad_image: bool = True  # LLaVA-1.5 image_aspect_ratio=pad
     pad_to: str = "bucket"  # bucket | max_length
     bucket: int = 128

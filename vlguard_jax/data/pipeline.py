@@ -32,10 +32,13 @@ from vlguard_jax import storage
 from vlguard_jax.data import mixture
 from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.images import MAX_PIXELS, ImageError, load_pixels
+from vlguard_jax.data.minigptv2_tokens import TEMPLATE as MINIGPTV2_TEMPLATE
+from vlguard_jax.data.minigptv2_tokens import MiniGPTv2Encoder
 from vlguard_jax.data.preprocess import IGNORE, Encoder
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.store import BadRecords, TokenStore, build_store
 from vlguard_jax.errors import ConfigError, InputError
+from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import download_dir, sha256_file
 
 
@@ -98,9 +101,11 @@ class Rows:
         layout: Layout,
         bad: BadRecords,
         max_pixels: int = MAX_PIXELS,
+        transform: str = "clip",
     ):
         self.store_dir, self.image_roots, self.image_size = str(store_dir), list(image_roots), image_size
         self.pad_image, self.layout, self.bad, self.max_pixels = pad_image, layout, bad, max_pixels
+        self.transform = transform  # the model family's image transform (data.images)
 
     @functools.cached_property
     def store(self) -> TokenStore:
@@ -174,6 +179,7 @@ class Rows:
                         self.image_size,
                         self.pad_image,
                         max_pixels=self.max_pixels,
+                        transform=self.transform,
                     )
                 except ImageError as e:
                     self.bad(f"record {self.store.names[i]!r}", str(e), ImageError)
@@ -264,7 +270,8 @@ def prepare(data_cfg: DataConfig, tokenizer, model_cfg, workdir, layout: Layout,
         download_dir(store_dir, local_dir)
         log(f"token store {store_dir} found: copied to {local_dir}, not tokenizing again")
     elif layout.process_index == 0:
-        enc = Encoder(
+        encoder = MiniGPTv2Encoder if data_cfg.template == MINIGPTV2_TEMPLATE else Encoder
+        enc = encoder(
             tokenizer, model_cfg.image_token_index, model_cfg.num_image_tokens, data_cfg.max_length, data_cfg.template
         )
         build_store(mixture.build(data_cfg, bad), enc, local_dir, roots, bad)
@@ -286,6 +293,7 @@ def prepare(data_cfg: DataConfig, tokenizer, model_cfg, workdir, layout: Layout,
         layout,
         bad,
         data_cfg.max_image_pixels,
+        family_of(model_cfg).image_transform,
     )
     store = rows.store
     log(mixture.describe(store.composition))

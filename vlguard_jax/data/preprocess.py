@@ -277,7 +277,7 @@ class Encoder:
             sample=where or f"sample {record.get('id', '<no id>')!r}",
             image="image" in record,
         )
-        return self._fit(ids, labels)
+        return self.fit(ids, labels)
 
     def encode_many(self, records: list[dict], wheres: list[str]) -> list:
         """Per record: the dict `__call__` gives, or the TokenizationError it would raise."""
@@ -314,7 +314,7 @@ class Encoder:
             self._seen += 1
             if self._seen % self.exact_every == 1 or self.exact_every == 1:
                 self._agree(records[k], wheres[k], result)
-            out[k] = self._fit(*result)
+            out[k] = self.fit(*result)
         return out
 
     def _agree(self, record: dict, where: str, fast) -> None:
@@ -334,7 +334,7 @@ class Encoder:
                 "sample; this tokenizer's offsets cannot be trusted for labels",
             )
 
-    def _fit(self, ids: np.ndarray, labels: np.ndarray) -> dict:
+    def fit(self, ids: np.ndarray, labels: np.ndarray) -> dict:
         """The first `max_length` positions, as LLaVA keeps them; what was cut is counted."""
         if len(ids) > self.max_length:
             self.truncated["at max_length"] += 1

@@ -56,6 +56,13 @@ class EvaConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    def forward_flops(self) -> float:
+        """Model FLOPs of one image through the tower (2 per multiply-add)."""
+        n, d, m = self.num_patches + 1, self.hidden_size, self.intermediate_size
+        per_block = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * m
+        patch = 2 * self.num_patches * (self.num_channels * self.patch_size**2) * d
+        return float(self.num_hidden_layers * per_block + patch)
+
 
 def _cubic(t: float) -> float:
     """The cubic convolution kernel at distance |t| (Keys, a = CUBIC_A), as PyTorch writes it."""

@@ -36,6 +36,7 @@ class Family:
     trainable: bool  # VLGuard fine-tuning (full or LoRA) applies
     template: str | None
     scannable: bool = False  # its decoder layers can run scanned over stacked weights (models.stacking)
+    training_templates: tuple[str, ...] = ()  # the data templates (config.data.template) it trains with
     image_transform: str = "clip"  # data.images: "clip" (CLIP's processor, LLaVA) or "squash" (MiniGPT-v2)
 
     def read_config(self, d: dict, source: str = "model_config.json") -> Any:
@@ -60,20 +61,27 @@ class Family:
 
 
 LLAVA = Family(
-    "llava", "LLaVA", LlavaConfig, LlavaModel, takes_images=True, trainable=True, template="llava_v1", scannable=True
+    "llava",
+    "LLaVA",
+    LlavaConfig,
+    LlavaModel,
+    takes_images=True,
+    trainable=True,
+    template="llava_v1",
+    scannable=True,
+    training_templates=("vicuna_v1", "llava_v1"),
 )
 LLAMA = Family(
     "llama", "text-only Llama", TextOnlyConfig, TextOnlyModel, takes_images=False, trainable=False, template=None
 )
-# Converts, loads, generates and evaluates with its own template and image transform; training is
-# not wired in yet, so it refuses it by name.
 MINIGPTV2 = Family(
     "minigptv2",
     "MiniGPT-v2",
     MiniGPTv2Config,
     MiniGPTv2Model,
     takes_images=True,
-    trainable=False,
+    trainable=True,
+    training_templates=("minigptv2",),
     template="minigptv2",
     scannable=True,
     image_transform="squash",

@@ -53,6 +53,10 @@ class MiniGPTv2Config:
     def num_image_tokens(self) -> int:
         return self.vision.num_patches // self.merge
 
+    def image_flops(self) -> tuple[float, int]:
+        """(forward FLOPs of one image through the tower, llama_proj's weights), for MFU."""
+        return self.vision.forward_flops(), self.merge * self.vision.hidden_size * self.text.hidden_size
+
     def to_dict(self) -> dict:
         return {
             "architecture": self.architecture,

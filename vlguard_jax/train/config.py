@@ -62,7 +62,7 @@ class OptimConfig:
     projector_lr: float = 2e-5
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03  # "hf"
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # global-norm clipping; 0 = off
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8

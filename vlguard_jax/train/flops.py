@@ -20,40 +20,54 @@ def _text_linear_params(t) -> int:
     return t.num_hidden_layers * (attn + mlp)
 
 
-def _lora_params(t, rank: int) -> int:
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _lora_params(t, rank: int, targets: tuple[str, ...] = ALL_TARGETS) -> int:
     d, h, kv, f = (
         t.hidden_size,
         t.num_attention_heads * t.head_dim,
         t.num_key_value_heads * t.head_dim,
         t.intermediate_size,
     )
-    per_layer = rank * ((d + h) + 2 * (d + kv) + (h + d) + 2 * (d + f) + (f + d))
-    return t.num_hidden_layers * per_layer
+    sizes = {
+        "q_proj": d + h,
+        "k_proj": d + kv,
+        "v_proj": d + kv,
+        "o_proj": h + d,
+        "gate_proj": d + f,
+        "up_proj": d + f,
+        "down_proj": f + d,
+    }
+    return t.num_hidden_layers * rank * sum(sizes[n] for n in targets)
 
 
 def train_step(
-    config, batch: int, length: int, mode: str, lora_rank: int = 0, head_positions: int | None = None
+    config,
+    batch: int,
+    length: int,
+    mode: str,
+    lora_rank: int = 0,
+    head_positions: int | None = None,
+    lora_targets: tuple[str, ...] = ALL_TARGETS,
 ) -> float:
-    """`head_positions`: positions per row where the lm_head runs (the label budget); default all."""
-    t, v = config.text, config.vision
+    """`head_positions`: positions per row where the lm_head runs (the label budget); default all.
+    The image side's FLOPs come from the model's config (`image_flops`: LLaVA's, MiniGPT-v2's)."""
+    t = config.text
     tokens = batch * length
     head_tokens = batch * (length if head_positions is None else head_positions)
     dense = _text_linear_params(t)
     head = t.hidden_size * t.vocab_size
-    proj = v.hidden_size * t.hidden_size + t.hidden_size * t.hidden_size
     # causal attention: QK^T and AV, half the square on average
     attn = t.num_hidden_layers * 2 * 2 * length * t.num_attention_heads * t.head_dim / 2
     fwd_text = 2 * dense + attn
-    patches = config.num_image_tokens + (config.vision_feature_select_strategy == "default")
-    per_patch = config.num_vision_layers_used * (
-        2 * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * patches * v.hidden_size
-    )
-    vision = batch * patches * per_patch  # forward only: the tower is frozen
+    tower, proj = config.image_flops()
+    vision = batch * tower  # forward only: the tower is frozen
     projector = batch * config.num_image_tokens * 2 * proj * 2  # forward + weight gradient
     backward_act = tokens * (2 * dense + 2 * attn) + head_tokens * 2 * head  # activation gradients
     if mode == "full":
         backward_w = tokens * 2 * dense + head_tokens * 2 * head
     else:
-        backward_w = tokens * 2 * _lora_params(t, lora_rank) * 3  # LoRA fwd, dX and dW, all small
+        backward_w = tokens * 2 * _lora_params(t, lora_rank, lora_targets) * 3  # LoRA fwd, dX and dW, all small
     f = tokens * fwd_text + head_tokens * 2 * head + vision + projector + backward_act + backward_w
     return float(f)

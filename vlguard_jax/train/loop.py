@@ -201,6 +201,11 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
             f"config.model.checkpoint: {cfg.model.checkpoint} is a {checkpoint.family.label} checkpoint; "
             "training starts from a LLaVA checkpoint (conversion.assemble builds one from an LLM)"
         )
+    if cfg.data.template not in checkpoint.family.training_templates:
+        raise ConfigError(
+            f"config.data.template: {cfg.data.template!r} does not train a {checkpoint.family.label} checkpoint "
+            f"({cfg.model.checkpoint}); use one of {list(checkpoint.family.training_templates)}"
+        )
     if jax.process_index() == 0:  # a new run records its identity; a resume must match it
         check_resume(
             workdir,
@@ -341,6 +346,7 @@ def _steps(
                 cfg.train.mode,
                 cfg.lora.rank if cfg.train.mode == "lora" else 0,
                 budget,
+                cfg.lora.targets,
             )
             done = step + 1
             if not bool(m["finite"]):

@@ -122,10 +122,12 @@ def optimizer(cfg: OptimConfig, total_steps: int, trainable: Params) -> optax.Gr
             mask=decays if cfg.decay_matrices_only else None,
         )
 
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
-        optax.multi_transform({"model": adamw(cfg.lr), "projector": adamw(cfg.projector_lr)}, param_groups(trainable)),
+    groups = optax.multi_transform(
+        {"model": adamw(cfg.lr), "projector": adamw(cfg.projector_lr)}, param_groups(trainable)
     )
+    if cfg.grad_clip == 0:  # off: MiniGPT-v2's trainer does not clip
+        return optax.chain(optax.identity(), groups)
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), groups)
 
 
 def cast_tree(tree, dtype) -> Any:

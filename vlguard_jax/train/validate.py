@@ -7,6 +7,7 @@ import difflib
 import math
 
 from vlguard_jax.data.conversation import TEMPLATES
+from vlguard_jax.data.minigptv2_tokens import TEMPLATE as MINIGPTV2_TEMPLATE
 from vlguard_jax.data.mixture import RECIPES
 from vlguard_jax.errors import ConfigError
 from vlguard_jax.models.llama import REMAT_POLICIES
@@ -105,7 +106,7 @@ RULES = {
     "mesh.shape": _mesh,
     "data.recipe": _one_of(RECIPES),
     "data.max_length": _int(2),
-    "data.template": _one_of(tuple(TEMPLATES)),
+    "data.template": _one_of((*TEMPLATES, MINIGPTV2_TEMPLATE)),
     "data.pad_image": _flag,
     "data.pad_to": _one_of(("bucket", "max_length")),
     "data.bucket": _int(1),

@@ -1,0 +1,81 @@
+"""MiniGPT-v2 through every command on tiny parts: the authors' three files converted with their
+LoRA kept, VLGuard post-hoc LoRA training from those factors (MiniGPT-v2's template, image
+transform and stage-3 schedule), an evaluation of the run on VLGuard rows, and the run exported
+back to the authors' stage-3 format."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.minigptv2_reference import write_parts
+from vlguard_jax.checkpoints.runs import read_latest
+from vlguard_jax.conversion.flax_to_minigptv2 import export
+from vlguard_jax.conversion.minigptv2 import convert
+from vlguard_jax.data.sample import write_sample
+from vlguard_jax.errors import ConfigError
+from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
+from vlguard_jax.train.config import RunConfig
+from vlguard_jax.train.loop import run as train
+
+pytestmark = pytest.mark.slow
+FACTOR = "llama_model.base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+
+
+def config(ck, sample, workdir, **data):
+    c = RunConfig().to_config()
+    c.workdir, c.model.checkpoint = str(workdir), str(ck)
+    c.model.dtype, c.model.attn_impl, c.model.remat = "float32", "xla", "none"
+    c.total_steps, c.global_batch, c.micro_batch, c.checkpoint_every, c.log_every, c.loss_chunk = 2, 4, 4, 2, 1, 64
+    c.lora.rank, c.lora.alpha, c.lora.targets = 64, 16.0, ("q_proj", "v_proj")
+    c.optim.lr = c.optim.projector_lr = 1e-3
+    c.optim.schedule, c.optim.warmup_steps, c.optim.warmup_start_lr, c.optim.min_lr = "lavis", 1, 1e-4, 1e-4
+    c.optim.weight_decay, c.optim.decay_matrices_only = 0.05, True
+    c.mesh.shape = (1, 1, 1)
+    c.data.vlguard, c.data.vlguard_images = str(sample["train"]), str(sample["images"])
+    c.data.llava, c.data.llava_images = str(sample["helpful"]), str(sample["images"])
+    c.data.helpful_samples, c.data.max_length, c.data.bucket, c.data.workers = 4, 160, 32, 0
+    c.data.template, c.data.pad_image = "minigptv2", False
+    for k, v in data.items():
+        c.data[k] = v
+    return c
+
+
+def test_convert_train_evaluate_export(tmp_path):
+    parts = write_parts(tmp_path / "parts")
+    ck = tmp_path / "ck"
+    convert(parts.llm, parts.eva, parts.ckpt, ck, dtype="float32", log=lambda _: None)
+    sample = write_sample(tmp_path / "sample", n_train=8, n_test=8, n_helpful=8)
+    with pytest.raises(ConfigError, match=r"config.data.template: 'vicuna_v1' does not train a MiniGPT-v2"):
+        train(config(ck, sample, tmp_path / "wrong", template="vicuna_v1"), log_fn=lambda _: None)
+
+    out = train(config(ck, sample, tmp_path / "run"), log_fn=lambda _: None)
+    assert out["step"] == 2 and np.isfinite(out["loss"])
+    _, state, meta = read_latest(tmp_path / "run")
+    assert meta.family == "minigptv2" and (meta.lora.rank, meta.lora.targets) == (64, ("q_proj", "v_proj"))
+    trained = state["params"]["language_model"]["layers_0"]["self_attn"]["q_proj"]["lora_b"]
+    original = torch.load(parts.ckpt, weights_only=True)["model"][FACTOR].numpy()
+    assert not np.allclose(trained, original.T)  # trained from the authors' factors, and moved
+    assert set(state["params"]) == {"llama_proj", "language_model"}  # the tower and ln_vision stayed frozen
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[0]["lr"] == pytest.approx(1e-4)  # the stage-3 warmup's first step
+
+    e = Evaluation(
+        str(tmp_path / "run"),
+        "vlguard",
+        tmp_path / "eval",
+        subset="unsafes",
+        meta=sample["test"],
+        images=sample["images"],
+        limit=2,
+        protocol=Protocol(max_new_tokens=4, batch_size=2, dtype="float32"),
+    )
+    result = run(e, log=lambda *_: None)
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())["vlguard/unsafes"]
+    assert result["n"] == 2 and summary["protocol"]["template"] == "minigptv2"
+
+    sd = export(tmp_path / "run", tmp_path / "vlguard_minigptv2.pth")
+    np.testing.assert_array_equal(sd[FACTOR], np.asarray(trained).T)
+    written = torch.load(tmp_path / "vlguard_minigptv2.pth", weights_only=True)["model"]
+    assert torch.equal(written[FACTOR], torch.from_numpy(np.asarray(trained).T.copy()))
