@@ -2,7 +2,10 @@
 # One call on a lent GPU machine: `bash benchmarks/gpu.sh SECTION...`, sections run in order,
 # each under its own time limit so one that hangs leaves the others their time. Logs and JSON
 # go to $OUT (or ./gpu-out). Sections: tests, train7b, gen7b1, gen7b64, train13b, gen13b1, gen13b,
-# compile7b, compile13b (compile time of the step and the generator, scanned and unrolled).
+# compile7b, compile13b (compile time of the step and the generator, scanned and unrolled),
+# minigptv2 (MiniGPT-v2's parity tests on the GPU, and its EVA ViT-g tower forward at full size,
+# bfloat16, batch 1 and 16: images/s and the share of the matmul rate, which decide whether to
+# cache tower outputs in training).
 # The GPU image lacks grain, ml_collections and tensorboardX: wheels for Python 3.12 in .whl/.
 set -u
 OUT=${OUT:-gpu-out}
@@ -35,6 +38,9 @@ for s in "$@"; do
     gen13b) run gen13b 300 python3 -m benchmarks.generate_throughput --preset 13b --peer torch --json ;;
     compile7b) run compile7b 420 python3 -m benchmarks.compile_time --preset 7b --layers 4,32 --json ;;
     compile13b) run compile13b 480 python3 -m benchmarks.compile_time --preset 13b --layers 4,40 --json ;;
+    minigptv2) JAX_PLATFORMS=cuda run minigptv2 420 bash -c "python3 -m pytest -q -x -p no:cacheprovider \
+                 tests/models/test_minigptv2.py && python3 -m benchmarks.eva_tower --size g --batch 1 --json \
+                 && python3 -m benchmarks.eva_tower --size g --batch 16 --json" ;;
     *) echo "unknown section $s"; exit 2 ;;
   esac
   tail -n 4 "$OUT/$s.log"

@@ -135,3 +135,13 @@ def test_whole_model_logits_with_lora(pair):
     flat = traverse_util.flatten_dict(params)
     no_lora = traverse_util.unflatten_dict({k: (v * 0 if k[-1] == "lora_b" else v) for k, v in flat.items()})
     assert not close(ours.apply({"params": no_lora}, jnp.asarray(ids), jnp.asarray(pixels))[0], expected)
+
+
+def test_the_config_reads_back_as_itself_and_its_json_is_stable():
+    """A resume compares the saved config's JSON with the live one: tuples must not turn into lists."""
+    import json
+
+    c = MiniGPTv2Config(vision=EVA, text=text_from_hf(tiny_llama()[1].to_dict()), lora=LORA)
+    d = c.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert MiniGPTv2Config.from_dict(json.loads(json.dumps(d))) == c

@@ -39,7 +39,7 @@ def state_dict(params: Any) -> dict[str, np.ndarray]:
     for path, value in flat.items():
         if path.startswith(SAVED) or path.endswith(("/lora_a", "/lora_b")):
             name, transform = layouts.torch_name(path, layouts.MINIGPTV2)
-            out[name] = np.ascontiguousarray(layouts.to_torch(np.asarray(value, np.float32), transform))
+            out[name] = np.array(layouts.to_torch(np.asarray(value, np.float32), transform), order="C")  # writable
     return out
 
 

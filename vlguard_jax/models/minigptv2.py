@@ -65,7 +65,7 @@ class MiniGPTv2Config:
             "image_token_index": self.image_token_index,
             "merge": self.merge,
             "ln_vision_eps": self.ln_vision_eps,
-            "lora": dataclasses.asdict(self.lora) if self.lora is not None else None,
+            "lora": dict(dataclasses.asdict(self.lora), targets=list(self.lora.targets)) if self.lora else None,
         }
 
     @classmethod
