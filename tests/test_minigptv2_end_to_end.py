@@ -3,6 +3,7 @@ LoRA kept, VLGuard post-hoc LoRA training from those factors (MiniGPT-v2's templ
 transform and stage-3 schedule), an evaluation of the run on VLGuard rows, and the run exported
 back to the authors' stage-3 format."""
 
+import dataclasses
 import json
 
 import jax
@@ -10,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from tests import tiny
 from tests.minigptv2_reference import write_parts
 from vlguard_jax.checkpoints.runs import read_latest
 from vlguard_jax.conversion.flax_to_minigptv2 import export
 from vlguard_jax.conversion.minigptv2 import convert
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.errors import ConfigError
+from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
 from vlguard_jax.train.config import RunConfig
 from vlguard_jax.train.loop import run as train
@@ -75,6 +78,13 @@ def test_convert_train_evaluate_export(tmp_path):
     result = run(e, log=lambda *_: None)
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())["vlguard/unsafes"]
     assert result["n"] == 2 and summary["protocol"]["template"] == "minigptv2"
+    # The report puts the MiniGPT-v2 rows beside a LLaVA's.
+    llava = tiny.build(tmp_path / "llava")
+    run(dataclasses.replace(e, checkpoint=str(llava.flax_dir), out=tmp_path / "eval_llava"), log=lambda *_: None)
+    names = ["LLaVA (tiny)", "MiniGPT-v2 + VLGuard"]
+    md, png = write_report([tmp_path / "eval_llava", tmp_path / "eval"], tmp_path / "report", names)
+    table = md.read_text()
+    assert all(n in table for n in names) and png.stat().st_size > 0
 
     sd = export(tmp_path / "run", tmp_path / "vlguard_minigptv2.pth")
     np.testing.assert_array_equal(sd[FACTOR], np.asarray(trained).T)
