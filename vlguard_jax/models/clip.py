@@ -12,10 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlguard_jax.errors import CheckpointError
 from vlguard_jax.models.attention import attention
 from vlguard_jax.models.config import VisionConfig
-from vlguard_jax.models.layers import Dense, Dtype, LayerNorm, param_with_axes
+from vlguard_jax.models.layers import Dense, Dtype, LayerNorm, param_with_axes, patchify
 from vlguard_jax.sharding import constrain
 
 ACT = ("batch", "length", "act_embed")
@@ -79,16 +78,8 @@ class CLIPVisionTower(nn.Module):
     def __call__(self, pixel_values):
         c = self.config
         kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        b, ch, hgt, wid = pixel_values.shape
-        if (hgt, wid) != (c.image_size, c.image_size) or ch != c.num_channels:
-            raise CheckpointError(
-                f"pixel_values shape {pixel_values.shape} does not match the tower "
-                f"({c.num_channels}, {c.image_size}, {c.image_size})"
-            )
-        p, g = c.patch_size, c.image_size // c.patch_size
-        # Patchify in (channel, row, col) order: the flattened order of torch's conv weight.
-        x = pixel_values.astype(self.dtype).reshape(b, ch, g, p, g, p)
-        x = x.transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * p * p)
+        b = pixel_values.shape[0]
+        x = patchify(pixel_values, c.image_size, c.num_channels, c.patch_size, self.dtype)
         patches = Dense(c.hidden_size, ("vision_patch", "vision_embed"), name="patch_embedding", **kw)(x)
         cls = param_with_axes(
             self, "class_embedding", nn.initializers.normal(0.02), (c.hidden_size,), self.param_dtype, ("vision_embed",)

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlguard_jax.errors import CheckpointError
+
 Dtype = Any
 
 
@@ -151,3 +153,17 @@ class LayerNorm(nn.Module):
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
         return (y * weight.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def patchify(pixel_values: jax.Array, image_size: int, num_channels: int, patch_size: int, dtype: Dtype) -> jax.Array:
+    """pixel_values [B, C, H, W] (NCHW) -> [B, patches, C*p*p], flattened in (channel, row, col)
+    order: the flattened order of torch's conv weight. A shape the tower was not built for is an
+    error naming both."""
+    b, ch, hgt, wid = pixel_values.shape
+    if (hgt, wid) != (image_size, image_size) or ch != num_channels:
+        raise CheckpointError(
+            f"pixel_values shape {pixel_values.shape} does not match the tower ({num_channels}, {image_size}, {image_size})"
+        )
+    p, g = patch_size, image_size // patch_size
+    x = pixel_values.astype(dtype).reshape(b, ch, g, p, g, p)
+    return x.transpose(0, 2, 4, 1, 3, 5).reshape(b, g * g, ch * p * p)
