@@ -279,16 +279,20 @@ class Encoder:
         )
         return self.fit(ids, labels)
 
+    def encode_each(self, records: list[dict], wheres: list[str]) -> list:
+        """Per record, one at a time: the dict `__call__` gives, or the TokenizationError it raises."""
+        out = []
+        for r, w in zip(records, wheres):
+            try:
+                out.append(self(r, w))
+            except TokenizationError as e:
+                out.append(e)
+        return out
+
     def encode_many(self, records: list[dict], wheres: list[str]) -> list:
         """Per record: the dict `__call__` gives, or the TokenizationError it would raise."""
         if not getattr(self.tokenizer, "is_fast", False):
-            out = []
-            for r, w in zip(records, wheres):
-                try:
-                    out.append(self(r, w))
-                except TokenizationError as e:
-                    out.append(e)
-            return out
+            return self.encode_each(records, wheres)
         template = get_template(self.template)
         out: list = [None] * len(records)
         todo: list = []
