@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import transformers
-from flax import traverse_util
 
 from vlguard_jax import storage
 from vlguard_jax.conversion import layouts
@@ -41,15 +40,15 @@ from vlguard_jax.conversion.hf_to_flax import (
     check_plan,
     check_unused,
     read_source,
+    tensor_plan,
     write_checkpoint,
     write_side_files,
 )
 from vlguard_jax.conversion.reader import TensorSource
 from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
-from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import text_from_hf
 from vlguard_jax.models.eva import HEAD_DIM, EvaConfig, resize_positions
-from vlguard_jax.models.minigptv2 import LORA, MiniGPTv2Config, MiniGPTv2Model
+from vlguard_jax.models.minigptv2 import LORA, MiniGPTv2Config
 from vlguard_jax.storage.files import check_output
 
 IMAGE_SIZE = 448  # minigpt_v2.yaml's image_size
@@ -149,9 +148,8 @@ def plan(
     entries, folded = [], set()
     if lora == "keep":
         config = dataclasses.replace(config, lora=LORA)
-    model = MiniGPTv2Model(config, lora=config.lora)
-    for path, shape in _flat_shapes(model).items():
-        name, transform = layouts.torch_name(path, ours)
+    for e in tensor_plan(config, ours, DTYPES[dtype], lambda path: ckpt):
+        path, name, transform = e.path, e.name, e.transform
         if path.startswith("vision_tower/"):
             source = eva
             if name == "pos_embed":
@@ -167,7 +165,7 @@ def plan(
             if folds and lora == "merge":
                 source, factors = _merged(llm_src, ckpt, name, folds, ours, checkpoint)
                 folded.update((name, *factors))
-        entries.append(Entry(path, source, name, transform, shape))
+        entries.append(dataclasses.replace(e, source=source, name=name, transform=transform))
     check_plan(entries, lambda e: "")
     tied = text.tie_word_embeddings
     check_unused(llm_src, entries, "a LlamaForCausalLM", lambda k: k in folded or (tied and k == "lm_head.weight"))
@@ -202,11 +200,6 @@ def _merged(llm_src: TensorSource, ckpt: TensorSource, name: str, m: re.Match, o
         return w + LORA.scale * (ckpt.get(b).astype(np.float32) @ ckpt.get(a).astype(np.float32))
 
     return ArraySource(checkpoint, {name: (llm_src.shapes[name], fold)}), (a, b)
-
-
-def _flat_shapes(model) -> dict[str, tuple]:
-    flat: dict[str, Any] = traverse_util.flatten_dict(abstract_params(model), sep="/")
-    return {k: tuple(v.shape) for k, v in flat.items()}
 
 
 def _tokenizer(llm: Path):
