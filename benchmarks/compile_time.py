@@ -32,7 +32,7 @@ def _model(p: presets.Preset, scanned: bool):
 
     dtype = jnp.dtype(p.dtype)
     return LlavaModel(
-        p.config,
+        presets.llava(p),
         dtype=dtype,
         param_dtype=dtype,
         attn_impl="auto",

@@ -37,7 +37,7 @@ def build(p: presets.Preset, root: Path) -> tuple[Path, Path]:
     """A random checkpoint of the preset's shapes, converted (ours) and exported (the peer's)."""
 
     dtype = jax.numpy.dtype(p.dtype)
-    model = LlavaModel(p.config, dtype=dtype, param_dtype=dtype)
+    model = LlavaModel(presets.llava(p), dtype=dtype, param_dtype=dtype)
     params = presets.random_params(model, make_mesh((1, -1, 1)))
     ckpt = save_checkpoint(root / "flax", p.config, params)
     del params

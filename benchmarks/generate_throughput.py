@@ -49,7 +49,7 @@ def ours(p: presets.Preset, repeats: int) -> dict:
 
     dtype = jnp.dtype(p.dtype)
     mesh = sharding.make_mesh((1, -1, 1))
-    model = LlavaModel(p.config, dtype=dtype, param_dtype=dtype, attn_impl="auto")
+    model = LlavaModel(presets.llava(p), dtype=dtype, param_dtype=dtype, attn_impl="auto")
     params = presets.random_params(model, mesh)
     prompt_len = 1 + p.config.num_image_tokens + p.gen_text
     presets.log("ours: parameters initialised")

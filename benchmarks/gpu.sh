@@ -5,7 +5,8 @@
 # compile7b, compile13b (compile time of the step and the generator, scanned and unrolled),
 # minigptv2 (MiniGPT-v2's parity tests on the GPU, and its EVA ViT-g tower forward at full size,
 # bfloat16, batch 1 and 16: images/s and the share of the matmul rate, which decide whether to
-# cache tower outputs in training).
+# cache tower outputs in training); trainminigptv2 (a MiniGPT-v2 7B LoRA step: EVA ViT-g + Llama-2-7b,
+# LoRA r 64 on q/v, batch 16 x 1,024 tokens; no PyTorch peer).
 # The GPU image lacks grain, ml_collections and tensorboardX: wheels for Python 3.12 in .whl/.
 set -u
 OUT=${OUT:-gpu-out}
@@ -41,6 +42,7 @@ for s in "$@"; do
     minigptv2) JAX_PLATFORMS=cuda run minigptv2 420 bash -c "python3 -m pytest -q -x -p no:cacheprovider \
                  tests/models/test_minigptv2.py && python3 -m benchmarks.eva_tower --size g --batch 1 --json \
                  && python3 -m benchmarks.eva_tower --size g --batch 16 --json" ;;
+    trainminigptv2) run trainminigptv2 420 python3 -m benchmarks.train_throughput --preset minigptv2-7b --json ;;
     *) echo "unknown section $s"; exit 2 ;;
   esac
   tail -n 4 "$OUT/$s.log"

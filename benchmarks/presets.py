@@ -1,5 +1,7 @@
 """Benchmark shapes. `small` is fixed exactly (comparable across machines); `7b` and `13b` are
-LLaVA-1.5 (CLIP ViT-L/14-336 + Vicuna) in bfloat16, for GPUs and TPUs; `--layers` shrinks them."""
+LLaVA-1.5 (CLIP ViT-L/14-336 + Vicuna) in bfloat16, for GPUs and TPUs; `minigptv2-7b` is
+MiniGPT-v2 (EVA ViT-g at 448 px + Llama-2-7b, LoRA r 64 on q/v) for the training benchmark;
+`--layers` shrinks the decoder."""
 
 from __future__ import annotations
 
@@ -19,11 +21,15 @@ import numpy as np
 from vlguard_jax import sharding
 from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LlavaConfig, TextConfig, VisionConfig
+from vlguard_jax.models.eva import EvaConfig
+from vlguard_jax.models.family import family_of
+from vlguard_jax.models.layers import LoraSpec
+from vlguard_jax.models.minigptv2 import MiniGPTv2Config
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    config: LlavaConfig
+    config: LlavaConfig | MiniGPTv2Config
     dtype: str
     batch: int
     length: int  # training tokens per row: BOS + image tokens + text
@@ -35,6 +41,11 @@ class Preset:
     gen_new: int
     remat: str = "none"  # decoder-layer remat policy and rows per micro-batch (on accelerators)
     micro_batch: int = 0  # 0 = the whole batch at once
+    lora_targets: tuple[str, ...] = LoraSpec(1, 1.0).targets  # LLaVA's: every linear layer of the LLM
+
+    @property
+    def lora(self) -> LoraSpec:
+        return LoraSpec(self.lora_rank, self.lora_alpha, targets=self.lora_targets)
 
 
 def _llava(vision: dict, text: dict, vocab: int) -> LlavaConfig:
@@ -54,6 +65,15 @@ CLIP_L336 = dict(
     num_attention_heads=16,
     image_size=336,
     patch_size=14,
+)
+LLAMA2_7B = TextConfig(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    head_dim=128,
 )
 PRESETS = {
     "small": Preset(
@@ -167,19 +187,76 @@ PRESETS = {
         remat="dots",
         micro_batch=2,
     ),
+    # MiniGPT-v2's stage 3 (minigptv2_finetune.yaml): 1,024 text tokens at most, LoRA r 64, alpha 16
+    # on q_proj and v_proj; the batch is configs/minigptv2_posthoc_lora.py's.
+    "minigptv2-7b": Preset(
+        MiniGPTv2Config(vision=EvaConfig(), text=LLAMA2_7B, image_token_index=32000),
+        "bfloat16",
+        batch=16,
+        length=1024,
+        answer=256,
+        lora_rank=64,
+        lora_alpha=16.0,
+        gen_batch=16,
+        gen_text=64,
+        gen_new=128,
+        remat="dots",
+        micro_batch=4,
+        lora_targets=("q_proj", "v_proj"),
+    ),
+    # For smoke tests only.
+    "minigptv2-tiny": Preset(
+        MiniGPTv2Config(
+            vision=EvaConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56
+            ),
+            text=TextConfig(
+                vocab_size=512,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                head_dim=16,
+            ),
+            image_token_index=512,
+        ),
+        "float32",
+        batch=8,
+        length=32,
+        answer=8,
+        lora_rank=4,
+        lora_alpha=8.0,
+        gen_batch=8,
+        gen_text=4,
+        gen_new=4,
+        lora_targets=("q_proj", "v_proj"),
+    ),
 }
 
 
-def get(name: str, layers: int | None = None, batch: int | None = None) -> Preset:
+def get(
+    name: str, layers: int | None = None, batch: int | None = None, families: tuple[str, ...] = ("llava",)
+) -> Preset:
+    """The named preset; a benchmark that times only some model families names them."""
     if name not in PRESETS:
         raise SystemExit(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     p = PRESETS[name]
+    family = family_of(p.config)
+    if family.name not in families:
+        raise SystemExit(f"preset {name!r} is a {family.label}; this benchmark times {', '.join(families)} presets")
     if layers:
         t = dataclasses.replace(p.config.text, num_hidden_layers=layers)
-        p = dataclasses.replace(p, config=p.config.replace(text=t))
+        p = dataclasses.replace(p, config=dataclasses.replace(p.config, text=t))
     if batch:
         p = dataclasses.replace(p, batch=batch, gen_batch=batch)
     return p
+
+
+def llava(p: Preset) -> LlavaConfig:
+    """The preset's config, in a benchmark that times LLaVA only (`get` refused the others)."""
+    assert isinstance(p.config, LlavaConfig), f"{type(p.config).__name__} reached a LLaVA-only benchmark"
+    return p.config
 
 
 def accum_steps(p: Preset) -> int:
@@ -334,7 +411,7 @@ def hf_config(p: Preset) -> Any:
     """The same shapes as a transformers LlavaConfig, for the PyTorch peer."""
     import transformers
 
-    c = p.config
+    c = llava(p)
     t, v = c.text, c.vision
     return transformers.LlavaConfig(
         vision_config=transformers.CLIPVisionConfig(

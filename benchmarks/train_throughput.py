@@ -1,4 +1,4 @@
-"""`python -m benchmarks.train_throughput --preset small|7b|13b [--peer torch|none] [--scan_layers auto|on|off|ab] [--json]`
+"""`python -m benchmarks.train_throughput --preset small|7b|13b|minigptv2-7b [--peer torch|none] [--scan_layers auto|on|off|ab] [--json]`
 
 Times the trainer's own jitted LoRA step (`vlguard_jax.train.jit_train_step`) on its real
 sharded state: random base weights in the compute dtype, float32 LoRA and projector, AdamW
@@ -6,6 +6,8 @@ moments for those only. Median of >= 5 steps after compilation; compilation time
 With `--peer torch`, transformers' LlavaForConditionalGeneration + PEFT LoRA (same targets, rank,
 data) runs in a child process of the same run (see `presets.in_child`), and the ratio is printed.
 `--scan_layers ab` times scanned against unrolled decoder layers, their steps interleaved.
+MiniGPT-v2 presets time the same step on its model (LoRA on q/v, llama_proj trained, the EVA
+tower frozen); they have no PyTorch peer.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ import numpy as np
 
 from benchmarks import presets
 from vlguard_jax import sharding, train
-from vlguard_jax.models import LlavaModel
-from vlguard_jax.models.layers import LoraSpec
+from vlguard_jax.models.family import LLAVA, MINIGPTV2, family_of
 from vlguard_jax.models.stacking import wants_scan
 from vlguard_jax.runtime import peak_flops
 from vlguard_jax.train import flops
@@ -32,13 +33,13 @@ def _built(p: presets.Preset, scanned: bool):
 
     dtype = jnp.dtype(p.dtype)
     mesh = sharding.make_mesh((1, -1, 1))
-    model = LlavaModel(
+    model = family_of(p.config).build(
         p.config,
         dtype=dtype,
         param_dtype=dtype,
         attn_impl="auto",
         remat_policy=p.remat,
-        lora=LoraSpec(p.lora_rank, p.lora_alpha),
+        lora=p.lora,
         scan_layers=scanned,
     )
     params = presets.random_params(model, mesh)
@@ -63,7 +64,9 @@ def _built(p: presets.Preset, scanned: bool):
     one()
     compile_s = time.perf_counter() - t0
     presets.log(f"ours: first step (with compilation) {compile_s:.1f} s")
-    f = flops.train_step(p.config, p.batch, p.length, "lora", p.lora_rank, head_positions=budget)
+    f = flops.train_step(
+        p.config, p.batch, p.length, "lora", p.lora_rank, head_positions=budget, lora_targets=p.lora_targets
+    )
     return one, compile_s, f, box
 
 
@@ -180,7 +183,11 @@ def main(argv=None) -> dict:
         help="the decoder layers' form (auto as in training), or ab: both, interleaved",
     )
     args = a.parse_args(argv)
-    p = presets.get(args.preset, args.layers, args.batch)
+    p = presets.get(args.preset, args.layers, args.batch, families=(LLAVA.name, MINIGPTV2.name))
+    if args.peer == "torch" and family_of(p.config) is not LLAVA:
+        raise SystemExit(
+            f"preset {args.preset!r} has no PyTorch peer (transformers has no MiniGPT-v2); use --peer none"
+        )
     steps = max(5, args.steps)
     out = {
         "benchmark": "train_throughput",
@@ -189,6 +196,7 @@ def main(argv=None) -> dict:
         "batch": p.batch,
         "length": p.length,
         "lora_rank": p.lora_rank,
+        "lora_targets": list(p.lora_targets),
         "dtype": p.dtype,
         "remat": p.remat,
         "accum": presets.accum_steps(p),

@@ -15,6 +15,7 @@ client at them and away from any cloud.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -167,3 +168,22 @@ def subprocess_env(emu: Emulators, base: dict) -> dict:
     env = dict(base, **{k: v for k, v in emu.env.items() if k != "GUARD_PATH"})
     env["PYTHONPATH"] = os.pathsep.join([emu.env["GUARD_PATH"], env.get("PYTHONPATH", "")])
     return env
+
+
+@contextlib.contextmanager
+def started(tmp: Path):
+    """Both emulators with bucket `bkt`, their variables set in this process and the guard
+    installed here: the module fixture of every test that uses buckets."""
+    import pytest
+
+    e = Emulators(tmp)
+    mp = pytest.MonkeyPatch()
+    try:
+        for k, v in e.env.items():
+            mp.setenv(k, v)
+        exec(GUARD, {})  # this process too: no connection leaves 127.0.0.0/8
+        e.make_s3_bucket("bkt")
+        yield e
+    finally:
+        mp.undo()
+        e.close()

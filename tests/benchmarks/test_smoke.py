@@ -71,3 +71,21 @@ def test_eva_tower_benchmark_reports_its_fields(capsys):
     assert out["blocks"] == 2 and len(out["forward_s_all"]) >= 5 and out["images_per_s"] > 0
     # ViT-g at 448 px: about 2.26 TFLOP per image with the projection (the issue's 2.25).
     assert 2.2e12 < eva_tower.tower_flops(eva_tower.SIZES["g"]) < 2.3e12
+
+
+def test_minigptv2_training_benchmark_times_its_own_lora_step(capsys):
+    """The MiniGPT-v2 preset times the trainer's step on MiniGPT-v2 (LoRA on q/v only, so fewer
+    FLOPs than the same shapes with LoRA everywhere); there is no PyTorch peer to compare with."""
+    from benchmarks import presets
+    from vlguard_jax.train import flops
+
+    out = train_throughput.main(["--preset", "minigptv2-tiny", "--json"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    assert out["lora_targets"] == ["q_proj", "v_proj"] and out["ours"]["tokens_per_s"] > 0
+    p = presets.get("minigptv2-tiny", families=("minigptv2",))
+    qv = flops.train_step(p.config, 8, 32, "lora", 4, lora_targets=p.lora_targets)
+    assert qv < flops.train_step(p.config, 8, 32, "lora", 4)
+    with pytest.raises(SystemExit, match="no PyTorch peer"):
+        train_throughput.main(["--preset", "minigptv2-tiny", "--peer", "torch"])
+    with pytest.raises(SystemExit, match="is a MiniGPT-v2; this benchmark times llava presets"):
+        generate_throughput.main(["--preset", "minigptv2-tiny"])

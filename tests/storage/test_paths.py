@@ -27,16 +27,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("emulators")
-    e = emulators.Emulators(tmp)
-    mp = pytest.MonkeyPatch()
-    for k, v in e.env.items():
-        mp.setenv(k, v)
-    exec(emulators.GUARD, {})  # this process too: no connection leaves 127.0.0.0/8
-    e.make_s3_bucket("bkt")
-    yield e
-    mp.undo()
-    e.close()
+    with emulators.started(tmp_path_factory.mktemp("emulators")) as e:
+        yield e
 
 
 @pytest.fixture(scope="module")
