@@ -3,6 +3,10 @@ import os
 # Eight simulated CPU devices for the sharding tests; must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No test reaches the Hugging Face Hub: ids that are no local folder fail at once, in this process
+# and the commands it starts. The hub tests serve their own stand-in (tests/hub_stub.py).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -1,4 +1,4 @@
-"""`python -m conversion.assemble --llm DIR --vision-tower DIR --projector FILE --dst DST [--dtype ...]`
+"""`python -m conversion.assemble --llm DIR|ID --vision-tower DIR|ID --projector FILE|ID --dst DST [--dtype ...]`
 
 Assembles the starting point of LLaVA-1.5's visual instruction tuning (the paper's mixed recipe)
 from its three released parts, as LLaVA's `train.py` does when it is given `--model_name_or_path
@@ -39,6 +39,7 @@ from vlguard_jax.conversion.hf_to_flax import (
 from vlguard_jax.conversion.reader import TensorSource
 from vlguard_jax.errors import ArgumentParser, CheckpointError, cli
 from vlguard_jax.models.config import LlavaConfig, text_from_hf, vision_from_hf
+from vlguard_jax.storage import hub
 from vlguard_jax.storage.files import check_output
 
 # LLaVA-1.5's fine-tuning settings (scripts/v1_5/finetune*.sh).
@@ -81,6 +82,9 @@ def _projector(path: Path) -> tuple[TensorSource, tuple[str, str]]:
             f"model.mm_projector.0.weight and model.mm_projector.2.weight, found {found}"
         )
     return source, prefixes
+
+
+PROJECTOR_FILES = ("mm_projector.bin", "mm_projector.safetensors")  # in the stage-1 repos
 
 
 def plan(llm, vision_tower, projector, dtype: str = "bfloat16") -> tuple[LlavaConfig, list[Entry], Any]:
@@ -135,6 +139,8 @@ def plan(llm, vision_tower, projector, dtype: str = "bfloat16") -> tuple[LlavaCo
 def assemble(llm, vision_tower, projector, dst, dtype: str = "bfloat16", overwrite: bool = False) -> LlavaConfig:
     """Write DST (which must not exist unless `overwrite`) from the three parts; returns the config."""
     check_dtype(dtype)
+    llm, vision_tower = hub.model_dir(llm, "--llm"), hub.model_dir(vision_tower, "--vision-tower")
+    projector = hub.model_file(projector, "--projector", PROJECTOR_FILES)
     check_output(dst, llm, vision_tower, projector, overwrite=overwrite)
     config, entries, tokenizer = plan(llm, vision_tower, projector, dtype)
     write_checkpoint(
@@ -151,9 +157,17 @@ def assemble(llm, vision_tower, projector, dst, dtype: str = "bfloat16", overwri
 @cli
 def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m conversion.assemble", description=(__doc__ or "").split("\n\n")[1])
-    p.add_argument("--llm", required=True, help="base LLM directory (LlamaForCausalLM, e.g. vicuna-7b-v1.5)")
-    p.add_argument("--vision-tower", required=True, help="CLIP directory (e.g. clip-vit-large-patch14-336)")
-    p.add_argument("--projector", required=True, help="stage-1 mm_projector.bin or .safetensors")
+    p.add_argument(
+        "--llm", required=True, help="base LLM folder or Hub id (LlamaForCausalLM, e.g. lmsys/vicuna-7b-v1.5)"
+    )
+    p.add_argument(
+        "--vision-tower", required=True, help="CLIP folder or Hub id (e.g. openai/clip-vit-large-patch14-336)"
+    )
+    p.add_argument(
+        "--projector",
+        required=True,
+        help="stage-1 mm_projector.bin or .safetensors: a file, a Hub repo holding one, or org/name[@REV]/PATH",
+    )
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")

@@ -30,6 +30,7 @@ from vlguard_jax.conversion.reader import TensorSource
 from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
+from vlguard_jax.storage import hub
 from vlguard_jax.storage.files import atomic_dir, check_output
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
@@ -93,6 +94,27 @@ def _plan(src: Path, vision_tower: Path | None):
             raise CheckpointError(f"{src / 'config.json'}: llava-hf weights but not a llava-hf config")
         config = LlavaConfig.from_hf(hf, source=str(src / "config.json"))
     return config, source, vision_source, prefixes, layout, tokenizer
+
+
+def _tower_named_by(src: Path) -> Path | None:
+    """An original-LLaVA checkpoint without its CLIP tower names the tower's Hub id in its config
+    (`mm_vision_tower`, e.g. openai/clip-vit-large-patch14-336): fetched, as LLaVA's own code fetches
+    it. None for every other checkpoint, or a name that is no Hub id."""
+    if not (src / "config.json").is_file():
+        return None  # _plan names what is missing
+    hf, source, layout, prefixes = read_source(src)
+    name = hf.get("mm_vision_tower")
+    if layout != "original" or not name or not hub.is_hub_id(name):
+        return None
+    if any(k.startswith(prefixes["vision"]) for k in source.keys()):
+        return None
+    try:
+        return hub.model_dir(name, "mm_vision_tower")
+    except InputError as e:
+        raise CheckpointError(
+            f"{src}: the CLIP tower weights are not in this checkpoint; pass --vision-tower DIR (a CLIP folder or "
+            f"Hub id). Its config's {e}"
+        ) from None
 
 
 def tokenizer_with_image_token(src: Path) -> Any:
@@ -217,8 +239,8 @@ def convert(
     src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False
 ) -> LlavaConfig | TextOnlyConfig:
     """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config."""
-    src, dst = Path(src), storage.as_path(dst)
-    vision_tower = Path(vision_tower) if vision_tower else None
+    src, dst = hub.model_dir(src, "--src"), storage.as_path(dst)
+    vision_tower = hub.model_dir(vision_tower, "--vision-tower") if vision_tower else _tower_named_by(src)
     check_dtype(dtype)
     check_output(dst, src, *([vision_tower] if vision_tower else []), overwrite=overwrite)
     config, source, vision_source, prefixes, layout, tokenizer = _plan(src, vision_tower)
@@ -245,11 +267,18 @@ def convert(
 @cli
 def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m conversion.hf_to_flax", description=(__doc__ or "").split("\n\n")[1])
-    p.add_argument("--src", required=True, help="llava-hf or original LLaVA checkpoint directory")
+    p.add_argument(
+        "--src",
+        required=True,
+        help="llava-hf, original-LLaVA or Llama checkpoint: a folder or a Hub id (org/name[@REV])",
+    )
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
-    p.add_argument("--vision-tower", help="CLIP directory, for original-LLaVA checkpoints without the tower")
+    p.add_argument(
+        "--vision-tower",
+        help="CLIP folder or Hub id, for original-LLaVA checkpoints without the tower (default: their mm_vision_tower)",
+    )
     a = p.parse_args(argv)
     config = convert(a.src, a.dst, a.dtype, a.vision_tower, overwrite=a.overwrite)
     tower = f"{config.vision.num_hidden_layers}-layer CLIP" if config.vision else "text only"

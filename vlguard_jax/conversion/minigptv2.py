@@ -49,6 +49,7 @@ from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
 from vlguard_jax.models.config import text_from_hf
 from vlguard_jax.models.eva import HEAD_DIM, EvaConfig, resize_positions
 from vlguard_jax.models.minigptv2 import LORA, MiniGPTv2Config
+from vlguard_jax.storage import hub
 from vlguard_jax.storage.files import check_output
 
 IMAGE_SIZE = 448  # minigpt_v2.yaml's image_size
@@ -223,6 +224,9 @@ def convert(
     check_dtype(dtype)
     if lora not in LORA_MODES:
         raise InputError(f"--lora must be one of {LORA_MODES}, got {lora!r}")
+    llm = hub.model_dir(llm, "--llm")
+    vision_tower = hub.model_file(vision_tower, "--vision-tower", ("eva_vit_g.pth",))
+    checkpoint = hub.model_file(checkpoint, "--checkpoint", ("minigptv2_checkpoint.pth",))
     check_output(dst, llm, vision_tower, checkpoint, overwrite=overwrite)
     config, entries, tokenizer = plan(llm, vision_tower, checkpoint, dtype, vision_heads, log, lora)
     write_checkpoint(
@@ -239,9 +243,13 @@ def convert(
 @cli
 def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m vlguard_jax.conversion.minigptv2", description=(__doc__ or "").split("\n\n")[1])
-    p.add_argument("--llm", required=True, help="Llama-2-7b-chat-hf directory (LlamaForCausalLM)")
-    p.add_argument("--vision-tower", required=True, help="eva_vit_g.pth")
-    p.add_argument("--checkpoint", required=True, help="minigptv2_checkpoint.pth (stage 3)")
+    p.add_argument(
+        "--llm", required=True, help="Llama-2-7b-chat-hf folder or Hub id (e.g. meta-llama/Llama-2-7b-chat-hf)"
+    )
+    p.add_argument("--vision-tower", required=True, help="eva_vit_g.pth: a file or org/name[@REV]/PATH on the Hub")
+    p.add_argument(
+        "--checkpoint", required=True, help="minigptv2_checkpoint.pth (stage 3): a file or org/name[@REV]/PATH"
+    )
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     p.add_argument(

@@ -259,7 +259,7 @@ def prepare(data_cfg: DataConfig, tokenizer, model_cfg, workdir, layout: Layout,
     for s in sources:
         if not storage.as_path(s.path).is_file():
             raise RecordError(f"{s.path}: cannot read (no such file; data.{s.name})")
-    roots = [s.image_root for s in sources]
+    roots = [storage.unpacked(s.image_root) for s in sources]  # the key below names the roots as given
     key = store_key(data_cfg, tokenizer, model_cfg, sources)
     store_dir = workdir / "data_store" / key
     # Workers memory-map the store: with a bucket workdir, each host keeps a local copy of it.

@@ -216,6 +216,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         raise InputError(f"unknown judge {e.judge!r}; choose from {JUDGES}")
 
     subset, items = safety_sets.load(benchmark, subset=subset, meta=e.meta, data=e.data, attack=e.attack)
+    images = storage.unpacked(e.images) if e.images else e.images  # an archive: its unpacked copy
     if e.limit:
         items = items[: e.limit]
     out = storage.as_path(e.out)  # local, gs:// or s3://: every write is one whole JSON file
@@ -240,7 +241,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
             todo,
             responses,
             path,
-            images=e.images,
+            images=images,
             protocol=protocol,
             font=font,
             seed=e.seed,
@@ -252,7 +253,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         result["font"] = {"path": font, "reference_build": figstep.font_build(font)}
     if e.judge == "openai-compatible":
         result["judge"] = gpt4_judge.win_rate(
-            items, responses, references, e.images, out / benchmark / f"{subset}.judge.json", e.judge_orders
+            items, responses, references, images, out / benchmark / f"{subset}.judge.json", e.judge_orders
         )
     elif judge_ref is not None:  # --judge llamaguard, checked above
         result["judge"] = llamaguard.judge(

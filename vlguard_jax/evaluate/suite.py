@@ -195,6 +195,7 @@ def run_suite(
 ) -> dict:
     """Run every benchmark found under DATA_ROOT (or `only` those); returns summary.json's content.
     `max_new_tokens` overrides every benchmark's own (quick checks only: not the protocols')."""
+    data_root = storage.fetched(data_root)  # an hf:// root: its copy in the Hugging Face cache
     if storage.is_remote(data_root):
         raise InputError(
             f"--data-root {data_root}: the suite reads a local directory (its scorers read files "

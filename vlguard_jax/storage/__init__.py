@@ -1,4 +1,5 @@
-"""Storage, layer 0: paths that may be in buckets (`paths`, whose API this package re-exports),
+"""Storage, layer 0: paths that may be in buckets or on the Hugging Face Hub (`paths`, whose API
+this package re-exports; `hub` for Hub ids and hf:// paths),
 atomic writes and JSON files (`files`), and orbax's arrays in s3:// (`orbax_s3`). Every output
 path of every command goes through here."""
 
@@ -12,6 +13,7 @@ from vlguard_jax.storage.paths import (
     check_bucket,
     configure,
     copy_file,
+    fetched,
     is_complete,
     is_remote,
     local,
@@ -20,6 +22,7 @@ from vlguard_jax.storage.paths import (
     mirror_for,
     rmtree,
     temp_dir,
+    unpacked,
     upload_dir,
     walk_files,
 )
@@ -34,6 +37,7 @@ __all__ = [
     "check_bucket",
     "configure",
     "copy_file",
+    "fetched",
     "is_complete",
     "is_remote",
     "local",
@@ -42,6 +46,7 @@ __all__ = [
     "mirror_for",
     "rmtree",
     "temp_dir",
+    "unpacked",
     "upload_dir",
     "walk_files",
 ]

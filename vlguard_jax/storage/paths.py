@@ -1,4 +1,5 @@
-"""Paths that may be local or in object storage (`gs://bucket/...`, `s3://bucket/...`).
+"""Paths that may be local or in object storage (`gs://bucket/...`, `s3://bucket/...`), or on the
+Hugging Face Hub (`hf://datasets/ORG/NAME/...`, read-only: see `hub`).
 
 Remote paths are etils `epath` paths (fsspec's gcsfs and s3fs underneath); orbax and tensorstore
 read and write arrays there themselves. Object stores have no atomic rename, so a directory
@@ -18,6 +19,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import cast
 
@@ -27,8 +29,10 @@ import jax
 from etils import epath
 
 from vlguard_jax.errors import InputError, UserError, register_environment_errors
+from vlguard_jax.storage import hub
 
-REMOTE = ("gs://", "s3://")
+REMOTE = ("gs://", "s3://", hub.PREFIX)
+StrPath = str | os.PathLike
 COMPLETE = "COMPLETE"
 
 
@@ -69,6 +73,13 @@ def check_bucket(path) -> None:
     scheme, rest = str(path).split("://", 1)
     bucket = f"{scheme}://{rest.split('/', 1)[0]}"
     if bucket in _CHECKED:
+        return
+    if hub.is_hub_path(path):
+        uri = hub.parse(path)
+        repo = f"{hub.PREFIX}{uri.type}s/{uri.id}@{uri.revision}"
+        if repo not in _CHECKED:
+            hub.check_repo(path)
+            _CHECKED.add(repo)
         return
     try:  # the [remote] extra's clients: local paths need none
         import botocore.exceptions
@@ -133,6 +144,37 @@ def as_path(path) -> Path:
         check_bucket(path)
         return cast(Path, epath.Path(str(path)))
     return local(path)
+
+
+def fetched(path: StrPath) -> StrPath:
+    """`path` for a reader that needs local files: an hf:// file or folder as its copy in the
+    Hugging Face cache (fetched where missing); anything else as it is."""
+    return hub.local_copy(path) if hub.is_hub_path(path) else path
+
+
+def unpacked(root: StrPath) -> StrPath:
+    """An image root as the readers take it: a `.zip` archive (local or hf://, as VLGuard ships
+    its images) unpacked once into this host's cache, rooted at its one top-level folder if all
+    its members sit in one (`train.zip` holds `train/...`); any other root as it is."""
+    if not str(root).endswith(".zip") or is_remote(root) and not hub.is_hub_path(root):
+        return root
+    archive = Path(fetched(root))
+    done = local_cache(root, "unpacked") / "files"  # renamed into place whole: it exists only complete
+    if not done.is_dir():
+        work = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=done.parent))
+        try:
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(work)  # zipfile drops absolute parts and ".." from member names
+            os.replace(work, done)
+        except zipfile.BadZipFile as e:
+            raise InputError(f"{root}: not a zip archive ({e})") from None
+        except OSError:
+            if not done.is_dir():  # else another process on this host unpacked it first
+                raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    tops = [p for p in done.iterdir() if not p.name.startswith("__MACOSX")]
+    return tops[0] if len(tops) == 1 and tops[0].is_dir() else done
 
 
 def rmtree(path) -> None:

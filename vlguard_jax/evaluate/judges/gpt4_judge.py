@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from vlguard_jax import storage
 from vlguard_jax.data.images import resolve
 from vlguard_jax.errors import InputError, UserError
 from vlguard_jax.evaluate.judges import provenance
@@ -151,7 +152,7 @@ def ask(url: str, key: str | None, body: dict, sleep=time.sleep) -> str:
 def references_from(path) -> dict:
     """{image: reference row} from gpt4_safe_safes.json (`instruction`, `response`)."""
     try:
-        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = json.loads(Path(storage.fetched(path)).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: cannot read the reference answers ({e})") from None
     if not isinstance(rows, list) or not all(

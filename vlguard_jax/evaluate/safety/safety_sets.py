@@ -15,6 +15,7 @@ import csv
 import dataclasses
 from pathlib import Path
 
+from vlguard_jax import storage
 from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.errors import InputError
 from vlguard_jax.evaluate.safety.figstep import QUESTION
@@ -103,6 +104,7 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
     """(subset name, items) for a benchmark; the subset names the output file."""
     if benchmark not in BENCHMARKS:
         raise InputError(f"unknown benchmark {benchmark!r}; choose from {BENCHMARKS}")
+    meta, data = (storage.fetched(p) if p else p for p in (meta, data))  # hf:// files: the cached copy
     if benchmark == "vlguard":
         if not meta:
             raise InputError("--benchmark vlguard needs --meta test.json")
