@@ -291,12 +291,13 @@ def two_local(env):
 
 
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("scheme,hosts", [("gs", 2), ("s3", 1)])
+@pytest.mark.parametrize("scheme,hosts", [("s3", 1)])
 def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(env, emu, two_local, scheme, hosts):
-    """As on two hosts that share only the bucket (each process its own local cache), or on one
-    host (one cache: the token store is copied there once). Both processes write their shards of
-    each checkpoint to the bucket; a notice on process 1 alone checkpoints one step, and the
-    restart ends where an uninterrupted local run of two processes ends."""
+    """As on one host (one cache: the token store is copied there once). Both processes write their
+    shards of each checkpoint to the bucket; a notice on process 1 alone checkpoints one step, and
+    the restart ends where an uninterrupted local run of two processes ends. Two hosts that share
+    only a gs:// bucket (each process its own cache) are tests/train/test_minigptv2_pod.py, on the
+    same code path with MiniGPT-v2 (one such run of each store keeps the suite's time)."""
     from vlguard_jax.checkpoints.runs import finished_steps
 
     ns, tmp = env
