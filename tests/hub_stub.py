@@ -8,7 +8,8 @@ Hub answers (including its error headers, which huggingface_hub turns into its e
 
 Revisions are "main", the repo's tags and its commit id. A gated repo answers its info but 401
 GatedRepo for its files and tree; an unknown repo 401 RepoNotFound, as the Hub does. Every file
-download is counted in `downloads` (path -> GETs).
+download is counted in `downloads` (path -> GETs); `cut_once` interrupts a file's next transfer
+halfway, and `ranges` records the resumed ones.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class HubStub:
         self.repos = repos  # (type "model"|"dataset", "org/name") -> Repo
         self.downloads: Counter = Counter()
         self.delay = 0.0  # seconds before each file's body: overlapping downloads for lock tests
+        self.cut_once: set[str] = set()  # "kind:org/name/path": the next GET sends half, then hangs up
+        self.ranges: list[tuple[str, int]] = []  # (file, first byte) of every GET with a Range
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -144,10 +147,13 @@ class HubStub:
         if path not in repo.files:
             return self.error(h, 404, "EntryNotFound", f"{path} not found")
         data = repo.files[path]
+        key = f"{kind}:{repo_id}/{path}"
         start = 0
         rng = h.headers.get("Range")
         if rng and rng.startswith("bytes="):
             start = int(rng[len("bytes=") :].split("-")[0] or 0)
+            if not head:
+                self.ranges.append((key, start))
         body = data[start:]
         h.send_response(206 if start else 200)
         h.send_header("X-Repo-Commit", repo.sha(repo_id))
@@ -157,8 +163,15 @@ class HubStub:
             h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         h.end_headers()
         if not head:
-            self.downloads[f"{kind}:{repo_id}/{path}"] += 1
+            self.downloads[key] += 1
             time.sleep(self.delay)
+            if key in self.cut_once:  # an interrupted transfer: the client must resume it
+                self.cut_once.discard(key)
+                h.wfile.write(body[: len(body) // 2])
+                h.wfile.flush()
+                time.sleep(0.3)  # the client reads the first half before the connection drops
+                h.close_connection = True
+                return None
             h.wfile.write(body)
         return None
 

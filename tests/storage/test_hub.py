@@ -277,3 +277,21 @@ def test_processes_on_one_host_fetch_a_file_once(env, tmp_path):
     size = len(ns.sample["train"].read_bytes())
     assert [int(o.strip()) for o in outs] == [size, size]
     assert stub.downloads["dataset:org/vlguard-tiny/train.json"] == before + 1
+
+
+@pytest.mark.slow
+def test_an_interrupted_download_resumes_where_it_stopped(env, tmp_path, monkeypatch):
+    """The connection drops halfway through an image: huggingface_hub asks for the rest (a Range
+    from the last whole chunk it wrote), and the reader gets the whole file."""
+    ns, _, _, stub, _ = env
+    name = sorted(folder(ns.sample["images"]))[0]
+    key = f"dataset:org/vlguard-tiny/images/{name}"
+    whole = (ns.sample["images"] / name).read_bytes()
+    stub.cut_once.add(key)
+    with hub_env(stub.url, tmp_path / "hf_home"):
+        # Chunks of 10 MB would hold a whole image; a smaller one shows the resume on a small file.
+        monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 64)
+        got = storage.as_path(f"{DATA}/images/{name}").read_bytes()
+    assert got == whole
+    [(file, start)] = stub.ranges
+    assert file == key and 0 < start <= len(whole) // 2 and start % 64 == 0
