@@ -16,9 +16,11 @@ huggingface_hub reads its variables when imported, so `hub_env` sets them and re
 import contextlib
 import importlib
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import huggingface_hub.constants
 import jax
@@ -31,7 +33,7 @@ from tests.minigptv2_reference import write_parts
 from tests.train import common
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.loading import load_model
-from vlguard_jax.conversion import assemble, minigptv2
+from vlguard_jax.conversion import assemble, flax_to_hf, minigptv2
 from vlguard_jax.conversion.__main__ import main as convert_cli
 from vlguard_jax.errors import InputError
 from vlguard_jax.evaluate.safety import safety_sets
@@ -116,9 +118,9 @@ def one_error_line(argv, capsys) -> str:
     return err[0]
 
 
-def training_config(ns, workdir):
+def training_config(ns, workdir, checkpoint):
     return common.config(
-        ns,
+        SimpleNamespace(flax_dir=checkpoint, sample=ns.sample),
         workdir,
         total_steps=2,
         **{
@@ -188,6 +190,8 @@ def test_commands_take_hub_ids_and_hf_paths_online_then_offline(env, tmp_path, c
         assert "model:org/tiny/model.safetensors" in stub.downloads
         assert "model:org/tiny/pytorch_model.bin" not in stub.downloads
         assert "Fetching" in capsys.readouterr().err  # huggingface_hub's progress bar
+        origin = {"id": "org/tiny", "revision": stub.repos["model", "org/tiny"].sha("org/tiny")}
+        assert json.loads((tmp_path / "a" / "hub_source.json").read_text()) == origin
         # assemble from three ids (the projector found in its repo), as from the three folders.
         assemble.assemble("org/vicuna", "org/clip", "org/projector", tmp_path / "b", "float32")
         assemble.assemble(parts.llm_dir, parts.clip_dir, parts.proj_file, tmp_path / "b_local", "float32")
@@ -217,7 +221,7 @@ def test_commands_take_hub_ids_and_hf_paths_online_then_offline(env, tmp_path, c
 
         # Training reads the records and images from the dataset repo: VLGuard's from the archive,
         # the helpful ones file by file.
-        out = train(training_config(ns, tmp_path / "run"), log_fn=print)
+        out = train(training_config(ns, tmp_path / "run", tmp_path / "a"), log_fn=print)
         assert out["step"] == 2 and np.isfinite(out["loss"])
         assert "vlguard: 64 (safe 32, unsafe 32)" in capsys.readouterr().out  # no sample dropped
         assert stub.downloads["dataset:org/vlguard-tiny/train.json"] == 1
@@ -225,6 +229,10 @@ def test_commands_take_hub_ids_and_hf_paths_online_then_offline(env, tmp_path, c
         # Evaluation files: the test meta as an hf:// path.
         _, items = safety_sets.load("vlguard", subset="unsafes", meta=f"{DATA}/test.json")
         assert len(items) == 32
+        # Its PEFT adapter names the base by repo and commit, which peft loads from anywhere.
+        flax_to_hf.export(tmp_path / "run", tmp_path / "peft", lora="peft")
+        adapter = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+        assert (adapter["base_model_name_or_path"], adapter["revision"]) == (origin["id"], origin["revision"])
         # Outputs never go to the Hub.
         with pytest.raises(InputError, match=r"hf://datasets/org/vlguard-tiny/out: hf:// paths are read-only"):
             storage.as_path(f"{DATA}/out").mkdir()
@@ -237,7 +245,7 @@ def test_commands_take_hub_ids_and_hf_paths_online_then_offline(env, tmp_path, c
         )
         same_params(tmp_path / "a2", ns.flax_dir)
         assemble.assemble("org/vicuna", "org/clip", "org/projector", tmp_path / "b2", "float32")
-        out = train(training_config(ns, tmp_path / "run2"), log_fn=print)
+        out = train(training_config(ns, tmp_path / "run2", tmp_path / "a2"), log_fn=print)
         printed = capsys.readouterr().out
         assert out["step"] == 2 and "vlguard: 64 (safe 32, unsafe 32)" in printed
         line = one_error_line(["hf-to-flax", "--src", "org/other", "--dst", str(tmp_path / "x")], capsys)

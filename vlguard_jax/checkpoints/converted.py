@@ -3,6 +3,7 @@ sharded layout."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from vlguard_jax.storage.files import atomic_dir
 
 PARAMS_DIR = "params"
 MODEL_CONFIG = "model_config.json"
+HUB_SOURCE = "hub_source.json"  # {"id", "revision"}: the Hub repo a checkpoint was converted from
 # Files that travel with a checkpoint: tokenizer, processor and generation settings.
 SIDE_FILES = (
     "tokenizer.json",
@@ -97,3 +99,9 @@ class StreamingWriter:
     def finalize(self) -> None:
         self.flush()
         ocp.partial.finalize(self.path)
+
+
+def hub_source(path) -> dict | None:
+    """The Hub repo and commit checkpoint `path` was converted from, if it was converted from one."""
+    f = storage.as_path(path) / HUB_SOURCE
+    return json.loads(f.read_text()) if f.exists() else None

@@ -24,7 +24,13 @@ from flax import traverse_util
 from transformers import AutoTokenizer, CLIPImageProcessorPil
 
 from vlguard_jax import storage
-from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, StreamingWriter, copy_side_files
+from vlguard_jax.checkpoints.converted import (
+    HUB_SOURCE,
+    MODEL_CONFIG,
+    PARAMS_DIR,
+    StreamingWriter,
+    copy_side_files,
+)
 from vlguard_jax.conversion import layouts
 from vlguard_jax.conversion.reader import TensorSource
 from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
@@ -193,9 +199,14 @@ def _check(plan, source: TensorSource, vision_source: TensorSource, config: Llav
     check_unused(source, [e for e in plan if e.source is source], f"layout {layout}", ignore)
 
 
-def write_side_files(src: Path, vision_tower: Path | None, dst: Path, config, tokenizer) -> None:
-    """Tokenizer (`tokenizer` if given, else SRC's), SRC's generation and processor files, and a
-    CLIP image processor (the tower's, or one for its image size)."""
+def write_side_files(
+    src: Path, vision_tower: Path | None, dst: Path, config, tokenizer, origin: dict | None = None
+) -> None:
+    """Tokenizer (`tokenizer` if given, else SRC's), SRC's generation and processor files, a
+    CLIP image processor (the tower's, or one for its image size), and the Hub repo `origin` it
+    came from, if it did (a PEFT export names it as its base)."""
+    if origin is not None:
+        (dst / HUB_SOURCE).write_text(json.dumps(origin, indent=2))
     if tokenizer is not None:
         tokenizer.save_pretrained(dst)
     copy_side_files(src, dst)
@@ -239,7 +250,8 @@ def convert(
     src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False
 ) -> LlavaConfig | TextOnlyConfig:
     """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config."""
-    src, dst = hub.model_dir(src, "--src"), storage.as_path(dst)
+    given, src, dst = src, hub.model_dir(src, "--src"), storage.as_path(dst)
+    origin = hub.provenance(given, src)
     vision_tower = hub.model_dir(vision_tower, "--vision-tower") if vision_tower else _tower_named_by(src)
     check_dtype(dtype)
     check_output(dst, src, *([vision_tower] if vision_tower else []), overwrite=overwrite)
@@ -257,7 +269,7 @@ def convert(
         dst,
         config,
         dtype,
-        lambda tmp: write_side_files(src, vision_tower, tmp, config, tokenizer),
+        lambda tmp: write_side_files(src, vision_tower, tmp, config, tokenizer, origin),
         flush_bytes,
         overwrite,
     )

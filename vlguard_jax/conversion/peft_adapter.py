@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from vlguard_jax.checkpoints.converted import hub_source
 from vlguard_jax.checkpoints.runs import RunMeta
 from vlguard_jax.errors import CheckpointError
 
@@ -58,5 +59,9 @@ def write_peft(dst: Path, flat: dict, meta: RunMeta, dtype) -> None:
         "inference_mode": True,
         "base_model_name_or_path": meta.base_checkpoint or None,
     }
+    # A base converted from the Hub is named by its repo and commit, which peft loads from anywhere.
+    source = hub_source(meta.base()) if meta.base_checkpoint else None
+    if source is not None:
+        config.update(base_model_name_or_path=source["id"], revision=source["revision"])
     (dst / "adapter_config.json").write_text(json.dumps(config, indent=2))
     save_file(tensors, os.fspath(dst / "adapter_model.safetensors"), metadata={"format": "pt"})

@@ -127,6 +127,14 @@ def model_dir(source, flag: str = "") -> Path:
     return folder
 
 
+def provenance(source, folder: Path) -> dict | None:
+    """{"id", "revision"} of hub id `source` fetched as `folder` (a snapshot, named by its
+    commit); None for a local source."""
+    if not is_hub_id(source):
+        return None
+    return {"id": split_id(str(source))[0], "revision": folder.name}
+
+
 def model_file(source, flag: str = "", default_names: tuple[str, ...] = ()) -> Path:
     """A local file for a file source: the path itself, `org/name[@REV]/PATH` fetched, or for a
     bare repo id the first of `default_names` the repo holds."""
