@@ -226,6 +226,11 @@ def test_commands_take_hub_ids_and_hf_paths_online_then_offline(env, tmp_path, c
         assert "vlguard: 64 (safe 32, unsafe 32)" in capsys.readouterr().out  # no sample dropped
         assert stub.downloads["dataset:org/vlguard-tiny/train.json"] == 1
         assert stub.downloads["dataset:org/vlguard-tiny/train.zip"] == 1
+        # Readers of local files (CSV readers, the suite's data root) get the cached copy: a folder
+        # whole, or one file.
+        copy = Path(storage.fetched(f"{DATA}/images"))
+        assert sorted(folder(copy)) == sorted(folder(ns.sample["images"]))
+        assert Path(storage.fetched(f"{DATA}/test.json")).read_bytes() == ns.sample["test"].read_bytes()
         # Evaluation files: the test meta as an hf:// path.
         _, items = safety_sets.load("vlguard", subset="unsafes", meta=f"{DATA}/test.json")
         assert len(items) == 32
@@ -248,6 +253,7 @@ def test_commands_take_hub_ids_and_hf_paths_online_then_offline(env, tmp_path, c
         out = train(training_config(ns, tmp_path / "run2", tmp_path / "a2"), log_fn=print)
         printed = capsys.readouterr().out
         assert out["step"] == 2 and "vlguard: 64 (safe 32, unsafe 32)" in printed
+        assert sorted(folder(Path(storage.fetched(f"{DATA}/images")))) == sorted(folder(ns.sample["images"]))
         line = one_error_line(["hf-to-flax", "--src", "org/other", "--dst", str(tmp_path / "x")], capsys)
         assert "--src org/other: not in the Hugging Face cache" in line and "HF_HUB_OFFLINE is set" in line
     # Online but with no Hub to reach and nothing cached: one line, not a traceback.
