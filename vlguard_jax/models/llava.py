@@ -45,24 +45,24 @@ def scatter_image_features(embeds, input_ids, features, image_token_index) -> ja
     return jnp.where(is_image[..., None], gathered, embeds)
 
 
-class LlavaModel(nn.Module):
-    config: LlavaConfig
+class ImageTextModel(nn.Module):
+    """A vision side whose features, projected to the Llama's width, replace the Llama's input
+    embeddings at the image tokens: LLaVA here, MiniGPT-v2 in `minigptv2`. A subclass builds its
+    tower and projection in `setup_image_side` and says how `image_features` runs them."""
+
+    config: Any  # the family's config: `.text`, `.image_token_index`
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attn_impl: str | None = None
     remat_policy: str = "none"
-    lora: LoraSpec | None = None  # on the language model only; the tower is always frozen
+    lora: LoraSpec | None = None  # on the language model only; the vision side is frozen
     scan_layers: bool = False
 
     def setup(self) -> None:
-        c = self.config
         kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.vision_tower = CLIPVisionTower(
-            c.vision, num_layers=c.num_vision_layers_used, attn_impl=self.attn_impl, **kw
-        )
-        self.projector = Projector(c, **kw)
+        self.setup_image_side(kw)
         self.language_model = LlamaForCausalLM(
-            c.text,
+            self.config.text,
             attn_impl=self.attn_impl,
             remat_policy=self.remat_policy,
             lora=self.lora,
@@ -70,19 +70,22 @@ class LlavaModel(nn.Module):
             **kw,
         )
 
+    def setup_image_side(self, kw: dict[str, Any]) -> None:
+        raise NotImplementedError
+
     def image_features(self, pixel_values) -> jax.Array:
         """[B, C, H, W] -> projected features [B, num_image_tokens, text hidden]."""
-        h = self.vision_tower(pixel_values)
-        if self.config.vision_feature_select_strategy == "default":
-            h = h[:, 1:]
-        return constrain(self.projector(h), ("batch", "length", "act_embed"))
+        raise NotImplementedError
+
+    def embed(self, input_ids) -> jax.Array:
+        return self.language_model.embed(input_ids)
 
     def __call__(
         self, input_ids, pixel_values=None, attention_mask=None, positions=None, cache=None, return_hidden: bool = False
     ):
         """Returns (logits or final hidden states, cache). `attention_mask` [B, T] marks real
         tokens; leave it None for right-padded training batches (causal masking is then exact)."""
-        x = self.language_model.embed(input_ids)
+        x = self.embed(input_ids)
         if pixel_values is not None:
             feats = self.image_features(pixel_values)
             x = scatter_image_features(x, input_ids, feats, self.config.image_token_index)
@@ -91,3 +94,22 @@ class LlavaModel(nn.Module):
 
     def logits(self, hidden) -> jax.Array:
         return self.language_model.logits(hidden)
+
+
+class LlavaModel(ImageTextModel):
+    """CLIP's patch features (the selected layer, CLS dropped by "default") -> mlp2x_gelu."""
+
+    config: LlavaConfig
+
+    def setup_image_side(self, kw: dict[str, Any]) -> None:
+        c = self.config
+        self.vision_tower = CLIPVisionTower(
+            c.vision, num_layers=c.num_vision_layers_used, attn_impl=self.attn_impl, **kw
+        )
+        self.projector = Projector(c, **kw)
+
+    def image_features(self, pixel_values) -> jax.Array:
+        h = self.vision_tower(pixel_values)
+        if self.config.vision_feature_select_strategy == "default":
+            h = h[:, 1:]
+        return constrain(self.projector(h), ("batch", "length", "act_embed"))

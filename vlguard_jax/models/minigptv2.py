@@ -7,7 +7,7 @@ patches in row-major order, a 1x4 strip of the grid, not a 2x2 block. 1,024 patc
 give 256 visual tokens.
 
 The visual tokens enter the sequence as LLaVA's do: `input_ids` carry `image_token_index` once per
-visual token, and those positions take the projected features (`llava.scatter_image_features`).
+visual token, and those positions take the projected features (`llava.ImageTextModel`).
 Llama-2's vocabulary has no image token, so `image_token_index` is the vocabulary size, an id that
 is never embedded.
 """
@@ -17,16 +17,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vlguard_jax.errors import CheckpointError
 from vlguard_jax.models.config import TextConfig, text_from_dict, text_to_dict
 from vlguard_jax.models.eva import EvaConfig, EvaVisionTower
-from vlguard_jax.models.layers import Dense, Dtype, LayerNorm, LoraSpec
-from vlguard_jax.models.llama import LlamaForCausalLM
-from vlguard_jax.models.llava import scatter_image_features
+from vlguard_jax.models.layers import Dense, LayerNorm, LoraSpec
+from vlguard_jax.models.llava import ImageTextModel
 from vlguard_jax.sharding import constrain
 from vlguard_jax.storage.files import atomic_write_json
 
@@ -79,49 +77,23 @@ class MiniGPTv2Config:
         atomic_write_json(path, self.to_dict(), indent=2)
 
 
-class MiniGPTv2Model(nn.Module):
+class MiniGPTv2Model(ImageTextModel):
     """The same interface as `LlavaModel`: (input_ids, pixel_values) -> (logits, cache)."""
 
     config: MiniGPTv2Config
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    attn_impl: str | None = None
-    remat_policy: str = "none"
-    lora: LoraSpec | None = None  # on the language model only; the tower and ln_vision are frozen
-    scan_layers: bool = False
 
-    def setup(self) -> None:
+    def setup_image_side(self, kw: dict[str, Any]) -> None:
         c = self.config
-        kw: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.vision_tower = EvaVisionTower(c.vision, attn_impl=self.attn_impl, **kw)
         self.ln_vision = LayerNorm(c.ln_vision_eps, **kw)
         self.llama_proj = Dense(c.text.hidden_size, ("vision_embed", "embed"), use_bias=True, **kw)
-        self.language_model = LlamaForCausalLM(
-            c.text,
-            attn_impl=self.attn_impl,
-            remat_policy=self.remat_policy,
-            lora=self.lora,
-            scan_layers=self.scan_layers,
-            **kw,
-        )
 
     def image_features(self, pixel_values) -> jax.Array:
-        """[B, C, H, W] -> [B, num_image_tokens, text hidden]."""
         h = self.ln_vision(self.vision_tower(pixel_values))[:, 1:]
         b, n, d = h.shape
         h = h.reshape(b, n // self.config.merge, d * self.config.merge)
         return constrain(self.llama_proj(h), ("batch", "length", "act_embed"))
 
-    def __call__(
-        self, input_ids, pixel_values=None, attention_mask=None, positions=None, cache=None, return_hidden: bool = False
-    ):
-        """Returns (logits or final hidden states, cache), as `LlavaModel` does."""
+    def embed(self, input_ids) -> jax.Array:
         is_image = input_ids == self.config.image_token_index
-        x = self.language_model.embed(jnp.where(is_image, 0, input_ids))  # the placeholder is never embedded
-        if pixel_values is not None:
-            x = scatter_image_features(x, input_ids, self.image_features(pixel_values), self.config.image_token_index)
-        h, cache = self.language_model(x, positions, attention_mask, cache)
-        return (h if return_hidden else self.language_model.logits(h)), cache
-
-    def logits(self, hidden) -> jax.Array:
-        return self.language_model.logits(hidden)
+        return self.language_model.embed(jnp.where(is_image, 0, input_ids))  # the placeholder is never embedded
