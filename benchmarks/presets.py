@@ -66,8 +66,7 @@ CLIP_L336 = dict(
     image_size=336,
     patch_size=14,
 )
-LLAMA2_7B = TextConfig(
-    vocab_size=32000,
+LLAMA_7B: dict[str, Any] = dict(  # Vicuna-7B-v1.5 and Llama-2-7b (vocabularies apart)
     hidden_size=4096,
     intermediate_size=11008,
     num_hidden_layers=32,
@@ -138,18 +137,7 @@ PRESETS = {
         gen_new=4,
     ),
     "7b": Preset(
-        _llava(
-            CLIP_L336,
-            dict(
-                hidden_size=4096,
-                intermediate_size=11008,
-                num_hidden_layers=32,
-                num_attention_heads=32,
-                num_key_value_heads=32,
-                head_dim=128,
-            ),
-            32064,
-        ),
+        _llava(CLIP_L336, LLAMA_7B, 32064),
         "bfloat16",
         batch=16,
         length=2048,
@@ -190,7 +178,7 @@ PRESETS = {
     # MiniGPT-v2's stage 3 (minigptv2_finetune.yaml): 1,024 text tokens at most, LoRA r 64, alpha 16
     # on q_proj and v_proj; the batch is configs/minigptv2_posthoc_lora.py's.
     "minigptv2-7b": Preset(
-        MiniGPTv2Config(vision=EvaConfig(), text=LLAMA2_7B, image_token_index=32000),
+        MiniGPTv2Config(vision=EvaConfig(), text=TextConfig(vocab_size=32000, **LLAMA_7B), image_token_index=32000),
         "bfloat16",
         batch=16,
         length=1024,
@@ -204,35 +192,29 @@ PRESETS = {
         micro_batch=4,
         lora_targets=("q_proj", "v_proj"),
     ),
-    # For smoke tests only.
-    "minigptv2-tiny": Preset(
-        MiniGPTv2Config(
-            vision=EvaConfig(
-                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56
-            ),
-            text=TextConfig(
-                vocab_size=512,
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=4,
-                head_dim=16,
-            ),
-            image_token_index=512,
-        ),
-        "float32",
-        batch=8,
-        length=32,
-        answer=8,
-        lora_rank=4,
-        lora_alpha=8.0,
-        gen_batch=8,
-        gen_text=4,
-        gen_new=4,
-        lora_targets=("q_proj", "v_proj"),
-    ),
 }
+
+
+# For smoke tests only: the tiny preset's run on a tiny MiniGPT-v2.
+PRESETS["minigptv2-tiny"] = dataclasses.replace(
+    PRESETS["tiny"],
+    config=MiniGPTv2Config(
+        vision=EvaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56
+        ),
+        text=TextConfig(
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=16,
+        ),
+        image_token_index=512,
+    ),
+    lora_targets=("q_proj", "v_proj"),
+)
 
 
 def get(
