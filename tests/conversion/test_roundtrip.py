@@ -1,6 +1,7 @@
 """HF -> Flax -> HF is bit-exact; every real key layout converts; the original LLaVA layout."""
 
 import json
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -125,9 +126,11 @@ def test_original_layout_with_tower_inside(built, tmp_path):
     assert (tmp_path / "fx" / "preprocessor_config.json").exists()
 
 
-def test_original_layout_with_separate_tower(built, tmp_path):
-    hub = _original_layout(built, tmp_path / "orig", with_tower=False)
-    tower = tmp_path / "clip"
+def original_without_tower(built, tmp: Path) -> tuple[Path, Path]:
+    """An original-LLaVA checkpoint without its CLIP tower (tmp/orig, whose config names the
+    tower `tiny/clip`), and that tower as a CLIPVisionModel folder (tmp/clip)."""
+    hub = _original_layout(built, tmp / "orig", with_tower=False)
+    tower = tmp / "clip"
     tower.mkdir()
     pre = layouts.HUB["vision"]
     save_file(
@@ -139,6 +142,11 @@ def test_original_layout_with_separate_tower(built, tmp_path):
         tower / "model.safetensors",
     )
     built.cfg.vision_config.save_pretrained(tower)
+    return tmp / "orig", tower
+
+
+def test_original_layout_with_separate_tower(built, tmp_path):
+    _, tower = original_without_tower(built, tmp_path)
     assert (
         hf_to_flax_main(
             [

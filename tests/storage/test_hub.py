@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 
 from tests import emulators, tiny
+from tests.conversion.test_roundtrip import original_without_tower
 from tests.hub_stub import HubStub, Repo, folder
 from tests.minigptv2_reference import write_parts
 from tests.train import common
@@ -48,6 +49,8 @@ def env(tmp_path_factory):
     ns = common.setup(tmp)  # a tiny LLaVA (llava-hf folder and its conversion) and the sample data
     parts = tiny.llava_parts(tmp / "parts")
     mg = write_parts(tmp / "minigptv2")
+    (tmp / "original").mkdir()
+    original, tower = original_without_tower(ns, tmp / "original")  # its config names tower tiny/clip
     images = {f"images/{k}": v for k, v in folder(ns.sample["images"]).items()}
     archive = io.BytesIO()  # the images again, zipped under train/ as VLGuard ships its own
     with zipfile.ZipFile(archive, "w") as z:
@@ -55,6 +58,8 @@ def env(tmp_path_factory):
             z.writestr(f"train/{k}", v)
     repos = {
         ("model", "org/tiny"): Repo({**folder(ns.hf_dir), "pytorch_model.bin": b"never read"}, tags=("v1",)),
+        ("model", "org/llava-original"): Repo(folder(original)),
+        ("model", "tiny/clip"): Repo(folder(tower)),
         ("model", "org/vicuna"): Repo(folder(parts.llm_dir)),
         ("model", "org/clip"): Repo(folder(parts.clip_dir)),
         ("model", "org/projector"): Repo({"mm_projector.bin": parts.proj_file.read_bytes(), "config.json": b"{}"}),
@@ -192,6 +197,15 @@ def test_commands_take_hub_ids_and_hf_paths_online_then_offline(env, tmp_path, c
         assert "Fetching" in capsys.readouterr().err  # huggingface_hub's progress bar
         origin = {"id": "org/tiny", "revision": stub.repos["model", "org/tiny"].sha("org/tiny")}
         assert json.loads((tmp_path / "a" / "hub_source.json").read_text()) == origin
+        # An original-LLaVA checkpoint without its tower: the tower its config names is fetched.
+        assert (
+            convert_cli(
+                ["hf-to-flax", "--src", "org/llava-original", "--dst", str(tmp_path / "o"), "--dtype", "float32"]
+            )
+            == 0
+        )
+        same_params(tmp_path / "o", ns.flax_dir)
+        assert "model:tiny/clip/model.safetensors" in stub.downloads
         # assemble from three ids (the projector found in its repo), as from the three folders.
         assemble.assemble("org/vicuna", "org/clip", "org/projector", tmp_path / "b", "float32")
         assemble.assemble(parts.llm_dir, parts.clip_dir, parts.proj_file, tmp_path / "b_local", "float32")

@@ -76,6 +76,8 @@ def _plan(src: Path, vision_tower: Path | None):
         return config, source, vision_source, prefixes, layout, tokenizer
     if layout == "original":
         inside = any(k.startswith(prefixes["vision"]) for k in source.keys())
+        if vision_tower is None and not inside:
+            vision_tower = _tower_named_by(src, hf)
         vision_cfg = None
         if vision_tower is not None:
             vision_cfg = vision_from_hf(read_json(vision_tower / "config.json"))
@@ -102,17 +104,12 @@ def _plan(src: Path, vision_tower: Path | None):
     return config, source, vision_source, prefixes, layout, tokenizer
 
 
-def _tower_named_by(src: Path) -> Path | None:
-    """An original-LLaVA checkpoint without its CLIP tower names the tower's Hub id in its config
-    (`mm_vision_tower`, e.g. openai/clip-vit-large-patch14-336): fetched, as LLaVA's own code fetches
-    it. None for every other checkpoint, or a name that is no Hub id."""
-    if not (src / "config.json").is_file():
-        return None  # _plan names what is missing
-    hf, source, layout, prefixes = read_source(src)
+def _tower_named_by(src: Path, hf: dict) -> Path | None:
+    """The CLIP tower an original-LLaVA checkpoint without one names by Hub id in its config
+    (`mm_vision_tower`, e.g. openai/clip-vit-large-patch14-336), fetched as LLaVA's own code
+    fetches it; None for a name that is no Hub id."""
     name = hf.get("mm_vision_tower")
-    if layout != "original" or not name or not hub.is_hub_id(name):
-        return None
-    if any(k.startswith(prefixes["vision"]) for k in source.keys()):
+    if not name or not hub.is_hub_id(name):
         return None
     try:
         return hub.model_dir(name, "mm_vision_tower")
@@ -252,7 +249,7 @@ def convert(
     """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config."""
     given, src, dst = src, hub.model_dir(src, "--src"), storage.as_path(dst)
     origin = hub.provenance(given, src)
-    vision_tower = hub.model_dir(vision_tower, "--vision-tower") if vision_tower else _tower_named_by(src)
+    vision_tower = hub.model_dir(vision_tower, "--vision-tower") if vision_tower else None
     check_dtype(dtype)
     check_output(dst, src, *([vision_tower] if vision_tower else []), overwrite=overwrite)
     config, source, vision_source, prefixes, layout, tokenizer = _plan(src, vision_tower)
@@ -269,7 +266,9 @@ def convert(
         dst,
         config,
         dtype,
-        lambda tmp: write_side_files(src, vision_tower, tmp, config, tokenizer, origin),
+        lambda tmp: write_side_files(
+            src, vision_source.path if separate else vision_tower, tmp, config, tokenizer, origin
+        ),
         flush_bytes,
         overwrite,
     )
