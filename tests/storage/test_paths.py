@@ -16,7 +16,16 @@ import pytest
 
 from tests import emulators
 from tests.train import common
-from tests.train.test_loop import REPO, config_file, final_params, finish, run_env, start_two, train_cmd
+from tests.train.test_loop import (
+    REPO,
+    config_file,
+    final_params,
+    finish,
+    preempt_process_1,
+    run_env,
+    start_two,
+    train_cmd,
+)
 from vlguard_jax import storage
 from vlguard_jax.storage import files, paths
 
@@ -308,16 +317,7 @@ def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(env, emu,
         cache = tmp / f"cache_two_{scheme}_{i % hosts}"
         return emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(cache)))
 
-    procs = start_two(cfg, work, env_of)
-    deadline = time.time() + 300
-    log = storage.as_path(f"{work}/metrics.jsonl")
-    while time.time() < deadline and all(p.poll() is None for p in procs):
-        if log.exists() and log.read_text().strip():
-            break
-        time.sleep(0.05)
-    procs[1].send_signal(signal.SIGTERM)
-    outs = finish(procs)
-    step = int(outs[0][0].split("preempted at step ")[1].split(":")[0])
+    step = preempt_process_1(start_two(cfg, work, env_of), work, poll=0.05)
     assert 1 <= step < 10 and finished_steps(work) == [step]
     state = storage.as_path(f"{work}/checkpoints/{step}/state")
     assert {"ocdbt.process_0", "ocdbt.process_1"} <= {p.name for p in state.iterdir()}

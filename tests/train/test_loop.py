@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from tests.train import common
-from vlguard_jax import sharding
+from vlguard_jax import sharding, storage
 
 pytestmark = pytest.mark.slow
 
@@ -270,6 +270,20 @@ def finish(procs) -> list[tuple[str, str]]:
     return outs
 
 
+def preempt_process_1(procs, workdir, poll: float = 0.005) -> int:
+    """Once the run has logged a step, a preemption notice to process 1 alone; both processes
+    finish (exit 0). Returns the step they checkpointed, as process 0 reports it."""
+    log = storage.as_path(f"{workdir}/metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        if log.exists() and log.read_text().strip():
+            break
+        time.sleep(poll)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = finish(procs)
+    return int(outs[0][0].split("preempted at step ")[1].split(":")[0])
+
+
 @pytest.fixture(scope="module")
 def two_processes(env):
     """An uninterrupted run of two processes on localhost (one device each): its config, workdir
@@ -310,15 +324,7 @@ def test_two_processes_preempted_on_one_host_resume_bit_exact(env, two_processes
     ns, tmp = env
     cfg, two_ref, _ = two_processes
     work = tmp / "two_pre"
-    procs = start_two(cfg, work)
-    deadline = time.time() + 300
-    while time.time() < deadline and all(p.poll() is None for p in procs):
-        if (work / "metrics.jsonl").exists() and (work / "metrics.jsonl").read_text().strip():
-            break
-        time.sleep(0.005)
-    procs[1].send_signal(signal.SIGTERM)
-    outs = finish(procs)
-    step = int(outs[0][0].split("preempted at step ")[1].split(":")[0])
+    step = preempt_process_1(start_two(cfg, work), work)
     assert 1 <= step < 10 and (work / "checkpoints" / str(step)).is_dir()
     finish(start_two(cfg, work))
     _, a = final_params(two_ref)

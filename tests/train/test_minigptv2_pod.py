@@ -3,8 +3,6 @@ bucket, VLGuard data and images read from it, the workdir in it, two processes w
 caches (two hosts); a preemption notice on one process checkpoints one step, and the restart ends
 bit-identical to an uninterrupted two-process run on local files."""
 
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 
 from tests import emulators
 from tests.minigptv2_reference import write_parts
-from tests.train.test_loop import final_params, finish, run_env, start_two
+from tests.train.test_loop import final_params, finish, preempt_process_1, run_env, start_two
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.runs import finished_steps, read_latest
 from vlguard_jax.conversion.minigptv2 import convert
@@ -60,16 +58,7 @@ def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(tmp_path,
     def env_of(i):
         return emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(tmp_path / f"cache_{i}")))
 
-    procs = start_two(cfg, work, env_of)
-    deadline = time.time() + 300
-    log = storage.as_path(f"{work}/metrics.jsonl")
-    while time.time() < deadline and all(p.poll() is None for p in procs):
-        if log.exists() and log.read_text().strip():
-            break
-        time.sleep(0.05)
-    procs[1].send_signal(signal.SIGTERM)
-    outs = finish(procs)
-    step = int(outs[0][0].split("preempted at step ")[1].split(":")[0])
+    step = preempt_process_1(start_two(cfg, work, env_of), work, poll=0.05)
     assert 1 <= step < 8 and finished_steps(work) == [step]
     outs = finish(start_two(cfg, work, env_of))
     assert f"resumed from {work}/checkpoints at step {step}" in outs[0][0]
