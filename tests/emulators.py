@@ -79,10 +79,16 @@ class Listener:
             conn.close()
 
 
+def guard_dir(tmp: Path) -> Path:
+    """tmp/guard holding GUARD as a sitecustomize: first on a child's PYTHONPATH, it guards the child."""
+    d = tmp / "guard"
+    d.mkdir(exist_ok=True)
+    (d / "sitecustomize.py").write_text(GUARD)
+    return d
+
+
 def environment(tmp: Path, gcs_port: int, s3_port: int, metadata_port: int) -> dict:
-    guard_dir = tmp / "guard"
-    guard_dir.mkdir(exist_ok=True)
-    (guard_dir / "sitecustomize.py").write_text(GUARD)
+    guard = guard_dir(tmp)
     closed = f"127.0.0.1:{metadata_port}"  # a metadata server's address: any probe is counted
     return {
         "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{gcs_port}",
@@ -106,7 +112,7 @@ def environment(tmp: Path, gcs_port: int, s3_port: int, metadata_port: int) -> d
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
         "NET_GUARD_LOG": str(tmp / "guard" / "refused.log"),
-        "GUARD_PATH": str(guard_dir),
+        "GUARD_PATH": str(guard),
     }
 
 

@@ -80,8 +80,6 @@ def env(tmp_path_factory):
     }
     stub = HubStub(repos)
     guard_log = tmp / "refused.log"
-    (tmp / "guard").mkdir()
-    (tmp / "guard" / "sitecustomize.py").write_text(emulators.GUARD)  # for the processes it starts
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NET_GUARD_LOG", str(guard_log))
         exec(emulators.GUARD, {})  # no connection leaves 127.0.0.0/8
@@ -290,7 +288,7 @@ def test_processes_on_one_host_fetch_a_file_once(env, tmp_path):
         HF_ENDPOINT=stub.url,
         HF_HOME=str(tmp_path / "hf_home"),
         HF_HUB_OFFLINE="0",
-        PYTHONPATH=os.pathsep.join([str(tmp / "guard"), str(Path(__file__).parents[2])]),
+        PYTHONPATH=os.pathsep.join([str(emulators.guard_dir(tmp)), str(Path(__file__).parents[2])]),
     )
     before = stub.downloads["dataset:org/vlguard-tiny/train.json"]
     stub.delay = 1.0  # each download takes a second: the two overlap
