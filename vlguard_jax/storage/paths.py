@@ -63,7 +63,16 @@ class StorageError(UserError):
     """A bucket that cannot be used: no credentials, unreachable, or missing."""
 
 
-_CHECKED: set = set()  # buckets found usable by this process
+_CHECKED: set = set()  # buckets and Hub repos found usable by this process
+
+
+def _check_repo(path) -> None:
+    """hub.check_repo, once per repo and revision in this process."""
+    uri = hub.parse(path)
+    repo = f"{hub.PREFIX}{uri.type}s/{uri.id}@{uri.revision}"
+    if repo not in _CHECKED:
+        hub.check_repo(path)
+        _CHECKED.add(repo)
 
 
 def check_bucket(path) -> None:
@@ -73,13 +82,6 @@ def check_bucket(path) -> None:
     scheme, rest = str(path).split("://", 1)
     bucket = f"{scheme}://{rest.split('/', 1)[0]}"
     if bucket in _CHECKED:
-        return
-    if hub.is_hub_path(path):
-        uri = hub.parse(path)
-        repo = f"{hub.PREFIX}{uri.type}s/{uri.id}@{uri.revision}"
-        if repo not in _CHECKED:
-            hub.check_repo(path)
-            _CHECKED.add(repo)
         return
     try:  # the [remote] extra's clients: local paths need none
         import botocore.exceptions
@@ -141,7 +143,7 @@ def as_path(path) -> Path:
     below: pathlib has no method for it."""
     if is_remote(path):
         configure()
-        check_bucket(path)
+        (_check_repo if hub.is_hub_path(path) else check_bucket)(path)
         return cast(Path, epath.Path(str(path)))
     return local(path)
 
