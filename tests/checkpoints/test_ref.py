@@ -11,6 +11,7 @@ from vlguard_jax.checkpoints.loading import load_model
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.checkpoints.runs import RunError, RunMeta
 from vlguard_jax.checkpoints.training import Checkpoints
+from vlguard_jax.data import tokenization
 from vlguard_jax.errors import InputError, MissingFileError, UserError
 from vlguard_jax.models.family import LLAVA
 from vlguard_jax.models.layers import LoraSpec
@@ -50,6 +51,16 @@ def test_a_converted_checkpoint(model, monkeypatch):
     assert ref.tokenizer is ref.tokenizer and len(reads) == 1
     assert ref.fingerprint == files.fingerprint(model.flax_dir)
     assert resolve_checkpoint(ref) is ref  # a ref passes through: nothing is probed again
+
+
+def test_the_tokenizer_gives_the_families_authors_ids(model):
+    """The tokenizer is set up by its family (data.tokenization): LLaVA's 4.31 rule, so text
+    after `</s>` loses its first piece's `▁`, where the tokenizer as loaded keeps none."""
+    ref = resolve_checkpoint(str(model.flax_dir))
+    assert tokenization.rule_of(ref.tokenizer) == LLAVA.tokenization == "hf431"
+    loaded = ref_module.load_tokenizer(model.flax_dir)
+    assert tokenization.rule_of(loaded) is None
+    assert tokenization.ids(ref.tokenizer, " a") != tokenization.ids(loaded, " a")  # SentencePiece keeps the space
 
 
 def test_a_training_run_names_its_base(model, tmp_path):

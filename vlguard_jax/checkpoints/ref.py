@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 from vlguard_jax import storage
 from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.converted import MODEL_CONFIG, copy_side_files
+from vlguard_jax.data.tokenization import authors_tokenizer
 from vlguard_jax.errors import MissingFileError
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
 from vlguard_jax.models.family import Family, family_of, load_config
@@ -54,8 +55,9 @@ class CheckpointRef:
 
     @functools.cached_property
     def tokenizer(self) -> Any:
-        """The tokenizer saved beside `base` (None when there is none); read on first use."""
-        return load_tokenizer(self.base)
+        """The tokenizer saved beside `base` (None when there is none), set up to give the ids its
+        family's authors had (`data.tokenization`); read on first use."""
+        return authors_tokenizer(load_tokenizer(self.base), self.family.tokenization)
 
     @functools.cached_property
     def step(self) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vlguard_jax.data import tokenization
 from vlguard_jax.data.conversation import IMAGE_TAG, turns
 from vlguard_jax.data.preprocess import IGNORE, Encoder, TokenizationError
 from vlguard_jax.errors import InputError
@@ -30,7 +31,7 @@ TEMPLATE = "minigptv2"  # data.template's name for this rule
 
 
 def _ids(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
+    return tokenization.ids(tokenizer, text, special=False)
 
 
 def encode(

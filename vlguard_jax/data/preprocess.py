@@ -31,6 +31,7 @@ import numpy as np
 import tokenizers
 import transformers
 
+from vlguard_jax.data import tokenization
 from vlguard_jax.data.conversation import IMAGE_TAG, get_template, render, turns
 from vlguard_jax.errors import UserError
 
@@ -53,7 +54,8 @@ def plain_tokenizer(tokenizer) -> Any:
     data["added_tokens"] = [t for t in data.get("added_tokens", []) if t["content"] != IMAGE_TAG]
     plain = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizers.Tokenizer.from_str(json.dumps(data)))
     plain.bos_token_id, plain.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-    return plain
+    plain.unk_token_id = tokenizer.unk_token_id
+    return tokenization.keep_rule(tokenizer, plain)
 
 
 def tokenize_with_images(
@@ -62,8 +64,8 @@ def tokenize_with_images(
     """LLaVA's `tokenizer_image_token`, with each tag expanded to `num_image_tokens` ids; without
     `image`, the plain tokenization of the text (a text-only record)."""
     if not image:
-        return tokenizer(text).input_ids
-    chunks = [tokenizer(c).input_ids for c in text.split(IMAGE_TAG)]
+        return tokenization.ids(tokenizer, text)
+    chunks = [tokenization.ids(tokenizer, c) for c in text.split(IMAGE_TAG)]
     bos = tokenizer.bos_token_id
     offset = 1 if chunks and chunks[0] and chunks[0][0] == bos else 0
     ids = [bos] if offset else []
@@ -188,7 +190,7 @@ def encode_batch(
             owner.append((s, at))
             at += len(c) + len(IMAGE_TAG)
     parts: list[list] = [[] for _ in samples]
-    for e, (s, at), c in zip(tokenizer.backend_tokenizer.encode_batch(chunks), owner, chunks):
+    for e, (s, at), c in zip(tokenization.encode_batch(tokenizer, chunks), owner, chunks):
         parts[s].append((e, at, len(c)))
     return [
         _one(pieces, chunk_parts, tokenizer.bos_token_id, image_token_index, num_image_tokens)

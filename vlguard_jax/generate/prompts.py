@@ -10,6 +10,7 @@ BOS, and so do these (the image splits the prompt as their `<ImageHere>` does)."
 
 from __future__ import annotations
 
+from vlguard_jax.data import tokenization
 from vlguard_jax.data.conversation import IMAGE_TAG, generation_prompt, get_template
 from vlguard_jax.data.preprocess import tokenize_with_images
 from vlguard_jax.errors import InputError
@@ -50,7 +51,7 @@ def response_text(tokenizer, token_ids) -> str:
 def prompt_ids(tokenizer, config, question: str, image: bool, template: str = "llava_v1") -> list[int]:
     text = prompt_text(question, image, template, tokenizer)
     if template == "chat_template":  # the template writes its own BOS
-        return tokenizer(text, add_special_tokens=False).input_ids
+        return tokenization.ids(tokenizer, text, special=False)
     if image and not family_of(config).takes_images:
         raise InputError("a text-only model takes no image")
     return prompt_ids_of_text(tokenizer, config, text)

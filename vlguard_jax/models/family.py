@@ -38,6 +38,7 @@ class Family:
     scannable: bool = False  # its decoder layers can run scanned over stacked weights (models.stacking)
     training_templates: tuple[str, ...] = ()  # the data templates (config.data.template) it trains with
     image_transform: str = "clip"  # data.images: "clip" (CLIP's processor, LLaVA) or "squash" (MiniGPT-v2)
+    tokenization: str | None = None  # data.tokenization's rule: the ids its authors' environment made
 
     def read_config(self, d: dict, source: str = "model_config.json") -> Any:
         try:
@@ -70,6 +71,7 @@ LLAVA = Family(
     template="llava_v1",
     scannable=True,
     training_templates=("vicuna_v1", "llava_v1"),
+    tokenization="hf431",  # transformers 4.31.0, slow tokenizer, the checkpoint's "legacy": false
 )
 LLAMA = Family(
     "llama", "text-only Llama", TextOnlyConfig, TextOnlyModel, takes_images=False, trainable=False, template=None
@@ -85,6 +87,7 @@ MINIGPTV2 = Family(
     template="minigptv2",
     scannable=True,
     image_transform="squash",
+    tokenization="sentencepiece",  # transformers 4.30.0 (environment.yml): SentencePiece per chunk
 )
 FAMILIES = {f.name: f for f in (LLAVA, LLAMA, MINIGPTV2)}
 
