@@ -206,7 +206,12 @@ def vqa_main(argv) -> int:
     p.add_argument("--question-file", required=True, help=".jsonl (LLaVA's), .json (ScienceQA) or .tsv (MMBench)")
     p.add_argument("--image-folder", help="the images the questions name (not for MMBench's TSV)")
     p.add_argument("--answers-file", required=True, help="answers .jsonl; answers already there are kept")
-    p.add_argument("--conv-mode", default="vicuna_v1", choices=("vicuna_v1", "llava_v1"))
+    p.add_argument(
+        "--conv-mode",
+        default="auto",
+        choices=vqa.CONV_MODES,
+        help="the prompt template; auto (default): the checkpoint family's (LLaVA: vicuna_v1, as its scripts)",
+    )
     p.add_argument("--single-pred-prompt", action="store_true", help="append the option-letter instruction")
     p.add_argument("--all-rounds", action="store_true", help="MMBench: ask once per rotation of the options")
     p.add_argument(

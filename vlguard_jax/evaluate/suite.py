@@ -299,8 +299,9 @@ def _helpfulness(
     questions = vqa.read_questions(root / h.questions, single_pred=h.single_pred)[:limit]
     path = out / "answers" / f"{name}.jsonl"
     max_new = max_new_tokens or h.max_new_tokens or vqa.MAX_NEW_TOKENS[Path(h.questions).suffix]
+    conv_mode = vqa.conv_template("auto", checkpoint)
     settings = {
-        "conv_mode": "vicuna_v1",
+        "conv_mode": conv_mode,
         "max_new_tokens": max_new,
         "single_pred_prompt": h.single_pred,
         "dtype": protocol.dtype,
@@ -319,6 +320,7 @@ def _helpfulness(
         questions,
         path,
         image_folder=root / h.images if h.images else None,
+        conv_mode=conv_mode,
         max_new_tokens=max_new,
         model_id=Path(checkpoint.name).name,
         log=log,

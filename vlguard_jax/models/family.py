@@ -39,6 +39,7 @@ class Family:
     training_templates: tuple[str, ...] = ()  # the data templates (config.data.template) it trains with
     image_transform: str = "clip"  # data.images: "clip" (CLIP's processor, LLaVA) or "squash" (MiniGPT-v2)
     tokenization: str | None = None  # data.tokenization's rule: the ids its authors' environment made
+    helpfulness_template: str | None = None  # what its helpfulness scripts ask in; None: `template`
 
     def read_config(self, d: dict, source: str = "model_config.json") -> Any:
         try:
@@ -60,6 +61,10 @@ class Family:
             return self.template
         return "chat_template" if getattr(tokenizer, "chat_template", None) else VICUNA_TEMPLATE
 
+    def question_template(self, tokenizer) -> str:
+        """The template the helpfulness benchmarks ask this family in (`--conv-mode auto`)."""
+        return self.helpfulness_template or self.default_template(tokenizer)
+
 
 LLAVA = Family(
     "llava",
@@ -72,6 +77,7 @@ LLAVA = Family(
     scannable=True,
     training_templates=("vicuna_v1", "llava_v1"),
     tokenization="hf431",  # transformers 4.31.0, slow tokenizer, the checkpoint's "legacy": false
+    helpfulness_template=VICUNA_TEMPLATE,  # LLaVA-1.5's scripts/v1_5/eval/*.sh: --conv-mode vicuna_v1
 )
 LLAMA = Family(
     "llama", "text-only Llama", TextOnlyConfig, TextOnlyModel, takes_images=False, trainable=False, template=None

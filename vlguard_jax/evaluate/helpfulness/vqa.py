@@ -33,14 +33,14 @@ from tqdm import tqdm
 
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
-from vlguard_jax.data.conversation import IMAGE_TAG, get_template, render
+from vlguard_jax.data.conversation import IMAGE_TAG, TEMPLATES, get_template, render
 from vlguard_jax.data.images import ImageError, load_pixels, pixels
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.errors import InputError, MissingFileError, UsageError
 from vlguard_jax.evaluate.runner import claim_output
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, response_text
-from vlguard_jax.generate.prompts import prompt_ids_of_text
-from vlguard_jax.models.family import LLAVA, family_of
+from vlguard_jax.generate.prompts import prompt_ids, prompt_ids_of_text
+from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl, sha256_file
 
 SINGLE_PRED = "Answer with the option's letter from the given choices directly."
@@ -186,6 +186,30 @@ def answer_line(q: Question, text: str, model_id: str) -> dict:
     }
 
 
+CONV_MODES = ("auto", "vicuna_v1", "llava_v1", "minigptv2")
+
+
+def conv_template(conv_mode: str, ref) -> str:
+    """`--conv-mode`'s template: `auto` is the checkpoint family's (LLaVA's scripts' `vicuna_v1`,
+    MiniGPT-v2's own); a template the family cannot embed images in is refused."""
+    if conv_mode not in CONV_MODES:
+        raise UsageError(f"--conv-mode {conv_mode!r}: choose from {', '.join(CONV_MODES)}")
+    template = ref.family.question_template(ref.tokenizer) if conv_mode == "auto" else conv_mode
+    if template not in CONV_MODES:
+        raise InputError(f"{ref.name}: a {ref.family.label} checkpoint has no image template for --conv-mode auto")
+    return template
+
+
+def question_ids(loaded, q: Question, template: str) -> list[int]:
+    """A question's prompt ids in `template`: LLaVA's conversation templates render the turn as its
+    scripts do (the tag where the script puts it); others through the family's prompt rule."""
+    if template in TEMPLATES:
+        return prompt_ids_of_text(
+            loaded.tokenizer, loaded.config, render(get_template(template), [(0, q.text), (1, None)])
+        )
+    return prompt_ids(loaded.tokenizer, loaded.config, q.text, IMAGE_TAG in q.text, template)
+
+
 def answer(
     gen,
     loaded,
@@ -193,7 +217,7 @@ def answer(
     answers_file,
     *,
     image_folder=None,
-    conv_mode: str = "vicuna_v1",
+    conv_mode: str = "vicuna_v1",  # a template name (conv_template resolves `auto`)
     max_new_tokens: int = 128,
     model_id: str = "model",
     log=print,
@@ -218,7 +242,6 @@ def answer(
     todo = [q for q in questions if q.key not in done]
     if done:
         log(f"{path}: {len(questions) - len(todo)} answers already there, {len(todo)} to go")
-    template = get_template(conv_mode)
     size, transform = loaded.config.vision.image_size, family_of(loaded.config).image_transform
     sampling = Sampling(max_new_tokens=max_new_tokens)
     bar = tqdm(total=len(todo), desc="answering", unit="question", dynamic_ncols=True)
@@ -226,10 +249,7 @@ def answer(
     for batch in gen.batches(len(todo)):
         chunk = [todo[k] for k in batch]
         pix = [question_pixels(q, image_folder, size, transform) for q in chunk]
-        ids = [
-            prompt_ids_of_text(loaded.tokenizer, loaded.config, render(template, [(0, q.text), (1, None)]))
-            for q in chunk
-        ]
+        ids = [question_ids(loaded, q, conv_mode) for q in chunk]
         out = gen(ids, pix, sampling)
         lines = [answer_line(q, response_text(loaded.tokenizer, toks), model_id) for q, toks in zip(chunk, out)]
         append_jsonl(path, lines)
@@ -250,7 +270,7 @@ def answer_question_file(
     answers_file: str,
     *,
     image_folder: str | None = None,
-    conv_mode: str = "vicuna_v1",
+    conv_mode: str = "auto",
     single_pred_prompt: bool = False,
     all_rounds: bool = False,
     max_new_tokens: int | None = None,
@@ -270,10 +290,7 @@ def answer_question_file(
     ref = resolve_checkpoint(checkpoint)
     if not ref.family.takes_images:
         raise InputError(f"{checkpoint}: a text-only LLM; the helpfulness benchmarks ask about images")
-    if ref.family is not LLAVA:  # --conv-mode holds LLaVA's templates only
-        raise InputError(
-            f"{checkpoint}: a {ref.family.label} checkpoint; vqa asks LLaVA's questions in LLaVA's templates"
-        )
+    conv_mode = conv_template(conv_mode, ref)
     max_new = max_new_tokens or MAX_NEW_TOKENS[Path(question_file).suffix]
     dtype = auto_dtype() if dtype == "auto" else dtype
     settings = {
