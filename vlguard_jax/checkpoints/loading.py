@@ -3,6 +3,7 @@ tokenizer."""
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, NamedTuple
 
@@ -39,7 +40,7 @@ def load_model(
     """Load a converted checkpoint (written by `conversion.hf_to_flax`) or a training workdir's
     latest step; a path is resolved here (`checkpoints.ref`), a ref is used as it is.
 
-    `dtype` is the compute dtype; `param_dtype` defaults to the dtype the checkpoint was saved in.
+    `dtype` is the compute dtype; `param_dtype` defaults to the dtype of the checkpoint's largest tensor.
     With a `mesh`, every parameter is restored directly into its sharded layout: no host ever
     holds the whole model. `scan_layers` ("auto": on for deep LLaVA models, see models.stacking;
     "on", "off") gives a model with scanned decoder layers, its per-layer weights stacked once
@@ -75,8 +76,10 @@ def _scanned(loaded: Loaded, mesh) -> Loaded:
 
 
 def _load_converted(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, remat_policy):
-    if param_dtype is None:  # the dtype the checkpoint was saved in
-        param_dtype = jax.tree.leaves(param_metadata(ref.path / PARAMS_DIR))[0].dtype
+    if param_dtype is None:  # the dtype most of the checkpoint is saved in (a conversion keeps each tensor's)
+        param_dtype = max(
+            jax.tree.leaves(param_metadata(ref.path / PARAMS_DIR)), key=lambda m: math.prod(m.shape)
+        ).dtype
     model = build_model(
         ref.config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, remat_policy=remat_policy
     )

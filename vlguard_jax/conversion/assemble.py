@@ -24,11 +24,13 @@ from typing import Any
 from vlguard_jax import storage
 from vlguard_jax.conversion import layouts
 from vlguard_jax.conversion.hf_to_flax import (
-    DTYPES,
+    DTYPE_CHOICES,
+    SOURCE,
     Entry,
     check_dtype,
     check_plan,
     check_unused,
+    plan_dtype,
     read_json,
     read_source,
     tensor_plan,
@@ -87,7 +89,7 @@ def _projector(path: Path) -> tuple[TensorSource, tuple[str, str]]:
 PROJECTOR_FILES = ("mm_projector.bin", "mm_projector.safetensors")  # in the stage-1 repos
 
 
-def plan(llm, vision_tower, projector, dtype: str = "bfloat16") -> tuple[LlavaConfig, list[Entry], Any]:
+def plan(llm, vision_tower, projector, dtype: str = SOURCE) -> tuple[LlavaConfig, list[Entry], Any]:
     """(config, tensor plan, tokenizer with `<image>`): everything checked, nothing written."""
     llm, vision_tower, projector = Path(llm), Path(vision_tower), Path(projector)
     for what, p in (("--llm", llm), ("--vision-tower", vision_tower)):
@@ -122,7 +124,7 @@ def plan(llm, vision_tower, projector, dtype: str = "bfloat16") -> tuple[LlavaCo
             f"LLM's hidden size {config.text.hidden_size}"
         )
 
-    entries = tensor_plan(config, prefixes, DTYPES[dtype], source_for)
+    entries = tensor_plan(config, prefixes, plan_dtype(dtype), source_for)
     check_plan(entries, hint)
     tie = config.text.tie_word_embeddings
     check_unused(llm_src, entries, "a LlamaForCausalLM", lambda k: tie and k == "lm_head.weight")
@@ -136,7 +138,7 @@ def plan(llm, vision_tower, projector, dtype: str = "bfloat16") -> tuple[LlavaCo
     return config, entries, tokenizer
 
 
-def assemble(llm, vision_tower, projector, dst, dtype: str = "bfloat16", overwrite: bool = False) -> LlavaConfig:
+def assemble(llm, vision_tower, projector, dst, dtype: str = SOURCE, overwrite: bool = False) -> LlavaConfig:
     """Write DST (which must not exist unless `overwrite`) from the three parts; returns the config."""
     check_dtype(dtype)
     llm, vision_tower = hub.model_dir(llm, "--llm"), hub.model_dir(vision_tower, "--vision-tower")
@@ -169,7 +171,7 @@ def main(argv: list[str]) -> int:
         help="stage-1 mm_projector.bin or .safetensors: a file, a Hub repo holding one, or org/name[@REV]/PATH",
     )
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default=SOURCE, choices=DTYPE_CHOICES, help="default: each tensor's own precision")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
     a = p.parse_args(argv)
     config = assemble(a.llm, a.vision_tower, a.projector, a.dst, a.dtype, a.overwrite)

@@ -1,4 +1,4 @@
-"""`python -m conversion.hf_to_flax --src SRC --dst DST [--dtype bfloat16|float32] [--vision-tower DIR]`
+"""`python -m conversion.hf_to_flax --src SRC --dst DST [--dtype source|bfloat16|float16|float32] [--vision-tower DIR]`
 
 Converts a llava-hf or original-LLaVA PyTorch checkpoint into a vlguard-jax checkpoint directory:
 `params/` (orbax), `model_config.json`, and the tokenizer and preprocessor files. A text-only
@@ -40,6 +40,13 @@ from vlguard_jax.storage import hub
 from vlguard_jax.storage.files import atomic_dir, check_output
 
 DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
+SOURCE = "source"  # the default --dtype: each tensor as the source file stores it (float64 as float32)
+DTYPE_CHOICES = (SOURCE, *sorted(DTYPES))
+
+
+def plan_dtype(dtype: str):
+    """The dtype the parameter shapes are built in (shapes alone are read: any will do)."""
+    return DTYPES.get(dtype, jnp.float32)
 
 
 def read_json(path: Path) -> dict:
@@ -221,12 +228,13 @@ def write_checkpoint(
     plan: list[Entry], dst: Path, config, dtype: str, side_files, flush_bytes: int = 64 << 20, overwrite: bool = False
 ) -> None:
     """Stream the plan's tensors into DST (atomic), then the config and `side_files(tmp_dir)`."""
-    np_dtype = np.dtype(DTYPES[dtype])
+    np_dtype = None if dtype == SOURCE else np.dtype(DTYPES[dtype])
     with atomic_dir(dst, overwrite) as tmp:
         writer = StreamingWriter(tmp / PARAMS_DIR)
         pending = 0
         for e in plan:
-            array = np.ascontiguousarray(layouts.to_flax(e.source.get(e.name), e.transform), dtype=np_dtype)
+            array = np.ascontiguousarray(layouts.to_flax(e.source.get(e.name), e.transform))
+            array = array.astype(np_dtype or (np.float32 if array.dtype == np.float64 else array.dtype), copy=False)
             writer.add(tuple(e.path.split("/")), array)
             pending += array.nbytes
             del array
@@ -239,12 +247,12 @@ def write_checkpoint(
 
 
 def check_dtype(dtype: str) -> None:
-    if dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if dtype not in DTYPE_CHOICES:
+        raise InputError(f"--dtype must be one of {list(DTYPE_CHOICES)}, got {dtype!r}")
 
 
 def convert(
-    src, dst, dtype: str = "bfloat16", vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False
+    src, dst, dtype: str = SOURCE, vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False
 ) -> LlavaConfig | TextOnlyConfig:
     """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config."""
     given, src, dst = src, hub.model_dir(src, "--src"), storage.as_path(dst)
@@ -257,7 +265,7 @@ def convert(
     plan = tensor_plan(
         config,
         prefixes,
-        DTYPES[dtype],
+        plan_dtype(dtype),
         lambda path: vision_source if separate and path.startswith("vision_tower/") else source,
     )
     _check(plan, source, vision_source, config, layout)
@@ -285,7 +293,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default=SOURCE, choices=DTYPE_CHOICES, help="default: each tensor's own precision")
     p.add_argument(
         "--vision-tower",
         help="CLIP folder or Hub id, for original-LLaVA checkpoints without the tower (default: their mm_vision_tower)",

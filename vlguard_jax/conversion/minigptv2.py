@@ -34,11 +34,13 @@ import transformers
 from vlguard_jax import storage
 from vlguard_jax.conversion import layouts
 from vlguard_jax.conversion.hf_to_flax import (
-    DTYPES,
+    DTYPE_CHOICES,
+    SOURCE,
     Entry,
     check_dtype,
     check_plan,
     check_unused,
+    plan_dtype,
     read_source,
     tensor_plan,
     write_checkpoint,
@@ -100,7 +102,7 @@ def plan(
     llm,
     vision_tower,
     checkpoint,
-    dtype: str = "bfloat16",
+    dtype: str = SOURCE,
     vision_heads: int | None = None,
     log=print,
     lora: str = "merge",
@@ -149,7 +151,7 @@ def plan(
     entries, folded = [], set()
     if lora == "keep":
         config = dataclasses.replace(config, lora=LORA)
-    for e in tensor_plan(config, ours, DTYPES[dtype], lambda path: ckpt):
+    for e in tensor_plan(config, ours, plan_dtype(dtype), lambda path: ckpt):
         path, name, transform = e.path, e.name, e.transform
         if path.startswith("vision_tower/"):
             source = eva
@@ -214,7 +216,7 @@ def convert(
     vision_tower,
     checkpoint,
     dst,
-    dtype: str = "bfloat16",
+    dtype: str = SOURCE,
     lora: str = "keep",
     vision_heads: int | None = None,
     overwrite: bool = False,
@@ -251,7 +253,7 @@ def main(argv: list[str]) -> int:
         "--checkpoint", required=True, help="minigptv2_checkpoint.pth (stage 3): a file or org/name[@REV]/PATH"
     )
     p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default=SOURCE, choices=DTYPE_CHOICES, help="default: each tensor's own precision")
     p.add_argument(
         "--lora",
         default="keep",
