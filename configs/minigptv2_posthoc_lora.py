@@ -7,14 +7,23 @@ As the sources state them:
 - MiniGPT-v2's `train_configs/minigptv2_finetune.yaml` and `minigpt_v2.py`: LoRA r 64, alpha 16,
   dropout 0.05 on q_proj and v_proj, continued from the checkpoint's factors; llama_proj trained,
   the tower and ln_vision frozen; AdamW (0.9, 0.999), weight decay 0.05 on weight matrices only;
-  warmup from 1e-6 to 1e-5 over 1,000 steps, then a cosine to 1e-6; no gradient clipping;
-  448 px images squashed to the square; at most 1,024 answer tokens.
+  the schedule `linear_warmup_cosine_lr` (optim.schedule "lavis", MiniGPT-4's
+  LinearWarmupCosineLRScheduler exactly) from 1e-6 to 1e-5, then a cosine to 1e-6; no gradient
+  clipping; 448 px images squashed to the square; at most 1,024 answer tokens.
 
-Assumed (no source states them): 3 epochs and a global batch of 16 (8 GPUs' worth of the yaml's
-conversation batch of 2); the cosine spans this run's steps, where the authors' stage 3 spans
-50 x 1,000 iterations. The helpfulness rows are read from LLaVA-format files (data.llava): point
-it at MiniGPT-v2's own fine-tuning data converted to that format for the paper's mix. A mixed
-recipe (MiniGPT-v2's multi-dataset stage-3 mixture) is out of scope.
+Assumed (no source states them):
+- 3 epochs and a global batch of 16 (8 GPUs' worth of the yaml's conversation batch of 2).
+- The schedule's length: the authors' stage 3 warms up 1,000 of its 50 x 1,000 iterations (2%),
+  then spans the cosine over all 50,000. A VLGuard run is about 1,300 steps, where 1,000 warmup
+  steps would spend three quarters of it warming up and then drop the rate to a quarter of its
+  peak at once. So the cosine spans this run (iters_per_epoch and max_epoch 0) and the warmup is
+  the authors' 2% of it (warmup_ratio 0.02); set optim.iters_per_epoch=1000, max_epoch=50 and
+  warmup_steps=1000 for their stage-3 schedule itself.
+- The loss: a mean over the supervised tokens of the whole global batch, where the authors'
+  is each GPU's token mean over its 2 rows, averaged over GPUs by DDP.
+The helpfulness rows are read from LLaVA-format files (data.llava): point it at MiniGPT-v2's own
+fine-tuning data converted to that format for the paper's mix. A mixed recipe (MiniGPT-v2's
+multi-dataset stage-3 mixture) is out of scope.
 """
 
 from ml_collections import ConfigDict
@@ -38,7 +47,7 @@ def get_config() -> ConfigDict:
             decay_matrices_only=True,
             grad_clip=0.0,
             schedule="lavis",
-            warmup_steps=1000,
+            warmup_ratio=0.02,  # the authors' 1,000 of 50 x 1,000 iterations, sized to this run
             warmup_start_lr=1e-6,
             min_lr=1e-6,
         ),

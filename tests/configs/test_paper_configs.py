@@ -83,7 +83,7 @@ def test_help_lists_the_shipped_configs_and_the_key_groups(flag, capsys):
     assert text.startswith("usage: python -m vlguard_jax.train --config NAME_OR_FILE [--config.KEY=VALUE ...]")
     assert "demo, minigptv2_posthoc_lora, mixed_full_13b" in text and "posthoc_lora_7b" in text
     assert (
-        "  optim.{b1, b2, decay_matrices_only, eps, grad_clip, lr, min_lr, projector_lr," in text
+        "  optim.{b1, b2, decay_matrices_only, eps, grad_clip, iters_per_epoch, lr, max_epoch, min_lr," in text
         and "  lora.{alpha, dropout, rank, targets}" in text
     )
     with pytest.raises(SystemExit):  # with a default config, its own groups (the demo's block) are listed
@@ -104,7 +104,8 @@ def test_the_minigptv2_config_carries_its_authors_stage3_settings():
     r = RunConfig.from_config(c)
     assert (r.lora.rank, r.lora.alpha, r.lora.dropout, r.lora.targets) == (64, 16.0, 0.05, ("q_proj", "v_proj"))
     o = r.optim
-    assert (o.lr, o.projector_lr, o.min_lr, o.warmup_start_lr, o.warmup_steps) == (1e-5, 1e-5, 1e-6, 1e-6, 1000)
+    assert (o.lr, o.projector_lr, o.min_lr, o.warmup_start_lr) == (1e-5, 1e-5, 1e-6, 1e-6)
+    assert (o.warmup_steps, o.warmup_ratio, o.iters_per_epoch, o.max_epoch) == (0, 0.02, 0, 0)  # sized to the run
     assert (o.schedule, o.weight_decay, o.decay_matrices_only, o.grad_clip, o.b1, o.b2) == (
         "lavis",
         0.05,

@@ -28,6 +28,31 @@ def test_the_lavis_schedule_warms_up_then_follows_the_whole_runs_cosine():
         assert float(lr(step)) == pytest.approx(value, rel=1e-6), step
 
 
+def test_the_lavis_ramp_counts_the_step_within_the_epoch_as_minigpt4s_scheduler():
+    """LinearWarmupCosineLRScheduler.step(cur_epoch, cur_step) with iters_per_epoch 4, max_epoch 5
+    and 6 warmup steps: total step t = 4 e + i warms up while t < 6, its ramp at i (so t 4 and 5,
+    in epoch 1, ramp from the start again), then the cosine over 20 steps at t."""
+    cfg = OptimConfig(
+        schedule="lavis", warmup_steps=6, warmup_start_lr=1e-6, min_lr=1e-6, iters_per_epoch=4, max_epoch=5
+    )
+    lr = schedule(1e-5, 1234, cfg)  # the run's length does not enter: the scheduler's span does
+    ramp = lambda i: 1e-6 + 9e-6 * i / 6
+    cosine = lambda t: 1e-6 + 9e-6 * 0.5 * (1 + math.cos(math.pi * t / 20))
+    expected = {0: ramp(0), 3: ramp(3), 4: ramp(0), 5: ramp(1), 6: cosine(6), 10: cosine(10), 20: 1e-6}
+    for step, value in expected.items():
+        assert float(lr(step)) == pytest.approx(value, rel=1e-6), step
+
+
+def test_the_lavis_warmup_sized_to_the_run():
+    """warmup_steps 0: ceil(warmup_ratio x the cosine's span), here ceil(0.02 x 1313) = 27; the rate
+    then goes on smoothly (the 1,000-step warmup fell from 9.99e-6 to 2.2e-6 at step 1,000)."""
+    cfg = OptimConfig(schedule="lavis", warmup_ratio=0.02, warmup_start_lr=1e-6, min_lr=1e-6)
+    lr = schedule(1e-5, 1313, cfg)
+    assert float(lr(26)) == pytest.approx(1e-6 + 9e-6 * 26 / 27, rel=1e-6)
+    assert float(lr(27)) == pytest.approx(1e-6 + 9e-6 * 0.5 * (1 + math.cos(math.pi * 27 / 1313)), rel=1e-6)
+    assert abs(float(lr(27)) - float(lr(26))) < 5e-7
+
+
 def test_the_hf_schedule_is_unchanged():
     lr = schedule(2e-4, 100, OptimConfig(warmup_ratio=0.03))
     assert float(lr(0)) == 0.0 and float(lr(3)) == pytest.approx(2e-4)

@@ -53,15 +53,18 @@ class OptimConfig:
 
     - "hf" (LLaVA's, through the HF Trainer): linear warmup from 0 over ceil(warmup_ratio * steps)
       steps, then cosine to 0 at the last step.
-    - "lavis" (MiniGPT-v2's LinearWarmupCosineLRScheduler): linear warmup from `warmup_start_lr`
-      over `warmup_steps` steps, then min_lr + (peak - min_lr) (1 + cos(pi t / steps)) / 2, with
-      t counted from the run's first step.
+    - "lavis" (MiniGPT-4's LinearWarmupCosineLRScheduler, exactly): with e = t // iters_per_epoch
+      and i = t % iters_per_epoch, while t < warmup the rate is min(peak, warmup_start_lr +
+      (peak - warmup_start_lr) i / warmup) (their ramp counts the step within the epoch), then
+      min_lr + (peak - min_lr) (1 + cos(pi t / (max_epoch x iters_per_epoch))) / 2; t counts from
+      the run's first step. `iters_per_epoch` 0 is the run's steps and `max_epoch` 0 is 1, so the
+      cosine spans the run; `warmup_steps` 0 takes ceil(warmup_ratio x that span).
     """
 
     lr: float = 2e-4
     projector_lr: float = 2e-5
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.03  # "hf"
+    warmup_ratio: float = 0.03  # "hf"; "lavis" where warmup_steps is 0
     grad_clip: float = 1.0  # global-norm clipping; 0 = off
     b1: float = 0.9
     b2: float = 0.999
@@ -70,6 +73,8 @@ class OptimConfig:
     warmup_steps: int = 0  # "lavis"
     warmup_start_lr: float = 0.0  # "lavis"
     min_lr: float = 0.0  # "lavis"
+    iters_per_epoch: int = 0  # "lavis": the scheduler's epoch; 0 = the run's steps
+    max_epoch: int = 0  # "lavis": the cosine spans max_epoch x iters_per_epoch; 0 = 1
     decay_matrices_only: bool = False  # weight decay on weight matrices only, not biases or norms (LAVIS's rule)
 
 

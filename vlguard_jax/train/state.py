@@ -83,11 +83,16 @@ def merge(trainable, frozen) -> Params:
 def schedule(peak: float, total_steps: int, cfg: OptimConfig) -> optax.Schedule:
     """The learning rate at each step, for a group whose peak is `peak` (OptimConfig's rules)."""
     if cfg.schedule == "lavis":
-        warmup, start, floor = cfg.warmup_steps, cfg.warmup_start_lr, cfg.min_lr
+        # MiniGPT-4's LinearWarmupCosineLRScheduler.step: the warmup test is on the total step, its
+        # ramp on the step within the epoch; the cosine spans max_epoch x iters_per_epoch.
+        per_epoch = cfg.iters_per_epoch or max(total_steps, 1)
+        span = (cfg.max_epoch or 1) * per_epoch
+        warmup = cfg.warmup_steps or math.ceil(span * cfg.warmup_ratio)
+        start, floor = cfg.warmup_start_lr, cfg.min_lr
 
         def lavis(step):
-            ramp = start + (peak - start) * step / max(warmup, 1)
-            cosine = floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * step / max(total_steps, 1)))
+            ramp = start + (peak - start) * (step % per_epoch) / max(warmup, 1)
+            cosine = floor + (peak - floor) * 0.5 * (1 + jnp.cos(jnp.pi * step / span))
             return jnp.where(step < warmup, jnp.minimum(ramp, peak), cosine)
 
         return lavis

@@ -100,6 +100,8 @@ RULES = {
     "optim.eps": _number(0, low_open=True),
     "optim.schedule": _one_of(("hf", "lavis")),
     "optim.warmup_steps": _int(0),
+    "optim.iters_per_epoch": _int(0),
+    "optim.max_epoch": _int(0),
     "optim.warmup_start_lr": _number(0),
     "optim.min_lr": _number(0),
     "optim.decay_matrices_only": _flag,
