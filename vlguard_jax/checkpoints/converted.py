@@ -65,11 +65,15 @@ def save_checkpoint(dst, config, params, side_files_from=None, tokenizer=None) -
 
 def load_params(path, abstract=None) -> Any:
     """Restore a parameter tree. `abstract` (ShapeDtypeStructs, with shardings) sets the layout
-    and dtypes; without it the tree comes back as saved, on the host."""
+    and dtypes, and a leaf given as `SKIP` is not read (it comes back as `SKIP`); without it the
+    tree comes back as saved, on the host."""
     path = orbax_s3.orbax_path(path)
     if not storage.as_path(path).is_dir():
         raise MissingFileError(f"{path}: no parameter checkpoint here")
     return ocp.load(path, abstract)
+
+
+SKIP = ocp.PLACEHOLDER
 
 
 def param_metadata(path) -> Any:

@@ -3,6 +3,7 @@ tokenizer."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, NamedTuple
@@ -12,11 +13,12 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from vlguard_jax.checkpoints import runs
-from vlguard_jax.checkpoints.converted import PARAMS_DIR, load_params, param_metadata
+from vlguard_jax.checkpoints.converted import PARAMS_DIR, SKIP, load_params, param_metadata
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
+from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import DEFAULT_SCAN, ScanLayers, wants_scan
 
 
@@ -91,15 +93,84 @@ def _load_converted(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, rem
 
 
 def _load_run(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, remat_policy):
-    """A training workdir: its latest checkpoint (the ref's step) over its base, LoRA merged into
-    the kernels."""
-    _, config, flat, _ = runs.load_merged(ref.path, ref.step)
-    param_dtype = param_dtype or flat[("language_model", "embed_tokens")].dtype
+    """A training workdir: its step's trained parameters (never its optimizer state) over its
+    base's others, each restored straight into its place (its shard, with a mesh), the LoRA
+    factors merged into their kernels on the devices. The host holds no whole model."""
+    step = ref.step
+    meta = runs.read_meta(ref.path, step)
+    base_meta: dict[tuple, Any] = traverse_util.flatten_dict(param_metadata(ref.base / PARAMS_DIR))
+    saved = runs.params_metadata(ref.path, step)
+    embed = ("language_model", "embed_tokens")
+    param_dtype = param_dtype or (saved[embed] if embed in saved else base_meta[embed]).dtype
+    config = ref.config
+    if getattr(config, "lora", None) is not None:  # a MiniGPT-v2 base with its factors: merged below
+        config = dataclasses.replace(config, lora=None)
     model = build_model(config, dtype=dtype, param_dtype=param_dtype, attn_impl=attn_impl, remat_policy=remat_policy)
-    abstract = abstract_params(model, mesh)
-    host = traverse_util.unflatten_dict({k: v.astype(param_dtype) for k, v in flat.items()})
-    if mesh is None:
-        params = jax.device_put(host, jax.local_devices()[0])
-    else:
-        params = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), host, abstract)
-    return model, params
+    target: dict[tuple, Any] = traverse_util.flatten_dict(abstract_params(model, mesh))
+    replicated = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    if mesh is not None:
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def place(path) -> Any:  # a per-layer path; LoRA factors (small) are replicated
+        return target[path].sharding if mesh is not None and path in target else replicated
+
+    def place_saved(path, _) -> Any:  # a scanned run's stacked [L, ...] leaves: the layer's, over L
+        if mesh is None or path[:2] != ("language_model", "layers"):
+            return place(path)
+        spec = place(("language_model", "layers_0", *path[2:])).spec
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *spec))
+
+    flat = _per_layer(runs.read_params(ref.path, step, place_saved), place)
+    stray = [k for k in flat if k[-1] not in LORA_PARAMS and k not in base_meta]
+    if stray:
+        raise runs.RunError(f"{ref.name}: step {step} holds {'/'.join(stray[0])}, which the base checkpoint lacks")
+    others = {k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=place(k)) for k, m in base_meta.items()}
+    abstract = {k: SKIP if k in flat else s for k, s in others.items()}
+    base = traverse_util.flatten_dict(load_params(ref.base / PARAMS_DIR, traverse_util.unflatten_dict(abstract)))
+    flat.update({k: v for k, v in base.items() if k not in flat})
+    if runs.has_lora(flat):
+        _merge_lora(flat, runs.lora_of(ref.name, meta).scale)
+    if set(flat) != set(target):
+        raise ValueError(
+            f"{ref.name}: the run's tree does not match its model's: {sorted(set(flat) ^ set(target))[:3]}"
+        )
+    for k, s in target.items():
+        if flat[k].dtype != s.dtype:
+            flat[k] = _cast(flat[k], s.dtype, s.sharding)
+    return model, traverse_util.unflatten_dict(flat)
+
+
+def _per_layer(flat: dict, place) -> dict:
+    """Stacked decoder leaves (a scanned run's) split into per-layer leaves on the devices, each
+    stacked array freed once split."""
+    out = {}
+    for k, x in flat.items():
+        if k[:2] != ("language_model", "layers"):
+            out[k] = x
+            continue
+        for i in range(x.shape[0]):
+            key = ("language_model", f"layers_{i}", *k[2:])
+            out[key] = jax.jit(lambda a, i=i: a[i], out_shardings=place(key))(x)
+        x.delete()
+    return out
+
+
+def _merge_lora(flat: dict, scale: float) -> None:
+    """kernel + scale * A @ B for every LoRA'd kernel, in float32 then back to the kernel's dtype,
+    under jit on the kernel's devices; the factors are dropped (runs.merge_lora on the host)."""
+    merge = jax.jit(
+        lambda w, a, b: (w.astype(jnp.float32) + scale * (a.astype(jnp.float32) @ b.astype(jnp.float32))).astype(
+            w.dtype
+        ),
+        donate_argnums=0,
+    )
+    for k in [k for k in flat if k[-1] == "lora_a"]:
+        parent = k[:-1]
+        a, b = flat.pop(k), flat.pop(parent + ("lora_b",))
+        flat[parent + ("kernel",)] = merge(flat[parent + ("kernel",)], a, b)
+
+
+def _cast(x, dtype, sharding) -> Any:
+    out = jax.jit(lambda a: a.astype(dtype), out_shardings=sharding)(x)
+    x.delete()
+    return out

@@ -103,16 +103,50 @@ def read_meta(workdir, step: int) -> RunMeta:
     return RunMeta.from_dict(json.loads(meta_file.read_text()) if meta_file.exists() else {})
 
 
+def _state_dir(workdir, step: int) -> epath.Path:
+    return epath.Path(orbax_s3.orbax_path(storage.as_path(workdir) / CHECKPOINTS / str(step))) / "state"
+
+
+def params_metadata(workdir, step: int) -> dict[tuple, Any]:
+    """The shapes and dtypes of a checkpoint's trained parameters, flat by path, as saved (a
+    scanned run's decoder layers stacked); no tensor is read."""
+    meta = ocp.PyTreeCheckpointHandler().metadata(_state_dir(workdir, step)).tree
+    return traverse_util.flatten_dict(meta["params"])
+
+
+def read_params(workdir, step: int, placement=None) -> dict[tuple, Any]:
+    """A checkpoint's trained parameters, flat by path, as saved; the optimizer state is never
+    read. `placement(path, metadata)` gives each leaf's sharding (default: this host's first
+    device), so a mesh gets each restored straight into its shard."""
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    place = placement or (lambda path, m: dev)
+    flat = {
+        k: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=place(k, m))
+        for k, m in params_metadata(workdir, step).items()
+    }
+    target = {"params": traverse_util.unflatten_dict(flat)}
+    args = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
+    restored = ocp.PyTreeCheckpointHandler().restore(_state_dir(workdir, step), args=args)
+    return traverse_util.flatten_dict(restored["params"])
+
+
+def latest_step(workdir) -> int:
+    steps = finished_steps(workdir)
+    if not steps:
+        raise MissingFileError(
+            f"{workdir}: no finished training checkpoint under {storage.as_path(workdir) / CHECKPOINTS}"
+        )
+    return steps[-1]
+
+
 def read_latest(workdir, step: int | None = None) -> tuple[int, Any, RunMeta]:
     """(step, state, meta) of a training checkpoint, read onto this host's first device whatever
     topology wrote it (for export and inspection)."""
-    root = storage.as_path(workdir) / CHECKPOINTS
     if step is None:
-        steps = finished_steps(workdir)
-        if not steps:
-            raise MissingFileError(f"{workdir}: no finished training checkpoint under {root}")
-        step = steps[-1]
-    path = epath.Path(orbax_s3.orbax_path(root / str(step))) / "state"
+        step = latest_step(workdir)
+    path = _state_dir(workdir, step)
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     # The item's handler, not a Checkpointer: the step-level metadata file a Checkpointer looks for
     # belongs to the step directory (CheckpointManager writes it there), and its absence warns.
@@ -152,12 +186,15 @@ def existing_base(workdir, meta: RunMeta) -> Path:
 
 def load_run(workdir, step: int | None = None) -> tuple[Path, Any, dict, RunMeta]:
     """(base checkpoint dir, config, flat params {path tuple: np.ndarray} incl. LoRA factors, RunMeta)."""
-    step, state, meta = read_latest(workdir, step)
+    if step is None:
+        step = latest_step(workdir)
+    meta = read_meta(workdir, step)
     base = existing_base(workdir, meta)
     config = load_config(base / MODEL_CONFIG)
     flat = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(load_params(base / PARAMS_DIR)).items()}
     # A run with scanned layers saves them stacked; everything downstream reads them per layer.
-    trained = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(to_per_layer(state["params"])).items()}
+    params = traverse_util.unflatten_dict(read_params(workdir, step))
+    trained = {k: np.asarray(v) for k, v in traverse_util.flatten_dict(to_per_layer(params)).items()}
     for k in trained:
         if k[-1] not in LORA_PARAMS and k not in flat:
             raise RunError(f"{workdir}: step {step} holds {'/'.join(k)}, which the base checkpoint lacks")
