@@ -18,6 +18,8 @@ import importlib
 import io
 import json
 import os
+import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -178,6 +180,61 @@ def test_a_zip_image_root_is_unpacked_once_at_its_one_folder(tmp_path, monkeypat
     (tmp_path / "broken.zip").write_bytes(b"not a zip")
     with pytest.raises(InputError, match=r"broken.zip: not a zip archive"):
         storage.unpacked(tmp_path / "broken.zip")
+
+
+def zipped(path, files: dict) -> None:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+
+
+def test_a_zip_root_is_known_by_its_archive_not_by_the_path_typed(tmp_path, monkeypatch):
+    """`cd A; --images imgs.zip` then `cd B; --images imgs.zip` read each its own archive, and an
+    archive replaced at the same path is unpacked anew; the token store's key follows it."""
+    monkeypatch.setenv("VLGUARD_CACHE", str(tmp_path / "cache"))
+    for d, data in (("A", b"from A"), ("B", b"from B")):
+        (tmp_path / d).mkdir()
+        zipped(tmp_path / d / "imgs.zip", {"imgs/x.png": data})
+    monkeypatch.chdir(tmp_path / "A")
+    a = storage.unpacked("imgs.zip")
+    key_a = storage.root_identity("imgs.zip")
+    monkeypatch.chdir(tmp_path / "B")
+    assert (storage.unpacked("imgs.zip") / "x.png").read_bytes() == b"from B"
+    assert storage.root_identity("imgs.zip") != key_a and (a / "x.png").read_bytes() == b"from A"
+    before = storage.root_identity("imgs.zip")
+    zipped(tmp_path / "B" / "imgs.zip", {"imgs/x.png": b"replaced, and longer"})
+    assert storage.root_identity("imgs.zip") != before
+    assert (storage.unpacked("imgs.zip") / "x.png").read_bytes() == b"replaced, and longer"
+    assert storage.root_identity(tmp_path / "folder") == str(tmp_path / "folder")  # a folder: as given
+
+
+def test_zip_roots_that_cannot_be_unpacked_are_one_line_each(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLGUARD_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "folder.zip").mkdir()
+    with pytest.raises(InputError, match=r"folder.zip: a folder named like an archive"):
+        storage.unpacked(tmp_path / "folder.zip")
+    with pytest.raises(InputError, match=r"missing.zip: no such zip archive"):
+        storage.unpacked(tmp_path / "missing.zip")
+    zipped(tmp_path / "clash.zip", {"a": b"a file", "a/b.png": b"under the file's name"})
+    with pytest.raises(InputError, match=r"clash.zip: member 'a/b.png' cannot be unpacked"):
+        storage.unpacked(tmp_path / "clash.zip")
+    zipped(tmp_path / "big.zip", {"x.png": b"0" * 1000})
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 100, 100))
+    with pytest.raises(InputError, match=r"big.zip: unpacks to 0.0 GiB, more than the 0.0 GiB free in the cache"):
+        storage.unpacked(tmp_path / "big.zip")
+    assert not list((tmp_path / "cache").rglob(".unpacking-*"))  # nothing half-unpacked is left
+
+
+def test_a_killed_unpack_leaves_nothing_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLGUARD_CACHE", str(tmp_path / "cache"))
+    zipped(tmp_path / "imgs.zip", {"imgs/x.png": b"x"})
+    cache = storage.local_cache(storage.root_identity(tmp_path / "imgs.zip"), "unpacked")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (cache / f".unpacking-{dead.pid}-abc").mkdir()  # a killed process's work folder
+    (cache / f".unpacking-{os.getpid()}-live").mkdir()  # one still running (this process)
+    assert (storage.unpacked(tmp_path / "imgs.zip") / "x.png").read_bytes() == b"x"
+    assert sorted(p.name for p in cache.glob(".unpacking-*")) == [f".unpacking-{os.getpid()}-live"]
 
 
 @pytest.mark.slow

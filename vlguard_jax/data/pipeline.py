@@ -29,7 +29,7 @@ import grain
 import numpy as np
 
 from vlguard_jax import storage
-from vlguard_jax.data import mixture
+from vlguard_jax.data import mixture, tokenization
 from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.images import MAX_PIXELS, ImageError, load_pixels
 from vlguard_jax.data.minigptv2_tokens import TEMPLATE as MINIGPTV2_TEMPLATE
@@ -206,7 +206,10 @@ def tokenizer_digest(tokenizer) -> str:
     """What a tokenizer does, as a hash: the whole Rust tokenizer for a fast one, else its vocabulary."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
-    extra = json.dumps([type(tokenizer).__name__, tokenizer.bos_token_id, getattr(tokenizer, "eos_token_id", None)])
+    extra = json.dumps(
+        [type(tokenizer).__name__, tokenizer.bos_token_id, getattr(tokenizer, "eos_token_id", None)]
+        + ([rule] if (rule := tokenization.rule_of(tokenizer)) else [])
+    )
     return hashlib.sha256((text + extra).encode()).hexdigest()
 
 
@@ -229,7 +232,7 @@ def store_key(data_cfg: DataConfig, tokenizer, model_cfg, sources) -> str:
         version=STORE_VERSION,
         image_token_index=model_cfg.image_token_index,
         num_image_tokens=model_cfg.num_image_tokens,
-        roots=[s.image_root for s in sources],
+        roots=[storage.root_identity(s.image_root) for s in sources],
         data=[sha256_file(s.path) for s in sources],
         tokenizer=tokenizer_digest(tokenizer),
     )
@@ -259,7 +262,7 @@ def prepare(data_cfg: DataConfig, tokenizer, model_cfg, workdir, layout: Layout,
     for s in sources:
         if not storage.as_path(s.path).is_file():
             raise RecordError(f"{s.path}: cannot read (no such file; data.{s.name})")
-    roots = [storage.unpacked(s.image_root) for s in sources]  # the key below names the roots as given
+    roots = [storage.unpacked(s.image_root) for s in sources]
     key = store_key(data_cfg, tokenizer, model_cfg, sources)
     store_dir = workdir / "data_store" / key
     # Workers memory-map the store: with a bucket workdir, each host keeps a local copy of it.

@@ -154,29 +154,76 @@ def fetched(path: StrPath) -> StrPath:
     return hub.local_copy(path) if hub.is_hub_path(path) else path
 
 
+def _archive(root: StrPath) -> Path | None:
+    """The local file behind a `.zip` image root (the Hub cache's copy for hf://), or None for a
+    root that is no archive."""
+    if not str(root).endswith(".zip") or is_remote(root) and not hub.is_hub_path(root):
+        return None
+    archive = Path(fetched(root))
+    if archive.is_dir():
+        raise InputError(
+            f"{root}: a folder named like an archive; pass the folder of images without .zip, or a zip file"
+        )
+    if not archive.is_file():
+        raise InputError(f"{root}: no such zip archive")
+    return archive
+
+
+def root_identity(root: StrPath) -> str:
+    """What an image root's contents are known by: for an archive, the file itself (its resolved
+    path, size and modification time; the Hub cache names a file by its content), else the root
+    as given."""
+    archive = _archive(root)
+    if archive is None:
+        return str(root)
+    st = archive.resolve().stat()
+    return f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def unpacked(root: StrPath) -> StrPath:
     """An image root as the readers take it: a `.zip` archive (local or hf://, as VLGuard ships
-    its images) unpacked once into this host's cache, rooted at its one top-level folder if all
-    its members sit in one (`train.zip` holds `train/...`); any other root as it is."""
-    if not str(root).endswith(".zip") or is_remote(root) and not hub.is_hub_path(root):
+    its images) unpacked once into this host's cache, keyed by the archive's identity (a changed
+    or other archive at the same path is unpacked anew), rooted at its one top-level folder if
+    all its members sit in one (`train.zip` holds `train/...`); any other root as it is."""
+    archive = _archive(root)
+    if archive is None:
         return root
-    archive = Path(fetched(root))
-    done = local_cache(root, "unpacked") / "files"  # renamed into place whole: it exists only complete
+    cache = local_cache(root_identity(root), "unpacked")
+    done = cache / "files"  # renamed into place whole: it exists only complete
     if not done.is_dir():
-        work = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=done.parent))
-        try:
-            with zipfile.ZipFile(archive) as z:
-                z.extractall(work)  # zipfile drops absolute parts and ".." from member names
-            os.replace(work, done)
-        except zipfile.BadZipFile as e:
-            raise InputError(f"{root}: not a zip archive ({e})") from None
-        except OSError:
-            if not done.is_dir():  # else another process on this host unpacked it first
-                raise
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        _unpack(root, archive, cache, done)
     tops = [p for p in done.iterdir() if not p.name.startswith("__MACOSX")]
     return tops[0] if len(tops) == 1 and tops[0].is_dir() else done
+
+
+def _unpack(root: StrPath, archive: Path, cache: Path, done: Path) -> None:
+    for stale in cache.glob(".unpacking-*"):  # left by a killed unpack: its process is gone
+        pid = stale.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=f".unpacking-{os.getpid()}-", dir=cache))
+    try:
+        with zipfile.ZipFile(archive) as z:
+            members = z.infolist()
+            need, free = sum(m.file_size for m in members), shutil.disk_usage(cache).free
+            if need > free:
+                raise InputError(
+                    f"{root}: unpacks to {need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free "
+                    f"in the cache {cache} (set VLGUARD_CACHE to a larger disk)"
+                )
+            for m in members:
+                try:
+                    z.extract(m, work)  # zipfile drops absolute parts and ".." from member names
+                except OSError as e:
+                    raise InputError(f"{root}: member {m.filename!r} cannot be unpacked ({e.strerror or e})") from None
+        os.replace(work, done)
+    except zipfile.BadZipFile as e:
+        raise InputError(f"{root}: not a zip archive ({e})") from None
+    except OSError:
+        if not done.is_dir():  # else another process on this host unpacked it first
+            raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def rmtree(path) -> None:
