@@ -2,11 +2,15 @@
 checkpoint or a training run, reads its config once, its tokenizer at most once and only when
 asked, and refuses what is not a checkpoint with one line naming the path."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
 from tests import tiny
 from vlguard_jax.checkpoints import ref as ref_module
+from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.loading import load_model
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.checkpoints.runs import RunError, RunMeta
@@ -76,6 +80,27 @@ def test_a_training_run_names_its_base(model, tmp_path):
     assert ref.step == 4 and resolve_checkpoint(tmp_path / "run").step == 6
     with pytest.raises(ValueError, match="has no steps"):
         _ = resolve_checkpoint(model.flax_dir).step
+
+
+def test_a_run_whose_base_was_replaced_is_refused_everywhere(tmp_path, capsys):
+    """run.json records the base's fingerprint: after the base is re-converted in place, reading
+    the run (evaluate, generate, every export) is refused, naming both fingerprints."""
+    built = tiny.build(tmp_path / "model")
+    write_run(tmp_path / "run", built.flax_dir)
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"base_checkpoint": files.fingerprint(built.flax_dir)}))
+    assert resolve_checkpoint(tmp_path / "run").base == built.flax_dir
+    other = tiny.build(tmp_path / "other", seed=1)
+    shutil.rmtree(built.flax_dir)
+    shutil.copytree(other.flax_dir, built.flax_dir)  # converted again over the same path: other weights
+    with pytest.raises(RunError, match=r"run: its base checkpoint .* is not the one the run trained on"):
+        resolve_checkpoint(tmp_path / "run")
+    with pytest.raises(RunError, match="re-converted or replaced"):
+        runs.load_run(tmp_path / "run")  # what flax-to-hf and flax-to-minigptv2 read
+    from vlguard_jax.conversion.__main__ import main
+
+    argv = ["flax-to-hf", "--src", str(tmp_path / "run"), "--dst", str(tmp_path / "peft"), "--lora", "peft"]
+    assert main(argv) == 1
+    assert "is not the one the run trained on" in capsys.readouterr().err and not (tmp_path / "peft").exists()
 
 
 def test_load_model_reads_the_refs_config_and_tokenizer(model, monkeypatch):

@@ -22,9 +22,10 @@ from vlguard_jax.errors import MissingFileError, UserError
 from vlguard_jax.models.family import load_config
 from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
 from vlguard_jax.models.stacking import to_per_layer
-from vlguard_jax.storage import orbax_s3
+from vlguard_jax.storage import files, orbax_s3
 
 CHECKPOINTS = "checkpoints"
+RUN_IDENTITY = "run.json"  # what the run's checkpoints are a function of (train.workdir writes it)
 COMMIT_MARKER = "commit_success.txt"  # orbax's, in gs:// and s3://
 
 
@@ -180,6 +181,14 @@ def existing_base(workdir, meta: RunMeta) -> Path:
     if not (base / MODEL_CONFIG).exists():
         raise RunError(
             f"{workdir}: its base checkpoint {base} is missing; the run's LoRA and projector weights need it"
+        )
+    identity = storage.as_path(workdir) / RUN_IDENTITY
+    want = json.loads(identity.read_text()).get("base_checkpoint") if identity.exists() else None
+    if want and (got := files.fingerprint(base)) != want:
+        raise RunError(
+            f"{workdir}: its base checkpoint {base} is not the one the run trained on (fingerprint {got}, "
+            f"{RUN_IDENTITY} says {want}): it was re-converted or replaced since. The run's weights apply "
+            "to that one only: put it back, or train again"
         )
     return base
 

@@ -21,13 +21,14 @@ import time
 
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.ref import CheckpointRef
+from vlguard_jax.checkpoints.runs import RUN_IDENTITY
 from vlguard_jax.errors import ConfigError, UserError
 from vlguard_jax.storage.files import atomic_write_json, sha256_file
 from vlguard_jax.train.config import RunConfig
 from vlguard_jax.train.validate import SOURCES
 
 LOCK = ".lock"
-RUN = "run.json"
+RUN = RUN_IDENTITY
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
 SETTLE_S = 2.0
