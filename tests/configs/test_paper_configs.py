@@ -115,3 +115,21 @@ def test_the_minigptv2_config_carries_its_authors_stage3_settings():
         0.999,
     )
     assert (r.data.template, r.data.pad_image, r.data.recipe, r.train.mode) == ("minigptv2", False, "posthoc", "lora")
+
+
+def test_a_command_line_that_does_not_parse_exits_2(capsys):
+    from vlguard_jax.conversion.__main__ import main as convert_main
+    from vlguard_jax.train.__main__ import main as train_main
+
+    assert train_main([]) == 2 and "error: --config: required" in capsys.readouterr().err
+    assert train_main(["--config", "demo", "stray"]) == 2 and "unexpected arguments" in capsys.readouterr().err
+    assert convert_main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: vlguard-convert {hf-to-flax,")
+
+
+def test_a_config_path_with_a_colon_is_taken_whole(tmp_path):
+    folder = tmp_path / "2024-05-01T10:00"
+    folder.mkdir()
+    (folder / "cfg.py").write_text((Path(__file__).resolve().parents[2] / "configs" / "demo.py").read_text())
+    c = parse(["x", f"--config={folder / 'cfg.py'}", "--config.workdir=w"])
+    assert c.workdir == "w" and list(tmp_path.iterdir()) == [folder]

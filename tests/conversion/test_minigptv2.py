@@ -5,6 +5,8 @@
 position resize and LoRA through peft); bad parts are refused naming file and tensor."""
 
 import json
+import os
+import stat
 
 import jax.numpy as jnp
 import numpy as np
@@ -77,6 +79,36 @@ def test_flax_to_minigptv2_writes_back_every_tensor_of_the_authors_checkpoint(pa
     convert(parts.llm, parts.eva, parts.ckpt, merged, dtype="float32", lora="merge", log=lambda _: None)
     assert convert_cli(["flax-to-minigptv2", "--src", str(merged), "--dst", str(tmp_path / "m.pth")]) == 1
     assert "convert with --lora keep" in capsys.readouterr().err
+
+
+def test_flax_to_minigptv2_refuses_what_it_cannot_write_and_writes_a_readable_file(parts, tmp_path, capsys):
+    convert(parts.llm, parts.eva, parts.ckpt, tmp_path / "ck", dtype="float32", log=lambda _: None)
+    src = ["flax-to-minigptv2", "--src", str(tmp_path / "ck")]
+    (tmp_path / "folder").mkdir()
+    assert convert_cli([*src, "--dst", str(tmp_path / "folder"), "--overwrite"]) == 1
+    assert "a folder; name the .pth file to write" in capsys.readouterr().err
+    assert convert_cli([*src, "--dst", "s3://bucket/x.pth"]) == 1
+    assert "written to a local path" in capsys.readouterr().err
+    old = os.umask(0o022)
+    try:
+        assert convert_cli([*src, "--dst", str(tmp_path / "x.pth")]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "x.pth").stat().st_mode) == 0o644
+
+
+def test_the_tower_file_is_named_in_its_errors(parts, tmp_path, capsys):
+    sd = torch.load(parts.eva, weights_only=True)
+    gap = {k: v for k, v in sd.items() if not k.startswith("blocks.1.")}
+    torch.save(gap, tmp_path / "gap.pth")
+    with pytest.raises(CheckpointError, match=r"gap.pth: blocks \[0, 2\]"):
+        convert(parts.llm, tmp_path / "gap.pth", parts.ckpt, tmp_path / "out", log=lambda _: None)
+    torch.save(dict(sd, pos_embed=sd["pos_embed"][:, :-1]), tmp_path / "pos.pth")
+    with pytest.raises(CheckpointError, match=r"pos.pth: tensor 'pos_embed' has shape \(1, 16, 176\)"):
+        convert(parts.llm, tmp_path / "pos.pth", parts.ckpt, tmp_path / "out", log=lambda _: None)
+    argv = ["minigptv2", "--llm", str(parts.llm), "--vision-tower", str(parts.eva), "--checkpoint", str(parts.ckpt)]
+    assert convert_cli([*argv, "--dst", str(tmp_path / "out"), "--vision-heads", "0"]) == 2
+    assert "--vision-heads" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_prompt_ids_are_the_authors_two_bos_then_the_segments(parts, tmp_path):

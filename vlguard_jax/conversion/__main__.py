@@ -28,6 +28,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["--help"], ["-h"]):
+        print(f"usage: vlguard-convert {{{','.join(COMMANDS)}}} [ARGS]\n")
         print((__doc__ or "").strip())
         return 0
     if not argv or argv[0] not in COMMANDS:

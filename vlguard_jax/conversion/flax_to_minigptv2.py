@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from vlguard_jax import storage
 from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.converted import PARAMS_DIR, load_params
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
@@ -55,7 +56,11 @@ def export(src, dst, dtype: str = "float32", overwrite: bool = False) -> dict[st
             f"{src}: its LoRA was merged into the kernels (--lora merge), so the authors' factors cannot be written; "
             "convert with --lora keep"
         )
+    if storage.is_remote(dst):
+        raise InputError(f"--dst {dst}: the .pth is written to a local path; copy it to the bucket afterwards")
     dst = Path(dst)
+    if dst.is_dir():
+        raise InputError(f"--dst {dst}: a folder; name the .pth file to write")
     check_output(dst, src, overwrite=overwrite)
     if ref.kind == "run":  # its latest step's trained factors and llama_proj over its base
         params = traverse_util.unflatten_dict(runs.load_run(ref.path, ref.step)[2])
@@ -69,6 +74,9 @@ def export(src, dst, dtype: str = "float32", overwrite: bool = False) -> dict[st
     os.close(fd)
     try:
         torch.save({"model": tensors}, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is no mode for a model file
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):

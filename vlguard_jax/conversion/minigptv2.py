@@ -22,6 +22,7 @@ appears only when complete. `.pth` files are read with `torch.load(weights_only=
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from vlguard_jax.conversion.hf_to_flax import (
     write_side_files,
 )
 from vlguard_jax.conversion.reader import TensorSource
-from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
+from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, at_least, cli
 from vlguard_jax.models.config import text_from_hf
 from vlguard_jax.models.eva import HEAD_DIM, EvaConfig, resize_positions
 from vlguard_jax.models.minigptv2 import LORA, MiniGPTv2Config
@@ -80,12 +81,19 @@ def tower_config(src: TensorSource, heads: int | None) -> EvaConfig:
     need = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight")
     for name in need:
         if name not in src.shapes:
-            raise CheckpointError(f"{src.dir}: missing tensor {name!r}: not an EVA ViT state dict (--vision-tower)")
+            raise CheckpointError(f"{src.path}: missing tensor {name!r}: not an EVA ViT state dict (--vision-tower)")
     blocks = sorted(int(m[1]) for k in src.keys() if (m := _BLOCK.match(k)))
     if len(blocks) < 2 or blocks != list(range(len(blocks))):
-        raise CheckpointError(f"{src.dir}: blocks {blocks[:3]}...: expected blocks 0..N-1 with N >= 2")
+        raise CheckpointError(f"{src.path}: blocks {blocks[:3]}...: expected blocks 0..N-1 with N >= 2")
     width = src.shapes["cls_token"][-1]
-    heads = heads or width // HEAD_DIM
+    pos = src.shapes["pos_embed"]
+    n = math.prod(pos) // max(width, 1)
+    if pos[-1] != width or n < 2 or math.isqrt(n - 1) ** 2 != n - 1:
+        raise CheckpointError(
+            f"{src.path}: tensor 'pos_embed' has shape {tuple(pos)}: expected (1, 1 + g*g, {width}), a CLS entry "
+            "and a square grid of patch positions"
+        )
+    heads = width // HEAD_DIM if heads is None else heads
     if heads < 1 or width % heads:
         raise InputError(f"--vision-heads {heads}: the tower's width {width} does not split into {heads} heads")
     return EvaConfig(
@@ -261,7 +269,9 @@ def main(argv: list[str]) -> int:
         help="keep: the q/v LoRA factors stay beside the kernels, as the authors' model holds them (training "
         "continues from them; flax-to-minigptv2 writes them back); merge: folded into the kernels",
     )
-    p.add_argument("--vision-heads", type=int, help="the tower's heads (default: width / 88, ViT-g's head size)")
+    p.add_argument(
+        "--vision-heads", type=at_least(1), help="the tower's heads (default: width / 88, ViT-g's head size)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
     a = p.parse_args(argv)
     config = convert(a.llm, a.vision_tower, a.checkpoint, a.dst, a.dtype, a.lora, a.vision_heads, a.overwrite)

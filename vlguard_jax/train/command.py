@@ -10,14 +10,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import sys
+import tempfile
 from importlib import resources
 from pathlib import Path
 
 from absl import flags
 from ml_collections import ConfigDict, config_flags
 
-from vlguard_jax.errors import ConfigError
+from vlguard_jax.errors import ConfigError, UsageError
 from vlguard_jax.train.defaults import base_config
 from vlguard_jax.train.validate import flat_keys, unknown_key
 
@@ -26,7 +28,13 @@ OVERRIDE = re.compile(r"--config\.([\w.]+)(=|$)")
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
-    """`FILE` or `FILE:ARG` (ARG passed to get_config, as ml_collections' config_flags does)."""
+    """`FILE` or `FILE:ARG` (ARG passed to get_config, as ml_collections' config_flags does); a
+    file whose path holds a colon (`runs/2024-05-01T10:00/cfg.py`) is taken whole."""
+    if Path(spec).is_file():
+        return spec, None
+    if ".py:" in spec:
+        i = spec.rindex(".py:") + 3
+        return spec[:i], spec[i + 1 :]
     path, sep, arg = spec.partition(":")
     return path, (arg if sep else None)
 
@@ -112,7 +120,7 @@ def parse(
     path = config_path(argv[1:])
     if path is None:
         if default is None:
-            raise ConfigError(
+            raise UsageError(
                 "--config: required (a config file such as configs/posthoc_lora_7b.py, or its name: posthoc_lora_7b)"
             )
         path = default
@@ -123,12 +131,18 @@ def parse(
             if not (a.startswith("--config=") or a == "--config" or (i > 0 and argv[i - 1] == "--config"))
         ]
     path = find_config(path)
-    argv.insert(1, f"--config={path}")
     known = flat_keys(load_config_file(path))
     for arg in argv[1:]:
         m = OVERRIDE.match(arg)
         if m and m[1] not in known:
             raise unknown_key(m[1], known)
+    file, spec_arg = split_spec(path)
+    link = None
+    if ":" in file:  # ml_collections cuts --config at its first colon: give it a path without one
+        link = Path(tempfile.mkdtemp(prefix="vlguard-config-"))
+        (link / Path(file).name).symlink_to(Path(file).resolve())
+        path = str(link / Path(file).name) + (f":{spec_arg}" if spec_arg is not None else "")
+    argv.insert(1, f"--config={path}")
     saved, sys.argv = sys.argv, argv  # ml_collections finds the --config.KEY overrides in sys.argv
     try:
         rest = flags.FLAGS(argv)
@@ -136,6 +150,8 @@ def parse(
         raise ConfigError(" ".join(str(e).split())) from None
     finally:
         sys.argv = saved
+        if link is not None:
+            shutil.rmtree(link, ignore_errors=True)
     if len(rest) > 1:
-        raise ConfigError(f"unexpected arguments: {rest[1:]}")
+        raise UsageError(f"unexpected arguments: {rest[1:]}")
     return _CONFIG.value
