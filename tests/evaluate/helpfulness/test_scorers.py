@@ -31,3 +31,26 @@ def test_score_is_the_benchmarks_scorer_on_the_answers_file(tmp_path):
     )
     assert got == vs.gqa(vs.read_answers(tmp_path / "answers.jsonl"), tmp_path / "questions.json")
     assert got["accuracy"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize(
+    "which, flags, named",
+    [
+        (
+            "pope",
+            ["--question-file", "Q", "--annotation-dir", "nowhere"],
+            "--annotation-dir {}/nowhere: no such folder",
+        ),
+        ("mme", ["--base-dir", "nowhere"], "--base-dir {}/nowhere: no such folder"),
+        ("mmbench", ["--question-file", "nowhere.tsv"], "--question-file {}/nowhere.tsv: no such file"),
+    ],
+)
+def test_a_missing_benchmark_file_or_folder_is_one_line(tmp_path, capsys, which, flags, named):
+    from vlguard_jax.evaluate.__main__ import main
+
+    (tmp_path / "answers.jsonl").write_text("")
+    (tmp_path / "Q").write_text("")
+    flags = [str(tmp_path / f) if not f.startswith("--") else f for f in flags]
+    assert main(["score", "--benchmark", which, "--answers", str(tmp_path / "answers.jsonl"), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: " + named.format(tmp_path) and "Traceback" not in err

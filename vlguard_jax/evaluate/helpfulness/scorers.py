@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from vlguard_jax.errors import MissingFileError
 from vlguard_jax.evaluate.helpfulness import gpt_graders, vqa_scoring
 
 
@@ -49,6 +50,22 @@ def missing(benchmark: str, inputs: ScoreInputs) -> str | None:
     return next((n for n in NEEDS[benchmark] if getattr(inputs, n) is None), None)
 
 
+FOLDERS = ("base_dir", "annotation_dir")  # the inputs that are folders; the others are files
+WRITTEN = ("upload_file", "grades_file")  # outputs, not read
+
+
+def absent(benchmark: str, inputs: ScoreInputs) -> None:
+    """A file or folder the scorer would read that is not there: one line naming its flag."""
+    for name in NEEDS[benchmark]:
+        path = getattr(inputs, name)
+        if name in WRITTEN or path is None:
+            continue
+        there = Path(path).is_dir() if name in FOLDERS else Path(path).is_file()
+        if not there:
+            flag = "--" + name.replace("_", "-")
+            raise MissingFileError(f"{flag} {path}: no such {'folder' if name in FOLDERS else 'file'}")
+
+
 def score(benchmark: str, inputs: ScoreInputs) -> dict:
     """LLaVA's scorer for `benchmark` on `inputs.answers`; for vizwiz and mmbench with an upload
     file, {"upload": the file written for the test server}."""
@@ -56,6 +73,7 @@ def score(benchmark: str, inputs: ScoreInputs) -> dict:
     if lacking is not None:
         raise ValueError(f"score({benchmark!r}) needs {lacking}")  # the CLI asks for it first
     i = inputs
+    absent(benchmark, inputs)
     answers = vqa_scoring.read_answers(i.answers)
     grades = i.grades_file or str(Path(i.answers).with_suffix(".grades.json"))
     partial: dict[str, Any] = {"allow_partial": i.allow_partial, "source": i.answers}
