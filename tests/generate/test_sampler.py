@@ -154,6 +154,29 @@ def test_cli_json_lines(built, tmp_path, capsys):
     assert "bad.jsonl: line 1" in capsys.readouterr().err
 
 
+def test_cli_refuses_image_tags_that_do_not_match_the_images(built, tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (30, 30)).save(tmp_path / "a.png")
+    base = ["--checkpoint", str(built.flax_dir), "--max-new-tokens", "2", "--template", "none"]
+    assert cli([*base, "--prompt", "<image>\nWhat is it?"]) == 1
+    assert "--prompt: row 1: the prompt holds 1 <image> tag(s) for no image" in capsys.readouterr().err
+    assert cli([*base, "--prompt", "<image><image><image> What?", "--image", str(tmp_path / "a.png")]) == 1
+    assert "the prompt holds 3 <image> tag(s) for one image" in capsys.readouterr().err
+    assert cli([*base, "--prompt", "<image>\nWhat?", "--image", str(tmp_path / "a.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["template"] == "none"
+
+
+def test_cli_warns_of_another_familys_template_and_records_it(built, capsys):
+    argv = ["--checkpoint", str(built.flax_dir), "--prompt", "Hi", "--max-new-tokens", "2", "--json"]
+    assert cli([*argv, "--template", "minigptv2"]) == 0
+    out = capsys.readouterr()
+    assert "warning: --template minigptv2 is not a LLaVA template; asking in it anyway" in out.err
+    assert json.loads(out.out)["template"] == "minigptv2"
+    assert cli([*argv, "--template", "vicuna_v1"]) == 0  # LLaVA's own (training): no warning
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_auto_dtype_is_the_authors_float16_on_a_gpu():
     from vlguard_jax.generate import auto_dtype
 

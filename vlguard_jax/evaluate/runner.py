@@ -30,7 +30,7 @@ from vlguard_jax.evaluate.judges import gpt4_judge, llamaguard
 from vlguard_jax.evaluate.safety import figstep, safety_sets
 from vlguard_jax.evaluate.safety.scoring import is_refusal, token_f1
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
-from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
+from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template, foreign_template
 from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import check_output, read_json, write_json
 
@@ -198,6 +198,9 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     if llm and protocol.text_image != "none":
         raise InputError(f"{checkpoint}: a text-only LLM takes no image (--text-image {protocol.text_image})")
     protocol = protocol.resolved(config, tokenizer)
+    warning = foreign_template(config, protocol.template)  # recorded: the protocol names the template
+    if warning:
+        log(warning)
     judge_ref = None
     if e.judge == "openai-compatible":
         if (benchmark, subset) != ("vlguard", "safe_safes") or not references or not e.images:

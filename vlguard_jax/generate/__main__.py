@@ -14,7 +14,7 @@ import time
 from vlguard_jax.data.images import open_rgb, pixels
 from vlguard_jax.errors import ArgumentParser, InputError, at_least, cli
 from vlguard_jax.generate import load_generator, prompt_ids, response_text
-from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template
+from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template, foreign_template
 from vlguard_jax.generate.sampler import Sampling
 from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import read_jsonl
@@ -57,6 +57,9 @@ def main(argv: list[str]) -> int:
     s = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.min_new_tokens)
     gen, m = load_generator(a.checkpoint, batch_size=a.batch_size)
     template = default_template(m.config, m.tokenizer) if a.template == "auto" else a.template
+    warning = foreign_template(m.config, template)
+    if warning:
+        print(warning, file=sys.stderr)
     ids, pix = [], []
     for n, row in enumerate(rows, 1):
         image = row.get("image")
@@ -87,6 +90,7 @@ def main(argv: list[str]) -> int:
                         "prompt_ids": pi,
                         "token_ids": toks,
                         "text": text,
+                        "template": template,
                     }
                 )
             )

@@ -54,7 +54,23 @@ def prompt_ids(tokenizer, config, question: str, image: bool, template: str = "l
         return tokenization.ids(tokenizer, text, special=False)
     if image and not family_of(config).takes_images:
         raise InputError("a text-only model takes no image")
-    return prompt_ids_of_text(tokenizer, config, text)
+    ids = prompt_ids_of_text(tokenizer, config, text)
+    if family_of(config).takes_images:
+        tags = ids.count(config.image_token_index) // max(config.num_image_tokens, 1)
+        if tags != int(image):
+            given = "one image" if image else "no image"
+            raise InputError(
+                f"the prompt holds {tags} {IMAGE_TAG} tag(s) for {given}: one tag per image, where it goes"
+            )
+    return ids
+
+
+def foreign_template(config, template: str) -> str | None:
+    """A warning line when `template` is not one of the checkpoint family's own, else None."""
+    family = family_of(config)
+    if family.owns_template(template):
+        return None
+    return f"warning: --template {template} is not a {family.label} template; asking in it anyway"
 
 
 def prompt_ids_of_text(tokenizer, config, text: str) -> list[int]:

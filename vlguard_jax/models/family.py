@@ -61,6 +61,12 @@ class Family:
             return self.template
         return "chat_template" if getattr(tokenizer, "chat_template", None) else VICUNA_TEMPLATE
 
+    def owns_template(self, template: str) -> bool:
+        """Whether `template` is one of this family's own (its prompts', training's or helpfulness
+        scripts'); `none` (the text verbatim) and `chat_template` belong to every family."""
+        own = {self.template, self.helpfulness_template, *self.training_templates, "none", "chat_template"}
+        return template in own or (self.template is None and template == VICUNA_TEMPLATE)
+
     def question_template(self, tokenizer) -> str:
         """The template the helpfulness benchmarks ask this family in (`--conv-mode auto`)."""
         return self.helpfulness_template or self.default_template(tokenizer)
