@@ -191,8 +191,11 @@ def test_a_thin_image_is_refused_before_padding_or_resizing_makes_it_huge(tmp_pa
         f"{thin}: 1x60000 pixels; padding it to a 60000x60000 square would make over 89,478,485 pixels "
         "(data.max_image_pixels); refused"
     )
-    with pytest.raises(ImageError, match=r"thin.png: 1x60000 pixels; resizing it would make over 89,478,485"):
-        load_pixels(tmp_path, "thin.png", 336, pad=False)
+    for size, transform in ((336, "clip"), (28, "clip"), (448, "squash")):  # 28 px: 47M pixels, 1.3 GB before
+        with pytest.raises(
+            ImageError, match=rf"thin.png: 1x60000 pixels; resizing it to {size} px would make over 16,"
+        ):
+            load_pixels(tmp_path, "thin.png", size, pad=False, transform=transform)
     Image.new("RGB", (20, 2_000), (9, 9, 9)).save(tmp_path / "tall.png")  # a long image within bounds works
     assert load_pixels(tmp_path, "tall.png", 28, pad=True).shape == (3, 28, 28)
 

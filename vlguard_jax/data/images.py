@@ -112,19 +112,33 @@ def squash_preprocess(img: Image.Image, size: int) -> np.ndarray:
 IMAGE_TRANSFORMS = ("clip", "squash")  # a model family's image transform (models.family)
 
 
-def check_work_size(img: Image.Image, size: int, pad: bool, name: object, max_pixels: int = MAX_PIXELS) -> None:
+RESIZE_LIMIT = 1 << 24  # pixels of a resize's intermediate: 16.8M (a 336 px side at 148:1)
+
+
+def check_work_size(
+    img: Image.Image, size: int, pad: bool, name: object, max_pixels: int = MAX_PIXELS, transform: str = "clip"
+) -> None:
     """Refuse an image whose intermediate would be over `max_pixels`, before it is made: padding
-    makes a max(w, h) square, and the resize before the crop a `size` x `size * long / short`
-    image. A thin image under the pixel limit (1x60000 is 60,000 pixels) would otherwise take
-    gigabytes there."""
+    makes a max(w, h) square, CLIP's resize before the crop a `size` x `size * long / short`
+    image, and a squash's first pass `size * long` pixels; a resize's is also bounded by
+    RESIZE_LIMIT. A thin image under the pixel limit (1x60000 is 60,000 pixels) would otherwise
+    take gigabytes there."""
     w, h = img.size
-    padded = max(w, h) ** 2 if pad else w * h
+    padded = max(w, h) ** 2 if pad and transform == "clip" else w * h
     short, long = (w, h) if w <= h else (h, w)
-    resized = size * size * long / short if not pad else size * size
-    if max(padded, resized) > max_pixels:
-        what = f"padding it to a {max(w, h)}x{max(w, h)} square" if padded > max_pixels else "resizing it"
+    if transform == "squash":
+        resized = size * long
+    else:
+        resized = size * size * long / short if not pad else size * size
+    if padded > max_pixels:
         raise ImageError(
-            f"{name}: {w}x{h} pixels; {what} would make over {max_pixels:,} pixels (data.max_image_pixels); refused"
+            f"{name}: {w}x{h} pixels; padding it to a {max(w, h)}x{max(w, h)} square would make over "
+            f"{max_pixels:,} pixels (data.max_image_pixels); refused"
+        )
+    if resized > min(max_pixels, RESIZE_LIMIT):
+        raise ImageError(
+            f"{name}: {w}x{h} pixels; resizing it to {size} px would make over {min(max_pixels, RESIZE_LIMIT):,} "
+            "pixels on the way (its sides are too far apart); refused"
         )
 
 
@@ -138,11 +152,11 @@ def pixels(
 ) -> np.ndarray:
     """One image as the model takes it. `transform`: "clip" (LLaVA's: CLIP's processor, after
     padding to a square when `pad`) or "squash" (MiniGPT-v2's; `pad` does not apply)."""
+    if transform not in IMAGE_TRANSFORMS:
+        raise NotImplementedError(f"image transform {transform!r} is not one of {IMAGE_TRANSFORMS}")  # a bug
+    check_work_size(img, size, pad, name, max_pixels, transform)
     if transform == "squash":
         return squash_preprocess(img, size)
-    if transform != "clip":
-        raise NotImplementedError(f"image transform {transform!r} is not one of {IMAGE_TRANSFORMS}")  # a bug
-    check_work_size(img, size, pad, name, max_pixels)
     return clip_preprocess(expand2square(img) if pad else img, size)
 
 
