@@ -44,7 +44,7 @@ SOURCE = "source"  # the default --dtype: each tensor as the source file stores 
 DTYPE_CHOICES = (SOURCE, *sorted(DTYPES))
 
 
-def plan_dtype(dtype: str):
+def plan_dtype(dtype: str) -> Any:
     """The dtype the parameter shapes are built in (shapes alone are read: any will do)."""
     return DTYPES.get(dtype, jnp.float32)
 
