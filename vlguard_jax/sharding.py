@@ -76,6 +76,67 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
     return Mesh(arr, MESH_AXES)
 
 
+def parse_mesh(spec: str, flag: str = "--mesh") -> tuple[int, int, int]:
+    """`D,F,T` (data, fsdp, tensor; one -1 takes the remaining devices), as config.mesh.shape."""
+    try:
+        shape = tuple(int(x) for x in spec.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or any(x == 0 or x < -1 for x in shape):
+        raise ConfigError(f"{flag} {spec}: expected DATA,FSDP,TENSOR, each a positive count or one -1 (e.g. -1,1,1)")
+    return shape  # type: ignore[return-value]
+
+
+def mesh_arg(text: str) -> str:
+    """argparse's type for `--mesh`: "auto" or D,F,T (a ValueError is argparse's usage error)."""
+    if text != "auto":
+        parse_mesh(text)
+    return text
+
+
+def add_mesh(p: Any) -> None:
+    """The evaluation commands' `--mesh` flag (eval_mesh)."""
+    p.add_argument(
+        "--mesh",
+        default="auto",
+        type=mesh_arg,
+        help="DATA,FSDP,TENSOR devices, as config.mesh (one -1 takes the rest); auto (default): every "
+        "local accelerator along data, or along fsdp when the weights do not fit one; one device on a CPU",
+    )
+
+
+EVAL_FIT = 0.7  # weights over this share of one device's memory are sharded over fsdp
+
+
+def eval_mesh(spec: str | None, param_bytes: Any = None) -> Mesh | None:
+    """The mesh an evaluation runs on, over this host's devices: `spec` "D,F,T" as config.mesh; None
+    one device (what the library does unless asked); "auto" every local accelerator, along `data`,
+    or along `fsdp` when the weights (`param_bytes()`, called only then) take over EVAL_FIT of one
+    device's memory; on a CPU host one device (XLA's CPU devices share its cores). Returns None for
+    a mesh of one device."""
+    devices = jax.local_devices()
+    if spec is None or (spec == "auto" and (jax.default_backend() == "cpu" or len(devices) == 1)):
+        return None
+    if spec == "auto":
+        limit = (devices[0].memory_stats() or {}).get("bytes_limit")
+        fits = limit is None or param_bytes is None or param_bytes() <= EVAL_FIT * limit
+        shape: tuple[int, ...] = (-1, 1, 1) if fits else (1, -1, 1)
+    else:
+        shape = parse_mesh(spec)
+    mesh = make_mesh(shape, devices)
+    return None if mesh.size == 1 else mesh
+
+
+def mesh_record(mesh: Mesh | None) -> dict[str, int]:
+    """What summary.json records of the mesh used: {"data": d, "fsdp": f, "tensor": t}."""
+    return {a: (mesh.shape[a] if mesh is not None else 1) for a in MESH_AXES}
+
+
+def batch_multiple(mesh: Mesh | None) -> int:
+    """A batch splits over data x fsdp (LOGICAL_AXIS_RULES' "batch")."""
+    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def logical_to_spec(
     axes: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None
 ) -> PartitionSpec:

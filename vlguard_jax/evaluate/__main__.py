@@ -35,6 +35,7 @@ from vlguard_jax.evaluate.runner import (
 from vlguard_jax.evaluate.safety.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
 from vlguard_jax.evaluate.suite import run_suite
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
+from vlguard_jax.sharding import add_mesh
 
 
 def out_dir(text: str) -> str:
@@ -79,6 +80,7 @@ def evaluate_main(argv) -> int:
         help="EOS is banned before this many tokens (the authors': 1, so no reply is empty)",
     )
     add_dtype(p)
+    add_mesh(p)
     p.add_argument(
         "--text-image",
         choices=TEXT_IMAGES,
@@ -137,6 +139,7 @@ def evaluate_main(argv) -> int:
             references=a.references,
             judge_orders=a.judge_orders,
             llamaguard_prompt=a.llamaguard_prompt,
+            mesh=a.mesh,
         )
     )
     print(json.dumps(result, indent=1))
@@ -222,6 +225,7 @@ def vqa_main(argv) -> int:
     )
     p.add_argument("--batch-size", type=at_least(1), default=8)
     add_dtype(p)
+    add_mesh(p)
     p.add_argument("--limit", type=at_least(1), help="only the first N questions")
     a = p.parse_args(argv)
     answers = vqa.answer_question_file(
@@ -236,6 +240,7 @@ def vqa_main(argv) -> int:
         batch_size=a.batch_size,
         dtype=a.dtype,
         limit=a.limit,
+        mesh=a.mesh,
     )
     print(f"wrote {len(answers)} answers to {a.answers_file}")
     return 0
@@ -253,6 +258,7 @@ def suite_main(argv) -> int:
     p.add_argument("--limit", type=at_least(1), help="only the first N items of each benchmark")
     p.add_argument("--batch-size", type=at_least(1), default=8)
     add_dtype(p)
+    add_mesh(p)
     p.add_argument("--font", help="figstep: FreeMonoBold.ttf path")
     p.add_argument(
         "--max-new-tokens",
@@ -269,6 +275,7 @@ def suite_main(argv) -> int:
         protocol=Protocol(dtype=a.dtype, batch_size=a.batch_size),
         max_new_tokens=a.max_new_tokens,
         font=a.font,
+        mesh=a.mesh,
     )
     md, png = write_report([a.out], storage.as_path(a.out) / "report", [Path(a.checkpoint).name])
     print(md.read_text())

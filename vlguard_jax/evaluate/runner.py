@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from PIL import Image
 from tqdm import tqdm
 
-from vlguard_jax import storage
+from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
 from vlguard_jax.errors import InputError, MissingFileError
@@ -160,6 +160,8 @@ class Evaluation:
     judge: None, `openai-compatible` (the win rate against `references`, gpt4_safe_safes.json,
         asked `judge_orders` times with the answers' order swapped) or `llamaguard` (Llama Guard's
         verdicts, from `judge_checkpoint`, prompted as `llamaguard_prompt` says).
+    mesh: "D,F,T" or "auto" (sharding.eval_mesh), None for one device; recorded in summary.json,
+        not part of what a resume must match.
     """
 
     checkpoint: CheckpointRef | str
@@ -179,6 +181,7 @@ class Evaluation:
     references: Any = None
     judge_orders: int = 1
     llamaguard_prompt: str = "llama-recipes"
+    mesh: str | None = None  # the devices it runs on: a --mesh spec (sharding.eval_mesh); None one device
 
 
 def run(e: Evaluation, *, generator=None, log=print) -> dict:
@@ -236,9 +239,10 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     if len(todo) < len(items):
         log(f"{path}: {len(items) - len(todo)} responses already there, {len(todo)} to generate")
     font = e.font
+    mesh = read_json(out / SUMMARY, {}).get(f"{benchmark}/{subset}", {}).get("mesh")
     if todo:
         font = _figstep_font(e.font, log) if benchmark == "figstep" else e.font
-        _generate(
+        mesh = _generate(
             checkpoint,
             benchmark,
             todo,
@@ -250,6 +254,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
             seed=e.seed,
             tqdm=tqdm,
             generator=generator,
+            mesh=e.mesh,
         )
     result = score(benchmark, items, responses, subset)
     if benchmark == "figstep" and todo:
@@ -266,11 +271,12 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
             out / benchmark / f"{subset}.llamaguard.json",
             batch_size=protocol.batch_size,
             prompt=e.llamaguard_prompt,
+            mesh=e.mesh,
         )
     summary = read_json(out / SUMMARY, {})
     summary[f"{benchmark}/{subset}"] = dict(
         result, checkpoint=str(checkpoint), model="llm" if llm else "vllm", protocol=settings
-    )
+    ) | ({"mesh": mesh} if mesh else {})
     write_json(out / SUMMARY, summary)
     return result
 
@@ -342,14 +348,18 @@ def _generate(
     seed,
     tqdm,
     generator=None,
-):
+    mesh=None,
+) -> dict[str, int]:
+    """Generate the `todo` responses into `path`; returns the mesh they ran on (mesh_record)."""
     if benchmark == "vlguard" and not images:
         raise InputError("--benchmark vlguard needs --images DIR (the VLGuard test images)")
     if benchmark == "vlguard":  # every image must be there before any compute
         for i in todo:
             if not resolve(images, i.image).is_file():
                 raise ImageError(f"{resolve(images, i.image)}: image file not found (record {i.meta['id']!r})")
-    gen, m = generator or load_generator(checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype))
+    gen, m = generator or load_generator(
+        checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype), mesh=mesh
+    )
     size = m.config.vision.image_size if m.config.vision is not None else 0  # 0: a text-only LLM
     transform = family_of(m.config).image_transform
     blank = pixels(Image.new("RGB", (size, size), BLANK_COLOR), size, pad=False, transform=transform) if size else None
@@ -381,3 +391,4 @@ def _generate(
         bar.update(len(chunk))
         bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.1f}")
     bar.close()
+    return sharding.mesh_record(gen.mesh)

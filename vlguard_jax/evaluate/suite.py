@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from vlguard_jax import storage
+from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate.helpfulness import gpt_graders, vqa, vqa_scoring
@@ -191,6 +191,7 @@ def run_suite(
     protocol: Protocol = Protocol(),
     max_new_tokens: int | None = None,
     font=None,
+    mesh: str | None = None,
     log=print,
 ) -> dict:
     """Run every benchmark found under DATA_ROOT (or `only` those); returns summary.json's content.
@@ -206,13 +207,23 @@ def run_suite(
     checkpoint = resolve_checkpoint(checkpoint)
     if not storage.is_remote(out):
         return _run_suite(
-            checkpoint, Path(data_root), Path(out), only, limit, protocol, max_new_tokens, font, log, lambda: None
+            checkpoint, Path(data_root), Path(out), only, limit, protocol, max_new_tokens, font, log, lambda: None, mesh
         )
     mirror = storage.Mirror(str(out), "suite")
     mirror.pull()
     try:
         return _run_suite(
-            checkpoint, Path(data_root), mirror.local, only, limit, protocol, max_new_tokens, font, log, mirror.sync
+            checkpoint,
+            Path(data_root),
+            mirror.local,
+            only,
+            limit,
+            protocol,
+            max_new_tokens,
+            font,
+            log,
+            mirror.sync,
+            mesh,
         )
     finally:
         mirror.sync()
@@ -229,6 +240,7 @@ def _run_suite(
     font,
     log,
     finished,
+    mesh: str | None = None,
 ) -> dict:
     if not root.is_dir():
         raise MissingFileError(f"--data-root {root}: no such directory")
@@ -244,7 +256,7 @@ def _run_suite(
             else f"--only {','.join(only)}: nothing a text-only LLM can run ({checkpoint})"
         )
     protocol = protocol.resolved(config, tokenizer)
-    generator = load_generator(checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype))
+    generator = load_generator(checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype), mesh=mesh)
     for name in todo:
         log(f"== {name}")
         if name in SAFETY:
@@ -265,6 +277,7 @@ def _run_suite(
                 **files,
                 **dict(s.kw),
                 **(_win_rate(root, log) if name == "vlguard/safe_safes" else {}),
+                mesh=mesh,
             )
             run(spec, generator=generator, log=log)
         else:
@@ -336,6 +349,7 @@ def _helpfulness(
         headline=headline(name, metrics),
         model="vllm",
         protocol=settings,
+        mesh=sharding.mesh_record(gen.mesh),
     )
     write_json(out / SUMMARY, summary)
 

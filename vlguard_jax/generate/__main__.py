@@ -17,6 +17,7 @@ from vlguard_jax.generate import load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template, foreign_template
 from vlguard_jax.generate.sampler import Sampling
 from vlguard_jax.models.family import family_of
+from vlguard_jax.sharding import add_mesh
 from vlguard_jax.storage.files import read_jsonl
 
 
@@ -52,10 +53,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=at_least(1), default=8)
     p.add_argument("--pad-image", action="store_true", help="training-style square padding (default: eval, no pad)")
     p.add_argument("--json", action="store_true")
+    add_mesh(p)
     a = p.parse_args(argv)
     rows = read_prompts(a.prompts_file) if a.prompts_file else [{"prompt": a.prompt, "image": a.image}]
     s = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.min_new_tokens)
-    gen, m = load_generator(a.checkpoint, batch_size=a.batch_size)
+    gen, m = load_generator(a.checkpoint, batch_size=a.batch_size, mesh=a.mesh)
     template = default_template(m.config, m.tokenizer) if a.template == "auto" else a.template
     warning = foreign_template(m.config, template)
     if warning:

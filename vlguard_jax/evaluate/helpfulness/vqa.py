@@ -31,14 +31,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from vlguard_jax import storage
+from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.data.conversation import IMAGE_TAG, TEMPLATES, get_template, render
 from vlguard_jax.data.images import ImageError, load_pixels, pixels
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.errors import InputError, MissingFileError, UsageError
 from vlguard_jax.evaluate.runner import claim_output
-from vlguard_jax.generate import Sampling, auto_dtype, load_generator, response_text
+from vlguard_jax.generate import Sampling, auto_dtype, load_generator, response_text, weight_bytes
 from vlguard_jax.generate.prompts import prompt_ids, prompt_ids_of_text
 from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl, sha256_file
@@ -277,6 +277,7 @@ def answer_question_file(
     batch_size: int = 8,
     dtype: str = "auto",
     limit: int | None = None,
+    mesh: str | None = None,
     log=print,
 ) -> list[dict]:
     """`evaluate vqa`: a checkpoint answers a LLaVA question file into `answers_file` (LLaVA's
@@ -300,6 +301,7 @@ def answer_question_file(
         "dtype": dtype,
         "pad": True,
     }
+    devices = sharding.eval_mesh(mesh, lambda: weight_bytes(ref, dtype))
     claim_output(
         None,
         path,
@@ -309,10 +311,11 @@ def answer_question_file(
             "protocol": settings,
             "seed": 0,
             "questions": {"file": str(Path(question_file).resolve()), "sha256": sha256_file(question_file)},
+            "mesh": sharding.mesh_record(devices),  # a record, not compared on resume
         },
         log,
     )
-    gen, loaded = load_generator(ref, batch_size=batch_size, dtype=jnp.dtype(dtype))
+    gen, loaded = load_generator(ref, batch_size=batch_size, dtype=jnp.dtype(dtype), mesh=devices)
     return answer(
         gen,
         loaded,

@@ -113,7 +113,14 @@ def identity(judge_ref: CheckpointRef, prompt: str) -> dict:
 
 
 def judge(
-    checkpoint: CheckpointRef | str, items, responses: dict, path, *, batch_size: int = 8, prompt: str = "llama-recipes"
+    checkpoint: CheckpointRef | str,
+    items,
+    responses: dict,
+    path,
+    *,
+    batch_size: int = 8,
+    prompt: str = "llama-recipes",
+    mesh: str | None = None,
 ) -> dict:
     """Judge the responses missing from `path` ({"provenance": ..., "verdicts": {key: {"verdict",
     "output", "conversation"}}}), then count. A saved verdict is reused only for the conversation
@@ -126,7 +133,7 @@ def judge(
     hashes = {i.key: provenance.digest(conversation(i, responses[i.key])) for i in answered}
     todo = [i for i in answered if saved.get(i.key, {}).get("conversation") != hashes[i.key]]
     if todo:
-        gen, m = load_generator(ref, batch_size=batch_size)
+        gen, m = load_generator(ref, batch_size=batch_size, mesh=mesh)
         for batch in gen.batches(len(todo)):
             chunk = [todo[k] for k in batch]
             ids = [prompt_ids(m.tokenizer, i, responses[i.key], prompt) for i in chunk]
