@@ -18,7 +18,7 @@ from vlguard_jax.checkpoints.runs import read_latest
 from vlguard_jax.conversion.flax_to_minigptv2 import export
 from vlguard_jax.conversion.minigptv2 import convert
 from vlguard_jax.data.sample import write_sample
-from vlguard_jax.errors import ConfigError
+from vlguard_jax.errors import ConfigError, InputError
 from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
 from vlguard_jax.train.loop import run as train
@@ -34,6 +34,14 @@ def test_convert_train_evaluate_export(tmp_path):
     sample = write_sample(tmp_path / "sample", n_train=8, n_test=8, n_helpful=8)
     with pytest.raises(ConfigError, match=r"config.data.template: 'vicuna_v1' does not train a MiniGPT-v2"):
         train(config(ck, sample, tmp_path / "wrong", template="vicuna_v1"), log_fn=lambda _: None)
+    mismatched = config(ck, sample, tmp_path / "wrong")
+    mismatched.lora.rank = 32
+    with pytest.raises(ConfigError, match=r"config.lora: rank 32"):
+        train(mismatched, log_fn=lambda _: None)
+    missing = config(ck, sample, tmp_path / "wrong", vlguard_images=str(tmp_path / "missing.zip"))
+    with pytest.raises(InputError, match=r"missing.zip: no such zip archive"):
+        train(missing, log_fn=lambda _: None)
+    assert not (tmp_path / "wrong").exists()  # a refused fresh run leaves no workdir (no run.json)
 
     out = train(config(ck, sample, tmp_path / "run"), log_fn=lambda _: None)
     assert out["step"] == 2 and np.isfinite(out["loss"])

@@ -48,7 +48,7 @@ from vlguard_jax.train.state import (
 )
 from vlguard_jax.train.step import jit_train_step, label_budget
 from vlguard_jax.train.validate import check as check_config
-from vlguard_jax.train.workdir import Lock, check_resume, identity
+from vlguard_jax.train.workdir import LOCK, RUN, Lock, check_resume, identity
 
 Say = Callable[[str], None]
 
@@ -142,9 +142,10 @@ def run(config: Any, log_fn: Say | None = None) -> dict:
 
 
 def _remove_if_empty(workdir: Path) -> None:
-    """A run refused before it wrote anything leaves no workdir behind (only empty directories
-    were made: the workdir and its checkpoints folder)."""
-    if workdir.is_dir() and not any(p.is_file() for p in workdir.rglob("*")):
+    """A run refused before it wrote anything leaves no workdir behind (only the workdir, its
+    checkpoints folder and the run's identity, run.json, were made)."""
+    made = (workdir / RUN, workdir / LOCK)
+    if workdir.is_dir() and not any(p.is_file() and p not in made for p in workdir.rglob("*")):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
