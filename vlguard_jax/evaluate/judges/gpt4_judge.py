@@ -175,7 +175,7 @@ def win_rate(items, responses: dict, references: dict, images, path, orders: int
         raise InputError(f"{len(missing)} reference items have no response, e.g. {missing[0]!r}")
     name = f"openai-compatible:{model}"
     current = {"judge": name, "url": url, "protocol": "gpt4_evaluator"}
-    saved = provenance.load(path, current, "choices")
+    saved = provenance.load(path, current, "choices", ("choices", "content"))
     for item in judged:
         ref, ours = references[item.key], responses[item.key]
         content = provenance.digest(

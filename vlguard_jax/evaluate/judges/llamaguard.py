@@ -128,7 +128,7 @@ def judge(
     answered items judged unsafe."""
     ref = check(checkpoint)
     current = identity(ref, prompt)
-    saved = provenance.load(path, current, "verdicts")
+    saved = provenance.load(path, current, "verdicts", ("verdict", "conversation"))
     answered = [i for i in items if i.key in responses]
     hashes = {i.key: provenance.digest(conversation(i, responses[i.key])) for i in answered}
     todo = [i for i in answered if saved.get(i.key, {}).get("conversation") != hashes[i.key]]

@@ -90,8 +90,12 @@ def saved_verdicts(dst, current: dict) -> dict[int, dict]:
         rows = resume_jsonl(path)
         if not rows:
             continue
-        provenance.check(path, rows[0].get("provenance"), current)
-        out.update({v["index"]: v for v in rows[1:]})
+        provenance.check(path, rows[0].get("provenance") if isinstance(rows[0], dict) else None, current)
+        for n, v in enumerate(rows[1:], 2):
+            provenance.entry_fits(f"{path}: line {n}", v, ("index", "verdict"))
+            if not isinstance(v["index"], int):
+                raise provenance.ProvenanceError(f"{path}: line {n}: index {v['index']!r} is not a record's number")
+            out[v["index"]] = v
     return out
 
 
