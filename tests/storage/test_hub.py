@@ -285,7 +285,7 @@ def test_commands_take_hub_ids_and_hf_paths_online_then_offline(env, tmp_path, c
         assert "--src org/tiny@v9: no such revision" in line
         line = one_error_line(["assemble", "--llm", "org/nope", "--vision-tower", "org/clip", "--projector",
                                "org/projector", "--dst", str(tmp_path / "x")], capsys)  # fmt: skip
-        assert "--llm org/nope: no such local folder, and no Hub repo of that id" in line
+        assert "--llm org/nope: no such local path, and as a Hub id: no Hub repo of that id" in line
         assert not (tmp_path / "x").exists()
 
         # Training reads the records and images from the dataset repo: VLGuard's from the archive,
@@ -324,11 +324,35 @@ def test_commands_take_hub_ids_and_hf_paths_online_then_offline(env, tmp_path, c
         assert out["step"] == 2 and "vlguard: 64 (safe 32, unsafe 32)" in printed
         assert sorted(folder(Path(storage.fetched(f"{DATA}/images")))) == sorted(folder(ns.sample["images"]))
         line = one_error_line(["hf-to-flax", "--src", "org/other", "--dst", str(tmp_path / "x")], capsys)
-        assert "--src org/other: not in the Hugging Face cache" in line and "HF_HUB_OFFLINE is set" in line
+        assert "--src org/other: no such local path, and as a Hub id: not in the Hugging Face cache" in line
+        assert "HF_HUB_OFFLINE is set" in line
     # Online but with no Hub to reach and nothing cached: one line, not a traceback.
     with hub_env("http://127.0.0.1:9", tmp_path / "empty_home"):
         line = one_error_line(["hf-to-flax", "--src", "org/tiny", "--dst", str(tmp_path / "x")], capsys)
-        assert "--src org/tiny: not in the Hugging Face cache" in line and "cannot be reached" in line
+        assert "--src org/tiny: no such local path, and as a Hub id: not in the Hugging Face cache" in line
+        assert "cannot be reached" in line
+
+
+def test_an_endpoint_that_never_answers_is_one_line_in_bounded_time(tmp_path, capsys, monkeypatch):
+    """A Hub that accepts connections and never answers: huggingface_hub's client would wait
+    forever; every Hub call waits VLGUARD_HUB_TIMEOUT, then one line names the endpoint."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepted by the kernel, never answered
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    monkeypatch.setenv("VLGUARD_HUB_TIMEOUT", "1")
+    try:
+        with hub_env(url, tmp_path / "home"):
+            t0 = time.monotonic()
+            line = one_error_line(["hf-to-flax", "--src", "org/tiny", "--dst", str(tmp_path / "x")], capsys)
+            took = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert f"the Hub at {url} cannot be reached" in line, line
+    assert took < 60, f"waited {took:.0f} s"
 
 
 @pytest.mark.slow

@@ -54,10 +54,37 @@ def split_id(text: str) -> tuple[str, str | None, str]:
     return m["repo"], m["rev"], m["path"] or ""
 
 
+def timeout_s() -> float:
+    """How long a Hub call waits for the endpoint before it is called unreachable
+    ($VLGUARD_HUB_TIMEOUT, seconds): huggingface_hub's own client waits forever."""
+    return float(os.environ.get("VLGUARD_HUB_TIMEOUT") or 60)
+
+
+def _bound(request) -> None:
+    """A request event hook: a request sent with no timeout (huggingface_hub passes timeout=None
+    to its API calls) waits timeout_s() at most for each connect, read and write."""
+    limits = request.extensions.get("timeout") or {}
+    if all(v is None for v in limits.values()):
+        t = timeout_s()
+        request.extensions["timeout"] = {"connect": t, "read": t, "write": t, "pool": t}
+
+
+def bounded() -> None:
+    """huggingface_hub's shared HTTP client, with `_bound` among its request hooks."""
+    session = huggingface_hub.get_session()
+    hooks = dict(session.event_hooks)
+    if _bound not in hooks.get("request", []):
+        hooks["request"] = [*hooks.get("request", []), _bound]
+        session.event_hooks = hooks
+
+
 @contextlib.contextmanager
-def explained(source: str, flag: str) -> Iterator[None]:
-    """huggingface_hub's errors for `source` as one line naming it and what to do."""
+def explained(source: str, flag: str, local: bool = True) -> Iterator[None]:
+    """huggingface_hub's errors for `source` as one line naming it and what to do; `local`: the
+    source could have been a local path (a model source shaped like an id), which it is not."""
     where = f"{flag} {source}" if flag else source
+    absent = f"{where}: no such local path, and as a Hub id" if local else where  # where no repo was found
+    bounded()
     try:
         yield
     except errors.GatedRepoError:
@@ -69,18 +96,17 @@ def explained(source: str, flag: str) -> Iterator[None]:
         raise InputError(f"{where}: no such revision in the repo (a branch, tag or commit after @)") from None
     except errors.RepositoryNotFoundError:
         raise InputError(
-            f"{where}: no such local folder, and no Hub repo of that id that you can read "
-            "(a private repo needs hf auth login or HF_TOKEN)"
+            f"{absent}: no Hub repo of that id that you can read (a private repo needs hf auth login or HF_TOKEN)"
         ) from None
     except errors.LocalEntryNotFoundError:
         offline = constants.HF_HUB_OFFLINE
         raise InputError(
-            f"{where}: not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+            f"{absent}: not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
             + (
                 ", and HF_HUB_OFFLINE is set: unset it to download, or fetch it once on a machine online"
                 if offline
-                else ", and the Hub cannot be reached: check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 "
-                "to use only what is cached"
+                else f", and the Hub at {constants.ENDPOINT} cannot be reached (each try waits up to {timeout_s():g} s, "
+                "VLGUARD_HUB_TIMEOUT): check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use only what is cached"
             )
         ) from None
     except errors.EntryNotFoundError:
@@ -91,8 +117,9 @@ def explained(source: str, flag: str) -> Iterator[None]:
         if not _unreachable(e):
             raise
         raise InputError(
-            f"{where}: cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}): check the network or "
-            "HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use only what is cached"
+            f"{absent}: cannot reach the Hub at {constants.ENDPOINT} ({type(e).__name__}; waited up to "
+            f"{timeout_s():g} s, VLGUARD_HUB_TIMEOUT): check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 "
+            "to use only what is cached"
         ) from None
 
 
@@ -187,7 +214,7 @@ def check_repo(path) -> None:
     """Before a process first reads an hf:// path: the repo and revision can be read (or, offline,
     are cached). Each failure is one line naming the path."""
     uri = parse(path)
-    with explained(str(path), ""):
+    with explained(str(path), "", local=False):
         if constants.HF_HUB_OFFLINE:
             _snapshot(uri)
         else:
@@ -198,7 +225,7 @@ def local_copy(path) -> Path:
     """The Hub cache's copy of hf:// file or folder `path`, fetched (resumably) where missing: for
     readers that need a local file, such as CSV readers or the suite's data root."""
     uri, path = parse(str(path)), str(path)
-    with explained(path, ""):
+    with explained(path, "", local=False):
         if constants.HF_HUB_OFFLINE:
             local = _snapshot(uri) / uri.path_in_repo
             if not local.exists():
@@ -240,7 +267,7 @@ class CachedHubFileSystem(HfFileSystem):
         if mode != "rb":
             self._write_refused(path)
         uri = parse(self._with_protocol(path))
-        with explained(self._with_protocol(path), ""):
+        with explained(self._with_protocol(path), "", local=False):
             local = huggingface_hub.hf_hub_download(
                 uri.id, uri.path_in_repo, repo_type=uri.type, revision=uri.revision, tqdm_class=_Quiet
             )
@@ -255,7 +282,7 @@ class CachedHubFileSystem(HfFileSystem):
 
     def _local(self, path: str) -> Path:
         uri = parse(self._with_protocol(path))
-        with explained(self._with_protocol(path), ""):
+        with explained(self._with_protocol(path), "", local=False):
             return _snapshot(uri) / uri.path_in_repo
 
     def info(self, path: str, refresh: bool = False, revision: str | None = None, **kwargs) -> dict[str, Any]:
