@@ -303,6 +303,8 @@ def test_commands_take_hub_ids_and_hf_paths_online_then_offline(env, tmp_path, c
         # Evaluation files: the test meta as an hf:// path.
         _, items = safety_sets.load("vlguard", subset="unsafes", meta=f"{DATA}/test.json")
         assert len(items) == 32
+        with pytest.raises(InputError, match=rf"--meta {DATA}/images: a folder, not a file"):
+            safety_sets.load("vlguard", subset="unsafes", meta=f"{DATA}/images")  # named as typed
         # Its PEFT adapter names the base by repo and commit, which peft loads from anywhere.
         flax_to_hf.export(tmp_path / "run", tmp_path / "peft", lora="peft")
         adapter = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())

@@ -154,6 +154,14 @@ def fetched(path: StrPath) -> StrPath:
     return hub.local_copy(path) if hub.is_hub_path(path) else path
 
 
+def fetched_file(path: StrPath, flag: str) -> StrPath:
+    """`fetched` for a file: a folder is refused naming the path as given (not its cache copy)."""
+    local = fetched(path)
+    if not is_remote(local) and Path(local).is_dir():
+        raise InputError(f"{flag} {path}: a folder, not a file")
+    return local
+
+
 def _archive(root: StrPath) -> Path | None:
     """The local file behind a `.zip` image root (the Hub cache's copy for hf://), or None for a
     root that is no archive."""

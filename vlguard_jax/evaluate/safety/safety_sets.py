@@ -104,7 +104,8 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
     """(subset name, items) for a benchmark; the subset names the output file."""
     if benchmark not in BENCHMARKS:
         raise InputError(f"unknown benchmark {benchmark!r}; choose from {BENCHMARKS}")
-    meta, data = (storage.fetched(p) if p else p for p in (meta, data))  # hf:// files: the cached copy
+    meta = storage.fetched_file(meta, "--meta") if meta else meta  # hf:// files: the cached copy
+    data = storage.fetched_file(data, "--data") if data else data
     if benchmark == "vlguard":
         if not meta:
             raise InputError("--benchmark vlguard needs --meta test.json")
