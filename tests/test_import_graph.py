@@ -29,6 +29,11 @@ LAYERS = {
 }
 # Imports kept inside functions, each for a reason that was measured or is structural.
 DEFERRED = {
+    # The public surface is read on first use (PEP 562), so a command's --help loads no jax; these
+    # imports are for type checkers only.
+    ("vlguard_jax", "vlguard_jax.checkpoints.loading"): "type checkers only: the surface loads on first use",
+    ("vlguard_jax", "vlguard_jax.models"): "as above",
+    ("vlguard_jax", "vlguard_jax.sharding"): "as above",
     ("vlguard_jax.evaluate.report", "matplotlib"): "pyplot: 0.7 s to import (2-core VM); only write_report draws",
     ("vlguard_jax.evaluate.report", "matplotlib.pyplot"): "as above",
     ("vlguard_jax.conversion.reader", "torch"): "optional: only .bin (pickled) checkpoints need it",

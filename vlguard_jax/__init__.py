@@ -1,16 +1,32 @@
 """vlguard-jax: VLGuard safety fine-tuning of LLaVA-1.5 in JAX.
 
-Public surface: `load_model`, `LlavaModel`, `LlavaConfig`, `make_mesh`.
+Public surface: `load_model`, `LlavaModel`, `LlavaConfig`, `make_mesh`, read on first use, so a
+command's `--help` and `import vlguard_jax.errors` do not load jax, flax, orbax and transformers.
 """
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 # transformers' import-time advice that PyTorch is absent: we never need torch (converters read
 # safetensors), so a new user would read it as a fault. Set the variable to "" to see advice again.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from vlguard_jax.checkpoints.loading import load_model
-from vlguard_jax.models import LlavaConfig, LlavaModel
-from vlguard_jax.sharding import make_mesh
+if TYPE_CHECKING:
+    from vlguard_jax.checkpoints.loading import load_model
+    from vlguard_jax.models import LlavaConfig, LlavaModel
+    from vlguard_jax.sharding import make_mesh
 
+_SURFACE = {
+    "load_model": "vlguard_jax.checkpoints.loading",
+    "LlavaModel": "vlguard_jax.models",
+    "LlavaConfig": "vlguard_jax.models",
+    "make_mesh": "vlguard_jax.sharding",
+}
 __all__ = ["load_model", "LlavaModel", "LlavaConfig", "make_mesh"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SURFACE:
+        raise AttributeError(f"module 'vlguard_jax' has no attribute {name!r}")
+    return getattr(importlib.import_module(_SURFACE[name]), name)

@@ -12,16 +12,16 @@ the converters, each of which also runs as `python -m conversion.NAME`:
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-from vlguard_jax.conversion import assemble, flax_to_hf, flax_to_minigptv2, hf_to_flax, minigptv2
-
+# command -> its module, loaded when dispatched: `--help` and a wrong command answer at once.
 COMMANDS = {
-    "hf-to-flax": hf_to_flax.main,
-    "flax-to-hf": flax_to_hf.main,
-    "assemble": assemble.main,
-    "minigptv2": minigptv2.main,
-    "flax-to-minigptv2": flax_to_minigptv2.main,
+    "hf-to-flax": "vlguard_jax.conversion.hf_to_flax",
+    "flax-to-hf": "vlguard_jax.conversion.flax_to_hf",
+    "assemble": "vlguard_jax.conversion.assemble",
+    "minigptv2": "vlguard_jax.conversion.minigptv2",
+    "flax-to-minigptv2": "vlguard_jax.conversion.flax_to_minigptv2",
 }
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return COMMANDS[argv[0]](argv[1:])
+    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
 
 
 if __name__ == "__main__":
