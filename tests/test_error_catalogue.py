@@ -586,3 +586,20 @@ def test_sigterm_checkpoints_and_stops_training_and_its_data_workers(env):
         if proc.poll() is None:
             proc.kill()
         bomb.unlink()  # the sample's image root is shared by the module's tests
+
+
+def test_a_checkpoint_write_that_fails_stops_the_run_at_once_and_a_rerun_resumes(env, monkeypatch, capsys):
+    """The store fails under checkpoint 2's write: the run stops with one line naming that step,
+    not at its last step with tracebacks, and the same command then resumes from step 1."""
+    from tests.checkpoints.test_training import failing_at
+    from vlguard_jax.checkpoints.training import CheckpointWriteError
+
+    ns, tmp = env
+    c = common.config(ns, tmp / "lost", total_steps=6, checkpoint_every=1)
+    failing_at(2, monkeypatch)
+    with pytest.raises(CheckpointWriteError, match=r"checkpoints/2: the checkpoint of step 2 could not be written"):
+        train(c, log_fn=lambda *_: None)
+    steps = [json.loads(x)["step"] for x in (tmp / "lost" / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) < 6, "the run went on training past the lost checkpoint"
+    monkeypatch.undo()
+    assert train(c, log_fn=lambda *_: None)["step"] == 6  # resumed over the partial step 2

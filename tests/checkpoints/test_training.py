@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
+import pytest
 
 from vlguard_jax import sharding
 from vlguard_jax.checkpoints.runs import RunMeta
-from vlguard_jax.checkpoints.training import Checkpoints
+from vlguard_jax.checkpoints.training import Checkpoints, CheckpointWriteError
 from vlguard_jax.models.layers import LoraSpec
 from vlguard_jax.train.state import TrainState, abstract_state, init_state
 
@@ -52,3 +54,44 @@ def test_run_meta_reads_the_dicts_older_checkpoints_wrote():
     assert RunMeta.from_dict(meta.to_dict()) == meta and meta.to_dict() == dict(old, family="llava")
     full = RunMeta.from_dict({"base_checkpoint": "/ck/base", "mode": "full", "lora": None})
     assert full.lora is None and full.mode == "full" and not full.scan_layers
+
+
+class StoreFailed:
+    """An orbax write future whose store failed under it (what a bucket that stops answering gives)."""
+
+    def result(self, timeout=None):
+        raise OSError("PUT checkpoints/2/data/metadata: 503 Service Unavailable")
+
+
+def failing_at(step: int, monkeypatch) -> None:
+    """The `data` item's write of checkpoint `step` fails in the background, as a store's would."""
+    original = ocp.JsonCheckpointHandler.async_save
+
+    async def async_save(self, directory, *a, **k):
+        if str(directory.parent.name).split(".")[0] == str(step):
+            return [StoreFailed()]
+        return await original(self, directory, *a, **k)
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", async_save)
+
+
+def test_a_failed_write_is_one_error_naming_the_step_and_a_resume_goes_past_it(tmp_path, monkeypatch):
+    failing_at(2, monkeypatch)
+    meta = RunMeta("/ck/base", "full", None, scan_layers=False)
+    state = {"params": {"x": np.ones(3, np.float32)}}
+    ckpt = Checkpoints(tmp_path, every=1, keep=5)
+    assert ckpt.save(1, state, {"pos": 1}, meta) and ckpt.save(2, state, {"pos": 2}, meta)
+    with pytest.raises(CheckpointWriteError) as e:
+        ckpt.wait()
+    assert str(e.value).startswith(f"{tmp_path / 'checkpoints' / '2'}: the checkpoint of step 2 could not be written")
+    assert "503 Service Unavailable" in str(e.value) and "The last complete checkpoint is step 1" in str(e.value)
+    with pytest.raises(CheckpointWriteError):
+        ckpt.save(3, state, {"pos": 3}, meta)  # nothing more is written after a lost one
+    ckpt.close()  # the failed write's error is not raised again
+    monkeypatch.undo()
+    again = Checkpoints(tmp_path, every=1, keep=5)  # a rerun: the partial step is not a checkpoint
+    assert again.latest() == 1
+    assert again.save(2, state, {"pos": 2}, meta)
+    again.wait()
+    assert again.latest() == 2
+    again.close()

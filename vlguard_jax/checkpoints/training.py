@@ -16,8 +16,14 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from vlguard_jax import storage
-from vlguard_jax.checkpoints.runs import CHECKPOINTS, RunMeta, is_finished, marker
+from vlguard_jax.checkpoints.runs import CHECKPOINTS, RunMeta, finished_steps, is_finished, marker
+from vlguard_jax.errors import UserError
 from vlguard_jax.storage import orbax_s3
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint that could not be written (the store failed under the write): the run stops
+    there, and a rerun resumes from the last complete one."""
 
 
 class Checkpoints:
@@ -37,6 +43,9 @@ class Checkpoints:
             item_names=("state", "data", "meta"),
         )
         self.every = every
+        self.workdir = workdir
+        self._writing: int | None = None  # the step whose asynchronous write is the latest started
+        self._failed: CheckpointWriteError | None = None
 
     def latest(self) -> int | None:
         return self.manager.latest_step()
@@ -46,6 +55,8 @@ class Checkpoints:
             return False
         if step in self.manager.all_steps():
             return False
+        self.wait()  # orbax waits for the last write before it starts one: its failure is that step's
+        self._writing = step
         return self.manager.save(
             step,
             args=ocp.args.Composite(
@@ -71,11 +82,41 @@ class Checkpoints:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         return RunMeta.from_dict(meta).scan_layers
 
+    def check(self) -> None:
+        """CheckpointWriteError, naming the step and the error, once an asynchronous write failed
+        (cheap: it asks the write's thread, which it does not wait for)."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:
+            raise self._lost(e) from e
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        if self._failed is not None:
+            raise self._failed
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._lost(e) from e
+
+    def _lost(self, e: Exception) -> CheckpointWriteError:
+        where = storage.as_path(self.workdir) / CHECKPOINTS / str(self._writing)
+        done = finished_steps(self.workdir)
+        last = f"step {done[-1]}" if done else "none yet"
+        self._failed = CheckpointWriteError(
+            f"{where}: the checkpoint of step {self._writing} could not be written ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]}); the run stopped there. The last complete checkpoint is "
+            f"{last}: rerun the same command to resume from it"
+        )
+        return self._failed
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        except Exception:
+            if self._failed is None:  # else the failed write's error is already reported
+                raise
 
 
 def _remove_unfinished(workdir) -> None:

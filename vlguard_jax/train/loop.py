@@ -350,6 +350,7 @@ def _steps(
                 cfg.lora.targets,
             )
             done = step + 1
+            ckpt.check()  # a checkpoint write that failed stops the run now, not at its end
             if not bool(m["finite"]):
                 raise NonFiniteError(
                     f"step {done}: non-finite loss {float(m['loss'])} or gradient norm "
