@@ -64,15 +64,16 @@ class StoreFailed:
 
 
 def failing_at(step: int, monkeypatch) -> None:
-    """The `data` item's write of checkpoint `step` fails in the background, as a store's would."""
-    original = ocp.JsonCheckpointHandler.async_save
+    """The write of checkpoint `step` fails in the background, as a store's would; none of its
+    items is written, so no writer is left behind in this process."""
+    original = ocp.CompositeCheckpointHandler.async_save
 
     async def async_save(self, directory, *a, **k):
-        if str(directory.parent.name).split(".")[0] == str(step):
+        if str(directory.name).split(".")[0] == str(step):
             return [StoreFailed()]
         return await original(self, directory, *a, **k)
 
-    monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", async_save)
+    monkeypatch.setattr(ocp.CompositeCheckpointHandler, "async_save", async_save)
 
 
 def test_a_failed_write_is_one_error_naming_the_step_and_a_resume_goes_past_it(tmp_path, monkeypatch):
