@@ -85,18 +85,17 @@ class Checkpoints:
     def check(self) -> None:
         """CheckpointWriteError, naming the step and the error, once an asynchronous write failed
         (cheap: it asks the write's thread, which it does not wait for)."""
-        if self._failed is not None:
-            raise self._failed
-        try:
-            self.manager.check_for_errors()
-        except Exception as e:
-            raise self._lost(e) from e
+        self._asking(self.manager.check_for_errors)
 
     def wait(self) -> None:
+        self._asking(self.manager.wait_until_finished)
+
+    def _asking(self, ask) -> None:
+        """`ask()` orbax about the writes, a failed one turned into CheckpointWriteError (once)."""
         if self._failed is not None:
             raise self._failed
         try:
-            self.manager.wait_until_finished()
+            ask()
         except Exception as e:
             raise self._lost(e) from e
 

@@ -239,7 +239,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     if len(todo) < len(items):
         log(f"{path}: {len(items) - len(todo)} responses already there, {len(todo)} to generate")
     font = e.font
-    mesh = read_json(out / SUMMARY, {}).get(f"{benchmark}/{subset}", {}).get("mesh")
+    mesh = None
     if todo:
         font = _figstep_font(e.font, log) if benchmark == "figstep" else e.font
         mesh = _generate(
@@ -274,6 +274,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
             mesh=e.mesh,
         )
     summary = read_json(out / SUMMARY, {})
+    mesh = mesh or summary.get(f"{benchmark}/{subset}", {}).get("mesh")  # nothing generated: as recorded
     summary[f"{benchmark}/{subset}"] = dict(
         result, checkpoint=str(checkpoint), model="llm" if llm else "vllm", protocol=settings
     ) | ({"mesh": mesh} if mesh else {})
