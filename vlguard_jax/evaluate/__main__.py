@@ -33,8 +33,10 @@ from vlguard_jax.evaluate.runner import (
     run,
 )
 from vlguard_jax.evaluate.safety.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
+from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.evaluate.suite import run_suite
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
+from vlguard_jax.runtime import maybe_initialize_distributed
 from vlguard_jax.sharding import add_mesh
 
 
@@ -113,6 +115,7 @@ def evaluate_main(argv) -> int:
         p.error("--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with --references")
     if a.judge == "llamaguard" and not a.judge_checkpoint:
         p.error("--judge llamaguard needs --judge-checkpoint DIR (a Llama Guard converted by conversion.hf_to_flax)")
+    maybe_initialize_distributed()
     protocol = Protocol(
         template=a.template,
         max_new_tokens=a.max_new_tokens,
@@ -142,7 +145,8 @@ def evaluate_main(argv) -> int:
             mesh=a.mesh,
         )
     )
-    print(json.dumps(result, indent=1))
+    if Share.current().lead:
+        print(json.dumps(result, indent=1))
     return 0
 
 
@@ -228,6 +232,7 @@ def vqa_main(argv) -> int:
     add_mesh(p)
     p.add_argument("--limit", type=at_least(1), help="only the first N questions")
     a = p.parse_args(argv)
+    maybe_initialize_distributed()
     answers = vqa.answer_question_file(
         a.checkpoint,
         a.question_file,
@@ -242,7 +247,8 @@ def vqa_main(argv) -> int:
         limit=a.limit,
         mesh=a.mesh,
     )
-    print(f"wrote {len(answers)} answers to {a.answers_file}")
+    if Share.current().lead:
+        print(f"wrote {len(answers)} answers to {a.answers_file}")
     return 0
 
 
@@ -266,6 +272,7 @@ def suite_main(argv) -> int:
         help="override every benchmark's own (quick checks only: the numbers are then not the protocols')",
     )
     a = p.parse_args(argv)
+    maybe_initialize_distributed()
     summary = run_suite(
         a.checkpoint,
         a.data_root,
@@ -277,6 +284,8 @@ def suite_main(argv) -> int:
         font=a.font,
         mesh=a.mesh,
     )
+    if not Share.current().lead:  # the lead reports
+        return 0
     md, png = write_report([a.out], storage.as_path(a.out) / "report", [Path(a.checkpoint).name])
     print(md.read_text())
     print(f"summary: {storage.as_path(a.out) / 'summary.json'}; report: {md}, {png}; skipped: {summary.get('skipped')}")

@@ -26,9 +26,11 @@ from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
 from vlguard_jax.errors import InputError, MissingFileError
+from vlguard_jax.evaluate import shares
 from vlguard_jax.evaluate.judges import gpt4_judge, llamaguard
 from vlguard_jax.evaluate.safety import figstep, safety_sets
 from vlguard_jax.evaluate.safety.scoring import is_refusal, token_f1
+from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template, foreign_template
 from vlguard_jax.models.family import family_of
@@ -234,10 +236,14 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         {"checkpoint": str(checkpoint), "fingerprint": checkpoint.fingerprint, "protocol": settings, "seed": e.seed},
         log,
     )
-    responses = read_json(path, {})
-    todo = [i for i in items if i.key not in responses]
-    if len(todo) < len(items):
-        log(f"{path}: {len(items) - len(todo)} responses already there, {len(todo)} to generate")
+    share = Share.current()  # several processes: each answers its slice into its part
+    responses = shares.saved(path, _responses)
+    absent = [i for i in items if i.key not in responses]
+    if len(absent) < len(items):
+        log(f"{path}: {len(items) - len(absent)} responses already there, {len(absent)} to generate")
+    _check_images(benchmark, images, absent)  # by every process, for every share
+    todo = [i for i in share.of(items) if i.key not in responses]
+    own = responses if share.count == 1 else _responses(share.part(path))
     font = e.font
     mesh = None
     if todo:
@@ -246,8 +252,8 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
             checkpoint,
             benchmark,
             todo,
-            responses,
-            path,
+            own,
+            share.part(path),
             images=images,
             protocol=protocol,
             font=font,
@@ -256,10 +262,11 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
             generator=generator,
             mesh=e.mesh,
         )
+    responses = shares.merge(share, path, [i.key for i in items], _responses, write_json)
     result = score(benchmark, items, responses, subset)
     if benchmark == "figstep" and todo:
         result["font"] = {"path": font, "reference_build": figstep.font_build(font)}
-    if e.judge == "openai-compatible":
+    if e.judge == "openai-compatible" and share.lead:  # a remote judge: asked once
         result["judge"] = gpt4_judge.win_rate(
             items, responses, references, images, out / benchmark / f"{subset}.judge.json", e.judge_orders
         )
@@ -273,13 +280,21 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
             prompt=e.llamaguard_prompt,
             mesh=e.mesh,
         )
+    if not share.lead:
+        return result
     summary = read_json(out / SUMMARY, {})
     mesh = mesh or summary.get(f"{benchmark}/{subset}", {}).get("mesh")  # nothing generated: as recorded
-    summary[f"{benchmark}/{subset}"] = dict(
-        result, checkpoint=str(checkpoint), model="llm" if llm else "vllm", protocol=settings
-    ) | ({"mesh": mesh} if mesh else {})
+    summary[f"{benchmark}/{subset}"] = (
+        dict(result, checkpoint=str(checkpoint), model="llm" if llm else "vllm", protocol=settings)
+        | ({"mesh": mesh} if mesh else {})
+        | ({"processes": share.count} if share.count > 1 else {})
+    )
     write_json(out / SUMMARY, summary)
     return result
+
+
+def _responses(path) -> dict:
+    return read_json(path, {})
 
 
 def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
@@ -322,7 +337,19 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
                 "it; move it away or choose another --answers-file"
             )
         log(f"warning: {path} has no record of the checkpoint and settings that wrote it; resuming it as this run's")
-    write_json(side, record)
+    if Share.current().lead:  # the others checked the same record
+        write_json(side, record)
+
+
+def _check_images(benchmark: str, images, missing: list) -> None:
+    """Every image the missing answers need is there before any compute."""
+    if benchmark != "vlguard" or not missing:
+        return
+    if not images:
+        raise InputError("--benchmark vlguard needs --images DIR (the VLGuard test images)")
+    for i in missing:
+        if not resolve(images, i.image).is_file():
+            raise ImageError(f"{resolve(images, i.image)}: image file not found (record {i.meta['id']!r})")
 
 
 def _figstep_font(font, log) -> str:
@@ -352,12 +379,6 @@ def _generate(
     mesh=None,
 ) -> dict[str, int]:
     """Generate the `todo` responses into `path`; returns the mesh they ran on (mesh_record)."""
-    if benchmark == "vlguard" and not images:
-        raise InputError("--benchmark vlguard needs --images DIR (the VLGuard test images)")
-    if benchmark == "vlguard":  # every image must be there before any compute
-        for i in todo:
-            if not resolve(images, i.image).is_file():
-                raise ImageError(f"{resolve(images, i.image)}: image file not found (record {i.meta['id']!r})")
     gen, m = generator or load_generator(
         checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype), mesh=mesh
     )

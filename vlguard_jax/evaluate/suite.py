@@ -26,6 +26,7 @@ from vlguard_jax.evaluate.helpfulness import gpt_graders, vqa, vqa_scoring
 from vlguard_jax.evaluate.judges.gpt4_judge import JudgeNotConfigured
 from vlguard_jax.evaluate.judges.gpt4_judge import settings as judge_settings
 from vlguard_jax.evaluate.runner import SUMMARY, Evaluation, Protocol, claim_output, run
+from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.generate import load_generator
 from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import read_json, write_json
@@ -196,6 +197,11 @@ def run_suite(
 ) -> dict:
     """Run every benchmark found under DATA_ROOT (or `only` those); returns summary.json's content.
     `max_new_tokens` overrides every benchmark's own (quick checks only: not the protocols')."""
+    if storage.is_remote(out) and Share.current().count > 1:
+        raise InputError(
+            f"--out {out}: under several processes the suite writes a folder they share; give a shared "
+            "local path (each process would otherwise answer into its own mirror)"
+        )
     data_root = storage.fetched(data_root)  # an hf:// root: its copy in the Hugging Face cache
     if storage.is_remote(data_root):
         raise InputError(
@@ -284,8 +290,9 @@ def _run_suite(
             _helpfulness(name, checkpoint, root, out, generator, protocol, limit, max_new_tokens, log)
         finished()
     summary = read_json(out / SUMMARY, {})
-    summary["skipped"] = skipped
-    write_json(out / SUMMARY, summary)
+    if Share.current().lead:
+        summary["skipped"] = skipped
+        write_json(out / SUMMARY, summary)
     return summary
 
 
@@ -338,6 +345,8 @@ def _helpfulness(
         model_id=Path(checkpoint.name).name,
         log=log,
     )
+    if not Share.current().lead:  # the lead scores the merged answers
+        return
     (out / "upload").mkdir(parents=True, exist_ok=True)
     (out / "grades").mkdir(parents=True, exist_ok=True)
     metrics = score(name, answers, root, out / "upload", out / "grades", allow_partial=limit is not None)

@@ -3,6 +3,10 @@ or `--prompts-file F.jsonl` (lines {"image": ..., "prompt": ...}) for a whole ba
 
 With `--json` each result is one line: `prompt_ids` (image positions as image_token_index once per
 image feature, as in llava-hf), `token_ids` (generated) and `text`.
+
+Under several processes (evaluate/shares.py) each generates its slice of the prompts and the first
+prints them all, in order; greedy answers are those of one process, while a sampled answer
+depends on its batch and so on the slicing.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ import time
 
 from vlguard_jax.data.images import open_rgb, pixels
 from vlguard_jax.errors import ArgumentParser, InputError, at_least, cli
+from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.generate import load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template, foreign_template
 from vlguard_jax.generate.sampler import Sampling
 from vlguard_jax.models.family import family_of
+from vlguard_jax.runtime import maybe_initialize_distributed
 from vlguard_jax.sharding import add_mesh
 from vlguard_jax.storage.files import read_jsonl
 
@@ -55,6 +61,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true")
     add_mesh(p)
     a = p.parse_args(argv)
+    maybe_initialize_distributed()
+    share = Share.current()  # several processes: each generates its slice of the prompts
     rows = read_prompts(a.prompts_file) if a.prompts_file else [{"prompt": a.prompt, "image": a.image}]
     s = Sampling(a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.min_new_tokens)
     gen, m = load_generator(a.checkpoint, batch_size=a.batch_size, mesh=a.mesh)
@@ -63,7 +71,7 @@ def main(argv: list[str]) -> int:
     if warning:
         print(warning, file=sys.stderr)
     ids, pix = [], []
-    for n, row in enumerate(rows, 1):
+    for n, row in enumerate(rows, 1):  # every row checked by every process
         image = row.get("image")
         try:  # ImageError is a ValueError
             if image and not family_of(m.config).takes_images:
@@ -78,9 +86,12 @@ def main(argv: list[str]) -> int:
             ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), template))
         except ValueError as e:
             raise InputError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None
+    mine = share.of(range(len(rows)))
     t0 = time.perf_counter()
-    out = gen(ids, pix, s, a.seed)
+    out = share.gather(gen([ids[i] for i in mine], [pix[i] for i in mine], s, a.seed), len(rows))
     dt = time.perf_counter() - t0
+    if out is None:  # the lead prints
+        return 0
     for row, pi, toks in zip(rows, ids, out):
         text = response_text(m.tokenizer, toks)
         if a.json:

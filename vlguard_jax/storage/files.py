@@ -181,13 +181,16 @@ def _canonical(path) -> str:
     return str(path).rstrip("/") if storage.is_remote(path) else str(Path(path).resolve())
 
 
-def read_jsonl(path) -> list:
-    """A JSON-lines input file (blank lines skipped); a bad line is an error naming it."""
+def read_jsonl(path, complete: bool = False) -> list:
+    """A JSON-lines input file (blank lines skipped); a bad line is an error naming it. `complete`:
+    only the lines ended by a newline (another process may be appending the last)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MissingFileError(f"{path}: no such file") from None
+    if complete:
+        text = text[: text.rfind("\n") + 1]
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():

@@ -37,7 +37,9 @@ from vlguard_jax.data.conversation import IMAGE_TAG, TEMPLATES, get_template, re
 from vlguard_jax.data.images import ImageError, load_pixels, pixels
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.errors import InputError, MissingFileError, UsageError
+from vlguard_jax.evaluate import shares
 from vlguard_jax.evaluate.runner import claim_output
+from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, response_text, weight_bytes
 from vlguard_jax.generate.prompts import prompt_ids, prompt_ids_of_text
 from vlguard_jax.models.family import FAMILIES, family_of
@@ -234,8 +236,8 @@ def answer(
     earlier run's, with a larger limit) are kept; an answer to a question it lacks is an error."""
     path = Path(answers_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = lambda a: (a["question_id"], a.get("round_id"))  # noqa: E731
-    done = {key(a): a for a in resume_jsonl(path)}
+    share = Share.current()  # several processes: each answers its slice into its part
+    done = shares.saved(path, _answers)
     order = questions if order is None else order
     known = {q.key for q in order}
     stray = [k for k in done if k not in known]
@@ -244,9 +246,11 @@ def answer(
             f"{path}: holds {len(stray)} answers to questions not in the question file "
             f"(e.g. question_id {stray[0][0]!r}); answer into another --answers-file"
         )
-    todo = [q for q in questions if q.key not in done]
+    absent = sum(q.key not in done for q in questions)
     if done:
-        log(f"{path}: {len(questions) - len(todo)} answers already there, {len(todo)} to go")
+        log(f"{path}: {len(questions) - absent} answers already there, {absent} to go")
+    todo = [q for q in share.of(questions) if q.key not in done]
+    resume_jsonl(share.part(path))  # its own part's torn line, cut before appending
     size, transform = loaded.config.vision.image_size, family_of(loaded.config).image_transform
     sampling = Sampling(max_new_tokens=max_new_tokens)
     bar = tqdm(total=len(todo), desc="answering", unit="question", dynamic_ncols=True)
@@ -257,16 +261,24 @@ def answer(
         ids = [question_ids(loaded, q, conv_mode) for q in chunk]
         out = gen(ids, pix, sampling)
         lines = [answer_line(q, response_text(loaded.tokenizer, toks), model_id) for q, toks in zip(chunk, out)]
-        append_jsonl(path, lines)
-        done.update({q.key: line for q, line in zip(chunk, lines)})
+        append_jsonl(share.part(path), lines)
         n_tokens += sum(map(len, out))
         bar.update(len(chunk))
         bar.set_postfix(tok_s=f"{n_tokens / max(time.perf_counter() - t0, 1e-9):.1f}")
     bar.close()
-    kept = [done[q.key] for q in order if q.key in done]
-    if [key(a) for a in read_jsonl(path)] != [key(a) for a in kept]:
-        atomic_write_text(path, "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in kept))
+    done = shares.merge(share, path, [q.key for q in order], _answers, _write_answers)
     return [done[q.key] for q in questions]
+
+
+def _answers(path) -> dict:
+    """An answers file's complete lines by question; never written to, as another process may be
+    appending to it (a line torn by an interruption is cut where its writer resumes)."""
+    rows = read_jsonl(path, complete=True) if Path(path).exists() else []
+    return {(a["question_id"], a.get("round_id")): a for a in rows}
+
+
+def _write_answers(path, answers: dict) -> None:
+    atomic_write_text(path, "".join(json.dumps(a, ensure_ascii=False) + "\n" for a in answers.values()))
 
 
 def answer_question_file(

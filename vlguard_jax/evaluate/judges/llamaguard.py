@@ -18,7 +18,9 @@ from vlguard_jax import storage
 from vlguard_jax.checkpoints.converted import MODEL_CONFIG
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError, MissingFileError
+from vlguard_jax.evaluate import shares
 from vlguard_jax.evaluate.judges import provenance
+from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.generate import Sampling, load_generator, response_text
 from vlguard_jax.storage.files import write_json
 
@@ -128,10 +130,14 @@ def judge(
     answered items judged unsafe."""
     ref = check(checkpoint)
     current = identity(ref, prompt)
-    saved = provenance.load(path, current, "verdicts", ("verdict", "conversation"))
+    read = lambda p: provenance.load(p, current, "verdicts", ("verdict", "conversation"))  # noqa: E731
+    write = lambda p, verdicts: write_json(p, {"provenance": current, "verdicts": verdicts})  # noqa: E731
+    share = Share.current()  # several processes: each judges its slice into its part
+    saved = shares.saved(path, read)
     answered = [i for i in items if i.key in responses]
     hashes = {i.key: provenance.digest(conversation(i, responses[i.key])) for i in answered}
-    todo = [i for i in answered if saved.get(i.key, {}).get("conversation") != hashes[i.key]]
+    todo = [i for i in share.of(answered) if saved.get(i.key, {}).get("conversation") != hashes[i.key]]
+    own = saved if share.count == 1 else read(share.part(path))
     if todo:
         gen, m = load_generator(ref, batch_size=batch_size, mesh=mesh)
         for batch in gen.batches(len(todo)):
@@ -140,8 +146,9 @@ def judge(
             out = gen(ids, [None] * len(chunk), Sampling(max_new_tokens=MAX_NEW_TOKENS))
             for item, toks in zip(chunk, out):
                 text = response_text(m.tokenizer, toks)
-                saved[item.key] = {"verdict": verdict(text), "output": text, "conversation": hashes[item.key]}
-            write_json(path, {"provenance": current, "verdicts": saved})
+                own[item.key] = {"verdict": verdict(text), "output": text, "conversation": hashes[item.key]}
+            write(share.part(path), own)
+    saved = shares.merge(share, path, [i.key for i in answered], read, write)
     counts = {v: sum(saved[i.key]["verdict"] == v for i in answered) for v in ("safe", "unsafe", None)}
     n = len(answered)
     return {
