@@ -23,7 +23,7 @@ from benchmarks import presets
 from vlguard_jax import sharding, train
 from vlguard_jax.generate import Generator, Sampling
 from vlguard_jax.models import LlavaModel, abstract_params
-from vlguard_jax.models.layers import LoraSpec
+from vlguard_jax.models.config import LoraSpec
 
 FORMS = ("scanned", "unrolled")
 

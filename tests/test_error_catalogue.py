@@ -39,9 +39,10 @@ from vlguard_jax.errors import ConfigError, ResourceError, cli
 from vlguard_jax.evaluate.__main__ import main as evaluate_main
 from vlguard_jax.generate import Sampling, load_generator
 from vlguard_jax.storage.files import atomic_dir, atomic_write_json, atomic_write_text
+from vlguard_jax.train.command import flat_keys, unknown_key
 from vlguard_jax.train.defaults import base_config
 from vlguard_jax.train.loop import run as train
-from vlguard_jax.train.validate import check, flat_keys, unknown_key
+from vlguard_jax.train.validate import check
 from vlguard_jax.train.workdir import WorkdirBusy
 
 
@@ -227,11 +228,11 @@ def test_converters_without_arguments_say_one_line_and_help_lists_them(capsys):
         ),
         (
             ["assemble"],
-            "error: python -m conversion.assemble: the following arguments are required: --llm, "
+            "error: vlguard-convert assemble: the following arguments are required: --llm, "
             "--vision-tower, --projector, --dst",
         ),
-        (["hf-to-flax"], "error: python -m conversion.hf_to_flax: the following arguments are required: --src, --dst"),
-        (["flax-to-hf"], "error: python -m conversion.flax_to_hf: the following arguments are required: --src, --dst"),
+        (["hf-to-flax"], "error: vlguard-convert hf-to-flax: the following arguments are required: --src, --dst"),
+        (["flax-to-hf"], "error: vlguard-convert flax-to-hf: the following arguments are required: --src, --dst"),
     ):
         assert convert_main(argv) == 2
         assert capsys.readouterr().err == line + "\n"

@@ -18,6 +18,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax.errors import ConfigError
+from vlguard_jax.flags import parse_mesh
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -74,35 +75,6 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
     except Exception:  # arbitrary device sets (e.g. CPU subsets) have no physical topology
         arr = np.asarray(devices).reshape(shape)
     return Mesh(arr, MESH_AXES)
-
-
-def parse_mesh(spec: str, flag: str = "--mesh") -> tuple[int, int, int]:
-    """`D,F,T` (data, fsdp, tensor; one -1 takes the remaining devices), as config.mesh.shape."""
-    try:
-        shape = tuple(int(x) for x in spec.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or any(x == 0 or x < -1 for x in shape):
-        raise ConfigError(f"{flag} {spec}: expected DATA,FSDP,TENSOR, each a positive count or one -1 (e.g. -1,1,1)")
-    return shape  # type: ignore[return-value]
-
-
-def mesh_arg(text: str) -> str:
-    """argparse's type for `--mesh`: "auto" or D,F,T (a ValueError is argparse's usage error)."""
-    if text != "auto":
-        parse_mesh(text)
-    return text
-
-
-def add_mesh(p: Any) -> None:
-    """The evaluation commands' `--mesh` flag (eval_mesh)."""
-    p.add_argument(
-        "--mesh",
-        default="auto",
-        type=mesh_arg,
-        help="DATA,FSDP,TENSOR devices, as config.mesh (one -1 takes the rest); auto (default): every "
-        "local accelerator along data, or along fsdp when the weights do not fit one; one device on a CPU",
-    )
 
 
 EVAL_FIT = 0.7  # weights over this share of one device's memory are sharded over fsdp

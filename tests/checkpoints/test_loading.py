@@ -21,7 +21,7 @@ from vlguard_jax.checkpoints.converted import PARAMS_DIR, load_params
 from vlguard_jax.checkpoints.loading import load_model
 from vlguard_jax.checkpoints.runs import RunMeta
 from vlguard_jax.checkpoints.training import Checkpoints
-from vlguard_jax.models.layers import LoraSpec
+from vlguard_jax.models.config import LoraSpec
 from vlguard_jax.models.stacking import to_stacked
 from vlguard_jax.sharding import make_mesh
 

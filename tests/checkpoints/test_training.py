@@ -13,7 +13,7 @@ import pytest
 from vlguard_jax import sharding
 from vlguard_jax.checkpoints.runs import RunMeta
 from vlguard_jax.checkpoints.training import Checkpoints, CheckpointWriteError
-from vlguard_jax.models.layers import LoraSpec
+from vlguard_jax.models.config import LoraSpec
 from vlguard_jax.train.state import TrainState, abstract_state, init_state
 
 

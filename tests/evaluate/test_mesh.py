@@ -9,7 +9,7 @@ import pytest
 
 from tests import tiny
 from tests.evaluate.helpfulness.test_vqa_scoring import jsonl
-from vlguard_jax import sharding
+from vlguard_jax import flags, sharding
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate.__main__ import main
 
@@ -36,7 +36,7 @@ def test_the_same_answers_on_every_mesh_and_the_mesh_recorded(env):
     for mesh in MESHES:
         out = tmp / f"out-{mesh}"
         summary = evaluate(ns, sample, out, mesh)
-        shape = sharding.make_mesh(sharding.parse_mesh(mesh)).shape
+        shape = sharding.make_mesh(flags.parse_mesh(mesh)).shape
         assert summary["mesh"] == {"data": shape["data"], "fsdp": shape["fsdp"], "tensor": shape["tensor"]}
         answers[mesh] = (out / "vlguard" / "unsafes.json").read_bytes()
     assert len(set(answers.values())) == 1, "the answers differ between meshes"

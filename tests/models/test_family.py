@@ -8,8 +8,8 @@ import pytest
 
 from vlguard_jax.errors import CheckpointError
 from vlguard_jax.models import LLAMA, LLAVA, LlavaConfig, LlavaModel, TextOnlyConfig, TextOnlyModel, build_model
+from vlguard_jax.models.config import LoraSpec
 from vlguard_jax.models.family import family_named, family_of, load_config
-from vlguard_jax.models.layers import LoraSpec
 
 
 def test_a_config_knows_its_family_and_a_saved_one_reads_back_as_itself(tmp_path):

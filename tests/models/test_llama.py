@@ -181,7 +181,7 @@ def test_scanned_layers_carry_lora_factors(built):
     from flax import traverse_util
 
     from vlguard_jax.models import init_params
-    from vlguard_jax.models.layers import LoraSpec
+    from vlguard_jax.models.config import LoraSpec
 
     ids, mask, pixels = tiny.batch(built.cfg, built.tok)
     px = jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))
@@ -216,7 +216,7 @@ def test_lora_dropout_draws_the_same_masks_scanned_and_unrolled(built):
     from flax import traverse_util
 
     from vlguard_jax.models import init_params
-    from vlguard_jax.models.layers import LoraSpec
+    from vlguard_jax.models.config import LoraSpec
 
     ids, mask, pixels = tiny.batch(built.cfg, built.tok)
     px = jnp.asarray(tiny.row_pixels(ids, built.cfg, pixels))

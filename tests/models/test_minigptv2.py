@@ -18,9 +18,8 @@ from flax import traverse_util
 from tests import minigptv2_reference as ref
 from vlguard_jax.conversion import layouts
 from vlguard_jax.models import abstract_params
-from vlguard_jax.models.config import text_from_hf
+from vlguard_jax.models.config import LoraSpec, text_from_hf
 from vlguard_jax.models.eva import EvaConfig, EvaVisionTower, bicubic_matrix, resize_positions
-from vlguard_jax.models.layers import LoraSpec
 from vlguard_jax.models.minigptv2 import MiniGPTv2Config, MiniGPTv2Model
 from vlguard_jax.models.stacking import to_stacked
 

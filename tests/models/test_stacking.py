@@ -12,11 +12,9 @@ from tests import tiny
 from vlguard_jax.checkpoints.loading import load_model
 from vlguard_jax.errors import ConfigError
 from vlguard_jax.generate import load_generator
-from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
+from vlguard_jax.models.config import DEFAULT_SCAN, LlavaConfig, ScanLayers, TextOnlyConfig
 from vlguard_jax.models.stacking import (
-    DEFAULT_SCAN,
     SCAN_MIN_LAYERS,
-    ScanLayers,
     is_stacked,
     to_per_layer,
     to_stacked,

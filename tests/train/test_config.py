@@ -9,7 +9,7 @@ import pytest
 from configs import demo, paper
 from vlguard_jax.data.config import DataConfig
 from vlguard_jax.errors import ConfigError
-from vlguard_jax.models.stacking import ScanLayers
+from vlguard_jax.models.config import ScanLayers
 from vlguard_jax.train.config import LoraConfig, RunConfig
 from vlguard_jax.train.defaults import base_config
 

@@ -19,8 +19,9 @@ from flax import traverse_util
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, load_params, save_checkpoint
 from vlguard_jax.errors import MissingFileError, UserError
+from vlguard_jax.models.config import LoraSpec
 from vlguard_jax.models.family import load_config
-from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
+from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import to_per_layer
 from vlguard_jax.storage import files, orbax_s3
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 import importlib
 import sys
 
-# command -> its module, loaded when dispatched: `--help` and a wrong command answer at once.
-COMMANDS = {
-    "hf-to-flax": "vlguard_jax.conversion.hf_to_flax",
-    "flax-to-hf": "vlguard_jax.conversion.flax_to_hf",
-    "assemble": "vlguard_jax.conversion.assemble",
-    "minigptv2": "vlguard_jax.conversion.minigptv2",
-    "flax-to-minigptv2": "vlguard_jax.conversion.flax_to_minigptv2",
-}
+from vlguard_jax.conversion.commands import COMMANDS, parse
+from vlguard_jax.errors import cli
+
+
+@cli
+def dispatch(argv: list[str]) -> int:
+    """The command's flags parse before its converter loads: `--help` and a bad flag answer at once."""
+    flags = parse(argv[0], argv[1:])
+    return importlib.import_module(COMMANDS[argv[0]][0]).run(flags)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    return dispatch(argv)
 
 
 if __name__ == "__main__":

@@ -17,15 +17,15 @@ output appears only when complete.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
 
 from vlguard_jax import storage
 from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion.commands import SOURCE, parse
 from vlguard_jax.conversion.hf_to_flax import (
-    DTYPE_CHOICES,
-    SOURCE,
     Entry,
     check_dtype,
     check_plan,
@@ -39,7 +39,7 @@ from vlguard_jax.conversion.hf_to_flax import (
     write_side_files,
 )
 from vlguard_jax.conversion.reader import TensorSource
-from vlguard_jax.errors import ArgumentParser, CheckpointError, cli
+from vlguard_jax.errors import CheckpointError, cli
 from vlguard_jax.models.config import LlavaConfig, text_from_hf, vision_from_hf
 from vlguard_jax.storage import hub
 from vlguard_jax.storage.files import check_output
@@ -158,22 +158,11 @@ def assemble(llm, vision_tower, projector, dst, dtype: str = SOURCE, overwrite: 
 
 @cli
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m conversion.assemble", description=(__doc__ or "").split("\n\n")[1])
-    p.add_argument(
-        "--llm", required=True, help="base LLM folder or Hub id (LlamaForCausalLM, e.g. lmsys/vicuna-7b-v1.5)"
-    )
-    p.add_argument(
-        "--vision-tower", required=True, help="CLIP folder or Hub id (e.g. openai/clip-vit-large-patch14-336)"
-    )
-    p.add_argument(
-        "--projector",
-        required=True,
-        help="stage-1 mm_projector.bin or .safetensors: a file, a Hub repo holding one, or org/name[@REV]/PATH",
-    )
-    p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--dtype", default=SOURCE, choices=DTYPE_CHOICES, help="default: each tensor's own precision")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
-    a = p.parse_args(argv)
+    return run(parse("assemble", argv))
+
+
+def run(a: argparse.Namespace) -> int:
+    """The command on its parsed flags (conversion.commands)."""
     config = assemble(a.llm, a.vision_tower, a.projector, a.dst, a.dtype, a.overwrite)
     print(
         f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, {config.vision.num_hidden_layers}-layer "

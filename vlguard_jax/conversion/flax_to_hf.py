@@ -12,6 +12,7 @@ peft` writes a PEFT adapter directory (LoRA factors and projector) for the base 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -31,8 +32,9 @@ from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.conversion import layouts, peft_adapter
+from vlguard_jax.conversion.commands import parse
 from vlguard_jax.conversion.hf_to_flax import DTYPES
-from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
+from vlguard_jax.errors import CheckpointError, InputError, cli
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.family import LLAVA
@@ -200,13 +202,11 @@ def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_b
 
 @cli
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m conversion.flax_to_hf", description=(__doc__ or "").split("\n\n")[1])
-    p.add_argument("--src", required=True, help="vlguard-jax checkpoint directory")
-    p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="default: the checkpoint's dtype")
-    p.add_argument("--lora", choices=("merge", "peft"), help="for a LoRA training run: merged model or PEFT adapter")
-    a = p.parse_args(argv)
+    return run(parse("flax-to-hf", argv))
+
+
+def run(a: argparse.Namespace) -> int:
+    """The command on its parsed flags (conversion.commands)."""
     export(a.src, a.dst, a.dtype, lora=a.lora, overwrite=a.overwrite)
     print(f"wrote {a.dst}")
     return 0

@@ -10,6 +10,7 @@ Written with torch.save to a temporary file beside DST and renamed when complete
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -24,12 +25,12 @@ from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.converted import PARAMS_DIR, load_params
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion.commands import PTH_DTYPES, parse
 from vlguard_jax.conversion.reader import torch_module
-from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
+from vlguard_jax.errors import CheckpointError, InputError, cli
 from vlguard_jax.models.family import MINIGPTV2
 from vlguard_jax.storage.files import check_output
 
-DTYPES = ("float32", "float16", "bfloat16")
 SAVED = ("llama_proj/", "ln_vision/")  # with the LoRA factors: what stage 3 trains and saves
 
 
@@ -46,8 +47,8 @@ def state_dict(params: Any) -> dict[str, np.ndarray]:
 
 def export(src, dst, dtype: str = "float32", overwrite: bool = False) -> dict[str, np.ndarray]:
     """Write DST (refused when it exists, unless `overwrite`); returns the state dict written."""
-    if dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    if dtype not in PTH_DTYPES:
+        raise InputError(f"--dtype must be one of {PTH_DTYPES}, got {dtype!r}")
     ref = resolve_checkpoint(src)
     if ref.family is not MINIGPTV2:
         raise CheckpointError(f"{src}: a {ref.family.label} checkpoint, not a {MINIGPTV2.label} one")
@@ -86,12 +87,11 @@ def export(src, dst, dtype: str = "float32", overwrite: bool = False) -> dict[st
 
 @cli
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="vlguard-convert flax-to-minigptv2", description=(__doc__ or "").split("\n\n")[1])
-    p.add_argument("--src", required=True, help="a MiniGPT-v2 checkpoint converted with --lora keep, or a run from one")
-    p.add_argument("--dst", required=True, help="the .pth to write (must not exist unless --overwrite)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
-    a = p.parse_args(argv)
+    return run(parse("flax-to-minigptv2", argv))
+
+
+def run(a: argparse.Namespace) -> int:
+    """The command on its parsed flags (conversion.commands)."""
     sd = export(a.src, a.dst, a.dtype, a.overwrite)
     print(f"wrote {a.dst}: {len(sd)} tensors (llama_proj, ln_vision, LoRA on q_proj and v_proj), {a.dtype}")
     return 0

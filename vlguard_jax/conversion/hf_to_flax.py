@@ -9,6 +9,7 @@ anything is written.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shutil
@@ -32,16 +33,15 @@ from vlguard_jax.checkpoints.converted import (
     copy_side_files,
 )
 from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion.commands import DTYPE_CHOICES, SOURCE, WEIGHT_DTYPES, parse
 from vlguard_jax.conversion.reader import TensorSource
-from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, cli
+from vlguard_jax.errors import CheckpointError, InputError, cli
 from vlguard_jax.models import abstract_params, build_model
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
 from vlguard_jax.storage import hub
 from vlguard_jax.storage.files import atomic_dir, check_output
 
-DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32, "float16": jnp.float16}
-SOURCE = "source"  # the default --dtype: each tensor as the source file stores it (float64 as float32)
-DTYPE_CHOICES = (SOURCE, *sorted(DTYPES))
+DTYPES = {name: jnp.dtype(name) for name in WEIGHT_DTYPES}
 
 
 def plan_dtype(dtype: str) -> Any:
@@ -285,20 +285,11 @@ def convert(
 
 @cli
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m conversion.hf_to_flax", description=(__doc__ or "").split("\n\n")[1])
-    p.add_argument(
-        "--src",
-        required=True,
-        help="llava-hf, original-LLaVA or Llama checkpoint: a folder or a Hub id (org/name[@REV])",
-    )
-    p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
-    p.add_argument("--dtype", default=SOURCE, choices=DTYPE_CHOICES, help="default: each tensor's own precision")
-    p.add_argument(
-        "--vision-tower",
-        help="CLIP folder or Hub id, for original-LLaVA checkpoints without the tower (default: their mm_vision_tower)",
-    )
-    a = p.parse_args(argv)
+    return run(parse("hf-to-flax", argv))
+
+
+def run(a: argparse.Namespace) -> int:
+    """The command on its parsed flags (conversion.commands)."""
     config = convert(a.src, a.dst, a.dtype, a.vision_tower, overwrite=a.overwrite)
     tower = f"{config.vision.num_hidden_layers}-layer CLIP" if config.vision else "text only"
     print(f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, {tower}, dtype {a.dtype}")

@@ -21,6 +21,7 @@ appears only when complete. `.pth` files are read with `torch.load(weights_only=
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
@@ -34,9 +35,8 @@ import transformers
 
 from vlguard_jax import storage
 from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion.commands import LORA_MODES, SOURCE, parse
 from vlguard_jax.conversion.hf_to_flax import (
-    DTYPE_CHOICES,
-    SOURCE,
     Entry,
     check_dtype,
     check_plan,
@@ -48,7 +48,7 @@ from vlguard_jax.conversion.hf_to_flax import (
     write_side_files,
 )
 from vlguard_jax.conversion.reader import TensorSource
-from vlguard_jax.errors import ArgumentParser, CheckpointError, InputError, at_least, cli
+from vlguard_jax.errors import CheckpointError, InputError, cli
 from vlguard_jax.models.config import text_from_hf
 from vlguard_jax.models.eva import HEAD_DIM, EvaConfig, resize_positions
 from vlguard_jax.models.minigptv2 import LORA, MiniGPTv2Config
@@ -56,7 +56,6 @@ from vlguard_jax.storage import hub
 from vlguard_jax.storage.files import check_output
 
 IMAGE_SIZE = 448  # minigpt_v2.yaml's image_size
-LORA_MODES = ("merge", "keep")
 _BLOCK = re.compile(r"blocks\.(\d+)\.norm1\.weight$")
 
 
@@ -252,28 +251,11 @@ def convert(
 
 @cli
 def main(argv: list[str]) -> int:
-    p = ArgumentParser(prog="python -m vlguard_jax.conversion.minigptv2", description=(__doc__ or "").split("\n\n")[1])
-    p.add_argument(
-        "--llm", required=True, help="Llama-2-7b-chat-hf folder or Hub id (e.g. meta-llama/Llama-2-7b-chat-hf)"
-    )
-    p.add_argument("--vision-tower", required=True, help="eva_vit_g.pth: a file or org/name[@REV]/PATH on the Hub")
-    p.add_argument(
-        "--checkpoint", required=True, help="minigptv2_checkpoint.pth (stage 3): a file or org/name[@REV]/PATH"
-    )
-    p.add_argument("--dst", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--dtype", default=SOURCE, choices=DTYPE_CHOICES, help="default: each tensor's own precision")
-    p.add_argument(
-        "--lora",
-        default="keep",
-        choices=LORA_MODES,
-        help="keep: the q/v LoRA factors stay beside the kernels, as the authors' model holds them (training "
-        "continues from them; flax-to-minigptv2 writes them back); merge: folded into the kernels",
-    )
-    p.add_argument(
-        "--vision-heads", type=at_least(1), help="the tower's heads (default: width / 88, ViT-g's head size)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST, once the new one is complete")
-    a = p.parse_args(argv)
+    return run(parse("minigptv2", argv))
+
+
+def run(a: argparse.Namespace) -> int:
+    """The command on its parsed flags (conversion.commands)."""
     config = convert(a.llm, a.vision_tower, a.checkpoint, a.dst, a.dtype, a.lora, a.vision_heads, a.overwrite)
     v = config.vision
     print(

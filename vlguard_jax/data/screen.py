@@ -12,8 +12,7 @@ from __future__ import annotations
 import sys
 
 from vlguard_jax.errors import ArgumentParser, at_least, cli
-from vlguard_jax.evaluate.judges import llamaguard, screening
-from vlguard_jax.runtime import maybe_initialize_distributed
+from vlguard_jax.evaluate.judges import add_prompt_argument
 
 
 @cli
@@ -23,8 +22,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--src", required=True, help="LLaVA-format JSON (e.g. llava_v1_5_mix665k.json)")
     p.add_argument("--dst", required=True, help="the clean file to write (must not exist)")
     p.add_argument("--batch-size", type=at_least(1), default=8)
-    llamaguard.add_prompt_argument(p)
+    add_prompt_argument(p)
     a = p.parse_args(argv)
+    from vlguard_jax.evaluate.judges import screening  # after the flags parse: --help loads no jax
+    from vlguard_jax.runtime import maybe_initialize_distributed
+
     maybe_initialize_distributed()
     counts = screening.screen(a.judge_checkpoint, a.src, a.dst, a.batch_size, prompt=a.llamaguard_prompt)
     if counts is not None:

@@ -17,27 +17,15 @@ import json
 import sys
 from pathlib import Path
 
+# Only light modules here: the library loads inside each command, once its flags parse, so that
+# --help and a mistyped flag answer at once (vlguard_jax/flags.py).
 from vlguard_jax import storage
 from vlguard_jax.errors import ArgumentParser, UsageError, at_least, cli
-from vlguard_jax.evaluate.helpfulness import scorers, vqa
-from vlguard_jax.evaluate.judges import llamaguard
+from vlguard_jax.evaluate.helpfulness import scorers
+from vlguard_jax.evaluate.judges import JUDGES, add_prompt_argument
 from vlguard_jax.evaluate.judges.gpt4_judge import ORDERS
-from vlguard_jax.evaluate.report import write_report
-from vlguard_jax.evaluate.runner import (
-    DTYPES,
-    JUDGES,
-    TEXT_IMAGES,
-    Evaluation,
-    Protocol,
-    rescore,
-    run,
-)
-from vlguard_jax.evaluate.safety.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, VLGUARD_SUBSETS
-from vlguard_jax.evaluate.shares import Share
-from vlguard_jax.evaluate.suite import run_suite
-from vlguard_jax.generate.prompts import TEMPLATE_CHOICES
-from vlguard_jax.runtime import maybe_initialize_distributed
-from vlguard_jax.sharding import add_mesh
+from vlguard_jax.evaluate.safety.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, TEXT_IMAGES, VLGUARD_SUBSETS
+from vlguard_jax.flags import CONV_MODES, TEMPLATE_CHOICES, add_dtype, add_mesh
 
 
 def out_dir(text: str) -> str:
@@ -45,15 +33,6 @@ def out_dir(text: str) -> str:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {text}: a file, not a directory")
     return text
-
-
-def add_dtype(p: ArgumentParser) -> None:
-    p.add_argument(
-        "--dtype",
-        choices=("auto",) + DTYPES,
-        default="auto",
-        help="compute dtype; auto: float16 on a GPU (the authors'), bfloat16 on a TPU, float32 on a CPU",
-    )
 
 
 def evaluate_main(argv) -> int:
@@ -100,7 +79,7 @@ def evaluate_main(argv) -> int:
     )
     p.add_argument("--judge-checkpoint", help="converted Llama Guard checkpoint, for --judge llamaguard")
     p.add_argument("--references", help="gpt4_safe_safes.json, for --judge openai-compatible")
-    llamaguard.add_prompt_argument(p)
+    add_prompt_argument(p)
     p.add_argument(
         "--judge-orders",
         type=int,
@@ -115,6 +94,10 @@ def evaluate_main(argv) -> int:
         p.error("--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with --references")
     if a.judge == "llamaguard" and not a.judge_checkpoint:
         p.error("--judge llamaguard needs --judge-checkpoint DIR (a Llama Guard converted by conversion.hf_to_flax)")
+    from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
+    from vlguard_jax.evaluate.shares import Share
+    from vlguard_jax.runtime import maybe_initialize_distributed
+
     maybe_initialize_distributed()
     protocol = Protocol(
         template=a.template,
@@ -160,6 +143,8 @@ def score_main(argv) -> int:
     p.add_argument("--meta", help="test.json, for the per-category breakdown of a VLGuard subset")
     p.add_argument("--overwrite", action="store_true", help="replace an existing .scored.json")
     a = p.parse_args(argv)
+    from vlguard_jax.evaluate.runner import rescore
+
     result, out = rescore(a.responses, a.meta, overwrite=a.overwrite)
     print(json.dumps(result, indent=1))
     print(f"ASR {100 * result['asr']:.1f}% over {result['n']} responses; decisions in {out}")
@@ -216,7 +201,7 @@ def vqa_main(argv) -> int:
     p.add_argument(
         "--conv-mode",
         default="auto",
-        choices=vqa.CONV_MODES,
+        choices=CONV_MODES,
         help="the prompt template; auto (default): the checkpoint family's (LLaVA: vicuna_v1, as its scripts)",
     )
     p.add_argument("--single-pred-prompt", action="store_true", help="append the option-letter instruction")
@@ -232,6 +217,10 @@ def vqa_main(argv) -> int:
     add_mesh(p)
     p.add_argument("--limit", type=at_least(1), help="only the first N questions")
     a = p.parse_args(argv)
+    from vlguard_jax.evaluate.helpfulness import vqa
+    from vlguard_jax.evaluate.shares import Share
+    from vlguard_jax.runtime import maybe_initialize_distributed
+
     maybe_initialize_distributed()
     answers = vqa.answer_question_file(
         a.checkpoint,
@@ -272,6 +261,12 @@ def suite_main(argv) -> int:
         help="override every benchmark's own (quick checks only: the numbers are then not the protocols')",
     )
     a = p.parse_args(argv)
+    from vlguard_jax.evaluate.report import write_report
+    from vlguard_jax.evaluate.runner import Protocol
+    from vlguard_jax.evaluate.shares import Share
+    from vlguard_jax.evaluate.suite import run_suite
+    from vlguard_jax.runtime import maybe_initialize_distributed
+
     maybe_initialize_distributed()
     summary = run_suite(
         a.checkpoint,
@@ -300,6 +295,8 @@ def report_main(argv) -> int:
     a = p.parse_args(argv)
     if a.names and len(a.names) != len(a.runs):
         p.error(f"--names gives {len(a.names)} names for {len(a.runs)} --runs")
+    from vlguard_jax.evaluate.report import write_report
+
     md, png = write_report(a.runs, out_dir(a.out), a.names)
     print(md.read_text())
     print(f"wrote {md} and {png}")

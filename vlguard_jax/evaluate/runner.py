@@ -27,19 +27,18 @@ from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import shares
-from vlguard_jax.evaluate.judges import gpt4_judge, llamaguard
+from vlguard_jax.evaluate.judges import JUDGES, gpt4_judge, llamaguard
 from vlguard_jax.evaluate.safety import figstep, safety_sets
+from vlguard_jax.evaluate.safety.safety_sets import TEXT_IMAGES
 from vlguard_jax.evaluate.safety.scoring import is_refusal, token_f1
 from vlguard_jax.evaluate.shares import Share
+from vlguard_jax.flags import COMPUTE_DTYPES, TEMPLATE_CHOICES
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
-from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template, foreign_template
+from vlguard_jax.generate.prompts import default_template, foreign_template
 from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import check_output, read_json, write_json
 
 SUMMARY = "summary.json"
-JUDGES = ("openai-compatible", "llamaguard")
-DTYPES = ("float16", "bfloat16", "float32")
-TEXT_IMAGES = ("none", "blank")
 BLANK_COLOR = (255, 255, 255)
 
 
@@ -62,8 +61,8 @@ class Protocol:
     def __post_init__(self):
         if self.template not in ("auto",) + TEMPLATE_CHOICES:
             raise InputError(f"template {self.template!r} is not one of {('auto',) + TEMPLATE_CHOICES}")
-        if self.dtype is not None and self.dtype not in ("auto",) + DTYPES:
-            raise InputError(f"dtype {self.dtype!r} is not one of {('auto',) + DTYPES}")
+        if self.dtype is not None and self.dtype not in ("auto",) + COMPUTE_DTYPES:
+            raise InputError(f"dtype {self.dtype!r} is not one of {('auto',) + COMPUTE_DTYPES}")
         if self.text_image not in TEXT_IMAGES:
             raise InputError(f"text image {self.text_image!r} is not one of {TEXT_IMAGES}")
         for name in ("max_new_tokens", "batch_size"):

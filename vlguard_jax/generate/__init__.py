@@ -1,21 +1,25 @@
-"""Batched generation: `Generator`, `Sampling`, and prompt building; CLI in `__main__`."""
+"""Batched generation: `Generator`, `Sampling`, `load_generator` and prompt building; CLI in
+`__main__`. The names load on first use (PEP 562), so the command's `--help` loads no jax."""
 
-import math
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
-from jax.sharding import Mesh
+if TYPE_CHECKING:
+    from vlguard_jax.generate.loader import load_generator, weight_bytes
+    from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
+    from vlguard_jax.generate.sampler import Generator, Sampling
+    from vlguard_jax.runtime import auto_dtype
 
-from vlguard_jax import sharding
-from vlguard_jax.checkpoints.converted import PARAMS_DIR, param_metadata
-from vlguard_jax.checkpoints.loading import Loaded, load_model
-from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
-from vlguard_jax.errors import MissingFileError
-from vlguard_jax.generate.prompts import prompt_ids, prompt_text, response_text
-from vlguard_jax.generate.sampler import Generator, Sampling
-from vlguard_jax.models.stacking import DEFAULT_SCAN, ScanLayers
-from vlguard_jax.runtime import auto_dtype
-
+_SURFACE = {
+    "Generator": "vlguard_jax.generate.sampler",
+    "Sampling": "vlguard_jax.generate.sampler",
+    "auto_dtype": "vlguard_jax.runtime",
+    "prompt_ids": "vlguard_jax.generate.prompts",
+    "prompt_text": "vlguard_jax.generate.prompts",
+    "response_text": "vlguard_jax.generate.prompts",
+    "load_generator": "vlguard_jax.generate.loader",
+    "weight_bytes": "vlguard_jax.generate.loader",
+}
 __all__ = [
     "Generator",
     "Sampling",
@@ -28,39 +32,7 @@ __all__ = [
 ]
 
 
-def weight_bytes(ref: CheckpointRef, dtype) -> int:
-    """The model's weights in `dtype`, from the base's saved shapes (no tensor read)."""
-    meta = jax.tree.leaves(param_metadata(ref.base / PARAMS_DIR))
-    return sum(math.prod(m.shape) for m in meta) * jnp.dtype(dtype).itemsize
-
-
-def load_generator(
-    checkpoint: CheckpointRef | str,
-    *,
-    dtype=None,
-    mesh: Mesh | str | None = None,
-    batch_size: int = 8,
-    bucket: int = 64,
-    scan_layers: ScanLayers | str = DEFAULT_SCAN,
-) -> tuple[Generator, Loaded]:
-    """(Generator, Loaded) for a converted checkpoint or a training workdir. `dtype` defaults to
-    `auto_dtype()`; `mesh` is a Mesh, a `--mesh` spec ("D,F,T" or "auto", sharding.eval_mesh) or
-    None (one device); the batch is rounded up to split evenly over it. `scan_layers` runs the
-    decoder layers scanned ("auto": for deep LLaVA models, where it cuts compile time; see
-    models.stacking)."""
-    if dtype is None or dtype == "auto":
-        dtype = jnp.dtype(auto_dtype())
-    if isinstance(mesh, str):  # a --mesh spec (sharding.eval_mesh), "auto" among them
-        ref = resolve_checkpoint(checkpoint)
-        mesh = sharding.eval_mesh(mesh, lambda: weight_bytes(ref, dtype))
-        checkpoint = ref
-    batch_size = -(-batch_size // sharding.batch_multiple(mesh)) * sharding.batch_multiple(mesh)
-    loaded = load_model(checkpoint, mesh=mesh, dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
-    if loaded.tokenizer is None:
-        raise MissingFileError(f"{checkpoint}: no tokenizer files next to the weights")
-    t = loaded.config.text
-    pad = t.pad_token_id if t.pad_token_id is not None else 0
-    gen = Generator(
-        loaded.model, loaded.params, eos_ids=t.eos_token_id, pad_id=pad, mesh=mesh, batch_size=batch_size, bucket=bucket
-    )
-    return gen, loaded
+def __getattr__(name: str) -> Any:
+    if name not in _SURFACE:
+        raise AttributeError(f"module 'vlguard_jax.generate' has no attribute {name!r}")
+    return getattr(importlib.import_module(_SURFACE[name]), name)

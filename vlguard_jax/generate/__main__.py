@@ -15,15 +15,10 @@ import json
 import sys
 import time
 
+# Only light modules here: the generator loads once the flags parse (vlguard_jax/flags.py).
 from vlguard_jax.data.images import open_rgb, pixels
 from vlguard_jax.errors import ArgumentParser, InputError, at_least, cli
-from vlguard_jax.evaluate.shares import Share
-from vlguard_jax.generate import load_generator, prompt_ids, response_text
-from vlguard_jax.generate.prompts import TEMPLATE_CHOICES, default_template, foreign_template
-from vlguard_jax.generate.sampler import Sampling
-from vlguard_jax.models.family import family_of
-from vlguard_jax.runtime import maybe_initialize_distributed
-from vlguard_jax.sharding import add_mesh
+from vlguard_jax.flags import TEMPLATE_CHOICES, add_mesh
 from vlguard_jax.storage.files import read_jsonl
 
 
@@ -61,6 +56,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true")
     add_mesh(p)
     a = p.parse_args(argv)
+    from vlguard_jax.evaluate.shares import Share
+    from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
+    from vlguard_jax.generate.prompts import default_template, foreign_template
+    from vlguard_jax.models.family import family_of
+    from vlguard_jax.runtime import maybe_initialize_distributed
+
     maybe_initialize_distributed()
     share = Share.current()  # several processes: each generates its slice of the prompts
     rows = read_prompts(a.prompts_file) if a.prompts_file else [{"prompt": a.prompt, "image": a.image}]

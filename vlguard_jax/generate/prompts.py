@@ -16,8 +16,6 @@ from vlguard_jax.data.preprocess import tokenize_with_images
 from vlguard_jax.errors import InputError
 from vlguard_jax.models.family import family_of
 
-TEMPLATE_CHOICES = ("llava_v1", "vicuna_v1", "minigptv2", "chat_template", "none")
-
 
 def default_template(config, tokenizer) -> str:
     """The authors' `llava_v1` for a LLaVA; for a text-only LLM its own chat template where its

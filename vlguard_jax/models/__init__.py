@@ -1,21 +1,40 @@
-"""Flax ports of LLaVA-1.5 (CLIP tower, projector, Llama decoder) and a text-only Llama, as model
-families (`family.py`)."""
+"""Flax ports of LLaVA-1.5 (CLIP tower, projector, Llama decoder), MiniGPT-v2 and a text-only
+Llama, as model families (`family.py`). The names below load on first use (PEP 562), so reading a
+model config or a command's `--help` loads no flax."""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
+if TYPE_CHECKING:
+    from vlguard_jax.models.config import LlavaConfig, TextConfig, TextOnlyConfig, VisionConfig
+    from vlguard_jax.models.family import FAMILIES, LLAMA, LLAVA, Family, family_of, load_config
+    from vlguard_jax.models.llama import init_cache
+    from vlguard_jax.models.llava import LlavaModel
+    from vlguard_jax.models.params import abstract_params, build_model, dummy_inputs, init_params, param_axes
+    from vlguard_jax.models.text_only import TextOnlyModel
 
-from vlguard_jax import sharding
-from vlguard_jax.models.config import LlavaConfig, TextConfig, TextOnlyConfig, VisionConfig
-from vlguard_jax.models.family import FAMILIES, LLAMA, LLAVA, Family, family_of, load_config
-from vlguard_jax.models.llama import init_cache
-from vlguard_jax.models.llava import LlavaModel
-from vlguard_jax.models.text_only import TextOnlyModel
-
+_SURFACE = {
+    "LlavaConfig": "vlguard_jax.models.config",
+    "TextConfig": "vlguard_jax.models.config",
+    "TextOnlyConfig": "vlguard_jax.models.config",
+    "VisionConfig": "vlguard_jax.models.config",
+    "LlavaModel": "vlguard_jax.models.llava",
+    "TextOnlyModel": "vlguard_jax.models.text_only",
+    "Family": "vlguard_jax.models.family",
+    "FAMILIES": "vlguard_jax.models.family",
+    "LLAVA": "vlguard_jax.models.family",
+    "LLAMA": "vlguard_jax.models.family",
+    "family_of": "vlguard_jax.models.family",
+    "build_model": "vlguard_jax.models.params",
+    "load_config": "vlguard_jax.models.family",
+    "init_cache": "vlguard_jax.models.llama",
+    "dummy_inputs": "vlguard_jax.models.params",
+    "param_axes": "vlguard_jax.models.params",
+    "abstract_params": "vlguard_jax.models.params",
+    "init_params": "vlguard_jax.models.params",
+}
 __all__ = [
     "LlavaConfig",
     "TextConfig",
@@ -38,49 +57,7 @@ __all__ = [
 ]
 
 
-def build_model(config, **kw) -> nn.Module:
-    """The Flax module of `config`'s family (`LlavaModel`, `TextOnlyModel`)."""
-    return family_of(config).build(config, **kw)
-
-
-def dummy_inputs(config, batch: int = 1) -> tuple[jax.Array, jax.Array | None]:
-    """Inputs that touch every parameter (one image row), for `init` and shape tracing."""
-    if config.vision is None:
-        return jnp.ones((batch, 2), jnp.int32), None
-    n = config.num_image_tokens
-    ids = jnp.concatenate(
-        [jnp.ones((batch, 1), jnp.int32), jnp.full((batch, n), config.image_token_index, jnp.int32)], axis=1
-    )
-    v = config.vision
-    pixels = jnp.zeros((batch, v.num_channels, v.image_size, v.image_size), jnp.float32)
-    return ids, pixels
-
-
-def _boxed_init(model, rng):
-    ids, pixels = dummy_inputs(model.config)
-    return model.init(rng, ids, pixels)["params"]
-
-
-def param_axes(model) -> Any:
-    """Tree of logical axis-name tuples, one per parameter."""
-    boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
-    return jax.tree.map(lambda b: tuple(b.names), boxed, is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
-
-
-def abstract_params(model, mesh=None) -> Any:
-    """ShapeDtypeStructs of the parameters, with shardings when a mesh is given."""
-    boxed = jax.eval_shape(lambda: _boxed_init(model, jax.random.key(0)))
-    shapes = nn.unbox(boxed)
-    if mesh is None:
-        return shapes
-    shardings = sharding.tree_shardings(param_axes(model), shapes, mesh)
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-
-
-def init_params(model, rng, mesh=None) -> Any:
-    """Random parameters, created directly in their sharded layout when a mesh is given."""
-    init = lambda r: nn.unbox(_boxed_init(model, r))
-    if mesh is None:
-        return jax.jit(init)(rng)
-    out = jax.tree.map(lambda s: s.sharding, abstract_params(model, mesh))
-    return jax.jit(init, out_shardings=out)(rng)
+def __getattr__(name: str) -> Any:
+    if name not in _SURFACE:
+        raise AttributeError(f"module 'vlguard_jax.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_SURFACE[name]), name)

@@ -8,9 +8,10 @@ version), the original LLaVA repo (`LlavaLlamaForCausalLM`, `mm_*` keys), and a 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
-from vlguard_jax.errors import CheckpointError
+from vlguard_jax.errors import CheckpointError, ConfigError
 from vlguard_jax.storage.files import atomic_write_json
 
 # The OpenAI CLIP towers LLaVA names in `mm_vision_tower`; their shapes cannot all be read from
@@ -360,3 +361,44 @@ def text_from_hf(d: dict, *, source: str = "config.json") -> TextConfig:
     if d.get("pretraining_tp", 1) != 1:
         raise CheckpointError(f"{source}: pretraining_tp {d['pretraining_tp']} is not supported")
     return TextConfig(**kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+    """LoRA on the named Dense layers of the language model (PEFT's rule): y = x W + s * drop(x) A B,
+    with s = alpha / rank, A Kaiming-uniform and B zero at init, so training starts at the base."""
+
+    rank: int
+    alpha: float
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def wants(self, name: str) -> LoraSpec | None:
+        return self if name in self.targets else None
+
+
+class ScanLayers(enum.StrEnum):
+    """The one setting for the decoder's form (config.model.scan_layers, `load_model`,
+    `load_generator`, the benchmarks); a model holds the decision, a bool."""
+
+    AUTO = "auto"  # on from SCAN_MIN_LAYERS layers, where the family can scan
+    ON = "on"
+    OFF = "off"
+
+    @classmethod
+    def of(cls, setting: ScanLayers | str | bool) -> ScanLayers:
+        """The setting from its name; True and False read as on and off."""
+        if isinstance(setting, bool):
+            return cls.ON if setting else cls.OFF
+        try:
+            return cls(setting)
+        except ValueError:
+            raise ConfigError(f"scan_layers must be one of {list(SETTINGS)}, not {setting!r}") from None
+
+
+SETTINGS = tuple(s.value for s in ScanLayers)
+DEFAULT_SCAN = ScanLayers.AUTO

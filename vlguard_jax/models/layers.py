@@ -6,7 +6,6 @@ Every parameter carries logical axis names (see `vlguard_jax.sharding`). Paramet
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from typing import Any, cast
@@ -16,29 +15,12 @@ import jax
 import jax.numpy as jnp
 
 from vlguard_jax.errors import CheckpointError
+from vlguard_jax.models.config import LoraSpec
 
 Dtype = Any
 
 
 LORA_PARAMS = ("lora_a", "lora_b")  # the names of a Dense layer's LoRA factors
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraSpec:
-    """LoRA on the named Dense layers of the language model (PEFT's rule): y = x W + s * drop(x) A B,
-    with s = alpha / rank, A Kaiming-uniform and B zero at init, so training starts at the base."""
-
-    rank: int
-    alpha: float
-    dropout: float = 0.0
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    def wants(self, name: str) -> LoraSpec | None:
-        return self if name in self.targets else None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -18,8 +18,8 @@ import numpy as np
 from flax import struct
 
 from vlguard_jax.models.attention import attention, attention_cached
-from vlguard_jax.models.config import TextConfig
-from vlguard_jax.models.layers import Dense, Dtype, LoraSpec, RMSNorm, param_with_axes
+from vlguard_jax.models.config import LoraSpec, TextConfig
+from vlguard_jax.models.layers import Dense, Dtype, RMSNorm, param_with_axes
 from vlguard_jax.sharding import constrain
 
 ACT = ("batch", "length", "act_embed")

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 
 from vlguard_jax.errors import CheckpointError
-from vlguard_jax.models.config import TextConfig, text_from_dict, text_to_dict
+from vlguard_jax.models.config import LoraSpec, TextConfig, text_from_dict, text_to_dict
 from vlguard_jax.models.eva import EvaConfig, EvaVisionTower
-from vlguard_jax.models.layers import Dense, LayerNorm, LoraSpec
+from vlguard_jax.models.layers import Dense, LayerNorm
 from vlguard_jax.models.llava import ImageTextModel
 from vlguard_jax.sharding import constrain
 from vlguard_jax.storage.files import atomic_write_json

@@ -9,14 +9,13 @@ moments inside optax's states, shape trees) between the two forms.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from vlguard_jax.errors import ConfigError
+from vlguard_jax.models.config import ScanLayers
 from vlguard_jax.models.family import family_of
 
 # Scanning pays at real depths (32 and 40 layers compile many times faster) and costs a little per
@@ -24,27 +23,6 @@ from vlguard_jax.models.family import family_of
 SCAN_MIN_LAYERS = 16
 
 
-class ScanLayers(enum.StrEnum):
-    """The one setting for the decoder's form (config.model.scan_layers, `load_model`,
-    `load_generator`, the benchmarks); a model holds the decision, a bool."""
-
-    AUTO = "auto"  # on from SCAN_MIN_LAYERS layers, where the family can scan
-    ON = "on"
-    OFF = "off"
-
-    @classmethod
-    def of(cls, setting: ScanLayers | str | bool) -> ScanLayers:
-        """The setting from its name; True and False read as on and off."""
-        if isinstance(setting, bool):
-            return cls.ON if setting else cls.OFF
-        try:
-            return cls(setting)
-        except ValueError:
-            raise ConfigError(f"scan_layers must be one of {list(SETTINGS)}, not {setting!r}") from None
-
-
-SETTINGS = tuple(s.value for s in ScanLayers)
-DEFAULT_SCAN = ScanLayers.AUTO
 _LAYER = re.compile(r"layers_(\d+)$")
 
 

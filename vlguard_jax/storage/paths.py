@@ -25,7 +25,6 @@ from typing import cast
 
 import fsspec
 import fsspec.config
-import jax
 from etils import epath
 
 from vlguard_jax.errors import InputError, UserError, register_environment_errors
@@ -339,6 +338,8 @@ class Mirror:
 def mirror_for(workdir) -> Mirror:
     """The one Mirror of a remote workdir in this process (logs, bad-record lists); processes that
     share a host each have their own."""
+    import jax
+
     return Mirror(str(workdir), f"workdir/process_{jax.process_index()}")
 
 

@@ -5,23 +5,46 @@
   LoRA added, split into trainable and frozen weights), `optimizer`, `init_state` (the sharded
   `TrainState`), `jit_train_step` (the donated, jitted step), `global_batch` and `label_budget`
   (a batch as the step takes it).
+
+The names load on first use (PEP 562), so the command's `--help` and a config file load no jax.
 """
 
-from vlguard_jax.train.config import RunConfig
-from vlguard_jax.train.defaults import base_config
-from vlguard_jax.train.loop import Start, build_params, run
-from vlguard_jax.train.state import (
-    TrainState,
-    abstract_state,
-    cast_tree,
-    global_batch,
-    init_state,
-    optimizer,
-    partition,
-    state_shardings,
-)
-from vlguard_jax.train.step import jit_train_step, label_budget
+import importlib
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from vlguard_jax.train.config import RunConfig
+    from vlguard_jax.train.defaults import base_config
+    from vlguard_jax.train.loop import Start, build_params, run
+    from vlguard_jax.train.state import (
+        TrainState,
+        abstract_state,
+        cast_tree,
+        global_batch,
+        init_state,
+        optimizer,
+        partition,
+        state_shardings,
+    )
+    from vlguard_jax.train.step import jit_train_step, label_budget
+
+_SURFACE = {
+    "RunConfig": "vlguard_jax.train.config",
+    "base_config": "vlguard_jax.train.defaults",
+    "Start": "vlguard_jax.train.loop",
+    "build_params": "vlguard_jax.train.loop",
+    "run": "vlguard_jax.train.loop",
+    "TrainState": "vlguard_jax.train.state",
+    "abstract_state": "vlguard_jax.train.state",
+    "cast_tree": "vlguard_jax.train.state",
+    "global_batch": "vlguard_jax.train.state",
+    "init_state": "vlguard_jax.train.state",
+    "optimizer": "vlguard_jax.train.state",
+    "partition": "vlguard_jax.train.state",
+    "state_shardings": "vlguard_jax.train.state",
+    "jit_train_step": "vlguard_jax.train.step",
+    "label_budget": "vlguard_jax.train.step",
+}
 __all__ = [
     "RunConfig",
     "Start",
@@ -39,3 +62,9 @@ __all__ = [
     "run",
     "state_shardings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SURFACE:
+        raise AttributeError(f"module 'vlguard_jax.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(_SURFACE[name]), name)

@@ -7,6 +7,7 @@ misspelt key, a file that does not load or a value of the wrong type is a `Confi
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import re
@@ -21,10 +22,26 @@ from ml_collections import ConfigDict, config_flags
 
 from vlguard_jax.errors import ConfigError, UsageError
 from vlguard_jax.train.defaults import base_config
-from vlguard_jax.train.validate import flat_keys, unknown_key
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_config()", lock_config=True)
 OVERRIDE = re.compile(r"--config\.([\w.]+)(=|$)")
+
+
+def flat_keys(cfg, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in cfg.items():
+        if hasattr(v, "items"):
+            out += flat_keys(v, f"{prefix}{k}.")
+        else:
+            out.append(prefix + k)
+    return out
+
+
+def unknown_key(key: str, known: list[str]) -> ConfigError:
+    """The error for a key the config lacks, with the closest key that exists."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean config.{close[0]}?" if close else ""
+    return ConfigError(f"config.{key}: no such key{hint}")
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:

@@ -16,8 +16,7 @@ import ml_collections
 
 from vlguard_jax.data.config import DataConfig
 from vlguard_jax.errors import ConfigError
-from vlguard_jax.models.layers import LoraSpec
-from vlguard_jax.models.stacking import DEFAULT_SCAN, ScanLayers
+from vlguard_jax.models.config import DEFAULT_SCAN, LoraSpec, ScanLayers
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

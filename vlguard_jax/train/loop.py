@@ -28,7 +28,8 @@ from vlguard_jax.checkpoints.training import Checkpoints
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.errors import ConfigError, UserError, oom_hint
 from vlguard_jax.models import abstract_params, dummy_inputs, family_of
-from vlguard_jax.models.layers import LORA_PARAMS, LoraSpec
+from vlguard_jax.models.config import LoraSpec
+from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import to_per_layer, to_stacked
 from vlguard_jax.runtime import Preemption, maybe_initialize_distributed, peak_flops
 from vlguard_jax.train import flops

@@ -3,15 +3,14 @@ the key that was meant. Each failure is a `ConfigError` naming `config.KEY`."""
 
 from __future__ import annotations
 
-import difflib
 import math
 
 from vlguard_jax.data.conversation import TEMPLATES
 from vlguard_jax.data.minigptv2_tokens import TEMPLATE as MINIGPTV2_TEMPLATE
 from vlguard_jax.data.mixture import RECIPES
 from vlguard_jax.errors import ConfigError
+from vlguard_jax.models.config import SETTINGS as STACKING
 from vlguard_jax.models.llama import REMAT_POLICIES
-from vlguard_jax.models.stacking import SETTINGS as STACKING
 from vlguard_jax.train.config import LORA_TARGETS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -129,23 +128,6 @@ def _get(cfg, key):
     for part in key.split("."):
         node = node[part]
     return node
-
-
-def flat_keys(cfg, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in cfg.items():
-        if hasattr(v, "items"):
-            out += flat_keys(v, f"{prefix}{k}.")
-        else:
-            out.append(prefix + k)
-    return out
-
-
-def unknown_key(key: str, known: list[str]) -> ConfigError:
-    """The error for a key the config lacks, with the closest key that exists."""
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"; did you mean config.{close[0]}?" if close else ""
-    return ConfigError(f"config.{key}: no such key{hint}")
 
 
 def check(cfg) -> None:

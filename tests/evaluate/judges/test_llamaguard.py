@@ -9,7 +9,7 @@ from tests import tiny
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate import runner
 from vlguard_jax.evaluate.__main__ import main
-from vlguard_jax.evaluate.judges import llamaguard
+from vlguard_jax.evaluate.judges import LLAMAGUARD_PROMPTS, llamaguard
 from vlguard_jax.evaluate.safety.safety_sets import Item
 from vlguard_jax.storage.files import fingerprint
 
@@ -54,7 +54,7 @@ def test_the_prompt_starts_with_one_bos_unless_asked_for_the_template_alone():
     card = card["input_ids"] if isinstance(card, dict) or hasattr(card, "keys") else card
     assert llamaguard.prompt_ids(tok, item, "yo", "chat-template") == list(card)  # the model card's ids
     tok.chat_template = "{{ bos_token }}" + tok.chat_template
-    for prompt in llamaguard.PROMPTS:
+    for prompt in LLAMAGUARD_PROMPTS:
         ids = llamaguard.prompt_ids(tok, item, "yo", prompt)
         assert ids[0] == bos and bos not in ids[1:]
     with pytest.raises(ValueError, match="--llamaguard-prompt must be one of"):

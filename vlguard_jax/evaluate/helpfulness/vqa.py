@@ -40,9 +40,10 @@ from vlguard_jax.errors import InputError, MissingFileError, UsageError
 from vlguard_jax.evaluate import shares
 from vlguard_jax.evaluate.runner import claim_output
 from vlguard_jax.evaluate.shares import Share
+from vlguard_jax.flags import CONV_MODES
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, response_text, weight_bytes
 from vlguard_jax.generate.prompts import prompt_ids, prompt_ids_of_text
-from vlguard_jax.models.family import FAMILIES, family_of
+from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl, sha256_file
 
 SINGLE_PRED = "Answer with the option's letter from the given choices directly."
@@ -186,14 +187,6 @@ def answer_line(q: Question, text: str, model_id: str) -> dict:
         "model_id": model_id,
         "metadata": {},
     }
-
-
-# LLaVA's conversation templates, and every image family's own prompt template
-CONV_MODES = (
-    "auto",
-    *TEMPLATES,
-    *(f.template for f in FAMILIES.values() if f.takes_images and f.template and f.template not in TEMPLATES),
-)
 
 
 def conv_template(conv_mode: str, ref) -> str:

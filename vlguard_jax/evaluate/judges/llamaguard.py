@@ -19,13 +19,12 @@ from vlguard_jax.checkpoints.converted import MODEL_CONFIG
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import shares
-from vlguard_jax.evaluate.judges import provenance
+from vlguard_jax.evaluate.judges import LLAMAGUARD_PROMPTS, provenance
 from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.generate import Sampling, load_generator, response_text
 from vlguard_jax.storage.files import write_json
 
 MAX_NEW_TOKENS = 16  # "unsafe\nO3" and the like
-PROMPTS = ("llama-recipes", "chat-template")
 
 
 def verdict(text: str) -> str | None:
@@ -67,20 +66,9 @@ def check(checkpoint: CheckpointRef | str) -> CheckpointRef:
     return ref
 
 
-def add_prompt_argument(parser) -> None:
-    """`--llamaguard-prompt`, for the commands that run the judge (evaluate, data.screen)."""
-    parser.add_argument(
-        "--llamaguard-prompt",
-        choices=PROMPTS,
-        default="llama-recipes",
-        help="llama-recipes = Meta's prompt, one BOS in front (the default); chat-template = the ids exactly "
-        "as the tokenizer's chat template writes them (the model card's example)",
-    )
-
-
 def check_prompt(prompt: str) -> str:
-    if prompt not in PROMPTS:
-        raise InputError(f"--llamaguard-prompt must be one of {PROMPTS}, got {prompt!r}")
+    if prompt not in LLAMAGUARD_PROMPTS:
+        raise InputError(f"--llamaguard-prompt must be one of {LLAMAGUARD_PROMPTS}, got {prompt!r}")
     return prompt
 
 

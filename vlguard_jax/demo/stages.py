@@ -1,41 +1,27 @@
-"""`python -m vlguard_jax.demo [--config configs/demo.py] [--config.workdir=DIR]`
-
-The paper's effect end to end on a laptop CPU, through the same train, convert and evaluate code a
-7B run uses:
-  0. the built-in sample data, a tokenizer trained on it, and a random tiny LLaVA checkpoint;
-  1. "unsafe" starting model: full instruction tuning on the helpfulness data, which complies with
-     harmful requests (as LLaVA's own data partly does);
-  2. VLGuard post-hoc LoRA: VLGuard-format train split + a helpfulness subset;
-  3. both evaluated on the held-out test split: ASR on `unsafes` and `safe_unsafes` (official
-     refusal markers), helpfulness on `safe_safes` (token F1 against the reference answers);
-  4. a before/after table and report (Markdown + PNG) under WORKDIR/report.
-Each stage resumes if interrupted: rerun the same command.
-"""
+"""The demo's stages (`python -m vlguard_jax.demo`, the package's docstring): sample data, a random
+tiny LLaVA, the unsafe model, the VLGuard LoRA, both evaluated, and the table."""
 
 from __future__ import annotations
 
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import jax
 import transformers
-from absl import logging
 
 from vlguard_jax.checkpoints.converted import save_checkpoint
 from vlguard_jax.checkpoints.runs import save_run_checkpoint
 from vlguard_jax.data.conversation import TEMPLATES
 from vlguard_jax.data.sample import sample_paths, write_sample
 from vlguard_jax.data.sample_tokenizer import build_tokenizer
-from vlguard_jax.errors import UserError, cli
+from vlguard_jax.errors import UserError
 from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
 from vlguard_jax.models import LlavaModel, init_params
 from vlguard_jax.models.config import LlavaConfig, TextConfig, VisionConfig
-from vlguard_jax.train.command import parse
 from vlguard_jax.train.loop import run as train
 
 SUBSETS = ("unsafes", "safe_unsafes", "safe_safes")
@@ -172,20 +158,3 @@ def run_demo(cfg, log=print) -> dict:
     log(f"targets ({TARGETS}): {met}")
     log(f"report: {md}, {png}, {root / 'report' / 'demo.md'} ({summary['seconds']:.0f} s)")
     return summary
-
-
-@cli
-def main(argv: list[str]) -> int:
-    config = parse(
-        [sys.argv[0]] + argv,
-        default="demo",
-        module="vlguard_jax.demo",
-        summary="The paper's effect end to end on the built-in sample data, on CPU (see the README).",
-    )
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save and load at INFO
-    run_demo(config)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
