@@ -6,15 +6,27 @@ once the flags parse, so `--help` and a mistyped flag answer at once (tests/test
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
-from vlguard_jax.errors import ConfigError
+from vlguard_jax import storage
+from vlguard_jax.errors import ConfigError, InputError
 
 COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
 # `--template`: a named template, the tokenizer's own chat template, or the prompt as typed.
 TEMPLATE_CHOICES = ("llava_v1", "vicuna_v1", "minigptv2", "chat_template", "none")
 # `vqa --conv-mode`: LLaVA's scripts name a template; auto is the checkpoint family's.
 CONV_MODES = ("auto", "vicuna_v1", "llava_v1", "minigptv2")
+
+
+def output(text: str) -> str:
+    """argparse's type for a path a command writes: anything but hf:// (read-only here), refused
+    as the flags parse, before any probe of the Hub."""
+    try:
+        storage.writable(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def parse_mesh(spec: str, flag: str = "--mesh") -> tuple[int, int, int]:

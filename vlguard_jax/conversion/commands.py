@@ -8,6 +8,7 @@ import argparse
 from collections.abc import Callable
 
 from vlguard_jax.errors import ArgumentParser, at_least
+from vlguard_jax.flags import output
 
 SOURCE = "source"  # the default --dtype: each tensor as the source file stores it (float64 as float32)
 WEIGHT_DTYPES = ("bfloat16", "float16", "float32")
@@ -28,7 +29,7 @@ def hf_to_flax(p: ArgumentParser) -> None:
         required=True,
         help="llava-hf, original-LLaVA or Llama checkpoint: a folder or a Hub id (org/name[@REV])",
     )
-    p.add_argument("--dst", required=True, help=NEW_DST)
+    p.add_argument("--dst", required=True, type=output, help=NEW_DST)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     _source_dtype(p)
     p.add_argument(
@@ -39,7 +40,7 @@ def hf_to_flax(p: ArgumentParser) -> None:
 
 def flax_to_hf(p: ArgumentParser) -> None:
     p.add_argument("--src", required=True, help="vlguard-jax checkpoint directory")
-    p.add_argument("--dst", required=True, help=NEW_DST)
+    p.add_argument("--dst", required=True, type=output, help=NEW_DST)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.add_argument("--dtype", choices=WEIGHT_DTYPES, help="default: the checkpoint's dtype")
     p.add_argument("--lora", choices=("merge", "peft"), help="for a LoRA training run: merged model or PEFT adapter")
@@ -57,7 +58,7 @@ def assemble(p: ArgumentParser) -> None:
         required=True,
         help="stage-1 mm_projector.bin or .safetensors: a file, a Hub repo holding one, or org/name[@REV]/PATH",
     )
-    p.add_argument("--dst", required=True, help=NEW_DST)
+    p.add_argument("--dst", required=True, type=output, help=NEW_DST)
     _source_dtype(p)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
 
@@ -70,7 +71,7 @@ def minigptv2(p: ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint", required=True, help="minigptv2_checkpoint.pth (stage 3): a file or org/name[@REV]/PATH"
     )
-    p.add_argument("--dst", required=True, help=NEW_DST)
+    p.add_argument("--dst", required=True, type=output, help=NEW_DST)
     _source_dtype(p)
     p.add_argument(
         "--lora",
@@ -87,7 +88,7 @@ def minigptv2(p: ArgumentParser) -> None:
 
 def flax_to_minigptv2(p: ArgumentParser) -> None:
     p.add_argument("--src", required=True, help="a MiniGPT-v2 checkpoint converted with --lora keep, or a run from one")
-    p.add_argument("--dst", required=True, help="the .pth to write (must not exist unless --overwrite)")
+    p.add_argument("--dst", required=True, type=output, help="the .pth to write (must not exist unless --overwrite)")
     p.add_argument("--dtype", default="float32", choices=PTH_DTYPES)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
 

@@ -14,6 +14,7 @@ import sys
 
 from vlguard_jax.data.records import load_vlguard
 from vlguard_jax.errors import ArgumentParser, cli
+from vlguard_jax.flags import output
 from vlguard_jax.storage.files import atomic_write_json, check_output
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> int:
         prog="python -m vlguard_jax.data.convert_vlguard", description="VLGuard metadata -> LLaVA conversation format"
     )
     p.add_argument("--src", required=True)
-    p.add_argument("--dst", required=True)
+    p.add_argument("--dst", required=True, type=output)
     p.add_argument("--seed", type=int, default=0, help="the authors use 0")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     a = p.parse_args(argv)

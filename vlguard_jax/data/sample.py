@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vlguard_jax import storage
 from vlguard_jax.errors import ArgumentParser, OutputExistsError, cli
+from vlguard_jax.flags import output
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -276,7 +277,7 @@ def write_sample(dst, seed: int = 0, n_train: int = 64, n_test: int = 64, n_help
 @cli
 def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m vlguard_jax.data.sample", description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--dst", required=True)
+    p.add_argument("--dst", required=True, type=output)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="write over a sample dataset already in DST")
     a = p.parse_args(argv)

@@ -13,6 +13,7 @@ import sys
 
 from vlguard_jax.errors import ArgumentParser, at_least, cli
 from vlguard_jax.evaluate.judges import add_prompt_argument
+from vlguard_jax.flags import output
 
 
 @cli
@@ -20,7 +21,7 @@ def main(argv: list[str]) -> int:
     p = ArgumentParser(prog="python -m vlguard_jax.data.screen", description=(__doc__ or "").split("\n\n")[1])
     p.add_argument("--judge-checkpoint", required=True, help="Llama Guard converted by conversion.hf_to_flax")
     p.add_argument("--src", required=True, help="LLaVA-format JSON (e.g. llava_v1_5_mix665k.json)")
-    p.add_argument("--dst", required=True, help="the clean file to write (must not exist)")
+    p.add_argument("--dst", required=True, type=output, help="the clean file to write (must not exist)")
     p.add_argument("--batch-size", type=at_least(1), default=8)
     add_prompt_argument(p)
     a = p.parse_args(argv)

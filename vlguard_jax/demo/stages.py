@@ -12,6 +12,7 @@ from typing import Any, cast
 import jax
 import transformers
 
+from vlguard_jax import storage
 from vlguard_jax.checkpoints.converted import save_checkpoint
 from vlguard_jax.checkpoints.runs import save_run_checkpoint
 from vlguard_jax.data.conversation import TEMPLATES
@@ -127,7 +128,8 @@ def table(before: dict, after: dict) -> tuple[str, dict]:
 
 def run_demo(cfg, log=print) -> dict:
     t0 = time.perf_counter()
-    root = Path(cfg.workdir)
+    storage.writable(cfg.workdir, "config.workdir")
+    root = storage.local_only(cfg.workdir, "config.workdir")  # the demo is a laptop's: a local folder
     root.mkdir(parents=True, exist_ok=True)
     paths = sample_paths(root / "data")
     if not all(paths[k].exists() for k in ("train", "test", "helpful")):

@@ -25,7 +25,7 @@ from vlguard_jax.evaluate.helpfulness import scorers
 from vlguard_jax.evaluate.judges import JUDGES, add_prompt_argument
 from vlguard_jax.evaluate.judges.gpt4_judge import ORDERS
 from vlguard_jax.evaluate.safety.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, TEXT_IMAGES, VLGUARD_SUBSETS
-from vlguard_jax.flags import CONV_MODES, TEMPLATE_CHOICES, add_dtype, add_mesh
+from vlguard_jax.flags import CONV_MODES, TEMPLATE_CHOICES, add_dtype, add_mesh, output
 
 
 def out_dir(text: str) -> str:
@@ -45,7 +45,7 @@ def evaluate_main(argv) -> int:
     p.add_argument("--data", help="xstest / advbench / figstep CSV")
     p.add_argument("--attack", choices=ADVBENCH_ATTACKS, default="vanilla")
     p.add_argument("--font", help="figstep: FreeMonoBold.ttf path")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, type=output)
     p.add_argument(
         "--template",
         choices=("auto",) + TEMPLATE_CHOICES,
@@ -176,8 +176,12 @@ def score_answers_main(argv) -> int:
     p.add_argument("--questions", help="gqa: testdev_balanced_questions.json")
     p.add_argument("--context", help="llavabench: context.jsonl")
     p.add_argument("--reference", help="llavabench: answers_gpt4.jsonl")
-    p.add_argument("--upload-file", help="vizwiz, mmbench test: where to write the test server's upload file")
-    p.add_argument("--grades-file", help="mmvet, llavabench: where the judge's grades are kept (resumable)")
+    p.add_argument(
+        "--upload-file", type=output, help="vizwiz, mmbench test: where to write the test server's upload file"
+    )
+    p.add_argument(
+        "--grades-file", type=output, help="mmvet, llavabench: where the judge's grades are kept (resumable)"
+    )
     a = p.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(scorers.ScoreInputs)}
     inputs = scorers.ScoreInputs(**{k: v for k, v in vars(a).items() if k in fields})
@@ -197,7 +201,7 @@ def vqa_main(argv) -> int:
     p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
     p.add_argument("--question-file", required=True, help=".jsonl (LLaVA's), .json (ScienceQA) or .tsv (MMBench)")
     p.add_argument("--image-folder", help="the images the questions name (not for MMBench's TSV)")
-    p.add_argument("--answers-file", required=True, help="answers .jsonl; answers already there are kept")
+    p.add_argument("--answers-file", required=True, type=output, help="answers .jsonl; answers already there are kept")
     p.add_argument(
         "--conv-mode",
         default="auto",
@@ -248,7 +252,7 @@ def suite_main(argv) -> int:
     )
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data-root", required=True, help="see the README's layout")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, type=output)
     p.add_argument("--only", help="comma-separated benchmarks, e.g. vlguard/unsafes,sqa,pope")
     p.add_argument("--limit", type=at_least(1), help="only the first N items of each benchmark")
     p.add_argument("--batch-size", type=at_least(1), default=8)
@@ -291,7 +295,7 @@ def report_main(argv) -> int:
     p = ArgumentParser(prog="python -m vlguard_jax.evaluate report")
     p.add_argument("--runs", nargs="+", required=True)
     p.add_argument("--names", nargs="+")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, type=output)
     a = p.parse_args(argv)
     if a.names and len(a.names) != len(a.runs):
         p.error(f"--names gives {len(a.names)} names for {len(a.runs)} --runs")

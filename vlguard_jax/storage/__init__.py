@@ -27,6 +27,7 @@ from vlguard_jax.storage.paths import (
     unpacked,
     upload_dir,
     walk_files,
+    writable,
 )
 
 __all__ = [
@@ -53,4 +54,5 @@ __all__ = [
     "unpacked",
     "upload_dir",
     "walk_files",
+    "writable",
 ]

@@ -31,6 +31,7 @@ def readable(path, directory: bool = False) -> None:
 def atomic_write_json(path, data, **dump_kw) -> None:
     """A JSON file written to a temporary file beside `path` and renamed over it: readers see the
     old file or the new one, never half of one. In object storage one object write is that."""
+    storage.writable(path)
     if storage.is_remote(path):
         out = storage.as_path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,7 @@ def atomic_dir(dst, overwrite: bool = False) -> _AtomicDir | _RemoteDir:
     block finishes without error. A failure leaves nothing at `dst`. With `overwrite`, an existing
     `dst` is replaced only then, and its old contents deleted. A remote `dst` is written from a
     local temporary directory, its completion marker last (see `storage`)."""
+    storage.writable(dst)
     if storage.is_remote(dst):
         return _RemoteDir(dst, overwrite)
     return _AtomicDir(storage.local(dst), overwrite)
@@ -166,6 +168,7 @@ def fingerprint(path, sample: int = 1 << 20) -> str:
 def check_output(dst, *inputs, overwrite: bool = False) -> Path:
     """`dst` may be written: it is none of the inputs (nor inside one, nor holding one), and it
     does not exist unless `overwrite`."""
+    storage.writable(dst)
     out = _canonical(dst)
     for src in inputs:
         where = _canonical(src)

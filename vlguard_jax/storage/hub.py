@@ -329,11 +329,14 @@ class CachedHubFileSystem(HfFileSystem):
             return False
 
     def _write_refused(self, path, *args, **kwargs) -> NoReturn:
-        raise InputError(
-            f"{self._with_protocol(str(path))}: hf:// paths are read-only; write outputs to a local folder or a bucket"
-        )
+        raise InputError(read_only(self._with_protocol(str(path))))
 
     mkdir = makedirs = rm = _rm = cp_file = put_file = pipe_file = mv = touch = _write_refused  # type: ignore[assignment]
+
+
+def read_only(path: str) -> str:
+    """The one line for an output named on the Hub."""
+    return f"{path}: hf:// paths are read-only; write outputs to a local folder or a bucket"
 
 
 fsspec.register_implementation("hf", CachedHubFileSystem, clobber=True)

@@ -58,6 +58,13 @@ def is_remote(path) -> bool:
     return str(path).startswith(REMOTE)
 
 
+def writable(path, flag: str = "") -> None:
+    """Refuse an output on the Hub (hf:// is read-only here) before anything probes it: a probe
+    would ask the Hub, and answer with its network or cache errors instead."""
+    if str(path).startswith(hub.PREFIX):
+        raise InputError(hub.read_only(f"{flag} {path}".strip()))
+
+
 class StorageError(UserError):
     """A bucket that cannot be used: no credentials, unreachable, or missing."""
 

@@ -23,7 +23,6 @@ from ml_collections import ConfigDict, config_flags
 from vlguard_jax.errors import ConfigError, UsageError
 from vlguard_jax.train.defaults import base_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_config()", lock_config=True)
 OVERRIDE = re.compile(r"--config\.([\w.]+)(=|$)")
 
 
@@ -162,7 +161,13 @@ def parse(
     argv.insert(1, f"--config={path}")
     saved, sys.argv = sys.argv, argv  # ml_collections finds the --config.KEY overrides in sys.argv
     try:
-        rest = flags.FLAGS(argv)
+        # Flags of its own per parse: absl's global FLAGS would keep each --config.KEY defined,
+        # and a second parse in the process (a notebook, the demo after a run) would refuse it.
+        values = flags.FlagValues()
+        config = config_flags.DEFINE_config_file(
+            "config", None, "a config file with get_config()", flag_values=values, lock_config=True
+        )
+        rest = values(argv)
     except flags.Error as e:
         raise ConfigError(" ".join(str(e).split())) from None
     finally:
@@ -171,4 +176,4 @@ def parse(
             shutil.rmtree(link, ignore_errors=True)
     if len(rest) > 1:
         raise UsageError(f"unexpected arguments: {rest[1:]}")
-    return _CONFIG.value
+    return config.value

@@ -11,6 +11,7 @@ from vlguard_jax.data.mixture import RECIPES
 from vlguard_jax.errors import ConfigError
 from vlguard_jax.models.config import SETTINGS as STACKING
 from vlguard_jax.models.llama import REMAT_POLICIES
+from vlguard_jax.storage.hub import PREFIX, read_only
 from vlguard_jax.train.config import LORA_TARGETS
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -47,6 +48,10 @@ def _text(v):
     return None if isinstance(v, str) and v.strip() else f"{v!r} is not a non-empty path"
 
 
+def _workdir(v):
+    return _text(v) or (read_only(v) if v.startswith(PREFIX) else None)
+
+
 def _flag(v):
     return None if isinstance(v, bool) else f"{v!r} is not true or false"
 
@@ -69,7 +74,7 @@ def _targets(v):
 
 
 RULES = {
-    "workdir": _text,
+    "workdir": _workdir,
     "seed": _int(),
     "epochs": _int(1),
     "total_steps": _total_steps,
