@@ -168,6 +168,8 @@ def parse(
             "config", None, "a config file with get_config()", flag_values=values, lock_config=True
         )
         rest = values(argv)
+        if not flags.FLAGS.is_parsed():  # libraries' own absl flags (grain's workers read them): defaults
+            flags.FLAGS.mark_as_parsed()
     except flags.Error as e:
         raise ConfigError(" ".join(str(e).split())) from None
     finally:
