@@ -193,3 +193,74 @@ def started(tmp: Path):
     finally:
         mp.undo()
         e.close()
+
+
+class FailingWrites:
+    """A store that fails under a write: a loopback proxy in front of an emulator that passes every
+    request through, except writes (PUT, POST, PATCH) of objects whose unquoted URL matches
+    `pattern`, which it answers 403 (a refusal no client retries). `failed` lists them."""
+
+    def __init__(self, upstream_port: int, pattern: str):
+        import http.client
+        import http.server
+        import re
+        import urllib.parse
+
+        self.failed: list[str] = []
+        match, failed = re.compile(pattern).search, self.failed
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _relay(self) -> None:
+                body = self._body()
+                if self.command in ("PUT", "POST", "PATCH") and match(urllib.parse.unquote(self.path)):
+                    failed.append(f"{self.command} {urllib.parse.unquote(self.path)}")
+                    self.send_response(403)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                up = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("connection", "expect", "transfer-encoding")
+                }
+                up.request(self.command, self.path, body=body, headers=headers)
+                r = up.getresponse()
+                data = r.read()
+                self.send_response(r.status, r.reason)
+                for k, v in r.getheaders():  # a HEAD's length is the object's: kept
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header(
+                    "Content-Length", r.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
+                )
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                up.close()
+
+            def _body(self) -> bytes:
+                if "chunked" not in self.headers.get("Transfer-Encoding", ""):
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                out = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    out += self.rfile.read(size)
+                    self.rfile.readline()
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                return out
+
+            do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = _relay
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -92,11 +92,20 @@ def report(e: BaseException) -> int:
 
 
 class _FailedWriteEchoes(logging.Filter):
-    """orbax logs a failed background write, traceback and all, before raising the same error to
-    its caller, where the command reports it in one line."""
+    """orbax logs a failed background write, traceback and all, from each thread it fails in (the
+    signalling thread, the commit, the finalize, the checkpoint's metadata file) before raising
+    the same error to its caller, where the command reports it in one line naming the step."""
+
+    ECHOES = (
+        "_SignalingThread.run() raised an exception",
+        "Handler Commit operations or the Commit callback in background save thread",
+        "Save Finalize thread (save_finalize) failed",
+        "Failed to write metadata=",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "_SignalingThread.run() raised an exception" not in record.getMessage()
+        message = record.getMessage()
+        return not any(echo in message for echo in self.ECHOES)
 
 
 class _AbandonedWrites(logging.Filter):

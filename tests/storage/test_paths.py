@@ -425,3 +425,35 @@ def test_a_store_that_dies_mid_run_is_one_line_naming_the_path(env, emu, tmp_pat
     assert done.returncode == 1, done.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "dying/out" in lines[0], done.stderr[-3000:]
     assert emu.refused() == []
+
+
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_a_store_that_fails_a_checkpoint_write_stops_the_run_and_a_rerun_resumes(env, emu, scheme):
+    """The bucket refuses every write under checkpoints/2 (a proxy in front of the emulator): the
+    run stops at once with one line naming that checkpoint and its step, never trains to its last
+    step, and the same command against a healthy store resumes over the partial step 2."""
+    ns, tmp = env
+    cfg = config_file(ns, tmp, f"lost_{scheme}", total_steps=6, checkpoint_every=1, keep_checkpoints=10)
+    work = f"{scheme}://bkt/runs/lost"
+    key = {"gs": ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL"), "s3": ("AWS_ENDPOINT_URL",)}[scheme]
+    store = emu.gcs_port if scheme == "gs" else emu.s3_port
+    proxy = emulators.FailingWrites(store, r"runs/lost/checkpoints/2[/.]")
+    try:
+        failing = emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(tmp / f"cache_lost_{scheme}")))
+        failing.update({k: f"http://127.0.0.1:{proxy.port}" for k in key})
+        lost = subprocess.run(train_cmd(cfg, work), env=failing, capture_output=True, text=True, timeout=600, cwd=REPO)
+    finally:
+        proxy.close()
+    assert proxy.failed, "the proxy saw no write of checkpoint 2"
+    errors = [x for x in lost.stderr.splitlines() if x.startswith("error: ")]
+    assert lost.returncode == 1, lost.stderr[-3000:]
+    assert "Traceback" not in lost.stderr and "ERROR:" not in lost.stderr, lost.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {work}/checkpoints/2: the checkpoint of step 2"), errors
+    steps = [json.loads(x)["step"] for x in storage.as_path(f"{work}/metrics.jsonl").read_text().splitlines()]
+    assert max(steps) < 6, "the run trained on past the lost checkpoint"
+    healthy = emulators.subprocess_env(emu, run_env(VLGUARD_CACHE=str(tmp / f"cache_lost_{scheme}")))
+    done = subprocess.run(train_cmd(cfg, work), env=healthy, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {work}/checkpoints at step 1" in done.stdout
+    assert final_params(work)[0] == 6
+    assert emu.refused() == []

@@ -382,6 +382,8 @@ def _steps(
                 )
                 return dict(last, preempted=True)
     finally:
-        ckpt.wait()
-        logger.close()
+        try:
+            ckpt.wait()
+        finally:  # a write that failed raises here: the bar ends first, so the error starts its own line
+            logger.close()
     return last
