@@ -8,12 +8,12 @@ import argparse
 from collections.abc import Callable
 
 from vlguard_jax.errors import ArgumentParser, at_least
-from vlguard_jax.flags import output
+from vlguard_jax.flags import COMPUTE_DTYPES, output
 
 SOURCE = "source"  # the default --dtype: each tensor as the source file stores it (float64 as float32)
-WEIGHT_DTYPES = ("bfloat16", "float16", "float32")
+WEIGHT_DTYPES = tuple(sorted(COMPUTE_DTYPES))
 DTYPE_CHOICES = (SOURCE, *WEIGHT_DTYPES)
-PTH_DTYPES = ("float32", "float16", "bfloat16")  # flax-to-minigptv2: the .pth's tensors
+PTH_DTYPES = ("float32", "float16", "bfloat16")  # float32 first: the default  # flax-to-minigptv2: the .pth's tensors
 LORA_MODES = ("merge", "keep")  # minigptv2: the stage-3 LoRA factors folded in, or kept beside the kernels
 OVERWRITE = "replace an existing DST, once the new one is complete"
 NEW_DST = "output directory (must not exist unless --overwrite)"

@@ -363,6 +363,10 @@ def text_from_hf(d: dict, *, source: str = "config.json") -> TextConfig:
     return TextConfig(**kw)
 
 
+# The decoder's Dense layers LoRA may target (PEFT's names); every one by default.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 @dataclasses.dataclass(frozen=True)
 class LoraSpec:
     """LoRA on the named Dense layers of the language model (PEFT's rule): y = x W + s * drop(x) A B,
@@ -371,7 +375,7 @@ class LoraSpec:
     rank: int
     alpha: float
     dropout: float = 0.0
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    targets: tuple[str, ...] = LORA_TARGETS
 
     @property
     def scale(self) -> float:

@@ -16,9 +16,7 @@ import ml_collections
 
 from vlguard_jax.data.config import DataConfig
 from vlguard_jax.errors import ConfigError
-from vlguard_jax.models.config import DEFAULT_SCAN, LoraSpec, ScanLayers
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+from vlguard_jax.models.config import DEFAULT_SCAN, LORA_TARGETS, LoraSpec, ScanLayers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,8 @@ Rematerialisation is not counted: MFU uses model FLOPs, not hardware FLOPs.
 
 from __future__ import annotations
 
+from vlguard_jax.models.config import LORA_TARGETS
+
 
 def _text_linear_params(t) -> int:
     attn = (
@@ -20,10 +22,7 @@ def _text_linear_params(t) -> int:
     return t.num_hidden_layers * (attn + mlp)
 
 
-ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def _lora_params(t, rank: int, targets: tuple[str, ...] = ALL_TARGETS) -> int:
+def _lora_params(t, rank: int, targets: tuple[str, ...] = LORA_TARGETS) -> int:
     d, h, kv, f = (
         t.hidden_size,
         t.num_attention_heads * t.head_dim,
@@ -49,7 +48,7 @@ def train_step(
     mode: str,
     lora_rank: int = 0,
     head_positions: int | None = None,
-    lora_targets: tuple[str, ...] = ALL_TARGETS,
+    lora_targets: tuple[str, ...] = LORA_TARGETS,
 ) -> float:
     """`head_positions`: positions per row where the lm_head runs (the label budget); default all.
     The image side's FLOPs come from the model's config (`image_flops`: LLaVA's, MiniGPT-v2's)."""

@@ -9,12 +9,12 @@ from vlguard_jax.data.conversation import TEMPLATES
 from vlguard_jax.data.minigptv2_tokens import TEMPLATE as MINIGPTV2_TEMPLATE
 from vlguard_jax.data.mixture import RECIPES
 from vlguard_jax.errors import ConfigError
+from vlguard_jax.flags import COMPUTE_DTYPES
+from vlguard_jax.models.config import LORA_TARGETS
 from vlguard_jax.models.config import SETTINGS as STACKING
 from vlguard_jax.models.llama import REMAT_POLICIES
 from vlguard_jax.storage.hub import PREFIX, read_only
-from vlguard_jax.train.config import LORA_TARGETS
 
-DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION = ("auto", "xla", "per_head", "cudnn")
 
 
@@ -85,7 +85,7 @@ RULES = {
     "micro_batch": _int(1),
     "loss_chunk": _int(1),
     "model.checkpoint": _text,
-    "model.dtype": _one_of(DTYPES),
+    "model.dtype": _one_of(COMPUTE_DTYPES),
     "model.attn_impl": _one_of(ATTENTION),
     "model.remat": _one_of(tuple(REMAT_POLICIES)),
     "model.scan_layers": _one_of(STACKING),
