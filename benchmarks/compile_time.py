@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from benchmarks import presets
 from vlguard_jax import sharding, train
 from vlguard_jax.generate import Generator, Sampling
-from vlguard_jax.models import LlavaModel, abstract_params
+from vlguard_jax.models import LlavaModel, abstract_params, family_of
 from vlguard_jax.models.config import LoraSpec
 
 FORMS = ("scanned", "unrolled")
@@ -55,9 +55,9 @@ def train_step(p: presets.Preset, scanned: bool) -> dict:
 
     mesh = sharding.make_mesh((1, -1, 1))
     model = _model(p, scanned)
-    trainable, frozen = train.partition(abstract_params(model, mesh), "lora")
+    trainable, frozen = train.partition(abstract_params(model, mesh), "lora", family_of(model.config))
     trainable = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=x.sharding), trainable)
-    opt = train.optimizer(train.RunConfig().optim, 1000, trainable)
+    opt = train.optimizer(train.RunConfig().optim, 1000, trainable, family_of(model.config))
     shardings = train.state_shardings(opt, trainable, mesh)
     state = train.abstract_state(opt, trainable, shardings)
     local = presets.train_batch(dataclasses.replace(p, batch=1))

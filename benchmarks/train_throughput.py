@@ -43,10 +43,12 @@ def _built(p: presets.Preset, scanned: bool):
         scan_layers=scanned,
     )
     params = presets.random_params(model, mesh)
-    trainable, frozen = train.partition(params, "lora")
+    trainable, frozen = train.partition(params, "lora", family_of(model.config))
     presets.log(f"ours ({'scanned' if scanned else 'unrolled'}): parameters initialised")
     trainable = jax.jit(lambda t: train.cast_tree(t, jnp.float32))(trainable)
-    opt = train.optimizer(train.RunConfig().optim, 1000, trainable)  # the paper's LoRA optimizer settings
+    opt = train.optimizer(
+        train.RunConfig().optim, 1000, trainable, family_of(model.config)
+    )  # the paper's LoRA optimizer settings
     state, shardings = train.init_state(opt, trainable, mesh)
     del trainable, params
     step = train.jit_train_step(model, opt, presets.accum_steps(p), 512, mesh, shardings)

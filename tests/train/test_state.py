@@ -7,9 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
+from vlguard_jax.models.family import LLAVA, MINIGPTV2
 from vlguard_jax.train.config import OptimConfig
-from vlguard_jax.train.state import optimizer, schedule
+from vlguard_jax.train.state import optimizer, param_groups, partition, schedule
 
 
 def test_the_lavis_schedule_warms_up_then_follows_the_whole_runs_cosine():
@@ -69,7 +71,7 @@ def test_weight_decay_on_matrices_only_when_asked(only):
         },
     }
     cfg = OptimConfig(lr=0.1, projector_lr=0.1, weight_decay=0.5, warmup_ratio=0.0, decay_matrices_only=only)
-    opt = optimizer(cfg, 10, params)
+    opt = optimizer(cfg, 10, params, LLAVA)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = opt.update(zeros, opt.init(params), params)
     moved = {
@@ -83,8 +85,43 @@ def test_grad_clip_zero_is_off():
     params = {"language_model": {"w": {"kernel": jnp.ones((2, 2))}}}
     grads = {"language_model": {"w": {"kernel": jnp.full((2, 2), 100.0)}}}
     for clip, clipped in ((1.0, True), (0.0, False)):
-        opt = optimizer(OptimConfig(lr=1.0, warmup_ratio=0.0, grad_clip=clip), 10, params)
+        opt = optimizer(OptimConfig(lr=1.0, warmup_ratio=0.0, grad_clip=clip), 10, params, LLAVA)
         # Adam's moments after one step: 0.1 g and 0.001 g^2, of g clipped to norm 1 or not.
         _, state = opt.update(grads, opt.init(params), params)
         norms = [float(jnp.abs(x).max()) for x in jax.tree.leaves(state) if hasattr(x, "shape") and x.shape == (2, 2)]
         assert (max(norms) <= 1.0) == clipped, (clip, norms)
+
+
+@pytest.mark.parametrize(
+    "family,params,lora,full,projector",
+    [
+        (
+            LLAVA,
+            {"vision_tower": {"w": 1}, "projector": {"w": 2}, "language_model": {"q": {"kernel": 3, "lora_a": 4}}},
+            {("projector", "w"), ("language_model", "q", "lora_a")},
+            {("projector", "w"), ("language_model", "q", "kernel"), ("language_model", "q", "lora_a")},
+            {("projector", "w")},
+        ),
+        (
+            MINIGPTV2,
+            {
+                "vision_tower": {"w": 1},
+                "ln_vision": {"weight": 2},
+                "llama_proj": {"kernel": 3},
+                "language_model": {"q": {"kernel": 4, "lora_b": 5}},
+            },
+            {("llama_proj", "kernel"), ("language_model", "q", "lora_b")},
+            {("llama_proj", "kernel"), ("language_model", "q", "kernel"), ("language_model", "q", "lora_b")},
+            {("llama_proj", "kernel")},
+        ),
+    ],
+)
+def test_each_family_says_what_trains_and_what_has_the_projector_rate(family, params, lora, full, projector):
+    """The family's frozen parts (the vision side) never train; its projection trains in both modes,
+    in the optimizer's projector group."""
+    for mode, want in (("lora", lora), ("full", full)):
+        trainable, frozen = partition(params, mode, family)
+        assert set(traverse_util.flatten_dict(trainable)) == want
+        assert set(traverse_util.flatten_dict(frozen)) == set(traverse_util.flatten_dict(params)) - want
+    groups = traverse_util.flatten_dict(param_groups(partition(params, "full", family)[0], family))
+    assert {k for k, v in groups.items() if v == "projector"} == projector

@@ -11,6 +11,7 @@ from tests.train import common
 from vlguard_jax import sharding
 from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.pipeline import Layout, dataset, prepare
+from vlguard_jax.models.family import family_of
 from vlguard_jax.models.stacking import to_per_layer
 from vlguard_jax.train.config import RunConfig
 from vlguard_jax.train.loop import build_params
@@ -48,7 +49,7 @@ def run_steps(cfg, data, mesh_shape=(1, 1, 1), accum=1, steps=None, opt=None):
     with sharding.use_mesh(mesh):
         start = build_params(RunConfig.from_config(cfg), mesh)
     model, trainable, frozen = start.model, start.trainable, start.frozen
-    opt = opt or optimizer(RunConfig.from_config(cfg).optim, 10, trainable)
+    opt = opt or optimizer(RunConfig.from_config(cfg).optim, 10, trainable, family_of(start.base.config))
     state = TrainState(step=jnp.int32(0), params=trainable, opt=opt.init(trainable), rng=jax.random.key(0))
     step = make_train_step(model, opt, accum, cfg.loss_chunk)
 

@@ -40,6 +40,10 @@ class Family:
     image_transform: str = "clip"  # data.images: "clip" (CLIP's processor, LLaVA) or "squash" (MiniGPT-v2)
     tokenization: str | None = None  # data.tokenization's rule: the ids its authors' environment made
     helpfulness_template: str | None = None  # what its helpfulness scripts ask in; None: `template`
+    # Top-level parameter parts: kept frozen in training (the vision side), and the projection
+    # between the two sides, which trains in both modes at its own learning rate.
+    frozen_parts: tuple[str, ...] = ()
+    projectors: tuple[str, ...] = ()
 
     def read_config(self, d: dict, source: str = "model_config.json") -> Any:
         try:
@@ -83,6 +87,8 @@ LLAVA = Family(
     scannable=True,
     training_templates=("vicuna_v1", "llava_v1"),
     tokenization="hf431",  # transformers 4.31.0, slow tokenizer, the checkpoint's "legacy": false
+    frozen_parts=("vision_tower",),
+    projectors=("projector",),
     helpfulness_template=VICUNA_TEMPLATE,  # LLaVA-1.5's scripts/v1_5/eval/*.sh: --conv-mode vicuna_v1
 )
 LLAMA = Family(
@@ -100,6 +106,8 @@ MINIGPTV2 = Family(
     scannable=True,
     image_transform="squash",
     tokenization="sentencepiece",  # transformers 4.30.0 (environment.yml): SentencePiece per chunk
+    frozen_parts=("vision_tower", "ln_vision"),  # ln_vision is frozen with the tower, as its authors'
+    projectors=("llama_proj",),
 )
 FAMILIES = {f.name: f for f in (LLAVA, LLAMA, MINIGPTV2)}
 

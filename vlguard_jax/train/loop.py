@@ -110,7 +110,7 @@ def build_params(cfg: RunConfig, mesh: Mesh, checkpoint: CheckpointRef | None = 
         flat = traverse_util.flatten_dict(params)
         flat.update(lora)
         params = traverse_util.unflatten_dict(flat)
-    trainable, frozen = partition(params, cfg.train.mode)
+    trainable, frozen = partition(params, cfg.train.mode, family_of(base.config))
     trainable = jax.jit(lambda t: cast_tree(t, jnp.float32))(trainable)
     return Start(model, base, trainable, frozen)
 
@@ -239,7 +239,7 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
     if total > rows.steps:
         rows = rows.with_epochs(-(-total * cfg.global_batch // len(rows.store)))
 
-    opt = optimizer(cfg.optim, total, trainable)
+    opt = optimizer(cfg.optim, total, trainable, family_of(base.config))
     n_train = sum(x.size for x in jax.tree.leaves(trainable))
     n_frozen = sum(x.size for x in jax.tree.leaves(frozen))
     say(
@@ -301,14 +301,14 @@ def _restore_other_form(s: Setup, ckpt: Checkpoints, step: int, stacked: bool) -
     """(state, data state) of a checkpoint whose layers are in the form `stacked`, which this run's
     model does not use, restored sharded as that form's model would hold it."""
     other = s.model.clone(scan_layers=stacked)
-    trainable, _ = partition(abstract_params(other, s.mesh), s.cfg.train.mode)
+    trainable, _ = partition(abstract_params(other, s.mesh), s.cfg.train.mode, family_of(s.base.config))
     trainable = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(
             x.shape, jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=x.sharding
         ),
         trainable,
     )
-    opt = optimizer(s.cfg.optim, s.total, trainable)
+    opt = optimizer(s.cfg.optim, s.total, trainable, family_of(s.base.config))
     state, data_state, _ = ckpt.restore(step, abstract_state(opt, trainable, state_shardings(opt, trainable, s.mesh)))
     return state, data_state
 

@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax import sharding
 from vlguard_jax.errors import ConfigError
+from vlguard_jax.models.family import Family
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.train.config import OptimConfig
 
@@ -49,28 +50,23 @@ class TrainState(Generic[Leaf]):
     rng: Leaf
 
 
-# Top-level parts of a model's parameters: the vision side stays frozen (MiniGPT-v2's ln_vision
-# with its tower), and the projection between the two (LLaVA's projector, MiniGPT-v2's
-# llama_proj) trains in both modes, at its own learning rate.
-FROZEN_PARTS = ("vision_tower", "ln_vision")
-PROJECTORS = ("projector", "llama_proj")
-
-
-def is_trainable(path: tuple[str, ...], mode: str) -> bool:
-    if path[0] in FROZEN_PARTS:
+def is_trainable(path: tuple[str, ...], mode: str, family: Family) -> bool:
+    """Whether a parameter trains: never the family's frozen parts; in LoRA mode its projectors
+    and the LoRA factors; in full mode the rest."""
+    if path[0] in family.frozen_parts:
         return False
     if mode == "full":
         return True
     if mode == "lora":
-        return path[0] in PROJECTORS or path[-1] in LORA_PARAMS
+        return path[0] in family.projectors or path[-1] in LORA_PARAMS
     raise ConfigError(f"train.mode must be 'lora' or 'full', not {mode!r}")
 
 
-def partition(params, mode: str) -> tuple[Params, Params]:
+def partition(params, mode: str, family: Family) -> tuple[Params, Params]:
     """(trainable, frozen) nested dicts that `merge` puts back together."""
     flat = traverse_util.flatten_dict(params)
-    train = {k: v for k, v in flat.items() if is_trainable(k, mode)}
-    frozen = {k: v for k, v in flat.items() if not is_trainable(k, mode)}
+    train = {k: v for k, v in flat.items() if is_trainable(k, mode, family)}
+    frozen = {k: v for k, v in flat.items() if not is_trainable(k, mode, family)}
     return traverse_util.unflatten_dict(train), traverse_util.unflatten_dict(frozen)
 
 
@@ -107,15 +103,15 @@ def decays(params: Params) -> Params:
     return traverse_util.unflatten_dict({k: k[-1] not in ("bias", "weight") for k in flat})
 
 
-def param_groups(trainable) -> Params:
-    """'projector' or 'model' per trainable leaf: the projector has its own learning rate."""
+def param_groups(trainable, family: Family) -> Params:
+    """'projector' or 'model' per trainable leaf: the family's projectors have their own learning rate."""
     flat = traverse_util.flatten_dict(trainable)
-    return traverse_util.unflatten_dict({k: "projector" if k[0] in PROJECTORS else "model" for k in flat})
+    return traverse_util.unflatten_dict({k: "projector" if k[0] in family.projectors else "model" for k in flat})
 
 
-def optimizer(cfg: OptimConfig, total_steps: int, trainable: Params) -> optax.GradientTransformation:
+def optimizer(cfg: OptimConfig, total_steps: int, trainable: Params, family: Family) -> optax.GradientTransformation:
     """AdamW per group, after global-norm clipping; `trainable` is the trainable tree (or its
-    shapes), which fixes the groups."""
+    shapes), which fixes the groups with the `family`'s projectors."""
 
     def adamw(lr):
         return optax.adamw(
@@ -128,7 +124,7 @@ def optimizer(cfg: OptimConfig, total_steps: int, trainable: Params) -> optax.Gr
         )
 
     groups = optax.multi_transform(
-        {"model": adamw(cfg.lr), "projector": adamw(cfg.projector_lr)}, param_groups(trainable)
+        {"model": adamw(cfg.lr), "projector": adamw(cfg.projector_lr)}, param_groups(trainable, family)
     )
     if cfg.grad_clip == 0:  # off: MiniGPT-v2's trainer does not clip
         return optax.chain(optax.identity(), groups)
