@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import math
 
-from vlguard_jax.data.conversation import TEMPLATES
-from vlguard_jax.data.minigptv2_tokens import TEMPLATE as MINIGPTV2_TEMPLATE
 from vlguard_jax.data.mixture import RECIPES
 from vlguard_jax.errors import ConfigError
 from vlguard_jax.flags import COMPUTE_DTYPES
 from vlguard_jax.models.config import LORA_TARGETS
 from vlguard_jax.models.config import SETTINGS as STACKING
+from vlguard_jax.models.family import FAMILIES
 from vlguard_jax.models.llama import REMAT_POLICIES
 from vlguard_jax.storage.hub import PREFIX, read_only
 
@@ -112,7 +111,7 @@ RULES = {
     "mesh.shape": _mesh,
     "data.recipe": _one_of(RECIPES),
     "data.max_length": _int(2),
-    "data.template": _one_of((*TEMPLATES, MINIGPTV2_TEMPLATE)),
+    "data.template": _one_of(tuple(dict.fromkeys(t for f in FAMILIES.values() for t in f.training_templates))),
     "data.pad_image": _flag,
     "data.pad_to": _one_of(("bucket", "max_length")),
     "data.bucket": _int(1),
