@@ -8,8 +8,9 @@ import pytest
 
 from vlguard_jax.errors import CheckpointError
 from vlguard_jax.models import LLAMA, LLAVA, LlavaConfig, LlavaModel, TextOnlyConfig, TextOnlyModel, build_model
-from vlguard_jax.models.config import LoraSpec
-from vlguard_jax.models.family import family_named, family_of, load_config
+from vlguard_jax.models.config import ImageInput, LoraSpec
+from vlguard_jax.models.family import MINIGPTV2, family_named, family_of, load_config
+from vlguard_jax.models.minigptv2 import MiniGPTv2Config
 
 
 def test_a_config_knows_its_family_and_a_saved_one_reads_back_as_itself(tmp_path):
@@ -49,3 +50,13 @@ def test_default_templates():
 def test_lora_on_a_family_that_does_not_train_is_a_bug():
     with pytest.raises(ValueError, match="LoRA applies to trainable families"):
         build_model(TextOnlyConfig(), lora=LoraSpec(8, 16.0, 0.0, ("q_proj",)))
+
+
+def test_each_family_says_how_it_takes_an_image():
+    """LLaVA-1.5: 336 px CLIP pixels, 576 tokens; MiniGPT-v2: 448 px squashed, 256 tokens; a
+    text-only Llama takes none. The blank slot is the shape the sampler batches."""
+
+    assert LLAVA.image_input(LlavaConfig()) == ImageInput(336, 3, "clip", 576)
+    assert MINIGPTV2.image_input(MiniGPTv2Config()) == ImageInput(448, 3, "squash", 256)
+    assert LLAMA.image_input(TextOnlyConfig()) is None
+    assert ImageInput(28, 3, "clip", 4).blank(2).shape == (2, 3, 28, 28)

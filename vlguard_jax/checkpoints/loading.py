@@ -17,7 +17,8 @@ from vlguard_jax.checkpoints.converted import PARAMS_DIR, SKIP, load_params, par
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError
 from vlguard_jax.models import abstract_params, build_model
-from vlguard_jax.models.config import DEFAULT_SCAN, LlavaConfig, ScanLayers, TextOnlyConfig
+from vlguard_jax.models.config import DEFAULT_SCAN, ScanLayers
+from vlguard_jax.models.family import ModelConfig
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import wants_scan
 
@@ -25,7 +26,7 @@ from vlguard_jax.models.stacking import wants_scan
 class Loaded(NamedTuple):
     model: Any  # LlavaModel, or TextOnlyModel for a text-only Llama (a judge)
     params: Any
-    config: LlavaConfig | TextOnlyConfig
+    config: ModelConfig
     tokenizer: Any
 
 

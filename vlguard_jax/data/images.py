@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vlguard_jax import storage
 from vlguard_jax.errors import UserError
+from vlguard_jax.models.config import ImageInput
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -172,3 +173,14 @@ def load_pixels(
     """Resolve under `root`, decode and preprocess one image."""
     path = resolve(root, relative)
     return pixels(open_rgb(path, alpha, max_pixels), size, pad, path, max_pixels, transform)
+
+
+def model_pixels(image: ImageInput, img: Image.Image, pad: bool, name: object = "image") -> np.ndarray:
+    """One image as a model takes it (its family's `ImageInput`): the one way generate, evaluate,
+    vqa and the suite make an image's pixels."""
+    return pixels(img, image.size, pad, name, transform=image.transform)
+
+
+def load_model_pixels(image: ImageInput, root, relative: str, pad: bool) -> np.ndarray:
+    """`model_pixels` of the image at `root/relative` (resolved inside the root)."""
+    return load_pixels(root, relative, image.size, pad, transform=image.transform)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
-from vlguard_jax.data.images import ImageError, load_pixels, pixels, resolve
+from vlguard_jax.data.images import ImageError, load_model_pixels, model_pixels, resolve
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import shares
 from vlguard_jax.evaluate.judges import JUDGES, gpt4_judge, llamaguard
@@ -381,17 +381,16 @@ def _generate(
     gen, m = generator or load_generator(
         checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype), mesh=mesh
     )
-    size = m.config.vision.image_size if m.config.vision is not None else 0  # 0: a text-only LLM
-    transform = family_of(m.config).image_transform
-    blank = pixels(Image.new("RGB", (size, size), BLANK_COLOR), size, pad=False, transform=transform) if size else None
+    image = family_of(m.config).image_input(m.config)  # None: a text-only LLM
+    blank = model_pixels(image, Image.new("RGB", (image.size, image.size), BLANK_COLOR), pad=False) if image else None
 
     def pix(item):
-        if not size:
+        if image is None:
             return None
         if item.image:
-            return load_pixels(images, item.image, size, pad=False, transform=transform)
+            return load_model_pixels(image, images, item.image, pad=False)
         if item.render is not None:
-            return pixels(figstep.render(item.render, font), size, pad=False, transform=transform)
+            return model_pixels(image, figstep.render(item.render, font), pad=False)
         return blank if protocol.text_image == "blank" else None
 
     sampling = Sampling(max_new_tokens=protocol.max_new_tokens, min_new_tokens=protocol.min_new_tokens)

@@ -16,7 +16,7 @@ import sys
 import time
 
 # Only light modules here: the generator loads once the flags parse (vlguard_jax/flags.py).
-from vlguard_jax.data.images import open_rgb, pixels
+from vlguard_jax.data.images import model_pixels, open_rgb
 from vlguard_jax.errors import ArgumentParser, InputError, at_least, cli
 from vlguard_jax.flags import TEMPLATE_CHOICES, add_mesh
 from vlguard_jax.storage.files import read_jsonl
@@ -77,13 +77,8 @@ def main(argv: list[str]) -> int:
         try:  # ImageError is a ValueError
             if image and not family_of(m.config).takes_images:
                 raise InputError(f"{a.checkpoint} is a text-only model and takes no image")
-            vision = m.config.vision
-            transform = family_of(m.config).image_transform
-            pix.append(
-                pixels(open_rgb(image), vision.image_size, a.pad_image, image, transform=transform)
-                if image and vision
-                else None
-            )
+            spec = family_of(m.config).image_input(m.config)
+            pix.append(model_pixels(spec, open_rgb(image), a.pad_image, image) if image and spec else None)
             ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), template))
         except ValueError as e:
             raise InputError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None

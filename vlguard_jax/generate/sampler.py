@@ -24,6 +24,7 @@ from flax import struct
 
 from vlguard_jax import sharding
 from vlguard_jax.errors import InputError, oom_hint
+from vlguard_jax.models.family import family_of
 from vlguard_jax.models.llama import KVCache, init_cache
 
 
@@ -211,7 +212,7 @@ class Generator:
     ) -> list[list[int]]:
         """Generated ids per prompt, cut after the first EOS (which is kept). A prompt that, with
         `max_new_tokens`, does not fit the model's positions is refused before anything runs."""
-        v = self.model.config.vision  # None for a text-only model
+        image = family_of(self.model.config).image_input(self.model.config)  # None: a text-only model
         positions = self.model.config.text.max_position_embeddings
         for i, p in enumerate(prompts):
             if len(p) + sampling.max_new_tokens > positions:
@@ -226,7 +227,7 @@ class Generator:
             b = self.batch_size
             ids = np.full((b, p), self.pad_id, np.int32)
             mask = np.zeros((b, p), np.int32)
-            pix = None if v is None else np.zeros((b, v.num_channels, v.image_size, v.image_size), np.float32)
+            pix = None if image is None else image.blank(b)
             rows = np.zeros(b, np.int32)
             for r, i in enumerate(idx):
                 ids[r, p - len(prompts[i]) :] = prompts[i]

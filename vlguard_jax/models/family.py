@@ -12,7 +12,7 @@ from typing import Any
 
 from vlguard_jax import storage
 from vlguard_jax.errors import CheckpointError
-from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
+from vlguard_jax.models.config import ImageInput, LlavaConfig, TextOnlyConfig
 from vlguard_jax.models.llava import LlavaModel
 from vlguard_jax.models.minigptv2 import MiniGPTv2Config, MiniGPTv2Model
 from vlguard_jax.models.text_only import TextOnlyModel
@@ -59,6 +59,13 @@ class Family:
             raise ValueError(f"LoRA applies to trainable families; a {self.name} model is not one")
         lora = lora or getattr(config, "lora", None)
         return self.model_class(config, **kw) if lora is None else self.model_class(config, lora=lora, **kw)
+
+    def image_input(self, config) -> ImageInput | None:
+        """How a model of this family takes an image; None for one that takes none."""
+        if not self.takes_images:
+            return None
+        v = config.vision
+        return ImageInput(v.image_size, v.num_channels, self.image_transform, config.num_image_tokens)
 
     def default_template(self, tokenizer) -> str:
         if self.template is not None:
@@ -110,6 +117,8 @@ MINIGPTV2 = Family(
     projectors=("llama_proj",),
 )
 FAMILIES = {f.name: f for f in (LLAVA, LLAMA, MINIGPTV2)}
+# Any family's model config: the one union layers above annotate with.
+ModelConfig = LlavaConfig | TextOnlyConfig | MiniGPTv2Config
 
 
 def family_of(config) -> Family:

@@ -20,15 +20,14 @@ def build_model(config, **kw) -> nn.Module:
 
 def dummy_inputs(config, batch: int = 1) -> tuple[jax.Array, jax.Array | None]:
     """Inputs that touch every parameter (one image row), for `init` and shape tracing."""
-    if config.vision is None:
+    image = family_of(config).image_input(config)
+    if image is None:
         return jnp.ones((batch, 2), jnp.int32), None
-    n = config.num_image_tokens
     ids = jnp.concatenate(
-        [jnp.ones((batch, 1), jnp.int32), jnp.full((batch, n), config.image_token_index, jnp.int32)], axis=1
+        [jnp.ones((batch, 1), jnp.int32), jnp.full((batch, image.tokens), config.image_token_index, jnp.int32)],
+        axis=1,
     )
-    v = config.vision
-    pixels = jnp.zeros((batch, v.num_channels, v.image_size, v.image_size), jnp.float32)
-    return ids, pixels
+    return ids, jnp.asarray(image.blank(batch))
 
 
 def _boxed_init(model, rng):

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.data.conversation import IMAGE_TAG, TEMPLATES, get_template, render
-from vlguard_jax.data.images import ImageError, load_pixels, pixels
+from vlguard_jax.data.images import ImageError, load_model_pixels, model_pixels
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.errors import InputError, MissingFileError, UsageError
 from vlguard_jax.evaluate import shares
@@ -43,6 +43,7 @@ from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.flags import CONV_MODES
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, response_text, weight_bytes
 from vlguard_jax.generate.prompts import prompt_ids, prompt_ids_of_text
+from vlguard_jax.models.config import ImageInput
 from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl, sha256_file
 
@@ -157,20 +158,20 @@ def read_questions(path, single_pred: bool = False, all_rounds: bool = False) ->
     return questions
 
 
-def question_pixels(q: Question, image_folder, size: int, transform: str = "clip") -> np.ndarray | None:
-    """The pixels of a question's image (LLaVA-1.5's padded ones, or the family's `transform`), or
-    None."""
+def question_pixels(q: Question, image_folder, image: ImageInput) -> np.ndarray | None:
+    """The pixels of a question's image as the model takes it (padded, as LLaVA-1.5's scripts do
+    where the family's transform pads), or None."""
     if q.image_b64 is not None:
         try:
             img = Image.open(io.BytesIO(base64.b64decode(q.image_b64))).convert("RGB")
         except (ValueError, UnidentifiedImageError, OSError) as e:
             raise ImageError(f"question {q.qid}: cannot decode its base64 image ({e})") from None
-        return pixels(img, size, pad=True, name=f"question {q.qid}", transform=transform)
+        return model_pixels(image, img, pad=True, name=f"question {q.qid}")
     if q.image is None:
         return None
     if image_folder is None:
         raise InputError("--image-folder is needed: the questions name image files")
-    return load_pixels(image_folder, q.image, size, pad=True, transform=transform)
+    return load_model_pixels(image, image_folder, q.image, pad=True)
 
 
 def answer_line(q: Question, text: str, model_id: str) -> dict:
@@ -244,13 +245,14 @@ def answer(
         log(f"{path}: {len(questions) - absent} answers already there, {absent} to go")
     todo = [q for q in share.of(questions) if q.key not in done]
     resume_jsonl(share.part(path))  # its own part's torn line, cut before appending
-    size, transform = loaded.config.vision.image_size, family_of(loaded.config).image_transform
+    image = family_of(loaded.config).image_input(loaded.config)
+    assert image is not None  # answer_question_file refuses a family that takes no image
     sampling = Sampling(max_new_tokens=max_new_tokens)
     bar = tqdm(total=len(todo), desc="answering", unit="question", dynamic_ncols=True)
     t0, n_tokens = time.perf_counter(), 0
     for batch in gen.batches(len(todo)):
         chunk = [todo[k] for k in batch]
-        pix = [question_pixels(q, image_folder, size, transform) for q in chunk]
+        pix = [question_pixels(q, image_folder, image) for q in chunk]
         ids = [question_ids(loaded, q, conv_mode) for q in chunk]
         out = gen(ids, pix, sampling)
         lines = [answer_line(q, response_text(loaded.tokenizer, toks), model_id) for q, toks in zip(chunk, out)]
