@@ -494,8 +494,10 @@ def test_sibling_writes_that_fail_with_the_first_are_not_echoed(capsys, caplog):
 
     async def save():
         first, sibling = asyncio.ensure_future(_open_and_write()), asyncio.ensure_future(_open_and_write())
+        opening = asyncio.get_running_loop().create_future()  # tensorstore opening a sibling's store
+        opening.set_exception(ValueError("PERMISSION_DENIED: Error opening \"zarr\" driver [tensorstore_spec='{}']"))
         await asyncio.sleep(0)
-        del sibling
+        del sibling, opening
         await first
 
     def main(argv):

@@ -110,11 +110,13 @@ class _FailedWriteEchoes(logging.Filter):
 
 class _AbandonedWrites(logging.Filter):
     """When one of orbax's concurrent array writes fails, the sibling writes fail the same way and
-    asyncio logs each, traceback and all, once its task is collected."""
+    asyncio logs each, traceback and all, once its task or future is collected: an array's write
+    (`_open_and_write`), or tensorstore opening its store (a `tensorstore_spec` in the error)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not ("Task exception was never retrieved" in message and "_open_and_write" in message)
+        abandoned = "exception was never retrieved" in message
+        return not (abandoned and ("_open_and_write" in message or "tensorstore_spec=" in message))
 
 
 def _quiet_abandoned_callbacks(hook):
