@@ -13,7 +13,7 @@ from vlguard_jax.flags import COMPUTE_DTYPES, output
 SOURCE = "source"  # the default --dtype: each tensor as the source file stores it (float64 as float32)
 WEIGHT_DTYPES = tuple(sorted(COMPUTE_DTYPES))
 DTYPE_CHOICES = (SOURCE, *WEIGHT_DTYPES)
-PTH_DTYPES = ("float32", "float16", "bfloat16")  # float32 first: the default  # flax-to-minigptv2: the .pth's tensors
+PTH_DTYPES = ("float32", "float16", "bfloat16")  # flax-to-minigptv2: the .pth's tensors, its default first
 LORA_MODES = ("merge", "keep")  # minigptv2: the stage-3 LoRA factors folded in, or kept beside the kernels
 OVERWRITE = "replace an existing DST, once the new one is complete"
 NEW_DST = "output directory (must not exist unless --overwrite)"

@@ -71,13 +71,13 @@ def main(argv: list[str]) -> int:
     warning = foreign_template(m.config, template)
     if warning:
         print(warning, file=sys.stderr)
+    spec = family_of(m.config).image_input(m.config)  # None: a text-only model
     ids, pix = [], []
     for n, row in enumerate(rows, 1):  # every row checked by every process
         image = row.get("image")
         try:  # ImageError is a ValueError
-            if image and not family_of(m.config).takes_images:
+            if image and spec is None:
                 raise InputError(f"{a.checkpoint} is a text-only model and takes no image")
-            spec = family_of(m.config).image_input(m.config)
             pix.append(model_pixels(spec, open_rgb(image), a.pad_image, image) if image and spec else None)
             ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), template))
         except ValueError as e:

@@ -421,6 +421,6 @@ class ImageInput:
     transform: str
     tokens: int
 
-    def blank(self, batch: int) -> Any:
+    def blank(self, batch: int) -> np.ndarray:
         """Zero pixels [batch, channels, size, size] float32: the slot of a row without an image."""
         return np.zeros((batch, self.channels, self.size, self.size), np.float32)

@@ -300,15 +300,15 @@ def _resume(
 def _restore_other_form(s: Setup, ckpt: Checkpoints, step: int, stacked: bool) -> tuple[TrainState, Any]:
     """(state, data state) of a checkpoint whose layers are in the form `stacked`, which this run's
     model does not use, restored sharded as that form's model would hold it."""
-    other = s.model.clone(scan_layers=stacked)
-    trainable, _ = partition(abstract_params(other, s.mesh), s.cfg.train.mode, family_of(s.base.config))
+    other, family = s.model.clone(scan_layers=stacked), family_of(s.base.config)
+    trainable, _ = partition(abstract_params(other, s.mesh), s.cfg.train.mode, family)
     trainable = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(
             x.shape, jnp.float32 if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype, sharding=x.sharding
         ),
         trainable,
     )
-    opt = optimizer(s.cfg.optim, s.total, trainable, family_of(s.base.config))
+    opt = optimizer(s.cfg.optim, s.total, trainable, family)
     state, data_state, _ = ckpt.restore(step, abstract_state(opt, trainable, state_shardings(opt, trainable, s.mesh)))
     return state, data_state
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 
+from vlguard_jax import storage
 from vlguard_jax.data.mixture import RECIPES
-from vlguard_jax.errors import ConfigError
+from vlguard_jax.errors import ConfigError, InputError
 from vlguard_jax.flags import COMPUTE_DTYPES
 from vlguard_jax.models.config import LORA_TARGETS
 from vlguard_jax.models.config import SETTINGS as STACKING
 from vlguard_jax.models.family import FAMILIES
 from vlguard_jax.models.llama import REMAT_POLICIES
-from vlguard_jax.storage.hub import PREFIX, read_only
 
 ATTENTION = ("auto", "xla", "per_head", "cudnn")
 
@@ -48,7 +48,12 @@ def _text(v):
 
 
 def _workdir(v):
-    return _text(v) or (read_only(v) if v.startswith(PREFIX) else None)
+    if problem := _text(v):
+        return problem
+    try:
+        storage.writable(v)
+    except InputError as e:
+        return str(e)
 
 
 def _flag(v):
