@@ -21,8 +21,9 @@ import jax.numpy as jnp
 
 from benchmarks import presets
 from vlguard_jax import sharding, train
+from vlguard_jax.families import family_of
 from vlguard_jax.generate import Generator, Sampling
-from vlguard_jax.models import LlavaModel, abstract_params, family_of
+from vlguard_jax.models import LlavaModel, abstract_params
 from vlguard_jax.models.config import LoraSpec
 
 FORMS = ("scanned", "unrolled")

@@ -36,6 +36,7 @@ from vlguard_jax.data.conversation import TEMPLATES
 from vlguard_jax.data.pipeline import Layout, prepare
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.data.sample_tokenizer import build_tokenizer
+from vlguard_jax.families import LLAVA
 from vlguard_jax.models.config import LlavaConfig
 
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "so", "vi", "de", "pa", "ho", "zu", "ba", "ge", "fi", "qu", "wy", "xo")
@@ -104,7 +105,9 @@ def prepare_once(data_cfg: dict, tokenizer_dir: str, workdir: str) -> dict:
         global_batch=128, epochs=1, max_length=cfg.max_length, pad_to="bucket", bucket=128, group_by_modality=True
     )
     t0 = time.perf_counter()
-    rows = prepare(cfg, tokenizer, model_cfg, workdir, layout, log=lambda s: print(s, file=sys.stderr))
+    rows = prepare(
+        cfg, tokenizer, LLAVA.model_inputs(model_cfg), workdir, layout, log=lambda s: print(s, file=sys.stderr)
+    )
     rows.example_at(0)  # the first epoch's order, as the first batch needs it
     return {
         "s": time.perf_counter() - t0,

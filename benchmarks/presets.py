@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlguard_jax import sharding
+from vlguard_jax.families import family_of
 from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LlavaConfig, LoraSpec, TextConfig, VisionConfig
 from vlguard_jax.models.eva import EvaConfig
-from vlguard_jax.models.family import family_of
 from vlguard_jax.models.minigptv2 import MiniGPTv2Config
 
 

@@ -22,8 +22,7 @@ import numpy as np
 
 from benchmarks import presets
 from vlguard_jax import sharding, train
-from vlguard_jax.models.family import LLAVA, MINIGPTV2, family_of
-from vlguard_jax.models.stacking import wants_scan
+from vlguard_jax.families import LLAVA, MINIGPTV2, family_of
 from vlguard_jax.runtime import peak_flops
 from vlguard_jax.train import flops
 
@@ -214,7 +213,7 @@ def main(argv=None) -> dict:
             f"{ab['scanned_over_unrolled_step_s']:.3f}"
         )
         return out
-    scanned = wants_scan(args.scan_layers, p.config)
+    scanned = family_of(p.config).wants_scan(args.scan_layers, p.config)
     presets.measure(out, lambda p, n: ours(p, n, scanned), peer, p, steps, args.peer == "torch")
     if args.json:
         print(json.dumps(out))

@@ -31,7 +31,7 @@ from vlguard_jax.conversion.flax_to_hf import main as flax_to_hf_main
 from vlguard_jax.conversion.hf_to_flax import main as hf_to_flax_main
 from vlguard_jax.data import mixture
 from vlguard_jax.data.convert_vlguard import main as convert_vlguard_main
-from vlguard_jax.data.images import ImageError, load_pixels, open_rgb
+from vlguard_jax.data.images import ClipPixels, ImageError, ImageInput, SquashPixels, load_pixels, open_rgb
 from vlguard_jax.data.preprocess import TokenizationError, encode
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.sample import main as sample_main
@@ -192,11 +192,11 @@ def test_a_thin_image_is_refused_before_padding_or_resizing_makes_it_huge(tmp_pa
         f"{thin}: 1x60000 pixels; padding it to a 60000x60000 square would make over 89,478,485 pixels "
         "(data.max_image_pixels); refused"
     )
-    for size, transform in ((336, "clip"), (28, "clip"), (448, "squash")):  # 28 px: 47M pixels, 1.3 GB before
+    for rule in (ClipPixels(336), ClipPixels(28), SquashPixels(448)):  # 28 px: 47M pixels, 1.3 GB before
         with pytest.raises(
-            ImageError, match=rf"thin.png: 1x60000 pixels; resizing it to {size} px would make over 16,"
+            ImageError, match=rf"thin.png: 1x60000 pixels; resizing it to {rule.size} px would make over 16,"
         ):
-            load_pixels(tmp_path, "thin.png", size, pad=False, transform=transform)
+            ImageInput(rule, 3, 0).load(tmp_path, "thin.png", pad=False)
     Image.new("RGB", (20, 2_000), (9, 9, 9)).save(tmp_path / "tall.png")  # a long image within bounds works
     assert load_pixels(tmp_path, "tall.png", 28, pad=True).shape == (3, 28, 28)
 

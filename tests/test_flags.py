@@ -4,7 +4,7 @@ registries it mirrors say, so a new template or family cannot be missing from th
 from vlguard_jax import flags
 from vlguard_jax.data.conversation import TEMPLATES
 from vlguard_jax.data.minigptv2_tokens import TEMPLATE as MINIGPTV2_TEMPLATE
-from vlguard_jax.models.family import FAMILIES
+from vlguard_jax.families import FAMILIES
 from vlguard_jax.runtime import auto_dtype
 
 

@@ -14,19 +14,20 @@ LAYERS = {
     "vlguard_jax.flags": 0,  # the flags commands share, without jax
     "vlguard_jax.runtime": 0,
     "vlguard_jax.storage": 0,  # paths in buckets, atomic writes, orbax in s3://
-    "vlguard_jax.checkpoints": 1,  # converted checkpoints, training runs written and read, loading
     "vlguard_jax.models": 1,
     "vlguard_jax.data": 1,
-    "vlguard_jax.train": 2,
-    "vlguard_jax.generate": 2,
-    "vlguard_jax.evaluate": 3,
-    "vlguard_jax.conversion": 3,
-    "conversion": 4,  # thin shims: `python -m conversion.NAME` runs vlguard_jax.conversion.NAME
-    "vlguard_jax": 4,  # the package's public surface
-    "vlguard_jax.demo": 4,
-    "vlguard_jax.data.screen": 4,  # the front door of evaluate.judges.screening
-    "configs": 5,  # get_config() files: RunConfig's blocks, read by the train command by path
-    "benchmarks": 5,  # the public API, timed
+    "vlguard_jax.families": 2,  # the family adapters: each family's config, module, images, prompts, training
+    "vlguard_jax.checkpoints": 3,  # converted checkpoints, training runs written and read, loading
+    "vlguard_jax.train": 3,
+    "vlguard_jax.generate": 3,
+    "vlguard_jax.evaluate": 4,
+    "vlguard_jax.conversion": 4,
+    "conversion": 5,  # thin shims: `python -m conversion.NAME` runs vlguard_jax.conversion.NAME
+    "vlguard_jax": 5,  # the package's public surface
+    "vlguard_jax.demo": 5,
+    "vlguard_jax.data.screen": 5,  # the front door of evaluate.judges.screening
+    "configs": 6,  # get_config() files: RunConfig's blocks, read by the train command by path
+    "benchmarks": 6,  # the public API, timed
 }
 # Imports kept inside functions, each for a reason that was measured or is structural.
 DEFERRED = {
@@ -89,7 +90,7 @@ MODULES = modules()
 
 def layer(name: str) -> int:
     if name.endswith(".__main__"):
-        return 4
+        return 5
     best = max((k for k in LAYERS if name == k or name.startswith(k + ".")), key=len)
     return LAYERS[best]
 

@@ -17,8 +17,8 @@ from vlguard_jax.checkpoints.runs import RunError, RunMeta
 from vlguard_jax.checkpoints.training import Checkpoints
 from vlguard_jax.data import tokenization
 from vlguard_jax.errors import InputError, MissingFileError, UserError
+from vlguard_jax.families import LLAVA
 from vlguard_jax.models.config import LoraSpec
-from vlguard_jax.models.family import LLAVA
 from vlguard_jax.storage import files
 
 

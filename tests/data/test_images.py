@@ -121,11 +121,11 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
 def test_minigptv2_squashes_the_whole_image_into_the_square():
     """BLIP-2's processor: Resize((size, size), BICUBIC), ToTensor, Normalize(CLIP's mean, std):
     no crop and no pad, so a wide image's left and right halves stay the square's halves."""
-    from vlguard_jax.data.images import CLIP_MEAN, CLIP_STD, pixels
+    from vlguard_jax.data.images import CLIP_MEAN, CLIP_STD, ImageInput, SquashPixels
 
     img = Image.new("RGB", (80, 20), (255, 0, 0))
     img.paste((0, 0, 255), (40, 0, 80, 20))  # left half red, right half blue
-    x = pixels(img, 16, pad=True, transform="squash")  # `pad` does not apply
+    x = ImageInput(SquashPixels(16), 3, 0).pixels(img, pad=True)  # `pad` does not apply
     assert x.shape == (3, 16, 16) and x.dtype == np.float32
     red = (np.array([1.0, 0.0, 0.0], np.float32) - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)
     blue = (np.array([0.0, 0.0, 1.0], np.float32) - np.float32(CLIP_MEAN)) / np.float32(CLIP_STD)

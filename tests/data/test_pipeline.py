@@ -21,6 +21,7 @@ from vlguard_jax.data.pipeline import Layout, dataset, epoch_order, prepare, ste
 from vlguard_jax.data.preprocess import IGNORE, TokenizationError
 from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.data.sample import write_sample
+from vlguard_jax.families import family_of
 from vlguard_jax.models.config import LlavaConfig
 
 
@@ -105,9 +106,14 @@ def test_mixtures_and_composition(sample):
         mixture.build(data_cfg(sample, recipe="nope"))
 
 
+def inputs_of(model_cfg):
+    """What the data side takes of a model: its family says (`Family.model_inputs`)."""
+    return family_of(model_cfg).model_inputs(model_cfg)
+
+
 def make_rows(sample, tok, model_cfg, tmp, layout=None, **kw):
     layout = layout or Layout(global_batch=8, epochs=2, seed=3, max_length=160)
-    return prepare(data_cfg(sample, **kw), tok, model_cfg, tmp, layout, log=lambda *_: None)
+    return prepare(data_cfg(sample, **kw), tok, inputs_of(model_cfg), tmp, layout, log=lambda *_: None)
 
 
 def test_rows_hold_the_tokenized_examples(sample, tok, model_cfg, tmp_path):
@@ -294,7 +300,7 @@ def test_bad_records_skipped_counted_and_reported(sample, tok, model_cfg, tmp_pa
     r = prepare(
         data_cfg(sample, recipe="llava", llava=str(path), on_bad_record="skip"),
         tok,
-        model_cfg,
+        inputs_of(model_cfg),
         tmp_path / "w",
         lay,
         log=logs.append,
@@ -333,9 +339,13 @@ def test_the_store_is_built_once_named_by_its_inputs_and_found_by_every_start(
     shutil.copy(sample["train"], data)
     first, again = [], []
     lay = Layout(global_batch=8, epochs=1, seed=0, max_length=160)
-    rows = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w", lay, log=first.append)
+    rows = prepare(
+        data_cfg(sample, vlguard=str(data)), tok, inputs_of(model_cfg), tmp_path / "w", lay, log=first.append
+    )
     monkeypatch.setattr(Encoder, "encode_many", lambda *a: pytest.fail("tokenized again"))
-    found = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w", lay, log=again.append)
+    found = prepare(
+        data_cfg(sample, vlguard=str(data)), tok, inputs_of(model_cfg), tmp_path / "w", lay, log=again.append
+    )
     assert found.store.path == rows.store.path and len(found.store) == len(rows.store) == 104
     assert any("found: not tokenizing again" in line for line in again)
     assert [x for x in again if "found" not in x] == first  # the same composition and drop lines
@@ -343,7 +353,7 @@ def test_the_store_is_built_once_named_by_its_inputs_and_found_by_every_start(
     other = prepare(
         data_cfg(sample, vlguard=str(data)),
         tok,
-        model_cfg,
+        inputs_of(model_cfg),
         tmp_path / "w",
         dataclasses.replace(lay, process_index=1, process_count=2),
         log=lambda *_: None,
@@ -353,15 +363,24 @@ def test_the_store_is_built_once_named_by_its_inputs_and_found_by_every_start(
     # Any change in the inputs or the settings names another store.
     stores = lambda: sorted(p.name for p in (tmp_path / "w" / "data_store").iterdir())
     prepare(
-        data_cfg(sample, vlguard=str(data), helpful_seed=1), tok, model_cfg, tmp_path / "w", lay, log=lambda *_: None
+        data_cfg(sample, vlguard=str(data), helpful_seed=1),
+        tok,
+        inputs_of(model_cfg),
+        tmp_path / "w",
+        lay,
+        log=lambda *_: None,
     )
     data.write_text(json.dumps(json.loads(data.read_text())[:-1]))
-    changed = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w", lay, log=lambda *_: None)
+    changed = prepare(
+        data_cfg(sample, vlguard=str(data)), tok, inputs_of(model_cfg), tmp_path / "w", lay, log=lambda *_: None
+    )
     assert len(stores()) == 3 and len(changed.store) < 104
     # A store left half-written (no meta.json) is rebuilt, never read.
     (changed.store.path / "meta.json").unlink()
     (changed.store.path / "ids.bin").write_bytes(b"\0")
-    rebuilt = prepare(data_cfg(sample, vlguard=str(data)), tok, model_cfg, tmp_path / "w", lay, log=lambda *_: None)
+    rebuilt = prepare(
+        data_cfg(sample, vlguard=str(data)), tok, inputs_of(model_cfg), tmp_path / "w", lay, log=lambda *_: None
+    )
     assert len(rebuilt.store) == len(changed.store) and len(stores()) == 3
 
 
@@ -376,7 +395,7 @@ def test_other_processes_wait_for_process_0s_store(sample, tok, model_cfg, tmp_p
         match=r"data_store/[0-9a-f]{16}: process 0 built no token store in 0 s; is the "
         "workdir on storage every process sees",
     ):
-        prepare(data_cfg(sample), tok, model_cfg, tmp_path / "w", lay, log=logs.append)
+        prepare(data_cfg(sample), tok, inputs_of(model_cfg), tmp_path / "w", lay, log=logs.append)
     assert "waiting for process 0 to build the token store" in logs[0]
 
 
@@ -418,7 +437,7 @@ def test_the_training_set_is_llavas_every_image_tag_case_and_truncation(sample, 
     rows = prepare(
         data_cfg(sample, recipe="llava", llava=str(path), on_bad_record="skip", max_length=max_length),
         tok,
-        model_cfg,
+        inputs_of(model_cfg),
         tmp_path / "w",
         Layout(global_batch=4, epochs=1, seed=0, max_length=max_length),
         log=logs.append,

@@ -16,8 +16,8 @@ from vlguard_jax.data import minigptv2_tokens, tokenization
 from vlguard_jax.data.conversation import get_template, render, turns
 from vlguard_jax.data.convert_vlguard import to_llava
 from vlguard_jax.data.preprocess import IGNORE, Encoder, encode, tokenize_with_images
+from vlguard_jax.families import LLAVA, MINIGPTV2
 from vlguard_jax.generate.prompts import prompt_text
-from vlguard_jax.models.family import LLAVA, MINIGPTV2
 
 IMG, N = 32000, 3  # the image placeholder id (outside the vocabulary) and tokens per image
 

@@ -11,6 +11,7 @@ import pytest
 from tests import tiny
 from vlguard_jax.checkpoints.loading import load_model
 from vlguard_jax.errors import ConfigError
+from vlguard_jax.families import LLAMA, LLAVA
 from vlguard_jax.generate import load_generator
 from vlguard_jax.models.config import DEFAULT_SCAN, LlavaConfig, ScanLayers, TextOnlyConfig
 from vlguard_jax.models.stacking import (
@@ -84,12 +85,12 @@ def test_stacking_refuses_a_gap_in_the_layers():
 def test_auto_scans_deep_llava_models_only():
     deep = LlavaConfig.from_hf(tiny.hf_config(text_layers=SCAN_MIN_LAYERS).to_dict())
     shallow = LlavaConfig.from_hf(tiny.hf_config(text_layers=SCAN_MIN_LAYERS - 1).to_dict())
-    assert wants_scan("auto", deep) and not wants_scan("auto", shallow)
-    assert wants_scan("on", shallow) and not wants_scan("off", deep) and wants_scan(True, shallow)
+    assert LLAVA.wants_scan("auto", deep) and not LLAVA.wants_scan("auto", shallow)
+    assert LLAVA.wants_scan("on", shallow) and not LLAVA.wants_scan("off", deep) and LLAVA.wants_scan(True, shallow)
     text_only = TextOnlyConfig(text=deep.text)
-    assert not wants_scan("auto", text_only)
+    assert not LLAMA.wants_scan("auto", text_only) and not wants_scan("auto", deep, scannable=False)
     with pytest.raises(ConfigError, match=r"scan_layers must be one of \['auto', 'on', 'off'\], not 'yes'"):
-        wants_scan("yes", deep)
+        LLAVA.wants_scan("yes", deep)
 
 
 def test_scan_layers_is_one_setting_with_one_default():

@@ -71,7 +71,7 @@ def test_greedy_generation_matches_transformers(built):
 
 def test_llava_only_tools_refuse_a_text_only_checkpoint(built, tmp_path, capsys):
     from vlguard_jax.conversion import flax_to_hf
-    from vlguard_jax.models import LLAVA, load_config
+    from vlguard_jax.families import LLAVA, load_config
 
     with pytest.raises(ValueError, match="a text-only Llama checkpoint, not a LLaVA one"):
         load_config(built.flax_dir / "model_config.json", LLAVA)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from vlguard_jax.models.family import LLAVA, MINIGPTV2
+from vlguard_jax.families import LLAVA, MINIGPTV2
 from vlguard_jax.train.config import OptimConfig
 from vlguard_jax.train.state import optimizer, param_groups, partition, schedule
 

@@ -11,7 +11,7 @@ from tests.train import common
 from vlguard_jax import sharding
 from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.pipeline import Layout, dataset, prepare
-from vlguard_jax.models.family import family_of
+from vlguard_jax.families import family_of
 from vlguard_jax.models.stacking import to_per_layer
 from vlguard_jax.train.config import RunConfig
 from vlguard_jax.train.loop import build_params
@@ -38,7 +38,12 @@ def batches(ns, tmp, cfg, n=3):
 
     base = load_model(ns.flax_dir, dtype=jnp.float32)
     rows = prepare(
-        DataConfig.from_config(cfg.data), base.tokenizer, base.config, tmp / "data", lay, log=lambda *_: None
+        DataConfig.from_config(cfg.data),
+        base.tokenizer,
+        family_of(base.config).model_inputs(base.config),
+        tmp / "data",
+        lay,
+        log=lambda *_: None,
     )
     it = iter(dataset(rows))
     return [next(it) for _ in range(n)]

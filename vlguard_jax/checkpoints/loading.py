@@ -16,11 +16,10 @@ from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.converted import PARAMS_DIR, SKIP, load_params, param_metadata
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError
-from vlguard_jax.models import abstract_params, build_model
+from vlguard_jax.families import ModelConfig, build_model
+from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import DEFAULT_SCAN, ScanLayers
-from vlguard_jax.models.family import ModelConfig
 from vlguard_jax.models.layers import LORA_PARAMS
-from vlguard_jax.models.stacking import wants_scan
 
 
 class Loaded(NamedTuple):
@@ -55,18 +54,30 @@ def load_model(
     loaded = Loaded(model, params, ref.config, ref.tokenizer if with_tokenizer else None)
     if ScanLayers.of(scan_layers) is ScanLayers.ON and not ref.family.scannable:
         raise InputError(f"{ref.name}: a {ref.family.label} checkpoint; its decoder layers do not run scanned")
-    return _scanned(loaded, mesh) if wants_scan(scan_layers, loaded.config) else loaded
+    return _scanned(loaded, mesh, ref.family.decoder) if ref.family.wants_scan(scan_layers, loaded.config) else loaded
 
 
-def _scanned(loaded: Loaded, mesh) -> Loaded:
-    """The loaded model with scanned layers. The weights are stacked one tensor name at a time and
-    the per-layer arrays freed as they go, so the extra memory is one stacked tensor, not a
-    second copy of the decoder."""
+def _at(tree, path: tuple[str, ...]) -> Any:
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _replaced(tree: dict, path: tuple[str, ...], value) -> dict:
+    """`tree` with the subtree at `path` replaced (copies along the path only)."""
+    head, *rest = path
+    return dict(tree, **{head: _replaced(tree[head], tuple(rest), value) if rest else value})
+
+
+def _scanned(loaded: Loaded, mesh, decoder: tuple[str, ...]) -> Loaded:
+    """The loaded model with scanned layers (the family's `decoder` holds `layers_{i}`). The
+    weights are stacked one tensor name at a time and the per-layer arrays freed as they go, so
+    the extra memory is one stacked tensor, not a second copy of the decoder."""
     model = loaded.model.clone(scan_layers=True)
-    lm = dict(loaded.params["language_model"])
+    lm = dict(_at(loaded.params, decoder))
     n = loaded.config.text.num_hidden_layers
     per_layer: list[dict[tuple, Any]] = [traverse_util.flatten_dict(lm.pop(f"layers_{i}")) for i in range(n)]
-    target: dict[tuple, Any] = traverse_util.flatten_dict(abstract_params(model, mesh)["language_model"]["layers"])
+    target: dict[tuple, Any] = traverse_util.flatten_dict(_at(abstract_params(model, mesh), decoder)["layers"])
     stacked = {}
     for key in list(per_layer[0]):
         parts = [layer.pop(key) for layer in per_layer]
@@ -75,7 +86,7 @@ def _scanned(loaded: Loaded, mesh) -> Loaded:
         for x in parts:
             x.delete()
     lm["layers"] = traverse_util.unflatten_dict(stacked)
-    return Loaded(model, dict(loaded.params, language_model=lm), loaded.config, loaded.tokenizer)
+    return Loaded(model, _replaced(loaded.params, decoder, lm), loaded.config, loaded.tokenizer)
 
 
 def _load_converted(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, remat_policy):
@@ -101,7 +112,7 @@ def _load_run(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, remat_pol
     meta = runs.read_meta(ref.path, step)
     base_meta: dict[tuple, Any] = traverse_util.flatten_dict(param_metadata(ref.base / PARAMS_DIR))
     saved = runs.params_metadata(ref.path, step)
-    embed = ("language_model", "embed_tokens")
+    embed, decoder = ref.family.embed, ref.family.decoder
     param_dtype = param_dtype or (saved[embed] if embed in saved else base_meta[embed]).dtype
     config = ref.config
     if getattr(config, "lora", None) is not None:  # a MiniGPT-v2 base with its factors: merged below
@@ -116,12 +127,13 @@ def _load_run(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, remat_pol
         return target[path].sharding if mesh is not None and path in target else replicated
 
     def place_saved(path, _) -> Any:  # a scanned run's stacked [L, ...] leaves: the layer's, over L
-        if mesh is None or path[:2] != ("language_model", "layers"):
+        n = len(decoder)
+        if mesh is None or path[: n + 1] != (*decoder, "layers"):
             return place(path)
-        spec = place(("language_model", "layers_0", *path[2:])).spec
+        spec = place((*decoder, "layers_0", *path[n + 1 :])).spec
         return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *spec))
 
-    flat = _per_layer(runs.read_params(ref.path, step, place_saved), place)
+    flat = _per_layer(runs.read_params(ref.path, step, place_saved), place, decoder)
     stray = [k for k in flat if k[-1] not in LORA_PARAMS and k not in base_meta]
     if stray:
         raise runs.RunError(f"{ref.name}: step {step} holds {'/'.join(stray[0])}, which the base checkpoint lacks")
@@ -141,16 +153,16 @@ def _load_run(ref: CheckpointRef, mesh, dtype, param_dtype, attn_impl, remat_pol
     return model, traverse_util.unflatten_dict(flat)
 
 
-def _per_layer(flat: dict, place) -> dict:
-    """Stacked decoder leaves (a scanned run's) split into per-layer leaves on the devices, each
-    stacked array freed once split."""
-    out = {}
+def _per_layer(flat: dict, place, decoder: tuple[str, ...]) -> dict:
+    """Stacked decoder leaves (a scanned run's, under the family's `decoder`) split into per-layer
+    leaves on the devices, each stacked array freed once split."""
+    out, n = {}, len(decoder)
     for k, x in flat.items():
-        if k[:2] != ("language_model", "layers"):
+        if k[: n + 1] != (*decoder, "layers"):
             out[k] = x
             continue
         for i in range(x.shape[0]):
-            key = ("language_model", f"layers_{i}", *k[2:])
+            key = (*decoder, f"layers_{i}", *k[n + 1 :])
             out[key] = jax.jit(lambda a, i=i: a[i], out_shardings=place(key))(x)
         x.delete()
     return out

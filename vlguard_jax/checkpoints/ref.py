@@ -21,7 +21,7 @@ from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.converted import MODEL_CONFIG, copy_side_files
 from vlguard_jax.data.tokenization import authors_tokenizer
 from vlguard_jax.errors import MissingFileError
-from vlguard_jax.models.family import Family, ModelConfig, family_of, load_config
+from vlguard_jax.families import Family, ModelConfig, family_of, load_config
 from vlguard_jax.storage import files
 
 

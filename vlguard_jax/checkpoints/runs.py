@@ -19,8 +19,8 @@ from flax import traverse_util
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, load_params, save_checkpoint
 from vlguard_jax.errors import MissingFileError, UserError
+from vlguard_jax.families import DEFAULT, family_of, load_config
 from vlguard_jax.models.config import LoraSpec
-from vlguard_jax.models.family import load_config
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import to_per_layer
 from vlguard_jax.storage import files, orbax_s3
@@ -62,7 +62,7 @@ class RunMeta:
     mode: str  # "lora" | "full"
     lora: LoraSpec | None  # the run's LoRA (its `scale` is the one every export uses)
     scan_layers: bool  # decoder layers saved stacked [L, ...] rather than per layer
-    family: str = "llava"
+    family: str = DEFAULT.name
     config: str = "{}"  # the run's whole config, as JSON
 
     def to_dict(self) -> dict:
@@ -92,7 +92,7 @@ class RunMeta:
             mode=d.get("mode", "lora" if lora else "full"),
             lora=spec,
             scan_layers=bool(d.get("scan_layers", False)),
-            family=d.get("family", "llava"),
+            family=d.get("family", DEFAULT.name),
             config=d.get("config", "{}"),
         )
 
@@ -251,7 +251,7 @@ def save_run_checkpoint(workdir, dst, step: int | None = None) -> Path:
     """The run's weights (LoRA merged) as a plain checkpoint directory, with the base's tokenizer
     and processor files: usable as the base of another run, or by any loader."""
     base, config, flat, _ = load_merged(workdir, step)
-    dtype = flat[("language_model", "embed_tokens")].dtype
+    dtype = flat[family_of(config).embed].dtype
     params = traverse_util.unflatten_dict(
         {k: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v for k, v in flat.items()}
     )

@@ -35,9 +35,9 @@ from vlguard_jax.conversion import layouts, peft_adapter
 from vlguard_jax.conversion.commands import parse
 from vlguard_jax.conversion.hf_to_flax import DTYPES
 from vlguard_jax.errors import CheckpointError, InputError, cli
-from vlguard_jax.models import abstract_params, build_model
+from vlguard_jax.families import LLAVA, build_model
+from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LlavaConfig
-from vlguard_jax.models.family import LLAVA
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.storage.files import atomic_dir, check_output
 

@@ -28,7 +28,7 @@ from vlguard_jax.conversion import layouts
 from vlguard_jax.conversion.commands import PTH_DTYPES, parse
 from vlguard_jax.conversion.reader import torch_module
 from vlguard_jax.errors import CheckpointError, InputError, cli
-from vlguard_jax.models.family import MINIGPTV2
+from vlguard_jax.families import MINIGPTV2
 from vlguard_jax.storage.files import check_output
 
 SAVED = ("llama_proj/", "ln_vision/")  # with the LoRA factors: what stage 3 trains and saves

@@ -36,7 +36,8 @@ from vlguard_jax.conversion import layouts
 from vlguard_jax.conversion.commands import DTYPE_CHOICES, SOURCE, WEIGHT_DTYPES, parse
 from vlguard_jax.conversion.reader import TensorSource
 from vlguard_jax.errors import CheckpointError, InputError, cli
-from vlguard_jax.models import abstract_params, build_model
+from vlguard_jax.families import build_model
+from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
 from vlguard_jax.storage import hub
 from vlguard_jax.storage.files import atomic_dir, check_output

@@ -10,16 +10,17 @@ which is what `CLIPImageProcessor` does when given an RGBA image itself.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vlguard_jax import storage
 from vlguard_jax.errors import UserError
-from vlguard_jax.models.config import ImageInput
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -110,27 +111,86 @@ def squash_preprocess(img: Image.Image, size: int) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1), np.float32)
 
 
-IMAGE_TRANSFORMS = ("clip", "squash")  # a model family's image transform (models.family)
-
-
 RESIZE_LIMIT = 1 << 24  # pixels of a resize's intermediate: 16.8M (a 336 px side at 148:1)
 
 
-def check_work_size(
-    img: Image.Image, size: int, pad: bool, name: object, max_pixels: int = MAX_PIXELS, transform: str = "clip"
-) -> None:
+class PixelRule(Protocol):
+    """How a model family turns an RGB image into pixels [channels, size, size] float32."""
+
+    @property
+    def size(self) -> int: ...
+
+    def work(self, w: int, h: int, pad: bool) -> tuple[float, float]:
+        """The pixels of the rule's intermediates for a w x h image: (padded, resized)."""
+        ...
+
+    def __call__(self, img: Image.Image, pad: bool) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipPixels:
+    """LLaVA's: pad to a square when `pad` (training), then CLIP's processor."""
+
+    size: int
+
+    def work(self, w: int, h: int, pad: bool) -> tuple[float, float]:
+        short, long = (w, h) if w <= h else (h, w)
+        return (max(w, h) ** 2, self.size**2) if pad else (w * h, self.size**2 * long / short)
+
+    def __call__(self, img: Image.Image, pad: bool) -> np.ndarray:
+        return clip_preprocess(expand2square(img) if pad else img, self.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class SquashPixels:
+    """BLIP-2's (MiniGPT-v2's): `squash_preprocess`; `pad` does not apply."""
+
+    size: int
+
+    def work(self, w: int, h: int, pad: bool) -> tuple[float, float]:
+        return w * h, self.size * max(w, h)
+
+    def __call__(self, img: Image.Image, pad: bool) -> np.ndarray:
+        return squash_preprocess(img, self.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInput:
+    """How a model takes one image (its family's `image_input`): pixels [channels, size, size]
+    made by `rule`, which become `tokens` image tokens in its prompt. The one way training,
+    generate, evaluate, vqa and the suite make an image's pixels."""
+
+    rule: PixelRule
+    channels: int
+    tokens: int
+
+    @property
+    def size(self) -> int:
+        return self.rule.size
+
+    def blank(self, batch: int) -> np.ndarray:
+        """Zero pixels [batch, channels, size, size] float32: the slot of a row without an image."""
+        return np.zeros((batch, self.channels, self.size, self.size), np.float32)
+
+    def pixels(self, img: Image.Image, pad: bool, name: object = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """One decoded image as the model takes it; an oversized intermediate is refused first."""
+        check_work_size(img, self.rule, pad, name, max_pixels)
+        return self.rule(img, pad)
+
+    def load(self, root, relative: str, pad: bool, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """The image at `root/relative` (resolved inside the root), decoded and made pixels."""
+        path = resolve(root, relative)
+        return self.pixels(open_rgb(path, alpha, max_pixels), pad, path, max_pixels)
+
+
+def check_work_size(img: Image.Image, rule: PixelRule, pad: bool, name: object, max_pixels: int = MAX_PIXELS) -> None:
     """Refuse an image whose intermediate would be over `max_pixels`, before it is made: padding
     makes a max(w, h) square, CLIP's resize before the crop a `size` x `size * long / short`
     image, and a squash's first pass `size * long` pixels; a resize's is also bounded by
     RESIZE_LIMIT. A thin image under the pixel limit (1x60000 is 60,000 pixels) would otherwise
     take gigabytes there."""
     w, h = img.size
-    padded = max(w, h) ** 2 if pad and transform == "clip" else w * h
-    short, long = (w, h) if w <= h else (h, w)
-    if transform == "squash":
-        resized = size * long
-    else:
-        resized = size * size * long / short if not pad else size * size
+    padded, resized = rule.work(w, h, pad)
     if padded > max_pixels:
         raise ImageError(
             f"{name}: {w}x{h} pixels; padding it to a {max(w, h)}x{max(w, h)} square would make over "
@@ -138,49 +198,18 @@ def check_work_size(
         )
     if resized > min(max_pixels, RESIZE_LIMIT):
         raise ImageError(
-            f"{name}: {w}x{h} pixels; resizing it to {size} px would make over {min(max_pixels, RESIZE_LIMIT):,} "
+            f"{name}: {w}x{h} pixels; resizing it to {rule.size} px would make over {min(max_pixels, RESIZE_LIMIT):,} "
             "pixels on the way (its sides are too far apart); refused"
         )
 
 
-def pixels(
-    img: Image.Image,
-    size: int,
-    pad: bool,
-    name: object = "image",
-    max_pixels: int = MAX_PIXELS,
-    transform: str = "clip",
-) -> np.ndarray:
-    """One image as the model takes it. `transform`: "clip" (LLaVA's: CLIP's processor, after
-    padding to a square when `pad`) or "squash" (MiniGPT-v2's; `pad` does not apply)."""
-    if transform not in IMAGE_TRANSFORMS:
-        raise NotImplementedError(f"image transform {transform!r} is not one of {IMAGE_TRANSFORMS}")  # a bug
-    check_work_size(img, size, pad, name, max_pixels, transform)
-    if transform == "squash":
-        return squash_preprocess(img, size)
-    return clip_preprocess(expand2square(img) if pad else img, size)
+def pixels(img: Image.Image, size: int, pad: bool, name: object = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One image as LLaVA takes it (`ClipPixels`)."""
+    return ImageInput(ClipPixels(size), 3, 0).pixels(img, pad, name, max_pixels)
 
 
 def load_pixels(
-    root,
-    relative: str,
-    size: int,
-    pad: bool,
-    alpha: str = "drop",
-    max_pixels: int = MAX_PIXELS,
-    transform: str = "clip",
+    root, relative: str, size: int, pad: bool, alpha: str = "drop", max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """Resolve under `root`, decode and preprocess one image."""
-    path = resolve(root, relative)
-    return pixels(open_rgb(path, alpha, max_pixels), size, pad, path, max_pixels, transform)
-
-
-def model_pixels(image: ImageInput, img: Image.Image, pad: bool, name: object = "image") -> np.ndarray:
-    """One image as a model takes it (its family's `ImageInput`): the one way generate, evaluate,
-    vqa and the suite make an image's pixels."""
-    return pixels(img, image.size, pad, name, transform=image.transform)
-
-
-def load_model_pixels(image: ImageInput, root, relative: str, pad: bool) -> np.ndarray:
-    """`model_pixels` of the image at `root/relative` (resolved inside the root)."""
-    return load_pixels(root, relative, image.size, pad, transform=image.transform)
+    """Resolve under `root`, decode and preprocess one image as LLaVA does (`ClipPixels`)."""
+    return ImageInput(ClipPixels(size), 3, 0).load(root, relative, pad, alpha, max_pixels)

@@ -31,15 +31,23 @@ import numpy as np
 from vlguard_jax import storage
 from vlguard_jax.data import mixture, tokenization
 from vlguard_jax.data.config import DataConfig
-from vlguard_jax.data.images import MAX_PIXELS, ImageError, load_pixels
-from vlguard_jax.data.minigptv2_tokens import TEMPLATE as MINIGPTV2_TEMPLATE
-from vlguard_jax.data.minigptv2_tokens import MiniGPTv2Encoder
+from vlguard_jax.data.images import MAX_PIXELS, ImageError, ImageInput
 from vlguard_jax.data.preprocess import IGNORE, Encoder
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.store import BadRecords, TokenStore, build_store
 from vlguard_jax.errors import ConfigError, InputError
-from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import download_dir, sha256_file
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInputs:
+    """What the data side needs of a model, said by its family (`Family.model_inputs`): how a
+    record becomes tokens (`encoder`, the family's training encoding), the id its image tokens
+    carry, and how an image becomes its pixels and how many tokens it takes (`image`)."""
+
+    encoder: type[Encoder]
+    image_token_index: int
+    image: ImageInput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,16 +104,14 @@ class Rows:
         self,
         store_dir,
         image_roots,
-        image_size: int,
+        image: ImageInput,
         pad_image: bool,
         layout: Layout,
         bad: BadRecords,
         max_pixels: int = MAX_PIXELS,
-        transform: str = "clip",
     ):
-        self.store_dir, self.image_roots, self.image_size = str(store_dir), list(image_roots), image_size
+        self.store_dir, self.image_roots, self.image = str(store_dir), list(image_roots), image
         self.pad_image, self.layout, self.bad, self.max_pixels = pad_image, layout, bad, max_pixels
-        self.transform = transform  # the model family's image transform (data.images)
 
     @functools.cached_property
     def store(self) -> TokenStore:
@@ -167,19 +173,14 @@ class Rows:
         length = self.batch_length(step)
         ids = np.zeros(length, np.int32)
         labels = np.full(length, IGNORE, np.int32)
-        pixels = np.zeros((3, self.image_size, self.image_size), np.float32)
+        pixels = self.image.blank(1)[0]
         if i >= 0:
             x, y = self.store.example(i)
             if self.store.has_image[i]:
                 src = int(self.store.source[i])
                 try:
-                    pixels = load_pixels(
-                        self.image_roots[src],
-                        self.store.images[i],
-                        self.image_size,
-                        self.pad_image,
-                        max_pixels=self.max_pixels,
-                        transform=self.transform,
+                    pixels = self.image.load(
+                        self.image_roots[src], self.store.images[i], self.pad_image, max_pixels=self.max_pixels
                     )
                 except ImageError as e:
                     self.bad(f"record {self.store.names[i]!r}", str(e), ImageError)
@@ -213,7 +214,7 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256((text + extra).encode()).hexdigest()
 
 
-def store_key(data_cfg: DataConfig, tokenizer, model_cfg, sources) -> str:
+def store_key(data_cfg: DataConfig, tokenizer, inputs: ModelInputs, sources) -> str:
     """The store's name: a hash of the data files' contents, the tokenizer and every setting the
     tokens depend on. An unchanged run finds its store; any change builds another."""
     settings = {
@@ -230,8 +231,8 @@ def store_key(data_cfg: DataConfig, tokenizer, model_cfg, sources) -> str:
     }
     settings.update(
         version=STORE_VERSION,
-        image_token_index=model_cfg.image_token_index,
-        num_image_tokens=model_cfg.num_image_tokens,
+        image_token_index=inputs.image_token_index,
+        num_image_tokens=inputs.image.tokens,
         roots=[storage.root_identity(s.image_root) for s in sources],
         data=[sha256_file(s.path) for s in sources],
         tokenizer=tokenizer_digest(tokenizer),
@@ -239,7 +240,7 @@ def store_key(data_cfg: DataConfig, tokenizer, model_cfg, sources) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare(data_cfg: DataConfig, tokenizer, model_cfg, workdir, layout: Layout, log=print) -> Rows:
+def prepare(data_cfg: DataConfig, tokenizer, inputs: ModelInputs, workdir, layout: Layout, log=print) -> Rows:
     """The `data` settings -> the token store (built once, by process 0, or found) -> rows.
 
     Reads data.{recipe, vlguard, vlguard_images, llava, llava_images, helpful_samples,
@@ -263,7 +264,7 @@ def prepare(data_cfg: DataConfig, tokenizer, model_cfg, workdir, layout: Layout,
         if not storage.as_path(s.path).is_file():
             raise RecordError(f"{s.path}: cannot read (no such file; data.{s.name})")
     roots = [storage.unpacked(s.image_root) for s in sources]
-    key = store_key(data_cfg, tokenizer, model_cfg, sources)
+    key = store_key(data_cfg, tokenizer, inputs, sources)
     store_dir = workdir / "data_store" / key
     # Workers memory-map the store: with a bucket workdir, each host keeps a local copy of it.
     local_dir = storage.local_cache(workdir, "data_store") / key if remote else store_dir
@@ -273,9 +274,8 @@ def prepare(data_cfg: DataConfig, tokenizer, model_cfg, workdir, layout: Layout,
         download_dir(store_dir, local_dir)
         log(f"token store {store_dir} found: copied to {local_dir}, not tokenizing again")
     elif layout.process_index == 0:
-        encoder = MiniGPTv2Encoder if data_cfg.template == MINIGPTV2_TEMPLATE else Encoder
-        enc = encoder(
-            tokenizer, model_cfg.image_token_index, model_cfg.num_image_tokens, data_cfg.max_length, data_cfg.template
+        enc = inputs.encoder(
+            tokenizer, inputs.image_token_index, inputs.image.tokens, data_cfg.max_length, data_cfg.template
         )
         build_store(mixture.build(data_cfg, bad), enc, local_dir, roots, bad)
         if remote:
@@ -288,16 +288,7 @@ def prepare(data_cfg: DataConfig, tokenizer, model_cfg, workdir, layout: Layout,
     if mirror is not None:
         mirror.sync()
     store_dir = local_dir
-    rows = Rows(
-        store_dir,
-        roots,
-        model_cfg.vision.image_size,
-        data_cfg.pad_image,
-        layout,
-        bad,
-        data_cfg.max_image_pixels,
-        family_of(model_cfg).image_transform,
-    )
+    rows = Rows(store_dir, roots, inputs.image, data_cfg.pad_image, layout, bad, data_cfg.max_image_pixels)
     store = rows.store
     log(mixture.describe(store.composition))
     drops = store.drops

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
-from vlguard_jax.data.images import ImageError, load_model_pixels, model_pixels, resolve
+from vlguard_jax.data.images import ImageError, resolve
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import shares
 from vlguard_jax.evaluate.judges import JUDGES, gpt4_judge, llamaguard
@@ -32,10 +32,10 @@ from vlguard_jax.evaluate.safety import figstep, safety_sets
 from vlguard_jax.evaluate.safety.safety_sets import TEXT_IMAGES
 from vlguard_jax.evaluate.safety.scoring import is_refusal, token_f1
 from vlguard_jax.evaluate.shares import Share
+from vlguard_jax.families import family_of
 from vlguard_jax.flags import COMPUTE_DTYPES, TEMPLATE_CHOICES
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import default_template, foreign_template
-from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import check_output, read_json, write_json
 
 SUMMARY = "summary.json"
@@ -382,15 +382,15 @@ def _generate(
         checkpoint, batch_size=protocol.batch_size, dtype=jnp.dtype(protocol.dtype), mesh=mesh
     )
     image = family_of(m.config).image_input(m.config)  # None: a text-only LLM
-    blank = model_pixels(image, Image.new("RGB", (image.size, image.size), BLANK_COLOR), pad=False) if image else None
+    blank = image.pixels(Image.new("RGB", (image.size, image.size), BLANK_COLOR), pad=False) if image else None
 
     def pix(item):
         if image is None:
             return None
         if item.image:
-            return load_model_pixels(image, images, item.image, pad=False)
+            return image.load(images, item.image, pad=False)
         if item.render is not None:
-            return model_pixels(image, figstep.render(item.render, font), pad=False)
+            return image.pixels(figstep.render(item.render, font), pad=False)
         return blank if protocol.text_image == "blank" else None
 
     sampling = Sampling(max_new_tokens=protocol.max_new_tokens, min_new_tokens=protocol.min_new_tokens)

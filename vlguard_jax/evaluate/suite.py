@@ -27,8 +27,8 @@ from vlguard_jax.evaluate.judges.gpt4_judge import JudgeNotConfigured
 from vlguard_jax.evaluate.judges.gpt4_judge import settings as judge_settings
 from vlguard_jax.evaluate.runner import SUMMARY, Evaluation, Protocol, claim_output, run
 from vlguard_jax.evaluate.shares import Share
+from vlguard_jax.families import family_of
 from vlguard_jax.generate import load_generator
-from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import read_json, write_json
 
 

@@ -16,7 +16,7 @@ import sys
 import time
 
 # Only light modules here: the generator loads once the flags parse (vlguard_jax/flags.py).
-from vlguard_jax.data.images import model_pixels, open_rgb
+from vlguard_jax.data.images import open_rgb
 from vlguard_jax.errors import ArgumentParser, InputError, at_least, cli
 from vlguard_jax.flags import TEMPLATE_CHOICES, add_mesh
 from vlguard_jax.storage.files import read_jsonl
@@ -57,9 +57,9 @@ def main(argv: list[str]) -> int:
     add_mesh(p)
     a = p.parse_args(argv)
     from vlguard_jax.evaluate.shares import Share
+    from vlguard_jax.families import family_of
     from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
     from vlguard_jax.generate.prompts import default_template, foreign_template
-    from vlguard_jax.models.family import family_of
     from vlguard_jax.runtime import maybe_initialize_distributed
 
     maybe_initialize_distributed()
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> int:
         try:  # ImageError is a ValueError
             if image and spec is None:
                 raise InputError(f"{a.checkpoint} is a text-only model and takes no image")
-            pix.append(model_pixels(spec, open_rgb(image), a.pad_image, image) if image and spec else None)
+            pix.append(spec.pixels(open_rgb(image), a.pad_image, image) if image and spec else None)
             ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), template))
         except ValueError as e:
             raise InputError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None

@@ -1,44 +1,29 @@
 """Prompt text -> model input ids, as the VLGuard evaluation builds them: the template's
-generation prompt (`... USER: <image>\\nQ ASSISTANT:`), tokenized by LLaVA's
-`tokenizer_image_token` rule with each image tag expanded to `num_image_tokens` ids.
-
+generation prompt (each family renders its own templates, `families.prompt_text`), tokenized by
+LLaVA's `tokenizer_image_token` rule with each image tag expanded to the model's image tokens.
 `chat_template` renders one user turn with the tokenizer's own chat template (a text-only LLM
-that ships one); `none` uses the text verbatim. `minigptv2` is MiniGPT-v2's evaluation prompt
-(`CONV_VISION_minigptv2` with `prepare_texts`): `<s>[INST] <Img><image></Img> Q [/INST]`. Its
-`<s>` is text the tokenizer reads as BOS, after the BOS it adds: the authors' ids start with two
-BOS, and so do these (the image splits the prompt as their `<ImageHere>` does)."""
+that ships one); `none` uses the text verbatim."""
 
 from __future__ import annotations
 
+from vlguard_jax import families
 from vlguard_jax.data import tokenization
-from vlguard_jax.data.conversation import IMAGE_TAG, generation_prompt, get_template
+from vlguard_jax.data.conversation import IMAGE_TAG
 from vlguard_jax.data.preprocess import tokenize_with_images
 from vlguard_jax.errors import InputError
-from vlguard_jax.models.family import family_of
+from vlguard_jax.families import family_of
+from vlguard_jax.families.base import CHAT_TEMPLATE
 
 
 def default_template(config, tokenizer) -> str:
-    """The authors' `llava_v1` for a LLaVA; for a text-only LLM its own chat template where its
-    tokenizer has one, else `vicuna_v1` (Vicuna's: FastChat's vicuna_v1.1, which LLaVA trains on)."""
+    """The checkpoint family's own template (`Family.default_template`)."""
     return family_of(config).default_template(tokenizer)
 
 
-def prompt_text(question: str, image: bool, template: str = "llava_v1", tokenizer=None) -> str:
-    """`none` uses the text verbatim (an image tag is put first when there is an image)."""
-    question = question.replace(IMAGE_TAG, "").strip() if template != "none" else question
-    if template == "none":
-        return IMAGE_TAG + "\n" + question if image and IMAGE_TAG not in question else question
-    if template == "minigptv2":
-        return f"<s>[INST] {f'<Img>{IMAGE_TAG}</Img> ' if image else ''}{question} [/INST]"
-    if template == "chat_template":
-        if image:
-            raise InputError("template chat_template is for text-only models; an image needs llava_v1")
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise InputError("template chat_template: this tokenizer has no chat template")
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-        )
-    return generation_prompt(get_template(template), question, image)
+def prompt_text(question: str, image: bool, template: str, tokenizer=None) -> str:
+    """One question's generation prompt in `template`, by the rule of the family that owns it
+    (`families.prompt_text`)."""
+    return families.prompt_text(question, image, template, tokenizer)
 
 
 def response_text(tokenizer, token_ids) -> str:
@@ -46,9 +31,9 @@ def response_text(tokenizer, token_ids) -> str:
     return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
 
-def prompt_ids(tokenizer, config, question: str, image: bool, template: str = "llava_v1") -> list[int]:
+def prompt_ids(tokenizer, config, question: str, image: bool, template: str) -> list[int]:
     text = prompt_text(question, image, template, tokenizer)
-    if template == "chat_template":  # the template writes its own BOS
+    if template == CHAT_TEMPLATE:  # the template writes its own BOS
         return tokenization.ids(tokenizer, text, special=False)
     if image and not family_of(config).takes_images:
         raise InputError("a text-only model takes no image")

@@ -24,7 +24,7 @@ from flax import struct
 
 from vlguard_jax import sharding
 from vlguard_jax.errors import InputError, oom_hint
-from vlguard_jax.models.family import family_of
+from vlguard_jax.families import family_of
 from vlguard_jax.models.llama import KVCache, init_cache
 
 

@@ -11,8 +11,6 @@ import dataclasses
 import enum
 from typing import Any
 
-import numpy as np
-
 from vlguard_jax.errors import CheckpointError, ConfigError
 from vlguard_jax.storage.files import atomic_write_json
 
@@ -408,19 +406,3 @@ class ScanLayers(enum.StrEnum):
 
 SETTINGS = tuple(s.value for s in ScanLayers)
 DEFAULT_SCAN = ScanLayers.AUTO
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageInput:
-    """How a model takes one image (`Family.image_input`): pixels [channels, size, size], made by
-    `transform` (data.images: "clip", LLaVA's CLIP processor; "squash", MiniGPT-v2's), which
-    become `tokens` image tokens in its prompt."""
-
-    size: int
-    channels: int
-    transform: str
-    tokens: int
-
-    def blank(self, batch: int) -> np.ndarray:
-        """Zero pixels [batch, channels, size, size] float32: the slot of a row without an image."""
-        return np.zeros((batch, self.channels, self.size, self.size), np.float32)

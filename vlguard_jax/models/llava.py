@@ -80,6 +80,16 @@ class ImageTextModel(nn.Module):
     def embed(self, input_ids) -> jax.Array:
         return self.language_model.embed(input_ids)
 
+    def example_inputs(self, batch: int = 1) -> tuple[jax.Array, jax.Array]:
+        """(ids [batch, 1 + image tokens], zero pixels [batch, C, H, W]): inputs that touch every
+        parameter, for `init` and shape tracing."""
+        c, v = self.config, self.config.vision
+        ids = jnp.concatenate(
+            [jnp.ones((batch, 1), jnp.int32), jnp.full((batch, c.num_image_tokens), c.image_token_index, jnp.int32)],
+            axis=1,
+        )
+        return ids, jnp.zeros((batch, v.num_channels, v.image_size, v.image_size), jnp.float32)
+
     def __call__(
         self, input_ids, pixel_values=None, attention_mask=None, positions=None, cache=None, return_hidden: bool = False
     ):

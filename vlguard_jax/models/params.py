@@ -1,5 +1,5 @@
-"""A family's module and its parameters without a checkpoint: the module for a config, inputs that
-touch every parameter, logical axes, abstract shapes (sharded on a mesh) and random init."""
+"""A model's parameters without a checkpoint: logical axes, abstract shapes (sharded on a mesh)
+and random init, traced from the module's own `example_inputs`."""
 
 from __future__ import annotations
 
@@ -7,32 +7,12 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from vlguard_jax import sharding
-from vlguard_jax.models.family import family_of
-
-
-def build_model(config, **kw) -> nn.Module:
-    """The Flax module of `config`'s family (`LlavaModel`, `TextOnlyModel`)."""
-    return family_of(config).build(config, **kw)
-
-
-def dummy_inputs(config, batch: int = 1) -> tuple[jax.Array, jax.Array | None]:
-    """Inputs that touch every parameter (one image row), for `init` and shape tracing."""
-    image = family_of(config).image_input(config)
-    if image is None:
-        return jnp.ones((batch, 2), jnp.int32), None
-    ids = jnp.concatenate(
-        [jnp.ones((batch, 1), jnp.int32), jnp.full((batch, image.tokens), config.image_token_index, jnp.int32)],
-        axis=1,
-    )
-    return ids, jnp.asarray(image.blank(batch))
 
 
 def _boxed_init(model, rng):
-    ids, pixels = dummy_inputs(model.config)
-    return model.init(rng, ids, pixels)["params"]
+    return model.init(rng, *model.example_inputs())["params"]
 
 
 def param_axes(model) -> Any:

@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from vlguard_jax.models.config import ScanLayers
-from vlguard_jax.models.family import family_of
 
 # Scanning pays at real depths (32 and 40 layers compile many times faster) and costs a little per
 # step at shallow ones, so shallower models stay unrolled (the figures: BENCHMARKS.md).
@@ -26,11 +25,11 @@ SCAN_MIN_LAYERS = 16
 _LAYER = re.compile(r"layers_(\d+)$")
 
 
-def wants_scan(setting: ScanLayers | str | bool, config) -> bool:
-    """Whether to scan the decoder layers of `config` (a LlavaConfig or TextOnlyConfig)."""
+def wants_scan(setting: ScanLayers | str | bool, config, scannable: bool) -> bool:
+    """Whether to scan the decoder layers of `config`, whose family's model can (`scannable`)."""
     setting = ScanLayers.of(setting)
     if setting is ScanLayers.AUTO:
-        return family_of(config).scannable and config.text.num_hidden_layers >= SCAN_MIN_LAYERS
+        return scannable and config.text.num_hidden_layers >= SCAN_MIN_LAYERS
     return setting is ScanLayers.ON
 
 

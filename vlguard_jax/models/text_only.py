@@ -38,5 +38,9 @@ class TextOnlyModel(nn.Module):
         h, cache = self.language_model(x, positions, attention_mask, cache)
         return (h if return_hidden else self.language_model.logits(h)), cache
 
+    def example_inputs(self, batch: int = 1) -> tuple[jax.Array, None]:
+        """(ids [batch, 2], no pixels): inputs that touch every parameter (`init`, shape tracing)."""
+        return jnp.ones((batch, 2), jnp.int32), None
+
     def logits(self, hidden) -> jax.Array:
         return self.language_model.logits(hidden)

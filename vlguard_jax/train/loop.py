@@ -27,7 +27,8 @@ from vlguard_jax.checkpoints.runs import RunMeta
 from vlguard_jax.checkpoints.training import Checkpoints
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.errors import ConfigError, UserError, oom_hint
-from vlguard_jax.models import abstract_params, dummy_inputs, family_of
+from vlguard_jax.families import family_of
+from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LoraSpec
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.models.stacking import to_per_layer, to_stacked
@@ -100,7 +101,7 @@ def build_params(cfg: RunConfig, mesh: Mesh, checkpoint: CheckpointRef | None = 
 
         def init_lora(rng):
             # Drawn per layer whatever the form, so scanning does not change a run's start.
-            full = nn.unbox(model.clone(scan_layers=False).init(rng, *dummy_inputs(base.config))["params"])
+            full = nn.unbox(model.clone(scan_layers=False).init(rng, *model.example_inputs())["params"])
             flat = traverse_util.flatten_dict(to_stacked(full) if model.scan_layers else full)
             return {k: flat[k] for k in lora_keys}
 
@@ -201,7 +202,7 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
     if not checkpoint.family.trainable:
         raise ConfigError(
             f"config.model.checkpoint: {cfg.model.checkpoint} is a {checkpoint.family.label} checkpoint; "
-            "training starts from a LLaVA checkpoint (conversion.assemble builds one from an LLM)"
+            "training starts from a checkpoint of a family that trains (conversion.assemble builds a LLaVA from an LLM)"
         )
     if cfg.data.template not in checkpoint.family.training_templates:
         raise ConfigError(
@@ -229,7 +230,7 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
-    rows = prepare(cfg.data, base.tokenizer, base.config, workdir, layout, log=say)
+    rows = prepare(cfg.data, base.tokenizer, checkpoint.family.model_inputs(base.config), workdir, layout, log=say)
     total = cfg.total_steps if cfg.total_steps > 0 else steps_for(len(rows.store), layout)
     if latest is not None and latest > total:
         raise ConfigError(
@@ -239,7 +240,7 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
     if total > rows.steps:
         rows = rows.with_epochs(-(-total * cfg.global_batch // len(rows.store)))
 
-    opt = optimizer(cfg.optim, total, trainable, family_of(base.config))
+    opt = optimizer(cfg.optim, total, trainable, checkpoint.family)
     n_train = sum(x.size for x in jax.tree.leaves(trainable))
     n_frozen = sum(x.size for x in jax.tree.leaves(frozen))
     say(
@@ -255,7 +256,7 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
         mode=cfg.train.mode,
         lora=cfg.lora_spec,
         scan_layers=start.model.scan_layers,
-        family=family_of(base.config).name,
+        family=checkpoint.family.name,
         config=cfg.to_json(),
     )
     setup = Setup(cfg, workdir, mesh, start.model, base, frozen, opt, total, meta)

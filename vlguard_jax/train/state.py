@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlguard_jax import sharding
 from vlguard_jax.errors import ConfigError
-from vlguard_jax.models.family import Family
+from vlguard_jax.families import Family
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.train.config import OptimConfig
 

@@ -8,10 +8,10 @@ import math
 from vlguard_jax import storage
 from vlguard_jax.data.mixture import RECIPES
 from vlguard_jax.errors import ConfigError, InputError
+from vlguard_jax.families import FAMILIES
 from vlguard_jax.flags import COMPUTE_DTYPES
 from vlguard_jax.models.config import LORA_TARGETS
 from vlguard_jax.models.config import SETTINGS as STACKING
-from vlguard_jax.models.family import FAMILIES
 from vlguard_jax.models.llama import REMAT_POLICIES
 
 ATTENTION = ("auto", "xla", "per_head", "cudnn")

@@ -91,8 +91,12 @@ def test_resume_keeps_answers_and_question_order(env, tmp_path):
     gen, loaded = vqa_generator(ns)
     qs = [vqa.Question(i, "<image>\nQ" + str(i), "Q" + str(i), image="square.png") for i in range(5)]
     out = tmp_path / "a.jsonl"
-    first = vqa.answer(gen, loaded, [qs[3], qs[1]], out, image_folder=tmp / "img", max_new_tokens=2)
-    lines = vqa.answer(gen, loaded, qs, out, image_folder=tmp / "img", max_new_tokens=2, log=lambda *_: None)
+    first = vqa.answer(
+        gen, loaded, [qs[3], qs[1]], out, conv_mode="vicuna_v1", image_folder=tmp / "img", max_new_tokens=2
+    )
+    lines = vqa.answer(
+        gen, loaded, qs, out, conv_mode="vicuna_v1", image_folder=tmp / "img", max_new_tokens=2, log=lambda *_: None
+    )
     assert [x["question_id"] for x in lines] == [0, 1, 2, 3, 4]
     assert [json.loads(x)["question_id"] for x in out.read_text().splitlines()] == [0, 1, 2, 3, 4]
     kept = {x["question_id"]: x["answer_id"] for x in first}

@@ -34,17 +34,16 @@ from tqdm import tqdm
 from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.data.conversation import IMAGE_TAG, TEMPLATES, get_template, render
-from vlguard_jax.data.images import ImageError, load_model_pixels, model_pixels
+from vlguard_jax.data.images import ImageError, ImageInput
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.errors import InputError, MissingFileError, UsageError
 from vlguard_jax.evaluate import shares
 from vlguard_jax.evaluate.runner import claim_output
 from vlguard_jax.evaluate.shares import Share
+from vlguard_jax.families import family_of
 from vlguard_jax.flags import CONV_MODES
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, response_text, weight_bytes
 from vlguard_jax.generate.prompts import prompt_ids, prompt_ids_of_text
-from vlguard_jax.models.config import ImageInput
-from vlguard_jax.models.family import family_of
 from vlguard_jax.storage.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl, sha256_file
 
 SINGLE_PRED = "Answer with the option's letter from the given choices directly."
@@ -166,12 +165,12 @@ def question_pixels(q: Question, image_folder, image: ImageInput) -> np.ndarray 
             img = Image.open(io.BytesIO(base64.b64decode(q.image_b64))).convert("RGB")
         except (ValueError, UnidentifiedImageError, OSError) as e:
             raise ImageError(f"question {q.qid}: cannot decode its base64 image ({e})") from None
-        return model_pixels(image, img, pad=True, name=f"question {q.qid}")
+        return image.pixels(img, pad=True, name=f"question {q.qid}")
     if q.image is None:
         return None
     if image_folder is None:
         raise InputError("--image-folder is needed: the questions name image files")
-    return load_model_pixels(image, image_folder, q.image, pad=True)
+    return image.load(image_folder, q.image, pad=True)
 
 
 def answer_line(q: Question, text: str, model_id: str) -> dict:
@@ -217,8 +216,8 @@ def answer(
     questions: list[Question],
     answers_file,
     *,
+    conv_mode: str,  # a template name (conv_template resolves `auto`)
     image_folder=None,
-    conv_mode: str = "vicuna_v1",  # a template name (conv_template resolves `auto`)
     max_new_tokens: int = 128,
     model_id: str = "model",
     log=print,

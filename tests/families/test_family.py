@@ -6,10 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
+from vlguard_jax.data.images import ClipPixels, ImageInput, SquashPixels
 from vlguard_jax.errors import CheckpointError
-from vlguard_jax.models import LLAMA, LLAVA, LlavaConfig, LlavaModel, TextOnlyConfig, TextOnlyModel, build_model
-from vlguard_jax.models.config import ImageInput, LoraSpec
-from vlguard_jax.models.family import MINIGPTV2, family_named, family_of, load_config
+from vlguard_jax.families import LLAMA, LLAVA, MINIGPTV2, build_model, family_named, family_of, load_config
+from vlguard_jax.models import LlavaConfig, LlavaModel, TextOnlyConfig, TextOnlyModel
+from vlguard_jax.models.config import LoraSpec
 from vlguard_jax.models.minigptv2 import MiniGPTv2Config
 
 
@@ -56,7 +57,7 @@ def test_each_family_says_how_it_takes_an_image():
     """LLaVA-1.5: 336 px CLIP pixels, 576 tokens; MiniGPT-v2: 448 px squashed, 256 tokens; a
     text-only Llama takes none. The blank slot is the shape the sampler batches."""
 
-    assert LLAVA.image_input(LlavaConfig()) == ImageInput(336, 3, "clip", 576)
-    assert MINIGPTV2.image_input(MiniGPTv2Config()) == ImageInput(448, 3, "squash", 256)
-    assert LLAMA.image_input(TextOnlyConfig()) is None
-    assert ImageInput(28, 3, "clip", 4).blank(2).shape == (2, 3, 28, 28)
+    assert LLAVA.image_input(LlavaConfig()) == ImageInput(ClipPixels(336), 3, 576)
+    assert MINIGPTV2.image_input(MiniGPTv2Config()) == ImageInput(SquashPixels(448), 3, 256)
+    assert LLAMA.image_input(TextOnlyConfig()) is None and not LLAMA.takes_images
+    assert ImageInput(ClipPixels(28), 3, 4).blank(2).shape == (2, 3, 28, 28)

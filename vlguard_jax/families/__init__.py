@@ -1,0 +1,77 @@
+"""The registry of model families (`base.Family` is the contract): LLaVA-1.5, a text-only Llama
+(the judge) and MiniGPT-v2. A new family is its own modules and one entry in `FAMILIES`; layers
+above ask `family_of(config)` or a checkpoint ref's `family`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from vlguard_jax import storage
+from vlguard_jax.errors import CheckpointError, InputError
+from vlguard_jax.families.base import CHAT_TEMPLATE, NONE_TEMPLATE, Family
+from vlguard_jax.families.llava import LLAVA
+from vlguard_jax.families.minigptv2 import MINIGPTV2
+from vlguard_jax.families.text_only import LLAMA
+from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
+from vlguard_jax.models.minigptv2 import MiniGPTv2Config
+
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA, LLAMA, MINIGPTV2)}
+DEFAULT = LLAVA  # a model_config.json without an `architecture` tag (written before families)
+# Any family's model config: the one union layers above annotate with.
+ModelConfig = LlavaConfig | TextOnlyConfig | MiniGPTv2Config
+
+
+def family_of(config) -> Family:
+    """The family of a model config (any family's config class)."""
+    for family in FAMILIES.values():
+        if isinstance(config, family.config_class):
+            return family
+    raise TypeError(f"{type(config).__name__} belongs to no model family")  # a bug: every config has one
+
+
+def family_named(d: dict, source: str = "model_config.json") -> Family:
+    """The family a saved `model_config.json` (as a dict) names."""
+    name = d.get("architecture", DEFAULT.name)
+    if name not in FAMILIES:
+        raise CheckpointError(f"{source}: architecture {name!r} is not a known model family ({sorted(FAMILIES)})")
+    return FAMILIES[name]
+
+
+def load_config(path, expect: Family | None = None) -> Any:
+    """A checkpoint's `model_config.json`, read by its family; `expect` refuses another family."""
+    try:
+        d = json.loads(storage.as_path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}") from None
+    family = family_named(d, str(path))
+    if expect is not None and family is not expect:
+        hint = " (such checkpoints serve as --judge-checkpoint)" if not family.takes_images else ""
+        raise CheckpointError(f"{path}: a {family.label} checkpoint, not a {expect.label} one{hint}")
+    return family.read_config(d, str(path))
+
+
+def build_model(config, **kw) -> Any:
+    """The Flax module of `config`'s family."""
+    return family_of(config).build(config, **kw)
+
+
+def templates() -> tuple[str, ...]:
+    """Every prompt template a command may name: each family's own, then `chat_template`, `none`."""
+    own = (t for f in FAMILIES.values() for t in f.templates())
+    return tuple(dict.fromkeys((*own, CHAT_TEMPLATE, NONE_TEMPLATE)))
+
+
+def owner_of(template: str) -> Family:
+    """The family whose rule renders `template` (`none` and `chat_template`: any family's)."""
+    for family in FAMILIES.values():
+        if template in family.templates():
+            return family
+    if template in (CHAT_TEMPLATE, NONE_TEMPLATE):
+        return DEFAULT
+    raise InputError(f"unknown template {template!r}; choose from {list(templates())}")
+
+
+def prompt_text(question: str, image: bool, template: str, tokenizer=None) -> str:
+    """One user turn's generation prompt in `template`, by the rule of the family that owns it."""
+    return owner_of(template).prompt_text(question, image, template, tokenizer)

@@ -1,0 +1,27 @@
+"""LLaVA-1.5: a CLIP tower, an mlp2x_gelu projector and a Vicuna (Llama) decoder
+(`models/llava.py`), asked in its authors' templates (`data/conversation.py`)."""
+
+from __future__ import annotations
+
+from vlguard_jax.data.images import ClipPixels
+from vlguard_jax.families.base import Family
+from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.llava import LlavaModel
+
+VICUNA_TEMPLATE = "vicuna_v1"  # FastChat's vicuna_v1.1, which LLaVA trains on
+
+LLAVA = Family(
+    "llava",
+    "LLaVA",
+    LlavaConfig,
+    LlavaModel,
+    trainable=True,
+    template="llava_v1",
+    pixel_rule=ClipPixels,
+    scannable=True,
+    training_templates=(VICUNA_TEMPLATE, "llava_v1"),
+    tokenization="hf431",  # transformers 4.31.0, slow tokenizer, the checkpoint's "legacy": false
+    frozen_parts=("vision_tower",),
+    projectors=("projector",),
+    helpfulness_template=VICUNA_TEMPLATE,  # LLaVA-1.5's scripts/v1_5/eval/*.sh: --conv-mode vicuna_v1
+)

@@ -1,0 +1,19 @@
+"""A text-only Llama (`models/text_only.py`; Llama Guard, the safety judge): no images, not
+trained here, asked in its tokenizer's chat template, else Vicuna's."""
+
+from __future__ import annotations
+
+from vlguard_jax.families.base import Family
+from vlguard_jax.families.llava import VICUNA_TEMPLATE
+from vlguard_jax.models.config import TextOnlyConfig
+from vlguard_jax.models.text_only import TextOnlyModel
+
+LLAMA = Family(
+    "llama",
+    "text-only Llama",
+    TextOnlyConfig,
+    TextOnlyModel,
+    trainable=False,
+    template=None,
+    fallback_template=VICUNA_TEMPLATE,
+)
