@@ -232,3 +232,23 @@ def test_openai_judge_is_off_unless_configured(env, tmp_path, capsys, monkeypatc
     assert args[4:6] == ["--subset", "safe_safes"]
     assert main(args[:5] + ["unsafes"] + args[6:]) == 2
     assert "--judge openai-compatible applies to --benchmark vlguard --subset safe_safes" in capsys.readouterr().err
+
+
+def test_summary_json_has_one_writer():
+    """Every benchmark's entry and the suite's `skipped` go through `runner.update_summary`: no
+    other module writes OUT/summary.json."""
+    import ast
+    from pathlib import Path
+
+    import vlguard_jax
+
+    root = Path(vlguard_jax.__file__).parent
+    writers = []
+    for f in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not (isinstance(node, ast.Call) and node.args):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name == "write_json" and "SUMMARY" in ast.dump(node.args[0]):
+                writers.append(str(f.relative_to(root)))
+    assert writers == ["evaluate/runner.py"]

@@ -281,15 +281,25 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         )
     if not share.lead:
         return result
-    summary = read_json(out / SUMMARY, {})
-    mesh = mesh or summary.get(f"{benchmark}/{subset}", {}).get("mesh")  # nothing generated: as recorded
-    summary[f"{benchmark}/{subset}"] = (
+    key = f"{benchmark}/{subset}"
+    mesh = mesh or read_json(out / SUMMARY, {}).get(key, {}).get("mesh")  # nothing generated: as recorded
+    update_summary(
+        out,
+        key,
         dict(result, checkpoint=str(checkpoint), model="llm" if llm else "vllm", protocol=settings)
         | ({"mesh": mesh} if mesh else {})
-        | ({"processes": share.count} if share.count > 1 else {})
+        | ({"processes": share.count} if share.count > 1 else {}),
     )
-    write_json(out / SUMMARY, summary)
     return result
+
+
+def update_summary(out, key: str, value) -> dict:
+    """OUT/summary.json with `key` set to `value` (the lead process writes it; every writer goes
+    through here). Returns the whole summary."""
+    summary = read_json(out / SUMMARY, {})
+    summary[key] = value
+    write_json(out / SUMMARY, summary)
+    return summary
 
 
 def _responses(path) -> dict:

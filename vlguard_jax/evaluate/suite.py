@@ -22,14 +22,14 @@ import jax.numpy as jnp
 from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError, MissingFileError
-from vlguard_jax.evaluate.helpfulness import gpt_graders, vqa, vqa_scoring
+from vlguard_jax.evaluate.helpfulness import scorers, vqa
 from vlguard_jax.evaluate.judges.gpt4_judge import JudgeNotConfigured
 from vlguard_jax.evaluate.judges.gpt4_judge import settings as judge_settings
-from vlguard_jax.evaluate.runner import SUMMARY, Evaluation, Protocol, claim_output, run
+from vlguard_jax.evaluate.runner import SUMMARY, Evaluation, Protocol, claim_output, run, update_summary
 from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.families import family_of
 from vlguard_jax.generate import load_generator
-from vlguard_jax.storage.files import read_json, write_json
+from vlguard_jax.storage.files import read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,51 +107,50 @@ LAYOUT = {
 }
 
 
+def score_inputs(name: str, answers_file, root: Path, upload_dir: Path, grades: Path, allow_partial: bool):
+    """The scorer's inputs (`helpfulness.scorers.ScoreInputs`) for benchmark `name` in the suite's
+    DATA_ROOT layout: its question file and the files in `HELPFULNESS[name].needs`."""
+    if name not in HELPFULNESS:
+        raise InputError(f"unknown helpfulness benchmark {name!r}")
+    h = HELPFULNESS[name]
+    q, need = str(root / h.questions), [str(root / n) for n in h.needs] + [None, None]
+    where = {
+        "sqa": lambda: dict(base_dir=str(root / "scienceqa")),
+        "pope": lambda: dict(question_file=q, annotation_dir=need[0]),
+        "mme": lambda: dict(base_dir=need[0]),
+        "textvqa": lambda: dict(annotation_file=need[0]),
+        "gqa": lambda: dict(questions=need[0]),
+        "mmbench": lambda: dict(question_file=q),  # the dev split's accuracy; test uploads: `evaluate score`
+        "vizwiz": lambda: dict(question_file=q, upload_file=str(upload_dir / "vizwiz.json")),
+        "mmvet": lambda: dict(annotation_file=need[0], grades_file=str(grades / "mmvet.json")),
+        "llavabench": lambda: dict(
+            question_file=q, context=need[0], reference=need[1], grades_file=str(grades / "llavabench.json")
+        ),
+    }[name]()
+    return scorers.ScoreInputs(answers=str(answers_file), allow_partial=allow_partial, **where)
+
+
 def score(
-    name: str, answers: list[dict], root: Path, upload_dir: Path, grades: Path, allow_partial: bool = False
+    name: str,
+    answers: list[dict],
+    answers_file,
+    root: Path,
+    upload_dir: Path,
+    grades: Path,
+    allow_partial: bool = False,
 ) -> dict:
-    """A helpfulness benchmark's metrics (or upload file) from its answers (`allow_partial`: a
-    --limit run, which answers the first questions only)."""
-    src = f"{name} answers"
-    if name == "sqa":
-        return vqa_scoring.sqa(answers, root / "scienceqa", allow_partial=allow_partial, source=src)
+    """A helpfulness benchmark's metrics (or upload file) from its answers (those of `answers_file`
+    this run asked; `allow_partial`: a --limit run, which answers the first questions only), by
+    the one scorer entry (`helpfulness.scorers.score`), with the suite's additions: POPE's mean F1
+    over its categories, the number of VizWiz answers uploaded."""
+    inputs = score_inputs(name, answers_file, root, upload_dir, grades, allow_partial)
+    m = scorers.score(name, inputs, answers=answers)
     if name == "pope":
-        m = vqa_scoring.pope(
-            answers, root / "pope/llava_pope_test.jsonl", root / "pope/coco", allow_partial=allow_partial, source=src
-        )
         f1s = [c["f1"] for c in m["by_category"].values() if c["f1"] is not None]
         return dict(m, f1=100 * sum(f1s) / len(f1s) if f1s else None)
-    if name == "mme":
-        return vqa_scoring.mme(
-            answers, root / "MME/MME_Benchmark_release_version", allow_partial=allow_partial, source=src
-        )
-    if name == "textvqa":
-        return vqa_scoring.textvqa(
-            answers, root / "textvqa/TextVQA_0.5.1_val.json", allow_partial=allow_partial, source=src
-        )
-    if name == "gqa":
-        return vqa_scoring.gqa(
-            answers, root / "gqa/data/testdev_balanced_questions.json", allow_partial=allow_partial, source=src
-        )
-    if name == "mmbench":
-        return vqa_scoring.mmbench(
-            answers, root / HELPFULNESS["mmbench"].questions, allow_partial=allow_partial, source=src
-        )
     if name == "vizwiz":
-        dst = vqa_scoring.vizwiz_upload(answers, root / HELPFULNESS["vizwiz"].questions, upload_dir / "vizwiz.json")
-        return {"upload": str(dst), "n": len(answers)}
-    if name == "mmvet":
-        return gpt_graders.mm_vet(answers, root / "mm-vet/mm-vet.json", grades / "mmvet.json")
-    if name == "llavabench":
-        base = root / "llava-bench-in-the-wild"
-        return gpt_graders.llava_bench(
-            answers,
-            base / "questions.jsonl",
-            base / "context.jsonl",
-            base / "answers_gpt4.jsonl",
-            grades / "llavabench.json",
-        )
-    raise InputError(f"unknown helpfulness benchmark {name!r}")
+        return dict(m, n=len(answers))
+    return m
 
 
 def plan(root: Path, only: list[str] | None, text_only: bool = False) -> tuple[list[str], dict[str, str]]:
@@ -289,11 +288,9 @@ def _run_suite(
         else:
             _helpfulness(name, checkpoint, root, out, generator, protocol, limit, max_new_tokens, log)
         finished()
-    summary = read_json(out / SUMMARY, {})
     if Share.current().lead:
-        summary["skipped"] = skipped
-        write_json(out / SUMMARY, summary)
-    return summary
+        return update_summary(out, "skipped", skipped)
+    return read_json(out / SUMMARY, {})
 
 
 def _win_rate(root: Path, log) -> dict:
@@ -349,18 +346,20 @@ def _helpfulness(
         return
     (out / "upload").mkdir(parents=True, exist_ok=True)
     (out / "grades").mkdir(parents=True, exist_ok=True)
-    metrics = score(name, answers, root, out / "upload", out / "grades", allow_partial=limit is not None)
-    summary = read_json(out / SUMMARY, {})
-    summary[f"helpfulness/{name}"] = dict(
-        metrics,
-        answered=len(answers),
-        checkpoint=str(checkpoint),
-        headline=headline(name, metrics),
-        model="vllm",
-        protocol=settings,
-        mesh=sharding.mesh_record(gen.mesh),
+    metrics = score(name, answers, path, root, out / "upload", out / "grades", allow_partial=limit is not None)
+    update_summary(
+        out,
+        f"helpfulness/{name}",
+        dict(
+            metrics,
+            answered=len(answers),
+            checkpoint=str(checkpoint),
+            headline=headline(name, metrics),
+            model="vllm",
+            protocol=settings,
+            mesh=sharding.mesh_record(gen.mesh),
+        ),
     )
-    write_json(out / SUMMARY, summary)
 
 
 def headline(name: str, metrics: dict) -> float | None:

@@ -66,15 +66,16 @@ def absent(benchmark: str, inputs: ScoreInputs) -> None:
             raise MissingFileError(f"{flag} {path}: no such {'folder' if name in FOLDERS else 'file'}")
 
 
-def score(benchmark: str, inputs: ScoreInputs) -> dict:
-    """LLaVA's scorer for `benchmark` on `inputs.answers`; for vizwiz and mmbench with an upload
-    file, {"upload": the file written for the test server}."""
+def score(benchmark: str, inputs: ScoreInputs, answers: list[dict] | None = None) -> dict:
+    """LLaVA's scorer for `benchmark` on `inputs.answers` (or on `answers`, its lines already read:
+    the suite's); for vizwiz and mmbench with an upload file, {"upload": the file written for the
+    test server}."""
     lacking = missing(benchmark, inputs)
     if lacking is not None:
         raise ValueError(f"score({benchmark!r}) needs {lacking}")  # the CLI asks for it first
     i = inputs
     absent(benchmark, inputs)
-    answers = vqa_scoring.read_answers(i.answers)
+    answers = vqa_scoring.read_answers(i.answers) if answers is None else answers
     grades = i.grades_file or str(Path(i.answers).with_suffix(".grades.json"))
     partial: dict[str, Any] = {"allow_partial": i.allow_partial, "source": i.answers}
     if benchmark == "sqa":
