@@ -34,10 +34,9 @@ KNOWN = {
     "vlguard_jax.demo.stages": {"LlavaConfig", "LlavaModel"},  # the demo builds a tiny LLaVA
     "vlguard_jax": {"LlavaConfig", "LlavaModel"},  # the public surface's names
     # the LLaVA and text-only converters and their key tables: their plans are not yet the families'
-    "vlguard_jax.conversion.hf_to_flax": {"LlavaConfig", "TextOnlyConfig", "llama", "vision is None"},
-    "vlguard_jax.conversion.flax_to_hf": {"LLAVA", "LlavaConfig", "language_model"},
+    "vlguard_jax.conversion.hf_to_flax": {"LlavaConfig", "TextOnlyConfig", "llama"},
+    "vlguard_jax.conversion.flax_to_hf": {"LlavaConfig"},
     "vlguard_jax.conversion.assemble": {"LLAMA", "LlavaConfig", "llama", "projector", "vision_tower"},
-    "vlguard_jax.conversion.peft_adapter": {"projector"},
     "vlguard_jax.conversion.layouts": {"LLAMA", "MINIGPTV2", "llama", "projector"},
 }
 

@@ -175,3 +175,24 @@ def test_failure_mid_stream_leaves_nothing(built, tmp_path, monkeypatch):
         convert(built.hf_dir, tmp_path / "dst", "float32", flush_bytes=1)
     assert len(calls) == 20
     assert os.listdir(tmp_path) == []
+
+
+def test_each_family_exports_with_its_own_converter(built, tmp_path, capsys):
+    """A checkpoint given to another family's exporter is refused in one line that names the
+    exporter its family has (`Family.export_command`), and nothing is written."""
+    from vlguard_jax.conversion.flax_to_minigptv2 import main as flax_to_minigptv2_main
+
+    assert flax_to_minigptv2_main(["--src", str(built.flax_dir), "--dst", str(tmp_path / "x.pth")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"error: {built.flax_dir}: a LLaVA checkpoint, which conversion.flax_to_minigptv2 does not write; "
+        "export it with vlguard_jax.conversion.flax_to_hf"
+    ]
+    guard = tiny.build_llama(tmp_path / "guard")
+    assert flax_to_hf_main(["--src", str(guard.flax_dir), "--dst", str(tmp_path / "hf")]) == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("a text-only Llama checkpoint, which conversion.flax_to_hf does not write; it has no export")
+    )
+    assert not (tmp_path / "x.pth").exists() and not (tmp_path / "hf").exists()

@@ -31,11 +31,11 @@ from vlguard_jax import storage
 from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
-from vlguard_jax.conversion import layouts, peft_adapter
+from vlguard_jax.conversion import layouts, llava_peft
 from vlguard_jax.conversion.commands import parse
 from vlguard_jax.conversion.hf_to_flax import DTYPES
 from vlguard_jax.errors import CheckpointError, InputError, cli
-from vlguard_jax.families import LLAVA, build_model
+from vlguard_jax.families import build_model, family_of
 from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.layers import LORA_PARAMS
@@ -152,8 +152,7 @@ def export(
     dst = storage.as_path(dst)
     check_output(dst, storage.as_path(src), overwrite=overwrite)
     ref = resolve_checkpoint(src)  # a bucket checkpoint must be complete (its marker)
-    if ref.family is not LLAVA:
-        raise CheckpointError(f"{src}: a {ref.family.label} checkpoint, not a {LLAVA.label} one")
+    ref.family.check_export("flax_to_hf", src)
     if ref.kind == "run":
         return _export_run(ref.path, dst, dtype, max_shard_bytes, lora, overwrite)
     src = ref.path
@@ -176,11 +175,11 @@ def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora, overwrite) -
         if not has_lora:
             raise InputError(f"{src} has no LoRA weights (a full fine-tuning run); use --lora merge")
         with atomic_dir(dst, overwrite) as tmp:
-            peft_adapter.write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
+            llava_peft.write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
         return config
     if has_lora:
         flat = runs.merge_lora(flat, runs.lora_of(src, meta).scale)
-    dtype = dtype or flat[("language_model", "embed_tokens")].dtype.name  # the base checkpoint's
+    dtype = dtype or flat[family_of(config).embed].dtype.name  # the base checkpoint's
     return _write(base, dst, config, traverse_util.unflatten_dict(flat), dtype, max_shard_bytes, overwrite)
 
 

@@ -27,8 +27,7 @@ from vlguard_jax.checkpoints.ref import resolve_checkpoint
 from vlguard_jax.conversion import layouts
 from vlguard_jax.conversion.commands import PTH_DTYPES, parse
 from vlguard_jax.conversion.reader import torch_module
-from vlguard_jax.errors import CheckpointError, InputError, cli
-from vlguard_jax.families import MINIGPTV2
+from vlguard_jax.errors import InputError, cli
 from vlguard_jax.storage.files import check_output
 
 SAVED = ("llama_proj/", "ln_vision/")  # with the LoRA factors: what stage 3 trains and saves
@@ -50,8 +49,7 @@ def export(src, dst, dtype: str = "float32", overwrite: bool = False) -> dict[st
     if dtype not in PTH_DTYPES:
         raise InputError(f"--dtype must be one of {PTH_DTYPES}, got {dtype!r}")
     ref = resolve_checkpoint(src)
-    if ref.family is not MINIGPTV2:
-        raise CheckpointError(f"{src}: a {ref.family.label} checkpoint, not a {MINIGPTV2.label} one")
+    ref.family.check_export("flax_to_minigptv2", src)
     if getattr(ref.config, "lora", None) is None:
         raise InputError(
             f"{src}: its LoRA was merged into the kernels (--lora merge), so the authors' factors cannot be written; "

@@ -36,7 +36,7 @@ from vlguard_jax.conversion import layouts
 from vlguard_jax.conversion.commands import DTYPE_CHOICES, SOURCE, WEIGHT_DTYPES, parse
 from vlguard_jax.conversion.reader import TensorSource
 from vlguard_jax.errors import CheckpointError, InputError, cli
-from vlguard_jax.families import build_model
+from vlguard_jax.families import build_model, family_of
 from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
 from vlguard_jax.storage import hub
@@ -215,7 +215,7 @@ def write_side_files(
     if tokenizer is not None:
         tokenizer.save_pretrained(dst)
     copy_side_files(src, dst)
-    if config.vision is not None and not (dst / "preprocessor_config.json").exists():
+    if family_of(config).takes_images and not (dst / "preprocessor_config.json").exists():
         if vision_tower is not None and (vision_tower / "preprocessor_config.json").exists():
             shutil.copy2(vision_tower / "preprocessor_config.json", dst / "preprocessor_config.json")
         else:
@@ -292,8 +292,9 @@ def main(argv: list[str]) -> int:
 def run(a: argparse.Namespace) -> int:
     """The command on its parsed flags (conversion.commands)."""
     config = convert(a.src, a.dst, a.dtype, a.vision_tower, overwrite=a.overwrite)
-    tower = f"{config.vision.num_hidden_layers}-layer CLIP" if config.vision else "text only"
-    print(f"wrote {a.dst}: {config.text.num_hidden_layers}-layer Llama, {tower}, dtype {a.dtype}")
+    print(
+        f"wrote {a.dst}: a {family_of(config).label}, {config.text.num_hidden_layers} decoder layers, dtype {a.dtype}"
+    )
     return 0
 
 

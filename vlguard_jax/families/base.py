@@ -48,6 +48,9 @@ class Family:
     supervised, `data.preprocess.Encoder`); `tokenization` the ids its authors' environment made
     (`data.tokenization`); `helpfulness_template` what its helpfulness scripts ask in.
 
+    Conversion: `export_command` names the converter that writes its checkpoints back in its
+    authors' format (None: not exported).
+
     Parameter groups: `frozen_parts` (top-level parts kept frozen: the vision side), `projectors`
     (trained in both modes at their own learning rate), `lora_targets` (the decoder's projections
     LoRA wraps by default).
@@ -69,6 +72,7 @@ class Family:
     frozen_parts: tuple[str, ...] = ()
     projectors: tuple[str, ...] = ()
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    export_command: str | None = None  # the converter writing it in its authors' format (vlguard_jax.conversion)
     decoder: tuple[str, ...] = ("language_model",)
     embed: tuple[str, ...] = ("language_model", "embed_tokens")
 
@@ -88,6 +92,18 @@ class Family:
             raise ValueError(f"LoRA applies to trainable families; a {self.name} model is not one")
         lora = lora or getattr(config, "lora", None)
         return self.model_class(config, **kw) if lora is None else self.model_class(config, lora=lora, **kw)
+
+    def check_export(self, command: str, source) -> None:
+        """Refuse to export `source`, a checkpoint of this family, with another family's converter."""
+        if command != self.export_command:
+            how = (
+                f"export it with vlguard_jax.conversion.{self.export_command}"
+                if self.export_command
+                else "it has no export"
+            )
+            raise CheckpointError(
+                f"{source}: a {self.label} checkpoint, which conversion.{command} does not write; {how}"
+            )
 
     def wants_scan(self, setting: ScanLayers | str | bool, config) -> bool:
         """Whether a model of `config` runs its decoder scanned under `setting`."""

@@ -23,5 +23,6 @@ LLAVA = Family(
     tokenization="hf431",  # transformers 4.31.0, slow tokenizer, the checkpoint's "legacy": false
     frozen_parts=("vision_tower",),
     projectors=("projector",),
-    helpfulness_template=VICUNA_TEMPLATE,  # LLaVA-1.5's scripts/v1_5/eval/*.sh: --conv-mode vicuna_v1
+    helpfulness_template=VICUNA_TEMPLATE,
+    export_command="flax_to_hf",  # llava-hf's layout (transformers' LlavaForConditionalGeneration)  # LLaVA-1.5's scripts/v1_5/eval/*.sh: --conv-mode vicuna_v1
 )

@@ -40,4 +40,5 @@ MINIGPTV2 = MiniGPTv2Family(
     tokenization="sentencepiece",  # transformers 4.30.0 (environment.yml): SentencePiece per chunk
     frozen_parts=("vision_tower", "ln_vision"),  # ln_vision is frozen with the tower, as its authors'
     projectors=("llama_proj",),
+    export_command="flax_to_minigptv2",  # the authors' stage-3 .pth
 )

@@ -1,4 +1,4 @@
-"""A training run as a PEFT adapter (reading runs and merging LoRA live in `vlguard_jax.checkpoints.runs`).
+"""A LLaVA training run as a PEFT adapter (reading runs and merging LoRA live in `vlguard_jax.checkpoints.runs`).
 
 PEFT key names are those of transformers 5's `LlavaForConditionalGeneration` modules
 (`base_model.model.model.language_model.layers.N.self_attn.q_proj.lora_A.weight`); the projector
