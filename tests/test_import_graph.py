@@ -13,6 +13,7 @@ LAYERS = {
     "vlguard_jax.sharding": 0,
     "vlguard_jax.flags": 0,  # the flags commands share, without jax
     "vlguard_jax.runtime": 0,
+    "vlguard_jax.lazy": 0,  # package surfaces read on first use
     "vlguard_jax.storage": 0,  # paths in buckets, atomic writes, orbax in s3://
     "vlguard_jax.models": 1,
     "vlguard_jax.data": 1,

@@ -4,9 +4,10 @@ Public surface: `load_model`, `LlavaModel`, `LlavaConfig`, `make_mesh`, read on 
 command's `--help` and `import vlguard_jax.errors` do not load jax, flax, orbax and transformers.
 """
 
-import importlib
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vlguard_jax import lazy
 
 # transformers' import-time advice that PyTorch is absent: we never need torch (converters read
 # safetensors), so a new user would read it as a fault. Set the variable to "" to see advice again.
@@ -25,8 +26,4 @@ _SURFACE = {
 }
 __all__ = ["load_model", "LlavaModel", "LlavaConfig", "make_mesh"]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _SURFACE:
-        raise AttributeError(f"module 'vlguard_jax' has no attribute {name!r}")
-    return getattr(importlib.import_module(_SURFACE[name]), name)
+__getattr__ = lazy.surface(__name__, _SURFACE)

@@ -107,7 +107,9 @@ LAYOUT = {
 }
 
 
-def score_inputs(name: str, answers_file, root: Path, upload_dir: Path, grades: Path, allow_partial: bool):
+def score_inputs(
+    name: str, answers_file, root: Path, upload_dir: Path, grades: Path, allow_partial: bool
+) -> scorers.ScoreInputs:
     """The scorer's inputs (`helpfulness.scorers.ScoreInputs`) for benchmark `name` in the suite's
     DATA_ROOT layout: its question file and the files in `HELPFULNESS[name].needs`."""
     if name not in HELPFULNESS:

@@ -1,8 +1,9 @@
 """Batched generation: `Generator`, `Sampling`, `load_generator` and prompt building; CLI in
 `__main__`. The names load on first use (PEP 562), so the command's `--help` loads no jax."""
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vlguard_jax import lazy
 
 if TYPE_CHECKING:
     from vlguard_jax.generate.loader import load_generator, weight_bytes
@@ -31,8 +32,4 @@ __all__ = [
     "weight_bytes",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _SURFACE:
-        raise AttributeError(f"module 'vlguard_jax.generate' has no attribute {name!r}")
-    return getattr(importlib.import_module(_SURFACE[name]), name)
+__getattr__ = lazy.surface(__name__, _SURFACE)

@@ -4,8 +4,9 @@ first use (PEP 562), so reading a model config or a command's `--help` loads no 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vlguard_jax import lazy
 
 if TYPE_CHECKING:
     from vlguard_jax.models.config import LlavaConfig, TextConfig, TextOnlyConfig, VisionConfig
@@ -39,8 +40,4 @@ __all__ = [
     "init_params",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _SURFACE:
-        raise AttributeError(f"module 'vlguard_jax.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(_SURFACE[name]), name)
+__getattr__ = lazy.surface(__name__, _SURFACE)

@@ -9,8 +9,9 @@
 The names load on first use (PEP 562), so the command's `--help` and a config file load no jax.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from vlguard_jax import lazy
 
 if TYPE_CHECKING:
     from vlguard_jax.train.config import RunConfig
@@ -63,8 +64,4 @@ __all__ = [
     "state_shardings",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _SURFACE:
-        raise AttributeError(f"module 'vlguard_jax.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_SURFACE[name]), name)
+__getattr__ = lazy.surface(__name__, _SURFACE)
