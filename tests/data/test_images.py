@@ -133,3 +133,44 @@ def test_minigptv2_squashes_the_whole_image_into_the_square():
     np.testing.assert_allclose(x[:, :, -1], np.broadcast_to(blue[:, None], (3, 16)), atol=1e-6)
     expected = np.asarray(img.resize((16, 16), Image.Resampling.BICUBIC), np.float32) / 255
     np.testing.assert_allclose(x, ((expected - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1), atol=1e-5)
+
+
+def test_an_image_input_is_any_dict_of_arrays_and_says_its_token_count():
+    """A family whose images differ in shape (here: one 8 px tile per 8 px of width, plus the tile
+    grid) gives `ImageInput` a rule with shape classes; an image takes `tokens * prod(key)` tokens,
+    and inputs of one class stack and fill a batch's rows."""
+    import dataclasses
+
+    from vlguard_jax.data.images import ImageInput, put, shapes, stack
+
+    @dataclasses.dataclass(frozen=True)
+    class Tiles:
+        size: int = 8
+
+        def work(self, w, h, pad):
+            return w * h, w * h
+
+        def key(self, w, h, pad):
+            return (-(-w // self.size),)
+
+        def key_of(self, x):
+            return (len(x["tiles"]),)
+
+        def blank(self, key, channels):
+            return {
+                "tiles": np.zeros((*key, channels, self.size, self.size), np.float32),
+                "grid": np.zeros(1, np.int32),
+            }
+
+        def __call__(self, img, pad):
+            n = self.key(*img.size, pad)[0]
+            return {"tiles": np.ones((n, 3, self.size, self.size), np.float32), "grid": np.array([n], np.int32)}
+
+    image = ImageInput(Tiles(), 3, 4)
+    wide, narrow = image.pixels(Image.new("RGB", (20, 8)), pad=False), image.pixels(Image.new("RGB", (8, 8)), pad=False)
+    assert image.count(wide) == 12 and image.count(narrow) == 4 and image.tokens_for(()) == 4
+    assert shapes(wide) != shapes(narrow) and shapes(stack([wide, wide]))[1] == ("tiles", (2, 3, 3, 8, 8))
+    batch = image.blank(3, key=(3,))
+    put(batch, 1, wide)
+    assert batch["tiles"].shape == (3, 3, 3, 8, 8) and batch["tiles"][1].all() and not batch["tiles"][0].any()
+    assert list(batch["grid"][:, 0]) == [0, 3, 0]

@@ -182,3 +182,14 @@ def test_auto_dtype_is_the_authors_float16_on_a_gpu():
 
     assert (auto_dtype("gpu"), auto_dtype("tpu"), auto_dtype("cpu")) == ("float16", "bfloat16", "float32")
     assert auto_dtype() == "float32"  # this machine
+
+
+def test_only_prompts_whose_image_inputs_share_a_shape_share_a_batch():
+    """Image inputs of several shapes (tiles, dynamic resolution) batch by shape, in order of first
+    use; a family whose images have one shape keeps today's batches."""
+    from vlguard_jax.generate.sampler import batch_indices
+
+    a, b = ((1, 3, 8, 8),), ((1, 2, 3, 8, 8),)
+    assert batch_indices([a, b, a, a, b], 2) == [[0, 2], [3], [1, 4]]
+    assert batch_indices([a] * 5, 2) == [[0, 1], [2, 3], [4]]
+    assert batch_indices([None] * 3, 8) == [[0, 1, 2]]

@@ -11,10 +11,11 @@ which is what `CLIPImageProcessor` does when given an RGBA image itself.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import posixpath
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -114,8 +115,13 @@ def squash_preprocess(img: Image.Image, size: int) -> np.ndarray:
 RESIZE_LIMIT = 1 << 24  # pixels of a resize's intermediate: 16.8M (a 336 px side at 148:1)
 
 
+Pixels = Any  # one image's model input: an array, or a dict of them (pixels plus e.g. a patch grid)
+
+
 class PixelRule(Protocol):
-    """How a model family turns an RGB image into pixels [channels, size, size] float32."""
+    """How a model family turns an RGB image into its model's input for one image (`Pixels`).
+    `key` is the image's shape class: images of one class give inputs of one shape and take
+    `tokens * prod(key)` image tokens; `()` where every image has the same shape."""
 
     @property
     def size(self) -> int: ...
@@ -124,14 +130,38 @@ class PixelRule(Protocol):
         """The pixels of the rule's intermediates for a w x h image: (padded, resized)."""
         ...
 
-    def __call__(self, img: Image.Image, pad: bool) -> np.ndarray: ...
+    def key(self, w: int, h: int, pad: bool) -> tuple[int, ...]: ...
+
+    def key_of(self, x: Pixels) -> tuple[int, ...]:
+        """The shape class of an input this rule made."""
+        ...
+
+    def blank(self, key: tuple[int, ...], channels: int) -> Pixels:
+        """Zeros shaped as one image of class `key`: the slot of a row without an image."""
+        ...
+
+    def __call__(self, img: Image.Image, pad: bool) -> Pixels: ...
 
 
 @dataclasses.dataclass(frozen=True)
-class ClipPixels:
-    """LLaVA's: pad to a square when `pad` (training), then CLIP's processor."""
+class FixedSquare:
+    """A rule whose every image becomes one [channels, size, size] array."""
 
     size: int
+
+    def key(self, w: int, h: int, pad: bool) -> tuple[int, ...]:
+        return ()
+
+    def key_of(self, x: Pixels) -> tuple[int, ...]:
+        return ()
+
+    def blank(self, key: tuple[int, ...], channels: int) -> Pixels:
+        return np.zeros((channels, self.size, self.size), np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipPixels(FixedSquare):
+    """LLaVA's: pad to a square when `pad` (training), then CLIP's processor."""
 
     def work(self, w: int, h: int, pad: bool) -> tuple[float, float]:
         short, long = (w, h) if w <= h else (h, w)
@@ -142,10 +172,8 @@ class ClipPixels:
 
 
 @dataclasses.dataclass(frozen=True)
-class SquashPixels:
+class SquashPixels(FixedSquare):
     """BLIP-2's (MiniGPT-v2's): `squash_preprocess`; `pad` does not apply."""
-
-    size: int
 
     def work(self, w: int, h: int, pad: bool) -> tuple[float, float]:
         return w * h, self.size * max(w, h)
@@ -154,11 +182,19 @@ class SquashPixels:
         return squash_preprocess(img, self.size)
 
 
+def shapes(x: Pixels) -> tuple:
+    """The shapes of an image input's arrays: rows batch together only where these are equal."""
+    if isinstance(x, dict):
+        return tuple((k, shapes(x[k])) for k in sorted(x))
+    return np.shape(x)
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageInput:
-    """How a model takes one image (its family's `image_input`): pixels [channels, size, size]
-    made by `rule`, which become `tokens` image tokens in its prompt. The one way training,
-    generate, evaluate, vqa and the suite make an image's pixels."""
+    """How a model takes one image (its family's `image_input`): the input `rule` makes (an array
+    [channels, size, size] for LLaVA and MiniGPT-v2; any pytree of arrays), which takes
+    `count(input)` image tokens in its prompt (`tokens` for a rule whose images have one shape).
+    The one way training, generate, evaluate, vqa and the suite make an image's input."""
 
     rule: PixelRule
     channels: int
@@ -168,19 +204,43 @@ class ImageInput:
     def size(self) -> int:
         return self.rule.size
 
-    def blank(self, batch: int) -> np.ndarray:
-        """Zero pixels [batch, channels, size, size] float32: the slot of a row without an image."""
-        return np.zeros((batch, self.channels, self.size, self.size), np.float32)
+    def tokens_for(self, key: tuple[int, ...]) -> int:
+        """Image tokens of an image of shape class `key`."""
+        return self.tokens * math.prod(key)
 
-    def pixels(self, img: Image.Image, pad: bool, name: object = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    def count(self, x: Pixels) -> int:
+        """Image tokens the image input `x` takes."""
+        return self.tokens_for(self.rule.key_of(x))
+
+    def blank(self, batch: int, key: tuple[int, ...] = ()) -> Pixels:
+        """Zeros for `batch` rows of shape class `key` (float32): the slot of rows without an image."""
+        return stack([self.rule.blank(key, self.channels)] * batch)
+
+    def pixels(self, img: Image.Image, pad: bool, name: object = "image", max_pixels: int = MAX_PIXELS) -> Pixels:
         """One decoded image as the model takes it; an oversized intermediate is refused first."""
         check_work_size(img, self.rule, pad, name, max_pixels)
         return self.rule(img, pad)
 
-    def load(self, root, relative: str, pad: bool, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    def load(self, root, relative: str, pad: bool, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> Pixels:
         """The image at `root/relative` (resolved inside the root), decoded and made pixels."""
         path = resolve(root, relative)
         return self.pixels(open_rgb(path, alpha, max_pixels), pad, path, max_pixels)
+
+
+def stack(rows: list) -> Pixels:
+    """Image inputs of one shape, stacked along a new leading (batch) axis."""
+    if isinstance(rows[0], dict):
+        return {k: stack([r[k] for r in rows]) for k in rows[0]}
+    return np.stack(rows)
+
+
+def put(batch: Pixels, row: int, x: Pixels) -> None:
+    """Write one image input into row `row` of a stacked batch of the same shape."""
+    if isinstance(batch, dict):
+        for k in batch:
+            put(batch[k], row, x[k])
+    else:
+        batch[row] = x
 
 
 def check_work_size(img: Image.Image, rule: PixelRule, pad: bool, name: object, max_pixels: int = MAX_PIXELS) -> None:

@@ -410,7 +410,14 @@ def _generate(
         chunk = [todo[k] for k in batch]
         pixel_rows = [pix(i) for i in chunk]
         ids = [
-            prompt_ids(m.tokenizer, m.config, i.prompt, p is not None, protocol.template)
+            prompt_ids(
+                m.tokenizer,
+                m.config,
+                i.prompt,
+                p is not None,
+                protocol.template,
+                image.count(p) if image and p is not None else None,
+            )
             for i, p in zip(chunk, pixel_rows)
         ]
         out = gen(ids, pixel_rows, sampling, seed)

@@ -78,8 +78,10 @@ def main(argv: list[str]) -> int:
         try:  # ImageError is a ValueError
             if image and spec is None:
                 raise InputError(f"{a.checkpoint} is a text-only model and takes no image")
-            pix.append(spec.pixels(open_rgb(image), a.pad_image, image) if image and spec else None)
-            ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), template))
+            x = spec.pixels(open_rgb(image), a.pad_image, image) if image and spec else None
+            count = None if x is None or spec is None else spec.count(x)
+            pix.append(x)
+            ids.append(prompt_ids(m.tokenizer, m.config, row["prompt"], bool(image), template, count))
         except ValueError as e:
             raise InputError(f"{a.prompts_file or '--prompt'}: row {n}: {e}") from None
     mine = share.of(range(len(rows)))

@@ -31,15 +31,19 @@ def response_text(tokenizer, token_ids) -> str:
     return tokenizer.decode(token_ids, skip_special_tokens=True).strip()
 
 
-def prompt_ids(tokenizer, config, question: str, image: bool, template: str) -> list[int]:
+def prompt_ids(
+    tokenizer, config, question: str, image: bool, template: str, image_tokens: int | None = None
+) -> list[int]:
+    """The question's prompt ids in `template`, its image tag expanded to `image_tokens` ids (what
+    its image input takes, `ImageInput.count`; default the model's `num_image_tokens`)."""
     text = prompt_text(question, image, template, tokenizer)
     if template == CHAT_TEMPLATE:  # the template writes its own BOS
         return tokenization.ids(tokenizer, text, special=False)
     if image and not family_of(config).takes_images:
         raise InputError("a text-only model takes no image")
-    ids = prompt_ids_of_text(tokenizer, config, text)
+    ids = prompt_ids_of_text(tokenizer, config, text, image_tokens)
     if family_of(config).takes_images:
-        tags = ids.count(config.image_token_index) // max(config.num_image_tokens, 1)
+        tags = ids.count(config.image_token_index) // max(image_tokens or config.num_image_tokens, 1)
         if tags != int(image):
             given = "one image" if image else "no image"
             raise InputError(
@@ -56,8 +60,9 @@ def foreign_template(config, template: str) -> str | None:
     return f"warning: --template {template} is not a {family.label} template; asking in it anyway"
 
 
-def prompt_ids_of_text(tokenizer, config, text: str) -> list[int]:
-    """A rendered prompt's ids by LLaVA's `tokenizer_image_token`, each image tag expanded."""
+def prompt_ids_of_text(tokenizer, config, text: str, image_tokens: int | None = None) -> list[int]:
+    """A rendered prompt's ids by LLaVA's `tokenizer_image_token`, each image tag expanded to
+    `image_tokens` ids (default the model's `num_image_tokens`)."""
     if not family_of(config).takes_images:
         return tokenize_with_images(tokenizer, text, -1, 0)
-    return tokenize_with_images(tokenizer, text, config.image_token_index, config.num_image_tokens)
+    return tokenize_with_images(tokenizer, text, config.image_token_index, image_tokens or config.num_image_tokens)

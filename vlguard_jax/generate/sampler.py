@@ -23,9 +23,19 @@ import numpy as np
 from flax import struct
 
 from vlguard_jax import sharding
+from vlguard_jax.data.images import put, shapes, stack
 from vlguard_jax.errors import InputError, oom_hint
 from vlguard_jax.families import family_of
 from vlguard_jax.models.llama import KVCache, init_cache
+
+
+def batch_indices(keys: list, size: int) -> list[list[int]]:
+    """Indices of the prompts (one key each: their image inputs' shapes) in batches of at most
+    `size`, in order, where only prompts of one key share a batch; keys in order of first use."""
+    groups: dict = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    return [idx[i : i + size] for idx in groups.values() for i in range(0, len(idx), size)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +115,8 @@ class Decoder:
     """What one compiled generation program fixes: the model, the end-of-sequence ids (int32
     [E]), the id written after a row's end, the sampling settings and the cache's dtype.
     `decoder(params, ids, mask, pixels, row_ids, seed)` prefills the left-padded prompts (ids and
-    mask [B, P], pixels [B, 3, H, W] or None, row_ids [B] for the per-row random keys) and decodes
-    to int32 [B, N]."""
+    mask [B, P]; the batch's image inputs, e.g. pixels [B, 3, H, W], or None; row_ids [B] for the
+    per-row random keys) and decodes to int32 [B, N]."""
 
     model: Any
     eos: jax.Array
@@ -174,7 +184,8 @@ class Decoder:
 
 class Generator:
     """`Generator(model, params, ...)(prompts, pixels, sampling, seed)`; prompts are id lists (image
-    positions already expanded), pixels one [3, H, W] array or None per prompt."""
+    positions already expanded), pixels one image input (the family's `ImageInput`: an array, or a
+    dict of arrays) or None per prompt; prompts whose inputs differ in shape go in different batches."""
 
     def __init__(
         self,
@@ -204,8 +215,8 @@ class Generator:
 
         return jax.jit(run)
 
-    def batches(self, n: int) -> list[list[int]]:
-        return [list(range(i, min(i + self.batch_size, n))) for i in range(0, n, self.batch_size)]
+    def batches(self, n: int, keys: list | None = None) -> list[list[int]]:
+        return batch_indices(keys or [None] * n, self.batch_size)
 
     def __call__(
         self, prompts: list[list[int]], pixels: list, sampling: Sampling = Sampling(), seed: int = 0, on_batch=None
@@ -213,6 +224,13 @@ class Generator:
         """Generated ids per prompt, cut after the first EOS (which is kept). A prompt that, with
         `max_new_tokens`, does not fit the model's positions is refused before anything runs."""
         image = family_of(self.model.config).image_input(self.model.config)  # None: a text-only model
+        for i, x in enumerate(pixels):
+            if x is not None and image is None:
+                raise InputError(f"prompt {i}: this model is text-only and takes no image")
+        # Rows batch together where their image inputs have one shape; a row without an image
+        # takes the blank of its batch's shape (the family's default shape where it has no image).
+        default = None if image is None else shapes(image.blank(1))
+        keys = [default if x is None else shapes(stack([x])) for x in pixels]
         positions = self.model.config.text.max_position_embeddings
         for i, p in enumerate(prompts):
             if len(p) + sampling.max_new_tokens > positions:
@@ -221,22 +239,21 @@ class Generator:
                     f"model's {positions} positions; shorten it or lower max_new_tokens"
                 )
         results: list = [None] * len(prompts)
-        for idx in self.batches(len(prompts)):
+        for idx in self.batches(len(prompts), keys):
             longest = max(len(prompts[i]) for i in idx)
             p = -(-longest // self.bucket) * self.bucket
             b = self.batch_size
             ids = np.full((b, p), self.pad_id, np.int32)
             mask = np.zeros((b, p), np.int32)
-            pix = None if image is None else image.blank(b)
+            like = next((pixels[i] for i in idx if pixels[i] is not None), None)
+            pix = None if image is None else image.blank(b, () if like is None else image.rule.key_of(like))
             rows = np.zeros(b, np.int32)
             for r, i in enumerate(idx):
                 ids[r, p - len(prompts[i]) :] = prompts[i]
                 mask[r, p - len(prompts[i]) :] = 1
                 rows[r] = i
                 if pixels[i] is not None:
-                    if pix is None:
-                        raise InputError(f"prompt {i}: this model is text-only and takes no image")
-                    pix[r] = pixels[i]
+                    put(pix, r, pixels[i])
             for r in range(len(idx), b):  # filler rows: one real token, discarded
                 ids[r, -1], mask[r, -1] = self.pad_id, 1
             with oom_hint(

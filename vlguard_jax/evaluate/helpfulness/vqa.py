@@ -200,14 +200,14 @@ def conv_template(conv_mode: str, ref) -> str:
     return template
 
 
-def question_ids(loaded, q: Question, template: str) -> list[int]:
-    """A question's prompt ids in `template`: LLaVA's conversation templates render the turn as its
-    scripts do (the tag where the script puts it); others through the family's prompt rule."""
+def question_ids(loaded, q: Question, template: str, image_tokens: int | None = None) -> list[int]:
+    """A question's prompt ids in `template`, its image taking `image_tokens`: LLaVA's conversation
+    templates render the turn as its scripts do (the tag where the script puts it); others through
+    the family's prompt rule."""
     if template in TEMPLATES:
-        return prompt_ids_of_text(
-            loaded.tokenizer, loaded.config, render(get_template(template), [(0, q.text), (1, None)])
-        )
-    return prompt_ids(loaded.tokenizer, loaded.config, q.text, IMAGE_TAG in q.text, template)
+        text = render(get_template(template), [(0, q.text), (1, None)])
+        return prompt_ids_of_text(loaded.tokenizer, loaded.config, text, image_tokens)
+    return prompt_ids(loaded.tokenizer, loaded.config, q.text, IMAGE_TAG in q.text, template, image_tokens)
 
 
 def answer(
@@ -252,7 +252,7 @@ def answer(
     for batch in gen.batches(len(todo)):
         chunk = [todo[k] for k in batch]
         pix = [question_pixels(q, image_folder, image) for q in chunk]
-        ids = [question_ids(loaded, q, conv_mode) for q in chunk]
+        ids = [question_ids(loaded, q, conv_mode, None if x is None else image.count(x)) for q, x in zip(chunk, pix)]
         out = gen(ids, pix, sampling)
         lines = [answer_line(q, response_text(loaded.tokenizer, toks), model_id) for q, toks in zip(chunk, out)]
         append_jsonl(share.part(path), lines)
