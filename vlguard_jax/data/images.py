@@ -214,7 +214,7 @@ class ImageInput:
 
     def blank(self, batch: int, key: tuple[int, ...] = ()) -> Pixels:
         """Zeros for `batch` rows of shape class `key` (float32): the slot of rows without an image."""
-        return stack([self.rule.blank(key, self.channels)] * batch)
+        return _zeros(batch, self.rule.blank(key, self.channels))
 
     def pixels(self, img: Image.Image, pad: bool, name: object = "image", max_pixels: int = MAX_PIXELS) -> Pixels:
         """One decoded image as the model takes it; an oversized intermediate is refused first."""
@@ -232,6 +232,12 @@ def stack(rows: list) -> Pixels:
     if isinstance(rows[0], dict):
         return {k: stack([r[k] for r in rows]) for k in rows[0]}
     return np.stack(rows)
+
+
+def _zeros(batch: int, x: Pixels) -> Pixels:
+    if isinstance(x, dict):
+        return {k: _zeros(batch, v) for k, v in x.items()}
+    return np.zeros((batch, *np.shape(x)), np.asarray(x).dtype)
 
 
 def put(batch: Pixels, row: int, x: Pixels) -> None:

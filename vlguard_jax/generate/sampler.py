@@ -23,7 +23,7 @@ import numpy as np
 from flax import struct
 
 from vlguard_jax import sharding
-from vlguard_jax.data.images import put, shapes, stack
+from vlguard_jax.data.images import put, shapes
 from vlguard_jax.errors import InputError, oom_hint
 from vlguard_jax.families import family_of
 from vlguard_jax.models.llama import KVCache, init_cache
@@ -229,8 +229,8 @@ class Generator:
                 raise InputError(f"prompt {i}: this model is text-only and takes no image")
         # Rows batch together where their image inputs have one shape; a row without an image
         # takes the blank of its batch's shape (the family's default shape where it has no image).
-        default = None if image is None else shapes(image.blank(1))
-        keys = [default if x is None else shapes(stack([x])) for x in pixels]
+        default = None if image is None else shapes(image.rule.blank((), image.channels))
+        keys = [default if x is None else shapes(x) for x in pixels]
         positions = self.model.config.text.max_position_embeddings
         for i, p in enumerate(prompts):
             if len(p) + sampling.max_new_tokens > positions:
