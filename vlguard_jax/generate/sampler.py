@@ -139,7 +139,7 @@ class Decoder:
     def prefill(self, params, ids, mask, pixels, row_ids, seed) -> DecodeState:
         model, s = self.model, self.sampling
         b, p = ids.shape
-        positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+        positions, following = model.prompt_positions(ids, mask, pixels)  # the model's: 1D RoPE, or several streams
         cache = init_cache(model.config.text, b, p + s.max_new_tokens, self.cache_dtype, stacked=model.scan_layers)
         hidden, cache = model.apply(
             {"params": params}, ids, pixels, attention_mask=mask, positions=positions, cache=cache, return_hidden=True
@@ -153,7 +153,7 @@ class Decoder:
             done=jnp.isin(first, self.eos),
             cache=cache,
             last=first,
-            position=positions[:, -1] + 1,
+            position=following,
         )
 
     def running(self, state: DecodeState) -> jax.Array:

@@ -58,6 +58,13 @@ def rope_inv_freq(c: TextConfig) -> np.ndarray:
     return inv
 
 
+def prompt_positions(mask) -> tuple[jax.Array, jax.Array]:
+    """1D RoPE positions of left-padded prompts (mask [B, P]): each row's real tokens count from 0,
+    so its output does not depend on its padding. Returns (positions [B, P], the next one [B])."""
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+    return positions, positions[:, -1] + 1
+
+
 def rope_tables(positions, inv_freq, dtype) -> tuple[jax.Array, jax.Array]:
     """(cos, sin) of [B, T, head_dim] for `apply_rope`, computed once per forward for every layer.
     The barrier asks XLA to keep them materialised rather than evaluate sin and cos again in each

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from vlguard_jax.models.clip import CLIPVisionTower
 from vlguard_jax.models.config import LlavaConfig, LoraSpec
 from vlguard_jax.models.layers import Dense, Dtype
-from vlguard_jax.models.llama import LlamaForCausalLM
+from vlguard_jax.models.llama import LlamaForCausalLM, prompt_positions
 from vlguard_jax.sharding import constrain
 
 
@@ -79,6 +79,11 @@ class ImageTextModel(nn.Module):
 
     def embed(self, input_ids) -> jax.Array:
         return self.language_model.embed(input_ids)
+
+    def prompt_positions(self, ids, mask, pixels=None) -> tuple[jax.Array, jax.Array]:
+        """The positions a prompt batch is prefilled at, and each row's next one (the sampler's
+        decode goes on from it): 1D RoPE over the real tokens (`llama.prompt_positions`)."""
+        return prompt_positions(mask)
 
     def example_inputs(self, batch: int = 1) -> tuple[jax.Array, jax.Array]:
         """(ids [batch, 1 + image tokens], zero pixels [batch, C, H, W]): inputs that touch every

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from vlguard_jax.models.config import TextOnlyConfig
 from vlguard_jax.models.layers import Dtype
-from vlguard_jax.models.llama import LlamaForCausalLM
+from vlguard_jax.models.llama import LlamaForCausalLM, prompt_positions
 
 
 class TextOnlyModel(nn.Module):
@@ -37,6 +37,11 @@ class TextOnlyModel(nn.Module):
         x = self.language_model.embed(input_ids)
         h, cache = self.language_model(x, positions, attention_mask, cache)
         return (h if return_hidden else self.language_model.logits(h)), cache
+
+    def prompt_positions(self, ids, mask, pixels=None) -> tuple[jax.Array, jax.Array]:
+        """The positions a prompt batch is prefilled at, and each row's next one (the sampler's
+        decode goes on from it): 1D RoPE over the real tokens (`llama.prompt_positions`)."""
+        return prompt_positions(mask)
 
     def example_inputs(self, batch: int = 1) -> tuple[jax.Array, None]:
         """(ids [batch, 2], no pixels): inputs that touch every parameter (`init`, shape tracing)."""
