@@ -196,3 +196,41 @@ def test_each_family_exports_with_its_own_converter(built, tmp_path, capsys):
         .endswith("a text-only Llama checkpoint, which conversion.flax_to_hf does not write; it has no export")
     )
     assert not (tmp_path / "x.pth").exists() and not (tmp_path / "hf").exists()
+
+
+def test_a_model_type_no_family_reads_is_refused_in_one_line(built, tmp_path, capsys):
+    """Qwen2-VL (not a family here) is refused before a tensor is read, naming what is read."""
+    src = _copy(built, tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(dict(cfg, model_type="qwen2_vl")))
+    assert main(["--src", str(src), "--dst", str(tmp_path / "dst"), "--dtype", "float32"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {src / 'config.json'}: model_type 'qwen2_vl' is no model family's this converter reads "
+        "(llama, llava, llava_llama)"
+    ]
+    assert not (tmp_path / "dst").exists()
+
+
+def test_a_family_with_its_own_converter_gets_its_checkpoints(built, tmp_path, monkeypatch):
+    """hf_to_flax hands a checkpoint whose model_type a family claims to that family's converter
+    (`Family.hf_converter`), with the command's arguments: a new family registers, nothing else."""
+    import dataclasses
+    import sys
+    import types
+
+    from vlguard_jax import families
+
+    calls = []
+    module = types.ModuleType("toy_family_converter")
+    module.convert = lambda *a, **kw: calls.append((a, kw)) or "converted"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "toy_family_converter", module)
+    toy = dataclasses.replace(
+        families.LLAVA, name="toy", hf_model_types=("toy_vl",), hf_converter="toy_family_converter"
+    )
+    monkeypatch.setitem(families.FAMILIES, "toy", toy)
+    src = _copy(built, tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(dict(cfg, model_type="toy_vl")))
+    assert convert(src, tmp_path / "dst", "bfloat16", overwrite=True) == "converted"
+    assert calls == [((src, tmp_path / "dst", "bfloat16", None), {"flush_bytes": 64 << 20, "overwrite": True})]
+    assert not (tmp_path / "dst").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import shutil
 import sys
@@ -24,7 +25,7 @@ from flax import traverse_util
 # The PIL processor: the one transformers falls back to without torchvision, saved as CLIPImageProcessor.
 from transformers import AutoTokenizer, CLIPImageProcessorPil
 
-from vlguard_jax import storage
+from vlguard_jax import families, storage
 from vlguard_jax.checkpoints.converted import (
     HUB_SOURCE,
     MODEL_CONFIG,
@@ -36,7 +37,7 @@ from vlguard_jax.conversion import layouts
 from vlguard_jax.conversion.commands import DTYPE_CHOICES, SOURCE, WEIGHT_DTYPES, parse
 from vlguard_jax.conversion.reader import TensorSource
 from vlguard_jax.errors import CheckpointError, InputError, cli
-from vlguard_jax.families import build_model, family_of
+from vlguard_jax.families import ModelConfig, build_model, family_of
 from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
 from vlguard_jax.storage import hub
@@ -254,9 +255,21 @@ def check_dtype(dtype: str) -> None:
 
 def convert(
     src, dst, dtype: str = SOURCE, vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False
-) -> LlavaConfig | TextOnlyConfig:
-    """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config."""
+) -> ModelConfig:
+    """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config.
+    SRC's `model_type` picks its family (`Family.hf_model_types`); a family with its own converter
+    (`Family.hf_converter`) converts it there."""
     given, src, dst = src, hub.model_dir(src, "--src"), storage.as_path(dst)
+    model_type = read_json(src / "config.json").get("model_type")
+    family = None if model_type is None else families.reading_hf(model_type)
+    if model_type is not None and family is None:
+        raise CheckpointError(
+            f"{src / 'config.json'}: model_type {model_type!r} is no model family's this converter reads "
+            f"({', '.join(families.hf_model_types())})"
+        )
+    if family is not None and family.hf_converter is not None:
+        converter = importlib.import_module(family.hf_converter)
+        return converter.convert(given, dst, dtype, vision_tower, flush_bytes=flush_bytes, overwrite=overwrite)
     origin = hub.provenance(given, src)
     vision_tower = hub.model_dir(vision_tower, "--vision-tower") if vision_tower else None
     check_dtype(dtype)

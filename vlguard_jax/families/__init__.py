@@ -51,6 +51,15 @@ def load_config(path, expect: Family | None = None) -> Any:
     return family.read_config(d, str(path))
 
 
+def reading_hf(model_type: str) -> Family | None:
+    """The family `conversion.hf_to_flax` reads a Hugging Face checkpoint of `model_type` as."""
+    return next((f for f in FAMILIES.values() if model_type in f.hf_model_types), None)
+
+
+def hf_model_types() -> list[str]:
+    return sorted(t for f in FAMILIES.values() for t in f.hf_model_types)
+
+
 def build_model(config, **kw) -> Any:
     """The Flax module of `config`'s family."""
     return family_of(config).build(config, **kw)

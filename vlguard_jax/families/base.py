@@ -48,8 +48,11 @@ class Family:
     supervised, `data.preprocess.Encoder`); `tokenization` the ids its authors' environment made
     (`data.tokenization`); `helpfulness_template` what its helpfulness scripts ask in.
 
-    Conversion: `export_command` names the converter that writes its checkpoints back in its
-    authors' format (None: not exported).
+    Conversion: `hf_model_types` are the `model_type`s of the Hugging Face checkpoints
+    `conversion.hf_to_flax` reads as this family, and `hf_converter` the module (dotted name)
+    whose `convert(src, dst, dtype, vision_tower, overwrite=...)` does it where hf_to_flax's own
+    plan (LLaVA's and Llama's key tables) does not; `export_command` names the converter that
+    writes its checkpoints back in its authors' format (None: not exported).
 
     Parameter groups: `frozen_parts` (top-level parts kept frozen: the vision side), `projectors`
     (trained in both modes at their own learning rate), `lora_targets` (the decoder's projections
@@ -73,6 +76,8 @@ class Family:
     projectors: tuple[str, ...] = ()
     lora_targets: tuple[str, ...] = LORA_TARGETS
     export_command: str | None = None  # the converter writing it in its authors' format (vlguard_jax.conversion)
+    hf_model_types: tuple[str, ...] = ()  # config.json `model_type`s that `conversion.hf_to_flax` reads as this family
+    hf_converter: str | None = None  # the module whose `convert` reads them; None: hf_to_flax's own plan
     decoder: tuple[str, ...] = ("language_model",)
     embed: tuple[str, ...] = ("language_model", "embed_tokens")
 

@@ -24,5 +24,6 @@ LLAVA = Family(
     frozen_parts=("vision_tower",),
     projectors=("projector",),
     helpfulness_template=VICUNA_TEMPLATE,
+    hf_model_types=("llava", "llava_llama"),  # llava-hf's; the original LLaVA code's
     export_command="flax_to_hf",  # llava-hf's layout (transformers' LlavaForConditionalGeneration)  # LLaVA-1.5's scripts/v1_5/eval/*.sh: --conv-mode vicuna_v1
 )

@@ -16,4 +16,5 @@ LLAMA = Family(
     trainable=False,
     template=None,
     fallback_template=VICUNA_TEMPLATE,
+    hf_model_types=("llama",),
 )
