@@ -360,3 +360,21 @@ def test_a_checkpoint_with_its_own_lora_trains_from_its_factors(tmp_path):
     c.lora.rank = 32
     with pytest.raises(ConfigError, match=r"config.lora: rank 32, alpha 16.0 .* carries LoRA factors of rank 64"):
         build_params(RunConfig.from_config(c), mesh)
+
+
+def test_lora_targets_are_the_familys(env, monkeypatch):
+    """A family says which decoder projections LoRA may wrap (`Family.lora_targets`); a config
+    asking for another is refused before anything is built or written."""
+    import dataclasses
+
+    from vlguard_jax import families
+    from vlguard_jax.errors import ConfigError
+    from vlguard_jax.train.loop import run
+
+    ns, tmp = env
+    narrow = dataclasses.replace(families.LLAVA, lora_targets=("q_proj", "v_proj"))
+    monkeypatch.setitem(families.FAMILIES, "llava", narrow)
+    cfg = common.config(ns, tmp / "narrow")
+    with pytest.raises(ConfigError, match=r"config.lora.targets: a LLaVA has no LoRA target 'k_proj' \(its targets"):
+        run(cfg, log_fn=lambda _: None)
+    assert not (tmp / "narrow").exists()

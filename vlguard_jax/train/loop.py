@@ -204,6 +204,12 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
             f"config.model.checkpoint: {cfg.model.checkpoint} is a {checkpoint.family.label} checkpoint; "
             "training starts from a checkpoint of a family that trains (conversion.assemble builds a LLaVA from an LLM)"
         )
+    wrapped = [t for t in cfg.lora.targets if t not in checkpoint.family.lora_targets]
+    if cfg.train.mode == "lora" and wrapped:
+        raise ConfigError(
+            f"config.lora.targets: a {checkpoint.family.label} has no LoRA target {wrapped[0]!r} "
+            f"(its targets: {list(checkpoint.family.lora_targets)})"
+        )
     if cfg.data.template not in checkpoint.family.training_templates:
         raise ConfigError(
             f"config.data.template: {cfg.data.template!r} does not train a {checkpoint.family.label} checkpoint "
