@@ -48,5 +48,6 @@ def get_config(arg: str = "7b,lora,posthoc") -> ConfigDict:
         model=ModelConfig(checkpoint=f"checkpoints/llava-1.5-{size}{'-pretrain' if mixed else ''}-flax"),
         train=ModeConfig(mode),
         optim=OptimConfig(lr=lr, projector_lr=projector_lr),
-        data=DataConfig(recipe=recipe, on_bad_record="skip" if mixed else "raise"),
+        # LLaVA-1.5's finetune scripts: --version v1, the vicuna_v1 template
+        data=DataConfig(recipe=recipe, template="vicuna_v1", on_bad_record="skip" if mixed else "raise"),
     ).to_config()

@@ -29,7 +29,6 @@ KNOWN = {
     "vlguard_jax.models.stacking": {"language_model"},  # walks any tree for the decoder's layers
     "vlguard_jax.data.conversation": {"vicuna_v1", "llava_v1"},  # LLaVA's templates: the table they live in
     "vlguard_jax.data.preprocess": {"vicuna_v1"},  # the LLaVA encoder's default template
-    "vlguard_jax.data.config": {"vicuna_v1"},  # data.template's default
     "vlguard_jax.flags": {"vicuna_v1", "llava_v1", "minigptv2"},  # choices listed without importing flax
     "vlguard_jax.demo.stages": {"LlavaConfig", "LlavaModel"},  # the demo builds a tiny LLaVA
     "vlguard_jax": {"LlavaConfig", "LlavaModel"},  # the public surface's names

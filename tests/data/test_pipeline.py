@@ -478,3 +478,14 @@ def test_the_training_set_is_llavas_every_image_tag_case_and_truncation(sample, 
     batches = collect(iter(dataset(rows)), rows.steps)
     assert sum(len(b["input_ids"]) for b in batches) == 8
     assert all(b["input_ids"].shape[1] <= max_length for b in batches)
+
+
+def test_the_auto_template_is_the_familys_own_training_template(sample, tok, model_cfg, tmp_path):
+    """data.template `auto` (the default) tokenizes by the checkpoint family's first training
+    template: for a LLaVA, vicuna_v1, so the store it builds is the one vicuna_v1 names."""
+    assert DataConfig().template == "auto" and inputs_of(model_cfg).template == "vicuna_v1"
+    lay = Layout(global_batch=8, epochs=1, seed=3, max_length=160)
+    auto = prepare(data_cfg(sample, template="auto"), tok, inputs_of(model_cfg), tmp_path, lay, log=lambda *_: None)
+    logs = []
+    named = prepare(data_cfg(sample, template="vicuna_v1"), tok, inputs_of(model_cfg), tmp_path, lay, log=logs.append)
+    assert named.store.path == auto.store.path and any("found: not tokenizing again" in line for line in logs)

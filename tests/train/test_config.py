@@ -67,6 +67,6 @@ def test_the_paper_configs_are_typed_blocks_over_the_defaults():
         model=dataclasses.replace(RunConfig().model, checkpoint="checkpoints/llava-1.5-13b-pretrain-flax"),
         train=dataclasses.replace(RunConfig().train, mode="full"),
         optim=dataclasses.replace(RunConfig().optim, lr=2e-5, projector_lr=2e-5),
-        data=dataclasses.replace(RunConfig().data, recipe="mixed", on_bad_record="skip"),
+        data=dataclasses.replace(RunConfig().data, recipe="mixed", template="vicuna_v1", on_bad_record="skip"),
     )
     assert r == expected

@@ -9,6 +9,8 @@ from typing import Any
 from vlguard_jax.data.images import MAX_PIXELS
 from vlguard_jax.errors import ConfigError
 
+AUTO_TEMPLATE = "auto"  # data.template: the first of the checkpoint family's training templates
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -21,7 +23,9 @@ class DataConfig:
     helpful_seed: int = 0
     convert_seed: int = 0  # the authors' VLGuard -> LLaVA conversion draws an instruction per image
     max_length: int = 2048
-    template: str = "vicuna_v1"  # or minigptv2 (MiniGPT-v2's training rule: data/minigptv2_tokens.py)
+    template: str = (
+        AUTO_TEMPLATE  # the checkpoint family's own training rule, or one it names (Family.training_templates)
+    )
     pad_image: bool = True  # LLaVA-1.5 image_aspect_ratio=pad
     pad_to: str = "bucket"  # bucket | max_length
     bucket: int = 128

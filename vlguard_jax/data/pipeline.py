@@ -30,7 +30,7 @@ import numpy as np
 
 from vlguard_jax import storage
 from vlguard_jax.data import mixture, tokenization
-from vlguard_jax.data.config import DataConfig
+from vlguard_jax.data.config import AUTO_TEMPLATE, DataConfig
 from vlguard_jax.data.images import MAX_PIXELS, ImageError, ImageInput
 from vlguard_jax.data.preprocess import IGNORE, Encoder
 from vlguard_jax.data.records import RecordError
@@ -43,11 +43,13 @@ from vlguard_jax.storage.files import download_dir, sha256_file
 class ModelInputs:
     """What the data side needs of a model, said by its family (`Family.model_inputs`): how a
     record becomes tokens (`encoder`, the family's training encoding), the id its image tokens
-    carry, and how an image becomes its pixels and how many tokens it takes (`image`)."""
+    carry, how an image becomes its pixels and how many tokens it takes (`image`), and its
+    default training template."""
 
     encoder: type[Encoder]
     image_token_index: int
     image: ImageInput
+    template: str  # what data.template `auto` means: the family's first training template
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +250,8 @@ def prepare(data_cfg: DataConfig, tokenizer, inputs: ModelInputs, workdir, layou
     are printed from the store, so a start that finds it says the same."""
     if layout.max_length != data_cfg.max_length:
         raise ValueError(f"layout max_length {layout.max_length} != data.max_length {data_cfg.max_length}")
+    if data_cfg.template == AUTO_TEMPLATE:
+        data_cfg = dataclasses.replace(data_cfg, template=inputs.template)
     remote = storage.is_remote(workdir)
     workdir = storage.as_path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

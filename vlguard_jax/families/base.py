@@ -132,7 +132,7 @@ class Family:
         image = self.image_input(config)
         if image is None:
             raise ValueError(f"a {self.label} model takes no images; it does not train here")  # a bug: refused earlier
-        return ModelInputs(self.encoder, config.image_token_index, image)
+        return ModelInputs(self.encoder, config.image_token_index, image, self.training_templates[0])
 
     # -- prompts --
 

@@ -25,6 +25,7 @@ from vlguard_jax.checkpoints.loading import Loaded, load_model
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.checkpoints.runs import RunMeta
 from vlguard_jax.checkpoints.training import Checkpoints
+from vlguard_jax.data.config import AUTO_TEMPLATE
 from vlguard_jax.data.pipeline import Layout, dataset, prepare, steps_for
 from vlguard_jax.errors import ConfigError, UserError, oom_hint
 from vlguard_jax.families import family_of
@@ -203,6 +204,10 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
         raise ConfigError(
             f"config.model.checkpoint: {cfg.model.checkpoint} is a {checkpoint.family.label} checkpoint; "
             "training starts from a checkpoint of a family that trains (conversion.assemble builds a LLaVA from an LLM)"
+        )
+    if cfg.data.template == AUTO_TEMPLATE:  # the family's own rule, recorded as such in the run
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, template=checkpoint.family.training_templates[0])
         )
     wrapped = [t for t in cfg.lora.targets if t not in checkpoint.family.lora_targets]
     if cfg.train.mode == "lora" and wrapped:

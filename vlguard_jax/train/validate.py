@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from vlguard_jax import storage
+from vlguard_jax.data.config import AUTO_TEMPLATE
 from vlguard_jax.data.mixture import RECIPES
 from vlguard_jax.errors import ConfigError, InputError
 from vlguard_jax.families import FAMILIES
@@ -116,7 +117,9 @@ RULES = {
     "mesh.shape": _mesh,
     "data.recipe": _one_of(RECIPES),
     "data.max_length": _int(2),
-    "data.template": _one_of(tuple(dict.fromkeys(t for f in FAMILIES.values() for t in f.training_templates))),
+    "data.template": _one_of(
+        (AUTO_TEMPLATE, *dict.fromkeys(t for f in FAMILIES.values() for t in f.training_templates))
+    ),
     "data.pad_image": _flag,
     "data.pad_to": _one_of(("bucket", "max_length")),
     "data.bucket": _int(1),
