@@ -489,3 +489,49 @@ def test_the_auto_template_is_the_familys_own_training_template(sample, tok, mod
     logs = []
     named = prepare(data_cfg(sample, template="vicuna_v1"), tok, inputs_of(model_cfg), tmp_path, lay, log=logs.append)
     assert named.store.path == auto.store.path and any("found: not tokenizing again" in line for line in logs)
+
+
+@dataclasses.dataclass(frozen=True)
+class WidthTiles:
+    """A pixel rule whose images differ in shape: one `size` px tile per `size` px of width."""
+
+    size: int = 28
+    varies = True
+
+    def work(self, w, h, pad):
+        return w * h, w * h
+
+    def key(self, w, h, pad):
+        return (-(-w // self.size),)
+
+
+def test_the_store_records_each_images_own_token_count(tok, model_cfg, tmp_path):
+    """Where a family's images differ in shape, the store reads each image's size from its header
+    and gives the record the tokens of its shape class: ids and labels are tokenized with that many
+    image tokens, and the store records and expands each example's own count."""
+    from vlguard_jax.data.images import ImageInput
+    from vlguard_jax.data.pipeline import ModelInputs
+    from vlguard_jax.data.preprocess import Encoder
+
+    sample = write_sample(tmp_path / "sample")
+    images = sorted(Path(sample["images"]).rglob("*.png"))
+    widths = {}
+    for k, path in enumerate(images):  # two sizes: 4 tiles or 2
+        w = 112 if k % 2 else 40
+        Image.open(path).convert("RGB").resize((w, 84)).save(path)
+        widths[path.relative_to(sample["images"]).as_posix()] = w
+    inputs = ModelInputs(Encoder, model_cfg.image_token_index, ImageInput(WidthTiles(), 3, 2), "vicuna_v1")
+    lay = Layout(global_batch=8, epochs=1, seed=3, max_length=160)
+    rows = prepare(data_cfg(sample), tok, inputs, tmp_path / "w", lay, log=lambda *_: None)
+    store = rows.store
+    seen = set()
+    for i in range(len(store)):
+        x, _ = store.example(i)
+        n = int((x == model_cfg.image_token_index).sum())
+        if store.has_image[i]:
+            want = 2 * -(-widths[store.images[i]] // 28)
+            assert store.runs[i] == n == want, store.names[i]
+            seen.add(want)
+        else:
+            assert n == 0
+    assert seen == {4, 8}

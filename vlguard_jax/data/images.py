@@ -15,7 +15,7 @@ import math
 import os
 import posixpath
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -77,6 +77,20 @@ def open_rgb(path, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> Image.I
         raise ImageError(f"{path}: cannot decode image ({e})") from None
 
 
+def image_size(path) -> tuple[int, int]:
+    """(width, height) of an image from its header, without decoding it."""
+    try:
+        with (
+            storage.as_path(path).open("rb") if storage.is_remote(path) else open(path, "rb") as f,
+            Image.open(f) as img,
+        ):
+            return img.size
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageError(f"{path}: cannot decode image ({e})") from None
+
+
 def expand2square(img: Image.Image, color=PAD_COLOR) -> Image.Image:
     w, h = img.size
     if w == h:
@@ -126,6 +140,8 @@ class PixelRule(Protocol):
     @property
     def size(self) -> int: ...
 
+    varies: ClassVar[bool]  # images differ in shape class: the token store reads each image's size
+
     def work(self, w: int, h: int, pad: bool) -> tuple[float, float]:
         """The pixels of the rule's intermediates for a w x h image: (padded, resized)."""
         ...
@@ -148,6 +164,7 @@ class FixedSquare:
     """A rule whose every image becomes one [channels, size, size] array."""
 
     size: int
+    varies: ClassVar[bool] = False
 
     def key(self, w: int, h: int, pad: bool) -> tuple[int, ...]:
         return ()

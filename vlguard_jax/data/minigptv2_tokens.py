@@ -79,7 +79,7 @@ class MiniGPTv2Encoder(Encoder):
                 self.tokenizer,
                 record["conversations"],
                 self.image_token_index,
-                self.num_image_tokens,
+                self.image_tokens(record),
                 "image" in record,
             )
         except ValueError as e:

@@ -235,6 +235,7 @@ def store_key(data_cfg: DataConfig, tokenizer, inputs: ModelInputs, sources) -> 
         version=STORE_VERSION,
         image_token_index=inputs.image_token_index,
         num_image_tokens=inputs.image.tokens,
+        **({"image_rule": repr(inputs.image.rule)} if inputs.image.rule.varies else {}),
         roots=[storage.root_identity(s.image_root) for s in sources],
         data=[sha256_file(s.path) for s in sources],
         tokenizer=tokenizer_digest(tokenizer),
@@ -281,7 +282,9 @@ def prepare(data_cfg: DataConfig, tokenizer, inputs: ModelInputs, workdir, layou
         enc = inputs.encoder(
             tokenizer, inputs.image_token_index, inputs.image.tokens, data_cfg.max_length, data_cfg.template
         )
-        build_store(mixture.build(data_cfg, bad), enc, local_dir, roots, bad)
+        build_store(
+            mixture.build(data_cfg, bad), enc, local_dir, roots, bad, image=inputs.image, pad=data_cfg.pad_image
+        )
         if remote:
             storage.upload_dir(local_dir, store_dir)
     else:

@@ -174,14 +174,15 @@ def encode(
 
 
 def encode_batch(
-    tokenizer, samples: list[list[tuple[str, bool]]], image_token_index: int, num_image_tokens: int
+    tokenizer, samples: list[list[tuple[str, bool]]], image_token_index: int, num_image_tokens: int | list[int]
 ) -> list:
     """(input_ids, labels) per sample's turn pieces, each prompt tokenized once: one call of a fast
     tokenizer over every chunk of the batch. Each turn boundary is found among the tokens through
     the encoding's character map, and the tokens from a reply piece's boundary to the next one's
     are supervised. A token that crosses a boundary gives, instead of arrays, the index of the
     piece it starts in: there the turn-by-turn rule must decide. Equal to `encode` wherever no
-    token crosses a boundary (tested on every real VLGuard training sample)."""
+    token crosses a boundary (tested on every real VLGuard training sample). `num_image_tokens`:
+    one count for every image, or one per sample."""
     chunks, owner = [], []
     for s, pieces in enumerate(samples):
         at = 0
@@ -192,9 +193,10 @@ def encode_batch(
     parts: list[list] = [[] for _ in samples]
     for e, (s, at), c in zip(tokenization.encode_batch(tokenizer, chunks), owner, chunks):
         parts[s].append((e, at, len(c)))
+    counts = num_image_tokens if isinstance(num_image_tokens, list) else [num_image_tokens] * len(samples)
     return [
-        _one(pieces, chunk_parts, tokenizer.bos_token_id, image_token_index, num_image_tokens)
-        for pieces, chunk_parts in zip(samples, parts)
+        _one(pieces, chunk_parts, tokenizer.bos_token_id, image_token_index, n)
+        for pieces, chunk_parts, n in zip(samples, parts, counts)
     ]
 
 
@@ -267,6 +269,11 @@ class Encoder:
             self._plain = plain_tokenizer(self.tokenizer)
         return self._plain
 
+    def image_tokens(self, record: dict) -> int:
+        """The image tokens of `record`'s image: its own count where the store found one (a family
+        whose images differ in shape: `image_tokens`), else the family's."""
+        return int(record.get("image_tokens", self.num_image_tokens))
+
     def __call__(self, record: dict, where: str | None = None) -> dict:
         """{'input_ids', 'labels'} (int32, length <= max_length). A sample LLaVA would mask raises
         TokenizationError naming `where`."""
@@ -275,7 +282,7 @@ class Encoder:
             record["conversations"],
             template=self.template,
             image_token_index=self.image_token_index,
-            num_image_tokens=self.num_image_tokens,
+            num_image_tokens=self.image_tokens(record),
             sample=where or f"sample {record.get('id', '<no id>')!r}",
             image="image" in record,
         )
@@ -309,7 +316,8 @@ class Encoder:
                 todo.append((k, checked_pieces(r["conversations"], template, w)))
             except TokenizationError as e:
                 out[k] = e
-        encoded = encode_batch(self.tokenizer, [p for _, p in todo], self.image_token_index, self.num_image_tokens)
+        counts = [self.image_tokens(records[k]) for k, _ in todo]
+        encoded = encode_batch(self.tokenizer, [p for _, p in todo], self.image_token_index, counts)
         for (k, _), result in zip(todo, encoded):
             if isinstance(result, int):  # a token across a turn boundary: the rule itself decides
                 try:
@@ -329,7 +337,7 @@ class Encoder:
             record["conversations"],
             template=self.template,
             image_token_index=self.image_token_index,
-            num_image_tokens=self.num_image_tokens,
+            num_image_tokens=self.image_tokens(record),
             sample=where,
             image="image" in record,
         )

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vlguard_jax import storage
-from vlguard_jax.data.images import ImageError, resolve
+from vlguard_jax.data.images import ImageError, ImageInput, image_size, resolve
 from vlguard_jax.data.mixture import check_nonempty
 from vlguard_jax.data.mixture import count as mixture_count
 from vlguard_jax.data.preprocess import IGNORE, TokenizationError
@@ -90,12 +90,22 @@ class _Writer:
 
 
 def build_store(
-    mixture, encoder, dst, image_roots, bad: BadRecords, check_images: bool = True, batch: int = 512
+    mixture,
+    encoder,
+    dst,
+    image_roots,
+    bad: BadRecords,
+    check_images: bool = True,
+    batch: int = 512,
+    image: ImageInput | None = None,
+    pad: bool = False,
 ) -> dict:
     """Tokenize every record into `dst` (written beside it, renamed when complete); returns the
     drop counts. With `check_images`, each image path is resolved under its root and must exist
-    (decoding happens later, in the workers). The mixture's composition is counted on the way and
-    saved, and a source left without records is an error."""
+    (decoding happens later, in the workers). Where the model's images differ in shape (`image`'s
+    rule varies), each image's size is read from its header and the record takes the tokens of
+    its shape class (`image_tokens`); the store records every example's count. The mixture's
+    composition is counted on the way and saved, and a source left without records is an error."""
     n_img, img_id = encoder.num_image_tokens, encoder.image_token_index
     dst = Path(dst)
     counts = {src.name: collections.Counter() for src in mixture.sources}
@@ -120,8 +130,9 @@ def build_store(
                 if len(pos):
                     keep[pos[1:]] = False  # one marker per image run
                     # fewer only where max_length cut the run, at the end (LLaVA keeps such samples)
-                    if len(pos) > n_img or (len(pos) < n_img and pos[-1] != len(x) - 1):
-                        raise RecordError(f"{where}: {len(pos)} image tokens, expected {n_img}")
+                    n = encoder.image_tokens(r)
+                    if len(pos) > n or (len(pos) < n and pos[-1] != len(x) - 1):
+                        raise RecordError(f"{where}: {len(pos)} image tokens, expected {n}")
                 out.add(x[keep], s[keep], r, len(pos))
                 mixture_count(counts[mixture.sources[r["source"]].name], r)
 
@@ -144,6 +155,9 @@ def build_store(
                         path = resolve(image_roots[r["source"]], r["image"])
                         if not exists(image_roots[r["source"]], path):
                             raise ImageError(f"{path}: image file not found")
+                        if image is not None and image.rule.varies:
+                            key = image.rule.key(*image_size(path), pad)
+                            r = dict(r, image_tokens=image.tokens_for(key))
                     except ImageError as e:
                         bad(where, str(e), ImageError)
                         skipped += 1
