@@ -138,10 +138,10 @@ def test_minigptv2_squashes_the_whole_image_into_the_square():
 def test_an_image_input_is_any_dict_of_arrays_and_says_its_token_count():
     """A family whose images differ in shape (here: one 8 px tile per 8 px of width, plus the tile
     grid) gives `ImageInput` a rule with shape classes; an image takes `tokens * prod(key)` tokens,
-    and inputs of one class stack and fill a batch's rows."""
+    and inputs of one class fill a batch's rows."""
     import dataclasses
 
-    from vlguard_jax.data.images import ImageInput, put, shapes, stack
+    from vlguard_jax.data.images import ImageInput, put, shapes
 
     @dataclasses.dataclass(frozen=True)
     class Tiles:
@@ -169,7 +169,7 @@ def test_an_image_input_is_any_dict_of_arrays_and_says_its_token_count():
     image = ImageInput(Tiles(), 3, 4)
     wide, narrow = image.pixels(Image.new("RGB", (20, 8)), pad=False), image.pixels(Image.new("RGB", (8, 8)), pad=False)
     assert image.count(wide) == 12 and image.count(narrow) == 4 and image.tokens_for(()) == 4
-    assert shapes(wide) != shapes(narrow) and shapes(stack([wide, wide]))[1] == ("tiles", (2, 3, 3, 8, 8))
+    assert shapes(wide) != shapes(narrow) and shapes(image.blank(2, key=(3,)))[1] == ("tiles", (2, 3, 3, 8, 8))
     batch = image.blank(3, key=(3,))
     put(batch, 1, wide)
     assert batch["tiles"].shape == (3, 3, 3, 8, 8) and batch["tiles"][1].all() and not batch["tiles"][0].any()

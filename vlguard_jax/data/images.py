@@ -10,10 +10,12 @@ which is what `CLIPImageProcessor` does when given an RGBA image itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -51,24 +53,16 @@ def resolve(root, relative: str) -> Path:
     return Path(path)
 
 
-def open_rgb(path, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """An RGB image; one over `max_pixels` is refused from its header, before it is decoded."""
+@contextlib.contextmanager
+def _opened(path) -> Iterator[Image.Image]:
+    """`path` opened by PIL, its header read and its pixels not yet decoded; a missing, oversized
+    or undecodable file (here or in the block) is an ImageError naming it."""
     try:
         with (
             storage.as_path(path).open("rb") if storage.is_remote(path) else open(path, "rb") as f,
             Image.open(f) as img,
         ):
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageError(
-                    f"{path}: {w}x{h} pixels, over the limit of {max_pixels:,} "
-                    "(data.max_image_pixels); refused before decoding"
-                )
-            img.load()
-            if alpha == "white" and ("A" in img.getbands() or "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                return Image.alpha_composite(Image.new("RGBA", img.size, (255,) * 4), rgba).convert("RGB")
-            return img.convert("RGB")
+            yield img
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found") from None
     except Image.DecompressionBombError as e:
@@ -77,18 +71,25 @@ def open_rgb(path, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> Image.I
         raise ImageError(f"{path}: cannot decode image ({e})") from None
 
 
+def open_rgb(path, alpha: str = "drop", max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An RGB image; one over `max_pixels` is refused from its header, before it is decoded."""
+    with _opened(path) as img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageError(
+                f"{path}: {w}x{h} pixels, over the limit of {max_pixels:,} (data.max_image_pixels); refused before decoding"
+            )
+        img.load()
+        if alpha == "white" and ("A" in img.getbands() or "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", img.size, (255,) * 4), rgba).convert("RGB")
+        return img.convert("RGB")
+
+
 def image_size(path) -> tuple[int, int]:
     """(width, height) of an image from its header, without decoding it."""
-    try:
-        with (
-            storage.as_path(path).open("rb") if storage.is_remote(path) else open(path, "rb") as f,
-            Image.open(f) as img,
-        ):
-            return img.size
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from None
+    with _opened(path) as img:
+        return img.size
 
 
 def expand2square(img: Image.Image, color=PAD_COLOR) -> Image.Image:
@@ -242,13 +243,6 @@ class ImageInput:
         """The image at `root/relative` (resolved inside the root), decoded and made pixels."""
         path = resolve(root, relative)
         return self.pixels(open_rgb(path, alpha, max_pixels), pad, path, max_pixels)
-
-
-def stack(rows: list) -> Pixels:
-    """Image inputs of one shape, stacked along a new leading (batch) axis."""
-    if isinstance(rows[0], dict):
-        return {k: stack([r[k] for r in rows]) for k in rows[0]}
-    return np.stack(rows)
 
 
 def _zeros(batch: int, x: Pixels) -> Pixels:
