@@ -175,7 +175,7 @@ class Rows:
         length = self.batch_length(step)
         ids = np.zeros(length, np.int32)
         labels = np.full(length, IGNORE, np.int32)
-        pixels = self.image.blank(1)[0]
+        pixels = self.image.rule.blank((), self.image.channels)  # a row without an image
         if i >= 0:
             x, y = self.store.example(i)
             if self.store.has_image[i]:
