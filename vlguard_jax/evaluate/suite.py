@@ -115,21 +115,21 @@ def score_inputs(
     if name not in HELPFULNESS:
         raise InputError(f"unknown helpfulness benchmark {name!r}")
     h = HELPFULNESS[name]
-    q, need = str(root / h.questions), [str(root / n) for n in h.needs] + [None, None]
+    q, need = str(root / h.questions), [str(root / n) for n in h.needs] + [None, None]  # need: its files, then None
     where = {
-        "sqa": lambda: dict(base_dir=str(root / "scienceqa")),
-        "pope": lambda: dict(question_file=q, annotation_dir=need[0]),
-        "mme": lambda: dict(base_dir=need[0]),
-        "textvqa": lambda: dict(annotation_file=need[0]),
-        "gqa": lambda: dict(questions=need[0]),
-        "mmbench": lambda: dict(question_file=q),  # the dev split's accuracy; test uploads: `evaluate score`
-        "vizwiz": lambda: dict(question_file=q, upload_file=str(upload_dir / "vizwiz.json")),
-        "mmvet": lambda: dict(annotation_file=need[0], grades_file=str(grades / "mmvet.json")),
-        "llavabench": lambda: dict(
+        "sqa": dict(base_dir=str(root / "scienceqa")),
+        "pope": dict(question_file=q, annotation_dir=need[0]),
+        "mme": dict(base_dir=need[0]),
+        "textvqa": dict(annotation_file=need[0]),
+        "gqa": dict(questions=need[0]),
+        "mmbench": dict(question_file=q),  # the dev split's accuracy; test uploads: `evaluate score`
+        "vizwiz": dict(question_file=q, upload_file=str(upload_dir / "vizwiz.json")),
+        "mmvet": dict(annotation_file=need[0], grades_file=str(grades / "mmvet.json")),
+        "llavabench": dict(
             question_file=q, context=need[0], reference=need[1], grades_file=str(grades / "llavabench.json")
         ),
-    }[name]()
-    return scorers.ScoreInputs(answers=str(answers_file), allow_partial=allow_partial, **where)
+    }
+    return scorers.ScoreInputs(answers=str(answers_file), allow_partial=allow_partial, **where[name])
 
 
 def score(
