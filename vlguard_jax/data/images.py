@@ -179,7 +179,7 @@ class FixedSquare:
 
 @dataclasses.dataclass(frozen=True)
 class ClipPixels(FixedSquare):
-    """LLaVA's: pad to a square when `pad` (training), then CLIP's processor."""
+    """CLIP's processor, after padding to a square when `pad` (`expand2square`, `clip_preprocess`)."""
 
     def work(self, w: int, h: int, pad: bool) -> tuple[float, float]:
         short, long = (w, h) if w <= h else (h, w)
@@ -191,7 +191,7 @@ class ClipPixels(FixedSquare):
 
 @dataclasses.dataclass(frozen=True)
 class SquashPixels(FixedSquare):
-    """BLIP-2's (MiniGPT-v2's): `squash_preprocess`; `pad` does not apply."""
+    """BLIP-2's processor (`squash_preprocess`); `pad` does not apply."""
 
     def work(self, w: int, h: int, pad: bool) -> tuple[float, float]:
         return w * h, self.size * max(w, h)
@@ -210,7 +210,7 @@ def shapes(x: Pixels) -> tuple:
 @dataclasses.dataclass(frozen=True)
 class ImageInput:
     """How a model takes one image (its family's `image_input`): the input `rule` makes (an array
-    [channels, size, size] for LLaVA and MiniGPT-v2; any pytree of arrays), which takes
+    [channels, size, size] for a `FixedSquare` rule, or a dict of arrays), which takes
     `count(input)` image tokens in its prompt (`tokens` for a rule whose images have one shape).
     The one way training, generate, evaluate, vqa and the suite make an image's input."""
 
@@ -281,12 +281,12 @@ def check_work_size(img: Image.Image, rule: PixelRule, pad: bool, name: object, 
 
 
 def pixels(img: Image.Image, size: int, pad: bool, name: object = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """One image as LLaVA takes it (`ClipPixels`)."""
+    """One image by CLIP's processor (`ClipPixels`, three channels)."""
     return ImageInput(ClipPixels(size), 3, 0).pixels(img, pad, name, max_pixels)
 
 
 def load_pixels(
     root, relative: str, size: int, pad: bool, alpha: str = "drop", max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """Resolve under `root`, decode and preprocess one image as LLaVA does (`ClipPixels`)."""
+    """Resolve under `root`, decode and preprocess one image by CLIP's processor (`ClipPixels`)."""
     return ImageInput(ClipPixels(size), 3, 0).load(root, relative, pad, alpha, max_pixels)
