@@ -26,6 +26,8 @@ HUB_SOURCE = "hub_source.json"  # {"id", "revision"}: the Hub repo a checkpoint 
 SIDE_FILES = (
     "tokenizer.json",
     "tokenizer.model",
+    "vocab.json",  # a byte-level BPE's (GPT-2, Qwen2)
+    "merges.txt",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",

@@ -35,20 +35,20 @@ def prompt_ids(
     tokenizer, config, question: str, image: bool, template: str, image_tokens: int | None = None
 ) -> list[int]:
     """The question's prompt ids in `template`, its image tag expanded to `image_tokens` ids (what
-    its image input takes, `ImageInput.count`; default the model's `num_image_tokens`)."""
+    its image input takes, `ImageInput.count`; default `fixed_image_tokens`)."""
     text = prompt_text(question, image, template, tokenizer)
     if template == CHAT_TEMPLATE:  # the template writes its own BOS
         return tokenization.ids(tokenizer, text, special=False)
     if image and not family_of(config).takes_images:
         raise InputError("a text-only model takes no image")
-    ids = prompt_ids_of_text(tokenizer, config, text, image_tokens)
-    if family_of(config).takes_images:
-        tags = ids.count(config.image_token_index) // max(image_tokens or config.num_image_tokens, 1)
-        if tags != int(image):
-            given = "one image" if image else "no image"
-            raise InputError(
-                f"the prompt holds {tags} {IMAGE_TAG} tag(s) for {given}: one tag per image, where it goes"
-            )
+    if not family_of(config).takes_images:
+        return prompt_ids_of_text(tokenizer, config, text)
+    per = image_tokens or (fixed_image_tokens(config) if image else 1)  # a stray tag without an image: 1
+    ids = prompt_ids_of_text(tokenizer, config, text, per)
+    tags = ids.count(config.image_token_index) // per
+    if tags != int(image):
+        given = "one image" if image else "no image"
+        raise InputError(f"the prompt holds {tags} {IMAGE_TAG} tag(s) for {given}: one tag per image, where it goes")
     return ids
 
 
@@ -60,9 +60,17 @@ def foreign_template(config, template: str) -> str | None:
     return f"warning: --template {template} is not a {family.label} template; asking in it anyway"
 
 
+def fixed_image_tokens(config) -> int:
+    """The image tokens of every image of a model whose images all take one shape."""
+    image = family_of(config).image_input(config)
+    if image is None or image.rule.varies:  # a bug: the caller passes the image's own count
+        raise ValueError("this model's images differ in their token counts: pass the image's (ImageInput.count)")
+    return image.tokens
+
+
 def prompt_ids_of_text(tokenizer, config, text: str, image_tokens: int | None = None) -> list[int]:
     """A rendered prompt's ids by LLaVA's `tokenizer_image_token`, each image tag expanded to
-    `image_tokens` ids (default the model's `num_image_tokens`)."""
+    `image_tokens` ids (default: where every image takes the same, that count)."""
     if not family_of(config).takes_images:
         return tokenize_with_images(tokenizer, text, -1, 0)
-    return tokenize_with_images(tokenizer, text, config.image_token_index, image_tokens or config.num_image_tokens)
+    return tokenize_with_images(tokenizer, text, config.image_token_index, image_tokens or fixed_image_tokens(config))

@@ -78,6 +78,10 @@ class TextConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | tuple | None = 2
     pad_token_id: int | None = None
+    qkv_bias: bool = False  # biases on q, k and v alone (Qwen2), whatever attention_bias says of o
+    # Multimodal RoPE: the rotary frequencies split into sections, section i rotating by position
+    # stream i (temporal, height, width); None: one stream.
+    mrope_section: tuple[int, ...] | None = None
 
     @property
     def rope_scaling_dict(self) -> dict | None:
@@ -311,8 +315,9 @@ def text_from_dict(text: dict) -> TextConfig:
     text = dict(text)
     if text.get("rope_scaling"):
         text["rope_scaling"] = tuple(sorted(text["rope_scaling"].items()))
-    if isinstance(text.get("eos_token_id"), list):
-        text["eos_token_id"] = tuple(text["eos_token_id"])
+    for key in ("eos_token_id", "mrope_section"):
+        if isinstance(text.get(key), list):
+            text[key] = tuple(text[key])
     return TextConfig(**text)
 
 

@@ -65,11 +65,22 @@ def prompt_positions(mask) -> tuple[jax.Array, jax.Array]:
     return positions, positions[:, -1] + 1
 
 
-def rope_tables(positions, inv_freq, dtype) -> tuple[jax.Array, jax.Array]:
+def stream_positions(positions, sections) -> jax.Array:
+    """Multimodal RoPE's positions per frequency: positions [S, B, T] of S streams -> [B, T, F],
+    frequency j taking the stream whose section holds it (transformers' `mrope_section` split)."""
+    stream = np.repeat(np.arange(len(sections)), sections)
+    return jnp.moveaxis(positions.astype(jnp.float32)[stream], 0, -1)
+
+
+def rope_tables(positions, inv_freq, dtype, sections=None) -> tuple[jax.Array, jax.Array]:
     """(cos, sin) of [B, T, head_dim] for `apply_rope`, computed once per forward for every layer.
+    `positions` [B, T], or [S, B, T] with `sections` (multimodal RoPE, `stream_positions`).
     The barrier asks XLA to keep them materialised rather than evaluate sin and cos again in each
     q and k product, for every layer and head; the CPU pipeline drops it (see static_rope_tables)."""
-    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None]
+    if positions.ndim == 3:
+        freqs = stream_positions(positions, sections) * jnp.asarray(inv_freq)[None, None]
+    else:
+        freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jax.lax.optimization_barrier((jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)))
 
@@ -150,7 +161,9 @@ class LlamaAttention(nn.Module):
     def __call__(self, x, rope, mask, layer_cache, cache_index, dropout_key=None):
         c = self.config
         b, t, _ = x.shape
-        kw: dict[str, Any] = dict(use_bias=c.attention_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw: dict[str, Any] = dict(
+            use_bias=c.attention_bias or c.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype
+        )
         q = Dense(
             c.num_attention_heads * c.head_dim, ("embed", "heads"), name="q_proj", lora=_lora(self.lora, "q_proj"), **kw
         )(x, _key(dropout_key, 0))
@@ -186,6 +199,7 @@ class LlamaAttention(nn.Module):
         else:
             o = attention(q, k, v, mask=mask, is_causal=mask is None, implementation=self.attn_impl)
         o = o.reshape(b, t, c.num_attention_heads * c.head_dim)
+        kw["use_bias"] = c.attention_bias
         out = Dense(c.hidden_size, ("heads", "embed"), name="o_proj", lora=_lora(self.lora, "o_proj"), **kw)(
             o, _key(dropout_key, 3)
         )
@@ -311,7 +325,9 @@ class LlamaForCausalLM(nn.Module):
         return constrain(jnp.take(table, ids, axis=0).astype(self.dtype), ACT)
 
     def __call__(self, x, positions=None, attn_mask=None, cache: KVCache | None = None):
-        """x: input embeddings [B, T, D]. Returns (final hidden states, updated cache or None)."""
+        """x: input embeddings [B, T, D]; positions [B, T], or [S, B, T] for a model with
+        `mrope_section` (a [B, T] one is every stream's). Returns (final hidden states, updated
+        cache or None)."""
         b, t, _ = x.shape
         index = cache.index if cache is not None else 0
         inv_freq = rope_inv_freq(self.config)
@@ -320,7 +336,7 @@ class LlamaForCausalLM(nn.Module):
         else:
             if positions is None:
                 positions = jnp.broadcast_to(index + jnp.arange(t)[None], (b, t))
-            rope = rope_tables(positions, inv_freq, self.dtype)
+            rope = rope_tables(positions, inv_freq, self.dtype, self.config.mrope_section)
         if cache is not None:
             new_valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
             cache = dataclasses.replace(cache, valid=jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, index)))

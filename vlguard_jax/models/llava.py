@@ -85,7 +85,7 @@ class ImageTextModel(nn.Module):
         decode goes on from it): 1D RoPE over the real tokens (`llama.prompt_positions`)."""
         return prompt_positions(mask)
 
-    def example_inputs(self, batch: int = 1) -> tuple[jax.Array, jax.Array]:
+    def example_inputs(self, batch: int = 1) -> tuple[jax.Array, Any]:
         """(ids [batch, 1 + image tokens], zero pixels [batch, C, H, W]): inputs that touch every
         parameter, for `init` and shape tracing."""
         c, v = self.config, self.config.vision
