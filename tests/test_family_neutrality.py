@@ -11,7 +11,7 @@ from tests.test_import_graph import MODULES
 from vlguard_jax import families
 
 # Words a family's module carries in its dotted name (a file, or a folder named for it).
-FAMILY_WORDS = ("llava", "llama", "text_only", "minigptv2", "eva", "clip")
+FAMILY_WORDS = ("llava", "llama", "text_only", "minigptv2", "eva", "clip", "qwen", "qwen2_5_vl")
 REGISTRY = "vlguard_jax.families"  # the module that defines FAMILIES
 FRONT_DOORS = {"vlguard_jax.conversion.commands"}  # the converters' subcommands, one per format
 # Strings that are a family's word but mean something else where they stand.
@@ -29,7 +29,7 @@ KNOWN = {
     "vlguard_jax.models.stacking": {"language_model"},  # walks any tree for the decoder's layers
     "vlguard_jax.data.conversation": {"vicuna_v1", "llava_v1"},  # LLaVA's templates: the table they live in
     "vlguard_jax.data.preprocess": {"vicuna_v1"},  # the LLaVA encoder's default template
-    "vlguard_jax.flags": {"vicuna_v1", "llava_v1", "minigptv2"},  # choices listed without importing flax
+    "vlguard_jax.flags": {"vicuna_v1", "llava_v1", "minigptv2", "qwen2_5_vl"},  # choices listed without importing flax
     "vlguard_jax.demo.stages": {"LlavaConfig", "LlavaModel"},  # the demo builds a tiny LLaVA
     "vlguard_jax": {"LlavaConfig", "LlavaModel"},  # the public surface's names
     # the LLaVA and text-only converters and their key tables: their plans are not yet the families'

@@ -206,7 +206,7 @@ def test_a_model_type_no_family_reads_is_refused_in_one_line(built, tmp_path, ca
     assert main(["--src", str(src), "--dst", str(tmp_path / "dst"), "--dtype", "float32"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {src / 'config.json'}: model_type 'qwen2_vl' is no model family's this converter reads "
-        "(llama, llava, llava_llama)"
+        "(llama, llava, llava_llama, qwen2_5_vl)"
     ]
     assert not (tmp_path / "dst").exists()
 

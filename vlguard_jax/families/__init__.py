@@ -12,14 +12,16 @@ from vlguard_jax.errors import CheckpointError, InputError
 from vlguard_jax.families.base import CHAT_TEMPLATE, NONE_TEMPLATE, Family
 from vlguard_jax.families.llava import LLAVA
 from vlguard_jax.families.minigptv2 import MINIGPTV2
+from vlguard_jax.families.qwen2_5_vl import QWEN2_5_VL
 from vlguard_jax.families.text_only import LLAMA
 from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
 from vlguard_jax.models.minigptv2 import MiniGPTv2Config
+from vlguard_jax.models.qwen2_5_vl import Qwen2_5_VLConfig
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA, LLAMA, MINIGPTV2)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA, LLAMA, MINIGPTV2, QWEN2_5_VL)}
 DEFAULT = LLAVA  # a model_config.json without an `architecture` tag (written before families)
 # Any family's model config: the one union layers above annotate with.
-ModelConfig = LlavaConfig | TextOnlyConfig | MiniGPTv2Config
+ModelConfig = LlavaConfig | TextOnlyConfig | MiniGPTv2Config | Qwen2_5_VLConfig
 
 
 def family_of(config) -> Family:
