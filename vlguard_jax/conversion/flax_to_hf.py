@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -148,10 +149,14 @@ def export(
     max_shard_bytes: int = MAX_SHARD_BYTES,
     lora: str | None = None,
     overwrite: bool = False,
-) -> LlavaConfig:
+) -> Any:
+    """Write SRC (a checkpoint or a run's workdir) as a Hugging Face directory; returns its config."""
     dst = storage.as_path(dst)
     check_output(dst, storage.as_path(src), overwrite=overwrite)
     ref = resolve_checkpoint(src)  # a bucket checkpoint must be complete (its marker)
+    if ref.family.hf_exporter is not None:  # a family that writes its own Hugging Face layout
+        writer = importlib.import_module(ref.family.hf_exporter)
+        return writer.export(ref, dst, dtype, max_shard_bytes, lora, overwrite)
     ref.family.check_export("flax_to_hf", src)
     if ref.kind == "run":
         return _export_run(ref.path, dst, dtype, max_shard_bytes, lora, overwrite)

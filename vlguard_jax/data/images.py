@@ -157,6 +157,18 @@ class PixelRule(Protocol):
         """Zeros shaped as one image of class `key`: the slot of a row without an image."""
         ...
 
+    def room(self, tokens: int) -> int:
+        """The input slots an image of `tokens` image tokens fills (0 for a fixed-shape rule)."""
+        ...
+
+    def widen(self, x: Pixels, room: int) -> Pixels:
+        """`x` padded to `room` slots (at least its own), so images of several classes batch."""
+        ...
+
+    def room_of(self, x: Pixels) -> int:
+        """The slots of an input this rule made, or of a batch of them (0 for a fixed shape)."""
+        ...
+
     def __call__(self, img: Image.Image, pad: bool) -> Pixels: ...
 
 
@@ -175,6 +187,15 @@ class FixedSquare:
 
     def blank(self, key: tuple[int, ...], channels: int) -> Pixels:
         return np.zeros((channels, self.size, self.size), np.float32)
+
+    def room(self, tokens: int) -> int:
+        return 0
+
+    def widen(self, x: Pixels, room: int) -> Pixels:
+        return x
+
+    def room_of(self, x: Pixels) -> int:
+        return 0
 
 
 @dataclasses.dataclass(frozen=True)

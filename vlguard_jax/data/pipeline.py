@@ -168,11 +168,31 @@ class Rows:
         self._length = (step, min(lay.max_length, -(-longest // lay.bucket) * lay.bucket))
         return self._length[1]
 
+    def batch_room(self, step: int) -> int:
+        """The image input slots of a batch: the most any of its images fills (over the global
+        batch, so all processes agree); 0 for a fixed-shape rule."""
+        if not self.image.rule.varies:
+            return 0
+        cached = self.__dict__.get("_room")
+        if cached and cached[0] == step:
+            return cached[1]
+        lay = self.layout
+        idx = [self.example_at(step * lay.global_batch + r) for r in range(lay.global_batch)]
+        runs = [int(self.store.runs[i]) for i in idx if i >= 0 and self.store.has_image[i]]
+        self._room = (step, max([self.image.rule.room(n) for n in runs] or [0]))
+        return self._room[1]
+
     def __getitem__(self, k: int) -> dict:
+        """One row: its ids and labels padded to the batch's length, its image input widened to
+        the batch's room (a row without an image takes the rule's blank)."""
         lay = self.layout
         step, row = divmod(k, lay.local_batch)
         i = self.example_at(step * lay.global_batch + lay.process_index * lay.local_batch + row)
-        length = self.batch_length(step)
+        row_out = self._row(i, self.batch_length(step))
+        row_out["pixel_values"] = self.image.rule.widen(row_out["pixel_values"], self.batch_room(step))
+        return row_out
+
+    def _row(self, i: int, length: int) -> dict:
         ids = np.zeros(length, np.int32)
         labels = np.full(length, IGNORE, np.int32)
         pixels = self.image.rule.blank((), self.image.channels)  # a row without an image

@@ -52,7 +52,9 @@ class Family:
     `conversion.hf_to_flax` reads as this family, and `hf_converter` the module (dotted name)
     whose `convert(src, dst, dtype, vision_tower, overwrite=...)` does it where hf_to_flax's own
     plan (LLaVA's and Llama's key tables) does not; `export_command` names the converter that
-    writes its checkpoints back in its authors' format (None: not exported).
+    writes its checkpoints back in its authors' format (None: not exported), and `hf_exporter` the
+    module whose `export(ref, dst, dtype, max_shard_bytes, lora, overwrite)` `flax_to_hf` hands
+    its checkpoints to, where that is not llava-hf's layout.
 
     Parameter groups: `frozen_parts` (top-level parts kept frozen: the vision side), `projectors`
     (trained in both modes at their own learning rate), `lora_targets` (the decoder's projections
@@ -78,6 +80,7 @@ class Family:
     export_command: str | None = None  # the converter writing it in its authors' format (vlguard_jax.conversion)
     hf_model_types: tuple[str, ...] = ()  # config.json `model_type`s that `conversion.hf_to_flax` reads as this family
     hf_converter: str | None = None  # the module whose `convert` reads them; None: hf_to_flax's own plan
+    hf_exporter: str | None = None  # the module whose `export` flax_to_hf hands it to; None: flax_to_hf's own (LLaVA's)
     decoder: tuple[str, ...] = ("language_model",)
     embed: tuple[str, ...] = ("language_model", "embed_tokens")
 

@@ -136,15 +136,16 @@ class LlavaConfig:
         n = self.vision.num_hidden_layers
         return self.vision_feature_layer % (n + 1)
 
-    def image_flops(self) -> tuple[float, int]:
-        """(forward FLOPs of one image through the tower's used layers, projector weights), for
-        MFU (train.flops)."""
+    def image_flops(self, slots: int = 0) -> tuple[float, int, int]:
+        """(forward FLOPs of one image through the tower's used layers, projector weights, image
+        tokens), for MFU (train.flops); `slots` does not apply (every image has one shape)."""
         v, t = self.vision, self.text
         patches = self.num_image_tokens + (self.vision_feature_select_strategy == "default")
         per_patch = self.num_vision_layers_used * (
             2 * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * patches * v.hidden_size
         )
-        return float(patches * per_patch), v.hidden_size * t.hidden_size + t.hidden_size * t.hidden_size
+        projector = v.hidden_size * t.hidden_size + t.hidden_size * t.hidden_size
+        return float(patches * per_patch), projector, self.num_image_tokens
 
     def replace(self, **kw) -> LlavaConfig:
         return dataclasses.replace(self, **kw)

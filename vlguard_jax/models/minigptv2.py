@@ -51,9 +51,11 @@ class MiniGPTv2Config:
     def num_image_tokens(self) -> int:
         return self.vision.num_patches // self.merge
 
-    def image_flops(self) -> tuple[float, int]:
-        """(forward FLOPs of one image through the tower, llama_proj's weights), for MFU."""
-        return self.vision.forward_flops(), self.merge * self.vision.hidden_size * self.text.hidden_size
+    def image_flops(self, slots: int = 0) -> tuple[float, int, int]:
+        """(forward FLOPs of one image through the tower, llama_proj's weights, image tokens), for
+        MFU; `slots` does not apply (every image has one shape)."""
+        weights = self.merge * self.vision.hidden_size * self.text.hidden_size
+        return self.vision.forward_flops(), weights, self.num_image_tokens
 
     def to_dict(self) -> dict:
         return {

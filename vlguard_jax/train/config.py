@@ -31,6 +31,9 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class ModeConfig:
     mode: str = "lora"  # lora | full (the vision tower is always frozen)
+    # The family's projectors (LLaVA's, MiniGPT-v2's llama_proj, Qwen2.5-VL's merger) stay
+    # frozen too: LLaMA-Factory's freeze_multi_modal_projector, its default for Qwen2-VL.
+    freeze_projector: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

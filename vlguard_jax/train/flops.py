@@ -49,9 +49,11 @@ def train_step(
     lora_rank: int = 0,
     head_positions: int | None = None,
     lora_targets: tuple[str, ...] = LORA_TARGETS,
+    image_slots: int = 0,
 ) -> float:
     """`head_positions`: positions per row where the lm_head runs (the label budget); default all.
-    The image side's FLOPs come from the model's config (`image_flops`: LLaVA's, MiniGPT-v2's)."""
+    The image side's FLOPs come from the model's config (`image_flops`), for images of
+    `image_slots` input slots where a family's images differ in size (`PixelRule.room_of`)."""
     t = config.text
     tokens = batch * length
     head_tokens = batch * (length if head_positions is None else head_positions)
@@ -60,9 +62,9 @@ def train_step(
     # causal attention: QK^T and AV, half the square on average
     attn = t.num_hidden_layers * 2 * 2 * length * t.num_attention_heads * t.head_dim / 2
     fwd_text = 2 * dense + attn
-    tower, proj = config.image_flops()
+    tower, proj, image_tokens = config.image_flops(image_slots)
     vision = batch * tower  # forward only: the tower is frozen
-    projector = batch * config.num_image_tokens * 2 * proj * 2  # forward + weight gradient
+    projector = batch * image_tokens * 2 * proj * 2  # forward + weight gradient
     backward_act = tokens * (2 * dense + 2 * attn) + head_tokens * 2 * head  # activation gradients
     if mode == "full":
         backward_w = tokens * 2 * dense + head_tokens * 2 * head

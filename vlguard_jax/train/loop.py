@@ -41,6 +41,7 @@ from vlguard_jax.train.state import (
     Params,
     TrainState,
     abstract_state,
+    as_trained,
     cast_tree,
     global_batch,
     init_state,
@@ -112,7 +113,7 @@ def build_params(cfg: RunConfig, mesh: Mesh, checkpoint: CheckpointRef | None = 
         flat = traverse_util.flatten_dict(params)
         flat.update(lora)
         params = traverse_util.unflatten_dict(flat)
-    trainable, frozen = partition(params, cfg.train.mode, family_of(base.config))
+    trainable, frozen = partition(params, cfg.train.mode, as_trained(family_of(base.config), cfg.train))
     trainable = jax.jit(lambda t: cast_tree(t, jnp.float32))(trainable)
     return Start(model, base, trainable, frozen)
 
@@ -182,6 +183,7 @@ class Setup:
     opt: optax.GradientTransformation
     total: int  # steps of the whole run
     meta: RunMeta  # saved with every checkpoint
+    image_rule: Any  # how the batches' images were made (data.images.PixelRule): their FLOPs vary with it
 
 
 def _run(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, preemption: Preemption) -> dict:
@@ -251,7 +253,7 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
     if total > rows.steps:
         rows = rows.with_epochs(-(-total * cfg.global_batch // len(rows.store)))
 
-    opt = optimizer(cfg.optim, total, trainable, checkpoint.family)
+    opt = optimizer(cfg.optim, total, trainable, as_trained(checkpoint.family, cfg.train))
     n_train = sum(x.size for x in jax.tree.leaves(trainable))
     n_frozen = sum(x.size for x in jax.tree.leaves(frozen))
     say(
@@ -270,7 +272,7 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
         family=checkpoint.family.name,
         config=cfg.to_json(),
     )
-    setup = Setup(cfg, workdir, mesh, start.model, base, frozen, opt, total, meta)
+    setup = Setup(cfg, workdir, mesh, start.model, base, frozen, opt, total, meta, rows.image.rule)
     del start
     it = iter(dataset(rows, workers=cfg.data.workers))
     try:
@@ -312,7 +314,7 @@ def _resume(
 def _restore_other_form(s: Setup, ckpt: Checkpoints, step: int, stacked: bool) -> tuple[TrainState, Any]:
     """(state, data state) of a checkpoint whose layers are in the form `stacked`, which this run's
     model does not use, restored sharded as that form's model would hold it."""
-    other, family = s.model.clone(scan_layers=stacked), family_of(s.base.config)
+    other, family = s.model.clone(scan_layers=stacked), as_trained(family_of(s.base.config), s.cfg.train)
     trainable, _ = partition(abstract_params(other, s.mesh), s.cfg.train.mode, family)
     trainable = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(
@@ -361,6 +363,7 @@ def _steps(
                 cfg.lora.rank if cfg.train.mode == "lora" else 0,
                 budget,
                 cfg.lora.targets,
+                s.image_rule.room_of(local["pixel_values"]),
             )
             done = step + 1
             ckpt.check()  # a checkpoint write that failed stops the run now, not at its end

@@ -9,12 +9,12 @@ Frozen weights are kept in the compute dtype; trainable weights are float32 mast
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Generic, TypeVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct, traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -60,6 +60,13 @@ def is_trainable(path: tuple[str, ...], mode: str, family: Family) -> bool:
     if mode == "lora":
         return path[0] in family.projectors or path[-1] in LORA_PARAMS
     raise ConfigError(f"train.mode must be 'lora' or 'full', not {mode!r}")
+
+
+def as_trained(family: Family, train) -> Family:
+    """The family as a run trains it: with `train.freeze_projector`, its projectors frozen too."""
+    if not train.freeze_projector:
+        return family
+    return dataclasses.replace(family, frozen_parts=family.frozen_parts + family.projectors, projectors=())
 
 
 def partition(params, mode: str, family: Family) -> tuple[Params, Params]:
@@ -186,11 +193,12 @@ def abstract_state(
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
 
 
-def global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, Any]:
     """This process's rows of a batch -> global arrays sharded over the batch axis."""
     spec = sharding.logical_to_spec(("batch",), mesh=mesh)
-    out = {}
-    for k, v in batch.items():
+
+    def one(v):
         sh = NamedSharding(mesh, PartitionSpec(*spec, *([None] * (v.ndim - 1))))
-        out[k] = jax.make_array_from_process_local_data(sh, v)
-    return out
+        return jax.make_array_from_process_local_data(sh, v)
+
+    return jax.tree.map(one, batch)  # an image input may be a dict of arrays

@@ -95,6 +95,7 @@ RULES = {
     "model.remat": _one_of(tuple(REMAT_POLICIES)),
     "model.scan_layers": _one_of(STACKING),
     "train.mode": _one_of(("lora", "full")),
+    "train.freeze_projector": _flag,
     "lora.rank": _int(1),
     "lora.alpha": _number(0, low_open=True),
     "lora.dropout": _number(0, 1, high_open=True),
