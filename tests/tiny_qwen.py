@@ -11,9 +11,35 @@ import transformers
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-VOCAB = 300
-IMAGE, VIDEO, START, END = 290, 291, 288, 289
+from tests.qwen_vocab import CHAT_TEMPLATE, SPECIALS
+from tests.tiny import CORPUS
+
+BASE = 286  # the tiny byte-level BPE's own tokens; Qwen2.5-VL's specials follow, in its order
+VOCAB = BASE + len(SPECIALS)
+EOS, START, END, IMAGE, VIDEO = (
+    BASE + SPECIALS.index(t)
+    for t in ("<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+)
 MIN_PIXELS, MAX_PIXELS = 28 * 28 * 4, 28 * 28 * 40  # 16 to 160 patches: small images, several buckets
+
+
+def tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A tiny byte-level BPE (Qwen2's kind) trained here, with Qwen2.5-VL's special tokens after
+    its own and its chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=BASE, initial_alphabet=alphabet, show_progress=False)
+    bpe.train_from_iterator(CORPUS * 4, trainer)
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_tokens(SPECIALS, special_tokens=True)
+    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
+    tok.chat_template = CHAT_TEMPLATE
+    assert len(tok) == VOCAB and tok.convert_tokens_to_ids("<|image_pad|>") == IMAGE
+    return tok
 
 
 def hf_config(*, tie=False, depth=3, layers=2, window=56, full=(1,)) -> transformers.Qwen2_5_VLConfig:
@@ -29,7 +55,8 @@ def hf_config(*, tie=False, depth=3, layers=2, window=56, full=(1,)) -> transfor
             max_position_embeddings=1024,
             rms_norm_eps=1e-6,
             bos_token_id=None,
-            eos_token_id=2,
+            eos_token_id=EOS,
+            pad_token_id=BASE,
             tie_word_embeddings=tie,
         ),
         vision_config=dict(
@@ -77,6 +104,7 @@ def build(tmp: Path, *, seed=0, **cfg_kw) -> SimpleNamespace:
     model = hf_model(cfg, seed=seed)
     hf_dir = Path(tmp) / "hf"
     model.save_pretrained(hf_dir)
+    tokenizer().save_pretrained(hf_dir)
     processor().save_pretrained(hf_dir)
     flax_dir = Path(tmp) / "flax"
     convert(hf_dir, flax_dir, "float32")

@@ -535,3 +535,46 @@ def test_the_store_records_each_images_own_token_count(tok, model_cfg, tmp_path)
         else:
             assert n == 0
     assert seen == {4, 8}
+
+
+def test_a_batch_holds_images_of_several_sizes_widened_to_its_largest(tmp_path):
+    """Qwen2.5-VL's images differ in size: each batch's patches are padded to the bucket of its
+    largest image (over the global batch), each row keeps its own grid and its own token count,
+    and a row without an image takes a blank of that room."""
+    from tests import tiny_qwen
+    from vlguard_jax.families import load_config
+
+    ns = tiny_qwen.build(tmp_path / "qwen")
+    config = load_config(ns.flax_dir / "model_config.json")
+    own = write_sample(tmp_path / "sample", n_train=8, n_test=2, n_helpful=8)
+    for k, f in enumerate(sorted(own["images"].rglob("*.png"))):
+        Image.open(f).convert("RGB").resize([(200, 60), (40, 90), (150, 150), (112, 84)][k % 4]).save(f)
+    rows = prepare(
+        data_cfg(own, template="auto", helpful_samples=6, max_length=512, pad_image=False),
+        transformers_tokenizer(ns.hf_dir),
+        inputs_of(config),
+        tmp_path / "work",
+        Layout(global_batch=4, epochs=1, seed=0, max_length=512),
+        log=lambda *_: None,
+    )
+    rule = inputs_of(config).image.rule
+    shapes = set()
+    for step in range(rows.steps):
+        batch = [rows[step * 4 + r] for r in range(4)]
+        patches = {b["pixel_values"]["patches"].shape for b in batch}
+        assert len(patches) == 1  # one room per batch
+        room = patches.pop()[0]
+        for b in batch:
+            grid = tuple(b["pixel_values"]["grid"])
+            tokens = int((b["input_ids"] == config.image_token_index).sum())
+            assert tokens == grid[0] * grid[1] // 4  # its own image's tokens
+            assert not b["pixel_values"]["patches"][grid[0] * grid[1] :].any()
+            assert room >= rule.bucket(grid[0] * grid[1])
+            shapes.add(grid)
+    assert len(shapes) >= 3  # several image sizes (and the blank grid) went through
+
+
+def transformers_tokenizer(path):
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(path)

@@ -174,7 +174,9 @@ def read_config(src: Path) -> Qwen2_5_VLConfig:
 def plan(config: Qwen2_5_VLConfig, source: TensorSource, dtype) -> list[Entry]:
     """Every parameter with its tensor, checked (names, shapes, none left over) before writing."""
     layout = detect_layout(source)
-    shapes: dict[str, Any] = traverse_util.flatten_dict(abstract_params(build_model(config, param_dtype=dtype)), sep="/")
+    shapes: dict[str, Any] = traverse_util.flatten_dict(
+        abstract_params(build_model(config, param_dtype=dtype)), sep="/"
+    )
     entries = [Entry(path, source, *torch_name(path, layout), tuple(s.shape)) for path, s in shapes.items()]
     check_plan(entries)
     tied = config.text.tie_word_embeddings

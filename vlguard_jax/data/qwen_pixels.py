@@ -76,6 +76,7 @@ class QwenPixels:
     def bucket(self, patches: int) -> int:
         """The padded patch count of an image of `patches` patches (module doc)."""
         largest = self.max_pixels // self.patch**2 // self.merge**2 * self.merge**2
+        patches = int(patches)
         b = max(MIN_BUCKET, 1 << max(patches - 1, 0).bit_length())
         return max(patches, min(b, largest))
 
@@ -110,6 +111,20 @@ class QwenPixels:
             "patches": np.zeros((self.bucket(gh * gw), self.patch_dim), np.float32),
             "grid": np.asarray([gh, gw], np.int32),
         }
+
+    def room(self, tokens: int) -> int:
+        """The bucket of an image of `tokens` merged tokens."""
+        return self.bucket(tokens * self.merge**2)
+
+    def widen(self, x: dict, room: int) -> dict:
+        """`x` with its patches padded (zeros, not real) to `room` slots."""
+        n = x["patches"].shape[0]
+        if room <= n:
+            return x
+        return dict(x, patches=np.pad(x["patches"], ((0, room - n), (0, 0))))
+
+    def room_of(self, x: dict) -> int:
+        return int(np.shape(x["patches"])[-2])
 
     def __call__(self, img: Image.Image, pad: bool) -> dict:
         """The image's patches, padded to its bucket, and its grid (`pad` does not apply)."""

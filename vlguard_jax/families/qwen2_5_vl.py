@@ -9,18 +9,17 @@ import dataclasses
 from vlguard_jax.data.conversation import IMAGE_TAG
 from vlguard_jax.data.images import ImageInput
 from vlguard_jax.data.qwen_pixels import QwenPixels
+from vlguard_jax.data.qwen_tokens import SYSTEM, TEMPLATE, VISION, QwenEncoder
 from vlguard_jax.families.base import Family
 from vlguard_jax.models.qwen2_5_vl import Qwen2_5_VLConfig, Qwen2_5_VLModel
 
-TEMPLATE = "qwen2_5_vl"  # the checkpoint's chat template, or Qwen2.5-VL's own where it ships none
-SYSTEM = "You are a helpful assistant."  # the template's default system prompt
 IMAGE_PAD = "<|image_pad|>"
 
 
 def chat_prompt(question: str, image: bool) -> str:
     """Qwen2.5-VL's chat template (`chat_template.json`) for one user turn, image first, with its
     default system prompt and the generation prompt; the image's pads are one `<image>` tag."""
-    vision = f"<|vision_start|>{IMAGE_TAG}<|vision_end|>" if image else ""
+    vision = VISION if image else ""
     return (
         f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
         f"<|im_start|>user\n{vision}{question}<|im_end|>\n<|im_start|>assistant\n"
@@ -68,12 +67,15 @@ QWEN2_5_VL = QwenFamily(
     Qwen2_5_VLConfig,
     Qwen2_5_VLModel,
     trainable=True,
-    template=TEMPLATE,
+    template=TEMPLATE,  # the checkpoint's chat template, or Qwen2.5-VL's own where it ships none
     pixel_rule=None,  # image_input above: the rule takes the processor's settings
     scannable=True,
     training_templates=(TEMPLATE,),
+    encoder=QwenEncoder,
     frozen_parts=("visual",),
     projectors=("merger",),  # trained at its own learning rate, as LLaVA's projector
     hf_model_types=("qwen2_5_vl",),
     hf_converter="vlguard_jax.conversion.qwen2_5_vl",
+    hf_exporter="vlguard_jax.conversion.flax_to_qwen2_5_vl",
+    export_command="flax_to_hf",  # the Hub's layout (transformers' Qwen2_5_VLForConditionalGeneration)
 )

@@ -24,6 +24,23 @@ from vlguard_jax.models.qwen_vision import PatchMerger, QwenVisionConfig, QwenVi
 from vlguard_jax.sharding import constrain
 from vlguard_jax.storage.files import atomic_write_json
 
+# Qwen2.5-VL-7B-Instruct's decoder (its config.json): the default.
+TEXT_7B = TextConfig(
+    vocab_size=152064,
+    hidden_size=3584,
+    intermediate_size=18944,
+    num_hidden_layers=28,
+    num_attention_heads=28,
+    num_key_value_heads=4,
+    head_dim=128,
+    rms_norm_eps=1e-6,
+    rope_theta=1e6,
+    max_position_embeddings=128000,
+    qkv_bias=True,
+    bos_token_id=None,
+    eos_token_id=151645,
+    mrope_section=(16, 24, 24),
+)
 MIN_PIXELS = 56 * 56  # the processor's defaults (`Qwen2VLImageProcessor`)
 MAX_PIXELS = 28 * 28 * 1280
 
@@ -33,7 +50,7 @@ class Qwen2_5_VLConfig:
     """The model and its image processor's settings (from `preprocessor_config.json`)."""
 
     vision: QwenVisionConfig = QwenVisionConfig()
-    text: TextConfig = TextConfig()
+    text: TextConfig = TEXT_7B
     image_token_index: int = 151655  # <|image_pad|>
     vision_start_token_id: int = 151652
     vision_end_token_id: int = 151653
@@ -61,9 +78,12 @@ class Qwen2_5_VLConfig:
         """Image sides are multiples of this (28 px: a merged token's side)."""
         return self.vision.patch_size * self.vision.spatial_merge_size
 
-    def image_flops(self, patches: int) -> tuple[float, int]:
-        """(forward FLOPs of one image of `patches` patches through the tower, 0: the merger is in the tower)."""
-        return self.vision.forward_flops(patches), 0
+    def image_flops(self, slots: int = 0) -> tuple[float, int, int]:
+        """(forward FLOPs of one image of `slots` patch slots through the tower, the merger's
+        weights, its merged tokens), for MFU: the padding is computed, so it counts."""
+        v = self.vision
+        unit = v.merge_unit * v.hidden_size
+        return v.forward_flops(slots), unit * unit + unit * v.out_hidden_size, slots // v.merge_unit
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

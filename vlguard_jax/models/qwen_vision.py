@@ -71,11 +71,11 @@ class QwenVisionConfig:
         return cls(**{k: v for k, v in d.items() if k in fields})
 
     def forward_flops(self, patches: int) -> float:
-        """Forward FLOPs of one image of `patches` patches (matmuls; attention over the bucket)."""
+        """Forward FLOPs of the tower (not the merger) on `patches` patch slots: its matmuls, and
+        attention over all the slots (masked, so computed whole)."""
         d, m, n = self.hidden_size, self.intermediate_size, patches
         per_block = 2 * n * (4 * d * d + 3 * d * m) + 4 * n * n * d
-        merger = 2 * (n // self.merge_unit) * (self.merge_unit * d) * (self.merge_unit * d + self.out_hidden_size)
-        return 2 * n * self.patch_dim * d + self.depth * per_block + merger
+        return 2 * n * self.patch_dim * d + self.depth * per_block
 
 
 def patch_layout(c: QwenVisionConfig, grid: jax.Array, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
