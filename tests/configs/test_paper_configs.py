@@ -53,7 +53,7 @@ def test_a_config_is_found_by_path_or_by_its_shipped_name(tmp_path):
     with pytest.raises(
         ConfigError,
         match=r"--config posthoc_lora_8b: neither a file nor a shipped config; those "
-        r"are \['demo', 'minigptv2_posthoc_lora', 'mixed_full_13b', .*'posthoc_lora_7b'\]",
+        r"are \['demo', 'minigptv2_posthoc_lora', 'mixed_full_13b', .*'posthoc_lora_7b', 'qwen2_5_vl_posthoc_lora'\]",
     ):
         find_config("posthoc_lora_8b")
 
@@ -115,6 +115,20 @@ def test_the_minigptv2_config_carries_its_authors_stage3_settings():
         0.999,
     )
     assert (r.data.template, r.data.pad_image, r.data.recipe, r.train.mode) == ("minigptv2", False, "posthoc", "lora")
+
+
+def test_the_qwen_config_carries_the_sourced_values_and_validates():
+    """VLGuard's post-hoc LoRA values on Qwen2.5-VL's chat template (the config's docstring)."""
+    from vlguard_jax.train.config import RunConfig
+    from vlguard_jax.train.validate import check
+
+    c = load_config_file(find_config("qwen2_5_vl_posthoc_lora"))
+    c.workdir = "runs/qwen"
+    check(c)
+    r = RunConfig.from_config(c)
+    assert (r.lora.rank, r.lora.alpha, r.optim.lr, r.optim.projector_lr) == (128, 256.0, 2e-4, 2e-5)
+    assert (r.epochs, r.global_batch, r.optim.warmup_ratio, r.train.freeze_projector) == (3, 128, 0.03, False)
+    assert (r.data.template, r.data.pad_image, r.data.recipe) == ("qwen2_5_vl", False, "posthoc")
 
 
 def test_a_command_line_that_does_not_parse_exits_2(capsys):

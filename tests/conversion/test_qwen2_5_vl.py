@@ -17,7 +17,7 @@ from tests import tiny_qwen
 from vlguard_jax.checkpoints.converted import PARAMS_DIR, load_params
 from vlguard_jax.conversion.flax_to_hf import export
 from vlguard_jax.conversion.hf_to_flax import convert, main
-from vlguard_jax.families import load_config
+from vlguard_jax.families import family_of, load_config
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +139,22 @@ def test_an_extra_tensor_is_named(built, tmp_path, capsys):
 def test_a_config_this_port_does_not_run_is_refused_in_one_line(built, tmp_path, capsys, edit, says):
     src = _edit(built, tmp_path, config=edit)
     assert says in refused(src, tmp_path, capsys)
+
+
+def test_the_pixel_range_given_at_conversion_is_the_checkpoints(built, tmp_path, capsys):
+    """--min-pixels/--max-pixels set the processor's range, as AutoProcessor's arguments do; it
+    is recorded for every command that reads the checkpoint, and transformers' processor reads it
+    back from the converted folder."""
+    dst = tmp_path / "ck"
+    assert main(["--src", str(built.hf_dir), "--dst", str(dst), "--max-pixels", str(28 * 28 * 8)]) == 0
+    config = load_config(dst / "model_config.json")
+    assert (config.min_pixels, config.max_pixels) == (tiny_qwen.MIN_PIXELS, 28 * 28 * 8)
+    pre = json.loads((dst / "preprocessor_config.json").read_text())
+    assert pre["size"] == {"shortest_edge": tiny_qwen.MIN_PIXELS, "longest_edge": 28 * 28 * 8}
+    theirs = tiny_qwen.Qwen2VLImageProcessorPil.from_pretrained(dst)
+    ours = family_of(config).image_input(config).pixels(tiny_qwen.image(400, 300), pad=False)
+    assert theirs(images=[tiny_qwen.image(400, 300)])["image_grid_thw"].tolist() == [[1, *ours["grid"]]] == [[1, 4, 6]]
+    assert (
+        main(["--src", str(built.hf_dir), "--dst", str(tmp_path / "x"), "--min-pixels", "9", "--max-pixels", "4"]) == 1
+    )
+    assert "min_pixels 9 and max_pixels 4 are not a range" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def hf_to_flax(p: ArgumentParser) -> None:
     p.add_argument(
         "--src",
         required=True,
-        help="llava-hf, original-LLaVA or Llama checkpoint: a folder or a Hub id (org/name[@REV])",
+        help="llava-hf, original-LLaVA, Llama or Qwen2.5-VL checkpoint: a folder or a Hub id (org/name[@REV])",
     )
     p.add_argument("--dst", required=True, type=output, help=NEW_DST)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
@@ -36,6 +36,12 @@ def hf_to_flax(p: ArgumentParser) -> None:
         "--vision-tower",
         help="CLIP folder or Hub id, for original-LLaVA checkpoints without the tower (default: their mm_vision_tower)",
     )
+    for bound in ("min", "max"):
+        p.add_argument(
+            f"--{bound}-pixels",
+            type=int,
+            help=f"Qwen2.5-VL: the processor's {bound}_pixels, as AutoProcessor takes it (default: preprocessor_config.json's)",
+        )
 
 
 def flax_to_hf(p: ArgumentParser) -> None:

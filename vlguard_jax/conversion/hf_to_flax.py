@@ -254,11 +254,18 @@ def check_dtype(dtype: str) -> None:
 
 
 def convert(
-    src, dst, dtype: str = SOURCE, vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False
+    src,
+    dst,
+    dtype: str = SOURCE,
+    vision_tower=None,
+    flush_bytes: int = 64 << 20,
+    overwrite: bool = False,
+    pixels: tuple[int | None, int | None] = (None, None),
 ) -> ModelConfig:
     """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config.
     SRC's `model_type` picks its family (`Family.hf_model_types`); a family with its own converter
-    (`Family.hf_converter`) converts it there."""
+    (`Family.hf_converter`) converts it there. `pixels`: (min_pixels, max_pixels) overriding the
+    processor's, for a family whose images keep their size (its converter takes them)."""
     given, src, dst = src, hub.model_dir(src, "--src"), storage.as_path(dst)
     model_type = read_json(src / "config.json").get("model_type")
     family = None if model_type is None else families.reading_hf(model_type)
@@ -269,7 +276,11 @@ def convert(
         )
     if family is not None and family.hf_converter is not None:
         converter = importlib.import_module(family.hf_converter)
-        return converter.convert(given, dst, dtype, vision_tower, flush_bytes=flush_bytes, overwrite=overwrite)
+        return converter.convert(
+            given, dst, dtype, vision_tower, flush_bytes=flush_bytes, overwrite=overwrite, pixels=pixels
+        )
+    if pixels != (None, None):
+        raise InputError("--min-pixels and --max-pixels apply to checkpoints whose images keep their size (Qwen2.5-VL)")
     origin = hub.provenance(given, src)
     vision_tower = hub.model_dir(vision_tower, "--vision-tower") if vision_tower else None
     check_dtype(dtype)
@@ -304,7 +315,7 @@ def main(argv: list[str]) -> int:
 
 def run(a: argparse.Namespace) -> int:
     """The command on its parsed flags (conversion.commands)."""
-    config = convert(a.src, a.dst, a.dtype, a.vision_tower, overwrite=a.overwrite)
+    config = convert(a.src, a.dst, a.dtype, a.vision_tower, overwrite=a.overwrite, pixels=(a.min_pixels, a.max_pixels))
     print(
         f"wrote {a.dst}: a {family_of(config).label}, {config.text.num_hidden_layers} decoder layers, dtype {a.dtype}"
     )

@@ -12,6 +12,7 @@ travel with the checkpoint.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -150,13 +151,15 @@ def processor_settings(pre: dict, source: str, vision: QwenVisionConfig) -> dict
     return out
 
 
-def read_config(src: Path) -> Qwen2_5_VLConfig:
+def read_config(src: Path, pixels: tuple[int | None, int | None] = (None, None)) -> Qwen2_5_VLConfig:
+    """The model and processor config of SRC; `pixels` (min, max) overrides the processor's."""
     hf = read_json(src / "config.json")
     where = str(src / "config.json")
     if hf.get("model_type") != MODEL_TYPE:
         raise CheckpointError(f"{where}: model_type {hf.get('model_type')!r} is not {MODEL_TYPE!r}")
     pre_path = src / "preprocessor_config.json"
     pre = read_json(pre_path) if pre_path.exists() else {}
+    pre = dict(pre, **{k: v for k, v in zip(("min_pixels", "max_pixels"), pixels) if v is not None})
     try:
         vision = vision_config(hf)
         return Qwen2_5_VLConfig(
@@ -184,24 +187,44 @@ def plan(config: Qwen2_5_VLConfig, source: TensorSource, dtype) -> list[Entry]:
     return entries
 
 
+def _side_files(src: Path, tmp: Path, config: Qwen2_5_VLConfig, origin) -> None:
+    """The tokenizer, chat template and processor files; the processor's pixel range as converted."""
+    write_side_files(src, None, tmp, config, None, origin)
+    pre_path = tmp / "preprocessor_config.json"
+    pre = json.loads(pre_path.read_text()) if pre_path.exists() else {}
+    if "size" in pre:
+        pre["size"] = dict(pre["size"], shortest_edge=config.min_pixels, longest_edge=config.max_pixels)
+    if "size" not in pre or "min_pixels" in pre:
+        pre.update(min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+    pre_path.write_text(json.dumps(pre, indent=2))
+
+
 def convert(
-    src, dst, dtype: str, vision_tower=None, flush_bytes: int = 64 << 20, overwrite: bool = False
+    src,
+    dst,
+    dtype: str,
+    vision_tower=None,
+    flush_bytes: int = 64 << 20,
+    overwrite: bool = False,
+    pixels: tuple[int | None, int | None] = (None, None),
 ) -> Qwen2_5_VLConfig:
-    """Convert the Qwen2.5-VL checkpoint SRC (a Hub id or folder) into DST; returns the config."""
+    """Convert the Qwen2.5-VL checkpoint SRC (a Hub id or folder) into DST; returns the config.
+    `pixels`: (min_pixels, max_pixels) overriding its processor's, recorded in the checkpoint
+    (model_config.json and preprocessor_config.json) so training and evaluation both use them."""
     if vision_tower is not None:
         raise CheckpointError("--vision-tower does not apply to Qwen2.5-VL: its tower is in the checkpoint")
     check_dtype(dtype)
     origin_src, src, dst = src, hub.model_dir(src, "--src"), storage.as_path(dst)
     origin = hub.provenance(origin_src, src)
     check_output(dst, src, overwrite=overwrite)
-    config = read_config(src)
+    config = read_config(src, pixels)
     entries = plan(config, TensorSource(src), plan_dtype(dtype))
     write_checkpoint(
         entries,
         dst,
         config,
         dtype,
-        lambda tmp: write_side_files(src, None, tmp, config, None, origin),
+        lambda tmp: _side_files(src, tmp, config, origin),
         flush_bytes,
         overwrite,
     )

@@ -50,7 +50,7 @@ class Family:
 
     Conversion: `hf_model_types` are the `model_type`s of the Hugging Face checkpoints
     `conversion.hf_to_flax` reads as this family, and `hf_converter` the module (dotted name)
-    whose `convert(src, dst, dtype, vision_tower, overwrite=...)` does it where hf_to_flax's own
+    whose `convert(src, dst, dtype, vision_tower, overwrite=..., pixels=...)` does it where hf_to_flax's own
     plan (LLaVA's and Llama's key tables) does not; `export_command` names the converter that
     writes its checkpoints back in its authors' format (None: not exported), and `hf_exporter` the
     module whose `export(ref, dst, dtype, max_shard_bytes, lora, overwrite)` `flax_to_hf` hands
