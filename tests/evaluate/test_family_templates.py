@@ -1,12 +1,12 @@
 """Every command that asks a question asks each family in its own template (`--conv-mode auto`,
 `--template auto`) and records which: LLaVA in LLaVA's `vicuna_v1` (its eval scripts' template),
-MiniGPT-v2 in `<s>[INST] <Img><image></Img> Q [/INST]`."""
+MiniGPT-v2 in `<s>[INST] <Img><image></Img> Q [/INST]`, Qwen2.5-VL in its chat template."""
 
 import json
 
 import pytest
 
-from tests import tiny
+from tests import tiny, tiny_qwen
 from tests.evaluate.helpfulness.test_vqa_scoring import jsonl
 from tests.evaluate.test_suite import data_root
 from tests.minigptv2_reference import write_parts
@@ -25,10 +25,15 @@ def checkpoints(tmp_path_factory):
     parts = write_parts(tmp / "parts")
     convert(parts.llm, parts.eva, parts.ckpt, tmp / "minigptv2", dtype="float32", log=lambda _: None)
     llava = tiny.build(tmp / "llava", scale=5.0).flax_dir
-    return {"llava": llava, "minigptv2": tmp / "minigptv2"}, data_root(tmp / "data"), tmp
+    qwen = tiny_qwen.build(tmp / "qwen").flax_dir
+    return {"llava": llava, "minigptv2": tmp / "minigptv2", "qwen2_5_vl": qwen}, data_root(tmp / "data"), tmp
 
 
-TEMPLATE = {"llava": "vicuna_v1", "minigptv2": "minigptv2"}
+TEMPLATE = {"llava": "vicuna_v1", "minigptv2": "minigptv2", "qwen2_5_vl": "qwen2_5_vl"}
+QWEN_START = (  # the image's pads are dropped by prompt_text
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    "<|vision_start|><|vision_end|>Is there a dog"
+)
 
 
 def prompt_text(ckpt, ids) -> str:
@@ -40,6 +45,8 @@ def asked_in(family: str, ckpt, ids) -> None:
     text = prompt_text(ckpt, ids)
     if family == "llava":
         assert text.startswith("<s> " + VICUNA_START) and text.rstrip().endswith("ASSISTANT:"), text
+    elif family == "qwen2_5_vl":
+        assert text.startswith(QWEN_START) and text.endswith("<|im_end|>\n<|im_start|>assistant\n"), text
     else:
         assert ids[:2] == [1, 1] and "[INST] <Img> </Img> Is there a dog" in text and text.endswith("[/INST]"), text
 
