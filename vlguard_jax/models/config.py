@@ -309,7 +309,9 @@ class TextOnlyConfig:
 
 
 def text_to_dict(text: TextConfig) -> dict:
-    return dict(dataclasses.asdict(text), rope_scaling=text.rope_scaling_dict)
+    """As JSON holds it: tuples as lists, so a config read back compares equal (a run's identity)."""
+    d = dict(dataclasses.asdict(text), rope_scaling=text.rope_scaling_dict)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def text_from_dict(text: dict) -> TextConfig:

@@ -222,12 +222,15 @@ def _train(cfg: RunConfig, workdir: Path, mesh: Mesh, say: Say, ckpt: Checkpoint
             f"config.data.template: {cfg.data.template!r} does not train a {checkpoint.family.label} checkpoint "
             f"({cfg.model.checkpoint}); use one of {list(checkpoint.family.training_templates)}"
         )
-    if jax.process_index() == 0:  # a new run records its identity; a resume must match it
+    # A new run records its identity (process 0); a resume must match it, on every process, so
+    # that a refused one stops them all rather than leaving the others at the next barrier.
+    if jax.process_index() == 0 or latest is not None:
         check_resume(
             workdir,
             identity(cfg, checkpoint),
             latest is None or cfg.allow_resume_changes,
             say if latest is not None else (lambda _: None),
+            write=jax.process_index() == 0,
         )
     with sharding.use_mesh(mesh):
         start = build_params(cfg, mesh, checkpoint)

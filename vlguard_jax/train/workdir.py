@@ -171,11 +171,13 @@ NAMES = {
 }
 
 
-def check_resume(workdir, now: dict, allow: bool, log=print) -> None:
-    """Compare with the identity saved by the run's first start (saved now if there is none)."""
+def check_resume(workdir, now: dict, allow: bool, log=print, write: bool = True) -> None:
+    """Compare with the identity saved by the run's first start (saved now, by the process that
+    `write`s, if there is none). Every process compares, so a refused resume stops them all."""
     path = storage.as_path(workdir) / RUN
     if not path.exists():
-        atomic_write_json(path, now, indent=1)
+        if write:
+            atomic_write_json(path, now, indent=1)
         return
     saved = json.loads(path.read_text())
     changed = [NAMES[k] for k in NAMES if saved.get(k) != now.get(k)]
@@ -187,4 +189,5 @@ def check_resume(workdir, now: dict, allow: bool, log=print) -> None:
             "same settings, use a new workdir, or set config.allow_resume_changes=True"
         )
     log(f"warning: resuming {workdir} with another {', '.join(changed)} (config.allow_resume_changes)")
-    atomic_write_json(path, now, indent=1)
+    if write:
+        atomic_write_json(path, now, indent=1)
