@@ -81,7 +81,7 @@ def generator(p: presets.Preset, scanned: bool) -> dict:
     model = _model(p, scanned).clone(lora=None)
     params = abstract_params(model)
     gen = Generator(model, params, eos_ids=[2], batch_size=p.gen_batch)
-    c = p.config
+    c = presets.llava(p)
     length = -(-(1 + c.num_image_tokens + p.gen_text) // gen.bucket) * gen.bucket
     b, v = p.gen_batch, c.vision
     args = (

@@ -51,7 +51,7 @@ def ours(p: presets.Preset, repeats: int) -> dict:
     mesh = sharding.make_mesh((1, -1, 1))
     model = LlavaModel(presets.llava(p), dtype=dtype, param_dtype=dtype, attn_impl="auto")
     params = presets.random_params(model, mesh)
-    prompt_len = 1 + p.config.num_image_tokens + p.gen_text
+    prompt_len = 1 + presets.llava(p).num_image_tokens + p.gen_text
     presets.log("ours: parameters initialised")
     gen = Generator(model, params, eos_ids=[NO_EOS], pad_id=0, mesh=mesh, batch_size=p.gen_batch, bucket=prompt_len)
     ids, pix = presets.gen_prompts(p)

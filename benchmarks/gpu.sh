@@ -6,7 +6,9 @@
 # minigptv2 (MiniGPT-v2's parity tests on the GPU, and its EVA ViT-g tower forward at full size,
 # bfloat16, batch 1 and 16: images/s and the share of the matmul rate, which decide whether to
 # cache tower outputs in training); trainminigptv2 (a MiniGPT-v2 7B LoRA step: EVA ViT-g + Llama-2-7b,
-# LoRA r 64 on q/v, batch 16 x 1,024 tokens; no PyTorch peer).
+# LoRA r 64 on q/v, batch 16 x 1,024 tokens; no PyTorch peer); qwen (Qwen2.5-VL's parity tests on
+# the GPU); trainqwen (a Qwen2.5-VL-7B LoRA step: 16 rows of 2,048 tokens, each with a 576-token
+# image of 2,304 patches, LoRA r 128 on the LLM, the merger trained; no PyTorch peer).
 # The GPU image lacks grain, ml_collections and tensorboardX: wheels for Python 3.12 in .whl/.
 set -u
 OUT=${OUT:-gpu-out}
@@ -43,6 +45,9 @@ for s in "$@"; do
                  tests/models/test_minigptv2.py && python3 -m benchmarks.eva_tower --size g --batch 1 --json \
                  && python3 -m benchmarks.eva_tower --size g --batch 16 --json" ;;
     trainminigptv2) run trainminigptv2 420 python3 -m benchmarks.train_throughput --preset minigptv2-7b --json ;;
+    qwen) JAX_PLATFORMS=cuda run qwen 300 python3 -m pytest -q -x -p no:cacheprovider \
+            tests/models/test_qwen2_5_vl.py tests/generate/test_qwen2_5_vl.py ;;
+    trainqwen) run trainqwen 480 python3 -m benchmarks.train_throughput --preset qwen2.5-vl-7b --json ;;
     *) echo "unknown section $s"; exit 2 ;;
   esac
   tail -n 4 "$OUT/$s.log"

@@ -24,11 +24,13 @@ from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LlavaConfig, LoraSpec, TextConfig, VisionConfig
 from vlguard_jax.models.eva import EvaConfig
 from vlguard_jax.models.minigptv2 import MiniGPTv2Config
+from vlguard_jax.models.qwen2_5_vl import TEXT_7B, Qwen2_5_VLConfig
+from vlguard_jax.models.qwen_vision import QwenVisionConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    config: LlavaConfig | MiniGPTv2Config
+    config: LlavaConfig | MiniGPTv2Config | Qwen2_5_VLConfig
     dtype: str
     batch: int
     length: int  # training tokens per row: BOS + image tokens + text
@@ -41,6 +43,7 @@ class Preset:
     remat: str = "none"  # decoder-layer remat policy and rows per micro-batch (on accelerators)
     micro_batch: int = 0  # 0 = the whole batch at once
     lora_targets: tuple[str, ...] = LoraSpec(1, 1.0).targets  # LLaVA's: every linear layer of the LLM
+    image_key: tuple[int, ...] = ()  # the images' shape class, where a family's images differ in size
 
     @property
     def lora(self) -> LoraSpec:
@@ -191,8 +194,49 @@ PRESETS = {
         micro_batch=4,
         lora_targets=("q_proj", "v_proj"),
     ),
+    # Qwen2.5-VL-7B-Instruct at configs/qwen2_5_vl_posthoc_lora.py's settings: LoRA r 128 on every
+    # linear layer of the LLM, the merger trained; the images at Qwen's fine-tuning maximum
+    # (451,584 pixels: 24 x 24 merged tokens, 2,304 patches, one bucket), 2,048 tokens a row.
+    "qwen2.5-vl-7b": Preset(
+        Qwen2_5_VLConfig(min_pixels=28 * 28 * 16, max_pixels=28 * 28 * 576),
+        "bfloat16",
+        batch=16,
+        length=2048,
+        answer=256,
+        lora_rank=128,
+        lora_alpha=256.0,
+        gen_batch=16,
+        gen_text=64,
+        gen_new=128,
+        remat="dots",
+        micro_batch=4,
+        image_key=(24, 24),
+    ),
 }
 
+
+# For smoke tests only: the tiny preset's run on a tiny Qwen2.5-VL (images of 4 x 4 merged tokens).
+PRESETS["qwen2.5-vl-tiny"] = dataclasses.replace(
+    PRESETS["tiny"],
+    config=Qwen2_5_VLConfig(
+        vision=QwenVisionConfig(
+            depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, fullatt_block_indexes=(1,)
+        ),
+        text=dataclasses.replace(
+            TEXT_7B,
+            vocab_size=512,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            mrope_section=(2, 3, 3),
+        ),
+        image_token_index=500,
+    ),
+    image_key=(4, 4),
+)
 
 # For smoke tests only: the tiny preset's run on a tiny MiniGPT-v2.
 PRESETS["minigptv2-tiny"] = dataclasses.replace(
@@ -249,36 +293,51 @@ def accum_steps(p: Preset) -> int:
     return p.batch // p.micro_batch
 
 
+def images(p: Preset, n: int, rng) -> tuple[int, Any]:
+    """(image tokens of one image, `n` random images as the family's model takes them: the
+    preset's shape class, the float arrays drawn from a normal)."""
+    image = family_of(p.config).image_input(p.config)
+    assert image is not None, "a benchmark preset takes images"
+    blank = image.blank(n, p.image_key)
+    drawn = jax.tree.map(
+        lambda a: rng.normal(size=a.shape).astype(a.dtype) if np.issubdtype(a.dtype, np.floating) else a, blank
+    )
+    return image.tokens_for(p.image_key), drawn
+
+
+def text_top(c) -> int:
+    """Random text ids stay below this: the vocabulary, and the image token where it is inside it."""
+    return min(c.text.vocab_size - 1, c.image_token_index)
+
+
 def train_batch(p: Preset, seed: int = 0) -> dict:
     """BOS + image tokens + random text; the last `answer` positions are labelled."""
     c = p.config
     rng = np.random.default_rng(seed)
-    n_img = c.num_image_tokens
+    n_img, pixels = images(p, p.batch, rng)
     text = p.length - 1 - n_img
     ids = np.concatenate(
         [
             np.ones((p.batch, 1), np.int32),
             np.full((p.batch, n_img), c.image_token_index, np.int32),
-            rng.integers(3, c.text.vocab_size - 1, (p.batch, text)).astype(np.int32),
+            rng.integers(3, text_top(c), (p.batch, text)).astype(np.int32),
         ],
         axis=1,
     )
     labels = np.full_like(ids, -100)
     labels[:, -p.answer :] = ids[:, -p.answer :]
-    size = c.vision.image_size
-    pixels = rng.normal(size=(p.batch, 3, size, size)).astype(np.float32)
     return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
 
 
-def gen_prompts(p: Preset, seed: int = 0) -> tuple[list[list[int]], list[np.ndarray]]:
+def gen_prompts(p: Preset, seed: int = 0) -> tuple[list[list[int]], list[Any]]:
     c = p.config
     rng = np.random.default_rng(seed)
+    n_img, pixels = images(p, p.gen_batch, rng)
     ids = [
-        [1] + [c.image_token_index] * c.num_image_tokens + rng.integers(3, c.text.vocab_size - 1, p.gen_text).tolist()
+        [1] + [c.image_token_index] * n_img + rng.integers(3, text_top(c), p.gen_text).tolist()
         for _ in range(p.gen_batch)
     ]
-    size = c.vision.image_size
-    return ids, [rng.normal(size=(3, size, size)).astype(np.float32) for _ in range(p.gen_batch)]
+    return ids, [jax.tree.map(lambda a, i=i: a[i], pixels) for i in range(p.gen_batch)]
 
 
 _T0 = time.perf_counter()

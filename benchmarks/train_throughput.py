@@ -1,4 +1,4 @@
-"""`python -m benchmarks.train_throughput --preset small|7b|13b|minigptv2-7b [--peer torch|none] [--scan_layers auto|on|off|ab] [--json]`
+"""`python -m benchmarks.train_throughput --preset small|7b|13b|minigptv2-7b|qwen2.5-vl-7b [--peer torch|none] [--scan_layers auto|on|off|ab] [--json]`
 
 Times the trainer's own jitted LoRA step (`vlguard_jax.train.jit_train_step`) on its real
 sharded state: random base weights in the compute dtype, float32 LoRA and projector, AdamW
@@ -7,7 +7,9 @@ With `--peer torch`, transformers' LlavaForConditionalGeneration + PEFT LoRA (sa
 data) runs in a child process of the same run (see `presets.in_child`), and the ratio is printed.
 `--scan_layers ab` times scanned against unrolled decoder layers, their steps interleaved.
 MiniGPT-v2 presets time the same step on its model (LoRA on q/v, llama_proj trained, the EVA
-tower frozen); they have no PyTorch peer.
+tower frozen), and Qwen2.5-VL's on its (LoRA on the LLM, the merger trained, the windowed tower
+frozen, images of one bucket, MFU from the tower's real FLOPs over the bucket); they have no
+PyTorch peer.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from benchmarks import presets
 from vlguard_jax import sharding, train
-from vlguard_jax.families import LLAVA, MINIGPTV2, family_of
+from vlguard_jax.families import LLAVA, MINIGPTV2, QWEN2_5_VL, family_of
 from vlguard_jax.runtime import peak_flops
 from vlguard_jax.train import flops
 
@@ -65,8 +67,17 @@ def _built(p: presets.Preset, scanned: bool):
     one()
     compile_s = time.perf_counter() - t0
     presets.log(f"ours: first step (with compilation) {compile_s:.1f} s")
+    image = family_of(p.config).image_input(p.config)
+    slots = image.rule.room_of(local["pixel_values"]) if image is not None else 0
     f = flops.train_step(
-        p.config, p.batch, p.length, "lora", p.lora_rank, head_positions=budget, lora_targets=p.lora_targets
+        p.config,
+        p.batch,
+        p.length,
+        "lora",
+        p.lora_rank,
+        head_positions=budget,
+        lora_targets=p.lora_targets,
+        image_slots=slots,
     )
     return one, compile_s, f, box
 
@@ -184,7 +195,7 @@ def main(argv=None) -> dict:
         help="the decoder layers' form (auto as in training), or ab: both, interleaved",
     )
     args = a.parse_args(argv)
-    p = presets.get(args.preset, args.layers, args.batch, families=(LLAVA.name, MINIGPTV2.name))
+    p = presets.get(args.preset, args.layers, args.batch, families=(LLAVA.name, MINIGPTV2.name, QWEN2_5_VL.name))
     if args.peer == "torch" and family_of(p.config) is not LLAVA:
         raise SystemExit(
             f"preset {args.preset!r} has no PyTorch peer (transformers has no MiniGPT-v2); use --peer none"

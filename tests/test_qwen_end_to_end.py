@@ -76,6 +76,8 @@ def test_convert_generate_train_evaluate_report_export(tmp_path, capsys):
         train(config(ck, sample, tmp_path / "wrong", template="minigptv2"), log_fn=lambda _: None)
     result = train(config(ck, sample, tmp_path / "run"), log_fn=lambda _: None)
     assert result["step"] == 2 and np.isfinite(result["loss"])
+    # the same command again finds the run's identity unchanged (its config read back from JSON)
+    assert train(config(ck, sample, tmp_path / "run"), log_fn=lambda _: None)["step"] == 2
     _, state, meta = read_latest(tmp_path / "run")
     assert meta.family == "qwen2_5_vl" and set(state["params"]) == {"merger", "language_model"}  # tower frozen
     # freeze_projector keeps the merger frozen too

@@ -89,3 +89,22 @@ def test_minigptv2_training_benchmark_times_its_own_lora_step(capsys):
         train_throughput.main(["--preset", "minigptv2-tiny", "--peer", "torch"])
     with pytest.raises(SystemExit, match="is a MiniGPT-v2; this benchmark times llava presets"):
         generate_throughput.main(["--preset", "minigptv2-tiny"])
+
+
+def test_qwen_training_benchmark_times_its_step_on_one_image_bucket(capsys):
+    """The Qwen2.5-VL preset times the trainer's step on Qwen2.5-VL with images of the preset's
+    size (4 x 4 merged tokens: 64 patches, their own bucket); its MFU counts the tower over the
+    bucket's patches, so a larger image is more FLOPs."""
+    from benchmarks import presets
+    from vlguard_jax.train import flops
+
+    out = train_throughput.main(["--preset", "qwen2.5-vl-tiny", "--json"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == out
+    assert out["ours"]["tokens_per_s"] > 0
+    p = presets.get("qwen2.5-vl-tiny", families=("qwen2_5_vl",))
+    batch = presets.train_batch(p)
+    assert batch["pixel_values"]["patches"].shape[:2] == (p.batch, 64)
+    assert (batch["input_ids"] == p.config.image_token_index).sum(axis=1).tolist() == [16] * p.batch
+    assert flops.train_step(p.config, 8, 32, "lora", 4, image_slots=256) < flops.train_step(
+        p.config, 8, 32, "lora", 4, image_slots=1024
+    )

@@ -232,5 +232,17 @@ def test_a_family_with_its_own_converter_gets_its_checkpoints(built, tmp_path, m
     cfg = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps(dict(cfg, model_type="toy_vl")))
     assert convert(src, tmp_path / "dst", "bfloat16", overwrite=True) == "converted"
-    assert calls == [((src, tmp_path / "dst", "bfloat16", None), {"flush_bytes": 64 << 20, "overwrite": True})]
+    want = {"flush_bytes": 64 << 20, "overwrite": True, "pixels": (None, None)}
+    assert calls == [((src, tmp_path / "dst", "bfloat16", None), want)]
+    assert not (tmp_path / "dst").exists()
+
+
+def test_the_pixel_range_flags_are_refused_for_fixed_size_images(built, tmp_path, capsys):
+    """--min-pixels/--max-pixels set the range of a family whose images keep their size; a
+    LLaVA's images are one size, so they are refused in one line and nothing is written."""
+    argv = ["--src", str(built.hf_dir), "--dst", str(tmp_path / "dst"), "--max-pixels", "9999"]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --min-pixels and --max-pixels apply to checkpoints whose images keep their size (Qwen2.5-VL)"
+    ]
     assert not (tmp_path / "dst").exists()

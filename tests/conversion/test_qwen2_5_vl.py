@@ -158,3 +158,14 @@ def test_the_pixel_range_given_at_conversion_is_the_checkpoints(built, tmp_path,
         main(["--src", str(built.hf_dir), "--dst", str(tmp_path / "x"), "--min-pixels", "9", "--max-pixels", "4"]) == 1
     )
     assert "min_pixels 9 and max_pixels 4 are not a range" in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_a_processor_file_gets_qwens_with_its_defaults(built, tmp_path):
+    src = _edit(built, tmp_path)
+    (src / "preprocessor_config.json").unlink()
+    convert(src, tmp_path / "out", "float32")
+    config = load_config(tmp_path / "out" / "model_config.json")
+    assert (config.min_pixels, config.max_pixels) == (56 * 56, 28 * 28 * 1280)  # the processor's defaults
+    pre = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert pre["image_processor_type"] == "Qwen2VLImageProcessor"
+    assert pre["size"] == {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}

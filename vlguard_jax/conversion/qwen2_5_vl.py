@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flax import traverse_util
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from vlguard_jax import storage
 from vlguard_jax.conversion.hf_to_flax import (
@@ -188,15 +189,19 @@ def plan(config: Qwen2_5_VLConfig, source: TensorSource, dtype) -> list[Entry]:
 
 
 def _side_files(src: Path, tmp: Path, config: Qwen2_5_VLConfig, origin) -> None:
-    """The tokenizer, chat template and processor files; the processor's pixel range as converted."""
-    write_side_files(src, None, tmp, config, None, origin)
-    pre_path = tmp / "preprocessor_config.json"
-    pre = json.loads(pre_path.read_text()) if pre_path.exists() else {}
-    if "size" in pre:
-        pre["size"] = dict(pre["size"], shortest_edge=config.min_pixels, longest_edge=config.max_pixels)
-    if "size" not in pre or "min_pixels" in pre:
-        pre.update(min_pixels=config.min_pixels, max_pixels=config.max_pixels)
-    pre_path.write_text(json.dumps(pre, indent=2))
+    """The tokenizer, chat template and processor files; the processor's pixel range as converted
+    (a checkpoint without a processor file gets Qwen2-VL's processor with that range)."""
+    pre_path = src / "preprocessor_config.json"
+    if pre_path.exists():
+        pre = read_json(pre_path)
+        if "size" in pre:
+            pre["size"] = dict(pre["size"], shortest_edge=config.min_pixels, longest_edge=config.max_pixels)
+        if "size" not in pre or "min_pixels" in pre:
+            pre.update(min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+        (tmp / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    else:
+        Qwen2VLImageProcessorPil(min_pixels=config.min_pixels, max_pixels=config.max_pixels).save_pretrained(tmp)
+    write_side_files(src, None, tmp, config, None, origin)  # the rest; the processor file is there
 
 
 def convert(

@@ -8,8 +8,9 @@ temporal steps (a still image), flattened to [grid_h * grid_w, 3 * 2 * 14 * 14].
 Buckets: XLA compiles one program per shape, so the patches are padded with zeros to a bucket,
 the next power of two from 16 (the fewest patches an image has at the default min_pixels), the
 last bucket being the most patches max_pixels allows. A model run thus compiles at most
-log2(max_pixels / 196 / 16) + 1 shapes of image input (13 at the default max_pixels, 8 at
-max_pixels = 1003520, a 1,000 x 1,000 image), and the tower masks the padding
+ceil(log2(max_pixels / 196 / 16)) + 1 shapes of image input (13 at the default max_pixels, 10
+at max_pixels = 1003520, about a 1,000 x 1,000 image; `buckets()` lists them), and the tower
+masks the padding
 (`models.qwen_vision`), so the outputs are those of the unpadded image. The image input is a dict:
 `patches` [bucket, 1176] float32 and `grid` int32 [2] (grid_h, grid_w in patches).
 """

@@ -1,5 +1,5 @@
 """The registry of model families (`base.Family` is the contract): LLaVA-1.5, a text-only Llama
-(the judge) and MiniGPT-v2. A new family is its own modules and one entry in `FAMILIES`; layers
+(the judge), MiniGPT-v2 and Qwen2.5-VL. A new family is its own modules and one entry in `FAMILIES`; layers
 above ask `family_of(config)` or a checkpoint ref's `family`."""
 
 from __future__ import annotations

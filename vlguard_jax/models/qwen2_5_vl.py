@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from vlguard_jax.errors import CheckpointError
-from vlguard_jax.models.config import LoraSpec, TextConfig, text_from_dict, text_to_dict
+from vlguard_jax.models.config import TextConfig, text_from_dict, text_to_dict
 from vlguard_jax.models.llava import ImageTextModel
 from vlguard_jax.models.qwen_vision import PatchMerger, QwenVisionConfig, QwenVisionTower
 from vlguard_jax.sharding import constrain
@@ -139,7 +139,6 @@ class Qwen2_5_VLModel(ImageTextModel):
     the interface of `LlavaModel`."""
 
     config: Qwen2_5_VLConfig
-    lora: LoraSpec | None = None
 
     def setup_image_side(self, kw: dict[str, Any]) -> None:
         self.visual = QwenVisionTower(self.config.vision, attn_impl=self.attn_impl, **kw)
