@@ -215,6 +215,31 @@ PRESETS = {
 }
 
 
+# The small preset's shapes on Qwen2.5-VL, for CPU figures: the same decoder (with q/k/v biases
+# and M-RoPE), a 4-block windowed tower 256 wide, images of 8 x 8 merged tokens (256 patches,
+# 64 image tokens, as the small LLaVA's 112 px image).
+PRESETS["qwen2.5-vl-small"] = dataclasses.replace(
+    PRESETS["small"],
+    config=Qwen2_5_VLConfig(
+        vision=QwenVisionConfig(
+            depth=4, hidden_size=256, intermediate_size=1024, num_heads=4, out_hidden_size=512, fullatt_block_indexes=(3,)
+        ),
+        text=dataclasses.replace(
+            TEXT_7B,
+            vocab_size=32000,
+            hidden_size=512,
+            intermediate_size=1408,
+            num_hidden_layers=8,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            head_dim=64,
+            mrope_section=(8, 12, 12),
+        ),
+        image_token_index=31999,
+    ),
+    image_key=(8, 8),
+)
+
 # For smoke tests only: the tiny preset's run on a tiny Qwen2.5-VL (images of 4 x 4 merged tokens).
 PRESETS["qwen2.5-vl-tiny"] = dataclasses.replace(
     PRESETS["tiny"],
