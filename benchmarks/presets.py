@@ -215,17 +215,21 @@ PRESETS = {
 }
 
 
+def _qwen(vision: dict, text: dict) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL of these tower and decoder shapes, its image token the vocabulary's last id."""
+    t = dataclasses.replace(TEXT_7B, **text)
+    v = QwenVisionConfig(**vision, out_hidden_size=t.hidden_size)
+    return Qwen2_5_VLConfig(vision=v, text=t, image_token_index=t.vocab_size - 1)
+
+
 # The small preset's shapes on Qwen2.5-VL, for CPU figures: the same decoder (with q/k/v biases
 # and M-RoPE), a 4-block windowed tower 256 wide, images of 8 x 8 merged tokens (256 patches,
 # 64 image tokens, as the small LLaVA's 112 px image).
 PRESETS["qwen2.5-vl-small"] = dataclasses.replace(
     PRESETS["small"],
-    config=Qwen2_5_VLConfig(
-        vision=QwenVisionConfig(
-            depth=4, hidden_size=256, intermediate_size=1024, num_heads=4, out_hidden_size=512, fullatt_block_indexes=(3,)
-        ),
-        text=dataclasses.replace(
-            TEXT_7B,
+    config=_qwen(
+        dict(depth=4, hidden_size=256, intermediate_size=1024, num_heads=4, fullatt_block_indexes=(3,)),
+        dict(
             vocab_size=32000,
             hidden_size=512,
             intermediate_size=1408,
@@ -235,7 +239,6 @@ PRESETS["qwen2.5-vl-small"] = dataclasses.replace(
             head_dim=64,
             mrope_section=(8, 12, 12),
         ),
-        image_token_index=31999,
     ),
     image_key=(8, 8),
 )
@@ -243,12 +246,9 @@ PRESETS["qwen2.5-vl-small"] = dataclasses.replace(
 # For smoke tests only: the tiny preset's run on a tiny Qwen2.5-VL (images of 4 x 4 merged tokens).
 PRESETS["qwen2.5-vl-tiny"] = dataclasses.replace(
     PRESETS["tiny"],
-    config=Qwen2_5_VLConfig(
-        vision=QwenVisionConfig(
-            depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64, fullatt_block_indexes=(1,)
-        ),
-        text=dataclasses.replace(
-            TEXT_7B,
+    config=_qwen(
+        dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=2, fullatt_block_indexes=(1,)),
+        dict(
             vocab_size=512,
             hidden_size=64,
             intermediate_size=128,
@@ -258,7 +258,6 @@ PRESETS["qwen2.5-vl-tiny"] = dataclasses.replace(
             head_dim=16,
             mrope_section=(2, 3, 3),
         ),
-        image_token_index=500,
     ),
     image_key=(4, 4),
 )

@@ -8,18 +8,17 @@ decoder's factors and the merger, through `modules_to_save`). A round trip is bi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 from flax import traverse_util
-from safetensors.numpy import save_file
 
 from vlguard_jax.checkpoints import runs
-from vlguard_jax.checkpoints.converted import PARAMS_DIR, copy_side_files, hub_source, load_params
+from vlguard_jax.checkpoints.converted import PARAMS_DIR, copy_side_files, load_params
 from vlguard_jax.conversion import layouts
 from vlguard_jax.conversion.flax_to_hf import check_shapes, write_safetensors
 from vlguard_jax.conversion.hf_to_flax import DTYPES
+from vlguard_jax.conversion.peft_adapter import write_adapter
 from vlguard_jax.conversion.qwen2_5_vl import MODEL_TYPE, torch_name
 from vlguard_jax.errors import CheckpointError, InputError
 from vlguard_jax.models.qwen2_5_vl import Qwen2_5_VLConfig
@@ -109,28 +108,7 @@ def write_peft(dst: Path, flat: dict, meta: runs.RunMeta, dtype) -> None:
             tensors[PEFT_PREFIX + name.removeprefix("model.")] = np.ascontiguousarray(
                 layouts.to_torch(np.asarray(a), transform).astype(dtype)
             )
-    lora = meta.lora
-    if not targets or lora is None:
-        raise CheckpointError("--lora peft: this run has no LoRA weights (a full fine-tuning run?); use --lora merge")
-    config = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "r": lora.rank,
-        "lora_alpha": lora.alpha,
-        "lora_dropout": lora.dropout,
-        # A regex, so the vision tower's own gate/up/down_proj are not matched.
-        "target_modules": r".*language_model.*\.(" + "|".join(sorted(targets)) + ")",
-        "modules_to_save": ["merger"] if any(k[0] == "merger" for k in flat) else None,
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "inference_mode": True,
-        "base_model_name_or_path": meta.base_checkpoint or None,
-    }
-    source = hub_source(meta.base()) if meta.base_checkpoint else None
-    if source is not None:
-        config.update(base_model_name_or_path=source["id"], revision=source["revision"])
-    (dst / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    save_file(tensors, os.fspath(dst / "adapter_model.safetensors"), metadata={"format": "pt"})
+    write_adapter(dst, tensors, meta, targets, ["merger"] if any(k[0] == "merger" for k in flat) else [])
 
 
 def export(
