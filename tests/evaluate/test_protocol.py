@@ -147,5 +147,6 @@ def test_report_puts_the_llm_beside_the_vllm(env, capsys):
         == 0
     )
     md = (tmp / "report" / "report.md").read_text()
-    assert "| metric (%) | Vicuna | LLaVA |" in md and "| model | LLM | VLLM |" in md
-    assert re.search(r"\| advbench/vanilla ASR \| [\d.]+ \| [\d.]+ \|", md)
+    assert "| metric (%, [95% interval]) | Vicuna | LLaVA |" in md and "| model | LLM | VLLM |" in md
+    rate = r"[\d.]+ \[[\d.]+, [\d.]+\]"  # each with its interval
+    assert re.search(rf"\| advbench/vanilla ASR \| {rate} \| {rate} \|", md)

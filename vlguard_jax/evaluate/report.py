@@ -65,22 +65,36 @@ def table2_of(summary: dict) -> tuple[dict, dict]:
     return ({k: v for k, v in safety.items() if v is not None}, {k: v for k, v in helpful.items() if v is not None})
 
 
+class Rate(float):
+    """A percentage and, where the summary holds one, its 95% interval (`ci`, percentages)."""
+
+    ci: list[float] | None = None
+
+
+def _rate(s: dict, key: str) -> Rate:
+    r = Rate(100 * s[key])
+    ci = s.get(f"{key}_ci95")
+    r.ci = None if ci is None else [100 * x for x in ci]
+    return r
+
+
 def rows_of(summary: dict) -> dict[str, float]:
-    """{row label: value} of every safety metric (percentages) in one run's summary.json."""
-    out = {}
+    """{row label: value} of every safety metric (percentages, each a `Rate` with its interval
+    where the summary has one) in one run's summary.json."""
+    out: dict[str, float] = {}
     for name, s in sorted(summary.items()):
         if not isinstance(s, dict) or name.startswith("helpfulness/") or name == "skipped":
             continue
         if "safe" in s and "unsafe" in s:  # xstest
-            out[f"{name} unsafe ASR"] = 100 * s["unsafe"]["asr"]
-            out[f"{name} safe refusal"] = 100 * s["safe"]["refusal_rate"]
+            out[f"{name} unsafe ASR"] = _rate(s["unsafe"], "asr")
+            out[f"{name} safe refusal"] = _rate(s["safe"], "refusal_rate")
             continue
         metric = "refusal" if name.endswith("safe_safes") else "ASR"
-        out[f"{name} {metric}"] = 100 * (s["refusal_rate"] if metric == "refusal" else s["asr"])
+        out[f"{name} {metric}"] = _rate(s, "refusal_rate" if metric == "refusal" else "asr")
         if "helpfulness_f1" in s:
             out[f"{name} helpfulness F1"] = 100 * s["helpfulness_f1"]
         for cat, c in s.get("by_category", {}).items():
-            out[f"{name} [{cat}] ASR"] = 100 * c["asr"]
+            out[f"{name} [{cat}] ASR"] = _rate(c, "asr")
     return out
 
 
@@ -109,7 +123,11 @@ def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.1f}"
+    """`12.5`, or with its interval `12.5 [8.1, 17.3]`; `-` for a missing value."""
+    if v is None:
+        return "-"
+    ci = getattr(v, "ci", None)
+    return f"{v:.1f}" if ci is None else f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
 
 
 def chart(names: list, t2: list, safety_cols: list, help_cols: list) -> Any:
@@ -169,7 +187,8 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
     tables = [rows_of(s) for s in summaries]
     columns = sorted({c for t in tables for c in t}, key=lambda c: ("[" in c, c))
     detail = _markdown(
-        ["metric (%)"] + names, [["model"] + kinds] + [[c] + [_fmt(t.get(c)) for t in tables] for c in columns]
+        ["metric (%, [95% interval])"] + names,
+        [["model"] + kinds] + [[c] + [_fmt(t.get(c)) for t in tables] for c in columns],
     )
     out = storage.as_path(out)
     out.mkdir(parents=True, exist_ok=True)
