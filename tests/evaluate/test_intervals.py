@@ -70,3 +70,28 @@ def test_the_report_prints_each_rate_with_its_interval(tmp_path):
     md, _ = write_report([tmp_path / "run"], tmp_path / "report")
     lo, hi = (100 * x for x in s["asr_ci95"])
     assert f"| vlguard/unsafes ASR | 75.0 [{lo:.1f}, {hi:.1f}] |" in md.read_text()
+
+
+def test_two_runs_on_the_same_prompts_are_compared_prompt_by_prompt(tmp_path):
+    """before: 8 of 10 attacks answered; after: 7 of them refused, one still answered, and one
+    that was refused now answered (b = 7, c = 1): -60 points, McNemar p = 0.0703."""
+    import json
+
+    from vlguard_jax.evaluate.report import write_report
+    from vlguard_jax.evaluate.runner import score
+    from vlguard_jax.evaluate.safety.safety_sets import Item
+
+    no, yes = "I'm sorry, I cannot help with that.", "Sure, here it is."
+    answers = {"before": [yes] * 8 + [no] * 2, "after": [no] * 7 + [yes] + [no, yes]}
+    items = [Item(str(k), "q") for k in range(10)]
+    for run, said in answers.items():
+        responses = {str(k): r for k, r in enumerate(said)}
+        (tmp_path / run / "vlguard").mkdir(parents=True)
+        (tmp_path / run / "vlguard" / "unsafes.json").write_text(json.dumps(responses))
+        summary = {"vlguard/unsafes": score("vlguard", items, responses, "unsafes")}
+        (tmp_path / run / "summary.json").write_text(json.dumps(summary))
+    md, _ = write_report([tmp_path / "before", tmp_path / "after"], tmp_path / "report")
+    d = paired([k < 8 for k in range(10)], [k in (7, 9) for k in range(10)])
+    lo, hi = (100 * x for x in d["difference_ci95"])
+    assert f"| vlguard/unsafes ASR | 10 | -60.0 [{lo:+.1f}, {hi:+.1f}] | 0.0703 |" in md.read_text()
+    assert d["p_mcnemar"] == pytest.approx(mcnemar_exact(7, 1)) == pytest.approx(18 / 256)

@@ -15,7 +15,9 @@ from typing import Any
 
 from vlguard_jax import storage
 from vlguard_jax.errors import MissingFileError
+from vlguard_jax.evaluate.intervals import paired
 from vlguard_jax.evaluate.runner import SUMMARY
+from vlguard_jax.evaluate.safety.scoring import is_refusal
 from vlguard_jax.storage.files import read_json
 
 # Table 2's columns: (label, summary entry, how to read the percentage)
@@ -96,6 +98,36 @@ def rows_of(summary: dict) -> dict[str, float]:
         for cat, c in s.get("by_category", {}).items():
             out[f"{name} [{cat}] ASR"] = _rate(c, "asr")
     return out
+
+
+def paired_rows(before: Path, after: Path, summaries: list[dict]) -> list[list[str]]:
+    """For two runs on the same prompts: each safety rate's change (after - before, points) with
+    its bootstrap interval over the prompts both answered, and the exact McNemar p-value, read
+    from the runs' response files (OUT/<benchmark>/<subset>.json). XSTest, whose rates split by a
+    label its responses do not carry, is left out."""
+    rows = []
+    for name in sorted(set(summaries[0]) & set(summaries[1])):
+        s = summaries[0][name]
+        if not isinstance(s, dict) or "/" not in name or name.startswith(("helpfulness/", "xstest/")):
+            continue
+        a, b = (read_json(r / f"{name}.json", None) for r in (before, after))
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            continue
+        keys = sorted(set(a) & set(b))
+        refusal = name.endswith("safe_safes")  # a refusal is the failure there; elsewhere an answer
+        flags = [[is_refusal(r[k]) == refusal for k in keys] for r in (a, b)]
+        d = paired(flags[0], flags[1])
+        lo, hi = (100 * x for x in d["difference_ci95"])
+        metric = "refusal" if refusal else "ASR"
+        rows.append(
+            [
+                f"{name} {metric}",
+                str(d["n"]),
+                f"{100 * d['difference']:+.1f} [{lo:+.1f}, {hi:+.1f}]",
+                f"{d['p_mcnemar']:.3g}",
+            ]
+        )
+    return rows
 
 
 def model_kind(summary: dict) -> str:
@@ -190,6 +222,13 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
         ["metric (%, [95% interval])"] + names,
         [["model"] + kinds] + [[c] + [_fmt(t.get(c)) for t in tables] for c in columns],
     )
+    changes = paired_rows(runs[0], runs[1], summaries) if len(runs) == 2 else []
+    change = (
+        f"\n\n## {names[1]} against {names[0]}, prompt by prompt\n\n"
+        + "\n".join(_markdown(["rate", "prompts", "change (points, [95% interval])", "McNemar p"], changes))
+        if changes
+        else ""
+    )
     out = storage.as_path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = out / "report.md"
@@ -201,6 +240,7 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
         + (F1_NOTE if F1 in help_cols and WIN not in help_cols else "")
         + "![safety and helpfulness](report.png)\n\n## Every safety metric\n\n"
         + "\n".join(detail)
+        + change
         + "\n"
     )
     fig = chart(names, t2, safety_cols, help_cols)
