@@ -132,3 +132,42 @@ def test_fsdp_embedding_lookup_compiles_without_full_rematerialization(built):
     bare, model = run.stderr.split("=== the model")
     assert REMAT in bare
     assert REMAT not in model, model[-3000:]
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    """A tiny Qwen2.5-VL and a batch of 8 rows: images of two sizes in one bucket, text-only rows."""
+    from tests import tiny_qwen
+    from vlguard_jax.families import family_of
+
+    ns = tiny_qwen.build(tmp_path_factory.mktemp("qwen_shard"))
+    m = load_model(ns.flax_dir, dtype=jnp.float32)
+    image = family_of(m.config).image_input(m.config)
+    shots = [image.pixels(tiny_qwen.image(w, h, seed=w), pad=False) for w, h in ((100, 60), (60, 100))]
+    room = max(image.rule.room_of(x) for x in shots)
+    rows = [image.rule.widen(shots[k % 2] if k < 6 else image.rule.blank((), 3), room) for k in range(8)]
+    ids = [tiny_qwen.prompt(image.count(x), 3 + k, 2, seed=k) for k, x in enumerate(rows)]
+    t = max(len(r) for r in ids)
+    ids_a = np.zeros((8, t), np.int32)
+    mask = np.zeros((8, t), np.int32)
+    for k, r in enumerate(ids):
+        ids_a[k, t - len(r) :], mask[k, t - len(r) :] = r, 1
+    pixels = jax.tree.map(lambda *xs: np.stack(xs), *rows)
+    positions, _ = m.model.prompt_positions(jnp.asarray(ids_a), jnp.asarray(mask), pixels)
+    ref = m.model.apply({"params": m.params}, ids_a, pixels, attention_mask=mask, positions=positions)[0]
+    return ns, ids_a, mask, pixels, positions, np.asarray(ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)])
+def test_qwen_sharded_logits_match_single_device(qwen, shape):
+    """Qwen2.5-VL's tower, merger and M-RoPE decoder under the logical-axis rules."""
+    ns, ids, mask, pixels, positions, reference = qwen
+    mesh = make_mesh(shape)
+    m = load_model(ns.flax_dir, mesh=mesh, dtype=jnp.float32)
+    qkv = m.params["visual"]["blocks_0"]["qkv"]["kernel"]
+    assert qkv.sharding.spec == logical_to_spec(("vision_embed", "vision_heads"), qkv.shape, mesh)
+    with use_mesh(mesh):
+        fwd = jax.jit(lambda p, i, x, a, q: m.model.apply({"params": p}, i, x, attention_mask=a, positions=q)[0])
+        ours = fwd(m.params, ids, pixels, mask, positions)
+    assert tiny.rel_err(ours, reference, mask) <= 1e-5
