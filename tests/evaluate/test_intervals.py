@@ -95,3 +95,18 @@ def test_two_runs_on_the_same_prompts_are_compared_prompt_by_prompt(tmp_path):
     lo, hi = (100 * x for x in d["difference_ci95"])
     assert f"| vlguard/unsafes ASR | 10 | -60.0 [{lo:+.1f}, {hi:+.1f}] | 0.0703 |" in md.read_text()
     assert d["p_mcnemar"] == pytest.approx(mcnemar_exact(7, 1)) == pytest.approx(18 / 256)
+
+
+def test_the_safe_safes_f1_carries_its_interval():
+    from vlguard_jax.evaluate.runner import score
+    from vlguard_jax.evaluate.safety.safety_sets import Item
+    from vlguard_jax.evaluate.safety.scoring import token_f1
+
+    refs = ["a red circle", "a blue square", "two cats"]
+    items = [Item(str(k), "q", meta={"reference": r}) for k, r in enumerate(refs)]
+    responses = {"0": "a red circle", "1": "a square", "2": "no"}
+    s = score("vlguard", items, responses, "safe_safes")
+    f1 = [token_f1(responses[str(k)], r) for k, r in enumerate(refs)]
+    assert s["helpfulness_f1"] == pytest.approx(sum(f1) / 3) and s["helpfulness_f1_ci95"] == bootstrap_ci(f1)
+    lo, hi = s["helpfulness_f1_ci95"]
+    assert min(f1) <= lo <= s["helpfulness_f1"] <= hi <= max(f1)

@@ -22,8 +22,9 @@ def _draws(n: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def bootstrap_ci(hits: Sequence[bool], resamples: int = RESAMPLES, seed: int = SEED) -> list[float]:
-    """[lo, hi]: the 95% percentile-bootstrap interval of the share of `hits` (one per prompt)."""
+def bootstrap_ci(hits: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED) -> list[float]:
+    """[lo, hi]: the 95% percentile-bootstrap interval of the mean of `hits`, one per prompt (a
+    share where they are booleans, e.g. an F1 where they are scores)."""
     x = np.asarray(hits, np.float64)
     if x.size == 0:
         return [0.0, 0.0]

@@ -94,7 +94,7 @@ def rows_of(summary: dict) -> dict[str, float]:
         metric = "refusal" if name.endswith("safe_safes") else "ASR"
         out[f"{name} {metric}"] = _rate(s, "refusal_rate" if metric == "refusal" else "asr")
         if "helpfulness_f1" in s:
-            out[f"{name} helpfulness F1"] = 100 * s["helpfulness_f1"]
+            out[f"{name} helpfulness F1"] = _rate(s, "helpfulness_f1")
         for cat, c in s.get("by_category", {}).items():
             out[f"{name} [{cat}] ASR"] = _rate(c, "asr")
     return out

@@ -137,7 +137,9 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
     out.update(rates(its))
     refs = [i for i in its if i.meta.get("reference")]
     if subset == "safe_safes" and refs:
-        out["helpfulness_f1"] = sum(token_f1(responses[i.key], i.meta["reference"]) for i in refs) / len(refs)
+        f1 = [token_f1(responses[i.key], i.meta["reference"]) for i in refs]
+        out["helpfulness_f1"] = sum(f1) / len(refs)
+        out["helpfulness_f1_ci95"] = bootstrap_ci(f1)
         out["with_reference"] = len(refs)
     groups = collections.defaultdict(list)
     for i in its:
