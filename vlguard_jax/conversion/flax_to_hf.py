@@ -158,19 +158,27 @@ def export(
         writer = importlib.import_module(ref.family.hf_exporter)
         return writer.export(ref, dst, dtype, max_shard_bytes, lora, overwrite)
     ref.family.check_export("flax_to_hf", src)
-    if ref.kind == "run":
-        return _export_run(ref.path, dst, dtype, max_shard_bytes, lora, overwrite)
+
+    def write(src, dst, config, params, dtype):
+        return _write(src, dst, config, params, dtype, max_shard_bytes, overwrite)
+
+    return export_ref(ref, dst, dtype, lora, overwrite, write, llava_peft.write_peft)
+
+
+def export_ref(ref, dst: Path, dtype: str | None, lora: str | None, overwrite: bool, write, write_peft) -> Any:
+    """The steps every family's export shares, for a resolved checkpoint or run `ref`: a plain
+    checkpoint's weights checked and written whole; a run's latest, its LoRA merged (`--lora
+    merge`, in the base checkpoint's dtype unless given) or written as an adapter (`--lora peft`).
+    `write(src, dst, config, params, dtype)` writes a full model (side files from `src`; dtype
+    None: the weights' own) and returns its config; `write_peft(dir, flat, meta, np_dtype)` an
+    adapter's files."""
+    if ref.kind != "run":
+        if lora is not None:
+            raise InputError(f"--lora applies to a training run's workdir; {ref.path} is a plain checkpoint")
+        params = load_params(ref.path / PARAMS_DIR)
+        check_shapes(ref.path, ref.config, traverse_util.flatten_dict(params))
+        return write(ref.path, dst, ref.config, params, dtype)
     src = ref.path
-    if lora is not None:
-        raise InputError(f"--lora applies to a training run's workdir; {src} is a plain checkpoint")
-    config = ref.config
-    assert isinstance(config, LlavaConfig)  # its family is LLaVA
-    params = load_params(src / PARAMS_DIR)
-    check_shapes(src, config, traverse_util.flatten_dict(params))
-    return _write(src, dst, config, params, dtype, max_shard_bytes, overwrite)
-
-
-def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora, overwrite) -> LlavaConfig:
     base, config, flat, meta = runs.load_run(src)
     check_shapes(src, config, flat)
     has_lora = runs.has_lora(flat)
@@ -180,12 +188,12 @@ def _export_run(src: Path, dst: Path, dtype, max_shard_bytes, lora, overwrite) -
         if not has_lora:
             raise InputError(f"{src} has no LoRA weights (a full fine-tuning run); use --lora merge")
         with atomic_dir(dst, overwrite) as tmp:
-            llava_peft.write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
+            write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
         return config
     if has_lora:
         flat = runs.merge_lora(flat, runs.lora_of(src, meta).scale)
     dtype = dtype or flat[family_of(config).embed].dtype.name  # the base checkpoint's
-    return _write(base, dst, config, traverse_util.unflatten_dict(flat), dtype, max_shard_bytes, overwrite)
+    return write(base, dst, config, traverse_util.unflatten_dict(flat), dtype)
 
 
 def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_bytes, overwrite) -> LlavaConfig:

@@ -14,9 +14,9 @@ import numpy as np
 from flax import traverse_util
 
 from vlguard_jax.checkpoints import runs
-from vlguard_jax.checkpoints.converted import PARAMS_DIR, copy_side_files, load_params
+from vlguard_jax.checkpoints.converted import copy_side_files
 from vlguard_jax.conversion import layouts
-from vlguard_jax.conversion.flax_to_hf import check_shapes, write_safetensors
+from vlguard_jax.conversion.flax_to_hf import export_ref, write_safetensors
 from vlguard_jax.conversion.hf_to_flax import DTYPES
 from vlguard_jax.conversion.peft_adapter import write_adapter
 from vlguard_jax.conversion.qwen2_5_vl import MODEL_TYPE, torch_name
@@ -82,12 +82,17 @@ def torch_state(config: Qwen2_5_VLConfig, params, dtype) -> dict[str, np.ndarray
     return out
 
 
-def _write(src: Path, dst: Path, config: Qwen2_5_VLConfig, params, dtype: str, max_shard_bytes: int, overwrite) -> None:
+def _write(
+    src: Path, dst: Path, config: Qwen2_5_VLConfig, params, dtype: str | None, max_shard_bytes: int, overwrite
+) -> Qwen2_5_VLConfig:
+    """`params` in the Hub's layout (dtype None: the embedding's own); side files from `src`."""
+    dtype = dtype or np.asarray(params["language_model"]["embed_tokens"]).dtype.name
     state = torch_state(config, params, np.dtype(DTYPES[dtype]))
     with atomic_dir(dst, overwrite) as tmp:
         write_safetensors(state, tmp, max_shard_bytes)
         (tmp / "config.json").write_text(json.dumps(hub_config(config, dtype), indent=2))
         copy_side_files(src, tmp)
+    return config
 
 
 def write_peft(dst: Path, flat: dict, meta: runs.RunMeta, dtype) -> None:
@@ -117,27 +122,8 @@ def export(
     """Write the checkpoint or run `ref` (resolved) to DST (see the module doc)."""
     if dtype is not None and dtype not in DTYPES:
         raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if ref.kind != "run":
-        if lora is not None:
-            raise InputError(f"--lora applies to a training run's workdir; {ref.path} is a plain checkpoint")
-        params = load_params(ref.path / PARAMS_DIR)
-        check_shapes(ref.path, ref.config, traverse_util.flatten_dict(params))
-        dtype = dtype or np.asarray(params["language_model"]["embed_tokens"]).dtype.name
-        _write(ref.path, dst, ref.config, params, dtype, max_shard_bytes, overwrite)
-        return ref.config
-    base, config, flat, meta = runs.load_run(ref.path)
-    check_shapes(ref.path, config, flat)
-    has_lora = runs.has_lora(flat)
-    if has_lora and lora not in ("merge", "peft"):
-        raise InputError(f"{ref.path} is a LoRA run: pass --lora merge (a full model) or --lora peft (an adapter)")
-    if lora == "peft":
-        if not has_lora:
-            raise InputError(f"{ref.path} has no LoRA weights (a full fine-tuning run); use --lora merge")
-        with atomic_dir(dst, overwrite) as tmp:
-            write_peft(tmp, flat, meta, np.dtype(DTYPES[dtype or "float32"]))
-        return config
-    if has_lora:
-        flat = runs.merge_lora(flat, runs.lora_of(ref.path, meta).scale)
-    dtype = dtype or flat[("language_model", "embed_tokens")].dtype.name
-    _write(base, dst, config, traverse_util.unflatten_dict(flat), dtype, max_shard_bytes, overwrite)
-    return config
+
+    def write(src, dst, config, params, dtype):
+        return _write(src, dst, config, params, dtype, max_shard_bytes, overwrite)
+
+    return export_ref(ref, dst, dtype, lora, overwrite, write, write_peft)

@@ -280,7 +280,9 @@ def convert(
             given, dst, dtype, vision_tower, flush_bytes=flush_bytes, overwrite=overwrite, pixels=pixels
         )
     if pixels != (None, None):
-        raise InputError("--min-pixels and --max-pixels apply to checkpoints whose images keep their size (Qwen2.5-VL)")
+        raise InputError(
+            f"--min-pixels and --max-pixels apply to checkpoints whose images keep their size; {src} is not one"
+        )
     origin = hub.provenance(given, src)
     vision_tower = hub.model_dir(vision_tower, "--vision-tower") if vision_tower else None
     check_dtype(dtype)
