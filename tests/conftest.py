@@ -22,6 +22,16 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture(scope="session")
+def qwen_tokenizer(tmp_path_factory):
+    """Qwen2's real vocabulary as an HF tokenizer, built once per session (tests/qwen_vocab.py)."""
+    import transformers
+
+    from tests import qwen_vocab
+
+    return transformers.AutoTokenizer.from_pretrained(qwen_vocab.build(tmp_path_factory.mktemp("qwen_vocab")))
+
+
+@pytest.fixture(scope="session")
 def shared_data():
     """The real data beside the checkout, or a skip saying why."""
     from pathlib import Path

@@ -7,9 +7,7 @@ real VLGuard conversations where ../shared is present, hand-made ones always."""
 import re
 
 import pytest
-import transformers
 
-from tests import qwen_vocab
 from vlguard_jax.data.convert_vlguard import to_llava
 from vlguard_jax.data.preprocess import IGNORE, TokenizationError
 from vlguard_jax.data.qwen_tokens import QwenEncoder
@@ -19,8 +17,8 @@ IMAGE_PAD, ASSISTANT, IM_END = 151655, 77091, 151645
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return transformers.AutoTokenizer.from_pretrained(qwen_vocab.build(tmp_path_factory.mktemp("qwen_vocab")))
+def tok(qwen_tokenizer):
+    return qwen_tokenizer
 
 
 def authors(tok, conversations, n_image):

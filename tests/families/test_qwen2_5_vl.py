@@ -3,9 +3,7 @@ template rendered as the checkpoint's own, and the ids of an image prompt equal 
 tokenizer's on the same text with the image's pads written out."""
 
 import pytest
-import transformers
 
-from tests import qwen_vocab
 from vlguard_jax.data.conversation import IMAGE_TAG
 from vlguard_jax.families import FAMILIES
 from vlguard_jax.families.qwen2_5_vl import IMAGE_PAD, TEMPLATE, chat_prompt
@@ -21,8 +19,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    return transformers.AutoTokenizer.from_pretrained(qwen_vocab.build(tmp_path_factory.mktemp("qwen_vocab")))
+def tok(qwen_tokenizer):
+    return qwen_tokenizer
 
 
 @pytest.mark.parametrize("image", [True, False])

@@ -3,7 +3,6 @@ workdir in a gs:// bucket, two processes, a preemption notice on one and a bit-e
 
 import pytest
 
-from tests import emulators
 from tests.minigptv2_reference import write_parts
 from tests.train.pod import preempted_in_a_bucket_is_bit_exact
 from vlguard_jax.conversion.minigptv2 import convert
@@ -11,12 +10,6 @@ from vlguard_jax.data.sample import write_sample
 
 pytest.importorskip("gcp_storage_emulator")
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    with emulators.started(tmp_path_factory.mktemp("emulators")) as e:
-        yield e
 
 
 def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(tmp_path, emu):

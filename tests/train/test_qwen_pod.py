@@ -4,7 +4,7 @@ preemption notice on one and a bit-exact restart."""
 
 import pytest
 
-from tests import emulators, tiny_qwen
+from tests import tiny_qwen
 from tests.test_qwen_end_to_end import resize_some
 from tests.train.pod import preempted_in_a_bucket_is_bit_exact
 from vlguard_jax.conversion.hf_to_flax import convert
@@ -12,12 +12,6 @@ from vlguard_jax.data.sample import write_sample
 
 pytest.importorskip("gcp_storage_emulator")
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    with emulators.started(tmp_path_factory.mktemp("emulators")) as e:
-        yield e
 
 
 def test_two_processes_in_a_bucket_preempted_and_resumed_are_bit_exact(tmp_path, emu):
