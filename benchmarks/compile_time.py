@@ -23,8 +23,9 @@ from benchmarks import presets
 from vlguard_jax import sharding, train
 from vlguard_jax.families import family_of
 from vlguard_jax.generate import Generator, Sampling
-from vlguard_jax.models import LlavaModel, abstract_params
+from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LoraSpec
+from vlguard_jax.models.llava import LlavaModel
 
 FORMS = ("scanned", "unrolled")
 

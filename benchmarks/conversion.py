@@ -20,10 +20,11 @@ import transformers
 from flax import traverse_util
 from safetensors.numpy import save_file
 
-from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion import llava
 from vlguard_jax.data.sample_tokenizer import build_tokenizer
-from vlguard_jax.models import LlavaModel, abstract_params
-from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models import abstract_params
+from vlguard_jax.models.llava import LlavaModel
+from vlguard_jax.models.llava_config import LlavaConfig
 
 MB = 1 << 20
 
@@ -40,7 +41,7 @@ def write_checkpoint(path: Path, cfg, tokenizer, shard_bytes: int = 400 * MB) ->
     rng = np.random.default_rng(0)
     shard, weight_map, n, total, largest = {}, {}, 0, 0, 0
     for i, (p, s) in enumerate(shapes.items()):
-        name, transform = layouts.torch_name(p, layouts.HUB)
+        name, transform = llava.torch_name(p, llava.HUB)
         shape = tuple(reversed(s.shape)) if transform == "linear" else s.shape
         if transform == "patch":
             shape = (s.shape[1], 3, 14, 14)

@@ -32,12 +32,12 @@ from transformers import AutoTokenizer
 
 from benchmarks.presets import in_child
 from vlguard_jax.data.config import DataConfig
-from vlguard_jax.data.conversation import TEMPLATES
+from vlguard_jax.data.llava_tokens import TEMPLATES
 from vlguard_jax.data.pipeline import Layout, prepare
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.data.sample_tokenizer import build_tokenizer
 from vlguard_jax.families import LLAVA
-from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.llava_config import LlavaConfig
 
 SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "so", "vi", "de", "pa", "ho", "zu", "ba", "ge", "fi", "qu", "wy", "xo")
 EXCHANGES = ((1, 1, 0.35), (2, 4, 0.30), (5, 10, 0.25), (11, 20, 0.08), (21, 30, 0.02))

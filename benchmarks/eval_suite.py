@@ -26,7 +26,7 @@ from vlguard_jax import load_model
 from vlguard_jax.checkpoints.converted import save_checkpoint
 from vlguard_jax.conversion.flax_to_hf import export
 from vlguard_jax.generate import Generator, Sampling
-from vlguard_jax.models import LlavaModel
+from vlguard_jax.models.llava import LlavaModel
 from vlguard_jax.sharding import make_mesh
 
 NEW_TOKENS = 256

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from benchmarks import presets
 from vlguard_jax import sharding
 from vlguard_jax.generate import Generator, Sampling
-from vlguard_jax.models import LlavaModel
+from vlguard_jax.models.llava import LlavaModel
 
 NO_EOS = -1  # never produced, so every row runs the full length
 

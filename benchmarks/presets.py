@@ -21,8 +21,9 @@ import numpy as np
 from vlguard_jax import sharding
 from vlguard_jax.families import family_of
 from vlguard_jax.models import abstract_params
-from vlguard_jax.models.config import LlavaConfig, LoraSpec, TextConfig, VisionConfig
+from vlguard_jax.models.config import LoraSpec, TextConfig, VisionConfig
 from vlguard_jax.models.eva import EvaConfig
+from vlguard_jax.models.llava_config import LlavaConfig
 from vlguard_jax.models.minigptv2 import MiniGPTv2Config
 from vlguard_jax.models.qwen2_5_vl import TEXT_7B, Qwen2_5_VLConfig
 from vlguard_jax.models.qwen_vision import QwenVisionConfig

@@ -1,8 +1,8 @@
-"""`python -m conversion.assemble`: runs vlguard_jax.conversion.assemble (where the library code lives)."""
+"""`python -m conversion.assemble`: runs vlguard_jax.conversion.llava_assemble (where the library code lives)."""
 
 import sys
 
-from vlguard_jax.conversion.assemble import main
+from vlguard_jax.conversion.llava_assemble import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from configs import demo as demo_config
-from vlguard_jax.demo import stages as demo
-from vlguard_jax.demo.stages import run_demo
+from vlguard_jax.demo import llava_stages as demo
+from vlguard_jax.demo.llava_stages import run_demo
 
 
 def rates(asr: float, f1: float) -> dict:
@@ -118,5 +118,5 @@ def test_importing_the_package_without_torch_prints_no_pytorch_advice():
         return subprocess.run([sys.executable, "-c", hide + code], capture_output=True, text=True, env=env)
 
     assert "PyTorch was not found" in run("import transformers").stderr  # the advice this test is about
-    ours = run("import vlguard_jax.demo.stages")
+    ours = run("import vlguard_jax.demo.llava_stages")
     assert ours.returncode == 0 and "PyTorch was not found" not in ours.stderr, ours.stderr

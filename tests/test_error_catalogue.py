@@ -32,9 +32,10 @@ from vlguard_jax.conversion.hf_to_flax import main as hf_to_flax_main
 from vlguard_jax.data import mixture
 from vlguard_jax.data.convert_vlguard import main as convert_vlguard_main
 from vlguard_jax.data.images import ClipPixels, ImageError, ImageInput, SquashPixels, load_pixels, open_rgb
-from vlguard_jax.data.preprocess import TokenizationError, encode
+from vlguard_jax.data.llava_tokens import encode
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.sample import main as sample_main
+from vlguard_jax.data.tokenization import TokenizationError
 from vlguard_jax.errors import ConfigError, ResourceError, cli
 from vlguard_jax.evaluate.__main__ import main as evaluate_main
 from vlguard_jax.generate import Sampling, load_generator

@@ -18,25 +18,7 @@ FRONT_DOORS = {"vlguard_jax.conversion.commands"}  # the converters' subcommands
 OTHER_MEANINGS = {
     "vlguard_jax.data.mixture": {"llava"},  # LLaVA's instruction mix: a data source and a recipe
     "vlguard_jax.train.validate": {"llava"},  # as above: the recipes' sources
-    "vlguard_jax.demo.stages": {"llava"},  # as above: stage 1 trains on the LLaVA mix
     "vlguard_jax.train.state": {"projector"},  # the optimizer group's label, a key in saved optimizer states
-}
-# What is still to move behind the adapter (issue "A model family is an adapter"), module by module.
-# A new entry here is a regression: the list only shrinks.
-KNOWN = {
-    "vlguard_jax.models.config": {"LlavaConfig", "TextOnlyConfig", "llama", "llava"},  # their configs, not split out
-    "vlguard_jax.models": {"LlavaConfig", "LlavaModel", "TextOnlyConfig", "TextOnlyModel"},  # re-exported
-    "vlguard_jax.models.stacking": {"language_model"},  # walks any tree for the decoder's layers
-    "vlguard_jax.data.conversation": {"vicuna_v1", "llava_v1"},  # LLaVA's templates: the table they live in
-    "vlguard_jax.data.preprocess": {"vicuna_v1"},  # the LLaVA encoder's default template
-    "vlguard_jax.flags": {"vicuna_v1", "llava_v1", "minigptv2", "qwen2_5_vl"},  # choices listed without importing flax
-    "vlguard_jax.demo.stages": {"LlavaConfig", "LlavaModel"},  # the demo builds a tiny LLaVA
-    "vlguard_jax": {"LlavaConfig", "LlavaModel"},  # the public surface's names
-    # the LLaVA and text-only converters and their key tables: their plans are not yet the families'
-    "vlguard_jax.conversion.hf_to_flax": {"LlavaConfig", "TextOnlyConfig", "llama"},
-    "vlguard_jax.conversion.flax_to_hf": {"LlavaConfig"},
-    "vlguard_jax.conversion.assemble": {"LLAMA", "LlavaConfig", "llama", "projector", "vision_tower"},
-    "vlguard_jax.conversion.layouts": {"LLAMA", "MINIGPTV2", "llama", "projector"},
 }
 
 
@@ -101,15 +83,7 @@ def violations() -> dict[str, set[str]]:
 
 
 def test_no_core_module_names_a_family():
-    new = {m: sorted(found - KNOWN.get(m, set())) for m, found in violations().items()}
-    assert {m: f for m, f in new.items() if f} == {}
-
-
-def test_the_known_list_only_shrinks():
-    """An entry that no longer holds is taken off, so the list says what is left to do."""
-    found = violations()
-    stale = {m: sorted(k - found.get(m, set())) for m, k in KNOWN.items()}
-    assert {m: s for m, s in stale.items() if s} == {}
+    assert {m: sorted(found) for m, found in violations().items() if found} == {}
 
 
 @pytest.mark.parametrize(

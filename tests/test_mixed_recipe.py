@@ -14,9 +14,9 @@ import transformers
 from configs import mixed_lora_7b
 from tests import tiny
 from vlguard_jax import load_model
-from vlguard_jax.conversion.assemble import main as assemble
 from vlguard_jax.conversion.flax_to_hf import main as flax_to_hf
 from vlguard_jax.conversion.hf_to_flax import main as hf_to_flax
+from vlguard_jax.conversion.llava_assemble import main as assemble
 from vlguard_jax.data.sample import write_sample
 from vlguard_jax.evaluate.__main__ import main as evaluate
 from vlguard_jax.train.loop import run as train

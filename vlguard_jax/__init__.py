@@ -1,7 +1,8 @@
 """vlguard-jax: VLGuard safety fine-tuning of LLaVA-1.5 in JAX.
 
-Public surface: `load_model`, `LlavaModel`, `LlavaConfig`, `make_mesh`, read on first use, so a
-command's `--help` and `import vlguard_jax.errors` do not load jax, flax, orbax and transformers.
+Public surface: `load_model` and `make_mesh`, read on first use, so a command's `--help` and
+`import vlguard_jax.errors` do not load jax, flax, orbax and transformers. Each model family's
+config and module classes live in its own modules, which `vlguard_jax.families.FAMILIES` lists.
 """
 
 import os
@@ -15,15 +16,12 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 if TYPE_CHECKING:
     from vlguard_jax.checkpoints.loading import load_model
-    from vlguard_jax.models import LlavaConfig, LlavaModel
     from vlguard_jax.sharding import make_mesh
 
 _SURFACE = {
     "load_model": "vlguard_jax.checkpoints.loading",
-    "LlavaModel": "vlguard_jax.models",
-    "LlavaConfig": "vlguard_jax.models",
     "make_mesh": "vlguard_jax.sharding",
 }
-__all__ = ["load_model", "LlavaModel", "LlavaConfig", "make_mesh"]
+__all__ = ["load_model", "make_mesh"]
 
 __getattr__ = lazy.surface(__name__, _SURFACE)

@@ -13,10 +13,9 @@ from vlguard_jax import storage
 from vlguard_jax.errors import ConfigError, InputError
 
 COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
-# `--template`: a named template, the tokenizer's own chat template, or the prompt as typed.
-TEMPLATE_CHOICES = ("llava_v1", "vicuna_v1", "minigptv2", "qwen2_5_vl", "chat_template", "none")
-# `vqa --conv-mode`: LLaVA's scripts name a template; auto is the checkpoint family's.
-CONV_MODES = ("auto", "vicuna_v1", "llava_v1", "minigptv2", "qwen2_5_vl")
+# `--template` and `--conv-mode` take a word the command checks once its library loads
+# (`families.check_template`): the choices are the families' own, which only the registry lists.
+TEMPLATE_METAVAR = "TEMPLATE"
 
 
 def output(text: str) -> str:

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlguard_jax.checkpoints.converted import load_params, param_metadata, save_checkpoint
-from vlguard_jax.models import LlavaConfig, TextConfig, VisionConfig
+from vlguard_jax.models import TextConfig, VisionConfig
+from vlguard_jax.models.llava_config import LlavaConfig
 
 
 def test_relative_paths_round_trip(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import transformers
 
 from tests import tiny
 from vlguard_jax import load_model
-from vlguard_jax.conversion.assemble import assemble, main
+from vlguard_jax.conversion.llava_assemble import assemble, main
 from vlguard_jax.conversion.reader import CheckpointError
 
 

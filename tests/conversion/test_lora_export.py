@@ -62,8 +62,8 @@ def test_merged_export_matches_the_flax_model_with_adapters(lora_run):
     """Our model with unmerged LoRA factors == transformers on the merged export."""
     ns, tmp = lora_run
     from vlguard_jax.checkpoints.runs import load_run
-    from vlguard_jax.models import LlavaModel
     from vlguard_jax.models.config import LoraSpec
+    from vlguard_jax.models.llava import LlavaModel
 
     _, config, flat, meta = load_run(tmp / "run")
     model = LlavaModel(config, lora=LoraSpec(4, 8.0))

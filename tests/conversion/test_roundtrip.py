@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from tests import tiny
 from vlguard_jax import load_model
-from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion import llava
 from vlguard_jax.conversion.flax_to_hf import export
 from vlguard_jax.conversion.hf_to_flax import convert
 from vlguard_jax.conversion.hf_to_flax import main as hf_to_flax_main
@@ -74,10 +74,10 @@ def test_transformers5_in_memory_names(built, tmp_path):
 
 
 def _original_layout(built, d, with_tower=True, vocab_has_image_row=True):
-    """An original-LLaVA checkpoint made from the tiny HF model through layouts.ORIGINAL."""
+    """An original-LLaVA checkpoint made from the tiny HF model through llava.ORIGINAL."""
     d.mkdir()
     m = load_model(built.flax_dir, dtype=jnp.float32)
-    from vlguard_jax.conversion.flax_to_hf import torch_state
+    from vlguard_jax.conversion.flax_to_llava import torch_state
 
     hub = torch_state(m.config, m.params, np.float32)
     # hub names -> original names: the same rules with the other prefixes
@@ -85,8 +85,8 @@ def _original_layout(built, d, with_tower=True, vocab_has_image_row=True):
 
     state = {}
     for path in traverse_util.flatten_dict(m.params, sep="/"):
-        src, _ = layouts.torch_name(path, layouts.HUB)
-        dst, _ = layouts.torch_name(path, layouts.ORIGINAL)
+        src, _ = llava.torch_name(path, llava.HUB)
+        dst, _ = llava.torch_name(path, llava.ORIGINAL)
         if with_tower or not path.startswith("vision_tower/"):
             state[dst] = torch.from_numpy(np.ascontiguousarray(hub[src]))
     text = built.cfg.text_config.to_dict()
@@ -132,7 +132,7 @@ def original_without_tower(built, tmp: Path) -> tuple[Path, Path]:
     hub = _original_layout(built, tmp / "orig", with_tower=False)
     tower = tmp / "clip"
     tower.mkdir()
-    pre = layouts.HUB["vision"]
+    pre = llava.HUB["vision"]
     save_file(
         {
             "vision_model." + k[len(pre) :]: torch.from_numpy(np.ascontiguousarray(a))

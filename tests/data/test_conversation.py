@@ -2,7 +2,8 @@
 
 import pytest
 
-from vlguard_jax.data.conversation import generation_prompt, get_template, render, turns
+from vlguard_jax.data.conversation import generation_prompt, render, turns
+from vlguard_jax.data.llava_tokens import get_template
 
 VICUNA = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives "

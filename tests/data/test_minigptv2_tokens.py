@@ -7,7 +7,7 @@ import pytest
 
 from tests import tiny
 from vlguard_jax.data import minigptv2_tokens as mt
-from vlguard_jax.data.preprocess import IGNORE, TokenizationError
+from vlguard_jax.data.tokenization import IGNORE, TokenizationError
 
 IMG, N = 999, 4
 

@@ -18,11 +18,11 @@ from vlguard_jax.data import mixture
 from vlguard_jax.data.config import DataConfig
 from vlguard_jax.data.images import ImageError
 from vlguard_jax.data.pipeline import Layout, dataset, epoch_order, prepare, steps_for
-from vlguard_jax.data.preprocess import IGNORE, TokenizationError
 from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.data.sample import write_sample
+from vlguard_jax.data.tokenization import IGNORE, TokenizationError
 from vlguard_jax.families import family_of
-from vlguard_jax.models.config import LlavaConfig
+from vlguard_jax.models.llava_config import LlavaConfig
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +333,7 @@ def test_the_store_is_built_once_named_by_its_inputs_and_found_by_every_start(
 ):
     import shutil
 
-    from vlguard_jax.data.preprocess import Encoder
+    from vlguard_jax.data.llava_tokens import Encoder
 
     data = tmp_path / "train.json"
     shutil.copy(sample["train"], data)
@@ -404,7 +404,7 @@ def test_the_training_set_is_llavas_every_image_tag_case_and_truncation(sample, 
     in a text-only record is text, an image record without a tag trains text-only, several tags
     collapse to one, and samples cut at max_length keep their first positions (image tokens and
     all), even with no supervised token left. Each case is counted in the data report."""
-    from vlguard_jax.data.preprocess import Encoder, plain_tokenizer
+    from vlguard_jax.data.llava_tokens import Encoder, plain_tokenizer
 
     image = json.loads(sample["helpful"].read_text())[0]["image"]
     n_img = model_cfg.num_image_tokens
@@ -510,8 +510,8 @@ def test_the_store_records_each_images_own_token_count(tok, model_cfg, tmp_path)
     and gives the record the tokens of its shape class: ids and labels are tokenized with that many
     image tokens, and the store records and expands each example's own count."""
     from vlguard_jax.data.images import ImageInput
+    from vlguard_jax.data.llava_tokens import Encoder
     from vlguard_jax.data.pipeline import ModelInputs
-    from vlguard_jax.data.preprocess import Encoder
 
     sample = write_sample(tmp_path / "sample")
     images = sorted(Path(sample["images"]).rglob("*.png"))

@@ -9,9 +9,9 @@ import re
 import pytest
 
 from vlguard_jax.data.convert_vlguard import to_llava
-from vlguard_jax.data.preprocess import IGNORE, TokenizationError
 from vlguard_jax.data.qwen_tokens import QwenEncoder
 from vlguard_jax.data.records import load_vlguard
+from vlguard_jax.data.tokenization import IGNORE, TokenizationError
 
 IMAGE_PAD, ASSISTANT, IM_END = 151655, 77091, 151645
 

@@ -13,9 +13,10 @@ from transformers import AutoTokenizer
 
 from tests import llama_vocab
 from vlguard_jax.data import minigptv2_tokens, tokenization
-from vlguard_jax.data.conversation import get_template, render, turns
+from vlguard_jax.data.conversation import render, turns
 from vlguard_jax.data.convert_vlguard import to_llava
-from vlguard_jax.data.preprocess import IGNORE, Encoder, encode, tokenize_with_images
+from vlguard_jax.data.llava_tokens import Encoder, encode, get_template
+from vlguard_jax.data.tokenization import IGNORE, tokenize_with_images
 from vlguard_jax.families import LLAVA, MINIGPTV2
 from vlguard_jax.generate.prompts import prompt_text
 

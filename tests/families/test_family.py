@@ -9,9 +9,12 @@ import pytest
 from vlguard_jax.data.images import ClipPixels, ImageInput, SquashPixels
 from vlguard_jax.errors import CheckpointError
 from vlguard_jax.families import LLAMA, LLAVA, MINIGPTV2, build_model, family_named, family_of, load_config
-from vlguard_jax.models import LlavaConfig, LlavaModel, TextOnlyConfig, TextOnlyModel
 from vlguard_jax.models.config import LoraSpec
+from vlguard_jax.models.llava import LlavaModel
+from vlguard_jax.models.llava_config import LlavaConfig
 from vlguard_jax.models.minigptv2 import MiniGPTv2Config
+from vlguard_jax.models.text_only import TextOnlyModel
+from vlguard_jax.models.text_only_config import TextOnlyConfig
 
 
 def test_a_config_knows_its_family_and_a_saved_one_reads_back_as_itself(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 import transformers
 
-from vlguard_jax.models.config import KNOWN_CLIP_TOWERS, LlavaConfig
+from vlguard_jax.models.llava_config import KNOWN_CLIP_TOWERS, LlavaConfig
 
 LLAVA_15_7B_HUB = {  # llava-hf/llava-1.5-7b-hf config.json, transformers 4 style
     "architectures": ["LlavaForConditionalGeneration"],

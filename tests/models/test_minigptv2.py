@@ -16,7 +16,7 @@ import transformers
 from flax import traverse_util
 
 from tests import minigptv2_reference as ref
-from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion import layouts, minigptv2
 from vlguard_jax.models import abstract_params
 from vlguard_jax.models.config import LoraSpec, text_from_hf
 from vlguard_jax.models.eva import EvaConfig, EvaVisionTower, bicubic_matrix, resize_positions
@@ -52,7 +52,7 @@ def params_from(model, sd: dict, prefixes: dict) -> dict:
     """Our parameter tree from a reference state dict, through the conversion key table."""
     flat = {}
     for path in traverse_util.flatten_dict(abstract_params(model)):
-        name, transform = layouts.torch_name("/".join(path), prefixes)
+        name, transform = minigptv2.RULES.torch_name("/".join(path), prefixes)
         flat[path] = jnp.asarray(layouts.to_flax(sd[name], transform))
     return traverse_util.unflatten_dict(flat)
 
@@ -83,7 +83,9 @@ def test_the_tower_layer_by_layer():
         shapes = jax.eval_shape(lambda t=tower: t.init(jax.random.key(0), jnp.zeros((1, 3, 56, 56))))["params"]
         flat = {}
         for path in traverse_util.flatten_dict(nn.unbox(shapes)):
-            name, transform = layouts.torch_name("vision_tower/" + "/".join(path), dict(layouts.MINIGPTV2, eva=""))
+            name, transform = minigptv2.RULES.torch_name(
+                "vision_tower/" + "/".join(path), dict(minigptv2.PREFIXES, eva="")
+            )
             flat[path] = layouts.to_flax(sd[name], transform)
         with torch.no_grad():
             x = eva.patch_embed(torch.tensor(pixels))
@@ -103,7 +105,7 @@ def pair():
     ref.randomize_(theirs)
     config = MiniGPTv2Config(vision=EVA, text=text_from_hf(hf_cfg.to_dict()), image_token_index=128)
     ours = MiniGPTv2Model(config, lora=LORA)
-    return ours, params_from(ours, ref.state_dict(theirs), layouts.MINIGPTV2), theirs
+    return ours, params_from(ours, ref.state_dict(theirs), minigptv2.PREFIXES), theirs
 
 
 def test_the_projection_joins_four_consecutive_patches(pair):

@@ -13,7 +13,8 @@ from vlguard_jax.checkpoints.loading import load_model
 from vlguard_jax.errors import ConfigError
 from vlguard_jax.families import LLAMA, LLAVA
 from vlguard_jax.generate import load_generator
-from vlguard_jax.models.config import DEFAULT_SCAN, LlavaConfig, ScanLayers, TextOnlyConfig
+from vlguard_jax.models.config import DEFAULT_SCAN, ScanLayers
+from vlguard_jax.models.llava_config import LlavaConfig
 from vlguard_jax.models.stacking import (
     SCAN_MIN_LAYERS,
     is_stacked,
@@ -21,6 +22,7 @@ from vlguard_jax.models.stacking import (
     to_stacked,
     wants_scan,
 )
+from vlguard_jax.models.text_only_config import TextOnlyConfig
 from vlguard_jax.train.defaults import base_config
 
 

@@ -12,7 +12,8 @@ import torch
 from tests import tiny
 from vlguard_jax import load_model
 from vlguard_jax.generate import Sampling, load_generator
-from vlguard_jax.models import TextOnlyConfig, TextOnlyModel
+from vlguard_jax.models.text_only import TextOnlyModel
+from vlguard_jax.models.text_only_config import TextOnlyConfig
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,8 @@ from tests.minigptv2_reference import write_parts
 from tests.train import common
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.loading import load_model
-from vlguard_jax.conversion import assemble, flax_to_hf, minigptv2
+from vlguard_jax.conversion import flax_to_hf, minigptv2
+from vlguard_jax.conversion import llava_assemble as assemble
 from vlguard_jax.conversion.__main__ import main as convert_cli
 from vlguard_jax.errors import InputError
 from vlguard_jax.evaluate.safety import safety_sets

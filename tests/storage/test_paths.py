@@ -373,7 +373,7 @@ def test_a_missing_bucket_is_named_and_never_created(emu, scheme, monkeypatch, c
 def test_assemble_writes_its_checkpoint_into_a_bucket(emu, scheme, tmp_path):
     from tests import tiny
     from vlguard_jax.checkpoints.loading import load_model
-    from vlguard_jax.conversion.assemble import main
+    from vlguard_jax.conversion.llava_assemble import main
 
     parts = tiny.llava_parts(tmp_path)
     dst = f"{scheme}://bkt/assembled"

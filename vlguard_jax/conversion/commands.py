@@ -112,7 +112,7 @@ COMMANDS: dict[str, tuple[str, str, Callable[[ArgumentParser], None]]] = {
         flax_to_hf,
     ),
     "assemble": (
-        "vlguard_jax.conversion.assemble",
+        "vlguard_jax.conversion.llava_assemble",
         "the mixed recipe's start from the LLM (Vicuna), the CLIP tower and the stage-1 projector",
         assemble,
     ),

@@ -1,10 +1,10 @@
 """`python -m conversion.flax_to_hf --src CKPT|WORKDIR --dst DIR [--dtype ...] [--lora merge|peft]`
 
 Writes a vlguard-jax checkpoint, or the latest checkpoint of a training run (a `workdir`), as a
-llava-hf directory: sharded safetensors with an index,
-`config.json`, `generation_config.json`, the tokenizer and the processor files, so that
-`LlavaForConditionalGeneration.from_pretrained(DIR)` and `AutoProcessor.from_pretrained(DIR)` work.
-Key names are the llava-hf hub names, which transformers 4.x and 5.x both load.
+Hugging Face directory in its family's layout (`Family.hf_exporter`: `conversion.flax_to_llava`,
+`conversion.flax_to_qwen2_5_vl`): sharded safetensors with an index, `config.json`,
+`generation_config.json`, the tokenizer and the processor files, so that transformers'
+`from_pretrained` loads it. The steps every family's writer shares are here.
 
 For a LoRA run, `--lora merge` folds the adapters into the weights (a full model) and `--lora
 peft` writes a PEFT adapter directory (LoRA factors and projector) for the base model instead.
@@ -13,7 +13,6 @@ peft` writes a PEFT adapter directory (LoRA factors and projector) for the base 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import os
@@ -26,49 +25,19 @@ from flax import traverse_util
 from safetensors.numpy import save_file
 
 # The PIL processor: the one transformers falls back to without torchvision, saved as CLIPImageProcessor.
-from transformers import AutoTokenizer, CLIPImageProcessorPil, LlavaProcessor
-
 from vlguard_jax import storage
 from vlguard_jax.checkpoints import runs
-from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, copy_side_files, load_params
+from vlguard_jax.checkpoints.converted import MODEL_CONFIG, PARAMS_DIR, load_params
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
-from vlguard_jax.conversion import layouts, llava_peft
 from vlguard_jax.conversion.commands import parse
 from vlguard_jax.conversion.hf_to_flax import DTYPES
 from vlguard_jax.errors import CheckpointError, InputError, cli
 from vlguard_jax.families import build_model, family_of
 from vlguard_jax.models import abstract_params
-from vlguard_jax.models.config import LlavaConfig
 from vlguard_jax.models.layers import LORA_PARAMS
 from vlguard_jax.storage.files import atomic_dir, check_output
 
 MAX_SHARD_BYTES = 4 << 30
-
-
-def torch_state(config: LlavaConfig, params, dtype) -> dict[str, np.ndarray]:
-    """Our parameter tree -> {hub name: array} (PyTorch layouts, in `dtype`)."""
-    v = config.vision
-    patch_shape = (v.hidden_size, v.num_channels, v.patch_size, v.patch_size)
-    out = {}
-    for path, array in traverse_util.flatten_dict(params, sep="/").items():
-        name, transform = layouts.torch_name(path, layouts.HUB)
-        out[name] = np.ascontiguousarray(layouts.to_torch(np.asarray(array), transform, patch_shape).astype(dtype))
-    return out
-
-
-def _pad_vocab(config: LlavaConfig, state: dict) -> LlavaConfig:
-    """transformers looks the image token up in the embedding table, so the table must cover it.
-    Checkpoints converted from the original LLaVA put `<image>` one past the vocabulary: add
-    rows (zeros; the image rows of the embedding are always overwritten by image features)."""
-    t = config.text
-    if config.image_token_index < t.vocab_size:
-        return config
-    new = -(-(config.image_token_index + 1) // 64) * 64
-    for key in (layouts.HUB["lm"] + "embed_tokens.weight", layouts.HUB["lm_head"] + "weight"):
-        if key in state:
-            a = state[key]
-            state[key] = np.concatenate([a, np.zeros((new - a.shape[0], a.shape[1]), a.dtype)])
-    return config.replace(text=dataclasses.replace(t, vocab_size=new))
 
 
 def write_safetensors(state: dict, dst: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
@@ -94,30 +63,7 @@ def write_safetensors(state: dict, dst: Path, max_shard_bytes: int = MAX_SHARD_B
     )
 
 
-def write_side_files(src: Path, dst: Path, config: LlavaConfig, dtype_name: str) -> None:
-    hf = config.to_hf()
-    hf["dtype"] = dtype_name
-    (dst / "config.json").write_text(json.dumps(hf, indent=2))
-    copy_side_files(src, dst)
-    if not (dst / "generation_config.json").exists():
-        t = config.text
-        eos = list(t.eos_token_id) if isinstance(t.eos_token_id, tuple) else t.eos_token_id
-        (dst / "generation_config.json").write_text(
-            json.dumps({"bos_token_id": t.bos_token_id, "eos_token_id": eos, "pad_token_id": t.pad_token_id}, indent=2)
-        )
-    # Read from the copies in DST: the source may be in a bucket.
-    if (dst / "tokenizer_config.json").exists() and (dst / "preprocessor_config.json").exists():
-        processor = LlavaProcessor(
-            image_processor=CLIPImageProcessorPil.from_pretrained(dst, local_files_only=True),
-            tokenizer=AutoTokenizer.from_pretrained(dst, local_files_only=True),
-            patch_size=config.vision.patch_size,
-            vision_feature_select_strategy=config.vision_feature_select_strategy,
-            num_additional_image_tokens=1,
-        )
-        processor.save_pretrained(dst)
-
-
-def check_shapes(src: Path, config: LlavaConfig, flat: dict) -> None:
+def check_shapes(src: Path, config, flat: dict) -> None:
     """Every tensor has the shape the config gives it (LoRA factors: their kernel's in and out),
     and none is missing or extra: a checkpoint whose config disagrees with its weights is refused."""
     want: dict[tuple, Any] = traverse_util.flatten_dict(abstract_params(build_model(config)))
@@ -154,15 +100,11 @@ def export(
     dst = storage.as_path(dst)
     check_output(dst, storage.as_path(src), overwrite=overwrite)
     ref = resolve_checkpoint(src)  # a bucket checkpoint must be complete (its marker)
-    if ref.family.hf_exporter is not None:  # a family that writes its own Hugging Face layout
-        writer = importlib.import_module(ref.family.hf_exporter)
-        return writer.export(ref, dst, dtype, max_shard_bytes, lora, overwrite)
-    ref.family.check_export("flax_to_hf", src)
-
-    def write(src, dst, config, params, dtype):
-        return _write(src, dst, config, params, dtype, max_shard_bytes, overwrite)
-
-    return export_ref(ref, dst, dtype, lora, overwrite, write, llava_peft.write_peft)
+    ref.family.check_export("flax_to_hf", src)  # a family without a Hugging Face writer is refused
+    if ref.family.hf_exporter is None:  # a bug: a family exported here names its writer
+        raise TypeError(f"{ref.family.label}: export_command flax_to_hf without an hf_exporter")
+    writer = importlib.import_module(ref.family.hf_exporter)
+    return writer.export(ref, dst, dtype, max_shard_bytes, lora, overwrite)
 
 
 def export_ref(ref, dst: Path, dtype: str | None, lora: str | None, overwrite: bool, write, write_peft) -> Any:
@@ -194,22 +136,6 @@ def export_ref(ref, dst: Path, dtype: str | None, lora: str | None, overwrite: b
         flat = runs.merge_lora(flat, runs.lora_of(src, meta).scale)
     dtype = dtype or flat[family_of(config).embed].dtype.name  # the base checkpoint's
     return write(base, dst, config, traverse_util.unflatten_dict(flat), dtype)
-
-
-def _write(src: Path, dst: Path, config: LlavaConfig, params, dtype, max_shard_bytes, overwrite) -> LlavaConfig:
-    """`params` -> a llava-hf directory; side files (tokenizer, processor) come from `src`."""
-    if dtype is None:
-        np_dtype = np.asarray(next(iter(traverse_util.flatten_dict(params).values()))).dtype
-        dtype = np_dtype.name
-    elif dtype not in DTYPES:
-        raise InputError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    state = torch_state(config, params, np.dtype(DTYPES[dtype]))
-    del params
-    config = _pad_vocab(config, state)
-    with atomic_dir(dst, overwrite) as tmp:
-        write_safetensors(state, tmp, max_shard_bytes)
-        write_side_files(src, tmp, config, dtype)
-    return config
 
 
 @cli

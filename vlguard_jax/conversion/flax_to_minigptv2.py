@@ -24,7 +24,7 @@ from vlguard_jax import storage
 from vlguard_jax.checkpoints import runs
 from vlguard_jax.checkpoints.converted import PARAMS_DIR, load_params
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
-from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion import layouts, minigptv2
 from vlguard_jax.conversion.commands import PTH_DTYPES, parse
 from vlguard_jax.conversion.reader import torch_module
 from vlguard_jax.errors import InputError, cli
@@ -39,7 +39,7 @@ def state_dict(params: Any) -> dict[str, np.ndarray]:
     out = {}
     for path, value in flat.items():
         if path.startswith(SAVED) or path.endswith(("/lora_a", "/lora_b")):
-            name, transform = layouts.torch_name(path, layouts.MINIGPTV2)
+            name, transform = minigptv2.RULES.torch_name(path, minigptv2.PREFIXES)
             out[name] = np.array(layouts.to_torch(np.asarray(value, np.float32), transform), order="C")  # writable
     return out
 

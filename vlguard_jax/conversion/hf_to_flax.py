@@ -1,10 +1,10 @@
 """`python -m conversion.hf_to_flax --src SRC --dst DST [--dtype source|bfloat16|float16|float32] [--vision-tower DIR]`
 
-Converts a llava-hf or original-LLaVA PyTorch checkpoint into a vlguard-jax checkpoint directory:
-`params/` (orbax), `model_config.json`, and the tokenizer and preprocessor files. A text-only
-`LlamaForCausalLM` (such as Llama Guard, for `--judge llamaguard`) converts the same way, without a
-tower. Tensors stream one at a time; every key and shape is checked against the model before
-anything is written.
+Converts a Hugging Face PyTorch checkpoint into a vlguard-jax checkpoint directory: `params/`
+(orbax), `model_config.json`, and the tokenizer and preprocessor files. The checkpoint's family
+converts it (`Family.hf_converter`: `conversion.llava`, `conversion.llama`,
+`conversion.qwen2_5_vl`) with the steps below: tensors stream one at a time, and every key and
+shape is checked against the model before anything is written.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from flax import traverse_util
 
 # The PIL processor: the one transformers falls back to without torchvision, saved as CLIPImageProcessor.
-from transformers import AutoTokenizer, CLIPImageProcessorPil
+from transformers import CLIPImageProcessorPil
 
 from vlguard_jax import families, storage
 from vlguard_jax.checkpoints.converted import (
@@ -39,9 +39,8 @@ from vlguard_jax.conversion.reader import TensorSource
 from vlguard_jax.errors import CheckpointError, InputError, cli
 from vlguard_jax.families import ModelConfig, build_model, family_of
 from vlguard_jax.models import abstract_params
-from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig, vision_from_hf
 from vlguard_jax.storage import hub
-from vlguard_jax.storage.files import atomic_dir, check_output
+from vlguard_jax.storage.files import atomic_dir
 
 DTYPES = {name: jnp.dtype(name) for name in WEIGHT_DTYPES}
 
@@ -61,85 +60,6 @@ def read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
 
 
-def read_source(src: Path) -> tuple[dict, TensorSource, str, dict]:
-    """(config.json, its tensors, their layout, the layout's key prefixes), from headers only."""
-    hf = read_json(src / "config.json")
-    source = TensorSource(src)
-    try:
-        layout, prefixes = layouts.detect(source.keys())
-    except ValueError as e:
-        raise CheckpointError(f"{src}: {e}") from None
-    return hf, source, layout, prefixes
-
-
-def _plan(src: Path, vision_tower: Path | None):
-    """Reads configs and tensor headers; returns (config, tensor sources, prefixes, layout, and for
-    the original layout its tokenizer with `<image>` added, else None)."""
-    hf, source, layout, prefixes = read_source(src)
-    vision_source, tokenizer = source, None
-    if layout == "llama":
-        try:
-            config = TextOnlyConfig.from_hf(hf, source=str(src / "config.json"))
-        except ValueError as e:
-            raise CheckpointError(str(e)) from None
-        return config, source, vision_source, prefixes, layout, tokenizer
-    if layout == "original":
-        inside = any(k.startswith(prefixes["vision"]) for k in source.keys())
-        if vision_tower is None and not inside:
-            vision_tower = _tower_named_by(src, hf)
-        vision_cfg = None
-        if vision_tower is not None:
-            vision_cfg = vision_from_hf(read_json(vision_tower / "config.json"))
-            if not inside:
-                vision_source = TensorSource(vision_tower)
-                prefixes["vision"] = layouts.clip_tower_prefix(vision_source.keys())
-                if prefixes["vision"] is None:
-                    raise CheckpointError(
-                        f"{vision_tower}: no CLIP vision tower weights (vision_model.embeddings.patch_embedding.weight)"
-                    )
-        elif not inside:
-            raise CheckpointError(
-                f"{src}: the CLIP tower weights are not in this checkpoint; "
-                "pass --vision-tower DIR (a CLIP model directory)"
-            )
-        tokenizer = tokenizer_with_image_token(src)
-        config = LlavaConfig.from_original_llava(
-            hf, vision_cfg, tokenizer.convert_tokens_to_ids("<image>"), source=str(src / "config.json")
-        )
-    else:
-        if "text_config" not in hf:
-            raise CheckpointError(f"{src / 'config.json'}: llava-hf weights but not a llava-hf config")
-        config = LlavaConfig.from_hf(hf, source=str(src / "config.json"))
-    return config, source, vision_source, prefixes, layout, tokenizer
-
-
-def _tower_named_by(src: Path, hf: dict) -> Path | None:
-    """The CLIP tower an original-LLaVA checkpoint without one names by Hub id in its config
-    (`mm_vision_tower`, e.g. openai/clip-vit-large-patch14-336), fetched as LLaVA's own code
-    fetches it; None for a name that is no Hub id."""
-    name = hf.get("mm_vision_tower")
-    if not name or not hub.is_hub_id(name):
-        return None
-    try:
-        return hub.model_dir(name, "mm_vision_tower")
-    except InputError as e:
-        raise CheckpointError(
-            f"{src}: the CLIP tower weights are not in this checkpoint; pass --vision-tower DIR (a CLIP folder or "
-            f"Hub id). Its config's {e}"
-        ) from None
-
-
-def tokenizer_with_image_token(src: Path) -> Any:
-    """The original LLaVA splices images at id -200 and its tokenizer has no `<image>`; we add the
-    token to the tokenizer, which gives it the next free id."""
-    try:
-        tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{src}: cannot load the tokenizer ({e})") from None
-    tok.add_tokens(["<image>"], special_tokens=True)
-    return tok
-
-
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One parameter of ours and the PyTorch tensor it is read from."""
@@ -151,15 +71,15 @@ class Entry:
     shape: tuple  # ours (flax layout)
 
 
-def tensor_plan(config, prefixes: dict, dtype, source_for) -> list[Entry]:
-    """Every parameter of the model for `config`, with its tensor; `source_for(path)` names the
-    TensorSource that holds it."""
+def tensor_plan(config, prefixes: dict, dtype, source_for, rules: layouts.Rules) -> list[Entry]:
+    """Every parameter of the model for `config`, with its tensor named by the family's `rules`
+    under `prefixes`; `source_for(path)` names the TensorSource that holds it."""
     shapes: dict[str, Any] = traverse_util.flatten_dict(
         abstract_params(build_model(config, param_dtype=dtype)), sep="/"
     )
     plan = []
     for path, s in shapes.items():
-        name, transform = layouts.torch_name(path, prefixes)
+        name, transform = rules.torch_name(path, prefixes)
         plan.append(Entry(path, source_for(path), name, transform, tuple(s.shape)))
     return plan
 
@@ -191,18 +111,6 @@ def check_unused(source: TensorSource, plan: list[Entry], what: str, ignore=lamb
         raise CheckpointError(
             f"{source.index[extra[0]]}: unexpected tensor {extra[0]!r} ({len(extra)} unexpected in all) for {what}"
         )
-
-
-def _check(plan, source: TensorSource, vision_source: TensorSource, config: LlavaConfig | TextOnlyConfig, layout: str):
-    check_plan(plan)
-
-    def ignore(name):
-        if config.text.tie_word_embeddings and name.endswith("lm_head.weight"):
-            return True
-        # a tower given separately wins over any inside
-        return vision_source is not source and name.startswith(layouts.ORIGINAL["vision"])
-
-    check_unused(source, [e for e in plan if e.source is source], f"layout {layout}", ignore)
 
 
 def write_side_files(
@@ -263,8 +171,8 @@ def convert(
     pixels: tuple[int | None, int | None] = (None, None),
 ) -> ModelConfig:
     """Convert SRC into DST (which must not exist unless `overwrite`); returns the model config.
-    SRC's `model_type` picks its family (`Family.hf_model_types`); a family with its own converter
-    (`Family.hf_converter`) converts it there. `pixels`: (min_pixels, max_pixels) overriding the
+    SRC's `model_type` picks its family (`Family.hf_model_types`; none: the registry's default),
+    whose converter (`Family.hf_converter`) converts it. `pixels`: (min_pixels, max_pixels) overriding the
     processor's, for a family whose images keep their size (its converter takes them)."""
     given, src, dst = src, hub.model_dir(src, "--src"), storage.as_path(dst)
     model_type = read_json(src / "config.json").get("model_type")
@@ -274,40 +182,21 @@ def convert(
             f"{src / 'config.json'}: model_type {model_type!r} is no model family's this converter reads "
             f"({', '.join(families.hf_model_types())})"
         )
-    if family is not None and family.hf_converter is not None:
-        converter = importlib.import_module(family.hf_converter)
-        return converter.convert(
-            given, dst, dtype, vision_tower, flush_bytes=flush_bytes, overwrite=overwrite, pixels=pixels
-        )
+    family = family or families.DEFAULT
+    if family.hf_converter is None:
+        raise CheckpointError(f"{src / 'config.json'}: a {family.label} is not converted from Hugging Face here")
+    converter = importlib.import_module(family.hf_converter)
+    return converter.convert(
+        given, dst, dtype, vision_tower, flush_bytes=flush_bytes, overwrite=overwrite, pixels=pixels
+    )
+
+
+def refuse_pixels(pixels: tuple[int | None, int | None], src: Path) -> None:
+    """`--min-pixels`/`--max-pixels` given for a family whose images have one size."""
     if pixels != (None, None):
         raise InputError(
             f"--min-pixels and --max-pixels apply to checkpoints whose images keep their size; {src} is not one"
         )
-    origin = hub.provenance(given, src)
-    vision_tower = hub.model_dir(vision_tower, "--vision-tower") if vision_tower else None
-    check_dtype(dtype)
-    check_output(dst, src, *([vision_tower] if vision_tower else []), overwrite=overwrite)
-    config, source, vision_source, prefixes, layout, tokenizer = _plan(src, vision_tower)
-    separate = vision_source is not source
-    plan = tensor_plan(
-        config,
-        prefixes,
-        plan_dtype(dtype),
-        lambda path: vision_source if separate and path.startswith("vision_tower/") else source,
-    )
-    _check(plan, source, vision_source, config, layout)
-    write_checkpoint(
-        plan,
-        dst,
-        config,
-        dtype,
-        lambda tmp: write_side_files(
-            src, vision_source.path if separate else vision_tower, tmp, config, tokenizer, origin
-        ),
-        flush_bytes,
-        overwrite,
-    )
-    return config
 
 
 @cli

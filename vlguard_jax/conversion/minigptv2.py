@@ -34,7 +34,7 @@ import numpy as np
 import transformers
 
 from vlguard_jax import storage
-from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion import layouts, llama, llava
 from vlguard_jax.conversion.commands import LORA_MODES, SOURCE, parse
 from vlguard_jax.conversion.hf_to_flax import (
     Entry,
@@ -42,7 +42,6 @@ from vlguard_jax.conversion.hf_to_flax import (
     check_plan,
     check_unused,
     plan_dtype,
-    read_source,
     tensor_plan,
     write_checkpoint,
     write_side_files,
@@ -55,6 +54,31 @@ from vlguard_jax.models.minigptv2 import LORA, MiniGPTv2Config
 from vlguard_jax.storage import hub
 from vlguard_jax.storage.files import check_output
 
+# The model's state dict (minigptv2_checkpoint.pth and our export), where the tower sits under
+# `visual_encoder.` and the LLM under peft's wrapper (peft-0.2.0 LoRA names, no `.default`).
+# eva_vit_g.pth holds the tower alone, unprefixed (`eva=""`).
+PREFIXES: dict[str, Any] = dict(
+    eva="visual_encoder.",
+    lm="llama_model.base_model.model.model.",
+    lm_head="llama_model.base_model.model.lm_head.",
+)
+# The EVA tower's rules under `eva`; ln_vision and llama_proj at the top.
+TOWER_RULES: tuple[layouts.Rule, ...] = (
+    # (pattern on our path, PyTorch name with {vision}/{lm}/{proj1}/{proj2}/{lm_head}/{eva}, transform)
+    (r"vision_tower/patch_embed/kernel", "{eva}patch_embed.proj.weight", "patch"),
+    (r"vision_tower/patch_embed/bias", "{eva}patch_embed.proj.bias", None),
+    (r"vision_tower/(cls_token|pos_embed)", r"{eva}\1", "squeeze"),
+    (r"vision_tower/blocks_(\d+)/(norm[12])/(weight|bias)", r"{eva}blocks.\1.\2.\3", None),
+    (r"vision_tower/blocks_(\d+)/attn/(qkv|proj)/kernel", r"{eva}blocks.\1.attn.\2.weight", "linear"),
+    (r"vision_tower/blocks_(\d+)/attn/proj/bias", r"{eva}blocks.\1.attn.proj.bias", None),
+    (r"vision_tower/blocks_(\d+)/attn/(q_bias|v_bias)", r"{eva}blocks.\1.attn.\2", None),
+    (r"vision_tower/blocks_(\d+)/(fc[12])/kernel", r"{eva}blocks.\1.mlp.\2.weight", "linear"),
+    (r"vision_tower/blocks_(\d+)/(fc[12])/bias", r"{eva}blocks.\1.mlp.\2.bias", None),
+    (r"ln_vision/(weight|bias)", r"ln_vision.\1", None),
+    (r"llama_proj/(kernel)", "llama_proj.weight", "linear"),
+    (r"llama_proj/bias", "llama_proj.bias", None),
+)
+RULES = layouts.Rules(TOWER_RULES, llama.DECODER_RULES)
 IMAGE_SIZE = 448  # minigpt_v2.yaml's image_size
 _BLOCK = re.compile(r"blocks\.(\d+)\.norm1\.weight$")
 
@@ -122,9 +146,7 @@ def plan(
     for what, p in (("--vision-tower", vision_tower), ("--checkpoint", checkpoint)):
         if not p.is_file():
             raise CheckpointError(f"{p}: no such file ({what})")
-    hf, llm_src, layout, _ = read_source(llm)
-    if layout != "llama":
-        raise CheckpointError(f"{llm}: a {layout} checkpoint, not a LlamaForCausalLM such as Llama-2-7b-chat-hf")
+    hf, llm_src = llama.read_llm(llm, "a LlamaForCausalLM such as Llama-2-7b-chat-hf", llava.kind_of)
     eva, ckpt = TensorSource(vision_tower), TensorSource(checkpoint)
     text = text_from_hf(hf, source=str(llm / "config.json"))
     config = MiniGPTv2Config(vision=tower_config(eva, vision_heads), text=text, image_token_index=text.vocab_size)
@@ -138,8 +160,8 @@ def plan(
             f"{width} x {config.merge} = {width * config.merge} must be its input, and the LLM's hidden size "
             f"{text.hidden_size} its output"
         )
-    prefixes = dict(layouts.LLAMA, eva="")
-    ours = dict(layouts.MINIGPTV2, eva="")  # the tower's names are eva_vit_g.pth's, unprefixed
+    prefixes = llama.PREFIXES
+    ours = dict(PREFIXES, eva="")  # the tower's names are eva_vit_g.pth's, unprefixed
     grid = config.vision.grid
     positions = ArraySource(
         vision_tower,
@@ -158,7 +180,7 @@ def plan(
     entries, folded = [], set()
     if lora == "keep":
         config = dataclasses.replace(config, lora=LORA)
-    for e in tensor_plan(config, ours, plan_dtype(dtype), lambda path: ckpt):
+    for e in tensor_plan(config, ours, plan_dtype(dtype), lambda path: ckpt, RULES):
         path, name, transform = e.path, e.name, e.transform
         if path.startswith("vision_tower/"):
             source = eva
@@ -169,7 +191,7 @@ def plan(
         elif path.startswith("llama_proj/") or path.endswith(("/lora_a", "/lora_b")):
             source = ckpt
         else:
-            name, transform = layouts.torch_name(path, prefixes)
+            name, transform = llama.RULES.torch_name(path, prefixes)
             source = llm_src
             folds = re.match(r"language_model/layers_(\d+)/self_attn/(q_proj|v_proj)/kernel$", path)
             if folds and lora == "merge":

@@ -1,5 +1,6 @@
-"""LLaVA's conversation templates, exactly: `vicuna_v1` (training) and `llava_v1` (the VLGuard
-evaluation). Both render as
+"""Conversations as LLaVA's code renders them (`conversation.py`'s SeparatorStyle.TWO), for any
+`Template`: the templates themselves are the families' (LLaVA's two in `llava_tokens.py`). One
+renders as
 
     SYSTEM USER: <image>\\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>
 
@@ -25,25 +26,7 @@ class Template:
     sep2: str = "</s>"
 
 
-TEMPLATES = {
-    "vicuna_v1": Template(
-        "vicuna_v1",
-        "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
-        "helpful, detailed, and polite answers to the user's questions.",
-    ),
-    "llava_v1": Template(
-        "llava_v1",
-        "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
-        "helpful, detailed, and polite answers to the human's questions.",
-    ),
-}
 ROLE_OF = {"human": 0, "gpt": 1}
-
-
-def get_template(name: str) -> Template:
-    if name not in TEMPLATES:
-        raise InputError(f"unknown template {name!r}; choose from {sorted(TEMPLATES)}")
-    return TEMPLATES[name]
 
 
 def move_image_tag_first(text: str) -> str:

@@ -32,9 +32,10 @@ from vlguard_jax import storage
 from vlguard_jax.data import mixture, tokenization
 from vlguard_jax.data.config import AUTO_TEMPLATE, DataConfig
 from vlguard_jax.data.images import MAX_PIXELS, ImageError, ImageInput
-from vlguard_jax.data.preprocess import IGNORE, Encoder
+from vlguard_jax.data.llava_tokens import Encoder
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.data.store import BadRecords, TokenStore, build_store
+from vlguard_jax.data.tokenization import IGNORE
 from vlguard_jax.errors import ConfigError, InputError
 from vlguard_jax.storage.files import download_dir, sha256_file
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from vlguard_jax.data import tokenization
 from vlguard_jax.data.conversation import IMAGE_TAG, turns
-from vlguard_jax.data.preprocess import IGNORE, Encoder, TokenizationError
+from vlguard_jax.data.llava_tokens import Encoder
+from vlguard_jax.data.tokenization import IGNORE, TokenizationError
 from vlguard_jax.errors import InputError
 
 TEMPLATE = "qwen2_5_vl"  # data.template's name for this rule

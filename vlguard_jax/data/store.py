@@ -22,8 +22,8 @@ from vlguard_jax import storage
 from vlguard_jax.data.images import ImageError, ImageInput, image_size, resolve
 from vlguard_jax.data.mixture import check_nonempty
 from vlguard_jax.data.mixture import count as mixture_count
-from vlguard_jax.data.preprocess import IGNORE, TokenizationError
 from vlguard_jax.data.records import RecordError
+from vlguard_jax.data.tokenization import IGNORE, TokenizationError
 from vlguard_jax.errors import ConfigError
 from vlguard_jax.storage.files import atomic_dir
 

@@ -28,6 +28,9 @@ from typing import Any
 
 from tokenizers import normalizers
 
+from vlguard_jax.data.conversation import IMAGE_TAG
+from vlguard_jax.errors import UserError
+
 RULES = ("sentencepiece", "hf431")
 _RULE_ATTR = "vlguard_tokenization"
 SPIECE = "▁"
@@ -120,3 +123,34 @@ def _after_special(tokenizer, e, text: str, added: set[int]):
             found = pieces.token_to_id(piece[1:])
             ids[t] = found if found is not None else tokenizer.unk_token_id
     return Encoded(ids, offsets)
+
+
+IGNORE = -100
+
+
+class TokenizationError(UserError, ValueError):
+    """A sample its family's training rule would not train on as a conversation (LLaVA's
+    `preprocess_v1` masks such a sample whole, or asserts); the message names the sample, `reason`
+    says why."""
+
+    def __init__(self, sample: str, reason: str):
+        super().__init__(f"{sample}: {reason}")
+        self.sample, self.reason = sample, reason
+
+
+def tokenize_with_images(
+    tokenizer, text: str, image_token_index: int, num_image_tokens: int, image: bool = True
+) -> list[int]:
+    """LLaVA's `tokenizer_image_token`, with each tag expanded to `num_image_tokens` ids; without
+    `image`, the plain tokenization of the text (a text-only record)."""
+    if not image:
+        return ids(tokenizer, text)
+    chunks = [ids(tokenizer, c) for c in text.split(IMAGE_TAG)]
+    bos = tokenizer.bos_token_id
+    offset = 1 if chunks and chunks[0] and chunks[0][0] == bos else 0
+    out = [bos] if offset else []
+    for i, chunk in enumerate(chunks):
+        if i:
+            out.extend([image_token_index] * num_image_tokens)
+        out.extend(chunk[offset:])
+    return out

@@ -16,7 +16,7 @@ def main(argv: list[str]) -> int:
         module="vlguard_jax.demo",
         summary="The paper's effect end to end on the built-in sample data, on CPU (see the README).",
     )
-    from vlguard_jax.demo.stages import run_demo  # after the flags parse: --help loads no jax
+    from vlguard_jax.demo.llava_stages import run_demo  # after the flags parse: --help loads no jax
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save and load at INFO
     run_demo(config)

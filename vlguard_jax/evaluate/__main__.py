@@ -25,7 +25,7 @@ from vlguard_jax.evaluate.helpfulness import scorers
 from vlguard_jax.evaluate.judges import JUDGES, add_prompt_argument
 from vlguard_jax.evaluate.judges.gpt4_judge import ORDERS
 from vlguard_jax.evaluate.safety.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, TEXT_IMAGES, VLGUARD_SUBSETS
-from vlguard_jax.flags import CONV_MODES, TEMPLATE_CHOICES, add_dtype, add_mesh, output
+from vlguard_jax.flags import TEMPLATE_METAVAR, add_dtype, add_mesh, output
 
 
 def out_dir(text: str) -> str:
@@ -48,9 +48,9 @@ def evaluate_main(argv) -> int:
     p.add_argument("--out", required=True, type=output)
     p.add_argument(
         "--template",
-        choices=("auto",) + TEMPLATE_CHOICES,
+        metavar=TEMPLATE_METAVAR,
         default="auto",
-        help="auto: llava_v1 for a LLaVA (the authors'), minigptv2 for a MiniGPT-v2; for a text-only LLM "
+        help="a family's template, chat_template or none; auto: llava_v1 for a LLaVA (the authors'), minigptv2 for a MiniGPT-v2; for a text-only LLM "
         "its tokenizer's chat template, else vicuna_v1",
     )
     p.add_argument("--max-new-tokens", type=at_least(1), default=256)
@@ -205,8 +205,8 @@ def vqa_main(argv) -> int:
     p.add_argument(
         "--conv-mode",
         default="auto",
-        choices=CONV_MODES,
-        help="the prompt template; auto (default): the checkpoint family's (LLaVA: vicuna_v1, as its scripts)",
+        metavar=TEMPLATE_METAVAR,
+        help="the prompt template, an image family's; auto (default): the checkpoint family's (LLaVA: vicuna_v1, as its scripts)",
     )
     p.add_argument("--single-pred-prompt", action="store_true", help="append the option-letter instruction")
     p.add_argument("--all-rounds", action="store_true", help="MMBench: ask once per rotation of the options")

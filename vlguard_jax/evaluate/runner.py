@@ -33,8 +33,8 @@ from vlguard_jax.evaluate.safety import figstep, safety_sets
 from vlguard_jax.evaluate.safety.safety_sets import TEXT_IMAGES
 from vlguard_jax.evaluate.safety.scoring import is_refusal, token_f1
 from vlguard_jax.evaluate.shares import Share
-from vlguard_jax.families import family_of
-from vlguard_jax.flags import COMPUTE_DTYPES, TEMPLATE_CHOICES
+from vlguard_jax.families import check_template, family_of
+from vlguard_jax.flags import COMPUTE_DTYPES
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, prompt_ids, response_text
 from vlguard_jax.generate.prompts import default_template, foreign_template
 from vlguard_jax.storage.files import check_output, read_json, write_json
@@ -60,8 +60,7 @@ class Protocol:
     batch_size: int = 8
 
     def __post_init__(self):
-        if self.template not in ("auto",) + TEMPLATE_CHOICES:
-            raise InputError(f"template {self.template!r} is not one of {('auto',) + TEMPLATE_CHOICES}")
+        check_template(self.template)
         if self.dtype is not None and self.dtype not in ("auto",) + COMPUTE_DTYPES:
             raise InputError(f"dtype {self.dtype!r} is not one of {('auto',) + COMPUTE_DTYPES}")
         if self.text_image not in TEXT_IMAGES:

@@ -8,15 +8,16 @@ import json
 from typing import Any
 
 from vlguard_jax import storage
-from vlguard_jax.errors import CheckpointError, InputError
+from vlguard_jax.errors import CheckpointError, InputError, UsageError
 from vlguard_jax.families.base import CHAT_TEMPLATE, NONE_TEMPLATE, Family
 from vlguard_jax.families.llava import LLAVA
 from vlguard_jax.families.minigptv2 import MINIGPTV2
 from vlguard_jax.families.qwen2_5_vl import QWEN2_5_VL
 from vlguard_jax.families.text_only import LLAMA
-from vlguard_jax.models.config import LlavaConfig, TextOnlyConfig
+from vlguard_jax.models.llava_config import LlavaConfig
 from vlguard_jax.models.minigptv2 import MiniGPTv2Config
 from vlguard_jax.models.qwen2_5_vl import Qwen2_5_VLConfig
+from vlguard_jax.models.text_only_config import TextOnlyConfig
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (LLAVA, LLAMA, MINIGPTV2, QWEN2_5_VL)}
 DEFAULT = LLAVA  # a model_config.json without an `architecture` tag (written before families)
@@ -81,6 +82,19 @@ def owner_of(template: str) -> Family:
     if template in (CHAT_TEMPLATE, NONE_TEMPLATE):
         return DEFAULT
     raise InputError(f"unknown template {template!r}; choose from {list(templates())}")
+
+
+def image_templates() -> tuple[str, ...]:
+    """The templates an image question may be asked in (`vqa --conv-mode`): each image family's own."""
+    return tuple(dict.fromkeys(t for f in FAMILIES.values() if f.takes_images for t in f.templates()))
+
+
+def check_template(template: str, flag: str = "--template", choices: tuple[str, ...] | None = None) -> None:
+    """Refuse a template no family renders (`choices`: `auto` and `templates()`), naming `flag`;
+    the flags take any word, as their choices are the registry's (flags.py loads no flax)."""
+    choices = choices or ("auto", *templates())
+    if template not in choices:
+        raise UsageError(f"{flag} {template!r}: choose from {', '.join(choices)}")
 
 
 def prompt_text(question: str, image: bool, template: str, tokenizer=None) -> str:

@@ -13,11 +13,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from vlguard_jax.data import conversation
+from vlguard_jax.data import conversation, llava_tokens
 from vlguard_jax.data.conversation import IMAGE_TAG
 from vlguard_jax.data.images import ImageInput, PixelRule
+from vlguard_jax.data.llava_tokens import Encoder
 from vlguard_jax.data.pipeline import ModelInputs
-from vlguard_jax.data.preprocess import Encoder
 from vlguard_jax.errors import CheckpointError, InputError
 from vlguard_jax.models import stacking
 from vlguard_jax.models.config import LORA_TARGETS, ScanLayers
@@ -45,16 +45,16 @@ class Family:
     Prompts and training: `template` is its default prompt template (None: the tokenizer's chat
     template where it has one, else `fallback_template`); `training_templates` the data templates
     it trains with, the first the default; `encoder` its training encoding (which tokens are
-    supervised, `data.preprocess.Encoder`); `tokenization` the ids its authors' environment made
+    supervised, `data.llava_tokens.Encoder`); `tokenization` the ids its authors' environment made
     (`data.tokenization`); `helpfulness_template` what its helpfulness scripts ask in.
 
     Conversion: `hf_model_types` are the `model_type`s of the Hugging Face checkpoints
     `conversion.hf_to_flax` reads as this family, and `hf_converter` the module (dotted name)
-    whose `convert(src, dst, dtype, vision_tower, overwrite=..., pixels=...)` does it where hf_to_flax's own
-    plan (LLaVA's and Llama's key tables) does not; `export_command` names the converter that
-    writes its checkpoints back in its authors' format (None: not exported), and `hf_exporter` the
-    module whose `export(ref, dst, dtype, max_shard_bytes, lora, overwrite)` `flax_to_hf` hands
-    its checkpoints to, where that is not llava-hf's layout.
+    whose `convert(src, dst, dtype, vision_tower, overwrite=..., pixels=...)` does it, with its
+    own key tables (`conversion.layouts.Rules`); `export_command` names the converter that writes
+    its checkpoints back in its authors' format (None: not exported), and where that is
+    `flax_to_hf`, `hf_exporter` the module whose `export(ref, dst, dtype, max_shard_bytes, lora,
+    overwrite)` writes the Hugging Face layout.
 
     Parameter groups: `frozen_parts` (top-level parts kept frozen: the vision side), `projectors`
     (trained in both modes at their own learning rate), `lora_targets` (the decoder's projections
@@ -79,8 +79,8 @@ class Family:
     lora_targets: tuple[str, ...] = LORA_TARGETS
     export_command: str | None = None  # the converter writing it in its authors' format (vlguard_jax.conversion)
     hf_model_types: tuple[str, ...] = ()  # config.json `model_type`s that `conversion.hf_to_flax` reads as this family
-    hf_converter: str | None = None  # the module whose `convert` reads them; None: hf_to_flax's own plan
-    hf_exporter: str | None = None  # the module whose `export` flax_to_hf hands it to; None: flax_to_hf's own (LLaVA's)
+    hf_converter: str | None = None  # the module whose `convert` reads them
+    hf_exporter: str | None = None  # the module whose `export` flax_to_hf hands it to (export_command flax_to_hf)
     decoder: tuple[str, ...] = ("language_model",)
     embed: tuple[str, ...] = ("language_model", "embed_tokens")
 
@@ -171,4 +171,12 @@ class Family:
             return tokenizer.apply_chat_template(
                 [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
             )
-        return conversation.generation_prompt(conversation.get_template(template), question, image)
+        return conversation.generation_prompt(llava_tokens.get_template(template), question, image)
+
+    def turn_text(self, template: str, question: str) -> str | None:
+        """One user turn as the helpfulness scripts render it, the image tag where the question
+        holds it (LLaVA's `model_vqa*.py`), for a conversation template; None for a template the
+        family's prompt rule renders (`prompt_text`)."""
+        if template not in llava_tokens.TEMPLATES:
+            return None
+        return conversation.render(llava_tokens.get_template(template), [(0, question), (1, None)])

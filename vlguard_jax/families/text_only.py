@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from vlguard_jax.families.base import Family
 from vlguard_jax.families.llava import VICUNA_TEMPLATE
-from vlguard_jax.models.config import TextOnlyConfig
 from vlguard_jax.models.text_only import TextOnlyModel
+from vlguard_jax.models.text_only_config import TextOnlyConfig
 
 LLAMA = Family(
     "llama",
@@ -17,4 +17,5 @@ LLAMA = Family(
     template=None,
     fallback_template=VICUNA_TEMPLATE,
     hf_model_types=("llama",),
+    hf_converter="vlguard_jax.conversion.llama",
 )

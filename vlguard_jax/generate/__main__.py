@@ -18,7 +18,7 @@ import time
 # Only light modules here: the generator loads once the flags parse (vlguard_jax/flags.py).
 from vlguard_jax.data.images import open_rgb
 from vlguard_jax.errors import ArgumentParser, InputError, at_least, cli
-from vlguard_jax.flags import TEMPLATE_CHOICES, add_mesh
+from vlguard_jax.flags import TEMPLATE_METAVAR, add_mesh
 from vlguard_jax.storage.files import read_jsonl
 
 
@@ -40,9 +40,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--image")
     p.add_argument(
         "--template",
-        choices=("auto", *TEMPLATE_CHOICES),
+        metavar=TEMPLATE_METAVAR,
         default="auto",
-        help="auto: the checkpoint family's (llava_v1 for a LLaVA, minigptv2 for a MiniGPT-v2; a text-only "
+        help="a family's template, chat_template or none; auto: the checkpoint family's (llava_v1 for a LLaVA, minigptv2 for a MiniGPT-v2; a text-only "
         "LLM's chat template, else vicuna_v1)",
     )
     p.add_argument("--max-new-tokens", type=at_least(1), default=256)
@@ -57,11 +57,12 @@ def main(argv: list[str]) -> int:
     add_mesh(p)
     a = p.parse_args(argv)
     from vlguard_jax.evaluate.shares import Share
-    from vlguard_jax.families import family_of
+    from vlguard_jax.families import check_template, family_of
     from vlguard_jax.generate import Sampling, load_generator, prompt_ids, response_text
     from vlguard_jax.generate.prompts import default_template, foreign_template
     from vlguard_jax.runtime import maybe_initialize_distributed
 
+    check_template(a.template)
     maybe_initialize_distributed()
     share = Share.current()  # several processes: each generates its slice of the prompts
     rows = read_prompts(a.prompts_file) if a.prompts_file else [{"prompt": a.prompt, "image": a.image}]

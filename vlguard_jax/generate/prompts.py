@@ -9,7 +9,7 @@ from __future__ import annotations
 from vlguard_jax import families
 from vlguard_jax.data import tokenization
 from vlguard_jax.data.conversation import IMAGE_TAG
-from vlguard_jax.data.preprocess import tokenize_with_images
+from vlguard_jax.data.tokenization import tokenize_with_images
 from vlguard_jax.errors import InputError
 from vlguard_jax.families import family_of
 from vlguard_jax.families.base import CHAT_TEMPLATE

@@ -23,6 +23,9 @@ from vlguard_jax.models.layers import Dense, Dtype, RMSNorm, param_with_axes
 from vlguard_jax.sharding import constrain
 
 ACT = ("batch", "length", "act_embed")
+# The part every family's model holds its Llama decoder under (`self.language_model`): the tree
+# `stacking` moves between its per-layer and scanned forms.
+DECODER = "language_model"
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from vlguard_jax.models.clip import CLIPVisionTower
-from vlguard_jax.models.config import LlavaConfig, LoraSpec
+from vlguard_jax.models.config import LoraSpec
 from vlguard_jax.models.layers import Dense, Dtype
 from vlguard_jax.models.llama import LlamaForCausalLM, prompt_positions
+from vlguard_jax.models.llava_config import LlavaConfig
 from vlguard_jax.sharding import constrain
 
 

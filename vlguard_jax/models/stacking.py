@@ -1,7 +1,7 @@
 """The two forms of the decoder's weights, and when to use which.
 
 On disk and in every converter the decoder is per layer (`layers_0` ... `layers_{L-1}` under
-`language_model`). A model with `scan_layers` holds one `layers` tree whose leaves have a leading
+the Llama decoder's part, `llama.DECODER`). A model with `scan_layers` holds one `layers` tree whose leaves have a leading
 axis L. These functions move any tree that mirrors the parameters (trainable weights, Adam
 moments inside optax's states, shape trees) between the two forms.
 """
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from vlguard_jax.models.config import ScanLayers
+from vlguard_jax.models.llama import DECODER
 
 # Scanning pays at real depths (32 and 40 layers compile many times faster) and costs a little per
 # step at shallow ones, so shallower models stay unrolled (the figures: BENCHMARKS.md).
@@ -33,22 +34,19 @@ def wants_scan(setting: ScanLayers | str | bool, config, scannable: bool) -> boo
     return setting is ScanLayers.ON
 
 
-def _map_language_model(tree, fn):
-    """`tree` with `fn` applied to every dict found under a `language_model` key; dicts, tuples,
+def _map_decoder(tree, fn):
+    """`tree` with `fn` applied to every dict found under the decoder's key; dicts, tuples,
     lists, NamedTuples (optax states) and dataclasses (a train state) are walked."""
     if isinstance(tree, dict):
-        return {
-            k: fn(v) if k == "language_model" and isinstance(v, dict) else _map_language_model(v, fn)
-            for k, v in tree.items()
-        }
+        return {k: fn(v) if k == DECODER and isinstance(v, dict) else _map_decoder(v, fn) for k, v in tree.items()}
     if dataclasses.is_dataclass(tree) and not isinstance(tree, type):  # a TrainState
         return dataclasses.replace(
-            tree, **{f.name: _map_language_model(getattr(tree, f.name), fn) for f in dataclasses.fields(tree)}
+            tree, **{f.name: _map_decoder(getattr(tree, f.name), fn) for f in dataclasses.fields(tree)}
         )
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(_map_language_model(v, fn) for v in tree))
+        return type(tree)(*(_map_decoder(v, fn) for v in tree))
     if isinstance(tree, (tuple, list)):
-        return type(tree)(_map_language_model(v, fn) for v in tree)
+        return type(tree)(_map_decoder(v, fn) for v in tree)
     return tree
 
 
@@ -77,17 +75,17 @@ def _unstack(lm: dict, num_layers: int | None) -> dict:
 
 def to_stacked(tree) -> Any:
     """Per-layer form -> stacked form (trees already stacked pass through)."""
-    return _map_language_model(tree, _stack)
+    return _map_decoder(tree, _stack)
 
 
 def to_per_layer(tree, num_layers: int | None = None) -> Any:
     """Stacked form -> per-layer form (trees already per layer pass through). `num_layers` is
     needed only where a stacked subtree holds no arrays (optax's masked-out moments)."""
-    return _map_language_model(tree, lambda lm: _unstack(lm, num_layers))
+    return _map_decoder(tree, lambda lm: _unstack(lm, num_layers))
 
 
 def is_stacked(tree) -> bool:
     """Whether a parameter-like tree holds its decoder layers stacked."""
     found = []
-    _map_language_model(tree, lambda lm: found.append("layers" in lm) or lm)
+    _map_decoder(tree, lambda lm: found.append("layers" in lm) or lm)
     return any(found)

@@ -7,9 +7,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlguard_jax.models.config import TextOnlyConfig
 from vlguard_jax.models.layers import Dtype
 from vlguard_jax.models.llama import LlamaForCausalLM, prompt_positions
+from vlguard_jax.models.text_only_config import TextOnlyConfig
 
 
 class TextOnlyModel(nn.Module):

@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from vlguard_jax import sharding
-from vlguard_jax.data.preprocess import IGNORE
+from vlguard_jax.data.tokenization import IGNORE
 from vlguard_jax.train.state import Params, TrainState, merge
 
 

@@ -33,15 +33,14 @@ from tqdm import tqdm
 
 from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import resolve_checkpoint
-from vlguard_jax.data.conversation import IMAGE_TAG, TEMPLATES, get_template, render
+from vlguard_jax.data.conversation import IMAGE_TAG
 from vlguard_jax.data.images import ImageError, ImageInput
 from vlguard_jax.data.records import RecordError
 from vlguard_jax.errors import InputError, MissingFileError, UsageError
 from vlguard_jax.evaluate import shares
 from vlguard_jax.evaluate.runner import claim_output
 from vlguard_jax.evaluate.shares import Share
-from vlguard_jax.families import family_of
-from vlguard_jax.flags import CONV_MODES
+from vlguard_jax.families import check_template, family_of, image_templates
 from vlguard_jax.generate import Sampling, auto_dtype, load_generator, response_text, weight_bytes
 from vlguard_jax.generate.prompts import prompt_ids, prompt_ids_of_text
 from vlguard_jax.storage.files import append_jsonl, atomic_write_text, read_jsonl, resume_jsonl, sha256_file
@@ -192,10 +191,10 @@ def answer_line(q: Question, text: str, model_id: str) -> dict:
 def conv_template(conv_mode: str, ref) -> str:
     """`--conv-mode`'s template: `auto` is the checkpoint family's (LLaVA's scripts' `vicuna_v1`,
     MiniGPT-v2's own); a template the family cannot embed images in is refused."""
-    if conv_mode not in CONV_MODES:
-        raise UsageError(f"--conv-mode {conv_mode!r}: choose from {', '.join(CONV_MODES)}")
+    modes = ("auto", *image_templates())
+    check_template(conv_mode, "--conv-mode", modes)
     template = ref.family.question_template(ref.tokenizer) if conv_mode == "auto" else conv_mode
-    if template not in CONV_MODES:
+    if template not in modes:
         raise InputError(f"{ref.name}: a {ref.family.label} checkpoint has no image template for --conv-mode auto")
     return template
 
@@ -204,8 +203,8 @@ def question_ids(loaded, q: Question, template: str, image_tokens: int | None = 
     """A question's prompt ids in `template`, its image taking `image_tokens`: LLaVA's conversation
     templates render the turn as its scripts do (the tag where the script puts it); others through
     the family's prompt rule."""
-    if template in TEMPLATES:
-        text = render(get_template(template), [(0, q.text), (1, None)])
+    text = family_of(loaded.config).turn_text(template, q.text)
+    if text is not None:
         return prompt_ids_of_text(loaded.tokenizer, loaded.config, text, image_tokens)
     return prompt_ids(loaded.tokenizer, loaded.config, q.text, IMAGE_TAG in q.text, template, image_tokens)
 

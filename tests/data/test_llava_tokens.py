@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from tests import tiny
-from vlguard_jax.data.conversation import get_template, render, turns
-from vlguard_jax.data.preprocess import IGNORE, Encoder, TokenizationError, encode, encode_batch, tokenize_with_images
+from vlguard_jax.data.conversation import render, turns
+from vlguard_jax.data.llava_tokens import Encoder, encode, encode_batch, get_template
+from vlguard_jax.data.tokenization import IGNORE, TokenizationError, tokenize_with_images
 
 N_IMG = 5
 
@@ -279,7 +280,7 @@ def test_one_pass_equals_the_turn_by_turn_rule(tok, name):
 def test_a_one_pass_disagreement_is_an_error_whatever_the_mode(tok, monkeypatch):
     """The spot check: the first sample and every exact_every-th after it are also tokenized turn
     by turn, and a difference raises (build_store does not catch it)."""
-    import vlguard_jax.data.preprocess as t
+    import vlguard_jax.data.llava_tokens as t
 
     image_id = tok.convert_tokens_to_ids("<image>")
     one_pass = t.encode_batch

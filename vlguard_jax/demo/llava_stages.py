@@ -15,14 +15,16 @@ import transformers
 from vlguard_jax import storage
 from vlguard_jax.checkpoints.converted import save_checkpoint
 from vlguard_jax.checkpoints.runs import save_run_checkpoint
-from vlguard_jax.data.conversation import TEMPLATES
+from vlguard_jax.data.llava_tokens import TEMPLATES
 from vlguard_jax.data.sample import sample_paths, write_sample
 from vlguard_jax.data.sample_tokenizer import build_tokenizer
 from vlguard_jax.errors import UserError
 from vlguard_jax.evaluate.report import write_report
 from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
-from vlguard_jax.models import LlavaModel, init_params
-from vlguard_jax.models.config import LlavaConfig, TextConfig, VisionConfig
+from vlguard_jax.models import init_params
+from vlguard_jax.models.config import TextConfig, VisionConfig
+from vlguard_jax.models.llava import LlavaModel
+from vlguard_jax.models.llava_config import LlavaConfig
 from vlguard_jax.train.loop import run as train
 
 SUBSETS = ("unsafes", "safe_unsafes", "safe_safes")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vlguard_jax import storage
-from vlguard_jax.conversion import layouts
+from vlguard_jax.conversion import llama, llava
 from vlguard_jax.conversion.commands import SOURCE, parse
 from vlguard_jax.conversion.hf_to_flax import (
     Entry,
@@ -32,15 +32,14 @@ from vlguard_jax.conversion.hf_to_flax import (
     check_unused,
     plan_dtype,
     read_json,
-    read_source,
     tensor_plan,
-    tokenizer_with_image_token,
     write_checkpoint,
     write_side_files,
 )
 from vlguard_jax.conversion.reader import TensorSource
 from vlguard_jax.errors import CheckpointError, cli
-from vlguard_jax.models.config import LlavaConfig, text_from_hf, vision_from_hf
+from vlguard_jax.models.config import text_from_hf, vision_from_hf
+from vlguard_jax.models.llava_config import LlavaConfig
 from vlguard_jax.storage import hub
 from vlguard_jax.storage.files import check_output
 
@@ -48,16 +47,6 @@ from vlguard_jax.storage.files import check_output
 SELECT_LAYER = -2
 SELECT_FEATURE = "default"  # mm_vision_select_feature "patch"
 CLIP_TEXT_PARTS = ("text_model.", "logit_scale", "text_projection.", "visual_projection.")
-
-
-def _llm(path: Path) -> tuple[dict, TensorSource]:
-    hf, source, layout, _ = read_source(path)
-    if layout != "llama" or hf.get("model_type") != "llama":
-        raise CheckpointError(
-            f"{path}: a {layout} checkpoint (model_type {hf.get('model_type')!r}), not a base "
-            "LlamaForCausalLM such as Vicuna; a LLaVA converts with conversion.hf_to_flax"
-        )
-    return hf, source
 
 
 def _tower(path: Path) -> tuple[dict, TensorSource, str]:
@@ -68,7 +57,7 @@ def _tower(path: Path) -> tuple[dict, TensorSource, str]:
             "model (CLIPModel or CLIPVisionModel)"
         )
     source = TensorSource(path)
-    prefix = layouts.clip_tower_prefix(source.keys())
+    prefix = llava.clip_tower_prefix(source.keys())
     if prefix is None:
         raise CheckpointError(f"{path}: no CLIP vision tower weights (vision_model.embeddings.patch_embedding.weight)")
     return hf, source, prefix
@@ -76,7 +65,7 @@ def _tower(path: Path) -> tuple[dict, TensorSource, str]:
 
 def _projector(path: Path) -> tuple[TensorSource, tuple[str, str]]:
     source = TensorSource(path)
-    prefixes = layouts.projector_prefixes(source.keys())
+    prefixes = llava.projector_prefixes(source.keys())
     if prefixes is None:
         found = ", ".join(sorted(source.keys())[:4])
         raise CheckpointError(
@@ -97,10 +86,12 @@ def plan(llm, vision_tower, projector, dtype: str = SOURCE) -> tuple[LlavaConfig
             raise CheckpointError(f"{p}: no such directory ({what})")
     if not projector.is_file():
         raise CheckpointError(f"{projector}: no such file (--projector)")
-    llm_hf, llm_src = _llm(llm)
+    llm_hf, llm_src = llama.read_llm(
+        llm, "a base LlamaForCausalLM such as Vicuna; a LLaVA converts with conversion.hf_to_flax", llava.kind_of
+    )
     tower_hf, tower_src, tower_prefix = _tower(vision_tower)
     proj_src, proj_prefixes = _projector(projector)
-    tokenizer = tokenizer_with_image_token(llm)
+    tokenizer = llava.tokenizer_with_image_token(llm)
     try:
         config = LlavaConfig(
             vision=vision_from_hf(tower_hf),
@@ -111,7 +102,7 @@ def plan(llm, vision_tower, projector, dtype: str = SOURCE) -> tuple[LlavaConfig
         )
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{llm} + {vision_tower}: {e}") from None
-    prefixes = dict(layouts.LLAMA, vision=tower_prefix, proj=proj_prefixes)
+    prefixes = dict(llama.PREFIXES, vision=tower_prefix, proj=proj_prefixes)
 
     def source_for(path: str) -> TensorSource:
         return {"vision_tower": tower_src, "projector": proj_src}.get(path.split("/")[0], llm_src)
@@ -124,7 +115,7 @@ def plan(llm, vision_tower, projector, dtype: str = SOURCE) -> tuple[LlavaConfig
             f"LLM's hidden size {config.text.hidden_size}"
         )
 
-    entries = tensor_plan(config, prefixes, plan_dtype(dtype), source_for)
+    entries = tensor_plan(config, prefixes, plan_dtype(dtype), source_for, llava.RULES)
     check_plan(entries, hint)
     tie = config.text.tie_word_embeddings
     check_unused(llm_src, entries, "a LlamaForCausalLM", lambda k: tie and k == "lm_head.weight")

@@ -32,19 +32,32 @@ import tokenizers
 import transformers
 
 from vlguard_jax.data import tokenization
-from vlguard_jax.data.conversation import IMAGE_TAG, get_template, render, turns
-from vlguard_jax.errors import UserError
+from vlguard_jax.data.conversation import IMAGE_TAG, Template, render, turns
+from vlguard_jax.data.tokenization import IGNORE, TokenizationError, tokenize_with_images
+from vlguard_jax.errors import InputError
 
-IGNORE = -100
+# LLaVA's conversation templates, exactly: `vicuna_v1` (training) and `llava_v1` (the VLGuard
+# evaluation), alike but for the system prompt.
+VICUNA_V1 = "vicuna_v1"
+LLAVA_V1 = "llava_v1"
+TEMPLATES = {
+    VICUNA_V1: Template(
+        VICUNA_V1,
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+        "helpful, detailed, and polite answers to the user's questions.",
+    ),
+    LLAVA_V1: Template(
+        LLAVA_V1,
+        "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+        "helpful, detailed, and polite answers to the human's questions.",
+    ),
+}
 
 
-class TokenizationError(UserError, ValueError):
-    """A sample LLaVA's `preprocess_v1` would not train on as a conversation (it masks such a
-    sample whole, or asserts); the message names the sample, `reason` says why."""
-
-    def __init__(self, sample: str, reason: str):
-        super().__init__(f"{sample}: {reason}")
-        self.sample, self.reason = sample, reason
+def get_template(name: str) -> Template:
+    if name not in TEMPLATES:
+        raise InputError(f"unknown template {name!r}; choose from {sorted(TEMPLATES)}")
+    return TEMPLATES[name]
 
 
 def plain_tokenizer(tokenizer) -> Any:
@@ -56,24 +69,6 @@ def plain_tokenizer(tokenizer) -> Any:
     plain.bos_token_id, plain.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     plain.unk_token_id = tokenizer.unk_token_id
     return tokenization.keep_rule(tokenizer, plain)
-
-
-def tokenize_with_images(
-    tokenizer, text: str, image_token_index: int, num_image_tokens: int, image: bool = True
-) -> list[int]:
-    """LLaVA's `tokenizer_image_token`, with each tag expanded to `num_image_tokens` ids; without
-    `image`, the plain tokenization of the text (a text-only record)."""
-    if not image:
-        return tokenization.ids(tokenizer, text)
-    chunks = [tokenization.ids(tokenizer, c) for c in text.split(IMAGE_TAG)]
-    bos = tokenizer.bos_token_id
-    offset = 1 if chunks and chunks[0] and chunks[0][0] == bos else 0
-    ids = [bos] if offset else []
-    for i, chunk in enumerate(chunks):
-        if i:
-            ids.extend([image_token_index] * num_image_tokens)
-        ids.extend(chunk[offset:])
-    return ids
 
 
 def segments(template, msgs: list[tuple[int, str]]) -> list[tuple[str, bool]]:
@@ -136,7 +131,7 @@ def encode(
     tokenizer,
     conversations: list[dict],
     *,
-    template="vicuna_v1",
+    template=VICUNA_V1,
     image_token_index: int,
     num_image_tokens: int,
     sample: str = "<sample>",
@@ -256,7 +251,7 @@ class Encoder:
     image_token_index: int
     num_image_tokens: int
     max_length: int = 2048
-    template: str = "vicuna_v1"
+    template: str = VICUNA_V1
     exact_every: int = 1000
     truncated: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     _seen: int = 0
