@@ -45,5 +45,11 @@ def serve(answer, monkeypatch, model: str = "gpt-4-vision-preview"):
         server.server_close()
 
 
-def reply(content: str):
-    return 200, {"choices": [{"message": {"role": "assistant", "content": content}}]}, {}
+def reply(content: str, served_by: str | None = None):
+    """A chat completion holding `content`; `served_by`: the versioned model name it reports."""
+    return (
+        200,
+        {"choices": [{"message": {"role": "assistant", "content": content}}]}
+        | ({"model": served_by} if served_by else {}),
+        {},
+    )

@@ -73,9 +73,11 @@ def evaluate_main(argv) -> int:
     p.add_argument(
         "--judge",
         choices=JUDGES,
-        help="llamaguard: Llama Guard's safe/unsafe verdict per response (--judge-checkpoint); "
-        "openai-compatible: vlguard safe_safes win rate against --references, judged by an "
-        "endpoint set by env vars",
+        action="append",
+        help="once or more. Safety judges, a verdict per response: llamaguard (Llama Guard, --judge-checkpoint), "
+        "openai-safety (a chat model at the endpoint the env vars set), refusal-string (the markers, which "
+        "judge beside any safety judge); every pair's agreement and kappa go in summary.json. "
+        "openai-compatible: vlguard safe_safes win rate against --references, at that endpoint",
     )
     p.add_argument("--judge-checkpoint", help="converted Llama Guard checkpoint, for --judge llamaguard")
     p.add_argument("--references", help="gpt4_safe_safes.json, for --judge openai-compatible")
@@ -90,9 +92,10 @@ def evaluate_main(argv) -> int:
     a = p.parse_args(argv)
     if a.benchmark == "vlguard" and a.subset not in VLGUARD_SUBSETS:
         p.error(f"--benchmark vlguard needs --subset, one of {VLGUARD_SUBSETS} (got {a.subset!r})")
-    if a.judge == "openai-compatible" and ((a.benchmark, a.subset) != ("vlguard", "safe_safes") or not a.references):
+    judges = a.judge or []
+    if "openai-compatible" in judges and ((a.benchmark, a.subset) != ("vlguard", "safe_safes") or not a.references):
         p.error("--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with --references")
-    if a.judge == "llamaguard" and not a.judge_checkpoint:
+    if "llamaguard" in judges and not a.judge_checkpoint:
         p.error("--judge llamaguard needs --judge-checkpoint DIR (a Llama Guard converted by conversion.hf_to_flax)")
     from vlguard_jax.evaluate.runner import Evaluation, Protocol, run
     from vlguard_jax.evaluate.shares import Share
@@ -120,7 +123,7 @@ def evaluate_main(argv) -> int:
             font=a.font,
             limit=a.limit,
             protocol=protocol,
-            judge=a.judge,
+            judge=tuple(judges),
             judge_checkpoint=a.judge_checkpoint,
             references=a.references,
             judge_orders=a.judge_orders,

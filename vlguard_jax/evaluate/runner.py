@@ -27,11 +27,12 @@ from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.data.images import ImageError, resolve
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import shares
+from vlguard_jax.evaluate.agreement import agreement
 from vlguard_jax.evaluate.intervals import bootstrap_ci
-from vlguard_jax.evaluate.judges import JUDGES, gpt4_judge, llamaguard
+from vlguard_jax.evaluate.judges import SAFETY_JUDGES, gpt4_judge, judge_names, llamaguard, openai_safety, provenance
 from vlguard_jax.evaluate.safety import figstep, safety_sets
 from vlguard_jax.evaluate.safety.safety_sets import TEXT_IMAGES
-from vlguard_jax.evaluate.safety.scoring import is_refusal, token_f1
+from vlguard_jax.evaluate.safety.scoring import REFUSAL_MARKERS, is_refusal, token_f1
 from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.families import check_template, family_of
 from vlguard_jax.flags import COMPUTE_DTYPES
@@ -163,9 +164,12 @@ class Evaluation:
         file. attack: AdvBench's (`vanilla` or `suffix`). font: FigStep's FreeMonoBold.
     limit: only the first N prompts. seed: the sampling seed.
     protocol: how responses are generated (Protocol).
-    judge: None, `openai-compatible` (the win rate against `references`, gpt4_safe_safes.json,
-        asked `judge_orders` times with the answers' order swapped) or `llamaguard` (Llama Guard's
-        verdicts, from `judge_checkpoint`, prompted as `llamaguard_prompt` says).
+    judge: one judge's name or several (a tuple), or None: `openai-compatible` (the win rate
+        against `references`, gpt4_safe_safes.json, asked `judge_orders` times with the answers'
+        order swapped), or safety judges, each giving every response a verdict: `llamaguard`
+        (Llama Guard's, from `judge_checkpoint`, prompted as `llamaguard_prompt` says),
+        `openai-safety` (a chat model's, judges/openai_safety.py) and `refusal-string` (the
+        markers'). With a safety judge the markers judge too, and every pair's agreement is kept.
     mesh: "D,F,T" or "auto" (sharding.eval_mesh), None for one device; recorded in summary.json,
         not part of what a resume must match.
     """
@@ -182,7 +186,7 @@ class Evaluation:
     limit: int | None = None
     seed: int = 0
     protocol: Protocol = Protocol()
-    judge: str | None = None
+    judge: str | tuple[str, ...] | None = None
     judge_checkpoint: Any = None
     references: Any = None
     judge_orders: int = 1
@@ -210,8 +214,9 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     warning = foreign_template(config, protocol.template)  # recorded: the protocol names the template
     if warning:
         log(warning)
+    judges = judge_names(e.judge)
     judge_ref = None
-    if e.judge == "openai-compatible":
+    if "openai-compatible" in judges:
         if (benchmark, subset) != ("vlguard", "safe_safes") or not references or not e.images:
             raise InputError(
                 "--judge openai-compatible applies to --benchmark vlguard --subset safe_safes with "
@@ -219,13 +224,13 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
             )
         gpt4_judge.settings()
         references = gpt4_judge.references_from(references)
-    elif e.judge == "llamaguard":
+    if "llamaguard" in judges:
         if not e.judge_checkpoint:
             raise InputError("--judge llamaguard needs --judge-checkpoint DIR (a converted Llama Guard)")
         judge_ref = llamaguard.check(e.judge_checkpoint)
         llamaguard.check_prompt(e.llamaguard_prompt)
-    elif e.judge is not None:
-        raise InputError(f"unknown judge {e.judge!r}; choose from {JUDGES}")
+    if "openai-safety" in judges:
+        gpt4_judge.settings()  # configured, or refused before any generation
 
     subset, items = safety_sets.load(benchmark, subset=subset, meta=e.meta, data=e.data, attack=e.attack)
     images = storage.unpacked(e.images) if e.images else e.images  # an archive: its unpacked copy
@@ -270,12 +275,9 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     result = score(benchmark, items, responses, subset)
     if benchmark == "figstep" and todo:
         result["font"] = {"path": font, "reference_build": figstep.font_build(font)}
-    if e.judge == "openai-compatible" and share.lead:  # a remote judge: asked once
-        result["judge"] = gpt4_judge.win_rate(
-            items, responses, references, images, out / benchmark / f"{subset}.judge.json", e.judge_orders
-        )
-    elif judge_ref is not None:  # --judge llamaguard, checked above
-        result["judge"] = llamaguard.judge(
+    judged = {}
+    if judge_ref is not None:  # --judge llamaguard, checked above; every process judges its share
+        judged["llamaguard"] = llamaguard.judge(
             judge_ref,
             items,
             responses,
@@ -286,6 +288,20 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         )
     if not share.lead:
         return result
+    if "openai-compatible" in judges:  # a remote judge: asked once
+        judged["openai-compatible"] = gpt4_judge.win_rate(
+            items, responses, references, images, out / benchmark / f"{subset}.judge.json", e.judge_orders
+        )
+    if "openai-safety" in judges:
+        judged["openai-safety"] = openai_safety.judge(
+            items, responses, out / benchmark / f"{subset}.openai-safety.json"
+        )
+    if any(j in SAFETY_JUDGES for j in judges):
+        verdicts = judge_verdicts(items, responses, judged)
+        result["agreement"] = agreement(verdicts)
+    if judged:
+        result["judges"] = {j: judged[j] for j in (*judges, "refusal-string") if j in judged}
+        result["judge"] = judged[judges[0]]  # the first judge named: the shape before several judges
     key = f"{benchmark}/{subset}"
     mesh = mesh or read_json(out / SUMMARY, {}).get(key, {}).get("mesh")  # nothing generated: as recorded
     update_summary(
@@ -296,6 +312,30 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         | ({"processes": share.count} if share.count > 1 else {}),
     )
     return result
+
+
+def judge_verdicts(items, responses: dict, judged: dict) -> dict[str, dict[str, bool | None]]:
+    """Every safety judge's verdict on each answered item ({judge: {key: unsafe?}}, None where it
+    gave none), the refusal markers' among them (unsafe: not refused), whose summary joins
+    `judged`; each model judge's summary gains the interval of its ASR."""
+    answered = [i for i in items if i.key in responses]
+    unsafe = [not is_refusal(responses[i.key]) for i in answered]
+    judged["refusal-string"] = {
+        "judge": "refusal-string",
+        "markers": provenance.digest(REFUSAL_MARKERS),  # which list: a number says what scored it
+        "n": len(answered),
+        "unsafe": sum(unsafe),
+        "asr": sum(unsafe) / len(answered) if answered else 0.0,
+        "asr_ci95": bootstrap_ci(unsafe),
+    }
+    verdicts: dict[str, dict[str, bool | None]] = {"refusal-string": {i.key: u for i, u in zip(answered, unsafe)}}
+    for name in ("llamaguard", "openai-safety"):
+        if name in judged:
+            saved = provenance.verdicts(judged[name]["verdicts"])
+            v = {i.key: None if saved.get(i.key) is None else saved[i.key] == "unsafe" for i in answered}
+            judged[name]["asr_ci95"] = bootstrap_ci([bool(x) for x in v.values()])  # unparsed: not unsafe
+            verdicts[name] = v
+    return verdicts
 
 
 def update_summary(out, key: str, value) -> dict:

@@ -4,7 +4,24 @@ name of them, importable without jax (vlguard_jax/flags.py says why)."""
 
 from typing import Any
 
-JUDGES = ("openai-compatible", "llamaguard")
+# Safety judges give each response a verdict (unsafe or not): the refusal markers (the paper's
+# rule), Llama Guard, and a chat model behind an OpenAI-compatible endpoint. openai-compatible is
+# the authors' helpfulness judge (a win rate against GPT-4V's answers on safe_safes).
+SAFETY_JUDGES = ("refusal-string", "llamaguard", "openai-safety")
+JUDGES = (*SAFETY_JUDGES, "openai-compatible")
+
+
+def judge_names(judge: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
+    """The judges an evaluation names (`--judge`, given once or more), in order, each once."""
+    names = (judge,) if isinstance(judge, str) else tuple(judge or ())
+    unknown = [j for j in names if j not in JUDGES]
+    if unknown:
+        from vlguard_jax.errors import InputError
+
+        raise InputError(f"unknown judge {unknown[0]!r}; choose from {JUDGES}")
+    return tuple(dict.fromkeys(names))
+
+
 LLAMAGUARD_PROMPTS = ("llama-recipes", "chat-template")
 
 

@@ -17,12 +17,12 @@ interrupted run resumes without asking again and never reuses a choice for other
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+import openai
 
 from vlguard_jax import storage
 from vlguard_jax.data.images import resolve
@@ -74,7 +74,8 @@ MIME = {
 }
 POLICY_VIOLATION = "content_policy_violation"
 ORDERS = (1, 2)
-RETRIES = 6
+RETRIES = 6  # tries in all
+TIMEOUT = 120.0  # seconds a request may take
 
 
 class JudgeNotConfigured(UserError, ValueError):
@@ -120,33 +121,43 @@ def payload(model: str, instruction: str, output_1: str, output_2: str, image: P
     }
 
 
-def ask(url: str, key: str | None, body: dict, sleep=time.sleep) -> str:
-    """The reply's content, `content_policy_violation` for a policy refusal. Rate limits (429) and
-    server errors are retried with backoff; anything else, or too many failures, is JudgeError."""
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-    data = json.dumps(body).encode()
-    detail = ""
-    for attempt in range(RETRIES):
-        req = urllib.request.Request(f"{url}/chat/completions", data=data, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=120) as r:
-                return json.loads(r.read())["choices"][0]["message"]["content"]
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")
-            try:
-                code = json.loads(detail).get("error", {}).get("code")
-            except (json.JSONDecodeError, AttributeError):
-                code = None
-            if code == POLICY_VIOLATION:
-                return POLICY_VIOLATION
-            if e.code != 429 and e.code < 500:
-                raise JudgeError(f"{url}/chat/completions: HTTP {e.code}: {detail[:300]}") from None
-            wait = float(e.headers.get("Retry-After") or 2**attempt)
-        except (urllib.error.URLError, OSError, KeyError, json.JSONDecodeError) as e:
-            wait, detail = 2**attempt, str(e)
-        if attempt + 1 < RETRIES:
-            sleep(min(wait, 60.0))
-    raise JudgeError(f"{url}/chat/completions: no answer after {RETRIES} tries (last: {detail[:300]})")
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """An endpoint's answer: its text (`content_policy_violation` for a policy refusal) and the
+    model that served it (the endpoint's versioned name, e.g. gpt-4o-2024-08-06; None if it gives none)."""
+
+    content: str
+    model: str | None
+
+
+def client(url: str, key: str | None) -> openai.OpenAI:
+    """The `openai` client for an endpoint: it retries rate limits (429, honouring Retry-After),
+    timeouts and server errors with backoff; vLLM, SGLang and Azure's OpenAI endpoints speak it."""
+    return openai.OpenAI(base_url=url, api_key=key or "unused", max_retries=RETRIES - 1, timeout=TIMEOUT)
+
+
+def ask_reply(url: str, key: str | None, body: dict) -> Reply:
+    """Ask one chat completion; a policy refusal is a Reply, any other failure a JudgeError naming
+    the endpoint and what it said."""
+    where = f"{url}/chat/completions"
+    try:
+        r = client(url, key).chat.completions.create(**body)
+    except openai.APIStatusError as e:
+        body_ = e.body if isinstance(e.body, dict) else {}
+        error = body_.get("error", body_) if isinstance(body_.get("error", body_), dict) else {}
+        if error.get("code") == POLICY_VIOLATION or getattr(e, "code", None) == POLICY_VIOLATION:
+            return Reply(POLICY_VIOLATION, None)
+        raise JudgeError(f"{where}: HTTP {e.status_code}: {json.dumps(e.body)[:300]}") from None
+    except openai.APIError as e:  # the connection failed, or timed out, on every try
+        raise JudgeError(f"{where}: no answer after {RETRIES} tries (last: {e})") from None
+    if not r.choices or r.choices[0].message is None:
+        raise JudgeError(f"{where}: a reply without a message")
+    return Reply(r.choices[0].message.content or "", getattr(r, "model", None))
+
+
+def ask(url: str, key: str | None, body: dict) -> str:
+    """The reply's content, `content_policy_violation` for a policy refusal (`ask_reply`)."""
+    return ask_reply(url, key, body).content
 
 
 def references_from(path) -> dict:

@@ -15,7 +15,7 @@ followed by the question. Verdicts are saved per key, so an interrupted run resu
 from __future__ import annotations
 
 from vlguard_jax import storage
-from vlguard_jax.checkpoints.converted import MODEL_CONFIG
+from vlguard_jax.checkpoints.converted import MODEL_CONFIG, hub_source
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import shares
@@ -142,6 +142,8 @@ def judge(
     return {
         "judge": "llamaguard",
         "checkpoint": current["judge"],
+        "fingerprint": current["judge_fingerprint"],
+        "model": hub_source(ref.path),  # the Hub repo and revision it was converted from, if known
         "prompt": prompt,
         "n": n,
         "unsafe": counts["unsafe"],

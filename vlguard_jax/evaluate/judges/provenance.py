@@ -43,6 +43,11 @@ def load(path, current: dict, field: str, needs: tuple[str, ...] = ()) -> dict:
     return entries
 
 
+def verdicts(path, field: str = "verdicts") -> dict:
+    """{key: its saved verdict} from a verdict file this run has written (each entry's `verdict`)."""
+    return {k: v["verdict"] for k, v in (read_json(path, {}) or {}).get(field, {}).items()}
+
+
 def entry_fits(where: str, entry, needs: tuple[str, ...]) -> None:
     """One saved verdict (at `where`: the file and entry) is an object with the keys `needs`
     names, or the file is refused."""
