@@ -22,8 +22,8 @@ from pathlib import Path
 from vlguard_jax import storage
 from vlguard_jax.errors import ArgumentParser, UsageError, at_least, cli
 from vlguard_jax.evaluate.helpfulness import scorers
-from vlguard_jax.evaluate.judges import JUDGES, add_prompt_argument
-from vlguard_jax.evaluate.judges.gpt4_judge import ORDERS
+from vlguard_jax.evaluate.judges import JUDGES, ORDERS, add_prompt_argument
+from vlguard_jax.evaluate.safety.image_controls import CONTROLS
 from vlguard_jax.evaluate.safety.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, TEXT_IMAGES, VLGUARD_SUBSETS
 from vlguard_jax.flags import TEMPLATE_METAVAR, add_dtype, add_mesh, output
 
@@ -69,6 +69,12 @@ def evaluate_main(argv) -> int:
         help="text-only attacks on a VLLM: no image (the authors') or a blank white image",
     )
     p.add_argument("--batch-size", type=at_least(1), default=8)
+    p.add_argument(
+        "--image-control",
+        choices=CONTROLS,
+        help="answer an image benchmark without its real images: none (removed), blank (white), noise, "
+        "or blur, each of the image's size; an --out holds one control (or real images)",
+    )
     p.add_argument("--limit", type=at_least(1), help="only the first N items")
     p.add_argument(
         "--judge",
@@ -109,6 +115,7 @@ def evaluate_main(argv) -> int:
         dtype=a.dtype,
         text_image=a.text_image,
         batch_size=a.batch_size,
+        image_control=a.image_control,
     )
     result = run(
         Evaluation(

@@ -24,13 +24,14 @@ from tqdm import tqdm
 
 from vlguard_jax import sharding, storage
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
-from vlguard_jax.data.images import ImageError, resolve
+from vlguard_jax.data.images import ImageError, open_rgb, resolve
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import shares
 from vlguard_jax.evaluate.agreement import agreement
 from vlguard_jax.evaluate.intervals import bootstrap_ci
 from vlguard_jax.evaluate.judges import SAFETY_JUDGES, gpt4_judge, judge_names, llamaguard, openai_safety, provenance
 from vlguard_jax.evaluate.safety import figstep, safety_sets
+from vlguard_jax.evaluate.safety.image_controls import CONTROLS, controlled
 from vlguard_jax.evaluate.safety.safety_sets import TEXT_IMAGES
 from vlguard_jax.evaluate.safety.scoring import REFUSAL_MARKERS, is_refusal, token_f1
 from vlguard_jax.evaluate.shares import Share
@@ -51,7 +52,8 @@ class Protocol:
     authors run in float16; `dtype` "auto" (or None) takes `auto_dtype()`: float16 on a GPU, as
     the authors, bfloat16 on a TPU, float32 on a CPU.
     `text_image` is what a VLLM sees with a text-only attack: no image (the authors'), or a blank
-    white one, which published follow-ups report changes ASR."""
+    white one, which published follow-ups report changes ASR. `image_control` replaces an image
+    benchmark's images (safety/image_controls.py: none, blank, noise, blur); None: the real ones."""
 
     template: str = "auto"
     max_new_tokens: int = 256
@@ -59,6 +61,7 @@ class Protocol:
     dtype: str | None = None
     text_image: str = "none"
     batch_size: int = 8
+    image_control: str | None = None
 
     def __post_init__(self):
         check_template(self.template)
@@ -66,6 +69,8 @@ class Protocol:
             raise InputError(f"dtype {self.dtype!r} is not one of {('auto',) + COMPUTE_DTYPES}")
         if self.text_image not in TEXT_IMAGES:
             raise InputError(f"text image {self.text_image!r} is not one of {TEXT_IMAGES}")
+        if self.image_control is not None and self.image_control not in CONTROLS:
+            raise InputError(f"image control {self.image_control!r} is not one of {CONTROLS}")
         for name in ("max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -210,6 +215,8 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         )
     if llm and protocol.text_image != "none":
         raise InputError(f"{checkpoint}: a text-only LLM takes no image (--text-image {protocol.text_image})")
+    if llm and protocol.image_control is not None:
+        raise InputError(f"{checkpoint}: a text-only LLM takes no image (--image-control {protocol.image_control})")
     protocol = protocol.resolved(config, tokenizer)
     warning = foreign_template(config, protocol.template)  # recorded: the protocol names the template
     if warning:
@@ -233,12 +240,22 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         gpt4_judge.settings()  # configured, or refused before any generation
 
     subset, items = safety_sets.load(benchmark, subset=subset, meta=e.meta, data=e.data, attack=e.attack)
+    if protocol.image_control is not None and not any(i.image or i.render for i in items):
+        raise InputError(
+            f"--image-control applies to prompts with images; {benchmark} {subset} has none "
+            "(--text-image gives text prompts a blank image)"
+        )
     images = storage.unpacked(e.images) if e.images else e.images  # an archive: its unpacked copy
     if e.limit:
         items = items[: e.limit]
     out = storage.as_path(e.out)  # local, gs:// or s3://: every write is one whole JSON file
     path = out / benchmark / f"{subset}.json"
-    settings = {k: v for k, v in dataclasses.asdict(protocol).items() if k != "batch_size"}
+    # the image control is recorded where there is one, so a real-image run's record is as before
+    settings = {
+        k: v
+        for k, v in dataclasses.asdict(protocol).items()
+        if k != "batch_size" and not (k == "image_control" and v is None)
+    }
     claim_output(
         out,
         path,
@@ -364,6 +381,12 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
                 f"{out}: holds answers of {saved['checkpoint']} ({other}); this run evaluates "
                 f"{record['checkpoint']}, another checkpoint. Use another --out"
             )
+        control = [r.get("protocol", {}).get("image_control") for r in (saved, record)]
+        if control[0] != control[1]:
+            name = ["real images" if c is None else f"--image-control {c}" for c in control]
+            raise InputError(
+                f"{out}: holds answers with {name[0]} ({other}); this run has {name[1]}. Use another --out"
+            )
     where = "--out" if out is not None else "--answers-file"
     if side.exists():
         saved = json.loads(side.read_text())
@@ -442,10 +465,13 @@ def _generate(
     def pix(item):
         if image is None:
             return None
-        if item.image:
-            return image.load(images, item.image, pad=False)
-        if item.render is not None:
-            return image.pixels(figstep.render(item.render, font), pad=False)
+        if item.image or item.render is not None:
+            control = protocol.image_control
+            if control is None and item.image:
+                return image.load(images, item.image, pad=False)
+            real = open_rgb(resolve(images, item.image)) if item.image else figstep.render(str(item.render), font)
+            shown = real if control is None else controlled(real, control, item.key, seed)
+            return None if shown is None else image.pixels(shown, pad=False)
         return blank if protocol.text_image == "blank" else None
 
     sampling = Sampling(max_new_tokens=protocol.max_new_tokens, min_new_tokens=protocol.min_new_tokens)

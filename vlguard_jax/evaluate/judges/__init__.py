@@ -23,6 +23,7 @@ def judge_names(judge: str | tuple[str, ...] | list[str] | None) -> tuple[str, .
 
 
 LLAMAGUARD_PROMPTS = ("llama-recipes", "chat-template")
+ORDERS = (1, 2)  # openai-compatible: the authors' one order, or both
 
 
 def add_prompt_argument(parser: Any) -> None:

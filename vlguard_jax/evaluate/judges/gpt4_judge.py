@@ -27,7 +27,7 @@ import openai
 from vlguard_jax import storage
 from vlguard_jax.data.images import resolve
 from vlguard_jax.errors import InputError, UserError
-from vlguard_jax.evaluate.judges import provenance
+from vlguard_jax.evaluate.judges import ORDERS, provenance
 from vlguard_jax.storage.files import atomic_write_json
 
 # gpt4_evaluator.py's `system_image`, sent as the user message's text.
@@ -73,7 +73,6 @@ MIME = {
     ".svg": "image/svg+xml",
 }
 POLICY_VIOLATION = "content_policy_violation"
-ORDERS = (1, 2)
 RETRIES = 6  # tries in all
 TIMEOUT = 120.0  # seconds a request may take
 
