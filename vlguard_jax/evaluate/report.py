@@ -17,6 +17,7 @@ from vlguard_jax import storage
 from vlguard_jax.errors import MissingFileError
 from vlguard_jax.evaluate.intervals import paired
 from vlguard_jax.evaluate.runner import SUMMARY
+from vlguard_jax.evaluate.safety.safety_sets import LABELLED
 from vlguard_jax.evaluate.safety.scoring import is_refusal
 from vlguard_jax.storage.files import read_json
 
@@ -103,12 +104,16 @@ def rows_of(summary: dict) -> dict[str, float]:
 def paired_rows(before: Path, after: Path, summaries: list[dict]) -> list[list[str]]:
     """For two runs on the same prompts: each safety rate's change (after - before, points) with
     its bootstrap interval over the prompts both answered, and the exact McNemar p-value, read
-    from the runs' response files (OUT/<benchmark>/<subset>.json). XSTest, whose rates split by a
-    label its responses do not carry, is left out."""
+    from the runs' response files (OUT/<benchmark>/<subset>.json). XSTest and custom sets, whose
+    rates split by a label their responses do not carry, are left out."""
     rows = []
     for name in sorted(set(summaries[0]) & set(summaries[1])):
         s = summaries[0][name]
-        if not isinstance(s, dict) or "/" not in name or name.startswith(("helpfulness/", "xstest/")):
+        if (
+            not isinstance(s, dict)
+            or "/" not in name
+            or name.startswith(("helpfulness/", *(f"{b}/" for b in LABELLED)))
+        ):
             continue
         a, b = (read_json(r / f"{name}.json", None) for r in (before, after))
         if not isinstance(a, dict) or not isinstance(b, dict):

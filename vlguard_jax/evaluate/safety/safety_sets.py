@@ -7,12 +7,18 @@
   suffix-injection directive after one space.
 - figstep (safebench.csv): the instruction rendered as a typographic image, asked with FigStep's
   fixed question.
+- custom (a .jsonl of your own): one prompt a line, `{"prompt": ..., "label": "safe" | "unsafe"}`
+  with optional `"id"` (else the line number), `"image"` (a path under --images) and
+  `"category"`. Unsafe prompts give the ASR, safe ones the refusal rate (over-refusal), each also
+  per category; the output is named for the file (OUT/custom/<stem>.json).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
+import re
 from pathlib import Path
 
 from vlguard_jax import storage
@@ -20,7 +26,9 @@ from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.errors import InputError
 from vlguard_jax.evaluate.safety.figstep import QUESTION
 
-BENCHMARKS = ("vlguard", "xstest", "advbench", "figstep")
+BENCHMARKS = ("vlguard", "xstest", "advbench", "figstep", "custom")
+LABELLED = ("xstest", "custom")  # safe and unsafe prompts in one set, scored apart
+CUSTOM_FIELDS = {"id": str, "prompt": str, "label": str, "image": str, "category": str}
 VLGUARD_SUBSETS = ("unsafes", "safe_unsafes", "safe_safes")
 ADVBENCH_ATTACKS = ("vanilla", "suffix")
 TEXT_IMAGES = ("none", "blank")  # a text-only prompt to a VLLM: no image (the authors') or a white one
@@ -101,6 +109,45 @@ def figstep(path) -> list[Item]:
     ]
 
 
+def custom(path) -> list[Item]:
+    """A custom benchmark's JSON lines; a bad line is a RecordError naming the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: cannot read ({e})") from None
+    items, seen = [], {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {n}"
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(r, dict):
+            raise RecordError(f"{where}: a JSON {type(r).__name__}, not an object")
+        for field, kind in CUSTOM_FIELDS.items():
+            if field in r and not isinstance(r[field], kind):
+                raise RecordError(f"{where}: {field!r} must be a string, got {r[field]!r}")
+        unknown = sorted(set(r) - set(CUSTOM_FIELDS))
+        if unknown:
+            raise RecordError(f"{where}: unknown field(s) {unknown}; a line holds {sorted(CUSTOM_FIELDS)}")
+        if not r.get("prompt", "").strip():
+            raise RecordError(f"{where}: no prompt")
+        if r.get("label") not in ("safe", "unsafe"):
+            raise RecordError(f"{where}: label {r.get('label')!r} is not 'safe' or 'unsafe'")
+        key = r.get("id", str(n))
+        if key in seen:
+            raise RecordError(f"{where}: id {key!r} is also on line {seen[key]}")
+        seen[key] = n
+        meta = {"label": r["label"]} | ({"category": r["category"]} if "category" in r else {})
+        items.append(Item(key, r["prompt"], image=r.get("image"), meta=meta))
+    if not items:
+        raise RecordError(f"{path}: no prompts")
+    return items
+
+
 def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla") -> tuple[str, list[Item]]:
     """(subset name, items) for a benchmark; the subset names the output file."""
     if benchmark not in BENCHMARKS:
@@ -113,7 +160,11 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
         items = vlguard(meta, subset)  # refuses a missing or unknown subset
         return str(subset), items
     if not data:
-        raise InputError(f"--benchmark {benchmark} needs --data FILE.csv")
+        raise InputError(
+            f"--benchmark {benchmark} needs --data {'FILE.jsonl' if benchmark == 'custom' else 'FILE.csv'}"
+        )
+    if benchmark == "custom":
+        return subset or re.sub(r"[^\w.-]", "_", Path(data).stem), custom(data)
     if benchmark == "xstest":
         return subset or "all", xstest(data)
     if benchmark == "advbench":
