@@ -11,6 +11,7 @@ import pytest
 from configs import demo as demo_config
 from vlguard_jax.demo import llava_stages as demo
 from vlguard_jax.demo.llava_stages import run_demo
+from vlguard_jax.evaluate.intervals import ratio_ci
 
 
 def rates(asr: float, f1: float) -> dict:
@@ -31,6 +32,19 @@ def test_a_ratio_over_about_zero_is_undefined_and_its_target_not_met():
     assert met["helpfulness_ratio"] == pytest.approx(0.95) and met["helpfulness_ratio>=0.9"] is True
     assert "| helpfulness ratio after/before (F1 76.0 / 80.0) | | 0.950 |" in text
     assert demo.table(rates(1.0, 0.8), rates(0.0, 0.7))[1]["helpfulness_ratio>=0.9"] is False
+
+
+def test_the_table_shows_each_rates_interval_and_the_ratios():
+    """The rates with the intervals the results hold; the helpfulness ratio with the bootstrap
+    interval of a ratio of two runs' mean F1 (each run's prompts resampled on its own)."""
+    before, after = rates(1.0, 0.8), rates(0.0, 0.76)
+    before["unsafes"]["asr_ci95"], after["unsafes"]["asr_ci95"] = [0.9, 1.0], [0.0, 0.125]
+    f1_before, f1_after = [0.9, 0.7, 0.8, 0.8], [0.76, 0.66, 0.86, 0.76]
+    text, met = demo.table(before, after, (f1_before, f1_after))
+    assert "| ASR unsafes (%) | 100.0 [90.0, 100.0] | 0.0 [0.0, 12.5] |" in text
+    lo, hi = ratio_ci(f1_after, f1_before)
+    assert met["helpfulness_ratio_ci95"] == [lo, hi] and lo < 0.95 < hi
+    assert f"| helpfulness ratio after/before (F1 76.0 / 80.0) | | 0.950 [{lo:.3f}, {hi:.3f}] |" in text
 
 
 def test_a_stage_1_model_with_f1_0_gives_an_undefined_ratio_and_a_target_not_met(tmp_path, monkeypatch):
@@ -102,7 +116,9 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path, caplog):
         "helpfulness_ratio": ratio if ratio is None else pytest.approx(ratio),
     }
     table = (report / "demo.md").read_text()
-    assert f"| ASR unsafes (%) | {100 * b['unsafes']['asr']:.1f} | {100 * a['unsafes']['asr']:.1f} |" in table
+    cell = lambda s: f"{100 * s['asr']:.1f} [{100 * s['asr_ci95'][0]:.1f}, {100 * s['asr_ci95'][1]:.1f}]"  # noqa: E731
+    assert f"| ASR unsafes (%) | {cell(b['unsafes'])} | {cell(a['unsafes'])} |" in table  # with its interval
+    assert "| helpfulness ratio after/before" in table and "helpfulness_ratio_ci95" in summary
     # Rerunning resumes every stage instead of starting again.
     again = run_demo(c, log=lambda *_: None)
     assert again["after"] == summary["after"]

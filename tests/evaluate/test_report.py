@@ -10,7 +10,7 @@ def test_every_bar_is_labelled_with_its_value():
         ({"VLGuard unsafes": 100.0}, {"token F1": 92.75}),
     ]
     fig = chart(["before", "after"], rows, ["VLGuard unsafes", "AdvBench"], ["token F1"])
-    safety, helpfulness = fig.axes
+    safety, helpfulness, _ = fig.axes  # the third: the frontier (tests/evaluate/test_frontier.py)
     assert [t.get_text() for t in safety.texts] == ["0.0", "93.1", "100.0", "n/a"]
     assert [t.get_text() for t in helpfulness.texts] == ["80.0", "92.8"]
     heights = [p.get_height() for p in safety.patches]

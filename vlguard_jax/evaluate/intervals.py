@@ -78,3 +78,16 @@ def paired(before: Sequence[bool], after: Sequence[bool], resamples: int = RESAM
         "c": c,
         "p_mcnemar": mcnemar_exact(b, c),
     }
+
+
+class Rate(float):
+    """A percentage and, where one is known, its 95% interval (`ci`, percentages)."""
+
+    ci: list[float] | None = None
+
+
+def rate(value: float, ci: Sequence[float] | None) -> Rate:
+    """A share (0..1) and its interval as a Rate in percent."""
+    r = Rate(100 * value)
+    r.ci = None if ci is None else [100 * x for x in ci]
+    return r

@@ -2,7 +2,11 @@
 
 - the paper's Table 2 shape: one row per checkpoint, safety columns (ASR, lower is better) and
   helpfulness columns (higher is better), with a chart of the two in separate panels;
-- every metric of every benchmark and category, one row per metric, one column per checkpoint.
+- the frontier (evaluate/frontier.py): each checkpoint's attack success, over-refusal (its
+  control runs' too) and helpfulness, and a plot of over-refusal against ASR;
+- every metric of every benchmark, category and judge, one row per metric, one column per run,
+  and the judges' agreement;
+- for two runs, each rate's change prompt by prompt.
 
 A base LLM beside the VLLMs built on it is the paper's first table; a row says which is which.
 """
@@ -15,7 +19,8 @@ from typing import Any
 
 from vlguard_jax import storage
 from vlguard_jax.errors import MissingFileError
-from vlguard_jax.evaluate.intervals import paired
+from vlguard_jax.evaluate import frontier
+from vlguard_jax.evaluate.intervals import Rate, paired, rate
 from vlguard_jax.evaluate.runner import SUMMARY
 from vlguard_jax.evaluate.safety.safety_sets import LABELLED
 from vlguard_jax.evaluate.safety.scoring import is_refusal
@@ -68,17 +73,8 @@ def table2_of(summary: dict) -> tuple[dict, dict]:
     return ({k: v for k, v in safety.items() if v is not None}, {k: v for k, v in helpful.items() if v is not None})
 
 
-class Rate(float):
-    """A percentage and, where the summary holds one, its 95% interval (`ci`, percentages)."""
-
-    ci: list[float] | None = None
-
-
 def _rate(s: dict, key: str) -> Rate:
-    r = Rate(100 * s[key])
-    ci = s.get(f"{key}_ci95")
-    r.ci = None if ci is None else [100 * x for x in ci]
-    return r
+    return rate(s[key], s.get(f"{key}_ci95"))
 
 
 def rows_of(summary: dict) -> dict[str, float]:
@@ -96,9 +92,52 @@ def rows_of(summary: dict) -> dict[str, float]:
         out[f"{name} {metric}"] = _rate(s, "refusal_rate" if metric == "refusal" else "asr")
         if "helpfulness_f1" in s:
             out[f"{name} helpfulness F1"] = _rate(s, "helpfulness_f1")
+        for judge, j in s.get("judges", {}).items():
+            if judge != "refusal-string" and "asr" in j:  # the markers' ASR is the row above
+                out[f"{name} ASR by {judge}"] = _rate(j, "asr") if "asr_ci95" in j else Rate(100 * j["asr"])
         for cat, c in s.get("by_category", {}).items():
             out[f"{name} [{cat}] ASR"] = _rate(c, "asr")
     return out
+
+
+def images_of(summary: dict) -> str:
+    """What a run showed in place of real images: `real`, its control, or `-` for a text-only run."""
+    found = set()
+    for s in summary.values():
+        if isinstance(s, dict) and "protocol" in s:
+            found.add(s["protocol"].get("image_control") or "real")
+    return "/".join(sorted(found)) or "-"
+
+
+def agreement_rows(names: list[str], summaries: list[dict]) -> list[list[str]]:
+    """Each run's judge pairs: responses both judged, raw agreement (%), Cohen's kappa."""
+    rows = []
+    for run, summary in zip(names, summaries):
+        for key, s in sorted(summary.items()):
+            for pair, a in (s.get("agreement", {}) if isinstance(s, dict) else {}).items():
+                agree = "-" if a["agreement"] is None else f"{100 * a['agreement']:.1f}"
+                kappa = "undefined" if a["kappa"] is None else f"{a['kappa']:.2f}"
+                rows.append([run, key, pair, str(a["n"]), agree, kappa])
+    return rows
+
+
+def frontier_table(rows: list[frontier.FrontierRow]) -> list[str]:
+    attacks = sorted({k for r in rows for k in r.attacks})
+    over = sorted({k for r in rows for k in r.over_refusal})
+    helpful = sorted({k for r in rows for k in r.helpfulness})
+    return _markdown(
+        ["checkpoint", "ASR, all attacks", "over-refusal, all safe prompts"]
+        + [f"{k} ASR" for k in attacks]
+        + [f"{k} refusal" for k in over]
+        + helpful,
+        [
+            [r.name, _fmt(r.asr), _fmt(r.refusal)]
+            + [_fmt(r.attacks[k].figure) if k in r.attacks else "-" for k in attacks]
+            + [_fmt(r.over_refusal[k].figure) if k in r.over_refusal else "-" for k in over]
+            + [_fmt(r.helpfulness.get(k)) for k in helpful]
+            for r in rows
+        ],
+    )
 
 
 def paired_rows(before: Path, after: Path, summaries: list[dict]) -> list[list[str]]:
@@ -167,14 +206,17 @@ def _fmt(v) -> str:
     return f"{v:.1f}" if ci is None else f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
 
 
-def chart(names: list, t2: list, safety_cols: list, help_cols: list) -> Any:
-    """Table 2 as bars, each labelled with its value: a 0.0 bar reads 0.0, a missing one "n/a"."""
+def chart(names: list, t2: list, safety_cols: list, help_cols: list, rows: list | None = None) -> Any:
+    """Table 2 as bars, each labelled with its value (a 0.0 bar reads 0.0, a missing one "n/a"), and
+    the frontier: over-refusal against ASR, one point per checkpoint with its interval bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(max(10, 0.9 * (len(safety_cols) + len(help_cols)) * len(names)), 4.8))
+    width = max(10, 0.9 * (len(safety_cols) + len(help_cols)) * len(names))
+    fig, axes = plt.subplots(1, 3, figsize=(width + 5, 4.8), gridspec_kw={"width_ratios": [width / 2, width / 2, 5]})
+    frontier.plot(axes[2], rows or [])
     for ax, cols, part, title in (
         (axes[0], safety_cols, 0, "Safety: ASR % (lower is better)"),
         (axes[1], help_cols, 1, "Helpfulness (higher is better)"),
@@ -225,7 +267,17 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
     columns = sorted({c for t in tables for c in t}, key=lambda c: ("[" in c, c))
     detail = _markdown(
         ["metric (%, [95% interval])"] + names,
-        [["model"] + kinds] + [[c] + [_fmt(t.get(c)) for t in tables] for c in columns],
+        [["model"] + kinds, ["images"] + [images_of(s) for s in summaries]]
+        + [[c] + [_fmt(t.get(c)) for t in tables] for c in columns],
+    )
+    front = frontier.frontier(summaries, names)
+    agree = agreement_rows(names, summaries)
+    agreement = (
+        "\n\n## Judges' agreement\n\nOn the responses both judges judged; kappa is Cohen's (agreement "
+        "beyond each judge's own rate).\n\n"
+        + "\n".join(_markdown(["run", "benchmark", "judges", "responses", "agreement (%)", "kappa"], agree))
+        if agree
+        else ""
     )
     changes = paired_rows(runs[0], runs[1], summaries) if len(runs) == 2 else []
     change = (
@@ -243,12 +295,17 @@ def write_report(runs: list, out, names: list | None = None) -> tuple[Path, Path
         + "\n".join(table2)
         + "\n\n"
         + (F1_NOTE if F1 in help_cols and WIN not in help_cols else "")
-        + "![safety and helpfulness](report.png)\n\n## Every safety metric\n\n"
+        + "![safety, helpfulness and the frontier](report.png)\n\n## The frontier\n\n"
+        "Attack success against over-refusal, per checkpoint (its control runs joined); the first two "
+        "columns pool every attack prompt and every safe prompt.\n\n"
+        + "\n".join(frontier_table(front))
+        + "\n\n## Every safety metric\n\n"
         + "\n".join(detail)
+        + agreement
         + change
         + "\n"
     )
-    fig = chart(names, t2, safety_cols, help_cols)
+    fig = chart(names, t2, safety_cols, help_cols, front)
     png = out / "report.png"
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)

@@ -4,6 +4,8 @@ name of them, importable without jax (vlguard_jax/flags.py says why)."""
 
 from typing import Any
 
+from vlguard_jax.errors import InputError
+
 # Safety judges give each response a verdict (unsafe or not): the refusal markers (the paper's
 # rule), Llama Guard, and a chat model behind an OpenAI-compatible endpoint. openai-compatible is
 # the authors' helpfulness judge (a win rate against GPT-4V's answers on safe_safes).
@@ -16,8 +18,6 @@ def judge_names(judge: str | tuple[str, ...] | list[str] | None) -> tuple[str, .
     names = (judge,) if isinstance(judge, str) else tuple(judge or ())
     unknown = [j for j in names if j not in JUDGES]
     if unknown:
-        from vlguard_jax.errors import InputError
-
         raise InputError(f"unknown judge {unknown[0]!r}; choose from {JUDGES}")
     return tuple(dict.fromkeys(names))
 
