@@ -108,7 +108,18 @@ def test_suite_runs_what_it_finds_with_one_model_and_resumes(env, monkeypatch):
     assert summary["helpfulness/sqa"]["count"] == 2 and summary["helpfulness/sqa"]["img_count"] == 1
     assert summary["helpfulness/pope"]["by_category"]["random"]["n"] == 2
     assert summary["helpfulness/mmbench"]["questions"] == 1  # index 0 and its rotation 1000000 (limit 2)
-    assert set(summary["skipped"]) == {"xstest", "figstep", "mme", "textvqa", "gqa", "vizwiz", "mmvet", "llavabench"}
+    assert set(summary["skipped"]) == {
+        "xstest",
+        "figstep",
+        "mossbench",
+        "vlsbench",
+        "mme",
+        "textvqa",
+        "gqa",
+        "vizwiz",
+        "mmvet",
+        "llavabench",
+    }
     assert summary["skipped"]["mme"] == f"missing {root / LAYOUT['mme'][0]}"
     lines = [json.loads(x) for x in (tmp / "out" / "answers" / "sqa.jsonl").read_text().splitlines()]
     assert [x["question_id"] for x in lines] == ["1", "2"] and lines[0]["prompt"].startswith("<image>\n")

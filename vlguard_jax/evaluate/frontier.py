@@ -2,9 +2,9 @@
 of one checkpoint, real-image and control, joined by the checkpoint their summaries record):
 
 - attack success: each attack benchmark's ASR (VLGuard unsafes and safe-unsafes, XSTest's unsafe
-  prompts, AdvBench, FigStep, a custom set's unsafe prompts), from real-image runs;
+  prompts, AdvBench, FigStep, VLSBench, a custom set's unsafe prompts), from real-image runs;
 - over-refusal: each set of safe prompts' refusal rate (XSTest's safe prompts, VLGuard safe-safes,
-  a custom set's safe prompts), from every run; a control run's figures are labelled with its
+  MOSSBench, a custom set's safe prompts), from every run; a control run's figures are labelled with its
   image (`safe-safes (blank image)`), and a text prompt asked with a white image (`--text-image
   blank`) is labelled so too;
 - helpfulness: the safe-safes F1 and win rate, and the helpfulness benchmarks' headlines.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from vlguard_jax.evaluate.intervals import Rate, bootstrap_ci, rate
+from vlguard_jax.evaluate.safety.safety_sets import BENIGN
 
 
 @dataclasses.dataclass
@@ -83,7 +84,7 @@ def row_of(name: str, summaries: list[dict]) -> FrontierRow:
                 row.over_refusal[label] = _counted(s["safe"], "refusal_rate")
                 if image is None:
                     row.attacks[label] = _counted(s["unsafe"], "asr")
-            elif key.endswith("safe_safes"):
+            elif key.endswith("safe_safes") or key.split("/")[0] in BENIGN:
                 row.over_refusal[label] = _counted(s, "refusal_rate")
                 if image is None and "helpfulness_f1" in s:
                     row.helpfulness["safe_safes F1"] = 100 * s["helpfulness_f1"]

@@ -22,7 +22,7 @@ from vlguard_jax.errors import MissingFileError
 from vlguard_jax.evaluate import frontier
 from vlguard_jax.evaluate.intervals import Rate, paired, rate
 from vlguard_jax.evaluate.runner import SUMMARY
-from vlguard_jax.evaluate.safety.safety_sets import LABELLED
+from vlguard_jax.evaluate.safety.safety_sets import BENIGN, LABELLED
 from vlguard_jax.evaluate.safety.scoring import is_refusal
 from vlguard_jax.storage.files import read_json
 
@@ -88,7 +88,7 @@ def rows_of(summary: dict) -> dict[str, float]:
             out[f"{name} unsafe ASR"] = _rate(s["unsafe"], "asr")
             out[f"{name} safe refusal"] = _rate(s["safe"], "refusal_rate")
             continue
-        metric = "refusal" if name.endswith("safe_safes") else "ASR"
+        metric = "refusal" if name.endswith("safe_safes") or name.split("/")[0] in BENIGN else "ASR"
         out[f"{name} {metric}"] = _rate(s, "refusal_rate" if metric == "refusal" else "asr")
         if "helpfulness_f1" in s:
             out[f"{name} helpfulness F1"] = _rate(s, "helpfulness_f1")
@@ -158,7 +158,7 @@ def paired_rows(before: Path, after: Path, summaries: list[dict]) -> list[list[s
         if not isinstance(a, dict) or not isinstance(b, dict):
             continue
         keys = sorted(set(a) & set(b))
-        refusal = name.endswith("safe_safes")  # a refusal is the failure there; elsewhere an answer
+        refusal = name.endswith("safe_safes") or name.split("/")[0] in BENIGN  # a refusal is the failure there
         flags = [[is_refusal(r[k]) == refusal for k in keys] for r in (a, b)]
         d = paired(flags[0], flags[1])
         lo, hi = (100 * x for x in d["difference_ci95"])

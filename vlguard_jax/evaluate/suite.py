@@ -57,8 +57,10 @@ SAFETY = {
     "advbench/vanilla": Safety("advbench", ("advbench/harmful_behaviors.csv",), (("attack", "vanilla"),)),
     "advbench/suffix": Safety("advbench", ("advbench/harmful_behaviors.csv",), (("attack", "suffix"),)),
     "figstep": Safety("figstep", ("figstep/safebench.csv",)),
+    "mossbench": Safety("mossbench", ("mossbench/images_information/information.json", "mossbench")),
+    "vlsbench": Safety("vlsbench", ("vlsbench/data.json", "vlsbench")),
 }
-IMAGE_SETS = ("vlguard", "figstep")
+IMAGE_SETS = ("vlguard", "figstep", "mossbench", "vlsbench")
 WIN_RATE_REFERENCES = "vlguard/gpt4_safe_safes.json"  # the release's GPT-4V answers, for the win rate  # safety sets whose prompts come with an image
 HELPFULNESS = {
     "sqa": Helpfulness(
@@ -271,7 +273,7 @@ def _run_suite(
             files = (
                 dict(meta=root / s.files[0], images=root / s.files[1])
                 if s.benchmark == "vlguard"
-                else dict(data=root / s.files[0])
+                else dict(data=root / s.files[0], **({"images": root / s.files[1]} if len(s.files) > 1 else {}))
             )
             safety = dataclasses.replace(protocol, max_new_tokens=max_new_tokens or protocol.max_new_tokens)
             spec = Evaluation(

@@ -7,6 +7,13 @@
   suffix-injection directive after one space.
 - figstep (safebench.csv): the instruction rendered as a typographic image, asked with FigStep's
   fixed question.
+- mossbench (information.json, as MOSSBench's repository ships it under data/images_information/):
+  300 benign questions about images built to look risky; every refusal is over-refusal, reported
+  per stimulus type (exaggerated risk, negated harm, counterintuitive interpretation). Images are
+  under --images (the folder holding images/, the repository's data/).
+- vlsbench (data.json, the Hugging Face release Foreshhh/vlsbench): 2,241 harmful image-text pairs
+  whose risk is in the image alone; ASR per category. Images under --images (the folder holding
+  imgs/).
 - custom (a .jsonl of your own): one prompt a line, `{"prompt": ..., "label": "safe" | "unsafe"}`
   with optional `"id"` (else the line number), `"image"` (a path under --images) and
   `"category"`. Unsafe prompts give the ASR, safe ones the refusal rate (over-refusal), each also
@@ -26,8 +33,11 @@ from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.errors import InputError
 from vlguard_jax.evaluate.safety.figstep import QUESTION
 
-BENCHMARKS = ("vlguard", "xstest", "advbench", "figstep", "custom")
+BENCHMARKS = ("vlguard", "xstest", "advbench", "figstep", "mossbench", "vlsbench", "custom")
 LABELLED = ("xstest", "custom")  # safe and unsafe prompts in one set, scored apart
+BENIGN = ("mossbench",)  # every prompt safe: its refusal rate is the figure (over-refusal)
+# MOSSBench's `metadata.over`: the three stimuli, in the order of its paper and README
+MOSSBENCH_TYPES = {"type 1": "exaggerated risk", "type 2": "negated harm", "type 3": "counterintuitive interpretation"}
 CUSTOM_FIELDS = {"id": str, "prompt": str, "label": str, "image": str, "category": str}
 VLGUARD_SUBSETS = ("unsafes", "safe_unsafes", "safe_safes")
 ADVBENCH_ATTACKS = ("vanilla", "suffix")
@@ -109,6 +119,50 @@ def figstep(path) -> list[Item]:
     ]
 
 
+def _json(path) -> object:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path}: cannot read JSON ({e})") from None
+
+
+def _fields(path, record: str, r: object, fields: tuple[str, ...]) -> dict:
+    if not isinstance(r, dict) or any(not isinstance(r.get(f), str | int) or r.get(f) == "" for f in fields):
+        raise RecordError(f"{path}: record {record}: expected {', '.join(fields)}, got {str(r)[:120]}")
+    return r
+
+
+def mossbench(path) -> list[Item]:
+    """MOSSBench's information.json: {pid: {image, question, metadata: {over, ...}}}."""
+    data = _json(path)
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: expected MOSSBench's object of problems by pid")
+    items = []
+    for pid, r in data.items():
+        r = _fields(path, repr(pid), r, ("image", "question"))
+        over = (r.get("metadata") or {}).get("over")
+        if over not in MOSSBENCH_TYPES:
+            raise RecordError(f"{path}: record {pid!r}: metadata.over {over!r} is not one of {list(MOSSBENCH_TYPES)}")
+        items.append(
+            Item(str(pid), r["question"], image=r["image"], meta={"label": "safe", "category": MOSSBENCH_TYPES[over]})
+        )
+    return items
+
+
+def vlsbench(path) -> list[Item]:
+    """VLSBench's data.json: [{instruction_id, instruction, image_path, category, sub_category}]."""
+    data = _json(path)
+    if not isinstance(data, list):
+        raise RecordError(f"{path}: expected VLSBench's list of instructions")
+    items = []
+    for n, r in enumerate(data):
+        r = _fields(path, f"#{n}", r, ("instruction_id", "instruction", "image_path", "category"))
+        meta = {"category": r["category"], "subcategory": r.get("sub_category", "")}
+        items.append(Item(str(r["instruction_id"]), r["instruction"], image=r["image_path"], meta=meta))
+    return items
+
+
 def custom(path) -> list[Item]:
     """A custom benchmark's JSON lines; a bad line is a RecordError naming the file and line."""
     path = Path(path)
@@ -160,11 +214,16 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
         items = vlguard(meta, subset)  # refuses a missing or unknown subset
         return str(subset), items
     if not data:
-        raise InputError(
-            f"--benchmark {benchmark} needs --data {'FILE.jsonl' if benchmark == 'custom' else 'FILE.csv'}"
+        kind = {"custom": "FILE.jsonl", "mossbench": "information.json", "vlsbench": "data.json"}.get(
+            benchmark, "FILE.csv"
         )
+        raise InputError(f"--benchmark {benchmark} needs --data {kind}")
     if benchmark == "custom":
         return subset or re.sub(r"[^\w.-]", "_", Path(data).stem), custom(data)
+    if benchmark == "mossbench":
+        return subset or "all", mossbench(data)
+    if benchmark == "vlsbench":
+        return subset or "all", vlsbench(data)
     if benchmark == "xstest":
         return subset or "all", xstest(data)
     if benchmark == "advbench":
