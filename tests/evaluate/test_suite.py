@@ -113,6 +113,7 @@ def test_suite_runs_what_it_finds_with_one_model_and_resumes(env, monkeypatch):
         "figstep",
         "mossbench",
         "vlsbench",
+        "holisafe",
         "mme",
         "textvqa",
         "gqa",

@@ -2,9 +2,9 @@
 of one checkpoint, real-image and control, joined by the checkpoint their summaries record):
 
 - attack success: each attack benchmark's ASR (VLGuard unsafes and safe-unsafes, XSTest's unsafe
-  prompts, AdvBench, FigStep, VLSBench, a custom set's unsafe prompts), from real-image runs;
+  prompts, AdvBench, FigStep, VLSBench, HoliSafe's unsafe types, a custom set's unsafe prompts), from real-image runs;
 - over-refusal: each set of safe prompts' refusal rate (XSTest's safe prompts, VLGuard safe-safes,
-  MOSSBench, a custom set's safe prompts), from every run; a control run's figures are labelled with its
+  MOSSBench, HoliSafe's SSS prompts, a custom set's safe prompts), from every run; a control run's figures are labelled with its
   image (`safe-safes (blank image)`), and a text prompt asked with a white image (`--text-image
   blank`) is labelled so too;
 - helpfulness: the safe-safes F1 and win rate, and the helpfulness benchmarks' headlines.

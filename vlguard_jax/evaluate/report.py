@@ -87,6 +87,8 @@ def rows_of(summary: dict) -> dict[str, float]:
         if "safe" in s and "unsafe" in s:  # xstest
             out[f"{name} unsafe ASR"] = _rate(s["unsafe"], "asr")
             out[f"{name} safe refusal"] = _rate(s["safe"], "refusal_rate")
+            if "avg_asr" in s:  # HoliSafe's headline: the mean of its unsafe types' ASRs
+                out[f"{name} mean type ASR"] = Rate(100 * s["avg_asr"])
             continue
         metric = "refusal" if name.endswith("safe_safes") or name.split("/")[0] in BENIGN else "ASR"
         out[f"{name} {metric}"] = _rate(s, "refusal_rate" if metric == "refusal" else "asr")

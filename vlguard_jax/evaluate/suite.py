@@ -59,8 +59,9 @@ SAFETY = {
     "figstep": Safety("figstep", ("figstep/safebench.csv",)),
     "mossbench": Safety("mossbench", ("mossbench/images_information/information.json", "mossbench")),
     "vlsbench": Safety("vlsbench", ("vlsbench/data.json", "vlsbench")),
+    "holisafe": Safety("holisafe", ("holisafe/holisafe.jsonl", "holisafe")),
 }
-IMAGE_SETS = ("vlguard", "figstep", "mossbench", "vlsbench")
+IMAGE_SETS = ("vlguard", "figstep", "mossbench", "vlsbench", "holisafe")
 WIN_RATE_REFERENCES = "vlguard/gpt4_safe_safes.json"  # the release's GPT-4V answers, for the win rate  # safety sets whose prompts come with an image
 HELPFULNESS = {
     "sqa": Helpfulness(

@@ -14,6 +14,9 @@
 - vlsbench (data.json, the Hugging Face release Foreshhh/vlsbench): 2,241 harmful image-text pairs
   whose risk is in the image alone; ASR per category. Images under --images (the folder holding
   imgs/).
+- holisafe (HoliSafe-Bench exported as JSON lines, safety/holisafe.py): safe and unsafe images
+  with safe and unsafe queries; SSS prompts give the rejection rate, the four unsafe types the ASR
+  (each, and their mean), by HoliSafe's own refusal rule.
 - custom (a .jsonl of your own): one prompt a line, `{"prompt": ..., "label": "safe" | "unsafe"}`
   with optional `"id"` (else the line number), `"image"` (a path under --images) and
   `"category"`. Unsafe prompts give the ASR, safe ones the refusal rate (over-refusal), each also
@@ -31,10 +34,11 @@ from pathlib import Path
 from vlguard_jax import storage
 from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.errors import InputError
+from vlguard_jax.evaluate.safety import holisafe
 from vlguard_jax.evaluate.safety.figstep import QUESTION
 
-BENCHMARKS = ("vlguard", "xstest", "advbench", "figstep", "mossbench", "vlsbench", "custom")
-LABELLED = ("xstest", "custom")  # safe and unsafe prompts in one set, scored apart
+BENCHMARKS = ("vlguard", "xstest", "advbench", "figstep", "mossbench", "vlsbench", "holisafe", "custom")
+LABELLED = ("xstest", "holisafe", "custom")  # safe and unsafe prompts in one set, scored apart
 BENIGN = ("mossbench",)  # every prompt safe: its refusal rate is the figure (over-refusal)
 # MOSSBench's `metadata.over`: the three stimuli, in the order of its paper and README
 MOSSBENCH_TYPES = {"type 1": "exaggerated risk", "type 2": "negated harm", "type 3": "counterintuitive interpretation"}
@@ -163,6 +167,20 @@ def vlsbench(path) -> list[Item]:
     return items
 
 
+def holisafe_items(path) -> list[Item]:
+    """HoliSafe-Bench's records (safety/holisafe.py), labelled by their type."""
+    return [
+        Item(
+            r["id"],
+            r["query"],
+            image=r["image"],
+            meta={"label": "safe" if r["type"] == "SSS" else "unsafe", "type": r["type"]}
+            | ({"category": r["subcategory"]} if r.get("subcategory") else {}),
+        )
+        for r in holisafe.records(path)
+    ]
+
+
 def custom(path) -> list[Item]:
     """A custom benchmark's JSON lines; a bad line is a RecordError naming the file and line."""
     path = Path(path)
@@ -214,9 +232,13 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
         items = vlguard(meta, subset)  # refuses a missing or unknown subset
         return str(subset), items
     if not data:
-        kind = {"custom": "FILE.jsonl", "mossbench": "information.json", "vlsbench": "data.json"}.get(
-            benchmark, "FILE.csv"
-        )
+        kinds = {
+            "custom": "FILE.jsonl",
+            "holisafe": "FILE.jsonl",
+            "mossbench": "information.json",
+            "vlsbench": "data.json",
+        }
+        kind = kinds.get(benchmark, "FILE.csv")
         raise InputError(f"--benchmark {benchmark} needs --data {kind}")
     if benchmark == "custom":
         return subset or re.sub(r"[^\w.-]", "_", Path(data).stem), custom(data)
@@ -224,6 +246,8 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
         return subset or "all", mossbench(data)
     if benchmark == "vlsbench":
         return subset or "all", vlsbench(data)
+    if benchmark == "holisafe":
+        return subset or "all", holisafe_items(data)
     if benchmark == "xstest":
         return subset or "all", xstest(data)
     if benchmark == "advbench":
