@@ -114,6 +114,7 @@ def test_suite_runs_what_it_finds_with_one_model_and_resumes(env, monkeypatch):
         "mossbench",
         "vlsbench",
         "holisafe",
+        "mmsafetybench",
         "mme",
         "textvqa",
         "gqa",

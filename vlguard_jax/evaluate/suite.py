@@ -60,8 +60,9 @@ SAFETY = {
     "mossbench": Safety("mossbench", ("mossbench/images_information/information.json", "mossbench")),
     "vlsbench": Safety("vlsbench", ("vlsbench/data.json", "vlsbench")),
     "holisafe": Safety("holisafe", ("holisafe/holisafe.jsonl", "holisafe")),
+    "mmsafetybench": Safety("mmsafetybench", ("mmsafetybench/data/processed_questions", "mmsafetybench/data/imgs")),
 }
-IMAGE_SETS = ("vlguard", "figstep", "mossbench", "vlsbench", "holisafe")
+IMAGE_SETS = ("vlguard", "figstep", "mossbench", "vlsbench", "holisafe", "mmsafetybench")
 WIN_RATE_REFERENCES = "vlguard/gpt4_safe_safes.json"  # the release's GPT-4V answers, for the win rate  # safety sets whose prompts come with an image
 HELPFULNESS = {
     "sqa": Helpfulness(

@@ -14,6 +14,8 @@
 - vlsbench (data.json, the Hugging Face release Foreshhh/vlsbench): 2,241 harmful image-text pairs
   whose risk is in the image alone; ASR per category. Images under --images (the folder holding
   imgs/).
+- mmsafetybench (its processed_questions, safety/mmsafetybench.py): 13 scenarios whose key phrase
+  is in the image (SD, TYPO or SD_TYPO, each a subset, also `tiny_` ones); ASR per scenario.
 - holisafe (HoliSafe-Bench exported as JSON lines, safety/holisafe.py): safe and unsafe images
   with safe and unsafe queries; SSS prompts give the rejection rate, the four unsafe types the ASR
   (each, and their mean), by HoliSafe's own refusal rule.
@@ -34,10 +36,20 @@ from pathlib import Path
 from vlguard_jax import storage
 from vlguard_jax.data.records import RecordError, load_vlguard
 from vlguard_jax.errors import InputError
-from vlguard_jax.evaluate.safety import holisafe
+from vlguard_jax.evaluate.safety import holisafe, mmsafetybench
 from vlguard_jax.evaluate.safety.figstep import QUESTION
 
-BENCHMARKS = ("vlguard", "xstest", "advbench", "figstep", "mossbench", "vlsbench", "holisafe", "custom")
+BENCHMARKS = (
+    "vlguard",
+    "xstest",
+    "advbench",
+    "figstep",
+    "mossbench",
+    "vlsbench",
+    "mmsafetybench",
+    "holisafe",
+    "custom",
+)
 LABELLED = ("xstest", "holisafe", "custom")  # safe and unsafe prompts in one set, scored apart
 BENIGN = ("mossbench",)  # every prompt safe: its refusal rate is the figure (over-refusal)
 # MOSSBench's `metadata.over`: the three stimuli, in the order of its paper and README
@@ -225,7 +237,10 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
     if benchmark not in BENCHMARKS:
         raise InputError(f"unknown benchmark {benchmark!r}; choose from {BENCHMARKS}")
     meta = storage.fetched_file(meta, "--meta") if meta else meta  # hf:// files: the cached copy
-    data = storage.fetched_file(data, "--data") if data else data
+    if data and benchmark == "mmsafetybench":  # a folder of scenario files, or one of them
+        data = storage.fetched(data)
+    elif data:
+        data = storage.fetched_file(data, "--data")
     if benchmark == "vlguard":
         if not meta:
             raise InputError("--benchmark vlguard needs --meta test.json")
@@ -237,6 +252,7 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
             "holisafe": "FILE.jsonl",
             "mossbench": "information.json",
             "vlsbench": "data.json",
+            "mmsafetybench": "processed_questions/",
         }
         kind = kinds.get(benchmark, "FILE.csv")
         raise InputError(f"--benchmark {benchmark} needs --data {kind}")
@@ -248,6 +264,10 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
         return subset or "all", vlsbench(data)
     if benchmark == "holisafe":
         return subset or "all", holisafe_items(data)
+    if benchmark == "mmsafetybench":
+        subset = subset or mmsafetybench.KINDS[0]
+        rows = mmsafetybench.questions(data, subset)
+        return subset, [Item(key, q, image=image, meta={"category": scenario}) for key, q, image, scenario in rows]
     if benchmark == "xstest":
         return subset or "all", xstest(data)
     if benchmark == "advbench":
