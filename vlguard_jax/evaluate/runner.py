@@ -30,7 +30,7 @@ from vlguard_jax.evaluate import shares
 from vlguard_jax.evaluate.agreement import agreement
 from vlguard_jax.evaluate.intervals import bootstrap_ci
 from vlguard_jax.evaluate.judges import SAFETY_JUDGES, gpt4_judge, judge_names, llamaguard, openai_safety, provenance
-from vlguard_jax.evaluate.safety import figstep, holisafe, safety_sets
+from vlguard_jax.evaluate.safety import figstep, holisafe, mmsafetybench, safety_sets
 from vlguard_jax.evaluate.safety.image_controls import CONTROLS, controlled
 from vlguard_jax.evaluate.safety.safety_sets import TEXT_IMAGES
 from vlguard_jax.evaluate.safety.scoring import REFUSAL_MARKERS, is_refusal, token_f1
@@ -287,7 +287,7 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
     absent = [i for i in items if i.key not in responses]
     if len(absent) < len(items):
         log(f"{path}: {len(items) - len(absent)} responses already there, {len(absent)} to generate")
-    _check_images(benchmark, images, absent)  # by every process, for every share
+    _check_images(benchmark, images, absent, e.font)  # by every process, for every share
     todo = [i for i in share.of(items) if i.key not in responses]
     own = responses if share.count == 1 else _responses(share.part(path))
     font = e.font
@@ -438,8 +438,9 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
         write_json(side, record)
 
 
-def _check_images(benchmark: str, images, missing: list) -> None:
-    """Every image the missing answers need is there before any compute."""
+def _check_images(benchmark: str, images, missing: list, font=None) -> None:
+    """Every image the missing answers need is there (or, for MM-SafetyBench, can be drawn) before
+    any compute."""
     wanted = [i for i in missing if i.image]
     if not wanted:
         return
@@ -447,7 +448,9 @@ def _check_images(benchmark: str, images, missing: list) -> None:
         what = "the VLGuard test images" if benchmark == "vlguard" else "the folder its prompts' images are under"
         raise InputError(f"--benchmark {benchmark} needs --images DIR ({what})")
     for i in wanted:
-        if not resolve(images, i.image).is_file():
+        if benchmark == "mmsafetybench" and not resolve(images, i.image).is_file():
+            mmsafetybench.check_drawable(images, i, font)
+        elif not resolve(images, i.image).is_file():
             raise ImageError(f"{resolve(images, i.image)}: image file not found (record {i.meta.get('id', i.key)!r})")
 
 
@@ -489,9 +492,15 @@ def _generate(
             return None
         if item.image or item.render is not None:
             control = protocol.image_control
-            if control is None and item.image:
+            drawn = benchmark == "mmsafetybench" and not resolve(images, item.image).is_file()
+            if control is None and item.image and not drawn:
                 return image.load(images, item.image, pad=False)
-            real = open_rgb(resolve(images, item.image)) if item.image else figstep.render(str(item.render), font)
+            if drawn:  # a TYPO or SD_TYPO image the release lacks, drawn as its script draws it
+                real = mmsafetybench.drawn(images, item, font)
+            elif item.image:
+                real = open_rgb(resolve(images, item.image))
+            else:
+                real = figstep.render(str(item.render), font)
             shown = real if control is None else controlled(real, control, item.key, seed)
             return None if shown is None else image.pixels(shown, pad=False)
         return blank if protocol.text_image == "blank" else None

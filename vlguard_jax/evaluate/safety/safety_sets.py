@@ -267,7 +267,7 @@ def load(benchmark: str, *, subset=None, meta=None, data=None, attack="vanilla")
     if benchmark == "mmsafetybench":
         subset = subset or mmsafetybench.KINDS[0]
         rows = mmsafetybench.questions(data, subset)
-        return subset, [Item(key, q, image=image, meta={"category": scenario}) for key, q, image, scenario in rows]
+        return subset, [Item(key, q, image=image, meta=meta) for key, q, image, meta in rows]
     if benchmark == "xstest":
         return subset or "all", xstest(data)
     if benchmark == "advbench":
