@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 from vlguard_jax import storage
@@ -15,6 +16,27 @@ VLGUARD_CATEGORIES = ("privacy", "risky behavior", "deception", "discrimination"
 
 class RecordError(UserError, ValueError):
     """A malformed record or file; the message names the file and the record."""
+
+
+def json_lines(path) -> Iterator[tuple[int, str, dict]]:
+    """Each object of a JSON-lines file with its line number and where it stands (`FILE: line N`), blank lines
+    skipped; a line that is no JSON object is a RecordError naming the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: cannot read ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}: line {n}"
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(r, dict):
+            raise RecordError(f"{where}: a JSON {type(r).__name__}, not an object")
+        yield n, where, r
 
 
 def load_json_list(path) -> list[dict]:

@@ -17,10 +17,7 @@ optional "id" (else the line number) and "category".
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from vlguard_jax.data.records import RecordError
+from vlguard_jax.data.records import RecordError, json_lines
 
 TYPES = ("SSS", "SSU", "USU", "UUU", "SUU")
 UNSAFE_TYPES = TYPES[1:]
@@ -60,23 +57,9 @@ def is_refusal(text: str) -> bool:
 
 def records(path) -> list[dict]:
     """The export's records, checked; a bad line is a RecordError naming the file and line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: cannot read ({e})") from None
     out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}: line {n}"
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(r, dict) or any(
-            not isinstance(r.get(f), str) or not r[f] for f in ("image", "query", "type")
-        ):
+    for n, where, r in json_lines(path):
+        if any(not isinstance(r.get(f), str) or not r[f] for f in ("image", "query", "type")):
             raise RecordError(f"{where}: expected an object with image, query and type")
         if r["type"] not in TYPES:
             raise RecordError(f"{where}: type {r['type']!r} is not one of {TYPES}")

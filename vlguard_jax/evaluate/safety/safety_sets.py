@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 
 from vlguard_jax import storage
-from vlguard_jax.data.records import RecordError, load_vlguard
+from vlguard_jax.data.records import RecordError, json_lines, load_vlguard
 from vlguard_jax.errors import InputError
 from vlguard_jax.evaluate.safety import holisafe, mmsafetybench
 from vlguard_jax.evaluate.safety.figstep import QUESTION
@@ -195,22 +195,8 @@ def holisafe_items(path) -> list[Item]:
 
 def custom(path) -> list[Item]:
     """A custom benchmark's JSON lines; a bad line is a RecordError naming the file and line."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecordError(f"{path}: cannot read ({e})") from None
     items, seen = [], {}
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}: line {n}"
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(r, dict):
-            raise RecordError(f"{where}: a JSON {type(r).__name__}, not an object")
+    for n, where, r in json_lines(path):
         for field, kind in CUSTOM_FIELDS.items():
             if field in r and not isinstance(r[field], kind):
                 raise RecordError(f"{where}: {field!r} must be a string, got {r[field]!r}")
