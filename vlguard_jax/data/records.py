@@ -19,8 +19,8 @@ class RecordError(UserError, ValueError):
 
 
 def json_lines(path) -> Iterator[tuple[int, str, dict]]:
-    """Each object of a JSON-lines file with its line number and where it stands (`FILE: line N`), blank lines
-    skipped; a line that is no JSON object is a RecordError naming the file and line."""
+    """Each object of a JSON-lines file with its line number and place (`FILE: line N`), blank
+    lines skipped; a line that is no JSON object is a RecordError naming the file and line."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
