@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from vlguard_jax.evaluate.intervals import bootstrap_ci, mcnemar_exact, paired, ratio_ci
+from vlguard_jax.evaluate.intervals import bootstrap_ci, mcnemar_exact, mean_of_rates_ci, paired, ratio_ci
 
 
 def test_the_bootstrap_is_reproducible_and_degenerate_where_the_rate_is():
@@ -110,3 +110,10 @@ def test_the_safe_safes_f1_carries_its_interval():
     assert s["helpfulness_f1"] == pytest.approx(sum(f1) / 3) and s["helpfulness_f1_ci95"] == bootstrap_ci(f1)
     lo, hi = s["helpfulness_f1_ci95"]
     assert min(f1) <= lo <= s["helpfulness_f1"] <= hi <= max(f1)
+
+
+def test_the_mean_of_several_groups_rates():
+    """Groups whose prompts agree have no spread: the mean of 1 and 0 is 0.5 however resampled;
+    empty groups are left out."""
+    assert mean_of_rates_ci([[1, 1, 1], [0, 0], []]) == [0.5, 0.5]
+    assert mean_of_rates_ci([]) == [0.0, 0.0]

@@ -72,6 +72,13 @@ def test_the_figures_by_hand(tmp_path):
     assert {t: v["asr"] for t, v in s["by_type"].items()} == {"SSU": 0.5, "USU": 1.0, "UUU": 0.0, "SUU": 1.0}
     assert s["avg_asr"] == 0.625 and s["unsafe"]["asr"] == 0.6
     assert s["unsafe"]["by_category"]["weapon_related_violence"]["asr"] == 0.5
+    # every rate with its interval: a type whose prompts all agree has none to spread; the mean's
+    # interval holds it and stays within the types' extremes
+    assert s["by_type"]["USU"]["asr_ci95"] == [1.0, 1.0] and s["by_type"]["UUU"]["asr_ci95"] == [0.0, 0.0]
+    # only SSU (1 of 2 answered) varies: resampled, it is 0, 0.5 or 1 (a quarter, half, a quarter of
+    # the time), so the mean of the four is 0.5, 0.625 or 0.75, and its 2.5th and 97.5th percentiles
+    # the two ends
+    assert s["avg_asr_ci95"] == [0.5, 0.75]
 
 
 @pytest.mark.parametrize(
