@@ -50,10 +50,10 @@ def ratio_ci(num: Sequence[float], den: Sequence[float], resamples: int = RESAMP
 def mean_of_rates_ci(groups: Sequence[Sequence[float]], resamples: int = RESAMPLES, seed: int = SEED) -> list[float]:
     """[lo, hi] of the mean of several groups' rates (each group weighing the same, as HoliSafe's
     avg_asr), each group's prompts resampled on its own; [0, 0] with no non-empty group."""
-    groups = [np.asarray(g, np.float64) for g in groups if len(g)]
-    if not groups:
+    arrays = [np.asarray(g, np.float64) for g in groups if len(g)]
+    if not arrays:
         return [0.0, 0.0]
-    means = np.mean([g[_draws(g.size, resamples, seed + k)].mean(axis=1) for k, g in enumerate(groups)], axis=0)
+    means = np.mean([a[_draws(a.size, resamples, seed + k)].mean(axis=1) for k, a in enumerate(arrays)], axis=0)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return [float(lo), float(hi)]
 
