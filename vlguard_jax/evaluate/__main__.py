@@ -39,12 +39,18 @@ def evaluate_main(argv) -> int:
     p = ArgumentParser(prog="python -m vlguard_jax.evaluate", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="converted checkpoint or training workdir")
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
-    p.add_argument("--subset", help=f"vlguard: one of {VLGUARD_SUBSETS}")
+    p.add_argument(
+        "--subset", help=f"vlguard: one of {VLGUARD_SUBSETS}; mmsafetybench: SD_TYPO (default), SD, TYPO, tiny_<kind>"
+    )
     p.add_argument("--meta", help="vlguard: test.json")
-    p.add_argument("--images", help="vlguard: image root")
-    p.add_argument("--data", help="xstest / advbench / figstep CSV")
+    p.add_argument("--images", help="the folder (or archive) the prompts' images are under")
+    p.add_argument(
+        "--data",
+        help="xstest / advbench / figstep CSV; mossbench information.json; vlsbench data.json; mmsafetybench "
+        "processed_questions/; holisafe / custom JSON lines",
+    )
     p.add_argument("--attack", choices=ADVBENCH_ATTACKS, default="vanilla")
-    p.add_argument("--font", help="figstep: FreeMonoBold.ttf path")
+    p.add_argument("--font", help="figstep: FreeMonoBold.ttf; mmsafetybench: ARIAL.TTF, to draw missing TYPO images")
     p.add_argument("--out", required=True, type=output)
     p.add_argument(
         "--template",
