@@ -276,6 +276,9 @@ def run(e: Evaluation, *, generator=None, log=print) -> dict:
         for k, v in dataclasses.asdict(protocol).items()
         if k != "batch_size" and not (k == "image_control" and v is None)
     }
+    if benchmark == "mmsafetybench" and images:  # drawn images are not the release's: a run says so
+        font = mmsafetybench.drawing_font(images, items, e.font)
+        settings |= {"typo_font": font} if font else {}
     claim_output(
         out,
         path,
@@ -420,7 +423,7 @@ def claim_output(out: Path | None, path: Path, record: dict, log) -> None:
         a, b = changed.get("protocol", (None, None))
         if isinstance(a, dict) and isinstance(b, dict):
             del changed["protocol"]
-            changed = {k: (a.get(k), b.get(k)) for k in b if a.get(k) != b.get(k)} | changed
+            changed = {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*b, *a]) if a.get(k) != b.get(k)} | changed
         if changed:
             diff = ", ".join(f"{k} {x!r} there, {y!r} now" for k, (x, y) in changed.items())
             raise InputError(

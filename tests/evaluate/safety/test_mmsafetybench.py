@@ -189,3 +189,11 @@ def test_a_run_hands_the_model_the_drawn_image(tmp_path):
         assert np.array_equal(row, image.pixels(ported_typo(phrase, FONT), pad=False))
     with pytest.raises(InputError, match="pass --font ARIAL.TTF"):
         run(Evaluation(ns.flax_dir, "mmsafetybench", tmp_path / "o2", subset="TYPO", data=q, images=imgs, limit=2))
+    # the run records that it drew its images; once the release's are there, its answers are not theirs
+    record = json.loads((tmp_path / "out" / "mmsafetybench" / "TYPO.run.json").read_text())
+    assert len(record["protocol"]["typo_font"]) == 16
+    for k in range(2):
+        (imgs / "01-Illegal_Activitiy" / "TYPO").mkdir(parents=True, exist_ok=True)
+        ported_typo(f"forge thing {k}", FONT).save(imgs / "01-Illegal_Activitiy" / "TYPO" / f"{k}.jpg")
+    with pytest.raises(InputError, match=r"other settings \(typo_font '[0-9a-f]{16}' there, None now\)"):
+        run(e, generator=(rec, m), log=lambda *a: None)

@@ -21,6 +21,7 @@ be read here, so this is checked against that rule, not against their code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -145,6 +146,16 @@ def check_drawable(images, item, font) -> None:
         )
     if kind == "SD_TYPO" and not resolve(images, _sd_of(item)).is_file():
         raise ImageError(f"{resolve(images, _sd_of(item))}: the SD image an SD_TYPO image is stacked from is not there")
+
+
+def drawing_font(images, items, font) -> str | None:
+    """The font's sha256 (first 16 digits) where some of `items`' images would be drawn, else None:
+    recorded in a run's protocol, so answers to drawn images never resume as the release's."""
+    if not any(i.image and not resolve(images, i.image).is_file() for i in items):
+        return None
+    if font is None or not Path(font).is_file():
+        return "none"  # check_drawable refuses it before any compute
+    return hashlib.sha256(Path(font).read_bytes()).hexdigest()[:16]
 
 
 def drawn(images, item, font) -> Image.Image:
