@@ -39,19 +39,27 @@ def json_lines(path) -> Iterator[tuple[int, str, dict]]:
         yield n, where, r
 
 
-def load_json_list(path) -> list[dict]:
-    """A JSON file holding a list of objects; malformed JSON is reported with its position."""
+def load_json(path) -> Any:
+    """A JSON file's content; a file that cannot be read, or malformed JSON (with its position), is
+    a RecordError naming it."""
     path = storage.as_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise RecordError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+
+
+def load_json_list(path) -> list[dict]:
+    """A JSON file holding a list of objects; malformed JSON is reported with its position."""
+    data = load_json(path)
     if not isinstance(data, list):
-        raise RecordError(f"{path}: expected a JSON list of records, found {type(data).__name__}")
+        raise RecordError(f"{storage.as_path(path)}: expected a JSON list of records, found {type(data).__name__}")
     return data
 
 

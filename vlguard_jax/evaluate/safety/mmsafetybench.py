@@ -22,13 +22,12 @@ be read here, so this is checked against that rule, not against their code.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from vlguard_jax.data.images import ImageError, open_rgb, resolve
-from vlguard_jax.data.records import RecordError
+from vlguard_jax.data.records import RecordError, load_json
 from vlguard_jax.errors import InputError
 
 KINDS = ("SD_TYPO", "SD", "TYPO")  # SD_TYPO first: the default, the paper's strongest
@@ -37,13 +36,6 @@ SUBSETS = (*KINDS, *(f"tiny_{k}" for k in KINDS))
 TINY = "TinyVersion_ID_List.json"
 FONT_SIZE = 90
 WIDTH = 1024
-
-
-def _read(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"{path}: cannot read JSON ({e})") from None
 
 
 def scenario_files(data) -> list[Path]:
@@ -62,7 +54,7 @@ def tiny_ids(data) -> dict[str, set[str]]:
     folder = data if data.is_dir() else data.parent
     for place in (folder, folder.parent, folder.parent.parent):
         if (place / TINY).is_file():
-            rows = _read(place / TINY)
+            rows = load_json(place / TINY)
             if not isinstance(rows, list) or not all(
                 isinstance(r, dict) and {"Scenario", "Sampled_ID_List"} <= set(r) for r in rows
             ):
@@ -80,7 +72,7 @@ def questions(data, subset: str) -> list[tuple[str, str, str, dict]]:
     keep = tiny_ids(data) if subset.startswith("tiny_") else None
     out = []
     for path in scenario_files(data):
-        scenario, rows = path.stem, _read(path)
+        scenario, rows = path.stem, load_json(path)
         if not isinstance(rows, dict):
             raise RecordError(f"{path}: expected MM-SafetyBench's object of questions by id")
         for qid, r in rows.items():

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import re
 from pathlib import Path
 
 from vlguard_jax import storage
-from vlguard_jax.data.records import RecordError, json_lines, load_vlguard
+from vlguard_jax.data.records import RecordError, json_lines, load_json, load_vlguard
 from vlguard_jax.errors import InputError
 from vlguard_jax.evaluate.safety import holisafe, mmsafetybench
 from vlguard_jax.evaluate.safety.figstep import QUESTION
@@ -135,14 +134,6 @@ def figstep(path) -> list[Item]:
     ]
 
 
-def _json(path) -> object:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"{path}: cannot read JSON ({e})") from None
-
-
 def _fields(path, record: str, r: object, fields: tuple[str, ...]) -> dict:
     if not isinstance(r, dict) or any(not isinstance(r.get(f), str | int) or r.get(f) == "" for f in fields):
         raise RecordError(f"{path}: record {record}: expected {', '.join(fields)}, got {str(r)[:120]}")
@@ -151,7 +142,7 @@ def _fields(path, record: str, r: object, fields: tuple[str, ...]) -> dict:
 
 def mossbench(path) -> list[Item]:
     """MOSSBench's information.json: {pid: {image, question, metadata: {over, ...}}}."""
-    data = _json(path)
+    data = load_json(path)
     if not isinstance(data, dict):
         raise RecordError(f"{path}: expected MOSSBench's object of problems by pid")
     items = []
@@ -168,7 +159,7 @@ def mossbench(path) -> list[Item]:
 
 def vlsbench(path) -> list[Item]:
     """VLSBench's data.json: [{instruction_id, instruction, image_path, category, sub_category}]."""
-    data = _json(path)
+    data = load_json(path)
     if not isinstance(data, list):
         raise RecordError(f"{path}: expected VLSBench's list of instructions")
     items = []
