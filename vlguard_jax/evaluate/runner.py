@@ -494,18 +494,16 @@ def _generate(
         if image is None:
             return None
         if item.image or item.render is not None:
-            control = protocol.image_control
-            drawn = benchmark == "mmsafetybench" and not resolve(images, item.image).is_file()
-            if control is None and item.image and not drawn:
-                return image.load(images, item.image, pad=False)
-            if drawn:  # a TYPO or SD_TYPO image the release lacks, drawn as its script draws it
-                real = mmsafetybench.drawn(images, item, font)
-            elif item.image:
-                real = open_rgb(resolve(images, item.image))
-            else:
+            path = resolve(images, item.image) if item.image else None
+            if path is None:
                 real = figstep.render(str(item.render), font)
+            elif benchmark == "mmsafetybench" and not path.is_file():  # drawn as its script draws it
+                real = mmsafetybench.drawn(images, item, font)
+            else:
+                real = open_rgb(path)
+            control = protocol.image_control
             shown = real if control is None else controlled(real, control, item.key, seed)
-            return None if shown is None else image.pixels(shown, pad=False)
+            return None if shown is None else image.pixels(shown, pad=False, name=path or "image")
         return blank if protocol.text_image == "blank" else None
 
     sampling = Sampling(max_new_tokens=protocol.max_new_tokens, min_new_tokens=protocol.min_new_tokens)
