@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -129,9 +130,11 @@ class Reply:
     model: str | None
 
 
+@functools.lru_cache(maxsize=8)
 def client(url: str, key: str | None) -> openai.OpenAI:
-    """The `openai` client for an endpoint: it retries rate limits (429, honouring Retry-After),
-    timeouts and server errors with backoff; vLLM, SGLang and Azure's OpenAI endpoints speak it."""
+    """The `openai` client for an endpoint, one per endpoint (its connections are reused across a
+    run's requests): it retries rate limits (429, honouring Retry-After), timeouts and server
+    errors with backoff; vLLM, SGLang and Azure's OpenAI endpoints speak it."""
     return openai.OpenAI(base_url=url, api_key=key or "unused", max_retries=RETRIES - 1, timeout=TIMEOUT)
 
 
@@ -142,9 +145,7 @@ def ask_reply(url: str, key: str | None, body: dict) -> Reply:
     try:
         r = client(url, key).chat.completions.create(**body)
     except openai.APIStatusError as e:
-        body_ = e.body if isinstance(e.body, dict) else {}
-        error = body_.get("error", body_) if isinstance(body_.get("error", body_), dict) else {}
-        if error.get("code") == POLICY_VIOLATION or getattr(e, "code", None) == POLICY_VIOLATION:
+        if e.code == POLICY_VIOLATION:  # the client reads `code` from the reply's `error` object
             return Reply(POLICY_VIOLATION, None)
         raise JudgeError(f"{where}: HTTP {e.status_code}: {json.dumps(e.body)[:300]}") from None
     except openai.APIError as e:  # the connection failed, or timed out, on every try
