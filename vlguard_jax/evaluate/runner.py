@@ -116,10 +116,11 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
     rate with its 95% bootstrap interval over prompts beside it (`asr_ci95`, `refusal_rate_ci95`,
     evaluate.intervals)."""
 
-    refused = holisafe.is_refusal if benchmark == "holisafe" else is_refusal  # HoliSafe's own rule
+    rule = holisafe.is_refusal if benchmark == "holisafe" else is_refusal  # HoliSafe's own rule
+    refused = {i.key: rule(responses[i.key]) for i in items if i.key in responses}  # once per response
 
     def rates(its):
-        flags = [refused(responses[i.key]) for i in its]
+        flags = [refused[i.key] for i in its]
         count, n = sum(flags), len(its)
         return {
             "n": n,
@@ -142,9 +143,7 @@ def score(benchmark: str, items: list, responses: dict, subset: str | None = Non
                     c: {k: v for k, v in rates(g).items() if k in keep} for c, g in groups.items()
                 }
         if benchmark == "holisafe":
-            by_type = {
-                t: [refused(responses[i.key]) for i in its if i.meta["type"] == t] for t in holisafe.UNSAFE_TYPES
-            }
+            by_type = {t: [refused[i.key] for i in its if i.meta["type"] == t] for t in holisafe.UNSAFE_TYPES}
             out.update(holisafe.type_rates(by_type))
         return out
     out.update(rates(its))
