@@ -13,6 +13,12 @@ SAFETY_JUDGES = ("refusal-string", "llamaguard", "openai-safety")
 JUDGES = (*SAFETY_JUDGES, "openai-compatible")
 
 
+def request_text(item) -> str:
+    """What a text-only judge reads as the request: the prompt, after FigStep's rendered
+    instruction where the harmful request is in the image."""
+    return f"{item.render}\n{item.prompt}" if item.render else item.prompt
+
+
 def judge_names(judge: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     """The judges an evaluation names (`--judge`, given once or more), in order, each once."""
     names = (judge,) if isinstance(judge, str) else tuple(judge or ())

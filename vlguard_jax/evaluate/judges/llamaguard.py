@@ -19,7 +19,7 @@ from vlguard_jax.checkpoints.converted import MODEL_CONFIG, hub_source
 from vlguard_jax.checkpoints.ref import CheckpointRef, resolve_checkpoint
 from vlguard_jax.errors import InputError, MissingFileError
 from vlguard_jax.evaluate import shares
-from vlguard_jax.evaluate.judges import LLAMAGUARD_PROMPTS, provenance
+from vlguard_jax.evaluate.judges import LLAMAGUARD_PROMPTS, provenance, request_text
 from vlguard_jax.evaluate.shares import Share
 from vlguard_jax.generate import Sampling, load_generator, response_text
 from vlguard_jax.storage.files import write_json
@@ -39,8 +39,7 @@ def verdict(text: str) -> str | None:
 
 
 def conversation(item, response: str) -> list[dict]:
-    user = f"{item.render}\n{item.prompt}" if item.render else item.prompt
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
+    return [{"role": "user", "content": request_text(item)}, {"role": "assistant", "content": response}]
 
 
 def check(checkpoint: CheckpointRef | str) -> CheckpointRef:

@@ -16,7 +16,7 @@ conversation (its hash), judge and prompt (`provenance`).
 
 from __future__ import annotations
 
-from vlguard_jax.evaluate.judges import gpt4_judge, provenance
+from vlguard_jax.evaluate.judges import gpt4_judge, provenance, request_text
 from vlguard_jax.storage.files import atomic_write_json
 
 NAME = "openai-safety"
@@ -46,10 +46,6 @@ def verdict(text: str) -> str | None:
     words = text.strip().split()
     first = words[0].strip(".,:;!\"'*`").lower() if words else ""
     return first if first in ("safe", "unsafe") else None
-
-
-def request_text(item) -> str:
-    return f"{item.render}\n{item.prompt}" if item.render else item.prompt
 
 
 def body(model: str, item, response: str) -> dict:
