@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vlguard_jax.evaluate.intervals import Rate, bootstrap_ci, rate
+from vlguard_jax.evaluate.intervals import Rate, bootstrap_ci, rate, rate_of
 from vlguard_jax.evaluate.safety.safety_sets import BENIGN
 
 
@@ -47,7 +47,7 @@ class FrontierRow:
 
 def _counted(s: dict, key: str) -> Counted:
     n = int(s["n"])
-    return Counted(rate(s[key], s.get(f"{key}_ci95")), round(s[key] * n), n)
+    return Counted(rate_of(s, key), round(s[key] * n), n)
 
 
 def _image_of(s: dict) -> str | None:

@@ -102,3 +102,8 @@ def rate(value: float, ci: Sequence[float] | None) -> Rate:
     r = Rate(100 * value)
     r.ci = None if ci is None else [100 * x for x in ci]
     return r
+
+
+def rate_of(scores: dict, key: str) -> Rate:
+    """The rate `key` of a summary's scores with its interval (`<key>_ci95`) where they hold one."""
+    return rate(scores[key], scores.get(f"{key}_ci95"))

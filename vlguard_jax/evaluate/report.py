@@ -20,7 +20,7 @@ from typing import Any
 from vlguard_jax import storage
 from vlguard_jax.errors import MissingFileError
 from vlguard_jax.evaluate import frontier
-from vlguard_jax.evaluate.intervals import Rate, paired, rate
+from vlguard_jax.evaluate.intervals import paired, rate_of
 from vlguard_jax.evaluate.runner import SUMMARY
 from vlguard_jax.evaluate.safety.safety_sets import BENIGN, LABELLED
 from vlguard_jax.evaluate.safety.scoring import is_refusal
@@ -73,10 +73,6 @@ def table2_of(summary: dict) -> tuple[dict, dict]:
     return ({k: v for k, v in safety.items() if v is not None}, {k: v for k, v in helpful.items() if v is not None})
 
 
-def _rate(s: dict, key: str) -> Rate:
-    return rate(s[key], s.get(f"{key}_ci95"))
-
-
 def rows_of(summary: dict) -> dict[str, float]:
     """{row label: value} of every safety metric (percentages, each a `Rate` with its interval
     where the summary has one) in one run's summary.json."""
@@ -85,20 +81,20 @@ def rows_of(summary: dict) -> dict[str, float]:
         if not isinstance(s, dict) or name.startswith("helpfulness/") or name == "skipped":
             continue
         if "safe" in s and "unsafe" in s:  # xstest
-            out[f"{name} unsafe ASR"] = _rate(s["unsafe"], "asr")
-            out[f"{name} safe refusal"] = _rate(s["safe"], "refusal_rate")
+            out[f"{name} unsafe ASR"] = rate_of(s["unsafe"], "asr")
+            out[f"{name} safe refusal"] = rate_of(s["safe"], "refusal_rate")
             if "avg_asr" in s:  # HoliSafe's headline: the mean of its unsafe types' ASRs
-                out[f"{name} mean type ASR"] = Rate(100 * s["avg_asr"])
+                out[f"{name} mean type ASR"] = rate_of(s, "avg_asr")
             continue
         metric = "refusal" if name.endswith("safe_safes") or name.split("/")[0] in BENIGN else "ASR"
-        out[f"{name} {metric}"] = _rate(s, "refusal_rate" if metric == "refusal" else "asr")
+        out[f"{name} {metric}"] = rate_of(s, "refusal_rate" if metric == "refusal" else "asr")
         if "helpfulness_f1" in s:
-            out[f"{name} helpfulness F1"] = _rate(s, "helpfulness_f1")
+            out[f"{name} helpfulness F1"] = rate_of(s, "helpfulness_f1")
         for judge, j in s.get("judges", {}).items():
             if judge != "refusal-string" and "asr" in j:  # the markers' ASR is the row above
-                out[f"{name} ASR by {judge}"] = _rate(j, "asr") if "asr_ci95" in j else Rate(100 * j["asr"])
+                out[f"{name} ASR by {judge}"] = rate_of(j, "asr")
         for cat, c in s.get("by_category", {}).items():
-            out[f"{name} [{cat}] ASR"] = _rate(c, "asr")
+            out[f"{name} [{cat}] ASR"] = rate_of(c, "asr")
     return out
 
 
