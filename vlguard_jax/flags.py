@@ -16,6 +16,10 @@ COMPUTE_DTYPES = ("float16", "bfloat16", "float32")
 # `--template` and `--conv-mode` take a word the command checks once its library loads
 # (`families.check_template`): the choices are the families' own, which only the registry lists.
 TEMPLATE_METAVAR = "TEMPLATE"
+TEMPLATE_HELP = (
+    "a model family's template, chat_template or none; auto (the default): the checkpoint family's own "
+    "(its authors' evaluation template; a text-only LLM's chat template); the README lists each family's"
+)
 
 
 def output(text: str) -> str:

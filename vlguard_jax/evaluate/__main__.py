@@ -25,7 +25,7 @@ from vlguard_jax.evaluate.helpfulness import scorers
 from vlguard_jax.evaluate.judges import JUDGES, ORDERS, add_prompt_argument
 from vlguard_jax.evaluate.safety.image_controls import CONTROLS
 from vlguard_jax.evaluate.safety.safety_sets import ADVBENCH_ATTACKS, BENCHMARKS, TEXT_IMAGES, VLGUARD_SUBSETS
-from vlguard_jax.flags import TEMPLATE_METAVAR, add_dtype, add_mesh, output
+from vlguard_jax.flags import TEMPLATE_HELP, TEMPLATE_METAVAR, add_dtype, add_mesh, output
 
 
 def out_dir(text: str) -> str:
@@ -56,8 +56,7 @@ def evaluate_main(argv) -> int:
         "--template",
         metavar=TEMPLATE_METAVAR,
         default="auto",
-        help="a family's template, chat_template or none; auto: llava_v1 for a LLaVA (the authors'), minigptv2 for a MiniGPT-v2; for a text-only LLM "
-        "its tokenizer's chat template, else vicuna_v1",
+        help=TEMPLATE_HELP,
     )
     p.add_argument("--max-new-tokens", type=at_least(1), default=256)
     p.add_argument(
@@ -222,7 +221,8 @@ def vqa_main(argv) -> int:
         "--conv-mode",
         default="auto",
         metavar=TEMPLATE_METAVAR,
-        help="the prompt template, an image family's; auto (default): the checkpoint family's (LLaVA: vicuna_v1, as its scripts)",
+        help="the prompt template, an image family's; auto (default): the one the checkpoint family's "
+        "helpfulness scripts ask in",
     )
     p.add_argument("--single-pred-prompt", action="store_true", help="append the option-letter instruction")
     p.add_argument("--all-rounds", action="store_true", help="MMBench: ask once per rotation of the options")

@@ -18,7 +18,7 @@ import time
 # Only light modules here: the generator loads once the flags parse (vlguard_jax/flags.py).
 from vlguard_jax.data.images import open_rgb
 from vlguard_jax.errors import ArgumentParser, InputError, at_least, cli
-from vlguard_jax.flags import TEMPLATE_METAVAR, add_mesh
+from vlguard_jax.flags import TEMPLATE_HELP, TEMPLATE_METAVAR, add_mesh
 from vlguard_jax.storage.files import read_jsonl
 
 
@@ -42,8 +42,7 @@ def main(argv: list[str]) -> int:
         "--template",
         metavar=TEMPLATE_METAVAR,
         default="auto",
-        help="a family's template, chat_template or none; auto: the checkpoint family's (llava_v1 for a LLaVA, minigptv2 for a MiniGPT-v2; a text-only "
-        "LLM's chat template, else vicuna_v1)",
+        help=TEMPLATE_HELP,
     )
     p.add_argument("--max-new-tokens", type=at_least(1), default=256)
     p.add_argument("--min-new-tokens", type=at_least(0), default=0, help="EOS is banned before this many tokens")
